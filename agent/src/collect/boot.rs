@@ -1,0 +1,306 @@
+//! Firmware, Secure Boot, boot-loader packages, kernels and the ESPs.
+
+use super::Reader;
+use crate::esp;
+use crate::parse::{control, control::Installed, efivar, kv, version};
+use fleetward_proto::{
+    BootFacts, EspFacts, EspSource, Firmware, KernelHookFacts, PackageFacts, SecureBootFacts,
+};
+
+/// Packages whose presence and version describe the boot stack.
+pub const BOOT_PACKAGES: &[&str] = &[
+    "grub-efi-amd64",
+    "grub-efi-amd64-signed",
+    "grub-pc",
+    "proxmox-kernel-helper",
+    "shim-signed",
+    "systemd-boot",
+    "systemd-boot-efi",
+    "systemd-boot-tools",
+];
+pub const KERNEL_HOOK: &str = "/etc/kernel/postinst.d/zz-proxmox-boot";
+pub const DEFAULT_ESP_LIST: &str = "/etc/kernel/proxmox-boot-uuids";
+const HELPER_FUNCTIONS: &str = "/usr/share/proxmox-kernel-helper/scripts/functions";
+const EFIVARS: &str = "/sys/firmware/efi/efivars";
+const GLOBAL_GUID: &str = "8be4df61-93ca-11d2-aa0d-00e098032b8c";
+const SHIM_GUID: &str = "605dab50-e046-4300-abb6-3dd810dd8b23";
+
+pub(super) fn boot(
+    r: &mut Reader,
+    packages: &[Installed],
+    running: Option<&str>,
+) -> (BootFacts, Vec<EspFacts>) {
+    let firmware = if r.root.is_dir("/sys/firmware/efi") {
+        Firmware::Uefi
+    } else {
+        Firmware::Bios
+    };
+    let secure_boot = (firmware == Firmware::Uefi).then(|| secure_boot(r));
+    let mut pkgs: Vec<PackageFacts> = packages
+        .iter()
+        .filter(|p| BOOT_PACKAGES.contains(&p.name.as_str()))
+        .map(|p| PackageFacts {
+            name: p.name.clone(),
+            version: p.version.clone(),
+        })
+        .collect();
+    pkgs.sort_by(|a, b| a.name.cmp(&b.name));
+
+    let esp_list_path = r
+        .text(HELPER_FUNCTIONS)
+        .and_then(|t| kv::esp_list_path(&t))
+        .unwrap_or_else(|| DEFAULT_ESP_LIST.to_string());
+    let esp_list_text = r.text(&esp_list_path);
+    let esp_list: Vec<String> = esp_list_text
+        .as_deref()
+        .unwrap_or("")
+        .lines()
+        .map(|l| l.trim().to_string())
+        .collect();
+
+    let first = |r: &mut Reader, p: &str| r.text(p).and_then(|t| kv::first_line(&t));
+    let kernel_pin = first(r, "/etc/kernel/proxmox-boot-pin");
+    let next_boot_pin = first(r, "/etc/kernel/next-boot-pin");
+    let mut installed_kernels: Vec<String> = r
+        .root
+        .list_dir("/boot")
+        .iter()
+        .filter_map(|n| n.strip_prefix("vmlinuz-"))
+        .map(String::from)
+        .collect();
+    installed_kernels.sort_by(|a, b| version::compare(b, a));
+    let next_kernel = next_boot_pin
+        .clone()
+        .or_else(|| kernel_pin.clone())
+        .or_else(|| installed_kernels.first().cloned());
+
+    let mut reboot_required_reasons = Vec::new();
+    if let (Some(running), Some(next)) = (running, next_kernel.as_deref()) {
+        if running != next {
+            reboot_required_reasons
+                .push(format!("running kernel {running}, next boot kernel {next}"));
+        }
+    }
+    if r.root.exists("/run/reboot-required") {
+        reboot_required_reasons.push("/run/reboot-required exists".to_string());
+    }
+
+    let fstab = r
+        .text("/etc/fstab")
+        .map(|t| kv::fstab(&t))
+        .unwrap_or_default();
+    let mounts = r
+        .text("/proc/self/mountinfo")
+        .map(|t| kv::mountinfo(&t))
+        .unwrap_or_default();
+    let cmdline = first(r, "/etc/kernel/cmdline").or_else(|| first(r, "/proc/cmdline"));
+    let root_fs = cmdline
+        .as_deref()
+        .and_then(kv::cmdline_root_fs)
+        .map(String::from)
+        .or_else(|| {
+            let m = mounts.iter().rev().find(|m| m.target == "/");
+            let m = m.or_else(|| fstab.iter().find(|m| m.target == "/"))?;
+            Some(if m.fstype == "btrfs" || m.fstype == "zfs" {
+                m.fstype.clone()
+            } else {
+                "other".to_string()
+            })
+        });
+    let force_efi_extra_removable = r
+        .text("/var/cache/debconf/config.dat")
+        .and_then(|t| control::debconf_value(&t, "grub2/force_efi_extra_removable"))
+        .map(|v| v == "true");
+
+    let boot = BootFacts {
+        firmware,
+        secure_boot,
+        packages: pkgs,
+        kernel_hook: kernel_hook(r, packages),
+        esp_list_exists: esp_list_text.is_some(),
+        esp_list_path,
+        esp_list: esp_list.clone(),
+        boot_efi_in_fstab: fstab.iter().any(|m| m.target == "/boot/efi"),
+        boot_efi_mounted: mounts.iter().any(|m| m.target == "/boot/efi"),
+        kernel_pin,
+        next_boot_pin,
+        installed_kernels,
+        next_kernel,
+        root_fs,
+        force_efi_extra_removable,
+        reboot_required: !reboot_required_reasons.is_empty(),
+        reboot_required_reasons,
+    };
+    let esps = esps(r, &esp_list, &fstab, &mounts);
+    (boot, esps)
+}
+
+fn secure_boot(r: &mut Reader) -> SecureBootFacts {
+    let mut var = |name: &str, guid: &str| -> Option<u32> {
+        let path = format!("{EFIVARS}/{name}-{guid}");
+        let bytes = r.bytes(&path)?;
+        match efivar::int_value(&bytes) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                r.unreadable(&path, e);
+                None
+            }
+        }
+    };
+    let sb = var("SecureBoot", GLOBAL_GUID);
+    let setup = var("SetupMode", GLOBAL_GUID);
+    let shim_disabled = r
+        .root
+        .exists(&format!("{EFIVARS}/MokSBStateRT-{SHIM_GUID}"));
+    // mokutil's decision table.
+    let state = match (sb, setup) {
+        (Some(1), Some(0)) => "enabled",
+        (Some(0), _) | (_, Some(1)) => "disabled",
+        _ => "unknown",
+    };
+    SecureBootFacts {
+        secure_boot: sb.map(|v| v == 1),
+        setup_mode: setup.map(|v| v == 1),
+        shim_validation_disabled: shim_disabled,
+        state: state.to_string(),
+    }
+}
+
+fn kernel_hook(r: &mut Reader, packages: &[Installed]) -> KernelHookFacts {
+    let exists = r.root.exists(KERNEL_HOOK);
+    let lists_hook = |r: &mut Reader, pkg: &str| {
+        r.text(&format!("/var/lib/dpkg/info/{pkg}.list"))
+            .is_some_and(|t| t.lines().any(|l| l.trim_end() == KERNEL_HOOK))
+    };
+    // The expected owner first; scan every package's file list only when it is not.
+    let owner = if lists_hook(r, "proxmox-kernel-helper") {
+        Some("proxmox-kernel-helper".to_string())
+    } else {
+        packages
+            .iter()
+            .map(|p| p.name.as_str())
+            .find(|name| lists_hook(r, name) || lists_hook(r, &format!("{name}:amd64")))
+            .map(String::from)
+    };
+    KernelHookFacts {
+        path: KERNEL_HOOK.to_string(),
+        exists,
+        owner,
+    }
+}
+
+fn esps(
+    r: &mut Reader,
+    esp_list: &[String],
+    fstab: &[kv::Mount],
+    mounts: &[kv::Mount],
+) -> Vec<EspFacts> {
+    let boot_efi_mount = mounts.iter().rev().find(|m| m.target == "/boot/efi");
+    let boot_efi_fstab = fstab.iter().find(|m| m.target == "/boot/efi");
+    let mut out: Vec<EspFacts> = esp_list
+        .iter()
+        .filter(|id| !id.is_empty() && is_vfat_id(id))
+        .map(|id| read_one(r, Some(id.clone()), EspSource::EspList, Some(by_uuid(id))))
+        .collect();
+
+    // The /boot/efi ESP: from fstab (`UUID=…`, a device path) or the mount's source.
+    let source = boot_efi_fstab
+        .map(|m| m.source.as_str())
+        .or(boot_efi_mount.map(|m| m.source.as_str()));
+    if let Some(source) = source {
+        let (uuid, device) = match source.strip_prefix("UUID=") {
+            Some(id) => (Some(id.to_string()), Some(by_uuid(id))),
+            None => match source.strip_prefix("PARTUUID=") {
+                Some(id) => (None, Some(format!("/dev/disk/by-partuuid/{id}"))),
+                None => (None, source.starts_with('/').then(|| source.to_string())),
+            },
+        };
+        let listed = out.iter_mut().find(|e| {
+            uuid.is_some()
+                && e.uuid.as_deref().map(str::to_uppercase)
+                    == uuid.as_deref().map(str::to_uppercase)
+        });
+        match listed {
+            Some(e) => e.mountpoint = boot_efi_mount.map(|_| "/boot/efi".to_string()),
+            None => {
+                let mut e = read_one(r, uuid, EspSource::BootEfi, device);
+                e.mountpoint = boot_efi_mount.map(|_| "/boot/efi".to_string());
+                out.push(e);
+            }
+        }
+    }
+
+    // Listed ESPs are compared with each other.
+    let listed: Vec<(Vec<String>, Option<String>)> = out
+        .iter()
+        .filter(|e| e.source == EspSource::EspList && e.error.is_none() && e.present)
+        .map(|e| (e.kernels.clone(), e.content_digest.clone()))
+        .collect();
+    for e in out.iter_mut() {
+        if e.source == EspSource::EspList && e.present && e.error.is_none() && listed.len() > 1 {
+            let mine = (e.kernels.clone(), e.content_digest.clone());
+            e.matches_others = Some(listed.iter().all(|o| *o == mine));
+        }
+    }
+    out
+}
+
+fn by_uuid(id: &str) -> String {
+    format!("/dev/disk/by-uuid/{id}")
+}
+
+/// proxmox-boot-tool's (unanchored) test for a VFAT volume id.
+pub fn is_vfat_id(s: &str) -> bool {
+    s.as_bytes()
+        .windows(9)
+        .any(|w| w[4] == b'-' && w[..4].iter().chain(&w[5..]).all(u8::is_ascii_hexdigit))
+}
+
+fn read_one(
+    r: &mut Reader,
+    uuid: Option<String>,
+    source: EspSource,
+    device: Option<String>,
+) -> EspFacts {
+    let mut e = EspFacts {
+        uuid,
+        source,
+        device: device.clone(),
+        mountpoint: None,
+        present: false,
+        loader: None,
+        kernels: Vec::new(),
+        total_bytes: None,
+        free_bytes: None,
+        largest_kernel_pair_bytes: None,
+        content_digest: None,
+        matches_others: None,
+        removable_loader: false,
+        error: None,
+    };
+    let Some(device) = device else { return e };
+    if !r.root.exists(&device) {
+        return e;
+    }
+    e.present = true;
+    let read = r
+        .root
+        .resolve(&device)
+        .map_err(|e| e.to_string())
+        .and_then(|p| esp::read_esp(&p).map_err(|e| e.to_string()));
+    match read {
+        Ok(c) => {
+            let mut kernels = c.kernels;
+            kernels.sort_by(|a, b| version::compare(b, a));
+            e.loader = Some(c.loader);
+            e.kernels = kernels;
+            e.total_bytes = Some(c.total_bytes);
+            e.free_bytes = Some(c.free_bytes);
+            e.largest_kernel_pair_bytes = c.largest_kernel_pair_bytes;
+            e.content_digest = Some(c.content_digest);
+            e.removable_loader = c.has_removable_loader;
+        }
+        Err(err) => e.error = Some(err),
+    }
+    e
+}

@@ -1,0 +1,123 @@
+//! The resolver: resolv.conf, ifupdown's `dns-*` options, and `/etc/hosts`.
+
+use super::Reader;
+use crate::parse::{interfaces, kv};
+use fleetward_proto::{DnsFacts, DnsLine, HostsFacts, InterfacesDnsFacts, ResolvConfFacts};
+
+const INTERFACES: &str = "/etc/network/interfaces";
+const MAX_INCLUDES: usize = 64;
+
+pub(super) fn dns(r: &mut Reader, hostname: Option<&str>) -> DnsFacts {
+    DnsFacts {
+        resolv_conf: resolv_conf(r),
+        interfaces: interfaces_dns(r),
+        hosts: hosts(r, hostname),
+    }
+}
+
+fn resolv_conf(r: &mut Reader) -> ResolvConfFacts {
+    const PATH: &str = "/etc/resolv.conf";
+    let symlink_target = r.root.read_link(PATH);
+    let Some(text) = r.text(PATH) else {
+        return ResolvConfFacts {
+            symlink_target,
+            ..ResolvConfFacts::default()
+        };
+    };
+    let parsed = kv::resolv_conf(&text);
+    let stub = symlink_target
+        .as_deref()
+        .is_some_and(|t| t.contains("/run/systemd/resolve/stub-resolv.conf"))
+        || parsed.nameservers == ["127.0.0.53"];
+    ResolvConfFacts {
+        exists: true,
+        symlink_target,
+        systemd_resolved_stub: stub,
+        nameservers: parsed.nameservers,
+        search: parsed.search,
+        options: parsed.options,
+    }
+}
+
+/// `/etc/network/interfaces` and its `source`/`source-directory` includes, depth first
+/// in the order ifupdown reads them; each file once.
+fn interfaces_dns(r: &mut Reader) -> InterfacesDnsFacts {
+    let mut facts = InterfacesDnsFacts::default();
+    let mut todo = vec![INTERFACES.to_string()];
+    while let Some(path) = todo.pop() {
+        if facts.files.len() >= MAX_INCLUDES || facts.files.contains(&path) {
+            continue;
+        }
+        let Some(text) = r.text(&path) else { continue };
+        facts.files.push(path.clone());
+        let parsed = interfaces::parse(&text);
+        for opt in parsed.dns {
+            let target = match opt.key.as_str() {
+                "dns-nameservers" | "dns-nameserver" => &mut facts.nameservers,
+                "dns-search" | "dns-domain" => &mut facts.search,
+                _ => &mut Vec::new(),
+            };
+            for v in &opt.values {
+                if !target.contains(v) {
+                    target.push(v.clone());
+                }
+            }
+            facts.lines.push(DnsLine {
+                iface: opt.iface,
+                key: opt.key,
+                value: opt.values.join(" "),
+                file: path.clone(),
+                line: opt.line,
+            });
+        }
+        let mut includes = Vec::new();
+        for pattern in parsed.sources {
+            includes.extend(expand(r, &absolute(&pattern), false));
+        }
+        for dir in parsed.source_dirs {
+            includes.extend(expand(r, &format!("{}/*", absolute(&dir)), true));
+        }
+        // Reverse so the first include is read next.
+        todo.extend(includes.into_iter().rev());
+    }
+    facts
+}
+
+fn absolute(p: &str) -> String {
+    if p.starts_with('/') {
+        p.to_string()
+    } else {
+        format!("/etc/network/{p}")
+    }
+}
+
+/// Expand a glob in the last path component; `run_parts` keeps only names run-parts
+/// accepts (letters, digits, `_` and `-`).
+fn expand(r: &Reader, pattern: &str, run_parts: bool) -> Vec<String> {
+    let (dir, name) = pattern.rsplit_once('/').unwrap_or(("", pattern));
+    let dir = if dir.is_empty() { "/" } else { dir };
+    if !name.contains(['*', '?']) {
+        return vec![pattern.to_string()];
+    }
+    r.root
+        .list_dir(dir)
+        .into_iter()
+        .filter(|n| interfaces::glob_match(name, n))
+        .filter(|n| {
+            !run_parts
+                || n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        })
+        .map(|n| format!("{}/{n}", dir.trim_end_matches('/')))
+        .filter(|p| !r.root.is_dir(p))
+        .collect()
+}
+
+fn hosts(r: &mut Reader, hostname: Option<&str>) -> HostsFacts {
+    let name = hostname.map(|h| h.split('.').next().unwrap_or(h).to_string());
+    let addresses = match (&name, r.text("/etc/hosts")) {
+        (Some(n), Some(text)) => kv::hosts_lookup(&text, n),
+        _ => Vec::new(),
+    };
+    HostsFacts { name, addresses }
+}

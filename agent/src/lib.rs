@@ -1,0 +1,16 @@
+//! fleetward's node agent.
+//!
+//! Data flows one way: `collect` reads files under a [`root::Root`] into plain
+//! [`fleetward_proto::Facts`]; `rules` turn facts into findings; `inspect` puts both into a
+//! [`fleetward_proto::Report`]. Parsers in `parse` are pure (`&str` in, data out) and never
+//! panic on any input. Nothing in this crate changes the node.
+#![forbid(unsafe_code)]
+
+pub mod collect;
+pub mod esp;
+pub mod inspect;
+pub mod parse;
+pub mod probe;
+pub mod render;
+pub mod root;
+pub mod rules;

@@ -1,0 +1,10 @@
+//! Pure parsers: text in, data (and located errors) out. No I/O, and no input makes
+//! any of them panic (each has a property test saying so).
+
+pub mod apt;
+pub mod cluster;
+pub mod control;
+pub mod efivar;
+pub mod interfaces;
+pub mod kv;
+pub mod version;

@@ -1,0 +1,174 @@
+//! The text format: for people, grouped by area, severity coloured on a terminal.
+
+use fleetward_proto::{Finding, Report, Severity};
+use std::fmt::Write;
+
+/// Render a report as text. `color` adds ANSI colours to severities.
+pub fn text(report: &Report, color: bool) -> String {
+    let f = &report.facts;
+    let mut s = String::new();
+    let n = &f.node;
+    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let _ = writeln!(s, "node {}", opt(&n.hostname));
+    let _ = writeln!(s, "  os        {}", opt(&n.os.pretty_name));
+    let _ = writeln!(
+        s,
+        "  pve       pve-manager {}, proxmox-ve {}",
+        opt(&n.pve_manager_version),
+        opt(&n.proxmox_ve_version)
+    );
+    let _ = writeln!(
+        s,
+        "  kernel    {} (boot id {})",
+        opt(&n.running_kernel),
+        opt(&n.boot_id)
+    );
+
+    section(&mut s, "boot");
+    let b = &f.boot;
+    let sb = b.secure_boot.as_ref().map_or("-".to_string(), |sb| {
+        let mut t = format!("Secure Boot {}", sb.state);
+        if sb.setup_mode == Some(true) {
+            t.push_str(", Platform is in Setup Mode");
+        }
+        t
+    });
+    let _ = writeln!(s, "  firmware  {:?}, {sb}", b.firmware);
+    let pk: Vec<String> = b
+        .packages
+        .iter()
+        .map(|p| format!("{} {}", p.name, p.version))
+        .collect();
+    let _ = writeln!(
+        s,
+        "  packages  {}",
+        if pk.is_empty() {
+            "-".into()
+        } else {
+            pk.join(", ")
+        }
+    );
+    let _ = writeln!(
+        s,
+        "  esp list  {} ({})",
+        b.esp_list_path,
+        if b.esp_list_exists {
+            "exists"
+        } else {
+            "absent"
+        }
+    );
+    let _ = writeln!(
+        s,
+        "  kernels   next {}, installed {}",
+        opt(&b.next_kernel),
+        if b.installed_kernels.is_empty() {
+            "-".into()
+        } else {
+            b.installed_kernels.join(", ")
+        }
+    );
+    for e in &f.esps {
+        let _ = writeln!(
+            s,
+            "  esp       {} {:?} {}: {}",
+            e.uuid.as_deref().unwrap_or("?"),
+            e.source,
+            e.loader.map_or("-".into(), |l| format!("{l:?}")),
+            if e.kernels.is_empty() {
+                "no kernels".into()
+            } else {
+                e.kernels.join(", ")
+            }
+        );
+    }
+
+    section(&mut s, "apt");
+    for e in &f.apt.entries {
+        let _ = writeln!(
+            s,
+            "  {} {}:{} {} {} {} {}",
+            if e.enabled { "+" } else { "-" },
+            e.file,
+            e.line,
+            e.types.join(" "),
+            e.uris.join(" "),
+            e.suites.join(" "),
+            e.components.join(" ")
+        );
+    }
+
+    section(&mut s, "dns");
+    let r = &f.dns.resolv_conf;
+    let _ = writeln!(
+        s,
+        "  resolv    nameserver {} search {}",
+        r.nameservers.join(" "),
+        r.search.join(" ")
+    );
+    let i = &f.dns.interfaces;
+    let _ = writeln!(
+        s,
+        "  ifupdown  nameserver {} search {}",
+        i.nameservers.join(" "),
+        i.search.join(" ")
+    );
+
+    section(&mut s, "cluster");
+    let c = &f.cluster;
+    if c.standalone {
+        let _ = writeln!(s, "  standalone");
+    } else {
+        let members: Vec<String> = c
+            .members
+            .iter()
+            .map(|m| format!("{}{}", m.name, if m.online { "" } else { " (offline)" }))
+            .collect();
+        let _ = writeln!(
+            s,
+            "  {} quorate {} members {}",
+            opt(&c.name),
+            c.quorate.map_or("-", |q| if q { "yes" } else { "no" }),
+            members.join(", ")
+        );
+    }
+
+    section(&mut s, "findings");
+    if report.findings.is_empty() {
+        let _ = writeln!(s, "  none");
+    }
+    for area in ["boot", "apt", "dns", "cluster", "agent"] {
+        for f in report
+            .findings
+            .iter()
+            .filter(|f| f.code.split('.').next() == Some(area))
+        {
+            finding(&mut s, f, color);
+        }
+    }
+    s
+}
+
+fn section(s: &mut String, name: &str) {
+    let _ = writeln!(s, "\n{name}");
+}
+
+fn finding(s: &mut String, f: &Finding, color: bool) {
+    let sev = f.severity.as_str();
+    let sev = if color {
+        let code = match f.severity {
+            Severity::Error => "31",
+            Severity::Warning => "33",
+            Severity::Info => "36",
+        };
+        format!("\x1b[{code}m{sev:<7}\x1b[0m")
+    } else {
+        format!("{sev:<7}")
+    };
+    let at = match (&f.path, f.line) {
+        (Some(p), Some(l)) => format!(" ({p}:{l})"),
+        (Some(p), None) => format!(" ({p})"),
+        _ => String::new(),
+    };
+    let _ = writeln!(s, "  {sev} {:<28} {}{at}", f.code, f.message);
+}

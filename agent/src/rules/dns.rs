@@ -1,0 +1,100 @@
+//! `dns.*`: resolver and node name.
+
+use super::{is_pve, At, Findings};
+use fleetward_proto::{Facts, Severity::*};
+
+const RESOLV: &str = "/etc/resolv.conf";
+
+fn is_loopback(addr: &str) -> bool {
+    addr.starts_with("127.") || addr == "::1"
+}
+
+pub(super) fn check(f: &Facts, out: &mut Findings) {
+    let r = &f.dns.resolv_conf;
+    if r.nameservers.is_empty() {
+        let why = if r.exists {
+            "names no nameserver"
+        } else {
+            "does not exist"
+        };
+        out.push(
+            "dns.no-nameserver",
+            Error,
+            format!("{RESOLV} {why}: name resolution falls back to 127.0.0.1"),
+        )
+        .at(RESOLV, None);
+    }
+    if r.nameservers.len() > 3 {
+        out.push(
+            "dns.too-many-nameservers",
+            Warning,
+            format!(
+                "{} nameservers configured; the C library uses only the first 3 ({})",
+                r.nameservers.len(),
+                r.nameservers[..3].join(", ")
+            ),
+        )
+        .at(RESOLV, None);
+    }
+
+    let i = &f.dns.interfaces;
+    if !r.systemd_resolved_stub && (!i.nameservers.is_empty() || !i.search.is_empty()) {
+        let mut diffs = Vec::new();
+        if !i.nameservers.is_empty() && i.nameservers != r.nameservers {
+            diffs.push(format!(
+                "nameservers {} in the interfaces file, {} in resolv.conf",
+                i.nameservers.join(" "),
+                or_none(&r.nameservers)
+            ));
+        }
+        if !i.search.is_empty() && i.search != r.search {
+            diffs.push(format!(
+                "search {} in the interfaces file, {} in resolv.conf",
+                i.search.join(" "),
+                or_none(&r.search)
+            ));
+        }
+        if !diffs.is_empty() {
+            let first = i.lines.first();
+            out.push(
+                "dns.not-persistent",
+                Warning,
+                format!("the next `ifreload -a` changes DNS: {}", diffs.join("; ")),
+            )
+            .at(
+                first.map_or("/etc/network/interfaces", |l| l.file.as_str()),
+                first.map(|l| l.line),
+            );
+        }
+    }
+
+    let h = &f.dns.hosts;
+    if let Some(name) = &h.name {
+        if h.addresses.is_empty() {
+            out.push(
+                "dns.hostname-unresolvable",
+                Warning,
+                format!("the node name '{name}' has no /etc/hosts entry: cluster services then depend on DNS"),
+            )
+            .at("/etc/hosts", None);
+        } else if is_pve(f) && h.addresses.iter().all(|a| is_loopback(a)) {
+            out.push(
+                "dns.hostname-loopback",
+                Error,
+                format!(
+                    "the node name '{name}' resolves by /etc/hosts only to {} : pmxcfs refuses to start",
+                    h.addresses.join(", ")
+                ),
+            )
+            .at("/etc/hosts", None);
+        }
+    }
+}
+
+fn or_none(v: &[String]) -> String {
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(" ")
+    }
+}

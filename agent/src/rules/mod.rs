@@ -1,0 +1,71 @@
+//! Rules: pure functions from [`Facts`] to [`Finding`]s with the stable codes of
+//! `CHECKS.md`. No I/O here; everything a rule needs is a fact.
+
+mod apt;
+mod boot;
+mod cluster;
+mod dns;
+
+use fleetward_proto::{Facts, Finding, Severity};
+
+/// Codes this crate adds to the catalogue (documented in the README).
+pub const UNREADABLE_INPUT: &str = "agent.unreadable-input";
+
+/// Evaluate every rule. The order is stable: boot, apt, dns, cluster, then inputs that
+/// could not be read.
+pub fn evaluate(facts: &Facts) -> Vec<Finding> {
+    let mut out = Findings::default();
+    boot::check(facts, &mut out);
+    apt::check(facts, &mut out);
+    dns::check(facts, &mut out);
+    cluster::check(facts, &mut out);
+    for u in &facts.unreadable {
+        out.push(
+            UNREADABLE_INPUT,
+            Severity::Warning,
+            format!(
+                "could not read {}: {}; facts from it are missing",
+                u.path, u.reason
+            ),
+        )
+        .at(&u.path, None);
+    }
+    out.0
+}
+
+/// Whether this is a Proxmox VE node (some checks only apply there).
+pub fn is_pve(facts: &Facts) -> bool {
+    facts.node.pve_manager_version.is_some()
+}
+
+pub fn has_package(facts: &Facts, name: &str) -> bool {
+    facts.boot.packages.iter().any(|p| p.name == name)
+}
+
+#[derive(Default)]
+struct Findings(Vec<Finding>);
+
+impl Findings {
+    fn push(&mut self, code: &str, severity: Severity, message: String) -> &mut Finding {
+        self.0.push(Finding {
+            code: code.to_string(),
+            severity,
+            message,
+            path: None,
+            line: None,
+        });
+        let last = self.0.len() - 1;
+        &mut self.0[last]
+    }
+}
+
+trait At {
+    fn at(&mut self, path: &str, line: Option<u32>);
+}
+
+impl At for Finding {
+    fn at(&mut self, path: &str, line: Option<u32>) {
+        self.path = Some(path.to_string());
+        self.line = line;
+    }
+}

@@ -1,0 +1,147 @@
+//! Data-driven fixture tests: every directory under `tests/fixtures/{seed,scenarios}` is
+//! built into a private root, inspected, and compared with the `expected.json` beside it.
+//! Set `FLEETWARD_BLESS=1` to (re)write the expected files after reviewing a change.
+
+mod support;
+
+use fleetward_agent::{inspect::inspect, root::Root};
+use fleetward_proto::{Finding, Report, Severity};
+use std::collections::BTreeSet;
+use std::path::Path;
+
+fn bless() -> bool {
+    std::env::var_os("FLEETWARD_BLESS").is_some()
+}
+
+fn run(dir: &Path) -> Report {
+    let root = support::build(dir);
+    inspect(&Root::new(root.path()))
+}
+
+fn check_expected<
+    T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+>(
+    dir: &Path,
+    actual: &T,
+) {
+    let path = dir.join("expected.json");
+    let json = serde_json::to_string_pretty(actual).unwrap() + "\n";
+    if bless() {
+        std::fs::write(&path, json).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (run with FLEETWARD_BLESS=1 to create it)",
+            path.display()
+        )
+    });
+    assert_eq!(
+        json,
+        want,
+        "{}: inspect output differs from expected.json",
+        dir.display()
+    );
+}
+
+fn codes(findings: &[Finding]) -> BTreeSet<String> {
+    findings.iter().map(|f| f.code.clone()).collect()
+}
+
+/// The codes each seed node documents as found (SEED.md): ESP sync disabled everywhere,
+/// the disabled enterprise references kept as ignored files, and pve-03's Setup Mode.
+fn documented_seed_codes(name: &str) -> BTreeSet<String> {
+    let mut c: BTreeSet<String> = ["boot.esp-sync-disabled", "apt.ignored-file"]
+        .map(String::from)
+        .into();
+    if name == "pve-03" {
+        c.insert("boot.secure-boot-setup-mode".into());
+    }
+    c
+}
+
+#[test]
+fn seed_nodes() {
+    let seeds = support::fixtures("seed");
+    assert_eq!(seeds.len(), 3, "the seed cluster has three nodes");
+    for dir in seeds {
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let report = run(&dir);
+        check_expected(&dir, &report);
+        assert_eq!(
+            codes(&report.findings),
+            documented_seed_codes(&name),
+            "{name}"
+        );
+        assert!(report.worst_severity() < Some(Severity::Error), "{name}");
+        assert_eq!(report.facts.node.hostname.as_deref(), Some(name.as_str()));
+    }
+}
+
+#[test]
+fn scenarios() {
+    for dir in support::fixtures("scenarios") {
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let report = run(&dir);
+        check_expected(&dir, &report.findings);
+        // A scenario named after a code must produce it.
+        if name.contains('.') {
+            assert!(
+                codes(&report.findings).contains(&name),
+                "scenario {name} does not produce its code: {:?}",
+                codes(&report.findings)
+            );
+        }
+    }
+}
+
+/// Every code of the catalogue (CHECKS.md) that the agent produces is shown by a scenario,
+/// and none of them appears on the clean seed nodes beyond what the seed documents.
+#[test]
+fn every_code_has_a_scenario() {
+    let catalogue = [
+        "boot.secure-boot-setup-mode",
+        "boot.esp-sync-disabled",
+        "boot.esp-list-missing",
+        "boot.esp-uuid-invalid",
+        "boot.esp-uuid-missing",
+        "boot.esp-kernel-missing",
+        "boot.esp-diverged",
+        "boot.esp-low-space",
+        "boot.grub-efi-missing",
+        "boot.removable-not-updated",
+        "boot.systemd-boot-meta",
+        "boot.systemd-boot-on-bios",
+        "boot.kernel-hook-missing",
+        "boot.reboot-required",
+        "boot.kernel-pinned",
+        "boot.efi-not-mounted",
+        "apt.parse-error",
+        "apt.duplicate",
+        "apt.enterprise-enabled",
+        "apt.test-repo",
+        "apt.suite-mismatch",
+        "apt.security-suite",
+        "apt.no-proxmox-repo",
+        "apt.legacy-format",
+        "apt.ignored-file",
+        "dns.no-nameserver",
+        "dns.not-persistent",
+        "dns.too-many-nameservers",
+        "dns.hostname-loopback",
+        "dns.hostname-unresolvable",
+        "cluster.not-quorate",
+        "cluster.node-offline",
+        "cluster.no-vote-margin",
+    ];
+    let scenario_names: BTreeSet<String> = support::fixtures("scenarios")
+        .iter()
+        .map(|d| d.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for code in catalogue {
+        assert!(
+            scenario_names.contains(code),
+            "no scenario directory for {code}"
+        );
+    }
+}

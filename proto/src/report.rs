@@ -1,0 +1,363 @@
+//! The inspection report: node facts plus findings.
+//!
+//! This is the one schema of what an agent knows about its node. `fleetward-agent inspect
+//! --format json` prints it, and the controller receives and stores exactly these bytes
+//! (see `ARCHITECTURE.md`, "One schema"). Field names are part of the interface: add fields
+//! with `#[serde(default)]`, never rename them.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Bumped when a field changes meaning; adding an optional field does not bump it.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Everything one inspection of one node produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    pub schema_version: u32,
+    pub facts: Facts,
+    pub findings: Vec<Finding>,
+}
+
+impl Report {
+    /// The worst severity among the findings, if any.
+    pub fn worst_severity(&self) -> Option<Severity> {
+        self.findings.iter().map(|f| f.severity).max()
+    }
+}
+
+/// How bad a finding is. Ordered: `Info < Warning < Error`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Warning,
+    Error,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Error => "error",
+        }
+    }
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Severity {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "info" => Ok(Severity::Info),
+            "warning" => Ok(Severity::Warning),
+            "error" => Ok(Severity::Error),
+            other => Err(format!(
+                "unknown severity '{other}' (expected info, warning or error)"
+            )),
+        }
+    }
+}
+
+/// One check result, with a stable code from `CHECKS.md`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Finding {
+    pub code: String,
+    pub severity: Severity,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<u32>,
+}
+
+/// Everything collected from the node, before any judgement.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Facts {
+    pub node: NodeFacts,
+    pub boot: BootFacts,
+    pub esps: Vec<EspFacts>,
+    pub apt: AptFacts,
+    pub dns: DnsFacts,
+    pub cluster: ClusterFacts,
+    /// Inputs that exist but could not be read or decoded (binary garbage, permissions).
+    /// Each is a documented "unreadable" fact rather than a tool failure.
+    #[serde(default)]
+    pub unreadable: Vec<Unreadable>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Unreadable {
+    pub path: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeFacts {
+    pub hostname: Option<String>,
+    pub os: OsRelease,
+    pub pve_manager_version: Option<String>,
+    pub proxmox_ve_version: Option<String>,
+    /// `/proc/sys/kernel/osrelease`, e.g. `6.14.8-2-pve`.
+    pub running_kernel: Option<String>,
+    pub boot_id: Option<String>,
+    /// `/proc/cmdline`.
+    pub kernel_cmdline: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OsRelease {
+    pub id: Option<String>,
+    pub version_id: Option<String>,
+    pub codename: Option<String>,
+    pub pretty_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Firmware {
+    Uefi,
+    #[default]
+    Bios,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecureBootFacts {
+    /// `SecureBoot` efivar data, `None` when absent or unreadable.
+    pub secure_boot: Option<bool>,
+    /// `SetupMode` efivar data.
+    pub setup_mode: Option<bool>,
+    /// `MokSBStateRT` exists: shim does not validate.
+    pub shim_validation_disabled: bool,
+    /// mokutil's verdict: `enabled`, `disabled` or `unknown`.
+    pub state: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackageFacts {
+    pub name: String,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelHookFacts {
+    pub path: String,
+    pub exists: bool,
+    /// The package whose `.list` file names the hook.
+    pub owner: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootFacts {
+    pub firmware: Firmware,
+    /// Present only on UEFI.
+    pub secure_boot: Option<SecureBootFacts>,
+    /// Installed boot-loader related packages (name, version), sorted by name.
+    pub packages: Vec<PackageFacts>,
+    pub kernel_hook: KernelHookFacts,
+    /// The ESP list path, from the helper's `functions` file or the documented default.
+    pub esp_list_path: String,
+    pub esp_list_exists: bool,
+    /// Lines of the ESP list, trimmed (blank lines kept, so index + 1 is the line number).
+    pub esp_list: Vec<String>,
+    /// `/etc/fstab` has a `/boot/efi` entry.
+    pub boot_efi_in_fstab: bool,
+    /// `/boot/efi` is mounted (`/proc/self/mountinfo`).
+    pub boot_efi_mounted: bool,
+    /// `/etc/kernel/proxmox-boot-pin`, first line.
+    pub kernel_pin: Option<String>,
+    /// `/etc/kernel/next-boot-pin`, first line.
+    pub next_boot_pin: Option<String>,
+    /// Kernel versions with a `/boot/vmlinuz-<version>`, newest first.
+    pub installed_kernels: Vec<String>,
+    /// The kernel that boots next: next-boot pin, else pin, else newest installed.
+    pub next_kernel: Option<String>,
+    /// Root file system kind from the kernel command line: `zfs`, `btrfs` or `other`.
+    pub root_fs: Option<String>,
+    /// `grub2/force_efi_extra_removable` from debconf's config database.
+    pub force_efi_extra_removable: Option<bool>,
+    pub reboot_required: bool,
+    /// Why a reboot is required (empty when it is not).
+    pub reboot_required_reasons: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EspSource {
+    /// Listed in the ESP list (`proxmox-boot-uuids`).
+    EspList,
+    /// Mounted at (or listed in fstab for) `/boot/efi`.
+    BootEfi,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Loader {
+    SystemdBoot,
+    Grub,
+    /// Both `loader/loader.conf` and a GRUB layout.
+    Both,
+    Unknown,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EspFacts {
+    /// VFAT volume id as written in the list or fstab (`XXXX-XXXX`), if known.
+    pub uuid: Option<String>,
+    pub source: EspSource,
+    /// The device path read, relative to the inspected root (`/dev/disk/by-uuid/...`).
+    pub device: Option<String>,
+    /// The mount point, when mounted.
+    pub mountpoint: Option<String>,
+    /// The device exists.
+    pub present: bool,
+    pub loader: Option<Loader>,
+    /// Kernel versions held (directory names under `EFI/proxmox/` or `vmlinuz-*` in the root).
+    pub kernels: Vec<String>,
+    pub total_bytes: Option<u64>,
+    pub free_bytes: Option<u64>,
+    /// Largest kernel+initrd pair seen on this ESP, in bytes.
+    pub largest_kernel_pair_bytes: Option<u64>,
+    /// Digest of the kernel files held (names, sizes and contents); equal digests mean equal content.
+    pub content_digest: Option<String>,
+    /// Whether this ESP matches the other listed ESPs (kernel set and contents); `None` when
+    /// there is nothing to compare with.
+    pub matches_others: Option<bool>,
+    /// `EFI/BOOT/BOOTX64.EFI` (the removable-media loader) exists on it.
+    #[serde(default)]
+    pub removable_loader: bool,
+    /// Why the file system could not be read, if it could not.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AptFacts {
+    /// Every file under `sources.list` and `sources.list.d`, sorted by path.
+    pub files: Vec<AptFile>,
+    /// Every entry apt would read (enabled or not), in file order.
+    pub entries: Vec<AptEntry>,
+    /// Lines apt would refuse, with file and line.
+    #[serde(default)]
+    pub errors: Vec<LocatedError>,
+}
+
+/// A problem at a place in a file.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct LocatedError {
+    pub path: String,
+    pub line: u32,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AptFileFormat {
+    /// One-line format (`sources.list`, `*.list`).
+    OneLine,
+    /// deb822 (`*.sources`).
+    Deb822,
+    /// apt does not read this file.
+    Ignored,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AptFile {
+    pub path: String,
+    pub format: AptFileFormat,
+    /// Why apt does not read it (only for `Ignored`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignored_reason: Option<String>,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AptEntry {
+    pub file: String,
+    /// First line of the entry (one-line: its line; deb822: the stanza's first line).
+    pub line: u32,
+    pub enabled: bool,
+    pub types: Vec<String>,
+    pub uris: Vec<String>,
+    pub suites: Vec<String>,
+    pub components: Vec<String>,
+    /// Other keys (`Signed-By`, `Architectures`, ...), key lower-cased.
+    pub options: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsFacts {
+    pub resolv_conf: ResolvConfFacts,
+    pub interfaces: InterfacesDnsFacts,
+    pub hosts: HostsFacts,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolvConfFacts {
+    pub exists: bool,
+    /// Where `/etc/resolv.conf` points, if it is a symlink.
+    pub symlink_target: Option<String>,
+    /// It is systemd-resolved's stub (127.0.0.53 or a link into `/run/systemd/resolve`).
+    pub systemd_resolved_stub: bool,
+    pub nameservers: Vec<String>,
+    pub search: Vec<String>,
+    pub options: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterfacesDnsFacts {
+    /// Files read, `/etc/network/interfaces` first, then its `source` includes.
+    pub files: Vec<String>,
+    pub nameservers: Vec<String>,
+    pub search: Vec<String>,
+    /// Where each `dns-*` line is: (interface, file, line).
+    pub lines: Vec<DnsLine>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsLine {
+    pub iface: Option<String>,
+    pub key: String,
+    pub value: String,
+    pub file: String,
+    pub line: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostsFacts {
+    /// The name looked up (the node's hostname, first label).
+    pub name: Option<String>,
+    /// Addresses `/etc/hosts` gives for it, in file order.
+    pub addresses: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterFacts {
+    /// `/etc/pve/.members` exists.
+    pub members_file: bool,
+    /// No cluster: the members file has no `cluster` section (or does not exist).
+    pub standalone: bool,
+    pub name: Option<String>,
+    pub quorate: Option<bool>,
+    pub members: Vec<ClusterMember>,
+    /// Votes per node from `corosync.conf` (`quorum_votes`, default 1).
+    pub expected_votes: Option<u32>,
+    /// A corosync QDevice is configured.
+    pub qdevice: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterMember {
+    pub name: String,
+    pub id: Option<u32>,
+    pub online: bool,
+    pub ip: Option<String>,
+    pub votes: u32,
+}
