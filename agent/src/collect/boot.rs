@@ -300,7 +300,10 @@ fn read_one(
             e.content_digest = Some(c.content_digest);
             e.removable_loader = c.has_removable_loader;
         }
-        Err(err) => e.error = Some(err),
+        Err(err) => {
+            r.unreadable(&device, format!("ESP file system: {err}"));
+            e.error = Some(err);
+        }
     }
     e
 }
