@@ -1,6 +1,6 @@
 //! The text format: for people, grouped by area, severity coloured on a terminal.
 
-use fleetward_proto::{Finding, Report, Severity};
+use fleetward_proto::{Finding, Firmware, Report, Severity};
 use std::fmt::Write;
 
 /// Render a report as text. `color` adds ANSI colours to severities.
@@ -33,7 +33,11 @@ pub fn text(report: &Report, color: bool) -> String {
         }
         t
     });
-    let _ = writeln!(s, "  firmware  {:?}, {sb}", b.firmware);
+    let firmware = match b.firmware {
+        Firmware::Uefi => "UEFI",
+        Firmware::Bios => "legacy BIOS",
+    };
+    let _ = writeln!(s, "  firmware  {firmware}, {sb}");
     let pk: Vec<String> = b
         .packages
         .iter()

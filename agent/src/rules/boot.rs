@@ -1,6 +1,6 @@
 //! `boot.*`: firmware, boot loader, kernels, ESPs.
 
-use super::{has_package, is_pve, At, Findings};
+use super::{has_package, is_pve, list_or, At, Findings};
 use crate::collect::{is_vfat_id, KERNEL_HOOK};
 use fleetward_proto::{EspSource, Facts, Firmware, Loader, Severity::*};
 
@@ -226,11 +226,7 @@ pub(super) fn check(f: &Facts, out: &mut Findings) {
 }
 
 fn list_or_none(v: &[String]) -> String {
-    if v.is_empty() {
-        "no kernels".into()
-    } else {
-        v.join(", ")
-    }
+    list_or(v, ", ", "no kernels")
 }
 
 fn human(bytes: u64) -> String {

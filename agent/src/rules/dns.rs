@@ -1,6 +1,6 @@
 //! `dns.*`: resolver and node name.
 
-use super::{is_pve, At, Findings};
+use super::{is_pve, list_or, At, Findings};
 use fleetward_proto::{Facts, Severity::*};
 
 const RESOLV: &str = "/etc/resolv.conf";
@@ -44,14 +44,14 @@ pub(super) fn check(f: &Facts, out: &mut Findings) {
             diffs.push(format!(
                 "nameservers {} in the interfaces file, {} in resolv.conf",
                 i.nameservers.join(" "),
-                or_none(&r.nameservers)
+                list_or(&r.nameservers, " ", "none")
             ));
         }
         if !i.search.is_empty() && i.search != r.search {
             diffs.push(format!(
                 "search {} in the interfaces file, {} in resolv.conf",
                 i.search.join(" "),
-                or_none(&r.search)
+                list_or(&r.search, " ", "none")
             ));
         }
         if !diffs.is_empty() {
@@ -88,13 +88,5 @@ pub(super) fn check(f: &Facts, out: &mut Findings) {
             )
             .at("/etc/hosts", None);
         }
-    }
-}
-
-fn or_none(v: &[String]) -> String {
-    if v.is_empty() {
-        "none".into()
-    } else {
-        v.join(" ")
     }
 }

@@ -42,6 +42,15 @@ pub fn has_package(facts: &Facts, name: &str) -> bool {
     facts.boot.packages.iter().any(|p| p.name == name)
 }
 
+/// `v` joined with `sep`, or `none` when empty.
+fn list_or(v: &[String], sep: &str, none: &str) -> String {
+    if v.is_empty() {
+        none.to_string()
+    } else {
+        v.join(sep)
+    }
+}
+
 #[derive(Default)]
 struct Findings(Vec<Finding>);
 
