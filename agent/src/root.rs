@@ -116,15 +116,19 @@ impl Root {
     /// Read a file as bytes, refusing directories and oversized files.
     pub fn read_bytes(&self, node_path: &str) -> Result<Option<Vec<u8>>, String> {
         let real = self.resolve(node_path)?;
+        // Never open a FIFO, socket or character device: reading one could block forever.
+        match fs::metadata(&real) {
+            Ok(m) if m.is_dir() => return Err("is a directory".into()),
+            Ok(m) if !m.is_file() => return Err("not a regular file".into()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.to_string()),
+        }
         let file = match fs::File::open(&real) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e.to_string()),
         };
-        let meta = file.metadata().map_err(|e| e.to_string())?;
-        if meta.is_dir() {
-            return Err("is a directory".into());
-        }
         let mut buf = Vec::new();
         file.take(MAX_FILE_BYTES + 1)
             .read_to_end(&mut buf)
@@ -248,6 +252,21 @@ mod tests {
         std::os::unix::fs::symlink("/a", dir.path().join("b")).unwrap();
         let root = Root::new(dir.path());
         assert!(matches!(root.read_text("/a"), FileRead::Unreadable(_)));
+    }
+
+    #[test]
+    fn fifos_are_not_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mkfifo")
+            .arg(dir.path().join("hosts"))
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let root = Root::new(dir.path());
+        assert_eq!(
+            root.read_text("/hosts"),
+            FileRead::Unreadable("not a regular file".into())
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@ use crate::parse::{control, control::Installed, efivar, kv, version};
 use fleetward_proto::{
     BootFacts, EspFacts, EspSource, Firmware, KernelHookFacts, PackageFacts, SecureBootFacts,
 };
+use std::os::unix::fs::FileTypeExt;
 
 /// Packages whose presence and version describe the boot stack.
 pub const BOOT_PACKAGES: &[&str] = &[
@@ -283,11 +284,16 @@ fn read_one(
         return e;
     }
     e.present = true;
-    let read = r
-        .root
-        .resolve(&device)
-        .map_err(|e| e.to_string())
-        .and_then(|p| esp::read_esp(&p).map_err(|e| e.to_string()));
+    let read = r.root.resolve(&device).and_then(|p| {
+        // A regular file (fixture image) or a block device; never a FIFO that could block.
+        let ft = std::fs::metadata(&p)
+            .map_err(|e| e.to_string())?
+            .file_type();
+        if !(ft.is_file() || ft.is_block_device()) {
+            return Err("not a regular file or block device".to_string());
+        }
+        esp::read_esp(&p).map_err(|e| e.to_string())
+    });
     match read {
         Ok(c) => {
             let mut kernels = c.kernels;
