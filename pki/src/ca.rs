@@ -63,6 +63,16 @@ pub fn fingerprint_sha256(der: &[u8]) -> String {
     hex(&Sha256::digest(der))
 }
 
+/// A secret for one-time use (join tokens): 32 random bytes as 64 lower-case hex digits.
+pub fn random_token() -> Result<String, PkiError> {
+    let mut bytes = [0u8; 32];
+    rustls::crypto::ring::default_provider()
+        .secure_random
+        .fill(&mut bytes)
+        .map_err(|_| PkiError::Random)?;
+    Ok(hex(&bytes))
+}
+
 /// 16 random bytes, high bit cleared (positive INTEGER) and next bit set (no leading zero
 /// byte to strip, so the serial always has 32 hex digits).
 fn random_serial() -> Result<SerialNumber, PkiError> {

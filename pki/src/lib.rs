@@ -17,15 +17,19 @@
 mod ca;
 mod files;
 mod identity;
+mod pin;
 mod revocation;
 mod tls;
 
 #[cfg(test)]
 mod tests;
 
-pub use ca::{fingerprint_sha256, generate_key_and_csr, Ca, IssuedCert, KeyPairPem};
+pub use ca::{fingerprint_sha256, generate_key_and_csr, random_token, Ca, IssuedCert, KeyPairPem};
 pub use files::{write_private_key, write_public};
-pub use identity::{identity_from_der, not_after, serial_hex, Identity, Role};
+pub use identity::{identity_from_der, not_after, not_before, serial_hex, Identity, Role};
+pub use pin::{
+    cert_pem_from_der, client_config_pinned_fingerprint, normalize_fingerprint, PinnedCaVerifier,
+};
 pub use revocation::RevocationSet;
 pub use tls::{ca_der_from_pem, client_config, client_config_pinned_ca, server_config};
 
@@ -61,6 +65,8 @@ pub enum PkiError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("invalid SHA-256 fingerprint {0:?}: expected 64 hex digits (colons allowed)")]
+    InvalidFingerprint(String),
     #[error("secure random number generator failed")]
     Random,
 }

@@ -1,0 +1,15 @@
+//! fleetward's controller.
+//!
+//! The agents on Proxmox VE nodes report to it over mTLS gRPC. `store` is the one place
+//! that touches the database; `server` holds the API services behind one authorization
+//! layer; `init` creates the CA and identities; `config` and `paths` describe the
+//! configuration and the data directory. Fleet/drift rules and orchestration come with
+//! later issues.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod init;
+pub mod paths;
+pub mod serve;
+pub mod server;
+pub mod store;

@@ -1,0 +1,136 @@
+//! `fleetward serve`: bind, serve the API over mutual TLS until a signal, drain, flush.
+
+use crate::config::Config;
+use crate::paths::DataDir;
+use crate::server::{AgentApi, Controller, OperatorApi};
+use crate::store::Store;
+use fleetward_pki::Ca;
+use fleetward_proto::api::{
+    agent_service_server::AgentServiceServer, operator_service_server::OperatorServiceServer,
+};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("reading {path}: {source} (is {dir} a data directory made by `fleetward init`?)")]
+    Read {
+        path: String,
+        dir: String,
+        source: std::io::Error,
+    },
+    #[error("loading the CA: {0}")]
+    Ca(#[from] fleetward_pki::PkiError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("TLS or transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("server reflection: {0}")]
+    Reflection(String),
+}
+
+/// Everything `serve` needs from the data dir, loaded before binding.
+pub struct Loaded {
+    pub controller: Arc<Controller>,
+    tls: ServerTlsConfig,
+    max_message: usize,
+}
+
+pub fn load(dir: &DataDir, cfg: Config) -> Result<Loaded, ServeError> {
+    let read = |p: std::path::PathBuf| {
+        std::fs::read_to_string(&p).map_err(|source| ServeError::Read {
+            path: p.display().to_string(),
+            dir: dir.root().display().to_string(),
+            source,
+        })
+    };
+    let cert = read(dir.server_cert())?;
+    let key = read(dir.server_key())?;
+    let ca_pem = read(dir.ca_cert())?;
+    let ca = Ca::load(&dir.ca_dir())?;
+    let store = Store::open(dir.db())?;
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(cert, key))
+        .client_ca_root(Certificate::from_pem(ca_pem))
+        // Enrollment has no client certificate yet; every other call is refused without one.
+        .client_auth_optional(true);
+    let max_message = cfg.max_message_bytes;
+    Ok(Loaded {
+        controller: Controller::new(store, ca, cfg),
+        tls,
+        max_message,
+    })
+}
+
+pub async fn bind(addr: &str) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: addr.to_string(),
+            source,
+        })
+}
+
+/// Serve until `shutdown` resolves; then close agent sessions, wait for in-flight calls
+/// (bounded), and flush the database.
+pub async fn run(
+    loaded: Loaded,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let Loaded {
+        controller,
+        tls,
+        max_message,
+    } = loaded;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<AgentServiceServer<AgentApi>>().await;
+    health
+        .set_serving::<OperatorServiceServer<OperatorApi>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(fleetward_proto::api::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let agent = AgentServiceServer::new(AgentApi(controller.clone()))
+        .max_decoding_message_size(max_message);
+    let operator = OperatorServiceServer::new(OperatorApi(controller.clone()))
+        .max_decoding_message_size(max_message);
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let ctl = controller.clone();
+    let server = Server::builder()
+        .tls_config(tls)?
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(agent)
+        .add_service(operator)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            let _ = stop_rx.await;
+        });
+    tokio::pin!(server);
+    tokio::select! {
+        r = &mut server => r?,
+        () = shutdown => {
+            tracing::info!(sessions = ctl.session_count(), "shutting down: closing agent sessions");
+            ctl.close_all_sessions("controller shutting down");
+            let _ = stop_tx.send(());
+            if tokio::time::timeout(Duration::from_secs(10), &mut server).await.is_err() {
+                tracing::warn!("in-flight calls did not finish within 10 s");
+            }
+        }
+    }
+    controller.store().flush()?;
+    tracing::info!("database flushed; bye");
+    Ok(())
+}

@@ -1,0 +1,772 @@
+//! The gRPC API: `AgentService` and `OperatorService`, behind one authorization layer
+//! ([`Controller::authorize`]): every call but `Enroll` presents a client certificate
+//! signed by our CA; its role must match the service, its serial must not be revoked, and
+//! an agent only ever speaks for the node named in its certificate.
+
+use crate::config::Config;
+use crate::store::{AuditEntry, NodeRecord, Store, StoreError, TokenError};
+use fleetward_pki::{identity_from_der, not_after, serial_hex, Ca, Identity, Role};
+use fleetward_proto::api::{
+    self, agent_message, agent_service_server::AgentService, controller_message,
+    operator_service_server::OperatorService, AgentMessage, ControllerMessage,
+};
+use fleetward_proto::{Report, Severity};
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    tracing::error!(error = %e, "internal error");
+    Status::internal(e.to_string())
+}
+
+/// Who is calling, from the verified client certificate.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub identity: Identity,
+    pub serial: String,
+}
+
+type Outbound = mpsc::Sender<Result<ControllerMessage, Status>>;
+
+/// Why a session is ended from the controller's side.
+#[derive(Debug, Clone)]
+struct Kill {
+    revoked: bool,
+    reason: String,
+}
+
+struct SessionHandle {
+    id: u64,
+    tx: Outbound,
+    kill: watch::Sender<Option<Kill>>,
+}
+
+/// Shared controller state: the store, the CA, and the open agent sessions.
+pub struct Controller {
+    store: Arc<Store>,
+    ca: Ca,
+    cfg: Config,
+    sessions: Mutex<HashMap<String, SessionHandle>>,
+    heartbeats: Mutex<HashMap<String, u64>>,
+    counter: AtomicU64,
+}
+
+impl Controller {
+    pub fn new(store: Store, ca: Ca, cfg: Config) -> Arc<Self> {
+        Arc::new(Controller {
+            store: Arc::new(store),
+            ca,
+            cfg,
+            sessions: Mutex::new(HashMap::new()),
+            heartbeats: Mutex::new(HashMap::new()),
+            counter: AtomicU64::new(0),
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The one authorization check: a certificate is present (TLS already verified it
+    /// against our CA), names a fleetward identity of `role`, and is not revoked.
+    pub fn authorize<T>(&self, req: &Request<T>, role: Role) -> Result<Caller, Status> {
+        let certs = req
+            .peer_certs()
+            .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+        let der = certs
+            .first()
+            .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+        let identity = identity_from_der(der.as_ref()).map_err(|e| {
+            Status::unauthenticated(format!("certificate carries no fleetward identity: {e}"))
+        })?;
+        let serial =
+            serial_hex(der.as_ref()).map_err(|e| Status::unauthenticated(e.to_string()))?;
+        if self.store.is_revoked(&serial).map_err(internal)? {
+            return Err(Status::permission_denied("certificate revoked"));
+        }
+        if identity.role != role {
+            return Err(Status::permission_denied(format!(
+                "a {} certificate may not call {} methods",
+                identity.role, role
+            )));
+        }
+        Ok(Caller { identity, serial })
+    }
+
+    fn audit(&self, actor: &str, action: &str, target: &str, detail: String) -> Result<(), Status> {
+        tracing::info!(actor, action, target, detail = %detail, "audit");
+        self.store
+            .append_audit(&AuditEntry {
+                time_ms: now_ms(),
+                actor: actor.to_string(),
+                action: action.to_string(),
+                target: target.to_string(),
+                detail,
+            })
+            .map_err(internal)
+    }
+
+    fn node_enrolled(&self, name: &str) -> Result<NodeRecord, Status> {
+        match self.store.get_node(name).map_err(internal)? {
+            Some(n) if n.revoked => {
+                Err(Status::permission_denied(format!("node {name} is revoked")))
+            }
+            Some(n) => Ok(n),
+            None => Err(Status::permission_denied(format!(
+                "node {name} is not enrolled"
+            ))),
+        }
+    }
+
+    fn register(&self, node: &str, tx: Outbound) -> (u64, watch::Receiver<Option<Kill>>) {
+        let id = self.counter.fetch_add(1, Ordering::Relaxed);
+        let (kill, killed) = watch::channel(None);
+        let old = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(node.to_string(), SessionHandle { id, tx, kill });
+        if let Some(old) = old {
+            let _ = old.kill.send(Some(Kill {
+                revoked: false,
+                reason: "replaced by a newer session of the same node".into(),
+            }));
+        }
+        (id, killed)
+    }
+
+    fn unregister(&self, node: &str, id: u64) {
+        let mut s = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if s.get(node).is_some_and(|h| h.id == id) {
+            s.remove(node);
+        }
+    }
+
+    fn online(&self, node: &str) -> bool {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(node)
+    }
+
+    fn kill_session(&self, node: &str, kill: Kill) {
+        if let Some(h) = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(node)
+        {
+            let _ = h.kill.send(Some(kill));
+        }
+    }
+
+    /// Close every session (shutdown): agents reconnect to the next controller.
+    pub fn close_all_sessions(&self, reason: &str) {
+        let all: Vec<String> = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        for node in all {
+            self.kill_session(
+                &node,
+                Kill {
+                    revoked: false,
+                    reason: reason.to_string(),
+                },
+            );
+        }
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
+    fn last_seen(&self, rec: &NodeRecord) -> Option<u64> {
+        let hb = self
+            .heartbeats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&rec.name)
+            .copied();
+        rec.last_seen_ms.max(hb)
+    }
+
+    fn node_message(&self, rec: &NodeRecord, report: Option<&Report>) -> api::Node {
+        api::Node {
+            name: rec.name.clone(),
+            last_seen_unix_ms: self.last_seen(rec).map(|v| v as i64),
+            session_state: if self.online(&rec.name) {
+                api::SessionState::Online
+            } else {
+                api::SessionState::Offline
+            } as i32,
+            finding_counts: Some(api::FindingCounts::from_findings(
+                report.map_or(&[][..], |r| &r.findings),
+            )),
+            cert_serial: rec.cert_serial.clone(),
+            cert_not_after_unix_ms: Some(rec.cert_not_after_ms as i64),
+            revoked: rec.revoked,
+            agent_version: rec.agent_version.clone().unwrap_or_default(),
+        }
+    }
+
+    fn sign(
+        &self,
+        csr_pem: &str,
+        identity: &Identity,
+        secs: u64,
+    ) -> Result<(String, String, u64), Status> {
+        let issued = self
+            .ca
+            .sign_csr(csr_pem, identity, Duration::from_secs(secs))
+            .map_err(|e| Status::invalid_argument(format!("cannot sign the CSR: {e}")))?;
+        Ok((issued.pem, issued.serial, ms(issued.not_after)))
+    }
+}
+
+/// `AgentService`, called by agents.
+pub struct AgentApi(pub Arc<Controller>);
+
+type SessionStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<ControllerMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AgentService for AgentApi {
+    async fn enroll(
+        &self,
+        req: Request<api::EnrollRequest>,
+    ) -> Result<Response<api::EnrollResponse>, Status> {
+        let ctl = &self.0;
+        let r = req.into_inner();
+        let identity = Identity::new(Role::Agent, r.node_name.clone())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // Sign first (a bad CSR must not burn the token), then consume the token.
+        let (cert_pem, serial, not_after_ms) =
+            ctl.sign(&r.csr_pem, &identity, ctl.cfg.agent_cert_secs)?;
+        let now = now_ms();
+        let token = ctl.store.consume_token(&r.token, &r.node_name, now);
+        let token = match token {
+            Ok(t) => t,
+            Err(TokenError::Store(e)) => return Err(internal(e)),
+            Err(e) => {
+                tracing::warn!(node = %r.node_name, error = %e, "enrollment refused");
+                return Err(Status::permission_denied(format!(
+                    "enrollment refused: {e}"
+                )));
+            }
+        };
+        let previous = ctl.store.get_node(&r.node_name).map_err(internal)?;
+        if let Some(prev) = &previous {
+            // A re-enrolled node's old certificate stops working.
+            ctl.store
+                .revoke_serial(&prev.cert_serial)
+                .map_err(internal)?;
+            ctl.kill_session(
+                &r.node_name,
+                Kill {
+                    revoked: true,
+                    reason: "node re-enrolled".into(),
+                },
+            );
+        }
+        ctl.store
+            .upsert_node(&NodeRecord {
+                name: r.node_name.clone(),
+                cert_serial: serial.clone(),
+                cert_not_after_ms: not_after_ms,
+                enrolled_ms: now,
+                last_seen_ms: previous.as_ref().and_then(|p| p.last_seen_ms),
+                revoked: false,
+                agent_version: None,
+                boot_id: None,
+            })
+            .map_err(internal)?;
+        ctl.audit(
+            &r.node_name,
+            "node.enroll",
+            &r.node_name,
+            format!("token {} certificate {serial}", token.id),
+        )?;
+        Ok(Response::new(api::EnrollResponse {
+            cert_pem,
+            ca_pem: ctl.ca.cert_pem().to_string(),
+        }))
+    }
+
+    async fn renew(
+        &self,
+        req: Request<api::RenewRequest>,
+    ) -> Result<Response<api::RenewResponse>, Status> {
+        let ctl = &self.0;
+        let caller = ctl.authorize(&req, Role::Agent)?;
+        let mut rec = ctl.node_enrolled(&caller.identity.name)?;
+        let (cert_pem, serial, not_after_ms) = ctl.sign(
+            &req.get_ref().csr_pem,
+            &caller.identity,
+            ctl.cfg.agent_cert_secs,
+        )?;
+        tracing::info!(node = %rec.name, old = %caller.serial, new = %serial, "certificate renewed");
+        rec.cert_serial = serial;
+        rec.cert_not_after_ms = not_after_ms;
+        ctl.store.upsert_node(&rec).map_err(internal)?;
+        Ok(Response::new(api::RenewResponse { cert_pem }))
+    }
+
+    type SessionStream = SessionStream;
+
+    async fn session(
+        &self,
+        req: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let ctl = self.0.clone();
+        let caller = ctl.authorize(&req, Role::Agent)?;
+        let node = caller.identity.name.clone();
+        ctl.node_enrolled(&node)?;
+        let (tx, rx) = mpsc::channel(64);
+        let (id, killed) = ctl.register(&node, tx.clone());
+        tracing::info!(node = %node, "session opened");
+        let inbound = req.into_inner();
+        tokio::spawn(async move {
+            let end = drive_session(&ctl, &node, inbound, &tx, killed).await;
+            ctl.unregister(&node, id);
+            match end {
+                Ok(()) => tracing::info!(node = %node, "session closed"),
+                Err(status) => {
+                    tracing::warn!(node = %node, code = ?status.code(), message = status.message(), "session ended");
+                    let _ = tx.send(Err(status)).await;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+async fn drive_session(
+    ctl: &Arc<Controller>,
+    node: &str,
+    mut inbound: Streaming<AgentMessage>,
+    tx: &Outbound,
+    mut killed: watch::Receiver<Option<Kill>>,
+) -> Result<(), Status> {
+    use agent_message::Kind;
+    let send = |kind: controller_message::Kind| {
+        let tx = tx.clone();
+        async move {
+            tx.send(Ok(ControllerMessage::new(kind)))
+                .await
+                .map_err(|_| Status::cancelled("session gone"))
+        }
+    };
+    loop {
+        let msg = tokio::select! {
+            m = inbound.message() => m,
+            _ = killed.changed() => {
+                let kill = killed.borrow().clone().unwrap_or(Kill { revoked: false, reason: "closed".into() });
+                let _ = send(controller_message::Kind::Close(controller_message::Close { reason: kill.reason.clone() })).await;
+                return Err(if kill.revoked {
+                    Status::permission_denied(kill.reason)
+                } else {
+                    Status::unavailable(kill.reason)
+                });
+            }
+        };
+        let msg = match msg {
+            Ok(Some(m)) => m,
+            Ok(None) => return Ok(()),
+            // A decode error (e.g. a message over the size limit) goes back to the agent;
+            // a vanished agent makes the reply go nowhere, which is fine.
+            Err(status) => return Err(status),
+        };
+        ctl.heartbeats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(node.to_string(), now_ms());
+        match msg.kind {
+            Some(Kind::Hello(h)) => {
+                let mut rec = ctl.node_enrolled(node)?;
+                rec.agent_version = Some(h.agent_version);
+                rec.boot_id = Some(h.boot_id);
+                ctl.store.upsert_node(&rec).map_err(internal)?;
+            }
+            Some(Kind::Report(r)) => {
+                let report = r
+                    .parse()
+                    .map_err(|e| Status::invalid_argument(format!("report is not valid: {e}")))?;
+                if let Some(host) = report.facts.node.hostname.as_deref() {
+                    let short = host.split('.').next().unwrap_or(host);
+                    if short != node {
+                        return Err(Status::permission_denied(format!(
+                            "the certificate of node {node} may not report for node {short}"
+                        )));
+                    }
+                }
+                ctl.node_enrolled(node)?;
+                let store = ctl.store.clone();
+                let name = node.to_string();
+                tokio::task::spawn_blocking(move || store.put_report(&name, now_ms(), &report))
+                    .await
+                    .map_err(internal)?
+                    .map_err(|e: StoreError| internal(e))?;
+                send(controller_message::Kind::ReportAck(
+                    controller_message::ReportAck { seq: r.seq },
+                ))
+                .await?;
+            }
+            Some(Kind::Heartbeat(h)) => {
+                send(controller_message::Kind::HeartbeatAck(
+                    controller_message::HeartbeatAck { seq: h.seq },
+                ))
+                .await?;
+            }
+            Some(Kind::CommandAck(a)) => {
+                tracing::info!(node, command = %a.command_id, "command acknowledged")
+            }
+            Some(Kind::CommandResult(r)) => {
+                tracing::info!(node, command = %r.command_id, ok = r.ok, message = %r.message, "command finished")
+            }
+            None => return Err(Status::invalid_argument("empty agent message")),
+        }
+    }
+}
+
+/// `OperatorService`, called with operator certificates.
+pub struct OperatorApi(pub Arc<Controller>);
+
+fn not_found(what: &str, name: &str) -> Status {
+    Status::not_found(format!("no {what} named '{name}'"))
+}
+
+#[tonic::async_trait]
+impl OperatorService for OperatorApi {
+    async fn list_nodes(
+        &self,
+        req: Request<api::ListNodesRequest>,
+    ) -> Result<Response<api::ListNodesResponse>, Status> {
+        let ctl = &self.0;
+        ctl.authorize(&req, Role::Operator)?;
+        let mut nodes = Vec::new();
+        for rec in ctl.store.list_nodes().map_err(internal)? {
+            let report = ctl.store.latest_report(&rec.name).map_err(internal)?;
+            nodes.push(ctl.node_message(&rec, report.as_ref().map(|(_, r)| r)));
+        }
+        Ok(Response::new(api::ListNodesResponse { nodes }))
+    }
+
+    async fn get_node(
+        &self,
+        req: Request<api::GetNodeRequest>,
+    ) -> Result<Response<api::GetNodeResponse>, Status> {
+        let ctl = &self.0;
+        ctl.authorize(&req, Role::Operator)?;
+        let name = &req.get_ref().name;
+        let rec = ctl
+            .store
+            .get_node(name)
+            .map_err(internal)?
+            .ok_or_else(|| not_found("node", name))?;
+        let report = ctl.store.latest_report(name).map_err(internal)?;
+        Ok(Response::new(api::GetNodeResponse {
+            node: Some(ctl.node_message(&rec, report.as_ref().map(|(_, r)| r))),
+            report_json: report
+                .as_ref()
+                .map(|(_, r)| fleetward_proto::report_json_bytes(r)),
+            report_received_unix_ms: report.map(|(t, _)| t as i64),
+        }))
+    }
+
+    async fn list_findings(
+        &self,
+        req: Request<api::ListFindingsRequest>,
+    ) -> Result<Response<api::ListFindingsResponse>, Status> {
+        let ctl = &self.0;
+        ctl.authorize(&req, Role::Operator)?;
+        let r = req.into_inner();
+        let min = match r.min_severity.map(api::Severity::try_from) {
+            None | Some(Ok(api::Severity::Unspecified)) => Severity::Info,
+            Some(Ok(s)) => {
+                Severity::try_from(s).map_err(|e| Status::invalid_argument(e.to_string()))?
+            }
+            Some(Err(_)) => return Err(Status::invalid_argument("unknown severity")),
+        };
+        let now = now_ms();
+        let mut findings = Vec::new();
+        for rec in ctl.store.list_nodes().map_err(internal)? {
+            if r.node.as_ref().is_some_and(|n| *n != rec.name) {
+                continue;
+            }
+            let stale_after = ctl.cfg.stale_secs.saturating_mul(1000);
+            let seen = ctl.last_seen(&rec);
+            if !rec.revoked
+                && seen.is_none_or(|t| now.saturating_sub(t) > stale_after)
+                && Severity::Warning >= min
+            {
+                findings.push(api::Finding {
+                    node: rec.name.clone(),
+                    code: "node.stale".into(),
+                    severity: api::Severity::Warning as i32,
+                    message: match seen {
+                        Some(t) => format!(
+                            "no report or heartbeat for {} s",
+                            now.saturating_sub(t) / 1000
+                        ),
+                        None => "never reported".into(),
+                    },
+                    path: None,
+                    line: None,
+                });
+            }
+            if let Some((_, report)) = ctl.store.latest_report(&rec.name).map_err(internal)? {
+                findings.extend(
+                    report
+                        .findings
+                        .iter()
+                        .filter(|f| f.severity >= min)
+                        .map(|f| api::Finding::from_report(&rec.name, f)),
+                );
+            }
+        }
+        Ok(Response::new(api::ListFindingsResponse { findings }))
+    }
+
+    async fn refresh_node(
+        &self,
+        req: Request<api::RefreshNodeRequest>,
+    ) -> Result<Response<api::RefreshNodeResponse>, Status> {
+        let ctl = &self.0;
+        let caller = ctl.authorize(&req, Role::Operator)?;
+        let name = &req.get_ref().name;
+        let tx = ctl
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .map(|h| h.tx.clone())
+            .ok_or_else(|| Status::failed_precondition(format!("node {name} is not connected")))?;
+        let command_id = format!(
+            "refresh-{name}-{}-{}",
+            now_ms(),
+            ctl.counter.fetch_add(1, Ordering::Relaxed)
+        );
+        let cmd = api::Command {
+            command_id: command_id.clone(),
+            kind: Some(api::command::Kind::Refresh(api::command::Refresh {})),
+        };
+        tx.send(Ok(ControllerMessage::new(
+            controller_message::Kind::Command(cmd),
+        )))
+        .await
+        .map_err(|_| Status::unavailable(format!("node {name} disconnected")))?;
+        ctl.audit(
+            &caller.identity.name,
+            "node.refresh",
+            name,
+            command_id.clone(),
+        )?;
+        Ok(Response::new(api::RefreshNodeResponse { command_id }))
+    }
+
+    async fn revoke_node(
+        &self,
+        req: Request<api::RevokeNodeRequest>,
+    ) -> Result<Response<api::RevokeNodeResponse>, Status> {
+        let ctl = &self.0;
+        let caller = ctl.authorize(&req, Role::Operator)?;
+        let name = &req.get_ref().name;
+        let mut rec = ctl
+            .store
+            .get_node(name)
+            .map_err(internal)?
+            .ok_or_else(|| not_found("node", name))?;
+        ctl.store
+            .revoke_serial(&rec.cert_serial)
+            .map_err(internal)?;
+        rec.revoked = true;
+        ctl.store.upsert_node(&rec).map_err(internal)?;
+        ctl.kill_session(
+            name,
+            Kill {
+                revoked: true,
+                reason: "node revoked by an operator".into(),
+            },
+        );
+        ctl.audit(
+            &caller.identity.name,
+            "node.revoke",
+            name,
+            format!("certificate {}", rec.cert_serial),
+        )?;
+        Ok(Response::new(api::RevokeNodeResponse {}))
+    }
+
+    async fn create_token(
+        &self,
+        req: Request<api::CreateTokenRequest>,
+    ) -> Result<Response<api::CreateTokenResponse>, Status> {
+        let ctl = &self.0;
+        let caller = ctl.authorize(&req, Role::Operator)?;
+        let r = req.into_inner();
+        let ttl = if r.ttl_seconds == 0 {
+            3600
+        } else {
+            r.ttl_seconds
+        };
+        if ttl > 7 * 24 * 3600 {
+            return Err(Status::invalid_argument(
+                "a join token may live at most 7 days",
+            ));
+        }
+        if let Some(n) = &r.node_name {
+            Identity::new(Role::Agent, n.clone())
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        }
+        let token = fleetward_pki::random_token().map_err(internal)?;
+        let now = now_ms();
+        let rec = ctl
+            .store
+            .create_token(&token, r.node_name.as_deref(), now + ttl * 1000, now)
+            .map_err(internal)?;
+        ctl.audit(
+            &caller.identity.name,
+            "token.create",
+            &rec.id,
+            format!(
+                "node {} ttl {ttl}s",
+                r.node_name.as_deref().unwrap_or("any")
+            ),
+        )?;
+        Ok(Response::new(api::CreateTokenResponse {
+            id: rec.id,
+            token,
+            expires_at_unix_ms: rec.expires_ms as i64,
+            ca_sha256: ctl.ca.fingerprint_sha256(),
+        }))
+    }
+
+    async fn list_tokens(
+        &self,
+        req: Request<api::ListTokensRequest>,
+    ) -> Result<Response<api::ListTokensResponse>, Status> {
+        let ctl = &self.0;
+        ctl.authorize(&req, Role::Operator)?;
+        let tokens = ctl
+            .store
+            .list_tokens()
+            .map_err(internal)?
+            .into_iter()
+            .map(|t| api::TokenInfo {
+                id: t.id,
+                node_name: t.node,
+                expires_at_unix_ms: t.expires_ms as i64,
+                used: t.used_ms.is_some(),
+            })
+            .collect();
+        Ok(Response::new(api::ListTokensResponse { tokens }))
+    }
+
+    async fn revoke_token(
+        &self,
+        req: Request<api::RevokeTokenRequest>,
+    ) -> Result<Response<api::RevokeTokenResponse>, Status> {
+        let ctl = &self.0;
+        let caller = ctl.authorize(&req, Role::Operator)?;
+        let id = &req.get_ref().id;
+        match ctl.store.revoke_token(id) {
+            Ok(_) => {}
+            Err(StoreError::UnknownToken(_)) => return Err(not_found("token", id)),
+            Err(e) => return Err(internal(e)),
+        }
+        ctl.audit(&caller.identity.name, "token.revoke", id, String::new())?;
+        Ok(Response::new(api::RevokeTokenResponse {}))
+    }
+
+    async fn issue_operator(
+        &self,
+        req: Request<api::IssueOperatorRequest>,
+    ) -> Result<Response<api::IssueOperatorResponse>, Status> {
+        let ctl = &self.0;
+        let caller = ctl.authorize(&req, Role::Operator)?;
+        let r = req.into_inner();
+        let identity = Identity::new(Role::Operator, r.name.clone())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let secs = ctl.cfg.operator_cert_secs;
+        let (cert_pem, key_pem, serial) = match &r.csr_pem {
+            Some(csr) => {
+                let (pem, serial, _) = ctl.sign(csr, &identity, secs)?;
+                (pem, None, serial)
+            }
+            None => {
+                let (cert, key) = ctl
+                    .ca
+                    .issue(&identity, Duration::from_secs(secs), &[], &[])
+                    .map_err(internal)?;
+                (cert.pem, Some(key.pem().to_string()), cert.serial)
+            }
+        };
+        ctl.audit(
+            &caller.identity.name,
+            "operator.issue",
+            &r.name,
+            format!("certificate {serial}"),
+        )?;
+        Ok(Response::new(api::IssueOperatorResponse {
+            cert_pem,
+            key_pem,
+            ca_pem: ctl.ca.cert_pem().to_string(),
+        }))
+    }
+
+    async fn list_audit(
+        &self,
+        req: Request<api::ListAuditRequest>,
+    ) -> Result<Response<api::ListAuditResponse>, Status> {
+        let ctl = &self.0;
+        ctl.authorize(&req, Role::Operator)?;
+        let limit = match req.get_ref().limit {
+            0 => 100,
+            n => n as usize,
+        };
+        let entries = ctl
+            .store
+            .list_audit(limit)
+            .map_err(internal)?
+            .into_iter()
+            .map(|e| api::AuditEntry {
+                time_unix_ms: e.time_ms as i64,
+                actor: e.actor,
+                action: e.action,
+                target: e.target,
+                detail: e.detail,
+            })
+            .collect();
+        Ok(Response::new(api::ListAuditResponse { entries }))
+    }
+}
+
+/// Read a certificate's expiry as unix ms (for records of certificates we did not sign
+/// through [`Controller::sign`]).
+pub fn cert_not_after_ms(der: &[u8]) -> Option<u64> {
+    not_after(der).ok().map(ms)
+}

@@ -1,0 +1,249 @@
+//! Harness for end-to-end tests: start the real `fleetward` controller in a private data
+//! directory on 127.0.0.1 (port chosen by the kernel), talk to it with the real CLI or with
+//! raw gRPC clients holding certificates the test makes. Processes are killed on drop.
+//!
+//! The binaries come from the workspace's target directory; `.ci/run` builds them
+//! (`cargo build --workspace --bins`) before `cargo test`.
+#![forbid(unsafe_code)]
+
+use fleetward_pki::{generate_key_and_csr, Ca, Identity, KeyPairPem, Role};
+use fleetward_proto::api::{
+    agent_service_client::AgentServiceClient, operator_service_client::OperatorServiceClient,
+};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity as TlsIdentity};
+
+/// A workspace binary (`fleetward`, `fleetward-agent`), built by `cargo build --bins`.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (.ci/run does)",
+        path.display()
+    );
+    path
+}
+
+/// Wait until `f` returns Some, or panic after `timeout` naming `what`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A running controller with its own data directory.
+pub struct Controller {
+    pub dir: tempfile::TempDir,
+    pub addr: String,
+    child: Option<Child>,
+}
+
+impl Controller {
+    /// `fleetward init` + `fleetward serve --listen 127.0.0.1:0`.
+    pub fn start() -> Controller {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = Command::new(bin("fleetward"))
+            .args(["init", "--name", "e2e", "--data-dir"])
+            .arg(dir.path())
+            .output()
+            .expect("fleetward init");
+        assert!(
+            out.status.success(),
+            "init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut c = Controller {
+            dir,
+            addr: String::new(),
+            child: None,
+        };
+        c.restart();
+        c
+    }
+
+    /// Start (again) `serve` on the same data dir, on a new port.
+    pub fn restart(&mut self) {
+        self.kill();
+        let addr_file = self.dir.path().join("listen.addr");
+        let _ = std::fs::remove_file(&addr_file);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("serve.log"))
+            .expect("log file");
+        let child = Command::new(bin("fleetward"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(self.dir.path())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("fleetward serve");
+        self.child = Some(child);
+        self.addr = wait_for("the controller to listen", Duration::from_secs(20), || {
+            let a = std::fs::read_to_string(&addr_file).ok()?;
+            let a = a.trim().to_string();
+            std::net::TcpStream::connect(&a).ok().map(|_| a)
+        });
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL, no clean-up: for crash tests.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Whether the serve process is still running.
+    pub fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default()
+    }
+
+    pub fn ca(&self) -> Ca {
+        Ca::load(&self.dir.path().join("ca")).expect("load CA")
+    }
+
+    pub fn ca_pem(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("ca/ca.crt")).expect("ca.crt")
+    }
+
+    /// Run the operator CLI against this controller (`--data-dir`), JSON output.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(bin("fleetward"))
+            .args(args)
+            .args(["--output", "json", "--data-dir"])
+            .arg(self.dir.path())
+            .output()
+            .expect("fleetward cli")
+    }
+
+    /// `cli` that must succeed; returns its parsed JSON.
+    pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "fleetward {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "fleetward {args:?}: not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// A TLS channel trusting this controller's CA, with an optional client identity.
+    pub async fn channel(
+        &self,
+        client: Option<(&str, &str)>,
+    ) -> Result<Channel, tonic::transport::Error> {
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(self.ca_pem()))
+            .domain_name("localhost");
+        if let Some((cert, key)) = client {
+            tls = tls.identity(TlsIdentity::from_pem(cert, key));
+        }
+        Channel::from_shared(format!("https://{}", self.addr))
+            .expect("url")
+            .tls_config(tls)?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(10))
+            .connect()
+            .await
+    }
+
+    /// An operator client using the first operator's credentials.
+    pub async fn operator(&self) -> OperatorServiceClient<Channel> {
+        let cert = std::fs::read_to_string(self.dir.path().join("operators/admin.crt"))
+            .expect("admin.crt");
+        let key = std::fs::read_to_string(self.dir.path().join("operators/admin.key"))
+            .expect("admin.key");
+        OperatorServiceClient::new(self.channel(Some((&cert, &key))).await.expect("connect"))
+    }
+
+    /// Credentials minted directly by this controller's CA (what enrollment would give).
+    pub fn mint(&self, role: Role, name: &str, validity: Duration) -> (String, String) {
+        let (cert, key) = self
+            .ca()
+            .issue(
+                &Identity::new(role, name).expect("identity"),
+                validity,
+                &[],
+                &[],
+            )
+            .expect("issue");
+        (cert.pem, key.pem().to_string())
+    }
+
+    /// Create a join token through the operator API.
+    pub async fn token(&self, node: Option<&str>, ttl_seconds: u64) -> String {
+        self.operator()
+            .await
+            .create_token(fleetward_proto::api::CreateTokenRequest {
+                ttl_seconds,
+                node_name: node.map(String::from),
+            })
+            .await
+            .expect("create token")
+            .into_inner()
+            .token
+    }
+
+    /// Enroll `name` over raw gRPC (no client certificate); returns (cert, key) on success.
+    pub async fn enroll(&self, name: &str, token: &str) -> Result<(String, String), tonic::Status> {
+        let (key, csr): (KeyPairPem, String) =
+            generate_key_and_csr(&Identity::new(Role::Agent, name).expect("identity"))
+                .expect("csr");
+        let mut client = AgentServiceClient::new(self.channel(None).await.expect("connect"));
+        let resp = client
+            .enroll(fleetward_proto::api::EnrollRequest {
+                token: token.to_string(),
+                node_name: name.to_string(),
+                csr_pem: csr,
+            })
+            .await?;
+        Ok((resp.into_inner().cert_pem, key.pem().to_string()))
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The seed fixture directory of the agent's tests (`agent/tests/fixtures/...`).
+pub fn agent_fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../agent/tests/fixtures")
+        .join(rel)
+}
