@@ -66,6 +66,46 @@ pub struct Controller {
     sessions: Mutex<HashMap<String, SessionHandle>>,
     heartbeats: Mutex<HashMap<String, u64>>,
     counter: AtomicU64,
+    commit: GroupCommit,
+}
+
+/// Group commit: reports are written without a flush, then wait for the next database
+/// flush that starts after their write; one flush acknowledges every report that arrived
+/// while the previous one ran. No report is acknowledged before it is durable.
+#[derive(Default)]
+struct GroupCommit {
+    waiters: Mutex<Vec<tokio::sync::oneshot::Sender<Result<(), String>>>>,
+    flushing: tokio::sync::Mutex<()>,
+}
+
+impl GroupCommit {
+    async fn durable(&self, store: &Arc<Store>) -> Result<(), Status> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(tx);
+        // Whoever gets the flush lock flushes for everyone waiting at that moment; a
+        // waiter whose write came later finds itself in the next batch.
+        let guard = self.flushing.lock().await;
+        let batch = std::mem::take(&mut *self.waiters.lock().unwrap_or_else(|e| e.into_inner()));
+        if !batch.is_empty() {
+            let store = store.clone();
+            let r = tokio::task::spawn_blocking(move || store.flush())
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()));
+            for w in batch {
+                let _ = w.send(r.clone());
+            }
+        }
+        drop(guard);
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(internal(e)),
+            Err(_) => Err(internal("group commit lost a waiter")),
+        }
+    }
 }
 
 impl Controller {
@@ -77,6 +117,7 @@ impl Controller {
             sessions: Mutex::new(HashMap::new()),
             heartbeats: Mutex::new(HashMap::new()),
             counter: AtomicU64::new(0),
+            commit: GroupCommit::default(),
         })
     }
 
@@ -426,10 +467,12 @@ async fn drive_session(
                 ctl.node_enrolled(node)?;
                 let store = ctl.store.clone();
                 let name = node.to_string();
-                tokio::task::spawn_blocking(move || store.put_report(&name, now_ms(), &report))
+                let json = r.report_json;
+                tokio::task::spawn_blocking(move || store.put_report_json(&name, now_ms(), &json))
                     .await
                     .map_err(internal)?
                     .map_err(|e: StoreError| internal(e))?;
+                ctl.commit.durable(&ctl.store).await?;
                 send(controller_message::Kind::ReportAck(
                     controller_message::ReportAck { seq: r.seq },
                 ))

@@ -244,12 +244,21 @@ impl Store {
     /// old history runs after the commit; a crash there only leaves a few extra entries,
     /// pruned by the next report. The final flush makes the acknowledgement durable.
     pub fn put_report(&self, node: &str, received_ms: u64, report: &Report) -> Result<u64> {
+        let seq = self.put_report_json(node, received_ms, &report_json_bytes(report))?;
+        self.flush()?;
+        Ok(seq)
+    }
+
+    /// [`Store::put_report`] for a report already in its canonical JSON (as the agent
+    /// sent it, validated by the caller), WITHOUT the final flush: the caller must not
+    /// acknowledge the report before a [`Store::flush`] that started after this returned
+    /// (the server's group commit does exactly that).
+    pub fn put_report_json(&self, node: &str, received_ms: u64, json: &[u8]) -> Result<u64> {
         check_node_name(node)?;
         let seq = self.db.generate_id()?;
-        let json = report_json_bytes(report);
         let mut hist_key = history_prefix(node);
         hist_key.extend_from_slice(&seq.to_be_bytes());
-        let hist_val = [&received_ms.to_be_bytes()[..], &json].concat();
+        let hist_val = [&received_ms.to_be_bytes()[..], json].concat();
         let latest_val = [&seq.to_be_bytes()[..], &hist_val].concat();
 
         (&self.nodes, &self.reports, &self.history)
@@ -283,7 +292,6 @@ impl Store {
         {
             self.history.remove(k)?;
         }
-        self.flush()?;
         Ok(seq)
     }
 
