@@ -14,3 +14,4 @@ pub mod probe;
 pub mod render;
 pub mod root;
 pub mod rules;
+pub mod session;

@@ -2,11 +2,15 @@
 #![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand, ValueEnum};
+use fleetward_agent::session::enroll::{self, EnrollOptions};
+use fleetward_agent::session::run::{self, RunOptions};
+use fleetward_agent::session::state::DEFAULT_STATE_DIR;
 use fleetward_agent::{inspect, probe, render, root::Root};
 use fleetward_proto::Severity;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(name = "fleetward-agent", version, about = "fleetward node agent")]
@@ -34,6 +38,54 @@ enum Command {
         #[arg(long = "probe-name", value_name = "NAME", requires = "probe")]
         probe_names: Vec<String>,
     },
+    /// Enroll this node with the controller: make a key pair here (it never leaves the
+    /// node), trade the one-time token and a CSR for a certificate, and store both.
+    ///
+    /// The controller is trusted only if it presents the CA with the pinned fingerprint.
+    /// Exit status: 0 enrolled, 1 not enrolled (the message says why).
+    Enroll {
+        /// The controller, `https://HOST[:PORT]`.
+        #[arg(long, value_name = "URL")]
+        controller: String,
+        /// The one-time enrollment token.
+        #[arg(
+            long,
+            value_name = "TOKEN",
+            env = "FLEETWARD_TOKEN",
+            hide_env_values = true
+        )]
+        token: String,
+        /// SHA-256 fingerprint of the controller's CA certificate (hex; colons allowed).
+        #[arg(long = "ca-sha256", value_name = "HEX")]
+        ca_sha256: String,
+        /// Node name to enroll as [default: the hostname of the node under --root].
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        /// Read the hostname under DIR instead of /.
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        root: PathBuf,
+        /// Replace an existing identity in the state directory.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Keep a session with the controller open: report at start and on every change,
+    /// heartbeat in between, execute the controller's commands, renew the certificate
+    /// before it expires, and reconnect after failures. Logs to stderr (RUST_LOG).
+    Run {
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        /// Inspect the tree under DIR instead of the live host.
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        root: PathBuf,
+        /// Re-inspect every SECS seconds.
+        #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        interval: u64,
+        /// Send a heartbeat when nothing was sent for SECS seconds.
+        #[arg(long, value_name = "SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3_600))]
+        heartbeat: u64,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -45,6 +97,34 @@ enum Format {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Enroll {
+            controller,
+            token,
+            ca_sha256,
+            name,
+            state_dir,
+            root,
+            force,
+        } => exit(cmd_enroll(EnrollOptions {
+            controller,
+            token,
+            ca_sha256,
+            state_dir,
+            name,
+            root,
+            force,
+        })),
+        Command::Run {
+            state_dir,
+            root,
+            interval,
+            heartbeat,
+        } => exit(cmd_run(RunOptions {
+            state_dir,
+            root,
+            interval: Duration::from_secs(interval),
+            heartbeat: Duration::from_secs(heartbeat),
+        })),
         Command::Inspect {
             root,
             format,
@@ -90,4 +170,67 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn exit(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fleetward-agent: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn cmd_enroll(opts: EnrollOptions) -> anyhow::Result<()> {
+    let enrolled = runtime()?.block_on(enroll::enroll(&opts))?;
+    let hours = enrolled
+        .not_after
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default()
+        .as_secs()
+        / 3600;
+    println!(
+        "enrolled as {} (CA {}); certificate valid for {hours} h (renewed automatically); state in {}",
+        enrolled.node_name,
+        enrolled.ca_sha256,
+        opts.state_dir.display()
+    );
+    Ok(())
+}
+
+fn cmd_run(opts: RunOptions) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    if !opts.root.is_dir() {
+        anyhow::bail!("--root {}: not a directory", opts.root.display());
+    }
+    runtime()?.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            tracing::info!("signal received: stopping");
+            let _ = stop.send(true);
+        });
+        tracing::info!(version = env!("CARGO_PKG_VERSION"), state_dir = %opts.state_dir.display(), "fleetward-agent starting");
+        run::run(opts, shutdown).await?;
+        Ok(())
+    })
 }

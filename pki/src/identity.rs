@@ -126,13 +126,27 @@ pub fn serial_hex(cert_der: &[u8]) -> Result<String, PkiError> {
 
 /// The end of the certificate's validity period.
 pub fn not_after(cert_der: &[u8]) -> Result<SystemTime, PkiError> {
-    let ts = parse(cert_der)?.validity().not_after.timestamp();
+    system_time(
+        parse(cert_der)?.validity().not_after.timestamp(),
+        "notAfter",
+    )
+}
+
+/// The start of the certificate's validity period.
+pub fn not_before(cert_der: &[u8]) -> Result<SystemTime, PkiError> {
+    system_time(
+        parse(cert_der)?.validity().not_before.timestamp(),
+        "notBefore",
+    )
+}
+
+fn system_time(ts: i64, field: &str) -> Result<SystemTime, PkiError> {
     let t = if ts >= 0 {
         SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(ts.unsigned_abs()))
     } else {
         SystemTime::UNIX_EPOCH.checked_sub(Duration::from_secs(ts.unsigned_abs()))
     };
-    t.ok_or_else(|| PkiError::Certificate(format!("notAfter {ts} out of range")))
+    t.ok_or_else(|| PkiError::Certificate(format!("{field} {ts} out of range")))
 }
 
 /// The certificate's subject public key (the BIT STRING contents).

@@ -18,7 +18,14 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 pub fn fixtures_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    // This module is also included by the workspace's end-to-end tests (`tests/`).
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let own = here.join("tests/fixtures");
+    if own.is_dir() {
+        own
+    } else {
+        here.join("../agent/tests/fixtures")
+    }
 }
 
 /// Every fixture directory under `fixtures/<group>/`, sorted.
