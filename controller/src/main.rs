@@ -23,6 +23,8 @@ enum Command {
     Init(InitArgs),
     /// Run the controller.
     Serve(ServeArgs),
+    #[command(flatten)]
+    Client(fleetward_controller::cli::ClientCommand),
 }
 
 #[derive(Args)]
@@ -88,6 +90,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Client(c) => fleetward_controller::cli::run(c),
         Command::Serve(a) => {
             logging("info");
             match serve_main(a) {

@@ -458,7 +458,7 @@ async fn drive_session(
                     .map_err(|e| Status::invalid_argument(format!("report is not valid: {e}")))?;
                 if let Some(host) = report.facts.node.hostname.as_deref() {
                     let short = host.split('.').next().unwrap_or(host);
-                    if short != node {
+                    if !short.eq_ignore_ascii_case(node) {
                         return Err(Status::permission_denied(format!(
                             "the certificate of node {node} may not report for node {short}"
                         )));
@@ -724,6 +724,7 @@ impl OperatorService for OperatorApi {
                 node_name: t.node,
                 expires_at_unix_ms: t.expires_ms as i64,
                 used: t.used_ms.is_some(),
+                revoked: t.revoked,
             })
             .collect();
         Ok(Response::new(api::ListTokensResponse { tokens }))

@@ -1,0 +1,581 @@
+//! The operator CLI client: `fleetward nodes`, `node …`, `findings`, `token …`,
+//! `operator issue`, `audit`. Each calls the controller's `OperatorService` over mutual TLS.
+//!
+//! Credentials come from a data dir, a `cli.toml` or `FLEETWARD_*` variables ([`conn`]);
+//! rendering is pure ([`output`]). Exit status: 0 ok, 1 the controller refused or failed
+//! (or could not be reached), 2 usage or configuration error.
+
+/// `CliError::Config(format!(...))`.
+macro_rules! config_err {
+    ($($arg:tt)*) => { $crate::cli::CliError::Config(format!($($arg)*)) };
+}
+
+mod conn;
+mod output;
+
+use clap::{Args, Subcommand, ValueEnum};
+use fleetward_pki::{generate_key_and_csr, Identity, Role};
+use fleetward_proto::api;
+use serde_json::json;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Options every client command takes.
+#[derive(Debug, Clone, Args)]
+pub struct ClientOpts {
+    /// Controller data directory (on the controller host): use its `admin` operator
+    /// identity and the address `serve` listens on. Takes precedence over --config.
+    #[arg(long, env = "FLEETWARD_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Client configuration [default: ~/.config/fleetward/cli.toml]. FLEETWARD_CA,
+    /// FLEETWARD_CERT and FLEETWARD_KEY override its paths.
+    #[arg(long, env = "FLEETWARD_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Controller URL, e.g. https://ctl.example:7443.
+    #[arg(long, env = "FLEETWARD_CONTROLLER", value_name = "URL")]
+    pub controller: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub output: Format,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SeverityArg {
+    Info,
+    Warning,
+    Error,
+}
+
+/// Commands that talk to a running controller.
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// List the enrolled nodes with their state and finding counts.
+    Nodes(OptsOnly),
+    /// Show, refresh or revoke one node.
+    Node {
+        #[command(subcommand)]
+        cmd: NodeCmd,
+    },
+    /// List the findings of the nodes' latest reports.
+    Findings {
+        /// Only this node.
+        #[arg(long)]
+        node: Option<String>,
+        /// Only findings at least this severe.
+        #[arg(long, value_enum)]
+        severity: Option<SeverityArg>,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Create, list or revoke enrollment tokens.
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
+    /// Issue operator certificates.
+    Operator {
+        #[command(subcommand)]
+        cmd: OperatorCmd,
+    },
+    /// Show the newest audit log entries.
+    Audit {
+        /// At most this many entries.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct OptsOnly {
+    #[command(flatten)]
+    pub opts: ClientOpts,
+}
+
+/// A node name and the client options.
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    pub name: String,
+    #[command(flatten)]
+    pub opts: ClientOpts,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCmd {
+    /// The node, its findings and (with --output json) its latest report.
+    Show(NodeArgs),
+    /// Ask the node to inspect now and report.
+    Refresh(NodeArgs),
+    /// Revoke the node's certificate and close its session.
+    Revoke(NodeArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// Make a one-time enrollment token and print the agent's enroll command.
+    Create {
+        /// How long the token is valid, e.g. 90s, 30m, 1h, 2d, 1h30m [default: the controller's].
+        #[arg(long, value_parser = parse_ttl)]
+        ttl: Option<u64>,
+        /// Only this node name may enroll with it.
+        #[arg(long)]
+        node: Option<String>,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// List tokens (without their secrets).
+    List(OptsOnly),
+    /// Invalidate an unused token.
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OperatorCmd {
+    /// Issue an operator certificate for a key generated here (the key never leaves this machine).
+    Issue {
+        name: String,
+        /// Write NAME.key (0600), NAME.crt, ca.crt and cli.toml into this directory, e.g.
+        /// ~/.config/fleetward. Without it, the key and certificate are printed.
+        #[arg(long, value_name = "DIR")]
+        write_config: Option<PathBuf>,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+}
+
+impl ClientCommand {
+    fn opts(&self) -> &ClientOpts {
+        use {ClientCommand as C, NodeCmd as N, OperatorCmd as O, TokenCmd as T};
+        match self {
+            C::Nodes(o) | C::Token { cmd: T::List(o) } => &o.opts,
+            C::Node {
+                cmd: N::Show(a) | N::Refresh(a) | N::Revoke(a),
+            } => &a.opts,
+            C::Findings { opts, .. } | C::Audit { opts, .. } => opts,
+            C::Token {
+                cmd: T::Create { opts, .. } | T::Revoke { opts, .. },
+            } => opts,
+            C::Operator {
+                cmd: O::Issue { opts, .. },
+            } => opts,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum CliError {
+    /// Usage or configuration: exit 2.
+    Config(String),
+    /// The controller refused or failed, or could not be reached: exit 1.
+    Failed(String),
+}
+
+impl From<tonic::Status> for CliError {
+    /// "permission denied: <message>", with the transport's cause when there is one.
+    fn from(s: tonic::Status) -> Self {
+        let mut msg = String::new();
+        for (i, c) in format!("{:?}", s.code()).char_indices() {
+            if i > 0 && c.is_uppercase() {
+                msg.push(' ');
+            }
+            msg.push(c.to_ascii_lowercase());
+        }
+        if !s.message().is_empty() {
+            msg = format!("{msg}: {}", s.message());
+        }
+        CliError::Failed(conn::chain_onto(msg, std::error::Error::source(&s)))
+    }
+}
+
+/// "90s", "30m", "1h", "2d", "1w", "1h30m" or plain seconds → seconds (> 0).
+pub fn parse_ttl(s: &str) -> Result<u64, String> {
+    let bad = || format!("invalid duration {s:?}: expected e.g. 90s, 30m, 1h, 2d or 1h30m");
+    if let Ok(n) = s.parse::<u64>() {
+        return if n > 0 { Ok(n) } else { Err(bad()) };
+    }
+    let (mut total, mut num) = (0u64, None::<u64>);
+    for c in s.chars() {
+        if let Some(d) = c.to_digit(10) {
+            num = Some(
+                num.unwrap_or(0)
+                    .checked_mul(10)
+                    .and_then(|n| n.checked_add(d.into()))
+                    .ok_or_else(bad)?,
+            );
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            'w' => 604_800,
+            _ => return Err(bad()),
+        };
+        let n = num.take().ok_or_else(bad)?;
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| v.checked_add(total))
+            .ok_or_else(bad)?;
+    }
+    if num.is_some() || total == 0 {
+        Err(bad())
+    } else {
+        Ok(total)
+    }
+}
+
+/// Runs a client command: prints its output, errors as `fleetward: …` on stderr.
+pub fn run(cmd: ClientCommand) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let result = match runtime {
+        Ok(rt) => rt.block_on(execute(&cmd)),
+        Err(e) => Err(CliError::Failed(format!(
+            "cannot start the async runtime: {e}"
+        ))),
+    };
+    match result {
+        Ok(out) => {
+            // A closed pipe (`| head`) is not an error worth a message.
+            let _ = std::io::stdout().lock().write_all(out.as_bytes());
+            ExitCode::SUCCESS
+        }
+        Err(CliError::Config(m)) => {
+            eprintln!("fleetward: {m}");
+            ExitCode::from(2)
+        }
+        Err(CliError::Failed(m)) => {
+            eprintln!("fleetward: {m}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn execute(cmd: &ClientCommand) -> Result<String, CliError> {
+    use {ClientCommand as C, NodeCmd as N, OperatorCmd as O, TokenCmd as T};
+    let opts = cmd.opts();
+    let fmt = opts.output;
+    let creds = conn::resolve(opts, &|k| std::env::var(k).ok())?;
+    let mut c = conn::connect(&creds).await?;
+    Ok(match cmd {
+        C::Nodes(_) => {
+            let nodes = c.list_nodes(api::ListNodesRequest {}).await?;
+            let findings = c.list_findings(api::ListFindingsRequest::default()).await?;
+            output::nodes(&nodes.get_ref().nodes, &findings.get_ref().findings, fmt)
+        }
+        C::Node { cmd: N::Show(a) } => {
+            let resp = c
+                .get_node(api::GetNodeRequest {
+                    name: a.name.clone(),
+                })
+                .await?;
+            output::node_detail(resp.get_ref(), fmt).map_err(|e| {
+                CliError::Failed(format!("the controller sent an unreadable report: {e}"))
+            })?
+        }
+        C::Node { cmd: N::Refresh(a) } => {
+            let resp = c
+                .refresh_node(api::RefreshNodeRequest {
+                    name: a.name.clone(),
+                })
+                .await?;
+            let (name, id) = (&a.name, &resp.get_ref().command_id);
+            let text = format!("asked {name} to refresh (command {id})");
+            output::done(text, json!({"node": name, "command_id": id}), fmt)
+        }
+        C::Node { cmd: N::Revoke(a) } => {
+            c.revoke_node(api::RevokeNodeRequest {
+                name: a.name.clone(),
+            })
+            .await?;
+            let v = json!({"node": a.name, "revoked": true});
+            output::done(format!("revoked {}", a.name), v, fmt)
+        }
+        C::Findings { node, severity, .. } => {
+            let min_severity = severity.map(|s| match s {
+                SeverityArg::Info => api::Severity::Info as i32,
+                SeverityArg::Warning => api::Severity::Warning as i32,
+                SeverityArg::Error => api::Severity::Error as i32,
+            });
+            let node = node.clone();
+            let resp = c
+                .list_findings(api::ListFindingsRequest { node, min_severity })
+                .await?;
+            output::findings(&resp.get_ref().findings, fmt)
+        }
+        C::Token {
+            cmd: T::Create { ttl, node, .. },
+        } => {
+            let (ttl_seconds, node_name) = (ttl.unwrap_or(0), node.clone());
+            let req = api::CreateTokenRequest {
+                ttl_seconds,
+                node_name,
+            };
+            let resp = c.create_token(req).await?;
+            let loopback = ["127.0.0.1", "[::1]", "localhost"];
+            if fmt == Format::Text && loopback.iter().any(|h| creds.controller.contains(h)) {
+                eprintln!(
+                    "fleetward: note: the enroll command names a loopback address; replace it \
+                     (or pass --controller) with one the node can reach"
+                );
+            }
+            output::token_created(resp.get_ref(), &creds.controller, fmt)
+        }
+        C::Token { cmd: T::List(_) } => {
+            let resp = c.list_tokens(api::ListTokensRequest {}).await?;
+            output::tokens(&resp.get_ref().tokens, fmt)
+        }
+        C::Token {
+            cmd: T::Revoke { id, .. },
+        } => {
+            c.revoke_token(api::RevokeTokenRequest { id: id.clone() })
+                .await?;
+            let v = json!({"token": id, "revoked": true});
+            output::done(format!("revoked token {id}"), v, fmt)
+        }
+        C::Operator {
+            cmd: O::Issue {
+                name, write_config, ..
+            },
+        } => {
+            let identity =
+                Identity::new(Role::Operator, name.clone()).map_err(|e| config_err!("{e}"))?;
+            let files = write_config
+                .as_deref()
+                .map(|p| ConfigFiles::new(p, name))
+                .transpose()?;
+            let (key, csr) =
+                generate_key_and_csr(&identity).map_err(|e| CliError::Failed(e.to_string()))?;
+            let req = api::IssueOperatorRequest {
+                name: name.clone(),
+                csr_pem: Some(csr),
+            };
+            let resp = c.issue_operator(req).await?.into_inner();
+            let mut v = json!({"name": name, "cert_pem": resp.cert_pem, "ca_pem": resp.ca_pem});
+            let Some(f) = files else {
+                eprintln!(
+                    "fleetward: issued {name}; its private key is printed only now: keep it 0600"
+                );
+                v["key_pem"] = json!(key.pem());
+                let text = format!("{}{}", key.pem(), resp.cert_pem);
+                return Ok(output::done(text.trim_end().to_owned(), v, fmt));
+            };
+            f.write(&creds.controller, &resp, key.pem())?;
+            let [toml, cert, key, ca] = [&f.toml, &f.cert, &f.key, &f.ca].map(|p| p.display());
+            v["files"] = json!({"config": toml.to_string(), "cert": cert.to_string(),
+                                "key": key.to_string(), "ca": ca.to_string()});
+            let text = format!(
+                "issued operator certificate {name}\nwrote {toml}, {cert}, {key} (mode 0600), {ca}\n\
+                 use it with: fleetward nodes --config {toml}"
+            );
+            output::done(text, v, fmt)
+        }
+        C::Audit { limit, .. } => {
+            let resp = c
+                .list_audit(api::ListAuditRequest { limit: *limit })
+                .await?;
+            output::audit(&resp.get_ref().entries, fmt)
+        }
+    })
+}
+
+/// The files `operator issue --write-config` writes.
+struct ConfigFiles {
+    toml: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
+}
+
+impl ConfigFiles {
+    /// Refuses up front (before a certificate is issued) to overwrite an existing config or key.
+    fn new(path: &Path, name: &str) -> Result<Self, CliError> {
+        let files = ConfigFiles {
+            toml: path.join("cli.toml"),
+            cert: path.join(format!("{name}.crt")),
+            key: path.join(format!("{name}.key")),
+            ca: path.join("ca.crt"),
+        };
+        for p in [&files.toml, &files.cert, &files.key] {
+            if p.exists() {
+                return Err(config_err!("refusing to overwrite {}", p.display()));
+            }
+        }
+        Ok(files)
+    }
+
+    fn write(
+        &self,
+        controller: &str,
+        resp: &api::IssueOperatorResponse,
+        key_pem: &str,
+    ) -> Result<(), CliError> {
+        use std::os::unix::fs::DirBuilderExt;
+        let name = |p: &Path| p.file_name().map(PathBuf::from);
+        let cfg = conn::CliConfig {
+            controller: Some(controller.to_owned()),
+            ca: name(&self.ca),
+            cert: name(&self.cert),
+            key: name(&self.key),
+        };
+        let text = format!(
+            "# fleetward CLI configuration, written by `fleetward operator issue`.\n\
+             # Paths are relative to this file.\n{}",
+            toml::to_string(&cfg).map_err(|e| CliError::Failed(e.to_string()))?
+        );
+        let fail = |p: &Path| {
+            let p = p.display().to_string();
+            move |e: std::io::Error| CliError::Failed(format!("cannot write {p}: {e}"))
+        };
+        if let Some(dir) = self.toml.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(fail(dir))?;
+        }
+        fleetward_pki::write_private_key(&self.key, key_pem).map_err(fail(&self.key))?;
+        fleetward_pki::write_public(&self.cert, &resp.cert_pem).map_err(fail(&self.cert))?;
+        fleetward_pki::write_public(&self.ca, &resp.ca_pem).map_err(fail(&self.ca))?;
+        fleetward_pki::write_public(&self.toml, &text).map_err(fail(&self.toml))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: ClientCommand,
+    }
+
+    #[test]
+    fn ttl_parsing() {
+        let ok = [
+            ("90s", 90),
+            ("30m", 1800),
+            ("1h", 3600),
+            ("2d", 172_800),
+            ("1w", 604_800),
+            ("1h30m", 5400),
+            ("45", 45),
+        ];
+        for (s, secs) in ok {
+            assert_eq!(parse_ttl(s), Ok(secs), "{s}");
+        }
+        for s in [
+            "",
+            "0",
+            "0s",
+            "h",
+            "1x",
+            "1h30",
+            "-1h",
+            "1.5h",
+            "99999999999999999999d",
+            " 1h",
+        ] {
+            assert!(parse_ttl(s).is_err(), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn status_codes_read_as_words() {
+        let e = CliError::from(tonic::Status::permission_denied("operators only"));
+        assert!(
+            matches!(e, CliError::Failed(ref m) if m == "permission denied: operators only"),
+            "{e:?}"
+        );
+        let e = CliError::from(tonic::Status::not_found(""));
+        assert!(
+            matches!(e, CliError::Failed(ref m) if m == "not found"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn every_leaf_takes_the_client_options() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let args = [
+            "x",
+            "token",
+            "create",
+            "--ttl",
+            "1h",
+            "--node",
+            "pve1",
+            "--output",
+            "json",
+            "--data-dir",
+            "/d",
+        ];
+        let cli = Cli::try_parse_from(args).unwrap();
+        assert_eq!(cli.cmd.opts().output, Format::Json);
+        assert_eq!(cli.cmd.opts().data_dir.as_deref(), Some(Path::new("/d")));
+        assert!(matches!(
+            cli.cmd,
+            ClientCommand::Token {
+                cmd: TokenCmd::Create {
+                    ttl: Some(3600),
+                    ..
+                }
+            }
+        ));
+        assert!(Cli::try_parse_from(["x", "token", "create", "--ttl", "soon"]).is_err());
+        let cli = Cli::try_parse_from(["x", "audit"]).unwrap();
+        assert!(matches!(cli.cmd, ClientCommand::Audit { limit: 50, .. }));
+    }
+
+    #[test]
+    fn write_config_writes_a_usable_cli_toml() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("conf");
+        let files = ConfigFiles::new(&dir, "alice").unwrap();
+        let resp = api::IssueOperatorResponse {
+            cert_pem: "CERT".into(),
+            key_pem: None,
+            ca_pem: "CA".into(),
+        };
+        files.write("https://ctl:7443", &resp, "KEY").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.join("alice.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let opts = ClientOpts {
+            data_dir: None,
+            config: Some(dir.join("cli.toml")),
+            controller: None,
+            output: Format::Text,
+        };
+        let creds = conn::resolve(&opts, &|_| None).unwrap();
+        assert_eq!(creds.controller, "https://ctl:7443");
+        assert_eq!(std::fs::read_to_string(&creds.key).unwrap(), "KEY");
+        assert_eq!(std::fs::read_to_string(&creds.cert).unwrap(), "CERT");
+        assert_eq!(std::fs::read_to_string(&creds.ca).unwrap(), "CA");
+        // A second run refuses before anything is issued.
+        let again = ConfigFiles::new(&dir, "alice");
+        assert!(
+            matches!(again, Err(CliError::Config(m)) if m.contains("alice") || m.contains("cli.toml"))
+        );
+    }
+}

@@ -1,0 +1,521 @@
+//! Rendering API responses as text tables or JSON. Pure: data in, a `String` out.
+
+use super::Format;
+use fleetward_proto::api::{self, SessionState, Severity};
+use serde_json::{json, Value};
+use std::fmt::Write;
+
+/// RFC 3339 UTC to the second, e.g. `2026-11-03T12:00:00Z`.
+pub(crate) fn rfc3339(unix_ms: i64) -> String {
+    match time::OffsetDateTime::from_unix_timestamp(unix_ms.div_euclid(1000)) {
+        Ok(t) => {
+            let (date, time) = (t.date(), t.time());
+            let (y, m, d) = (date.year(), u8::from(date.month()), date.day());
+            let (h, min, s) = (time.hour(), time.minute(), time.second());
+            format!("{y:04}-{m:02}-{d:02}T{h:02}:{min:02}:{s:02}Z")
+        }
+        Err(_) => format!("@{unix_ms}ms"),
+    }
+}
+
+fn time_or(unix_ms: Option<i64>, none: &str) -> String {
+    unix_ms.map_or_else(|| none.to_owned(), rfc3339)
+}
+
+fn or_dash(s: &str) -> String {
+    if s.is_empty() { "-" } else { s }.to_owned()
+}
+
+/// Control characters (from node-supplied strings) must not reach the terminal.
+fn clean(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// Left-aligned columns two spaces apart; the last column is not padded.
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| clean(c)).collect())
+        .collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in std::iter::once(&header).chain(&rows) {
+        let mut line = String::new();
+        for (cell, w) in row.iter().zip(&widths) {
+            let _ = write!(line, "{cell:<w$}  ");
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn json_string(v: &Value) -> String {
+    // Serialising a `Value` cannot fail.
+    serde_json::to_string_pretty(v).unwrap_or_default() + "\n"
+}
+
+/// A list: a JSON array, or a text table (`empty` when it has no rows).
+fn list<T>(
+    items: &[T],
+    fmt: Format,
+    json: impl Fn(&T) -> Value,
+    (header, row, empty): (&[&str], impl Fn(&T) -> Vec<String>, &str),
+) -> String {
+    match fmt {
+        Format::Json => json_string(&Value::Array(items.iter().map(json).collect())),
+        Format::Text if items.is_empty() => format!("{empty}\n"),
+        Format::Text => table(header, &items.iter().map(row).collect::<Vec<_>>()),
+    }
+}
+
+/// A one-line result in text, `value` in JSON.
+pub(crate) fn done(text: String, value: Value, fmt: Format) -> String {
+    match fmt {
+        Format::Json => json_string(&value),
+        Format::Text => text + "\n",
+    }
+}
+
+fn state_text(n: &api::Node) -> String {
+    let state = match n.session_state() {
+        SessionState::Online => "online",
+        SessionState::Offline => "offline",
+        SessionState::Unspecified => "unknown",
+    };
+    state.to_owned() + if n.revoked { ",revoked" } else { "" }
+}
+
+fn severity_name(s: Severity) -> &'static str {
+    match s {
+        Severity::Info => "info",
+        Severity::Warning => "warning",
+        Severity::Error => "error",
+        Severity::Unspecified => "unspecified",
+    }
+}
+
+fn finding_json(f: &api::Finding, with_node: bool) -> Value {
+    let sev = severity_name(f.severity());
+    let mut v = json!({"code": f.code, "severity": sev, "message": f.message});
+    if with_node {
+        v["node"] = json!(f.node);
+    }
+    if let Some(p) = &f.path {
+        v["path"] = json!(p);
+    }
+    if let Some(l) = f.line {
+        v["line"] = json!(l);
+    }
+    v
+}
+
+/// `[node, severity, code, message, path:line]`.
+fn finding_row(f: &api::Finding) -> Vec<String> {
+    let location = match (&f.path, f.line) {
+        (Some(p), Some(l)) => format!("{p}:{l}"),
+        (Some(p), None) => p.clone(),
+        (None, _) => "-".into(),
+    };
+    let sev = severity_name(f.severity()).to_owned();
+    vec![
+        f.node.clone(),
+        sev,
+        f.code.clone(),
+        f.message.clone(),
+        location,
+    ]
+}
+
+/// The node with the findings in `findings` that are its own.
+fn node_json(n: &api::Node, findings: &[api::Finding]) -> Value {
+    let c = n.finding_counts.unwrap_or_default();
+    let own = findings.iter().filter(|f| f.node == n.name);
+    json!({
+        "name": n.name,
+        "state": if n.session_state() == SessionState::Online { "online" } else { "offline" },
+        "last_seen_unix_ms": n.last_seen_unix_ms,
+        "agent_version": n.agent_version,
+        "revoked": n.revoked,
+        "cert_serial": n.cert_serial,
+        "cert_not_after_unix_ms": n.cert_not_after_unix_ms,
+        "finding_counts": {"info": c.info, "warning": c.warning, "error": c.error},
+        "findings": own.map(|f| finding_json(f, false)).collect::<Vec<_>>(),
+    })
+}
+
+/// `nodes`, sorted by name; each node gets its own `findings`.
+pub(crate) fn nodes(nodes: &[api::Node], findings: &[api::Finding], fmt: Format) -> String {
+    let mut nodes = nodes.to_vec();
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    let header = ["NAME", "STATE", "LAST-SEEN", "ERR", "WARN", "INFO", "AGENT"];
+    let row = |n: &api::Node| {
+        let c = n.finding_counts.unwrap_or_default();
+        let (last_seen, agent) = (
+            time_or(n.last_seen_unix_ms, "never"),
+            or_dash(&n.agent_version),
+        );
+        let counts = [c.error, c.warning, c.info].map(|n| n.to_string());
+        [
+            vec![n.name.clone(), state_text(n), last_seen],
+            counts.to_vec(),
+            vec![agent],
+        ]
+        .concat()
+    };
+    let empty = "no nodes enrolled yet (make a token with `fleetward token create`)";
+    list(
+        &nodes,
+        fmt,
+        |n| node_json(n, findings),
+        (&header, row, empty),
+    )
+}
+
+/// `node show`: the node, its findings, and (JSON only) the whole latest report.
+pub(crate) fn node_detail(resp: &api::GetNodeResponse, fmt: Format) -> serde_json::Result<String> {
+    let node = resp.node.clone().unwrap_or_default();
+    let (report, findings) = match &resp.report_json {
+        Some(bytes) => {
+            let value: Value = serde_json::from_slice(bytes)?;
+            let report: fleetward_proto::Report = serde_json::from_value(value.clone())?;
+            let to_api = |f| api::Finding::from_report(&node.name, f);
+            (value, report.findings.iter().map(to_api).collect())
+        }
+        None => (Value::Null, Vec::new()),
+    };
+    if fmt == Format::Json {
+        let (node, received) = (node_json(&node, &findings), resp.report_received_unix_ms);
+        let v = json!({"node": node, "report": report, "report_received_unix_ms": received});
+        return Ok(json_string(&v));
+    }
+    let c = node.finding_counts.unwrap_or_default();
+    let expires = time_or(node.cert_not_after_unix_ms, "?");
+    let report_line = match resp.report_received_unix_ms {
+        Some(t) => format!(
+            "received {} ({} error, {} warning, {} info)",
+            rfc3339(t),
+            c.error,
+            c.warning,
+            c.info
+        ),
+        None => "none yet".into(),
+    };
+    let fields = [
+        ("node", node.name.clone()),
+        ("state", state_text(&node)),
+        ("last seen", time_or(node.last_seen_unix_ms, "never")),
+        ("agent", or_dash(&node.agent_version)),
+        (
+            "certificate",
+            format!("serial {}, expires {expires}", node.cert_serial),
+        ),
+        ("report", report_line),
+    ];
+    let mut out = String::new();
+    for (k, v) in fields {
+        let _ = writeln!(out, "{:<13}{}", format!("{k}:"), clean(&v));
+    }
+    if !findings.is_empty() {
+        let rows: Vec<Vec<String>> = findings
+            .iter()
+            .map(|f| finding_row(f)[1..].to_vec())
+            .collect();
+        out = out + "\n" + &table(&["SEVERITY", "CODE", "MESSAGE", "PATH:LINE"], &rows);
+    }
+    Ok(out)
+}
+
+pub(crate) fn findings(findings: &[api::Finding], fmt: Format) -> String {
+    let header = ["NODE", "SEVERITY", "CODE", "MESSAGE", "PATH:LINE"];
+    list(
+        findings,
+        fmt,
+        |f| finding_json(f, true),
+        (&header, finding_row, "no findings"),
+    )
+}
+
+pub(crate) fn token_created(t: &api::CreateTokenResponse, controller: &str, fmt: Format) -> String {
+    let (token, hex) = (&t.token, &t.ca_sha256);
+    let command = format!(
+        "fleetward-agent enroll --controller {controller} --token {token} --ca-sha256 {hex}"
+    );
+    let expires = rfc3339(t.expires_at_unix_ms);
+    let text = format!(
+        "token:    {token}\nid:       {}\nexpires:  {expires}\n\nOn the node, run:\n  {command}",
+        t.id
+    );
+    let v = json!({"id": t.id, "token": token, "expires_at_unix_ms": t.expires_at_unix_ms,
+                   "ca_sha256": hex, "enroll_command": command});
+    done(text, v, fmt)
+}
+
+pub(crate) fn tokens(tokens: &[api::TokenInfo], fmt: Format) -> String {
+    let json = |t: &api::TokenInfo| json!({"id": t.id, "node": t.node_name, "expires_at_unix_ms": t.expires_at_unix_ms, "used": t.used, "revoked": t.revoked});
+    let row = |t: &api::TokenInfo| {
+        let node = t.node_name.clone().unwrap_or_else(|| "(any)".into());
+        let used = match (t.used, t.revoked) {
+            (true, _) => "yes",
+            (false, true) => "revoked",
+            (false, false) => "no",
+        };
+        vec![
+            t.id.clone(),
+            node,
+            rfc3339(t.expires_at_unix_ms),
+            used.into(),
+        ]
+    };
+    list(
+        tokens,
+        fmt,
+        json,
+        (&["ID", "NODE", "EXPIRES", "USED"], row, "no tokens"),
+    )
+}
+
+pub(crate) fn audit(entries: &[api::AuditEntry], fmt: Format) -> String {
+    let json = |e: &api::AuditEntry| {
+        json!({"time_unix_ms": e.time_unix_ms, "actor": e.actor, "action": e.action,
+               "target": e.target, "detail": e.detail})
+    };
+    let row = |e: &api::AuditEntry| {
+        let rest = [&e.actor, &e.action, &e.target, &e.detail].map(|s| s.clone());
+        [vec![rfc3339(e.time_unix_ms)], rest.to_vec()].concat()
+    };
+    let header = ["TIME", "ACTOR", "ACTION", "TARGET", "DETAIL"];
+    list(entries, fmt, json, (&header, row, "no audit entries"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finding(node: &str, sev: Severity, path: Option<&str>, line: Option<u32>) -> api::Finding {
+        api::Finding {
+            node: node.into(),
+            code: "FW-BOOT-001".into(),
+            severity: sev.into(),
+            message: "boot \x1b[31mbroken".into(),
+            path: path.map(Into::into),
+            line,
+        }
+    }
+
+    fn node(name: &str, online: bool) -> api::Node {
+        api::Node {
+            name: name.into(),
+            last_seen_unix_ms: online.then_some(1_700_000_000_123),
+            session_state: if online {
+                SessionState::Online
+            } else {
+                SessionState::Offline
+            }
+            .into(),
+            finding_counts: Some(api::FindingCounts {
+                info: 0,
+                warning: 2,
+                error: 1,
+            }),
+            cert_serial: "4abc".into(),
+            cert_not_after_unix_ms: Some(1_800_000_000_000),
+            revoked: !online,
+            agent_version: if online {
+                "0.1.0".into()
+            } else {
+                String::new()
+            },
+        }
+    }
+
+    #[test]
+    fn times_are_rfc3339_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000_999), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59Z");
+        assert_eq!(rfc3339(i64::MAX), format!("@{}ms", i64::MAX));
+    }
+
+    #[test]
+    fn table_pads_to_the_widest_cell_and_strips_control_characters() {
+        let rows = vec![
+            vec!["pve-long-name".into(), "x".into(), "".into()],
+            vec!["a".into(), "ü\tb".into(), "z".into()],
+        ];
+        let t = table(&["NAME", "S", "LAST"], &rows);
+        let expected = "NAME           S    LAST\npve-long-name  x\na              ü b  z\n";
+        assert_eq!(t, expected);
+        assert!(table(&["A"], &[]).eq("A\n"));
+    }
+
+    #[test]
+    fn nodes_text_and_json() {
+        let ns = [node("pve2", false), node("pve1", true)];
+        let fs = [
+            finding("pve1", Severity::Error, Some("/etc/fstab"), Some(3)),
+            finding("pve2", Severity::Info, None, None),
+        ];
+        let text = nodes(&ns, &fs, Format::Text);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "NAME  STATE            LAST-SEEN             ERR  WARN  INFO  AGENT"
+        );
+        assert_eq!(
+            lines[1],
+            "pve1  online           2023-11-14T22:13:20Z  1    2     0     0.1.0"
+        );
+        assert_eq!(
+            lines[2],
+            "pve2  offline,revoked  never                 1    2     0     -"
+        );
+
+        let v: Value = serde_json::from_str(&nodes(&ns, &fs, Format::Json)).unwrap();
+        assert_eq!(v[0]["name"], "pve1");
+        assert_eq!(v[0]["state"], "online");
+        assert_eq!(v[0]["last_seen_unix_ms"], 1_700_000_000_123i64);
+        assert_eq!(
+            v[0]["finding_counts"],
+            json!({"info": 0, "warning": 2, "error": 1})
+        );
+        assert_eq!(
+            v[0]["findings"],
+            json!([{"code": "FW-BOOT-001", "severity": "error", "message": "boot \x1b[31mbroken", "path": "/etc/fstab", "line": 3}])
+        );
+        assert_eq!(v[1]["state"], "offline");
+        assert_eq!(v[1]["revoked"], true);
+        assert_eq!(v[1]["last_seen_unix_ms"], Value::Null);
+        assert_eq!(
+            v[1]["findings"][0],
+            json!({"code": "FW-BOOT-001", "severity": "info", "message": "boot \x1b[31mbroken"})
+        );
+    }
+
+    #[test]
+    fn node_detail_carries_the_report() {
+        let report = fleetward_proto::Report {
+            schema_version: fleetward_proto::SCHEMA_VERSION,
+            facts: Default::default(),
+            findings: vec![fleetward_proto::Finding {
+                code: "FW-DNS-002".into(),
+                severity: fleetward_proto::Severity::Warning,
+                message: "resolver".into(),
+                path: Some("/etc/resolv.conf".into()),
+                line: None,
+            }],
+        };
+        let resp = api::GetNodeResponse {
+            node: Some(node("pve1", true)),
+            report_json: Some(fleetward_proto::report_json_bytes(&report)),
+            report_received_unix_ms: Some(1_700_000_000_000),
+        };
+        let v: Value = serde_json::from_str(&node_detail(&resp, Format::Json).unwrap()).unwrap();
+        assert_eq!(v["node"]["name"], "pve1");
+        assert_eq!(v["node"]["findings"][0]["path"], "/etc/resolv.conf");
+        assert_eq!(
+            v["report"]["schema_version"],
+            json!(fleetward_proto::SCHEMA_VERSION)
+        );
+        assert_eq!(v["report_received_unix_ms"], 1_700_000_000_000i64);
+        let text = node_detail(&resp, Format::Text).unwrap();
+        assert!(
+            text.contains("report:      received 2023-11-14T22:13:20Z"),
+            "{text}"
+        );
+        assert!(
+            text.contains("warning   FW-DNS-002  resolver  /etc/resolv.conf"),
+            "{text}"
+        );
+
+        let empty = api::GetNodeResponse {
+            node: Some(node("pve9", false)),
+            ..Default::default()
+        };
+        let v: Value = serde_json::from_str(&node_detail(&empty, Format::Json).unwrap()).unwrap();
+        assert_eq!(
+            (&v["report"], &v["node"]["findings"]),
+            (&Value::Null, &json!([]))
+        );
+        assert!(node_detail(&empty, Format::Text)
+            .unwrap()
+            .contains("report:      none yet"));
+    }
+
+    #[test]
+    fn findings_tokens_audit() {
+        let fs = [finding(
+            "pve1",
+            Severity::Warning,
+            Some("/etc/fstab"),
+            Some(3),
+        )];
+        let text = findings(&fs, Format::Text);
+        assert_eq!(
+            text.lines().nth(1).unwrap(),
+            "pve1  warning   FW-BOOT-001  boot  [31mbroken  /etc/fstab:3"
+        );
+        let v: Value = serde_json::from_str(&findings(&fs, Format::Json)).unwrap();
+        assert_eq!(v[0]["node"], "pve1");
+
+        let ts = [api::TokenInfo {
+            id: "t1".into(),
+            node_name: None,
+            expires_at_unix_ms: 0,
+            used: true,
+            revoked: false,
+        }];
+        assert_eq!(
+            tokens(&ts, Format::Text),
+            "ID  NODE   EXPIRES               USED\nt1  (any)  1970-01-01T00:00:00Z  yes\n"
+        );
+        let v: Value = serde_json::from_str(&tokens(&ts, Format::Json)).unwrap();
+        assert_eq!(
+            v,
+            json!([{"id": "t1", "node": null, "expires_at_unix_ms": 0, "used": true, "revoked": false}])
+        );
+
+        let es = [api::AuditEntry {
+            time_unix_ms: 0,
+            actor: "admin".into(),
+            action: "token.create".into(),
+            target: "t1".into(),
+            detail: String::new(),
+        }];
+        assert_eq!(
+            audit(&es, Format::Text).lines().nth(1).unwrap(),
+            "1970-01-01T00:00:00Z  admin  token.create  t1"
+        );
+        let v: Value = serde_json::from_str(&audit(&es, Format::Json)).unwrap();
+        assert_eq!(v[0]["action"], "token.create");
+    }
+
+    #[test]
+    fn token_created_prints_the_enroll_command() {
+        let t = api::CreateTokenResponse {
+            id: "t1".into(),
+            token: "SECRET".into(),
+            expires_at_unix_ms: 0,
+            ca_sha256: "ab12".into(),
+        };
+        let v: Value =
+            serde_json::from_str(&token_created(&t, "https://ctl:7443", Format::Json)).unwrap();
+        let cmd =
+            "fleetward-agent enroll --controller https://ctl:7443 --token SECRET --ca-sha256 ab12";
+        assert_eq!(
+            v,
+            json!({"id": "t1", "token": "SECRET", "expires_at_unix_ms": 0, "ca_sha256": "ab12", "enroll_command": cmd})
+        );
+        assert!(
+            token_created(&t, "https://ctl:7443", Format::Text).contains(&format!("\n  {cmd}\n"))
+        );
+    }
+}
