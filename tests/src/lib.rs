@@ -54,6 +54,12 @@ pub struct Controller {
 impl Controller {
     /// `fleetward init` + `fleetward serve --listen 127.0.0.1:0`.
     pub fn start() -> Controller {
+        Self::start_with(&[])
+    }
+
+    /// Like [`Controller::start`], with `key = value` settings replacing `init`'s in
+    /// `controller.toml`.
+    pub fn start_with(settings: &[(&str, &str)]) -> Controller {
         let dir = tempfile::tempdir().expect("tempdir");
         let out = Command::new(bin("fleetward"))
             .args(["init", "--name", "e2e", "--data-dir"])
@@ -65,6 +71,22 @@ impl Controller {
             "init failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let config = dir.path().join("controller.toml");
+        let mut text = std::fs::read_to_string(&config).expect("controller.toml");
+        for (key, value) in settings {
+            text = text
+                .lines()
+                .map(|l| {
+                    if l.starts_with(&format!("{key} =")) {
+                        format!("{key} = {value}")
+                    } else {
+                        l.to_string()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+        }
+        std::fs::write(&config, text + "\n").expect("write controller.toml");
         let mut c = Controller {
             dir,
             addr: String::new(),

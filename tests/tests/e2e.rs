@@ -37,7 +37,8 @@ fn enroll_command(c: &Controller, node: &str) -> Vec<String> {
     cmd.split_whitespace().skip(1).map(String::from).collect() // drop "fleetward-agent"
 }
 
-fn start_agent(c: &Controller, name: &str) -> Agent {
+/// Build the seed node's fixture root and enroll it with a fresh token.
+fn enroll_agent(c: &Controller, name: &str) -> (tempfile::TempDir, tempfile::TempDir) {
     let root = support::build(&support::fixtures_dir().join("seed").join(name));
     let state = tempfile::tempdir().unwrap();
     let out = Command::new(bin("fleetward-agent"))
@@ -53,6 +54,11 @@ fn start_agent(c: &Controller, name: &str) -> Agent {
         "enroll {name}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    (root, state)
+}
+
+/// `fleetward-agent run` on an enrolled state dir, reporting every second.
+fn run_agent(name: &str, root: tempfile::TempDir, state: tempfile::TempDir) -> Agent {
     let log = std::fs::File::create(state.path().join("agent.log")).unwrap();
     let child = Command::new(bin("fleetward-agent"))
         .args(["run", "--interval", "1", "--heartbeat", "1", "--state-dir"])
@@ -70,6 +76,11 @@ fn start_agent(c: &Controller, name: &str) -> Agent {
         state,
         child,
     }
+}
+
+fn start_agent(c: &Controller, name: &str) -> Agent {
+    let (root, state) = enroll_agent(c, name);
+    run_agent(name, root, state)
 }
 
 fn node<'a>(nodes: &'a Value, name: &str) -> &'a Value {
@@ -216,4 +227,31 @@ fn three_agents_enroll_report_refresh_and_revoke() {
         !c.log().contains("PRIVATE KEY"),
         "the controller logged a key"
     );
+}
+
+/// With short-lived agent certificates the agent renews on its own: the certificate the
+/// controller knows for the node changes, and the node stays online.
+#[test]
+fn agents_renew_their_certificates() {
+    let c = Controller::start_with(&[("agent_cert_secs", "60")]);
+    let (root, state) = enroll_agent(&c, "pve-01");
+    let enrolled = node(&c.cli_json(&["nodes"]), "pve-01").clone();
+    let agent = run_agent("pve-01", root, state);
+    let renewed = wait_for(
+        "a renewed certificate, online",
+        Duration::from_secs(20),
+        || {
+            let n = node(&c.cli_json(&["nodes"]), "pve-01").clone();
+            (n["cert_serial"] != enrolled["cert_serial"] && n["state"] == "online").then_some(n)
+        },
+    );
+    assert!(
+        renewed["cert_not_after_unix_ms"].as_i64() >= enrolled["cert_not_after_unix_ms"].as_i64()
+    );
+    let log = std::fs::read_to_string(agent.state.path().join("agent.log")).unwrap_or_default();
+    assert!(
+        log.contains("renew"),
+        "the agent did not log its renewal: {log}"
+    );
+    drop(agent);
 }
