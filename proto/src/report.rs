@@ -243,6 +243,10 @@ pub struct AptFacts {
     pub files: Vec<AptFile>,
     /// Every entry apt would read (enabled or not), in file order.
     pub entries: Vec<AptEntry>,
+    /// Entries in files apt ignores but that hold sources (`*.sources.disabled`,
+    /// `*.list.bak`, ...): how disabled references are kept. Always `enabled: false`.
+    #[serde(default)]
+    pub ignored_entries: Vec<AptEntry>,
     /// Lines apt would refuse, with file and line.
     #[serde(default)]
     pub errors: Vec<LocatedError>,

@@ -2,7 +2,7 @@
 
 use super::Reader;
 use crate::parse::apt;
-use fleetward_proto::{AptFacts, AptFile, AptFileFormat};
+use fleetward_proto::{AptEntry, AptFacts, AptFile, AptFileFormat};
 
 pub const SOURCES_LIST: &str = "/etc/apt/sources.list";
 pub const SOURCES_DIR: &str = "/etc/apt/sources.list.d";
@@ -31,6 +31,18 @@ pub(super) fn apt(r: &mut Reader) -> AptFacts {
                 facts.entries.extend(parsed.entries);
                 facts.errors.extend(parsed.errors);
             }
+        } else if let Some(kept) = kept_format(&path) {
+            // A disabled reference: read for the record; apt does not, so its errors
+            // are not apt's errors.
+            if let Some(text) = r.text(&path) {
+                let parsed = apt::parse(&path, kept, &text);
+                facts
+                    .ignored_entries
+                    .extend(parsed.entries.into_iter().map(|e| AptEntry {
+                        enabled: false,
+                        ..e
+                    }));
+            }
         }
         facts.files.push(AptFile {
             path,
@@ -40,4 +52,18 @@ pub(super) fn apt(r: &mut Reader) -> AptFacts {
         });
     }
     facts
+}
+
+/// The format an ignored file would have if it were enabled again: `x.sources.disabled`
+/// is deb822, `x.list.bak` one-line; anything else is not a sources file.
+fn kept_format(path: &str) -> Option<AptFileFormat> {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    let sources = name.rfind(".sources.");
+    let list = name.rfind(".list.");
+    match (sources, list) {
+        (Some(s), Some(l)) if l > s => Some(AptFileFormat::OneLine),
+        (Some(_), _) => Some(AptFileFormat::Deb822),
+        (None, Some(_)) => Some(AptFileFormat::OneLine),
+        (None, None) => None,
+    }
 }
