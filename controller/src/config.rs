@@ -39,6 +39,16 @@ pub struct Config {
     /// A node without a report or heartbeat for this long is offline (`node.stale`).
     #[serde(default = "default_stale_secs")]
     pub stale_secs: u64,
+    /// The desired-state policy (TOML, kept in version control); none by default.
+    /// Reloaded on SIGHUP and by `fleetward policy reload`.
+    #[serde(default)]
+    pub policy: Option<PathBuf>,
+    /// Serve Prometheus metrics over plain HTTP here (off by default; loopback only
+    /// unless `metrics_allow_remote`).
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
+    #[serde(default)]
+    pub metrics_allow_remote: bool,
 }
 
 fn default_listen() -> String {
@@ -67,6 +77,9 @@ impl Config {
             operator_cert_secs: default_operator_cert_secs(),
             max_message_bytes: default_max_message_bytes(),
             stale_secs: default_stale_secs(),
+            policy: None,
+            metrics_listen: None,
+            metrics_allow_remote: false,
         }
     }
 
@@ -104,7 +117,11 @@ impl Config {
              # Largest gRPC message accepted, in bytes.\n\
              max_message_bytes = {}\n\
              # Seconds without a report or heartbeat before a node counts as stale.\n\
-             stale_secs = {}\n",
+             stale_secs = {}\n\
+             # The desired state (see packaging/policy/seed.toml); reloaded on SIGHUP.\n\
+             # policy = \"/etc/fleetward/policy.toml\"\n\
+             # Prometheus metrics over plain HTTP (off by default; loopback only).\n\
+             # metrics_listen = \"127.0.0.1:9464\"\n",
             self.name,
             self.listen,
             self.agent_cert_secs,

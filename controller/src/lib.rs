@@ -9,7 +9,9 @@
 
 pub mod cli;
 pub mod config;
+pub mod fleet;
 pub mod init;
+pub mod metrics;
 pub mod paths;
 pub mod serve;
 pub mod server;

@@ -36,6 +36,10 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("server reflection: {0}")]
     Reflection(String),
+    #[error("{0} (fix the file, or remove `policy` from the configuration)")]
+    Policy(String),
+    #[error("metrics_listen: {0}")]
+    Metrics(String),
 }
 
 /// Everything `serve` needs from the data dir, loaded before binding.
@@ -43,6 +47,7 @@ pub struct Loaded {
     pub controller: Arc<Controller>,
     tls: ServerTlsConfig,
     max_message: usize,
+    metrics: Option<std::net::SocketAddr>,
 }
 
 pub fn load(dir: &DataDir, cfg: Config) -> Result<Loaded, ServeError> {
@@ -64,10 +69,22 @@ pub fn load(dir: &DataDir, cfg: Config) -> Result<Loaded, ServeError> {
         // Enrollment has no client certificate yet; every other call is refused without one.
         .client_auth_optional(true);
     let max_message = cfg.max_message_bytes;
+    let metrics = match &cfg.metrics_listen {
+        Some(addr) => Some(
+            crate::metrics::check_listen(addr, cfg.metrics_allow_remote)
+                .map_err(ServeError::Metrics)?,
+        ),
+        None => None,
+    };
+    let policy = match &cfg.policy {
+        Some(path) => Some(crate::server::load_policy(path).map_err(ServeError::Policy)?),
+        None => None,
+    };
     Ok(Loaded {
-        controller: Controller::new(store, ca, cfg),
+        controller: Controller::new(store, ca, cfg, policy)?,
         tls,
         max_message,
+        metrics,
     })
 }
 
@@ -91,7 +108,35 @@ pub async fn run(
         controller,
         tls,
         max_message,
+        metrics,
     } = loaded;
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    if let Some(addr) = metrics {
+        let listener = bind(&addr.to_string()).await?;
+        tracing::info!(%addr, "metrics listening (plain HTTP, GET /metrics)");
+        let ctl = controller.clone();
+        let mut stop = stopping.clone();
+        tokio::spawn(async move {
+            let snapshot = Arc::new(move || ctl.metrics_snapshot());
+            let shutdown = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = crate::metrics::serve(listener, snapshot, shutdown).await {
+                tracing::error!(error = %e, "metrics endpoint failed");
+            }
+        });
+    }
+    // SIGHUP reloads the policy; a bad file keeps the old one and says why.
+    if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        let ctl = controller.clone();
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                if let Err(e) = ctl.reload_policy() {
+                    tracing::error!(error = %e, "policy reload failed; the previous policy stays in force");
+                }
+            }
+        });
+    }
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<AgentServiceServer<AgentApi>>().await;
     health
@@ -124,6 +169,7 @@ pub async fn run(
         () = shutdown => {
             tracing::info!(sessions = ctl.session_count(), "shutting down: closing agent sessions");
             ctl.close_all_sessions("controller shutting down");
+            let _ = stopping_tx.send(true);
             let _ = stop_tx.send(());
             if tokio::time::timeout(Duration::from_secs(10), &mut server).await.is_err() {
                 tracing::warn!("in-flight calls did not finish within 10 s");

@@ -4,17 +4,19 @@
 //! an agent only ever speaks for the node named in its certificate.
 
 use crate::config::Config;
-use crate::store::{AuditEntry, NodeRecord, Store, StoreError, TokenError};
+use crate::fleet::{self, NodeView, Policy};
+use crate::store::{AuditEntry, FactChange, NodeRecord, Store, StoreError, TokenError};
 use fleetward_pki::{identity_from_der, not_after, serial_hex, Ca, Identity, Role};
 use fleetward_proto::api::{
     self, agent_message, agent_service_server::AgentService, controller_message,
     operator_service_server::OperatorService, AgentMessage, ControllerMessage,
 };
 use fleetward_proto::{Report, Severity};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -67,6 +69,28 @@ pub struct Controller {
     heartbeats: Mutex<HashMap<String, u64>>,
     counter: AtomicU64,
     commit: GroupCommit,
+    /// Every node's latest report, parsed (the fleet rules run over these).
+    latest: RwLock<BTreeMap<String, Arc<Report>>>,
+    policy: RwLock<Option<Arc<LoadedPolicy>>>,
+}
+
+/// The policy in force and where it came from.
+pub struct LoadedPolicy {
+    pub path: PathBuf,
+    pub text: String,
+    pub policy: Policy,
+}
+
+/// Read and parse a policy file; the error says which file and what is wrong.
+pub fn load_policy(path: &std::path::Path) -> Result<LoadedPolicy, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read policy {}: {e}", path.display()))?;
+    let policy = Policy::parse(&text).map_err(|e| format!("policy {}: {e}", path.display()))?;
+    Ok(LoadedPolicy {
+        path: path.to_path_buf(),
+        text,
+        policy,
+    })
 }
 
 /// Group commit: reports are written without a flush, then wait for the next database
@@ -109,8 +133,19 @@ impl GroupCommit {
 }
 
 impl Controller {
-    pub fn new(store: Store, ca: Ca, cfg: Config) -> Arc<Self> {
-        Arc::new(Controller {
+    pub fn new(
+        store: Store,
+        ca: Ca,
+        cfg: Config,
+        policy: Option<LoadedPolicy>,
+    ) -> Result<Arc<Self>, StoreError> {
+        let mut latest = BTreeMap::new();
+        for rec in store.list_nodes()? {
+            if let Some((_, report)) = store.latest_report(&rec.name)? {
+                latest.insert(rec.name, Arc::new(report));
+            }
+        }
+        Ok(Arc::new(Controller {
             store: Arc::new(store),
             ca,
             cfg,
@@ -118,7 +153,105 @@ impl Controller {
             heartbeats: Mutex::new(HashMap::new()),
             counter: AtomicU64::new(0),
             commit: GroupCommit::default(),
-        })
+            latest: RwLock::new(latest),
+            policy: RwLock::new(policy.map(Arc::new)),
+        }))
+    }
+
+    /// Re-read the policy file named in the configuration. On error the old policy stays.
+    pub fn reload_policy(&self) -> Result<Option<Arc<LoadedPolicy>>, String> {
+        let Some(path) = &self.cfg.policy else {
+            return Ok(None);
+        };
+        let loaded = Arc::new(load_policy(path)?);
+        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Some(loaded.clone());
+        tracing::info!(path = %path.display(), "policy loaded");
+        Ok(Some(loaded))
+    }
+
+    pub fn policy(&self) -> Option<Arc<LoadedPolicy>> {
+        self.policy
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The latest reports of all nodes that are not revoked.
+    pub fn fleet(&self) -> Vec<(String, Arc<Report>)> {
+        let revoked: Vec<String> = self
+            .store
+            .list_nodes()
+            .map(|n| {
+                n.into_iter()
+                    .filter(|n| n.revoked)
+                    .map(|n| n.name)
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.latest
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(n, _)| !revoked.contains(n))
+            .map(|(n, r)| (n.clone(), r.clone()))
+            .collect()
+    }
+
+    /// What the Prometheus endpoint shows, now.
+    pub fn metrics_snapshot(&self) -> crate::metrics::FleetSnapshot {
+        let now = now_ms();
+        let fleet = self.fleet_findings(None);
+        let latest = self
+            .latest
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let nodes = self
+            .store
+            .list_nodes()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|rec| !rec.revoked)
+            .map(|rec| {
+                let report = latest.get(&rec.name);
+                crate::metrics::NodeSnapshot {
+                    up: self.online(&rec.name),
+                    last_report_age_secs: self
+                        .last_seen(&rec)
+                        .map(|t| now.saturating_sub(t) as f64 / 1000.0),
+                    reboot_required: report.is_some_and(|r| r.facts.boot.reboot_required),
+                    findings: report
+                        .map(|r| {
+                            r.findings
+                                .iter()
+                                .map(|f| (f.code.clone(), f.severity))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    drift_findings: fleet.iter().filter(|f| f.node == rec.name).count(),
+                    name: rec.name,
+                }
+            })
+            .collect();
+        crate::metrics::FleetSnapshot { nodes }
+    }
+
+    /// drift.* over the fleet, plus policy.* against `policy` (default: the one in force).
+    pub fn fleet_findings(&self, policy: Option<&Policy>) -> Vec<fleet::FleetFinding> {
+        let fleet = self.fleet();
+        let views: Vec<NodeView> = fleet
+            .iter()
+            .map(|(n, r)| NodeView {
+                name: n,
+                facts: &r.facts,
+            })
+            .collect();
+        let mut out = fleet::drift(&views);
+        let in_force = self.policy();
+        if let Some(p) = policy.or(in_force.as_ref().map(|l| &l.policy)) {
+            out.extend(fleet::check(p, &views));
+        }
+        out
     }
 
     pub fn store(&self) -> &Store {
@@ -465,14 +598,42 @@ async fn drive_session(
                     }
                 }
                 ctl.node_enrolled(node)?;
+                let now = now_ms();
+                let previous = ctl
+                    .latest
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(node)
+                    .cloned();
+                let changes: Vec<FactChange> = match &previous {
+                    Some(p) => {
+                        fleet::changes(&fleet::flatten(&p.facts), &fleet::flatten(&report.facts))
+                            .into_iter()
+                            .map(|c| FactChange {
+                                time_ms: now,
+                                key: c.key,
+                                old: c.old,
+                                new: c.new,
+                            })
+                            .collect()
+                    }
+                    None => Vec::new(),
+                };
                 let store = ctl.store.clone();
                 let name = node.to_string();
                 let json = r.report_json;
-                tokio::task::spawn_blocking(move || store.put_report_json(&name, now_ms(), &json))
-                    .await
-                    .map_err(internal)?
-                    .map_err(|e: StoreError| internal(e))?;
+                tokio::task::spawn_blocking(move || {
+                    store.put_report_json(&name, now, &json)?;
+                    store.append_fact_changes(&name, &changes)
+                })
+                .await
+                .map_err(internal)?
+                .map_err(|e: StoreError| internal(e))?;
                 ctl.commit.durable(&ctl.store).await?;
+                ctl.latest
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(node.to_string(), Arc::new(report));
                 send(controller_message::Kind::ReportAck(
                     controller_message::ReportAck { seq: r.seq },
                 ))
@@ -591,6 +752,14 @@ impl OperatorService for OperatorApi {
                 );
             }
         }
+        findings.extend(
+            ctl.fleet_findings(None)
+                .iter()
+                .filter(|f| {
+                    f.finding.severity >= min && r.node.as_ref().is_none_or(|n| *n == f.node)
+                })
+                .map(|f| api::Finding::from_report(&f.node, &f.finding)),
+        );
         Ok(Response::new(api::ListFindingsResponse { findings }))
     }
 
@@ -807,10 +976,204 @@ impl OperatorService for OperatorApi {
             .collect();
         Ok(Response::new(api::ListAuditResponse { entries }))
     }
+
+    async fn list_drift(
+        &self,
+        req: Request<api::ListDriftRequest>,
+    ) -> Result<Response<api::ListFindingsResponse>, Status> {
+        let ctl = &self.0;
+        ctl.authorize(&req, Role::Operator)?;
+        Ok(Response::new(fleet_response(&ctl.fleet_findings(None))))
+    }
+
+    async fn node_diff(
+        &self,
+        req: Request<api::NodeDiffRequest>,
+    ) -> Result<Response<api::NodeDiffResponse>, Status> {
+        let ctl = &self.0;
+        ctl.authorize(&req, Role::Operator)?;
+        let r = req.get_ref();
+        let latest = |name: &str| {
+            ctl.latest
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(name)
+                .cloned()
+                .ok_or_else(|| not_found("node with a report", name))
+        };
+        let (a, b) = (latest(&r.a)?, latest(&r.b)?);
+        let rows = fleet::diff(&a.facts, &b.facts)
+            .into_iter()
+            .map(|d| api::DiffRow {
+                differs: d.a != d.b,
+                key: d.key,
+                a: d.a,
+                b: d.b,
+            })
+            .collect();
+        Ok(Response::new(api::NodeDiffResponse { rows }))
+    }
+
+    async fn node_history(
+        &self,
+        req: Request<api::NodeHistoryRequest>,
+    ) -> Result<Response<api::NodeHistoryResponse>, Status> {
+        let ctl = &self.0;
+        ctl.authorize(&req, Role::Operator)?;
+        let name = &req.get_ref().name;
+        ctl.store
+            .get_node(name)
+            .map_err(internal)?
+            .ok_or_else(|| not_found("node", name))?;
+        let changes = ctl
+            .store
+            .fact_changes(name)
+            .map_err(internal)?
+            .into_iter()
+            .map(|c| api::FactChange {
+                time_unix_ms: c.time_ms as i64,
+                key: c.key,
+                old: c.old,
+                new: c.new,
+            })
+            .collect();
+        Ok(Response::new(api::NodeHistoryResponse { changes }))
+    }
+
+    async fn policy_show(
+        &self,
+        req: Request<api::PolicyShowRequest>,
+    ) -> Result<Response<api::PolicyText>, Status> {
+        let ctl = &self.0;
+        ctl.authorize(&req, Role::Operator)?;
+        Ok(Response::new(policy_text(ctl.policy().as_deref())))
+    }
+
+    async fn policy_check(
+        &self,
+        req: Request<api::PolicyCheckRequest>,
+    ) -> Result<Response<api::ListFindingsResponse>, Status> {
+        let ctl = &self.0;
+        ctl.authorize(&req, Role::Operator)?;
+        let given = match &req.get_ref().policy_toml {
+            Some(text) => Some(
+                Policy::parse(text)
+                    .map_err(|e| Status::invalid_argument(format!("policy: {e}")))?,
+            ),
+            None => None,
+        };
+        let policy =
+            match (&given, ctl.policy()) {
+                (Some(p), _) => p.clone(),
+                (None, Some(l)) => l.policy.clone(),
+                (None, None) => return Err(Status::failed_precondition(
+                    "no policy configured: set `policy = \"FILE\"` in controller.toml, or pass one",
+                )),
+            };
+        let fleet = ctl.fleet();
+        let views: Vec<NodeView> = fleet
+            .iter()
+            .map(|(n, r)| NodeView {
+                name: n,
+                facts: &r.facts,
+            })
+            .collect();
+        Ok(Response::new(fleet_response(&fleet::check(
+            &policy, &views,
+        ))))
+    }
+
+    async fn policy_reload(
+        &self,
+        req: Request<api::PolicyReloadRequest>,
+    ) -> Result<Response<api::PolicyText>, Status> {
+        let ctl = &self.0;
+        let caller = ctl.authorize(&req, Role::Operator)?;
+        let loaded = ctl.reload_policy().map_err(Status::failed_precondition)?;
+        let path = loaded
+            .as_ref()
+            .map_or(String::new(), |l| l.path.display().to_string());
+        ctl.audit(&caller.identity.name, "policy.reload", &path, String::new())?;
+        Ok(Response::new(policy_text(loaded.as_deref())))
+    }
+
+    async fn policy_capture(
+        &self,
+        req: Request<api::PolicyCaptureRequest>,
+    ) -> Result<Response<api::PolicyText>, Status> {
+        let ctl = &self.0;
+        ctl.authorize(&req, Role::Operator)?;
+        let name = &req.get_ref().node;
+        let report = ctl
+            .latest
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+            .ok_or_else(|| not_found("node with a report", name))?;
+        Ok(Response::new(api::PolicyText {
+            path: String::new(),
+            toml: fleet::capture(&report.facts).to_toml(),
+        }))
+    }
+
+    async fn render_report(
+        &self,
+        req: Request<api::RenderReportRequest>,
+    ) -> Result<Response<api::RenderReportResponse>, Status> {
+        let ctl = &self.0;
+        ctl.authorize(&req, Role::Operator)?;
+        let format = req.get_ref().format.as_str();
+        if !matches!(format, "" | "markdown") {
+            return Err(Status::invalid_argument(format!(
+                "unknown report format '{format}' (markdown)"
+            )));
+        }
+        let fleet = ctl.fleet();
+        let views: Vec<NodeView> = fleet
+            .iter()
+            .map(|(n, r)| NodeView {
+                name: n,
+                facts: &r.facts,
+            })
+            .collect();
+        let findings: Vec<(String, fleetward_proto::Finding)> = fleet
+            .iter()
+            .flat_map(|(n, r)| r.findings.iter().map(move |f| (n.clone(), f.clone())))
+            .collect();
+        let policy = ctl.policy();
+        let text = fleet::report::markdown(&fleet::report::Input {
+            nodes: &views,
+            node_findings: &findings,
+            drift: &fleet::drift(&views),
+            policy: policy.as_ref().map(|l| (&l.policy, l.path.as_path())),
+            policy_findings: &policy
+                .as_ref()
+                .map(|l| fleet::check(&l.policy, &views))
+                .unwrap_or_default(),
+        });
+        Ok(Response::new(api::RenderReportResponse { text }))
+    }
 }
 
 /// Read a certificate's expiry as unix ms (for records of certificates we did not sign
 /// through [`Controller::sign`]).
 pub fn cert_not_after_ms(der: &[u8]) -> Option<u64> {
     not_after(der).ok().map(ms)
+}
+
+fn fleet_response(findings: &[fleet::FleetFinding]) -> api::ListFindingsResponse {
+    api::ListFindingsResponse {
+        findings: findings
+            .iter()
+            .map(|f| api::Finding::from_report(&f.node, &f.finding))
+            .collect(),
+    }
+}
+
+fn policy_text(p: Option<&LoadedPolicy>) -> api::PolicyText {
+    api::PolicyText {
+        path: p.map_or(String::new(), |l| l.path.display().to_string()),
+        toml: p.map_or(String::new(), |l| l.text.clone()),
+    }
 }

@@ -95,6 +95,18 @@ pub struct TokenRecord {
     pub revoked: bool,
 }
 
+/// One change of one fact of a node (`key` as in `fleet::flatten`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FactChange {
+    pub time_ms: u64,
+    pub key: String,
+    pub old: Option<String>,
+    pub new: Option<String>,
+}
+
+/// How many fact changes are kept per node; older ones are pruned.
+pub const FACT_CHANGES_PER_NODE: usize = 1000;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
     pub time_ms: u64,
@@ -109,6 +121,7 @@ pub struct Store {
     nodes: Tree,
     reports: Tree,
     history: Tree,
+    facts: Tree,
     tokens: Tree,
     revocations: Tree,
     audit: Tree,
@@ -201,6 +214,7 @@ impl Store {
             nodes: t("nodes")?,
             reports: t("reports")?,
             history: t("history")?,
+            facts: t("fact_changes")?,
             tokens: t("tokens")?,
             revocations: t("revocations")?,
             audit: t("audit")?,
@@ -434,6 +448,41 @@ impl Store {
                 String::from_utf8(k.to_vec()).map_err(|e| corrupt("revocations", &k, e))
             })
             .collect()
+    }
+
+    // ---- fact history ----
+
+    /// Records changes of a node's facts (written unflushed: the report they came with is
+    /// flushed by the same group commit). Keeps the newest [`FACT_CHANGES_PER_NODE`].
+    pub fn append_fact_changes(&self, node: &str, changes: &[FactChange]) -> Result<()> {
+        check_node_name(node)?;
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for c in changes {
+            let mut key = history_prefix(node);
+            key.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
+            batch.insert(key, encode(c));
+        }
+        self.facts.apply_batch(batch)?;
+        let keys: Vec<_> = self
+            .facts
+            .scan_prefix(history_prefix(node))
+            .keys()
+            .collect::<Result<_, _>>()?;
+        for k in keys
+            .iter()
+            .take(keys.len().saturating_sub(FACT_CHANGES_PER_NODE))
+        {
+            self.facts.remove(k)?;
+        }
+        Ok(())
+    }
+
+    /// A node's recorded fact changes, oldest first.
+    pub fn fact_changes(&self, node: &str) -> Result<Vec<FactChange>> {
+        decode_all("fact_changes", self.facts.scan_prefix(history_prefix(node)))
     }
 
     // ---- audit log ----

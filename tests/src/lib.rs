@@ -58,7 +58,7 @@ impl Controller {
     }
 
     /// Like [`Controller::start`], with `key = value` settings replacing `init`'s in
-    /// `controller.toml`.
+    /// `controller.toml` (`"# key"` replaces a commented-out example line).
     pub fn start_with(settings: &[(&str, &str)]) -> Controller {
         let dir = tempfile::tempdir().expect("tempdir");
         let out = Command::new(bin("fleetward"))
@@ -77,8 +77,9 @@ impl Controller {
             text = text
                 .lines()
                 .map(|l| {
+                    // `("# policy", v)` turns init's commented-out example into a setting.
                     if l.starts_with(&format!("{key} =")) {
-                        format!("{key} = {value}")
+                        format!("{} = {value}", key.trim_start_matches("# "))
                     } else {
                         l.to_string()
                     }

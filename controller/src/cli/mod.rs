@@ -84,6 +84,20 @@ pub enum ClientCommand {
         #[command(subcommand)]
         cmd: OperatorCmd,
     },
+    /// Drift between nodes and against the policy (drift.*, policy.* findings).
+    Drift(OptsOnly),
+    /// Show, check, reload or capture the desired-state policy.
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
+    /// The cluster's actual state as an operator document (deterministic: same state, same bytes).
+    Report {
+        #[arg(long, default_value = "markdown", value_parser = ["markdown"])]
+        format: String,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
     /// Show the newest audit log entries.
     Audit {
         /// At most this many entries.
@@ -116,6 +130,37 @@ pub enum NodeCmd {
     Refresh(NodeArgs),
     /// Revoke the node's certificate and close its session.
     Revoke(NodeArgs),
+    /// Two nodes' facts side by side, differences first.
+    Diff {
+        a: String,
+        b: String,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// When each of the node's facts changed (old value, new value).
+    History(NodeArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCmd {
+    /// The policy in force (TOML).
+    Show(OptsOnly),
+    /// Check the fleet against the policy in force, or against a local policy FILE.
+    Check {
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Re-read the policy file named in the controller's configuration.
+    Reload(OptsOnly),
+    /// Print the policy a node currently satisfies (a starting point to edit and commit).
+    Capture {
+        #[arg(long = "from", value_name = "NODE")]
+        from: String,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -157,12 +202,24 @@ pub enum OperatorCmd {
 
 impl ClientCommand {
     fn opts(&self) -> &ClientOpts {
-        use {ClientCommand as C, NodeCmd as N, OperatorCmd as O, TokenCmd as T};
+        use {ClientCommand as C, NodeCmd as N, OperatorCmd as O, PolicyCmd as P, TokenCmd as T};
         match self {
-            C::Nodes(o) | C::Token { cmd: T::List(o) } => &o.opts,
+            C::Nodes(o)
+            | C::Drift(o)
+            | C::Token { cmd: T::List(o) }
+            | C::Policy {
+                cmd: P::Show(o) | P::Reload(o),
+            } => &o.opts,
             C::Node {
-                cmd: N::Show(a) | N::Refresh(a) | N::Revoke(a),
+                cmd: N::Show(a) | N::Refresh(a) | N::Revoke(a) | N::History(a),
             } => &a.opts,
+            C::Node {
+                cmd: N::Diff { opts, .. },
+            }
+            | C::Policy {
+                cmd: P::Check { opts, .. } | P::Capture { opts, .. },
+            }
+            | C::Report { opts, .. } => opts,
             C::Findings { opts, .. } | C::Audit { opts, .. } => opts,
             C::Token {
                 cmd: T::Create { opts, .. } | T::Revoke { opts, .. },
@@ -266,7 +323,7 @@ pub fn run(cmd: ClientCommand) -> ExitCode {
 }
 
 async fn execute(cmd: &ClientCommand) -> Result<String, CliError> {
-    use {ClientCommand as C, NodeCmd as N, OperatorCmd as O, TokenCmd as T};
+    use {ClientCommand as C, NodeCmd as N, OperatorCmd as O, PolicyCmd as P, TokenCmd as T};
     let opts = cmd.opts();
     let fmt = opts.output;
     let creds = conn::resolve(opts, &|k| std::env::var(k).ok())?;
@@ -389,6 +446,66 @@ async fn execute(cmd: &ClientCommand) -> Result<String, CliError> {
                 .list_audit(api::ListAuditRequest { limit: *limit })
                 .await?;
             output::audit(&resp.get_ref().entries, fmt)
+        }
+        C::Drift(_) => {
+            let resp = c.list_drift(api::ListDriftRequest {}).await?;
+            output::findings(&resp.get_ref().findings, fmt)
+        }
+        C::Node {
+            cmd: N::Diff { a, b, .. },
+        } => {
+            let req = api::NodeDiffRequest {
+                a: a.clone(),
+                b: b.clone(),
+            };
+            output::diff(a, b, &c.node_diff(req).await?.get_ref().rows, fmt)
+        }
+        C::Node { cmd: N::History(a) } => {
+            let req = api::NodeHistoryRequest {
+                name: a.name.clone(),
+            };
+            output::history(&c.node_history(req).await?.get_ref().changes, fmt)
+        }
+        C::Policy { cmd: P::Show(_) } => output::policy(
+            &c.policy_show(api::PolicyShowRequest {}).await?.into_inner(),
+            fmt,
+        ),
+        C::Policy { cmd: P::Reload(_) } => output::policy(
+            &c.policy_reload(api::PolicyReloadRequest {})
+                .await?
+                .into_inner(),
+            fmt,
+        ),
+        C::Policy {
+            cmd: P::Capture { from, .. },
+        } => {
+            let req = api::PolicyCaptureRequest { node: from.clone() };
+            output::policy(&c.policy_capture(req).await?.into_inner(), fmt)
+        }
+        C::Policy {
+            cmd: P::Check { file, .. },
+        } => {
+            let policy_toml = file
+                .as_deref()
+                .map(|f| {
+                    std::fs::read_to_string(f).map_err(|e| config_err!("{}: {e}", f.display()))
+                })
+                .transpose()?;
+            let resp = c
+                .policy_check(api::PolicyCheckRequest { policy_toml })
+                .await?;
+            let findings = &resp.get_ref().findings;
+            if findings.is_empty() && fmt == Format::Text {
+                "policy met: no violations\n".to_string()
+            } else {
+                output::findings(findings, fmt)
+            }
+        }
+        C::Report { format, .. } => {
+            let req = api::RenderReportRequest {
+                format: format.clone(),
+            };
+            c.render_report(req).await?.into_inner().text
         }
     })
 }

@@ -296,6 +296,47 @@ pub(crate) fn audit(entries: &[api::AuditEntry], fmt: Format) -> String {
     list(entries, fmt, json, (&header, row, "no audit entries"))
 }
 
+/// `node diff A B`: KEY | A | B, differences first (the controller sorts).
+pub(crate) fn diff(a: &str, b: &str, rows: &[api::DiffRow], fmt: Format) -> String {
+    let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let json = |r: &api::DiffRow| json!({"key": r.key, "a": r.a, "b": r.b, "differs": r.differs});
+    let row = |r: &api::DiffRow| {
+        let mark = if r.differs { "*" } else { "" };
+        vec![mark.into(), r.key.clone(), or_dash(&r.a), or_dash(&r.b)]
+    };
+    list(rows, fmt, json, (&["", "FACT", a, b], row, "no facts"))
+}
+
+/// `node history NAME`: TIME | FACT | OLD | NEW.
+pub(crate) fn history(changes: &[api::FactChange], fmt: Format) -> String {
+    let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let json = |c: &api::FactChange| json!({"time_unix_ms": c.time_unix_ms, "key": c.key, "old": c.old, "new": c.new});
+    let row = |c: &api::FactChange| {
+        vec![
+            rfc3339(c.time_unix_ms),
+            c.key.clone(),
+            or_dash(&c.old),
+            or_dash(&c.new),
+        ]
+    };
+    list(
+        changes,
+        fmt,
+        json,
+        (&["TIME", "FACT", "OLD", "NEW"], row, "no changes recorded"),
+    )
+}
+
+/// A policy as TOML (text) or `{path, toml}` (JSON).
+pub(crate) fn policy(p: &api::PolicyText, fmt: Format) -> String {
+    let text = if p.toml.is_empty() {
+        "no policy configured".to_string()
+    } else {
+        p.toml.trim_end().to_string()
+    };
+    done(text, json!({"path": p.path, "toml": p.toml}), fmt)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,445 @@
+//! Facts as flat, comparable `area.key -> value` pairs.
+//!
+//! The keys (one per line; `[..]` keys repeat per item; list values are space-separated in
+//! fact order; a key is absent when the fact is unknown or the list is empty):
+//!
+//! | key | value | drift |
+//! |---|---|---|
+//! | `apt.repo[<type> <uri> <suite> <component>]` | `enabled` | `drift.apt` |
+//! | `apt.disabled[<type> <uri> <suite> <component>]` | `disabled` (entry `Enabled: no`, or in a file apt ignores) | – |
+//! | `apt.file[<path>]` | `one-line`, `deb822`, `ignored` | – |
+//! | `apt.errors` | number of lines apt refuses | – |
+//! | `dns.nameservers`, `dns.search` | from `/etc/resolv.conf` | `drift.dns` |
+//! | `dns.interfaces.nameservers`, `dns.interfaces.search` | `dns-*` of `/etc/network/interfaces` | `drift.dns` |
+//! | `dns.resolv_conf` | `file`, `symlink to <target>`, `systemd-resolved stub`, `missing` | – |
+//! | `dns.hosts` | addresses `/etc/hosts` gives the node's name | – |
+//! | `boot.firmware` | `uefi`, `bios` | `drift.boot` |
+//! | `boot.secure_boot` | `enabled`, `disabled`, `unknown` (UEFI only) | `drift.boot` |
+//! | `boot.setup_mode` | `yes`, `no` | – |
+//! | `boot.shim_validation` | `disabled` (MokSBStateRT) | – |
+//! | `boot.package[<name>]` | version | `drift.boot` (installed or not) |
+//! | `boot.kernel_hook` | `owned by <pkg>`, `exists, no owner`, `missing` | `drift.boot` |
+//! | `boot.esp_sync` | `configured`, `not configured` | `drift.boot` |
+//! | `boot.esp_list` | the ESP list's volume ids | – |
+//! | `boot.boot_efi` | `mounted`, `in fstab, not mounted`, `mounted, not in fstab` | – |
+//! | `boot.root_fs`, `boot.kernel_pin`, `boot.next_boot_pin` | as reported | – |
+//! | `boot.force_efi_extra_removable`, `boot.reboot_required` | `yes`, `no` | – |
+//! | `esp[<volume id or device>]` | `<source> <loader>, kernels <list>` | – |
+//! | `kernel.running` | `/proc/sys/kernel/osrelease` | `drift.kernel` |
+//! | `kernel.next`, `kernel.installed` | as reported | – |
+//! | `packages.pve-manager`, `packages.proxmox-ve` | version | `drift.packages` |
+//! | `os.release` | `<id> <version_id> <codename>` | – |
+//! | `cluster.name`, `cluster.quorate`, `cluster.members`, `cluster.offline`, `cluster.expected_votes`, `cluster.qdevice` | as reported | – |
+//! | `node.hostname`, `node.boot_id`, `node.cmdline` | identity | – |
+//! | `unreadable[<path>]` | reason | – |
+//!
+//! Keys without a drift column still matter to `node diff` and to per-node history
+//! ([`changes`]); drift skips them because they are identities, per-node by nature, or
+//! covered by the agent's own checks.
+
+use fleetward_proto::{AptEntry, AptFileFormat, EspSource, Facts, Firmware, Loader};
+use std::collections::BTreeMap;
+
+/// `scheme://host/path` without a trailing slash, scheme and host lower-cased (user info
+/// before `@` keeps its case). The same rule as the agent's `apt` rules.
+pub fn normalize_uri(uri: &str) -> String {
+    let uri = uri.trim().trim_end_matches('/');
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return uri.to_string();
+    };
+    let (authority, path) = match rest.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (rest, None),
+    };
+    let authority = match authority.rsplit_once('@') {
+        Some((user, host)) => format!("{user}@{}", host.to_ascii_lowercase()),
+        None => authority.to_ascii_lowercase(),
+    };
+    let scheme = scheme.to_ascii_lowercase();
+    match path {
+        Some(p) => format!("{scheme}://{authority}/{p}"),
+        None => format!("{scheme}://{authority}"),
+    }
+}
+
+/// A repository in canonical form: `type uri suite [component]`.
+pub fn repo_key(kind: &str, uri: &str, suite: &str, component: &str) -> String {
+    let uri = normalize_uri(uri);
+    if component.is_empty() {
+        format!("{kind} {uri} {suite}")
+    } else {
+        format!("{kind} {uri} {suite} {component}")
+    }
+}
+
+/// Normalise a repository written by an operator (`deb http://Host/path/ trixie main`):
+/// `None` unless it has a type, a URI and a suite, and at most one component.
+pub fn parse_repo(text: &str) -> Option<String> {
+    let parts: Vec<&str> = text.split_whitespace().collect();
+    match parts.as_slice() {
+        [kind, uri, suite] => Some(repo_key(kind, uri, suite, "")),
+        [kind, uri, suite, component] => Some(repo_key(kind, uri, suite, component)),
+        _ => None,
+    }
+}
+
+/// Every canonical repository an entry stands for (one per type x URI x suite x component).
+pub fn entry_repos(e: &AptEntry) -> Vec<String> {
+    let comps: Vec<&str> = if e.components.is_empty() {
+        vec![""]
+    } else {
+        e.components.iter().map(String::as_str).collect()
+    };
+    let mut out = Vec::new();
+    for t in &e.types {
+        for u in &e.uris {
+            for s in &e.suites {
+                for c in &comps {
+                    out.push(repo_key(t, u, s, c));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The Secure Boot state of a UEFI node: mokutil's verdict, else the `SecureBoot` variable.
+pub fn secure_boot_state(f: &Facts) -> Option<&'static str> {
+    let sb = f.boot.secure_boot.as_ref()?;
+    Some(match (sb.state.as_str(), sb.secure_boot) {
+        ("enabled", _) | (_, Some(true)) => "enabled",
+        ("disabled", _) | (_, Some(false)) => "disabled",
+        _ => "unknown",
+    })
+}
+
+fn yes_no(b: bool) -> String {
+    if b { "yes" } else { "no" }.to_string()
+}
+
+/// Every comparable fact of a node as `area.key -> value` (see the module docs for the keys).
+pub fn flatten(f: &Facts) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    let mut put = |k: String, v: String| {
+        m.insert(k, v);
+    };
+    let list = |v: &[String]| v.join(" ");
+
+    // node, os
+    let n = &f.node;
+    for (k, v) in [
+        ("node.hostname", &n.hostname),
+        ("node.boot_id", &n.boot_id),
+        ("node.cmdline", &n.kernel_cmdline),
+        ("kernel.running", &n.running_kernel),
+        ("packages.pve-manager", &n.pve_manager_version),
+        ("packages.proxmox-ve", &n.proxmox_ve_version),
+        ("kernel.next", &f.boot.next_kernel),
+        ("boot.root_fs", &f.boot.root_fs),
+        ("boot.kernel_pin", &f.boot.kernel_pin),
+        ("boot.next_boot_pin", &f.boot.next_boot_pin),
+        ("cluster.name", &f.cluster.name),
+    ] {
+        if let Some(v) = v {
+            put(k.to_string(), v.clone());
+        }
+    }
+    let os: Vec<&str> = [&n.os.id, &n.os.version_id, &n.os.codename]
+        .into_iter()
+        .flatten()
+        .map(String::as_str)
+        .collect();
+    if !os.is_empty() {
+        put("os.release".into(), os.join(" "));
+    }
+
+    // apt
+    let apt = &f.apt;
+    for file in &apt.files {
+        let format = match file.format {
+            AptFileFormat::OneLine => "one-line",
+            AptFileFormat::Deb822 => "deb822",
+            AptFileFormat::Ignored => "ignored",
+        };
+        put(format!("apt.file[{}]", file.path), format.into());
+    }
+    for e in apt.entries.iter().chain(&apt.ignored_entries) {
+        let (area, value) = if e.enabled {
+            ("apt.repo", "enabled")
+        } else {
+            ("apt.disabled", "disabled")
+        };
+        for r in entry_repos(e) {
+            put(format!("{area}[{r}]"), value.into());
+        }
+    }
+    if !apt.errors.is_empty() {
+        put("apt.errors".into(), apt.errors.len().to_string());
+    }
+
+    // dns
+    let dns = &f.dns;
+    let rc = &dns.resolv_conf;
+    for (k, v) in [
+        ("dns.nameservers", &rc.nameservers),
+        ("dns.search", &rc.search),
+        ("dns.interfaces.nameservers", &dns.interfaces.nameservers),
+        ("dns.interfaces.search", &dns.interfaces.search),
+        ("dns.hosts", &dns.hosts.addresses),
+        ("kernel.installed", &f.boot.installed_kernels),
+    ] {
+        if !v.is_empty() {
+            put(k.into(), list(v));
+        }
+    }
+    let resolv = match (&rc.symlink_target, rc.systemd_resolved_stub, rc.exists) {
+        (_, true, _) => "systemd-resolved stub".to_string(),
+        (Some(t), _, _) => format!("symlink to {t}"),
+        (None, _, true) => "file".to_string(),
+        (None, _, false) => "missing".to_string(),
+    };
+    put("dns.resolv_conf".into(), resolv);
+
+    // boot
+    let b = &f.boot;
+    let firmware = match b.firmware {
+        Firmware::Uefi => "uefi",
+        Firmware::Bios => "bios",
+    };
+    put("boot.firmware".into(), firmware.into());
+    if let Some(state) = secure_boot_state(f) {
+        put("boot.secure_boot".into(), state.into());
+    }
+    if let Some(sb) = &b.secure_boot {
+        if let Some(setup) = sb.setup_mode {
+            put("boot.setup_mode".into(), yes_no(setup));
+        }
+        if sb.shim_validation_disabled {
+            put("boot.shim_validation".into(), "disabled".into());
+        }
+    }
+    for p in &b.packages {
+        put(format!("boot.package[{}]", p.name), p.version.clone());
+    }
+    let hook = match (b.kernel_hook.exists, &b.kernel_hook.owner) {
+        (true, Some(owner)) => format!("owned by {owner}"),
+        (true, None) => "exists, no owner".into(),
+        (false, _) => "missing".into(),
+    };
+    put("boot.kernel_hook".into(), hook);
+    let sync = if b.esp_list_exists {
+        "configured"
+    } else {
+        "not configured"
+    };
+    put("boot.esp_sync".into(), sync.into());
+    let ids: Vec<&str> = b
+        .esp_list
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if !ids.is_empty() {
+        put("boot.esp_list".into(), ids.join(" "));
+    }
+    let efi = match (b.boot_efi_in_fstab, b.boot_efi_mounted) {
+        (true, true) => Some("mounted"),
+        (true, false) => Some("in fstab, not mounted"),
+        (false, true) => Some("mounted, not in fstab"),
+        (false, false) => None,
+    };
+    if let Some(efi) = efi {
+        put("boot.boot_efi".into(), efi.into());
+    }
+    if let Some(r) = b.force_efi_extra_removable {
+        put("boot.force_efi_extra_removable".into(), yes_no(r));
+    }
+    put("boot.reboot_required".into(), yes_no(b.reboot_required));
+    for e in &f.esps {
+        let id = e.uuid.as_deref().or(e.device.as_deref()).unwrap_or("?");
+        let source = match e.source {
+            EspSource::EspList => "esp-list",
+            EspSource::BootEfi => "boot-efi",
+        };
+        let loader = match e.loader {
+            Some(Loader::Grub) => "grub",
+            Some(Loader::SystemdBoot) => "systemd-boot",
+            Some(Loader::Both) => "grub+systemd-boot",
+            Some(Loader::Unknown) | None => "unknown loader",
+        };
+        let mut v = format!("{source} {loader}");
+        if !e.present {
+            v.push_str(", device missing");
+        }
+        if !e.kernels.is_empty() {
+            v.push_str(", kernels ");
+            v.push_str(&list(&e.kernels));
+        }
+        put(format!("esp[{id}]"), v);
+    }
+
+    // cluster
+    let c = &f.cluster;
+    if let Some(q) = c.quorate {
+        put("cluster.quorate".into(), yes_no(q));
+    }
+    if !c.members.is_empty() {
+        let names: Vec<&str> = c.members.iter().map(|m| m.name.as_str()).collect();
+        put("cluster.members".into(), names.join(" "));
+        let offline: Vec<&str> = c
+            .members
+            .iter()
+            .filter(|m| !m.online)
+            .map(|m| m.name.as_str())
+            .collect();
+        if !offline.is_empty() {
+            put("cluster.offline".into(), offline.join(" "));
+        }
+    }
+    if let Some(v) = c.expected_votes {
+        put("cluster.expected_votes".into(), v.to_string());
+    }
+    if c.members_file {
+        put("cluster.qdevice".into(), yes_no(c.qdevice));
+    }
+
+    for u in &f.unreadable {
+        put(format!("unreadable[{}]", u.path), u.reason.clone());
+    }
+    m
+}
+
+/// One row of `fleetward node diff A B`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiffRow {
+    pub key: String,
+    pub a: Option<String>,
+    pub b: Option<String>,
+}
+
+impl DiffRow {
+    pub fn differs(&self) -> bool {
+        self.a != self.b
+    }
+}
+
+/// Key-by-key comparison of two nodes: the differing rows first, then the equal ones, each
+/// part sorted by key.
+pub fn diff(a: &Facts, b: &Facts) -> Vec<DiffRow> {
+    let (fa, fb) = (flatten(a), flatten(b));
+    let mut rows: Vec<DiffRow> = outer_join(&fa, &fb)
+        .map(|(key, a, b)| DiffRow {
+            key: key.to_string(),
+            a: a.cloned(),
+            b: b.cloned(),
+        })
+        .collect();
+    // Stable sort keeps the key order inside each part.
+    rows.sort_by_key(|r| !r.differs());
+    rows
+}
+
+/// A fact that changed between two snapshots of one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub key: String,
+    pub old: Option<String>,
+    pub new: Option<String>,
+}
+
+/// What changed between two flattened snapshots of one node, sorted by key.
+pub fn changes(old: &BTreeMap<String, String>, new: &BTreeMap<String, String>) -> Vec<Change> {
+    outer_join(old, new)
+        .filter(|(_, o, n)| o != n)
+        .map(|(key, o, n)| Change {
+            key: key.to_string(),
+            old: o.cloned(),
+            new: n.cloned(),
+        })
+        .collect()
+}
+
+/// Both maps' keys in order, with each side's value.
+fn outer_join<'a>(
+    a: &'a BTreeMap<String, String>,
+    b: &'a BTreeMap<String, String>,
+) -> impl Iterator<Item = (&'a str, Option<&'a String>, Option<&'a String>)> {
+    let keys: std::collections::BTreeSet<&str> =
+        a.keys().chain(b.keys()).map(String::as_str).collect();
+    keys.into_iter().map(move |k| (k, a.get(k), b.get(k)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uris_are_normalised() {
+        assert_eq!(
+            normalize_uri("HTTP://Deb.Debian.ORG/debian/"),
+            "http://deb.debian.org/debian"
+        );
+        assert_eq!(
+            normalize_uri("https://User:PW@Host.example/Path//"),
+            "https://User:PW@host.example/Path"
+        );
+        assert_eq!(normalize_uri("file:/srv/repo/"), "file:/srv/repo");
+        assert_eq!(
+            parse_repo(" deb  http://Deb.debian.org/debian/ trixie main "),
+            Some("deb http://deb.debian.org/debian trixie main".into())
+        );
+        assert_eq!(
+            parse_repo("deb file:/srv/repo ./"),
+            Some("deb file:/srv/repo ./".into())
+        );
+        assert_eq!(parse_repo("deb http://x"), None);
+        assert_eq!(parse_repo("deb http://x trixie main contrib"), None);
+    }
+
+    #[test]
+    fn entries_expand_per_component() {
+        let e = AptEntry {
+            types: vec!["deb".into(), "deb-src".into()],
+            uris: vec!["http://deb.debian.org/debian/".into()],
+            suites: vec!["trixie".into()],
+            components: vec!["main".into(), "contrib".into()],
+            enabled: true,
+            ..AptEntry::default()
+        };
+        assert_eq!(
+            entry_repos(&e),
+            [
+                "deb http://deb.debian.org/debian trixie main",
+                "deb http://deb.debian.org/debian trixie contrib",
+                "deb-src http://deb.debian.org/debian trixie main",
+                "deb-src http://deb.debian.org/debian trixie contrib",
+            ]
+        );
+    }
+
+    #[test]
+    fn changes_and_diff_order() {
+        let old: BTreeMap<String, String> = [("a", "1"), ("b", "2"), ("c", "3")]
+            .map(|(k, v)| (k.into(), v.into()))
+            .into();
+        let new: BTreeMap<String, String> = [("a", "1"), ("b", "9"), ("d", "4")]
+            .map(|(k, v)| (k.into(), v.into()))
+            .into();
+        let ch = changes(&old, &new);
+        let keys: Vec<&str> = ch.iter().map(|c| c.key.as_str()).collect();
+        assert_eq!(keys, ["b", "c", "d"]);
+        assert_eq!(ch[1].new, None);
+        assert_eq!(ch[2].old, None);
+
+        let mut a = Facts::default();
+        a.node.hostname = Some("a".into());
+        a.node.running_kernel = Some("6.14".into());
+        let mut b = a.clone();
+        b.node.hostname = Some("b".into());
+        let rows = diff(&a, &b);
+        assert_eq!(rows[0].key, "node.hostname");
+        assert!(rows[0].differs());
+        assert!(rows[1..].iter().all(|r| !r.differs()));
+        assert!(rows.iter().any(|r| r.key == "kernel.running"));
+    }
+}
