@@ -12,7 +12,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 #[derive(Debug, thiserror::Error)]
@@ -160,9 +159,13 @@ pub async fn run(
         .add_service(reflection)
         .add_service(agent)
         .add_service(operator)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            let _ = stop_rx.await;
-        });
+        // Nagle off: small acks must not wait for a delayed ACK (40 ms stalls otherwise).
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            async move {
+                let _ = stop_rx.await;
+            },
+        );
     tokio::pin!(server);
     tokio::select! {
         r = &mut server => r?,

@@ -5,7 +5,9 @@
 
 use crate::config::Config;
 use crate::fleet::{self, NodeView, Policy};
-use crate::store::{AuditEntry, FactChange, NodeRecord, Store, StoreError, TokenError};
+use crate::store::{
+    AuditEntry, FactChange, NodeRecord, ReportWrite, Store, StoreError, TokenError,
+};
 use fleetward_pki::{identity_from_der, not_after, serial_hex, Ca, Identity, Role};
 use fleetward_proto::api::{
     self, agent_message, agent_service_server::AgentService, controller_message,
@@ -68,7 +70,7 @@ pub struct Controller {
     sessions: Mutex<HashMap<String, SessionHandle>>,
     heartbeats: Mutex<HashMap<String, u64>>,
     counter: AtomicU64,
-    commit: GroupCommit,
+    writer: ReportWriter,
     /// Every node's latest report, parsed (the fleet rules run over these).
     latest: RwLock<BTreeMap<String, Arc<Report>>>,
     policy: RwLock<Option<Arc<LoadedPolicy>>>,
@@ -93,41 +95,90 @@ pub fn load_policy(path: &std::path::Path) -> Result<LoadedPolicy, String> {
     })
 }
 
-/// Group commit: reports are written without a flush, then wait for the next database
-/// flush that starts after their write; one flush acknowledges every report that arrived
-/// while the previous one ran. No report is acknowledged before it is durable.
-#[derive(Default)]
-struct GroupCommit {
-    waiters: Mutex<Vec<tokio::sync::oneshot::Sender<Result<(), String>>>>,
-    flushing: tokio::sync::Mutex<()>,
+/// The one writer of reports: sessions hand it their reports; it stores everything that
+/// arrived meanwhile with ONE flush ([`Store::put_reports`]) and then answers each. So no
+/// report is acknowledged before it is durable, and the flush cost is shared.
+struct ReportWriter {
+    tx: std::sync::mpsc::Sender<WriteJob>,
 }
 
-impl GroupCommit {
-    async fn durable(&self, store: &Arc<Store>) -> Result<(), Status> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.waiters
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(tx);
-        // Whoever gets the flush lock flushes for everyone waiting at that moment; a
-        // waiter whose write came later finds itself in the next batch.
-        let guard = self.flushing.lock().await;
-        let batch = std::mem::take(&mut *self.waiters.lock().unwrap_or_else(|e| e.into_inner()));
-        if !batch.is_empty() {
-            let store = store.clone();
-            let r = tokio::task::spawn_blocking(move || store.flush())
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.map_err(|e| e.to_string()));
-            for w in batch {
-                let _ = w.send(r.clone());
+struct WriteJob {
+    node: String,
+    received_ms: u64,
+    json: Vec<u8>,
+    changes: Vec<FactChange>,
+    done: tokio::sync::oneshot::Sender<Result<u64, String>>,
+}
+
+impl ReportWriter {
+    /// Most reports stored per flush.
+    const BATCH: usize = 512;
+
+    fn start(store: Arc<Store>) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<WriteJob>();
+        std::thread::spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let mut jobs = vec![first];
+                while jobs.len() < Self::BATCH {
+                    match rx.try_recv() {
+                        Ok(j) => jobs.push(j),
+                        Err(_) => break,
+                    }
+                }
+                let write = |jobs: &[WriteJob]| {
+                    let writes: Vec<ReportWrite> = jobs
+                        .iter()
+                        .map(|j| ReportWrite {
+                            node: &j.node,
+                            received_ms: j.received_ms,
+                            json: &j.json,
+                            changes: &j.changes,
+                        })
+                        .collect();
+                    store.put_reports(&writes)
+                };
+                match write(&jobs) {
+                    Ok(seqs) => {
+                        for (j, seq) in jobs.into_iter().zip(seqs) {
+                            let _ = j.done.send(Ok(seq));
+                        }
+                    }
+                    // One bad report must not fail the others: retry them one by one.
+                    Err(_) => {
+                        for j in jobs {
+                            let r = write(std::slice::from_ref(&j))
+                                .map(|s| s[0])
+                                .map_err(|e| e.to_string());
+                            let _ = j.done.send(r);
+                        }
+                    }
+                }
             }
-        }
-        drop(guard);
+        });
+        ReportWriter { tx }
+    }
+
+    async fn write(
+        &self,
+        node: &str,
+        received_ms: u64,
+        json: Vec<u8>,
+        changes: Vec<FactChange>,
+    ) -> Result<u64, Status> {
+        let (done, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(WriteJob {
+                node: node.to_string(),
+                received_ms,
+                json,
+                changes,
+                done,
+            })
+            .map_err(|_| internal("the report writer stopped"))?;
         match rx.await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(seq)) => Ok(seq),
             Ok(Err(e)) => Err(internal(e)),
-            Err(_) => Err(internal("group commit lost a waiter")),
+            Err(_) => Err(internal("the report writer dropped a report")),
         }
     }
 }
@@ -145,14 +196,15 @@ impl Controller {
                 latest.insert(rec.name, Arc::new(report));
             }
         }
+        let store = Arc::new(store);
         Ok(Arc::new(Controller {
-            store: Arc::new(store),
+            writer: ReportWriter::start(store.clone()),
+            store,
             ca,
             cfg,
             sessions: Mutex::new(HashMap::new()),
             heartbeats: Mutex::new(HashMap::new()),
             counter: AtomicU64::new(0),
-            commit: GroupCommit::default(),
             latest: RwLock::new(latest),
             policy: RwLock::new(policy.map(Arc::new)),
         }))
@@ -619,17 +671,7 @@ async fn drive_session(
                     }
                     None => Vec::new(),
                 };
-                let store = ctl.store.clone();
-                let name = node.to_string();
-                let json = r.report_json;
-                tokio::task::spawn_blocking(move || {
-                    store.put_report_json(&name, now, &json)?;
-                    store.append_fact_changes(&name, &changes)
-                })
-                .await
-                .map_err(internal)?
-                .map_err(|e: StoreError| internal(e))?;
-                ctl.commit.durable(&ctl.store).await?;
+                ctl.writer.write(node, now, r.report_json, changes).await?;
                 ctl.latest
                     .write()
                     .unwrap_or_else(|e| e.into_inner())

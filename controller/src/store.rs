@@ -6,7 +6,8 @@
 //!
 //! Layout (one sled `Db` in the data dir):
 //! - `nodes`: node name → [`NodeRecord`] JSON.
-//! - `reports`: node name → latest report: seq (u64 BE) ‖ received_ms (u64 BE) ‖ report JSON.
+//! - `reports`: node name → where its latest report is: seq (u64 BE) ‖ received_ms (u64 BE)
+//!   (the JSON itself is stored once, in `history`).
 //! - `history`: node name ‖ 0x00 ‖ seq (u64 BE) → received_ms (u64 BE) ‖ report JSON;
 //!   the newest [`HISTORY_PER_NODE`] entries per node are kept.
 //! - `tokens`: token id → [`TokenRecord`] JSON (only the sha256 of a token, never plaintext).
@@ -25,7 +26,7 @@ use fleetward_proto::{report_from_bytes, report_json_bytes, Report};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sled::transaction::{abort, TransactionError};
-use sled::{Transactional, Tree};
+use sled::Tree;
 use std::path::Path;
 
 /// How many history entries are kept per node; older ones are pruned.
@@ -93,6 +94,16 @@ pub struct TokenRecord {
     pub created_ms: u64,
     pub used_ms: Option<u64>,
     pub revoked: bool,
+}
+
+/// One report to store with [`Store::put_reports`].
+#[derive(Debug, Clone, Copy)]
+pub struct ReportWrite<'a> {
+    pub node: &'a str,
+    pub received_ms: u64,
+    /// The report's canonical JSON.
+    pub json: &'a [u8],
+    pub changes: &'a [FactChange],
 }
 
 /// One change of one fact of a node (`key` as in `fleet::flatten`).
@@ -204,6 +215,9 @@ impl Store {
         let path = path.as_ref();
         let db = sled::Config::new()
             .path(path)
+            // sled's default page cache is 1 GiB; the controller's working set (latest
+            // reports, tokens, nodes) is far smaller, and its RSS is a budget.
+            .cache_capacity(64 * 1024 * 1024)
             .open()
             .map_err(|source| StoreError::Open {
                 path: path.display().to_string(),
@@ -251,62 +265,66 @@ impl Store {
     // ---- reports ----
 
     /// Stores `report` as `node`'s latest, appends it to its history and bumps the node's
-    /// `last_seen_ms`; returns the report's history seq. The node must exist.
-    ///
-    /// Crash safety: the three writes happen in ONE sled transaction across the `nodes`,
-    /// `reports` and `history` trees, so a crash leaves either all or none of them. Pruning
-    /// old history runs after the commit; a crash there only leaves a few extra entries,
-    /// pruned by the next report. The final flush makes the acknowledgement durable.
+    /// `last_seen_ms`; returns the report's history seq. The node must exist. Flushed.
     pub fn put_report(&self, node: &str, received_ms: u64, report: &Report) -> Result<u64> {
-        let seq = self.put_report_json(node, received_ms, &report_json_bytes(report))?;
-        self.flush()?;
-        Ok(seq)
+        let json = report_json_bytes(report);
+        let seq = self.put_reports(&[ReportWrite {
+            node,
+            received_ms,
+            json: &json,
+            changes: &[],
+        }])?;
+        Ok(seq[0])
     }
 
-    /// [`Store::put_report`] for a report already in its canonical JSON (as the agent
-    /// sent it, validated by the caller), WITHOUT the final flush: the caller must not
-    /// acknowledge the report before a [`Store::flush`] that started after this returned
-    /// (the server's group commit does exactly that).
-    pub fn put_report_json(&self, node: &str, received_ms: u64, json: &[u8]) -> Result<u64> {
-        check_node_name(node)?;
-        let seq = self.db.generate_id()?;
-        let mut hist_key = history_prefix(node);
-        hist_key.extend_from_slice(&seq.to_be_bytes());
-        let hist_val = [&received_ms.to_be_bytes()[..], json].concat();
-        let latest_val = [&seq.to_be_bytes()[..], &hist_val].concat();
-
-        (&self.nodes, &self.reports, &self.history)
-            .transaction(|(nodes, reports, history)| {
-                let Some(raw) = nodes.get(node.as_bytes())? else {
-                    return abort(StoreError::UnknownNode(node.to_string()));
-                };
-                let mut rec: NodeRecord = decode("nodes", node.as_bytes(), &raw).or_else(abort)?;
-                rec.last_seen_ms = Some(rec.last_seen_ms.unwrap_or(0).max(received_ms));
-                nodes.insert(node.as_bytes(), encode(&rec))?;
-                // Concurrent puts may commit out of seq order: never replace a newer latest.
-                let newer = reports
-                    .get(node.as_bytes())?
-                    .is_some_and(|o| be_u64(&o[..8.min(o.len())]) > seq);
-                if !newer {
-                    reports.insert(node.as_bytes(), latest_val.clone())?;
-                }
-                history.insert(hist_key.clone(), hist_val.clone())?;
-                Ok(())
-            })
-            .map_err(tx_err::<StoreError>)?;
-
-        let keys: Vec<_> = self
-            .history
-            .scan_prefix(history_prefix(node))
-            .keys()
-            .collect::<Result<_, _>>()?;
-        for k in keys
-            .iter()
-            .take(keys.len().saturating_sub(HISTORY_PER_NODE))
-        {
-            self.history.remove(k)?;
+    /// Stores a batch of reports (each already in canonical JSON, validated by the caller)
+    /// with their fact changes, then flushes ONCE; returns each report's seq. This is the
+    /// ingestion path: one writer calls it for everything that arrived meanwhile, so the
+    /// cost of a flush is shared and no transaction is needed.
+    ///
+    /// Crash safety: writes go history, then the `reports` pointer, then the node's
+    /// `last_seen_ms`. sled recovers a prefix of its log, so after a crash the pointer may
+    /// still name the previous report, never a missing one; such a report was not
+    /// acknowledged (acknowledgement follows the flush). Single writer: seqs grow in
+    /// commit order, so the pointer only moves forward.
+    pub fn put_reports(&self, batch: &[ReportWrite<'_>]) -> Result<Vec<u64>> {
+        let mut seqs = Vec::with_capacity(batch.len());
+        for w in batch {
+            check_node_name(w.node)?;
+            let Some(raw) = self.nodes.get(w.node.as_bytes())? else {
+                return Err(StoreError::UnknownNode(w.node.to_string()));
+            };
+            let mut rec: NodeRecord = decode("nodes", w.node.as_bytes(), &raw)?;
+            let seq = self.db.generate_id()?;
+            let prefix = history_prefix(w.node);
+            let mut hist_key = prefix.clone();
+            hist_key.extend_from_slice(&seq.to_be_bytes());
+            self.history.insert(
+                hist_key,
+                [&w.received_ms.to_be_bytes()[..], w.json].concat(),
+            )?;
+            self.reports.insert(
+                w.node.as_bytes(),
+                [seq.to_be_bytes(), w.received_ms.to_be_bytes()].concat(),
+            )?;
+            rec.last_seen_ms = Some(rec.last_seen_ms.unwrap_or(0).max(w.received_ms));
+            self.nodes.insert(w.node.as_bytes(), encode(&rec))?;
+            self.record_fact_changes(w.node, w.changes)?;
+            let keys: Vec<_> = self
+                .history
+                .scan_prefix(&prefix)
+                .keys()
+                .collect::<Result<_, _>>()?;
+            for k in keys
+                .iter()
+                .take(keys.len().saturating_sub(HISTORY_PER_NODE))
+            {
+                self.history.remove(k)?;
+            }
+            seqs.push(seq);
         }
-        Ok(seq)
+        self.flush()?;
+        Ok(seqs)
     }
 
     /// The node's latest report and when it was received.
@@ -314,8 +332,20 @@ impl Store {
         let Some(v) = self.reports.get(node.as_bytes())? else {
             return Ok(None);
         };
-        let (nums, report) = decode_report("reports", node.as_bytes(), &v, 2)?;
-        Ok(Some((nums[1], report)))
+        if v.len() != 16 {
+            return Err(corrupt("reports", node.as_bytes(), "value too short"));
+        }
+        let mut key = history_prefix(node);
+        key.extend_from_slice(&v[..8]);
+        let Some(h) = self.history.get(&key)? else {
+            return Err(corrupt(
+                "reports",
+                node.as_bytes(),
+                "points to a missing history entry",
+            ));
+        };
+        let (nums, report) = decode_report("history", &key, &h, 1)?;
+        Ok(Some((nums[0], report)))
     }
 
     /// The node's kept history as `(seq, received_ms, report)`, oldest first.
@@ -452,10 +482,9 @@ impl Store {
 
     // ---- fact history ----
 
-    /// Records changes of a node's facts (written unflushed: the report they came with is
-    /// flushed by the same group commit). Keeps the newest [`FACT_CHANGES_PER_NODE`].
-    pub fn append_fact_changes(&self, node: &str, changes: &[FactChange]) -> Result<()> {
-        check_node_name(node)?;
+    /// Records changes of a node's facts (unflushed; part of [`Store::put_reports`]).
+    /// Keeps the newest [`FACT_CHANGES_PER_NODE`].
+    fn record_fact_changes(&self, node: &str, changes: &[FactChange]) -> Result<()> {
         if changes.is_empty() {
             return Ok(());
         }
