@@ -12,6 +12,18 @@ use std::fmt;
 /// Bumped when a field changes meaning; adding an optional field does not bump it.
 pub const SCHEMA_VERSION: u32 = 1;
 
+/// The packages `BootFacts::packages` reports when installed: they describe the boot stack.
+pub const BOOT_PACKAGES: &[&str] = &[
+    "grub-efi-amd64",
+    "grub-efi-amd64-signed",
+    "grub-pc",
+    "proxmox-kernel-helper",
+    "shim-signed",
+    "systemd-boot",
+    "systemd-boot-efi",
+    "systemd-boot-tools",
+];
+
 /// Everything one inspection of one node produced.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Report {

@@ -5,20 +5,10 @@ use crate::esp;
 use crate::parse::{control, control::Installed, efivar, kv, version};
 use fleetward_proto::{
     BootFacts, EspFacts, EspSource, Firmware, KernelHookFacts, PackageFacts, SecureBootFacts,
+    BOOT_PACKAGES,
 };
 use std::os::unix::fs::FileTypeExt;
 
-/// Packages whose presence and version describe the boot stack.
-pub const BOOT_PACKAGES: &[&str] = &[
-    "grub-efi-amd64",
-    "grub-efi-amd64-signed",
-    "grub-pc",
-    "proxmox-kernel-helper",
-    "shim-signed",
-    "systemd-boot",
-    "systemd-boot-efi",
-    "systemd-boot-tools",
-];
 pub const KERNEL_HOOK: &str = "/etc/kernel/postinst.d/zz-proxmox-boot";
 pub const DEFAULT_ESP_LIST: &str = "/etc/kernel/proxmox-boot-uuids";
 const HELPER_FUNCTIONS: &str = "/usr/share/proxmox-kernel-helper/scripts/functions";

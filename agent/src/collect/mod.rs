@@ -6,7 +6,7 @@ mod boot;
 mod dns;
 mod node;
 
-pub use boot::{is_vfat_id, BOOT_PACKAGES, DEFAULT_ESP_LIST, KERNEL_HOOK};
+pub use boot::{is_vfat_id, DEFAULT_ESP_LIST, KERNEL_HOOK};
 
 use crate::parse::control::{self, Installed};
 use crate::root::{FileRead, Root};

@@ -37,19 +37,6 @@ const SOURCES_LIST: &str = "/etc/apt/sources.list";
 const SOURCES_DIR: &str = "/etc/apt/sources.list.d/";
 const INTERFACES: &str = "/etc/network/interfaces";
 
-/// Boot-loader packages the agent reports (its `BOOT_PACKAGES`): `capture` records the ones
-/// not installed as `packages_absent`.
-const TRACKED_BOOT_PACKAGES: &[&str] = &[
-    "grub-efi-amd64",
-    "grub-efi-amd64-signed",
-    "grub-pc",
-    "proxmox-kernel-helper",
-    "shim-signed",
-    "systemd-boot",
-    "systemd-boot-efi",
-    "systemd-boot-tools",
-];
-
 /// The desired state of every node.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -664,7 +651,7 @@ pub fn capture(f: &Facts) -> Policy {
 
     let b = &f.boot;
     let installed: Vec<String> = b.packages.iter().map(|p| p.name.clone()).collect();
-    let absent: Vec<String> = TRACKED_BOOT_PACKAGES
+    let absent: Vec<String> = fleetward_proto::BOOT_PACKAGES
         .iter()
         .filter(|t| !installed.iter().any(|i| i == *t))
         .map(|t| t.to_string())

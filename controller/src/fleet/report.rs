@@ -1093,21 +1093,7 @@ mod tests {
     use crate::fleet::{check, drift};
     use fleetward_proto::{report_from_json, Report};
 
-    const SEED: [(&str, &str); 3] = [
-        (
-            "pve-01",
-            include_str!("../../../agent/tests/fixtures/seed/pve-01/expected.json"),
-        ),
-        (
-            "pve-02",
-            include_str!("../../../agent/tests/fixtures/seed/pve-02/expected.json"),
-        ),
-        (
-            "pve-03",
-            include_str!("../../../agent/tests/fixtures/seed/pve-03/expected.json"),
-        ),
-    ];
-    const SEED_POLICY: &str = include_str!("../../../packaging/policy/seed.toml");
+    use crate::fleet::tests::{SEED, SEED_POLICY};
     const SEED_POLICY_PATH: &str = "packaging/policy/seed.toml";
 
     fn seed_reports() -> Vec<(String, Report)> {

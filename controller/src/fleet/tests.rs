@@ -3,8 +3,8 @@
 use super::*;
 use fleetward_proto::{report_from_json, AptEntry, Facts};
 
-const SEED_POLICY: &str = include_str!("../../../packaging/policy/seed.toml");
-const SEED: [(&str, &str); 3] = [
+pub(super) const SEED_POLICY: &str = include_str!("../../../packaging/policy/seed.toml");
+pub(super) const SEED: [(&str, &str); 3] = [
     (
         "pve-01",
         include_str!("../../../agent/tests/fixtures/seed/pve-01/expected.json"),
