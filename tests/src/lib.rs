@@ -6,6 +6,10 @@
 //! (`cargo build --workspace --bins`) before `cargo test`.
 #![forbid(unsafe_code)]
 
+/// The agent's fixture builder (seed trees with real FAT images), shared with `agent/tests`.
+#[path = "../../agent/tests/support/mod.rs"]
+pub mod support;
+
 use fleetward_pki::{generate_key_and_csr, Ca, Identity, KeyPairPem, Role};
 use fleetward_proto::api::{
     agent_service_client::AgentServiceClient, operator_service_client::OperatorServiceClient,
@@ -269,4 +273,100 @@ pub fn agent_fixture(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../agent/tests/fixtures")
         .join(rel)
+}
+
+/// The smallest valid report for `host`, with `boot_id` as a marker.
+pub fn minimal_report(host: &str, boot_id: Option<String>) -> fleetward_proto::Report {
+    use fleetward_proto::{Facts, NodeFacts, Report, SCHEMA_VERSION};
+    Report {
+        schema_version: SCHEMA_VERSION,
+        facts: Facts {
+            node: NodeFacts {
+                hostname: Some(host.into()),
+                boot_id,
+                ..NodeFacts::default()
+            },
+            ..Facts::default()
+        },
+        findings: vec![],
+    }
+}
+
+/// A real `fleetward-agent run` on a seed node's fixture root; killed on drop.
+pub struct Agent {
+    pub name: String,
+    pub root: tempfile::TempDir,
+    pub state: tempfile::TempDir,
+    child: Child,
+}
+
+impl Agent {
+    /// Build the seed node's fixture root and enroll it with a fresh token.
+    pub fn enroll(c: &Controller, name: &str) -> (tempfile::TempDir, tempfile::TempDir) {
+        let root = support::build(&support::fixtures_dir().join("seed").join(name));
+        let state = tempfile::tempdir().expect("tempdir");
+        let t = c.cli_json(&["token", "create", "--node", name, "--ttl", "10m"]);
+        let cmd = t["enroll_command"].as_str().expect("enroll_command");
+        assert!(
+            cmd.contains(t["token"].as_str().unwrap())
+                && cmd.contains(t["ca_sha256"].as_str().unwrap())
+        );
+        let out = Command::new(bin("fleetward-agent"))
+            .args(cmd.split_whitespace().skip(1)) // the printed line, without "fleetward-agent"
+            .arg("--state-dir")
+            .arg(state.path())
+            .arg("--root")
+            .arg(root.path())
+            .output()
+            .expect("fleetward-agent enroll");
+        assert!(
+            out.status.success(),
+            "enroll {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (root, state)
+    }
+
+    /// `fleetward-agent run` on an enrolled state dir, inspecting and heartbeating every second.
+    pub fn run(name: &str, root: tempfile::TempDir, state: tempfile::TempDir) -> Agent {
+        let log = std::fs::File::create(state.path().join("agent.log")).expect("agent.log");
+        let child = Command::new(bin("fleetward-agent"))
+            .args(["run", "--interval", "1", "--heartbeat", "1", "--state-dir"])
+            .arg(state.path())
+            .arg("--root")
+            .arg(root.path())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("fleetward-agent run");
+        Agent {
+            name: name.into(),
+            root,
+            state,
+            child,
+        }
+    }
+
+    /// Enroll and run.
+    pub fn start(c: &Controller, name: &str) -> Agent {
+        let (root, state) = Self::enroll(c, name);
+        Self::run(name, root, state)
+    }
+
+    /// A node path inside this agent's fixture root.
+    pub fn path(&self, node_path: &str) -> PathBuf {
+        self.root.path().join(node_path.trim_start_matches('/'))
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.state.path().join("agent.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

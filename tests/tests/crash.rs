@@ -4,27 +4,11 @@
 use fleetward_proto::api::{
     self, agent_message, agent_service_client::AgentServiceClient, controller_message, AgentMessage,
 };
-use fleetward_proto::{Facts, NodeFacts, Report, SCHEMA_VERSION};
-use fleetward_tests::Controller;
+use fleetward_tests::{minimal_report, Controller};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_stream::StreamExt;
-
-fn report(host: &str, counter: u64) -> Report {
-    Report {
-        schema_version: SCHEMA_VERSION,
-        facts: Facts {
-            node: NodeFacts {
-                hostname: Some(host.into()),
-                boot_id: Some(counter.to_string()),
-                ..NodeFacts::default()
-            },
-            ..Facts::default()
-        },
-        findings: vec![],
-    }
-}
 
 /// Send reports one after another until the connection dies; record every acknowledged
 /// counter.
@@ -42,7 +26,8 @@ async fn reporter(
     };
     let mut inbound = resp.into_inner();
     for counter in 1u64.. {
-        let msg = agent_message::Report::new(counter, &report(&name, counter));
+        let msg =
+            agent_message::Report::new(counter, &minimal_report(&name, Some(counter.to_string())));
         if tx
             .send(AgentMessage::new(agent_message::Kind::Report(msg)))
             .await

@@ -4,73 +4,13 @@
 //! exactly the matching drift/policy findings for that node, and fixing the files clears
 //! them. Also: capture, history, diff, metrics (checked by promtool) and the markdown report.
 
-#[path = "../../agent/tests/support/mod.rs"]
-mod support;
-
-use fleetward_tests::{bin, wait_for, Controller};
+use fleetward_tests::{wait_for, Agent, Controller};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
-
-struct Agent {
-    root: tempfile::TempDir,
-    _state: tempfile::TempDir,
-    child: Child,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Agent {
-    fn path(&self, node_path: &str) -> PathBuf {
-        self.root.path().join(node_path.trim_start_matches('/'))
-    }
-}
-
-fn start_agent(c: &Controller, name: &str) -> Agent {
-    let root = support::build(&support::fixtures_dir().join("seed").join(name));
-    let state = tempfile::tempdir().unwrap();
-    let t = c.cli_json(&["token", "create", "--node", name]);
-    let out = Command::new(bin("fleetward-agent"))
-        .args(["enroll", "--controller", &c.url(), "--token"])
-        .arg(t["token"].as_str().unwrap())
-        .args([
-            "--ca-sha256",
-            t["ca_sha256"].as_str().unwrap(),
-            "--state-dir",
-        ])
-        .arg(state.path())
-        .arg("--root")
-        .arg(root.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let child = Command::new(bin("fleetward-agent"))
-        .args(["run", "--interval", "1", "--heartbeat", "1", "--state-dir"])
-        .arg(state.path())
-        .arg("--root")
-        .arg(root.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    Agent {
-        root,
-        _state: state,
-        child,
-    }
-}
 
 /// (code, node) of every drift.*/policy.* finding.
 fn fleet_findings(c: &Controller) -> BTreeSet<(String, String)> {
@@ -138,7 +78,7 @@ fn drift_policy_history_metrics_and_report() {
     ]);
     let agents: Vec<Agent> = ["pve-01", "pve-02", "pve-03"]
         .iter()
-        .map(|n| start_agent(&c, n))
+        .map(|n| Agent::start(&c, n))
         .collect();
     wait_for("three reports", Duration::from_secs(30), || {
         let nodes = c.cli_json(&["nodes"]);

@@ -6,26 +6,12 @@ use fleetward_proto::api::{
     self, agent_message, agent_service_client::AgentServiceClient, controller_message,
     operator_service_client::OperatorServiceClient, AgentMessage,
 };
-use fleetward_proto::{Facts, NodeFacts, Report, SCHEMA_VERSION};
-use fleetward_tests::Controller;
+use fleetward_proto::Report;
+use fleetward_tests::{minimal_report, Controller};
 use std::io::Write;
 use std::time::Duration;
 use tokio_stream::StreamExt;
 use tonic::Code;
-
-fn report_for(host: &str) -> Report {
-    Report {
-        schema_version: SCHEMA_VERSION,
-        facts: Facts {
-            node: NodeFacts {
-                hostname: Some(host.into()),
-                ..NodeFacts::default()
-            },
-            ..Facts::default()
-        },
-        findings: vec![],
-    }
-}
 
 /// What an operator can see of the controller's state; compared before and after each
 /// refused call.
@@ -104,9 +90,15 @@ async fn negative_matrix() {
     let tok = c.token(Some("pve-01"), 600).await;
     let (good_cert, good_key) = c.enroll("pve-01", &tok).await.expect("enroll pve-01");
     assert_eq!(
-        send_report(&c, &good_cert, &good_key, &report_for("pve-01"), 1)
-            .await
-            .unwrap(),
+        send_report(
+            &c,
+            &good_cert,
+            &good_key,
+            &minimal_report("pve-01", None),
+            1
+        )
+        .await
+        .unwrap(),
         1
     );
     let (b_cert, b_key) = c
@@ -114,7 +106,7 @@ async fn negative_matrix() {
         .await
         .expect("enroll pve-02");
     assert_eq!(
-        send_report(&c, &b_cert, &b_key, &report_for("pve-02"), 1)
+        send_report(&c, &b_cert, &b_key, &minimal_report("pve-02", None), 1)
             .await
             .unwrap(),
         1
@@ -126,9 +118,15 @@ async fn negative_matrix() {
         || async { assert_eq!(state(&c).await, before, "a refused call changed state") };
     let still_serving = || async {
         assert_eq!(
-            send_report(&c, &good_cert, &good_key, &report_for("pve-01"), 7)
-                .await
-                .unwrap(),
+            send_report(
+                &c,
+                &good_cert,
+                &good_key,
+                &minimal_report("pve-01", None),
+                7
+            )
+            .await
+            .unwrap(),
             7
         );
     };
@@ -202,7 +200,14 @@ async fn negative_matrix() {
     assert_eq!(code_of(r), Code::PermissionDenied);
 
     // 5. Node A's certificate sending a report for node B.
-    let r = send_report(&c, &good_cert, &good_key, &report_for("pve-02"), 2).await;
+    let r = send_report(
+        &c,
+        &good_cert,
+        &good_key,
+        &minimal_report("pve-02", None),
+        2,
+    )
+    .await;
     assert_eq!(code_of(r), Code::PermissionDenied);
     unchanged().await;
 
@@ -238,7 +243,7 @@ async fn negative_matrix() {
     unchanged().await;
 
     // 8. A message over the size limit (4 MiB by default).
-    let mut big = report_for("pve-01");
+    let mut big = minimal_report("pve-01", None);
     big.facts.node.kernel_cmdline = Some("x".repeat(5 << 20));
     let r = send_report(&c, &good_cert, &good_key, &big, 3).await;
     let code = code_of(r);
@@ -288,7 +293,7 @@ async fn negative_matrix() {
         Ok(true),
         "the revoked node's session was not cut within one second"
     );
-    let r = send_report(&c, &b_cert, &b_key, &report_for("pve-02"), 9).await;
+    let r = send_report(&c, &b_cert, &b_key, &minimal_report("pve-02", None), 9).await;
     assert_eq!(code_of(r), Code::PermissionDenied);
 
     still_serving().await;
