@@ -3,11 +3,13 @@
 //! Data flows one way: `collect` reads files under a [`root::Root`] into plain
 //! [`fleetward_proto::Facts`]; `rules` turn facts into findings; `inspect` puts both into a
 //! [`fleetward_proto::Report`]. Parsers in `parse` are pure (`&str` in, data out) and never
-//! panic on any input. Nothing in this crate changes the node.
+//! panic on any input. The one place that changes the node is `executor`: every
+//! node-changing action is an `executor::Action` run by one `Executor` (real or simulated).
 #![forbid(unsafe_code)]
 
 pub mod collect;
 pub mod esp;
+pub mod executor;
 pub mod inspect;
 pub mod parse;
 pub mod probe;

@@ -1,7 +1,7 @@
 //! `fleetward-agent`: the node agent's command line.
 #![forbid(unsafe_code)]
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use fleetward_agent::session::enroll::{self, EnrollOptions};
 use fleetward_agent::session::run::{self, RunOptions};
 use fleetward_agent::session::state::DEFAULT_STATE_DIR;
@@ -85,6 +85,16 @@ enum Command {
         /// Send a heartbeat when nothing was sent for SECS seconds.
         #[arg(long, value_name = "SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3_600))]
         heartbeat: u64,
+        /// If this node is not enrolled yet, say so once and wait (checking every 10 s)
+        /// until `fleetward-agent enroll` has been run, instead of failing.
+        #[arg(long)]
+        wait_for_enrollment: bool,
+    },
+    /// Write man pages and shell completions (bash, zsh, fish) into DIR (for packaging).
+    #[command(hide = true)]
+    GenerateDocs {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
     },
 }
 
@@ -119,12 +129,17 @@ fn main() -> ExitCode {
             root,
             interval,
             heartbeat,
-        } => exit(cmd_run(RunOptions {
-            state_dir,
-            root,
-            interval: Duration::from_secs(interval),
-            heartbeat: Duration::from_secs(heartbeat),
-        })),
+            wait_for_enrollment,
+        } => exit(cmd_run(
+            RunOptions {
+                state_dir,
+                root,
+                interval: Duration::from_secs(interval),
+                heartbeat: Duration::from_secs(heartbeat),
+            },
+            wait_for_enrollment,
+        )),
+        Command::GenerateDocs { out } => exit(generate_docs(Cli::command(), &out)),
         Command::Inspect {
             root,
             format,
@@ -205,14 +220,48 @@ fn cmd_enroll(opts: EnrollOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn cmd_run(opts: RunOptions) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+/// Man pages (one per visible command, `fleetward-agent-run.1` etc.) into `out/man1`, and
+/// completions into `out/completions`.
+fn generate_docs(cmd: clap::Command, out: &std::path::Path) -> anyhow::Result<()> {
+    use clap_complete::Shell;
+    let man = out.join("man1");
+    let completions = out.join("completions");
+    std::fs::create_dir_all(&man)?;
+    std::fs::create_dir_all(&completions)?;
+    // One page per visible command; hidden ones (this one) are skipped.
+    clap_mangen::generate_to(cmd.clone(), &man)?;
+    let mut cmd = cmd;
+    let name = cmd.get_name().to_owned();
+    for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+        clap_complete::generate_to(shell, &mut cmd, &name, &completions)?;
+    }
+    Ok(())
+}
+
+/// Logs to the journal with structured fields when systemd connected stderr to it
+/// (`$JOURNAL_STREAM`), else as text lines on stderr.
+fn logging() {
+    use tracing_subscriber::prelude::*;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let journald = std::env::var_os("JOURNAL_STREAM")
+        .and_then(|_| tracing_journald::layer().ok())
+        .map(|l| l.with_syslog_identifier("fleetward-agent".to_owned()));
+    match journald {
+        Some(layer) => tracing_subscriber::registry()
+            .with(filter)
+            .with(layer)
+            .init(),
+        None => tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_env_filter(filter)
+            .init(),
+    }
+}
+
+fn cmd_run(opts: RunOptions, wait_for_enrollment: bool) -> anyhow::Result<()> {
+    logging();
     if !opts.root.is_dir() {
         anyhow::bail!("--root {}: not a directory", opts.root.display());
     }
@@ -230,6 +279,12 @@ fn cmd_run(opts: RunOptions) -> anyhow::Result<()> {
             let _ = stop.send(true);
         });
         tracing::info!(version = env!("CARGO_PKG_VERSION"), state_dir = %opts.state_dir.display(), "fleetward-agent starting");
+        if wait_for_enrollment
+            && !run::wait_for_enrollment(&opts.state_dir, run::ENROLLMENT_POLL, shutdown.clone())
+                .await?
+        {
+            return Ok(());
+        }
         run::run(opts, shutdown).await?;
         Ok(())
     })

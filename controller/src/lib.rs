@@ -13,6 +13,7 @@ pub mod fleet;
 pub mod init;
 pub mod metrics;
 pub mod paths;
+pub mod rollout;
 pub mod serve;
 pub mod server;
 pub mod store;

@@ -1,7 +1,7 @@
 //! `fleetward`: the controller daemon (`serve`), its set-up (`init`), and the operator CLI.
 #![forbid(unsafe_code)]
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use fleetward_controller::{config::Config, init, paths::DataDir, serve};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,6 +25,12 @@ enum Command {
     Serve(ServeArgs),
     #[command(flatten)]
     Client(fleetward_controller::cli::ClientCommand),
+    /// Write man pages and shell completions (bash, zsh, fish) into DIR (for packaging).
+    #[command(hide = true)]
+    GenerateDocs {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -91,6 +97,13 @@ fn main() -> ExitCode {
             }
         }
         Command::Client(c) => fleetward_controller::cli::run(c),
+        Command::GenerateDocs { out } => match generate_docs(Cli::command(), &out) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("fleetward generate-docs: {e:#}");
+                ExitCode::from(2)
+            }
+        },
         Command::Serve(a) => {
             logging("info");
             match serve_main(a) {
@@ -102,6 +115,24 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Man pages (one per visible command, `fleetward-node-show.1` etc.) into `out/man1`, and
+/// completions into `out/completions`.
+fn generate_docs(cmd: clap::Command, out: &std::path::Path) -> anyhow::Result<()> {
+    use clap_complete::Shell;
+    let man = out.join("man1");
+    let completions = out.join("completions");
+    std::fs::create_dir_all(&man)?;
+    std::fs::create_dir_all(&completions)?;
+    // One page per visible command; hidden ones (this one) are skipped.
+    clap_mangen::generate_to(cmd.clone(), &man)?;
+    let mut cmd = cmd;
+    let name = cmd.get_name().to_owned();
+    for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+        clap_complete::generate_to(shell, &mut cmd, &name, &completions)?;
+    }
+    Ok(())
 }
 
 fn serve_main(a: ServeArgs) -> anyhow::Result<()> {

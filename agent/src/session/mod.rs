@@ -5,9 +5,11 @@
 //! - [`enroll`]: first contact, trusting the controller only by the pinned CA fingerprint.
 //! - [`run`]: one session at a time: reports, heartbeats, commands, renewal, reconnects.
 //! - [`backoff`]: jittered exponential reconnect delays.
+//! - [`notify`]: readiness and status for systemd (`Type=notify`).
 
 pub mod backoff;
 pub mod enroll;
+pub mod notify;
 pub mod run;
 pub mod state;
 

@@ -7,6 +7,7 @@
 //! sessions are reopened after a jittered exponential [`Backoff`].
 
 use super::backoff::Backoff;
+use super::notify;
 use super::state::{Credentials, SeenCommands, StateDir};
 use super::{ControllerUrl, Error, CALL_TIMEOUT};
 use crate::inspect::inspect;
@@ -18,7 +19,7 @@ use fleetward_proto::api::controller_message::Kind as In;
 use fleetward_proto::api::{command, AgentMessage, Command, ControllerMessage, RenewRequest};
 use fleetward_proto::Report;
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep, sleep_until, Instant};
@@ -61,6 +62,46 @@ enum Ended {
     Shutdown,
     Renewed,
     Closed(String),
+}
+
+/// How often `run --wait-for-enrollment` looks for the identity `enroll` writes.
+pub const ENROLLMENT_POLL: Duration = Duration::from_secs(10);
+
+/// Waits until `state_dir` holds an identity (`fleetward-agent enroll` has run), saying so
+/// once in the log and in systemd's status line, and looking again every `poll`.
+/// `Ok(false)`: `shutdown` turned true while waiting. Errors other than "not enrolled"
+/// (an unreadable state directory) are returned at once.
+pub async fn wait_for_enrollment(
+    state_dir: &Path,
+    poll: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<bool, Error> {
+    let state = StateDir::new(state_dir);
+    let mut logged = false;
+    loop {
+        match state.load() {
+            Ok(_) => {
+                if logged {
+                    info!(state_dir = %state_dir.display(), "enrolled: starting");
+                }
+                return Ok(true);
+            }
+            Err(Error::NotEnrolled(_)) if !logged => {
+                logged = true;
+                info!(
+                    state_dir = %state_dir.display(),
+                    "not enrolled: run `fleetward-agent enroll --controller https://HOST:7443 --token TOKEN --ca-sha256 HEX` on this node (`fleetward token create` on the controller prints the line); waiting"
+                );
+                notify::status("not enrolled: waiting for `fleetward-agent enroll`");
+            }
+            Err(Error::NotEnrolled(_)) => {}
+            Err(e) => return Err(e),
+        }
+        tokio::select! {
+            _ = sleep(poll) => {}
+            _ = stopped(&mut shutdown) => return Ok(false),
+        }
+    }
 }
 
 /// Runs sessions until `shutdown` turns true. Returns an error only when the agent cannot
@@ -294,12 +335,18 @@ impl Agent {
     ) -> Result<Option<Ended>, Error> {
         match msg.kind {
             Some(In::ReportAck(ack)) => match out.pending.remove(&ack.seq) {
-                Some(Some(command_id)) => out.result(
-                    &command_id,
-                    true,
-                    format!("inspected; report {} stored", ack.seq),
-                )?,
-                Some(None) => debug!(seq = ack.seq, "report stored"),
+                Some(command) => {
+                    // Ready (for systemd) once the controller has stored a first report.
+                    notify::ready("connected: reports are acknowledged");
+                    match command {
+                        Some(command_id) => out.result(
+                            &command_id,
+                            true,
+                            format!("inspected; report {} stored", ack.seq),
+                        )?,
+                        None => debug!(seq = ack.seq, "report stored"),
+                    }
+                }
                 None => warn!(seq = ack.seq, "acknowledgement for a report never sent"),
             },
             Some(In::HeartbeatAck(ack)) => debug!(seq = ack.seq, "heartbeat acknowledged"),
@@ -406,5 +453,24 @@ mod tests {
         assert!(renewal_due(nb, na, t0 + 21 * day));
         assert!(renewal_due(nb, na, na + day), "expired");
         assert!(renewal_due(na, nb, t0), "nonsense validity");
+    }
+
+    #[test]
+    fn waiting_for_enrollment_ends_on_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (stop, shutdown) = watch::channel(false);
+        let enrolled = rt.block_on(async {
+            let wait = wait_for_enrollment(dir.path(), Duration::from_millis(5), shutdown);
+            let stopper = async {
+                sleep(Duration::from_millis(30)).await;
+                stop.send(true).unwrap();
+            };
+            tokio::join!(wait, stopper).0
+        });
+        assert!(!enrolled.unwrap(), "not enrolled, stopped while waiting");
     }
 }

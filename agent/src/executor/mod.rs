@@ -1,0 +1,685 @@
+//! The executor boundary: every action that changes the node goes through here.
+//!
+//! An [`Action`] (maintenance mode, APT, boot refresh, Ceph flags, HA arm/disarm, guest
+//! stop/start/migrate, reboot, power-off) travels in an [`ActionRequest`] whose `id` is the
+//! controller's idempotency key (`operation/node/step/attempt`). One trait, [`Executor`], has
+//! two implementations that see exactly the same requests:
+//!
+//! - [`real::RealExecutor`] maps each action to one exact command line and runs it through a
+//!   [`real::CommandRunner`] ([`real::SystemRunner`] in production: timeout, streamed output,
+//!   process group killed on timeout). Tests pin every command line with
+//!   [`testing::RecordingRunner`] and never run one for real.
+//! - [`simulated::SimulatedExecutor`] changes a fixture root the way the real action would
+//!   change the node, and appends every action to a JSON-lines action log.
+//!
+//! [`Once`] wraps either one and executes each id at most once, remembering outcomes in a
+//! JSON file (`actions.json` in the agent's state directory).
+//!
+//! **Invariant:** nothing else in the agent starts a process that changes the node.
+
+pub mod real;
+pub mod simulated;
+
+pub use real::testing;
+
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+use std::fs;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How much output an [`ActionOutcome`] carries (the tail is kept).
+pub const OUTPUT_MAX: usize = 64 * 1024;
+/// How much output [`Once`] keeps per remembered outcome.
+pub const STORED_OUTPUT_MAX: usize = 4 * 1024;
+/// How many outcomes [`Once`] remembers (oldest dropped first).
+pub const OUTCOMES_MAX: usize = 1000;
+/// File name of [`Once`]'s store in the agent's state directory.
+pub const OUTCOMES_FILE: &str = "actions.json";
+
+/// Errors of the executor's own bookkeeping (the actions themselves report failure in
+/// [`ActionOutcome`], never as an error).
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutorError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Format { path: PathBuf, message: String },
+}
+
+/// A guest type: QEMU virtual machine (`qm`) or LXC container (`pct`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GuestKind {
+    Qemu,
+    Lxc,
+}
+
+impl GuestKind {
+    /// The Proxmox CLI tool for this kind.
+    pub fn tool(self) -> &'static str {
+        match self {
+            GuestKind::Qemu => "qm",
+            GuestKind::Lxc => "pct",
+        }
+    }
+}
+
+/// Every action that changes a node. The JSON form is tagged: `{"action": "guest-stop", ...}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "kebab-case")]
+pub enum Action {
+    /// `ha-manager crm-command node-maintenance enable NODE`.
+    MaintenanceOn,
+    /// `ha-manager crm-command node-maintenance disable NODE`.
+    MaintenanceOff,
+    /// Poll `ha-manager status` until no HA service is active on this node.
+    WaitGuestsMigrated { timeout_secs: u64 },
+    /// `apt-get update`.
+    AptUpdate,
+    /// Non-interactive `apt-get dist-upgrade`, keeping local configuration files.
+    AptDistUpgrade,
+    /// `proxmox-boot-tool refresh` (only meaningful where ESP sync is configured).
+    BootRefresh,
+    /// `ceph osd set noout`.
+    CephSetNoout,
+    /// `ceph osd unset noout`.
+    CephUnsetNoout,
+    /// `qm|pct shutdown VMID --timeout T [--forceStop 1]`.
+    GuestStop {
+        vmid: u32,
+        kind: GuestKind,
+        timeout_secs: u64,
+        force: bool,
+    },
+    /// `qm|pct start VMID`.
+    GuestStart { vmid: u32, kind: GuestKind },
+    /// `qm migrate VMID TARGET --online` / `pct migrate VMID TARGET --restart`.
+    GuestMigrate {
+        vmid: u32,
+        kind: GuestKind,
+        target: String,
+    },
+    /// `ha-manager crm-command disarm-ha freeze` (pve-ha-manager >= 5.1.3).
+    HaDisarm,
+    /// `ha-manager crm-command arm-ha`.
+    HaArm,
+    /// `systemctl reboot`.
+    Reboot,
+    /// `systemctl poweroff`.
+    PowerOff,
+}
+
+/// Margin on top of a guest's own shutdown timeout before the `qm`/`pct` process is killed.
+pub const GUEST_STOP_MARGIN: Duration = Duration::from_secs(60);
+
+impl Action {
+    /// The kebab-case name, as in the JSON tag.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::MaintenanceOn => "maintenance-on",
+            Action::MaintenanceOff => "maintenance-off",
+            Action::WaitGuestsMigrated { .. } => "wait-guests-migrated",
+            Action::AptUpdate => "apt-update",
+            Action::AptDistUpgrade => "apt-dist-upgrade",
+            Action::BootRefresh => "boot-refresh",
+            Action::CephSetNoout => "ceph-set-noout",
+            Action::CephUnsetNoout => "ceph-unset-noout",
+            Action::GuestStop { .. } => "guest-stop",
+            Action::GuestStart { .. } => "guest-start",
+            Action::GuestMigrate { .. } => "guest-migrate",
+            Action::HaDisarm => "ha-disarm",
+            Action::HaArm => "ha-arm",
+            Action::Reboot => "reboot",
+            Action::PowerOff => "power-off",
+        }
+    }
+
+    /// How long the whole action may take before its process is killed and it fails.
+    pub fn default_timeout(&self) -> Duration {
+        let s = Duration::from_secs;
+        match self {
+            Action::MaintenanceOn | Action::MaintenanceOff => s(60),
+            Action::WaitGuestsMigrated { timeout_secs } => s(*timeout_secs),
+            Action::AptUpdate => s(600),
+            Action::AptDistUpgrade => s(3600),
+            Action::BootRefresh => s(600),
+            Action::CephSetNoout | Action::CephUnsetNoout => s(60),
+            Action::GuestStop { timeout_secs, .. } => s(*timeout_secs) + GUEST_STOP_MARGIN,
+            Action::GuestStart { .. } => s(300),
+            Action::GuestMigrate { .. } => s(3600),
+            Action::HaDisarm | Action::HaArm => s(60),
+            Action::Reboot | Action::PowerOff => s(60),
+        }
+    }
+
+    /// Checks the arguments that end up on a command line: a VMID in Proxmox's range
+    /// (100..=999999999) and a node name that cannot be mistaken for an option.
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            Action::GuestStop { vmid, .. } | Action::GuestStart { vmid, .. } => valid_vmid(*vmid),
+            Action::GuestMigrate { vmid, target, .. } => {
+                valid_vmid(*vmid)?;
+                valid_node_name(target)
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+fn valid_vmid(vmid: u32) -> Result<(), String> {
+    if (100..=999_999_999).contains(&vmid) {
+        Ok(())
+    } else {
+        Err(format!("invalid VMID {vmid} (expected 100..=999999999)"))
+    }
+}
+
+/// A node name: 1..=63 of `[A-Za-z0-9.-]`, starting with a letter or digit.
+pub fn valid_node_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("invalid node name {name:?}"))
+    }
+}
+
+/// One action with its idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionRequest {
+    /// Idempotency key: `operation/node/step/attempt`.
+    pub id: String,
+    pub action: Action,
+}
+
+/// What an action did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionOutcome {
+    pub id: String,
+    pub ok: bool,
+    /// The tail of the merged stdout/stderr (at most [`OUTPUT_MAX`] bytes).
+    pub output: String,
+    /// `None`: no exit status (refused, not started, killed on timeout or by a signal).
+    /// The simulated executor gives `Some(0)` or `Some(1)`.
+    pub exit_code: Option<i32>,
+    /// The node is rebooting: the session should drop its connection and reconnect later.
+    #[serde(default)]
+    pub reboot: bool,
+    /// The node is powering off: the session should say goodbye and stop.
+    #[serde(default)]
+    pub power_off: bool,
+    /// Returned by [`Once`] from its record; the action was not executed again.
+    #[serde(default)]
+    pub replayed: bool,
+}
+
+impl ActionOutcome {
+    pub fn new(id: &str, ok: bool, output: impl Into<String>, exit_code: Option<i32>) -> Self {
+        ActionOutcome {
+            id: id.to_owned(),
+            ok,
+            output: tail(output.into(), OUTPUT_MAX),
+            exit_code,
+            reboot: false,
+            power_off: false,
+            replayed: false,
+        }
+    }
+
+    /// A failure before anything ran.
+    pub fn refused(id: &str, reason: impl Into<String>) -> Self {
+        Self::new(id, false, reason, None)
+    }
+}
+
+/// The one trait every node-changing action goes through. Synchronous: the session calls
+/// it on a blocking thread. Output lines are passed to `out` as they appear (to be streamed
+/// to the controller); the outcome carries the tail. Never panics on any request.
+pub trait Executor: Send + Sync {
+    fn execute(&self, req: &ActionRequest, out: &mut dyn FnMut(&str)) -> ActionOutcome;
+}
+
+impl<E: Executor + ?Sized> Executor for Box<E> {
+    fn execute(&self, req: &ActionRequest, out: &mut dyn FnMut(&str)) -> ActionOutcome {
+        (**self).execute(req, out)
+    }
+}
+
+impl<E: Executor + ?Sized> Executor for Arc<E> {
+    fn execute(&self, req: &ActionRequest, out: &mut dyn FnMut(&str)) -> ActionOutcome {
+        (**self).execute(req, out)
+    }
+}
+
+/// The last `max` bytes of `s` (cut at a character boundary), with a note of what was cut.
+pub fn tail(s: String, max: usize) -> String {
+    if s.len() <= max {
+        return s;
+    }
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("[... {start} bytes cut ...]\n{}", &s[start..])
+}
+
+/// Collects output lines, keeping roughly the last `max` bytes.
+#[derive(Debug)]
+pub struct OutputTail {
+    max: usize,
+    buf: String,
+    cut: usize,
+}
+
+impl OutputTail {
+    pub fn new(max: usize) -> Self {
+        OutputTail {
+            max,
+            buf: String::new(),
+            cut: 0,
+        }
+    }
+
+    pub fn push_line(&mut self, line: &str) {
+        self.buf.push_str(line);
+        self.buf.push('\n');
+        if self.buf.len() > self.max.saturating_mul(2).max(1024) {
+            let mut start = self.buf.len() - self.max;
+            while !self.buf.is_char_boundary(start) {
+                start += 1;
+            }
+            self.cut += start;
+            self.buf.drain(..start);
+        }
+    }
+
+    pub fn finish(mut self) -> String {
+        if self.buf.len() > self.max {
+            let mut start = self.buf.len() - self.max;
+            while !self.buf.is_char_boundary(start) {
+                start += 1;
+            }
+            self.cut += start;
+            self.buf.drain(..start);
+        }
+        if self.cut > 0 {
+            format!("[... {} bytes cut ...]\n{}", self.cut, self.buf)
+        } else {
+            self.buf
+        }
+    }
+}
+
+/// One remembered request: the action, and its outcome once it finished. An entry without
+/// an outcome was started and never finished (the agent died or the node rebooted).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Entry {
+    id: String,
+    action: Action,
+    outcome: Option<ActionOutcome>,
+}
+
+/// At-most-once execution: wraps an [`Executor`] and remembers each request id with its
+/// outcome in a JSON file (the last [`OUTCOMES_MAX`], written atomically). A request whose
+/// id was seen before is not executed again; its recorded outcome comes back with
+/// `replayed: true`.
+///
+/// The id is written **before** the action runs. If the agent dies during the action, the
+/// id is remembered without an outcome, and a re-sent request gets a failed outcome saying
+/// the result is unknown (the controller decides from fresh facts) — except `reboot` and
+/// `power-off`, whose interruption is the expected result. If the id cannot be written
+/// first, the action is refused.
+///
+/// This is a separate store from the session's `commands.json` (`session::state::
+/// SeenCommands`): that one remembers ids only, while a re-sent step of a rollout needs the
+/// step's real result (ok, exit code, output), and needs to tell "finished" from "started,
+/// outcome unknown".
+pub struct Once<E> {
+    inner: E,
+    store: Mutex<Store>,
+}
+
+struct Store {
+    path: PathBuf,
+    max: usize,
+    entries: VecDeque<Entry>,
+}
+
+impl Store {
+    fn load(path: PathBuf, max: usize) -> Result<Self, ExecutorError> {
+        let entries: VecDeque<Entry> = match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| ExecutorError::Format {
+                path: path.clone(),
+                message: e.to_string(),
+            })?,
+            Err(e) if e.kind() == ErrorKind::NotFound => VecDeque::new(),
+            Err(source) => return Err(ExecutorError::Io { path, source }),
+        };
+        let mut store = Store { path, max, entries };
+        store.trim();
+        Ok(store)
+    }
+
+    fn trim(&mut self) {
+        while self.entries.len() > self.max {
+            self.entries.pop_front();
+        }
+    }
+
+    fn get(&self, id: &str) -> Option<&Entry> {
+        self.entries.iter().rev().find(|e| e.id == id)
+    }
+
+    fn save(&self) -> Result<(), ExecutorError> {
+        let json = serde_json::to_string(&self.entries).map_err(|e| ExecutorError::Format {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })?;
+        fleetward_pki::write_public(&self.path, &json).map_err(|source| ExecutorError::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
+
+impl<E: Executor> Once<E> {
+    /// Opens (or starts) the store at `path`. A corrupt file is an error, not a reset.
+    pub fn open(path: impl Into<PathBuf>, inner: E) -> Result<Self, ExecutorError> {
+        Self::open_bounded(path, OUTCOMES_MAX, inner)
+    }
+
+    /// Like [`Once::open`], remembering at most `max` requests.
+    pub fn open_bounded(
+        path: impl Into<PathBuf>,
+        max: usize,
+        inner: E,
+    ) -> Result<Self, ExecutorError> {
+        Ok(Once {
+            inner,
+            store: Mutex::new(Store::load(path.into(), max.max(1))?),
+        })
+    }
+
+    pub fn inner(&self) -> &E {
+        &self.inner
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.lock().path.clone()
+    }
+
+    /// The recorded outcome of `id`, if it finished.
+    pub fn recorded(&self, id: &str) -> Option<ActionOutcome> {
+        self.lock().get(id).and_then(|e| e.outcome.clone())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
+        // A panic while holding the lock cannot leave the store half-updated in a way that
+        // matters (the file is replaced atomically), so a poisoned lock is still usable.
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn replay(entry: &Entry, req: &ActionRequest) -> ActionOutcome {
+    if entry.action != req.action {
+        return ActionOutcome {
+            replayed: true,
+            ..ActionOutcome::refused(
+                &req.id,
+                format!(
+                    "id {:?} was used before for {}; refusing to run {} under it",
+                    req.id,
+                    entry.action.name(),
+                    req.action.name()
+                ),
+            )
+        };
+    }
+    match &entry.outcome {
+        Some(o) => ActionOutcome {
+            replayed: true,
+            ..o.clone()
+        },
+        None if matches!(entry.action, Action::Reboot | Action::PowerOff) => ActionOutcome {
+            reboot: entry.action == Action::Reboot,
+            power_off: entry.action == Action::PowerOff,
+            replayed: true,
+            ..ActionOutcome::new(
+                &req.id,
+                true,
+                format!(
+                    "{} was started before the agent restarted; not executed again",
+                    entry.action.name()
+                ),
+                None,
+            )
+        },
+        None => ActionOutcome {
+            replayed: true,
+            ..ActionOutcome::refused(
+                &req.id,
+                format!(
+                    "{} was started but the agent stopped before it finished; outcome unknown, not executed again",
+                    entry.action.name()
+                ),
+            )
+        },
+    }
+}
+
+impl<E: Executor> Executor for Once<E> {
+    fn execute(&self, req: &ActionRequest, out: &mut dyn FnMut(&str)) -> ActionOutcome {
+        if req.id.trim().is_empty() {
+            return ActionOutcome::refused(&req.id, "refusing an action without an id");
+        }
+        // The lock is held for the whole action: one node-changing action at a time, and a
+        // duplicate arriving meanwhile waits and then gets the recorded outcome.
+        let mut store = self.lock();
+        if let Some(entry) = store.get(&req.id) {
+            return replay(entry, req);
+        }
+        store.entries.push_back(Entry {
+            id: req.id.clone(),
+            action: req.action.clone(),
+            outcome: None,
+        });
+        store.trim();
+        if let Err(e) = store.save() {
+            store.entries.retain(|e| e.id != req.id);
+            return ActionOutcome::refused(
+                &req.id,
+                format!("cannot record the action before running it: {e}"),
+            );
+        }
+        let outcome = self.inner.execute(req, out);
+        if let Some(entry) = store.entries.iter_mut().rev().find(|e| e.id == req.id) {
+            entry.outcome = Some(ActionOutcome {
+                output: tail(outcome.output.clone(), STORED_OUTPUT_MAX),
+                ..outcome.clone()
+            });
+        }
+        if let Err(e) = store.save() {
+            tracing::warn!(id = %req.id, error = %e, "cannot record the action's outcome");
+        }
+        outcome
+    }
+}
+
+/// `path` relative to `root` (for node paths such as `/boot`).
+pub(crate) fn under(root: &Path, node_path: &str) -> PathBuf {
+    root.join(node_path.trim_start_matches('/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    struct Counting(AtomicUsize);
+    impl Executor for Counting {
+        fn execute(&self, req: &ActionRequest, out: &mut dyn FnMut(&str)) -> ActionOutcome {
+            let n = self.0.fetch_add(1, Ordering::SeqCst) + 1;
+            out("ran");
+            ActionOutcome::new(&req.id, true, format!("run {n}"), Some(0))
+        }
+    }
+
+    fn req(id: &str, action: Action) -> ActionRequest {
+        ActionRequest {
+            id: id.into(),
+            action,
+        }
+    }
+
+    #[test]
+    fn executor_actions_serialize_tagged_kebab_case() {
+        let a = Action::GuestStop {
+            vmid: 100,
+            kind: GuestKind::Lxc,
+            timeout_secs: 180,
+            force: true,
+        };
+        let json = serde_json::to_string(&a).unwrap();
+        assert_eq!(
+            json,
+            r#"{"action":"guest-stop","vmid":100,"kind":"lxc","timeout_secs":180,"force":true}"#
+        );
+        assert_eq!(serde_json::from_str::<Action>(&json).unwrap(), a);
+        assert_eq!(
+            serde_json::to_string(&Action::MaintenanceOn).unwrap(),
+            r#"{"action":"maintenance-on"}"#
+        );
+        for a in [
+            Action::AptDistUpgrade,
+            Action::PowerOff,
+            Action::WaitGuestsMigrated { timeout_secs: 5 },
+        ] {
+            let v: serde_json::Value = serde_json::to_value(&a).unwrap();
+            assert_eq!(v["action"], a.name());
+        }
+        assert!(serde_json::from_str::<Action>(r#"{"action":"rm-rf"}"#).is_err());
+    }
+
+    #[test]
+    fn executor_validates_vmids_and_node_names() {
+        let mig = |target: &str| Action::GuestMigrate {
+            vmid: 100,
+            kind: GuestKind::Qemu,
+            target: target.into(),
+        };
+        assert!(mig("pve-02").validate().is_ok());
+        assert!(mig("--force").validate().is_err());
+        assert!(mig("").validate().is_err());
+        assert!(mig("a b").validate().is_err());
+        let start = |vmid| Action::GuestStart {
+            vmid,
+            kind: GuestKind::Qemu,
+        };
+        assert!(start(99).validate().is_err());
+        assert!(start(100).validate().is_ok());
+    }
+
+    #[test]
+    fn executor_output_tail_is_bounded() {
+        let mut t = OutputTail::new(100);
+        for i in 0..1000 {
+            t.push_line(&format!("line {i} ünïcode"));
+        }
+        let s = t.finish();
+        assert!(s.len() < 200, "{}", s.len());
+        assert!(s.starts_with("[... "));
+        assert!(s.ends_with("line 999 ünïcode\n"));
+        assert_eq!(tail("short".into(), 100), "short");
+    }
+
+    #[test]
+    fn executor_once_replays_recorded_outcomes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(OUTCOMES_FILE);
+        let once = Once::open(&path, Counting(AtomicUsize::new(0))).unwrap();
+        let mut lines = Vec::new();
+        let r = req("roll-1/pve-01/upgrade/1", Action::AptDistUpgrade);
+        let first = once.execute(&r, &mut |l| lines.push(l.to_owned()));
+        assert!(first.ok && !first.replayed);
+        assert_eq!(first.output, "run 1");
+        let again = once.execute(&r, &mut |l| lines.push(l.to_owned()));
+        assert!(again.ok && again.replayed);
+        assert_eq!(again.output, "run 1");
+        assert_eq!(lines, ["ran"]);
+        assert_eq!(once.inner().0.load(Ordering::SeqCst), 1);
+
+        // Same id, other action: refused, nothing runs.
+        let other = once.execute(&req("roll-1/pve-01/upgrade/1", Action::Reboot), &mut |_| {});
+        assert!(!other.ok);
+        assert_eq!(once.inner().0.load(Ordering::SeqCst), 1);
+        // Empty id: refused.
+        assert!(!once.execute(&req(" ", Action::AptUpdate), &mut |_| {}).ok);
+
+        // Survives a restart.
+        drop(once);
+        let once = Once::open(&path, Counting(AtomicUsize::new(0))).unwrap();
+        let replayed = once.execute(&r, &mut |_| {});
+        assert!(replayed.replayed && replayed.ok);
+        assert_eq!(once.inner().0.load(Ordering::SeqCst), 0);
+        assert_eq!(once.recorded(&r.id).unwrap().output, "run 1");
+    }
+
+    #[test]
+    fn executor_once_interrupted_and_bounded_and_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(OUTCOMES_FILE);
+        // An entry without outcome: the agent died mid-action.
+        let started = |id: &str, action: Action| Entry {
+            id: id.into(),
+            action,
+            outcome: None,
+        };
+        let entries = vec![
+            started("a", Action::AptDistUpgrade),
+            started("b", Action::Reboot),
+        ];
+        fs::write(&path, serde_json::to_string(&entries).unwrap()).unwrap();
+        let once = Once::open_bounded(&path, 3, Counting(AtomicUsize::new(0))).unwrap();
+        let a = once.execute(&req("a", Action::AptDistUpgrade), &mut |_| {});
+        assert!(!a.ok && a.replayed && a.output.contains("outcome unknown"));
+        let b = once.execute(&req("b", Action::Reboot), &mut |_| {});
+        assert!(b.ok && b.reboot && b.replayed);
+        assert_eq!(once.inner().0.load(Ordering::SeqCst), 0);
+
+        // Bounded: the oldest ids are forgotten, on disk too.
+        for i in 0..5 {
+            once.execute(&req(&format!("x{i}"), Action::AptUpdate), &mut |_| {});
+        }
+        let stored: Vec<Entry> = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        let ids: Vec<_> = stored.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, ["x2", "x3", "x4"]);
+
+        // Corrupt file: an error, not a silent reset.
+        fs::write(&path, "{").unwrap();
+        assert!(matches!(
+            Once::open(&path, Counting(AtomicUsize::new(0))),
+            Err(ExecutorError::Format { .. })
+        ));
+    }
+
+    #[test]
+    fn executor_once_refuses_when_it_cannot_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing-dir/actions.json");
+        let once = Once::open(&path, Counting(AtomicUsize::new(0))).unwrap();
+        let o = once.execute(&req("a", Action::Reboot), &mut |_| {});
+        assert!(!o.ok && o.output.contains("cannot record"));
+        assert_eq!(once.inner().0.load(Ordering::SeqCst), 0);
+    }
+}

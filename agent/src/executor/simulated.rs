@@ -1,0 +1,949 @@
+//! The simulated executor: acts on a fixture root (the layout of
+//! `agent/tests/fixtures/seed/*/root`) the way the real action would change the node, so
+//! that `inspect` on the same root sees the result. Every action, successful or not, is
+//! appended to a JSON-lines action log ([`LogEntry`]); end-to-end tests read these logs to
+//! prove ordering ("never two nodes in maintenance or rebooting at once") and counts ("each
+//! node upgraded once, rebooted once").
+//!
+//! The simulation's own state lives under `<root>/var/lib/fleetward-sim/`:
+//!
+//! | file | meaning |
+//! |---|---|
+//! | `maintenance` | HA node maintenance is enabled (written by maintenance-on, removed by -off) |
+//! | `ceph-noout` | the cluster's `noout` flag is set (this node set it) |
+//! | `ha-disarmed` | HA is disarmed (freeze) |
+//! | `powered-off` | the node powered off; [`SimulatedExecutor::power_on`] boots it again |
+//! | `guests.json` | the node's guests: `[{vmid, kind, state, onboot, order, ha, location}]` |
+//! | `pending.json` | what the next dist-upgrade installs: `{"packages": [{"package", "version"}], "kernel": "6.14.11-1-pve"}` |
+//! | `refresh-fails` | if present, boot-refresh fails (to test the ESP gate) |
+//! | `esp-synced` | JSON list of the kernels the last successful boot-refresh put on the ESPs |
+//!
+//! What each action does:
+//! - **maintenance-on/off**: the marker; HA guests (`ha: true`) that run leave the node
+//!   (`state: "migrated"`, no `location`) and come back running on maintenance-off.
+//! - **wait-guests-migrated**: succeeds when no HA guest runs here (the simulation moves
+//!   them instantly, so there is nothing to wait for; fails otherwise).
+//! - **apt-dist-upgrade**: applies `pending.json`: the kernel's `/boot/vmlinuz-K`,
+//!   `initrd.img-K` and `config-K`, its package `proxmox-kernel-K-signed`, and every listed
+//!   package are added to or updated in `/var/lib/dpkg/status`; then `pending.json` is
+//!   removed (a second upgrade installs nothing).
+//! - **boot-refresh**: without `/etc/kernel/proxmox-boot-uuids` nothing to sync (as the real
+//!   tool); with it, records the kernels in `/boot` in `esp-synced`.
+//! - **reboot**: the next kernel (`/etc/kernel/next-boot-pin`, consumed; else
+//!   `/etc/kernel/proxmox-boot-pin`; else the newest `/boot/vmlinuz-*`) becomes
+//!   `/proc/sys/kernel/osrelease`, `/proc/sys/kernel/random/boot_id` gets a new random id,
+//!   `/run/reboot-required` goes away, and guests come back per `onboot` (HA guests that ran
+//!   are restarted by HA). The outcome has `reboot: true`: the session layer drops the
+//!   connection, waits, and reconnects — the file changes are already done.
+//! - **power-off**: `powered-off` marker, every local guest stopped, outcome `power_off: true`.
+//! - **ceph-set/unset-noout**, **ha-disarm/arm**: the marker files.
+//! - **guest-stop/start/migrate**: `guests.json` (`migrated` with `location: TARGET`).
+//!
+//! **ESPs are never modified.** The simulation cannot sensibly rewrite the FAT images the
+//! ESP facts come from, so the fixture decides what the ESPs hold: a scenario where the ESP
+//! gate passes provides images that already hold the pending kernel; a scenario where it
+//! must fail provides images without it (or `refresh-fails`). `esp-synced` is a record for
+//! tests and demos, not an input to `inspect`.
+
+use super::{
+    under, valid_node_name, Action, ActionOutcome, ActionRequest, Executor, ExecutorError,
+    GuestKind, OutputTail, OUTPUT_MAX,
+};
+use crate::parse::{control, version};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::fs;
+use std::io::{ErrorKind, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The simulation's state directory, as a node path under the root.
+pub const SIM_DIR: &str = "/var/lib/fleetward-sim";
+pub const ESP_LIST: &str = "/etc/kernel/proxmox-boot-uuids";
+
+/// A guest of the simulated node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SimGuest {
+    pub vmid: u32,
+    pub kind: GuestKind,
+    pub state: GuestState,
+    #[serde(default)]
+    pub onboot: bool,
+    /// Proxmox startup order (`startup: order=N`).
+    #[serde(default)]
+    pub order: Option<u32>,
+    /// Managed by HA.
+    #[serde(default)]
+    pub ha: bool,
+    /// Where a migrated guest went (`None` for HA guests moved by maintenance mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GuestState {
+    Running,
+    Stopped,
+    /// No longer on this node.
+    Migrated,
+}
+
+impl SimGuest {
+    fn sid(&self) -> String {
+        let prefix = match self.kind {
+            GuestKind::Qemu => "vm",
+            GuestKind::Lxc => "ct",
+        };
+        format!("{prefix}:{}", self.vmid)
+    }
+}
+
+/// `pending.json`: what the next dist-upgrade installs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pending {
+    #[serde(default)]
+    pub packages: Vec<PendingPackage>,
+    /// A new kernel's release, e.g. `6.14.11-1-pve`.
+    #[serde(default)]
+    pub kernel: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingPackage {
+    pub package: String,
+    pub version: String,
+}
+
+/// One line of the action log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// Milliseconds since the Unix epoch when the action started and finished.
+    pub started_ms: u64,
+    pub finished_ms: u64,
+    pub node: String,
+    pub id: String,
+    pub action: Action,
+    pub ok: bool,
+}
+
+/// Reads an action log (missing file: empty). Lines that do not parse are an error.
+pub fn read_log(path: &Path) -> Result<Vec<LogEntry>, ExecutorError> {
+    let text = match fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(ExecutorError::Io {
+                path: path.to_owned(),
+                source,
+            })
+        }
+    };
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str(l).map_err(|e| ExecutorError::Format {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// The simulated executor of node `node`, acting on the fixture root `root` and appending
+/// to the action log `log`.
+#[derive(Debug, Clone)]
+pub struct SimulatedExecutor {
+    pub node: String,
+    pub root: PathBuf,
+    pub log: PathBuf,
+}
+
+type Say<'a> = &'a mut dyn FnMut(String);
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// A fresh random boot id in the kernel's format (a UUID v4).
+fn new_boot_id(old: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = Sha256::new();
+    h.update(old.as_bytes());
+    h.update(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
+            .to_le_bytes(),
+    );
+    h.update(std::process::id().to_le_bytes());
+    h.update(COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    let mut b: [u8; 16] = [0; 16];
+    b.copy_from_slice(&h.finalize()[..16]);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+/// Serializes dpkg status stanzas (continuation lines indented by one space).
+fn write_stanzas(stanzas: &[control::Stanza]) -> String {
+    let mut out = String::new();
+    for s in stanzas {
+        for (k, v) in s {
+            let mut lines = v.split('\n');
+            match lines.next() {
+                Some(first) if !first.is_empty() => out.push_str(&format!("{k}: {first}\n")),
+                _ => out.push_str(&format!("{k}:\n")),
+            }
+            for l in lines {
+                out.push_str(&format!(" {l}\n"));
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn set_field(stanza: &mut control::Stanza, key: &str, value: &str) {
+    match stanza.iter_mut().find(|(k, _)| k.eq_ignore_ascii_case(key)) {
+        Some((_, v)) => *v = value.to_owned(),
+        None => stanza.push((key.to_owned(), value.to_owned())),
+    }
+}
+
+/// `status` with `packages` (name, version) installed or upgraded.
+pub fn dpkg_install(status: &str, packages: &[(String, String)]) -> String {
+    let mut stanzas = control::stanzas(status);
+    for (name, ver) in packages {
+        match stanzas
+            .iter_mut()
+            .find(|s| control::field(s, "Package") == Some(name.as_str()))
+        {
+            Some(s) => {
+                set_field(s, "Status", "install ok installed");
+                set_field(s, "Version", ver);
+            }
+            None => stanzas.push(
+                [
+                    ("Package", name.as_str()),
+                    ("Status", "install ok installed"),
+                    ("Priority", "optional"),
+                    ("Section", "admin"),
+                    ("Architecture", "amd64"),
+                    ("Version", ver.as_str()),
+                    ("Description", &format!("{name}\nsimulated package")),
+                ]
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            ),
+        }
+    }
+    write_stanzas(&stanzas)
+}
+
+fn io<T>(path: &Path, r: std::io::Result<T>) -> Result<T, String> {
+    r.map_err(|e| format!("{}: {e}", path.display()))
+}
+
+impl SimulatedExecutor {
+    pub fn new(node: impl Into<String>, root: impl Into<PathBuf>, log: impl Into<PathBuf>) -> Self {
+        SimulatedExecutor {
+            node: node.into(),
+            root: root.into(),
+            log: log.into(),
+        }
+    }
+
+    /// A node path (`/boot/...`) under the root.
+    pub fn path(&self, node_path: &str) -> PathBuf {
+        under(&self.root, node_path)
+    }
+
+    fn sim(&self, name: &str) -> PathBuf {
+        self.path(SIM_DIR).join(name)
+    }
+
+    fn write(&self, path: &Path, text: &str) -> Result<(), String> {
+        if let Some(dir) = path.parent() {
+            io(dir, fs::create_dir_all(dir))?;
+        }
+        io(path, fs::write(path, text))
+    }
+
+    fn remove(&self, path: &Path) -> Result<bool, String> {
+        match fs::remove_file(path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        }
+    }
+
+    fn first_line(&self, node_path: &str) -> Option<String> {
+        fs::read_to_string(self.path(node_path))
+            .ok()?
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty())
+            .map(String::from)
+    }
+
+    /// The guests of `guests.json` (none if the file is missing).
+    pub fn guests(&self) -> Result<Vec<SimGuest>, String> {
+        let path = self.sim("guests.json");
+        match fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", path.display())),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        }
+    }
+
+    fn save_guests(&self, guests: &[SimGuest]) -> Result<(), String> {
+        let json = serde_json::to_string_pretty(guests).map_err(|e| e.to_string())?;
+        self.write(&self.sim("guests.json"), &json)
+    }
+
+    fn installed_kernels(&self) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(self.path("/boot"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_prefix("vmlinuz-"))
+                    .map(String::from)
+            })
+            .collect();
+        v.sort_by(|a, b| version::compare(b, a));
+        v
+    }
+
+    fn marker(&self, name: &str, on: bool, say: Say) -> Result<(), String> {
+        let path = self.sim(name);
+        if on {
+            self.write(&path, &format!("{}\n", self.node))?;
+            say(format!("{name}: set"));
+        } else {
+            let was = self.remove(&path)?;
+            say(format!(
+                "{name}: {}",
+                if was { "cleared" } else { "was not set" }
+            ));
+        }
+        Ok(())
+    }
+
+    fn maintenance(&self, on: bool, say: Say) -> Result<(), String> {
+        self.marker("maintenance", on, say)?;
+        let mut guests = self.guests()?;
+        let mut moved = Vec::new();
+        for g in guests.iter_mut().filter(|g| g.ha) {
+            if on && g.state == GuestState::Running {
+                g.state = GuestState::Migrated;
+                g.location = None;
+                moved.push(g.sid());
+            } else if !on && g.state == GuestState::Migrated && g.location.is_none() {
+                g.state = GuestState::Running;
+                moved.push(g.sid());
+            }
+        }
+        if !moved.is_empty() {
+            let dir = if on { "leave" } else { "return to" };
+            say(format!(
+                "HA services {dir} {}: {}",
+                self.node,
+                moved.join(", ")
+            ));
+            self.save_guests(&guests)?;
+        }
+        Ok(())
+    }
+
+    fn dist_upgrade(&self, say: Say) -> Result<(), String> {
+        let pending_path = self.sim("pending.json");
+        let pending: Pending = match fs::read(&pending_path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| format!("{}: {e}", pending_path.display()))?,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                say("0 upgraded, 0 newly installed".into());
+                return Ok(());
+            }
+            Err(e) => return Err(format!("{}: {e}", pending_path.display())),
+        };
+        let mut packages: Vec<(String, String)> = pending
+            .packages
+            .iter()
+            .map(|p| (p.package.clone(), p.version.clone()))
+            .collect();
+        if let Some(k) = &pending.kernel {
+            if k.is_empty() || k.contains(['/', '\0']) || k.starts_with('.') {
+                return Err(format!("pending.json: invalid kernel release {k:?}"));
+            }
+            for (prefix, what) in [
+                ("vmlinuz", "kernel image"),
+                ("initrd.img", "initramfs"),
+                ("config", "config"),
+            ] {
+                let path = self.path(&format!("/boot/{prefix}-{k}"));
+                self.write(&path, &format!("simulated {what} {k}\n"))?;
+            }
+            say(format!("installed kernel {k} into /boot"));
+            let pkg = format!("proxmox-kernel-{k}-signed");
+            if !packages.iter().any(|(n, _)| *n == pkg) {
+                packages.push((pkg, k.trim_end_matches("-pve").to_owned()));
+            }
+            if self.path(ESP_LIST).exists() {
+                say(format!(
+                    "ESP sync is configured: the kernel hook would copy {k} to the ESPs \
+                     (the simulation leaves ESP images unchanged)"
+                ));
+            }
+        }
+        let status_path = self.path("/var/lib/dpkg/status");
+        let status = match fs::read_to_string(&status_path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(format!("{}: {e}", status_path.display())),
+        };
+        self.write(&status_path, &dpkg_install(&status, &packages))?;
+        for (n, v) in &packages {
+            say(format!("Setting up {n} ({v}) ..."));
+        }
+        say(format!("{} upgraded or newly installed", packages.len()));
+        self.remove(&pending_path)?;
+        Ok(())
+    }
+
+    fn boot_refresh(&self, say: Say) -> Result<(), String> {
+        if self.sim("refresh-fails").exists() {
+            return Err("simulated failure: proxmox-boot-tool refresh failed".into());
+        }
+        if !self.path(ESP_LIST).exists() {
+            say(format!("No {ESP_LIST} found, skipping ESP sync."));
+            return Ok(());
+        }
+        let kernels = self.installed_kernels();
+        let json = serde_json::to_string(&kernels).map_err(|e| e.to_string())?;
+        self.write(&self.sim("esp-synced"), &json)?;
+        say(format!(
+            "Copying and configuring kernels on the ESPs (simulated, recorded in esp-synced): {}",
+            kernels.join(", ")
+        ));
+        Ok(())
+    }
+
+    /// Boots the node: next kernel, new boot id, guests per `onboot`.
+    fn boot(&self, say: Say) -> Result<(), String> {
+        let pin = self.first_line("/etc/kernel/next-boot-pin");
+        let next = pin
+            .clone()
+            .or_else(|| self.first_line("/etc/kernel/proxmox-boot-pin"))
+            .or_else(|| self.installed_kernels().into_iter().next())
+            .ok_or("no kernel in /boot: the node would not boot")?;
+        if !self.path(&format!("/boot/vmlinuz-{next}")).exists() {
+            return Err(format!("pinned kernel {next} is not in /boot"));
+        }
+        if pin.is_some() {
+            self.remove(&self.path("/etc/kernel/next-boot-pin"))?;
+        }
+        let boot_id = new_boot_id(
+            &self
+                .first_line("/proc/sys/kernel/random/boot_id")
+                .unwrap_or_default(),
+        );
+        self.write(
+            &self.path("/proc/sys/kernel/osrelease"),
+            &format!("{next}\n"),
+        )?;
+        self.write(
+            &self.path("/proc/sys/kernel/random/boot_id"),
+            &format!("{boot_id}\n"),
+        )?;
+        self.remove(&self.path("/run/reboot-required"))?;
+        self.remove(&self.sim("powered-off"))?;
+        say(format!("booted kernel {next}, boot id {boot_id}"));
+        let mut guests = self.guests()?;
+        let mut started = Vec::new();
+        for g in guests
+            .iter_mut()
+            .filter(|g| g.state != GuestState::Migrated)
+        {
+            let ha_restart = g.ha && g.state == GuestState::Running;
+            g.state = if g.onboot || ha_restart {
+                started.push((g.order.unwrap_or(u32::MAX), g.sid()));
+                GuestState::Running
+            } else {
+                GuestState::Stopped
+            };
+        }
+        if !guests.is_empty() {
+            self.save_guests(&guests)?;
+        }
+        started.sort();
+        if !started.is_empty() {
+            let ids: Vec<_> = started.into_iter().map(|(_, s)| s).collect();
+            say(format!("started at boot: {}", ids.join(", ")));
+        }
+        Ok(())
+    }
+
+    /// Powers a node on after `power-off` (for the startup side of tests and demos).
+    pub fn power_on(&self) -> Result<(), ExecutorError> {
+        self.boot(&mut |_| {})
+            .map_err(|message| ExecutorError::Format {
+                path: self.root.clone(),
+                message,
+            })
+    }
+
+    fn power_off(&self, say: Say) -> Result<(), String> {
+        let mut guests = self.guests()?;
+        for g in guests.iter_mut().filter(|g| g.state == GuestState::Running) {
+            g.state = GuestState::Stopped;
+            say(format!("{} stopped", g.sid()));
+        }
+        if !guests.is_empty() {
+            self.save_guests(&guests)?;
+        }
+        self.marker("powered-off", true, say)
+    }
+
+    fn guest(
+        &self,
+        vmid: u32,
+        kind: GuestKind,
+        say: Say,
+        change: GuestChange,
+    ) -> Result<(), String> {
+        let mut guests = self.guests()?;
+        let g = guests
+            .iter_mut()
+            .find(|g| g.vmid == vmid && g.kind == kind)
+            .ok_or_else(|| format!("no {kind:?} guest {vmid} on {}", self.node))?;
+        if g.state == GuestState::Migrated {
+            return Err(format!("{} is not on {}", g.sid(), self.node));
+        }
+        let sid = g.sid();
+        match change {
+            GuestChange::Stop { force } => {
+                say(match (g.state, force) {
+                    (GuestState::Stopped, _) => format!("{sid} is already stopped"),
+                    (_, true) => format!("{sid} shut down (force-stop allowed)"),
+                    _ => format!("{sid} shut down"),
+                });
+                g.state = GuestState::Stopped;
+            }
+            GuestChange::Start => {
+                say(match g.state {
+                    GuestState::Running => format!("{sid} is already running"),
+                    _ => format!("{sid} started"),
+                });
+                g.state = GuestState::Running;
+            }
+            GuestChange::Migrate(target) => {
+                if target == self.node {
+                    return Err(format!("{sid}: target {target} is this node"));
+                }
+                say(format!("{sid} migrated to {target}"));
+                g.state = GuestState::Migrated;
+                g.location = Some(target);
+            }
+        }
+        self.save_guests(&guests)
+    }
+
+    fn apply(&self, action: &Action, say: Say) -> Result<(), String> {
+        valid_node_name(&self.node)?;
+        action.validate()?;
+        match action {
+            Action::MaintenanceOn => self.maintenance(true, say),
+            Action::MaintenanceOff => self.maintenance(false, say),
+            Action::WaitGuestsMigrated { .. } => {
+                let left: Vec<String> = self
+                    .guests()?
+                    .iter()
+                    .filter(|g| g.ha && g.state == GuestState::Running)
+                    .map(SimGuest::sid)
+                    .collect();
+                if left.is_empty() {
+                    say(format!("no HA service left on {}", self.node));
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "HA services still on {}: {}",
+                        self.node,
+                        left.join(", ")
+                    ))
+                }
+            }
+            Action::AptUpdate => {
+                say("simulated: package lists updated".into());
+                Ok(())
+            }
+            Action::AptDistUpgrade => self.dist_upgrade(say),
+            Action::BootRefresh => self.boot_refresh(say),
+            Action::CephSetNoout => self.marker("ceph-noout", true, say),
+            Action::CephUnsetNoout => self.marker("ceph-noout", false, say),
+            Action::HaDisarm => self.marker("ha-disarmed", true, say),
+            Action::HaArm => self.marker("ha-disarmed", false, say),
+            Action::GuestStop {
+                vmid, kind, force, ..
+            } => self.guest(*vmid, *kind, say, GuestChange::Stop { force: *force }),
+            Action::GuestStart { vmid, kind } => self.guest(*vmid, *kind, say, GuestChange::Start),
+            Action::GuestMigrate { vmid, kind, target } => {
+                self.guest(*vmid, *kind, say, GuestChange::Migrate(target.clone()))
+            }
+            Action::Reboot => self.boot(say),
+            Action::PowerOff => self.power_off(say),
+        }
+    }
+
+    fn append_log(&self, entry: &LogEntry) -> Result<(), String> {
+        let mut line = serde_json::to_string(entry).map_err(|e| e.to_string())?;
+        line.push('\n');
+        if let Some(dir) = self.log.parent().filter(|d| !d.as_os_str().is_empty()) {
+            io(dir, fs::create_dir_all(dir))?;
+        }
+        let mut f = io(
+            &self.log,
+            fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.log),
+        )?;
+        // One write per line, so concurrent writers never interleave within a line.
+        io(&self.log, f.write_all(line.as_bytes()))
+    }
+}
+
+enum GuestChange {
+    Stop { force: bool },
+    Start,
+    Migrate(String),
+}
+
+impl Executor for SimulatedExecutor {
+    fn execute(&self, req: &ActionRequest, out: &mut dyn FnMut(&str)) -> ActionOutcome {
+        let started_ms = now_ms();
+        let mut tail = OutputTail::new(OUTPUT_MAX - 256);
+        let ok = {
+            let mut say = |line: String| {
+                out(&line);
+                tail.push_line(&line);
+            };
+            say(format!("simulated {} on {}", req.action.name(), self.node));
+            let result = self.apply(&req.action, &mut say);
+            if let Err(e) = &result {
+                say(format!("error: {e}"));
+            }
+            let ok = result.is_ok();
+            let entry = LogEntry {
+                started_ms,
+                finished_ms: now_ms(),
+                node: self.node.clone(),
+                id: req.id.clone(),
+                action: req.action.clone(),
+                ok,
+            };
+            if let Err(e) = self.append_log(&entry) {
+                say(format!("warning: cannot append to the action log: {e}"));
+            }
+            ok
+        };
+        ActionOutcome {
+            reboot: ok && req.action == Action::Reboot,
+            power_off: ok && req.action == Action::PowerOff,
+            ..ActionOutcome::new(&req.id, ok, tail.finish(), Some(if ok { 0 } else { 1 }))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::executor::Once;
+
+    const STATUS: &str = "Package: proxmox-kernel-6.14.8-2-pve-signed\n\
+        Status: install ok installed\n\
+        Version: 6.14.8-2\n\
+        Description: kernel\n fixture package\n\n\
+        Package: pve-manager\n\
+        Status: install ok installed\n\
+        Version: 9.0.11\n\n";
+
+    /// A tiny node: one kernel, dpkg status, a boot id, two guests.
+    fn tiny_node() -> (tempfile::TempDir, SimulatedExecutor) {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("root");
+        let files = [
+            ("boot/vmlinuz-6.14.8-2-pve", "k\n"),
+            ("boot/initrd.img-6.14.8-2-pve", "i\n"),
+            ("boot/config-6.14.8-2-pve", "c\n"),
+            ("proc/sys/kernel/osrelease", "6.14.8-2-pve\n"),
+            (
+                "proc/sys/kernel/random/boot_id",
+                "4a0c8f3e-1b52-4c0e-9f0d-2d6a1c7e0b11\n",
+            ),
+            ("var/lib/dpkg/status", STATUS),
+            ("run/reboot-required", ""),
+            (
+                "var/lib/fleetward-sim/pending.json",
+                r#"{"kernel": "6.14.11-1-pve",
+                    "packages": [{"package": "pve-manager", "version": "9.0.15"},
+                                 {"package": "libnew1", "version": "1.0-1"}]}"#,
+            ),
+            (
+                "var/lib/fleetward-sim/guests.json",
+                r#"[{"vmid": 100, "kind": "qemu", "state": "running", "onboot": true, "order": 2, "ha": true},
+                    {"vmid": 200, "kind": "lxc", "state": "running", "onboot": false, "order": 1}]"#,
+            ),
+        ];
+        for (p, text) in files {
+            let p = root.join(p);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, text).unwrap();
+        }
+        let exec = SimulatedExecutor::new("pve-01", root, tmp.path().join("actions.log"));
+        (tmp, exec)
+    }
+
+    fn run(exec: &dyn Executor, id: &str, action: Action) -> ActionOutcome {
+        exec.execute(
+            &ActionRequest {
+                id: id.into(),
+                action,
+            },
+            &mut |_| {},
+        )
+    }
+
+    fn read(exec: &SimulatedExecutor, p: &str) -> String {
+        fs::read_to_string(exec.path(p)).unwrap()
+    }
+
+    #[test]
+    fn executor_sim_upgrade_installs_pending_kernel_and_packages() {
+        let (_tmp, exec) = tiny_node();
+        let o = run(&exec, "r/pve-01/upgrade/1", Action::AptDistUpgrade);
+        assert!(o.ok, "{o:?}");
+        assert!(o.output.contains("installed kernel 6.14.11-1-pve"));
+        for f in ["vmlinuz", "initrd.img", "config"] {
+            assert!(
+                exec.path(&format!("/boot/{f}-6.14.11-1-pve")).is_file(),
+                "{f}"
+            );
+        }
+        let status = read(&exec, "/var/lib/dpkg/status");
+        let installed = control::dpkg_installed(&status);
+        let version_of = |n: &str| {
+            installed
+                .iter()
+                .find(|p| p.name == n)
+                .map(|p| p.version.clone())
+        };
+        assert_eq!(version_of("pve-manager").as_deref(), Some("9.0.15"));
+        assert_eq!(version_of("libnew1").as_deref(), Some("1.0-1"));
+        assert_eq!(
+            version_of("proxmox-kernel-6.14.11-1-pve-signed").as_deref(),
+            Some("6.14.11-1")
+        );
+        assert_eq!(
+            version_of("proxmox-kernel-6.14.8-2-pve-signed").as_deref(),
+            Some("6.14.8-2")
+        );
+        // The multi-line description survived the rewrite.
+        assert!(status.contains("Description: kernel\n fixture package\n"));
+        // Nothing pending any more: the second upgrade installs nothing.
+        assert!(!exec.sim("pending.json").exists());
+        let o = run(&exec, "r/pve-01/upgrade/2", Action::AptDistUpgrade);
+        assert!(o.ok && o.output.contains("0 upgraded"));
+        assert_eq!(read(&exec, "/var/lib/dpkg/status"), status);
+        // Not rebooted yet.
+        assert_eq!(read(&exec, "/proc/sys/kernel/osrelease"), "6.14.8-2-pve\n");
+    }
+
+    #[test]
+    fn executor_sim_reboot_switches_kernel_and_boot_id() {
+        let (_tmp, exec) = tiny_node();
+        assert!(run(&exec, "m", Action::MaintenanceOn).ok);
+        assert!(run(&exec, "w", Action::WaitGuestsMigrated { timeout_secs: 1 }).ok);
+        assert!(run(&exec, "u", Action::AptDistUpgrade).ok);
+        let old_id = read(&exec, "/proc/sys/kernel/random/boot_id");
+        let o = run(&exec, "r", Action::Reboot);
+        assert!(o.ok && o.reboot && !o.power_off, "{o:?}");
+        assert_eq!(read(&exec, "/proc/sys/kernel/osrelease"), "6.14.11-1-pve\n");
+        let new_id = read(&exec, "/proc/sys/kernel/random/boot_id");
+        assert_ne!(new_id, old_id);
+        assert_eq!(new_id.trim().len(), 36);
+        assert_eq!(&new_id[14..15], "4");
+        assert!(!exec.path("/run/reboot-required").exists());
+        // The HA guest is away (maintenance); the non-onboot container stays stopped.
+        let guests = exec.guests().unwrap();
+        assert_eq!(guests[0].state, GuestState::Migrated);
+        assert_eq!(guests[1].state, GuestState::Stopped);
+        assert!(run(&exec, "off", Action::MaintenanceOff).ok);
+        assert_eq!(exec.guests().unwrap()[0].state, GuestState::Running);
+        assert!(!exec.sim("maintenance").exists());
+
+        // A one-shot pin wins over the newest kernel, and is consumed.
+        fs::create_dir_all(exec.path("/etc/kernel")).unwrap();
+        fs::write(exec.path("/etc/kernel/next-boot-pin"), "6.14.8-2-pve\n").unwrap();
+        assert!(run(&exec, "r2", Action::Reboot).ok);
+        assert_eq!(read(&exec, "/proc/sys/kernel/osrelease"), "6.14.8-2-pve\n");
+        assert!(!exec.path("/etc/kernel/next-boot-pin").exists());
+
+        // The action log has one line per action, in order.
+        let log = read_log(&exec.log).unwrap();
+        let names: Vec<_> = log.iter().map(|e| e.action.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "maintenance-on",
+                "wait-guests-migrated",
+                "apt-dist-upgrade",
+                "reboot",
+                "maintenance-off",
+                "reboot"
+            ]
+        );
+        assert!(log
+            .iter()
+            .all(|e| e.ok && e.node == "pve-01" && e.started_ms <= e.finished_ms));
+    }
+
+    #[test]
+    fn executor_sim_once_does_not_repeat_an_id() {
+        let (tmp, exec) = tiny_node();
+        let log = exec.log.clone();
+        let once = Once::open(tmp.path().join("actions.json"), exec).unwrap();
+        let first = run(&once, "roll-1/pve-01/reboot/1", Action::Reboot);
+        let id_after_first = read(once.inner(), "/proc/sys/kernel/random/boot_id");
+        let second = run(&once, "roll-1/pve-01/reboot/1", Action::Reboot);
+        assert!(first.ok && first.reboot && !first.replayed);
+        assert!(second.ok && second.reboot && second.replayed);
+        assert_eq!(
+            read(once.inner(), "/proc/sys/kernel/random/boot_id"),
+            id_after_first
+        );
+        assert_eq!(fs::read_to_string(&log).unwrap().lines().count(), 1);
+        // A new attempt is a new id, and runs.
+        assert!(run(&once, "roll-1/pve-01/reboot/2", Action::Reboot).ok);
+        assert_eq!(read_log(&log).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn executor_sim_guests_flags_esp_and_power() {
+        let (_tmp, exec) = tiny_node();
+        // Without an ESP list there is nothing to sync.
+        let o = run(&exec, "b1", Action::BootRefresh);
+        assert!(o.ok && o.output.contains("skipping ESP sync"));
+        assert!(!exec.sim("esp-synced").exists());
+        fs::create_dir_all(exec.path("/etc/kernel")).unwrap();
+        fs::write(exec.path(ESP_LIST), "3F2A-91C4\n").unwrap();
+        assert!(run(&exec, "u", Action::AptDistUpgrade).ok);
+        assert!(run(&exec, "b2", Action::BootRefresh).ok);
+        let synced: Vec<String> =
+            serde_json::from_str(&read(&exec, "/var/lib/fleetward-sim/esp-synced")).unwrap();
+        assert_eq!(synced, ["6.14.11-1-pve", "6.14.8-2-pve"]);
+        fs::write(exec.sim("refresh-fails"), "").unwrap();
+        assert!(!run(&exec, "b3", Action::BootRefresh).ok);
+
+        assert!(run(&exec, "n", Action::CephSetNoout).ok);
+        assert!(exec.sim("ceph-noout").exists());
+        assert!(run(&exec, "n2", Action::CephUnsetNoout).ok);
+        assert!(!exec.sim("ceph-noout").exists());
+        assert!(run(&exec, "h", Action::HaDisarm).ok);
+        assert!(exec.sim("ha-disarmed").exists());
+        assert!(run(&exec, "h2", Action::HaArm).ok);
+        assert!(!exec.sim("ha-disarmed").exists());
+
+        let stop = Action::GuestStop {
+            vmid: 200,
+            kind: GuestKind::Lxc,
+            timeout_secs: 60,
+            force: true,
+        };
+        assert!(run(&exec, "s", stop).ok);
+        assert_eq!(exec.guests().unwrap()[1].state, GuestState::Stopped);
+        // Wrong kind or unknown guest: fails, changes nothing.
+        let wrong = Action::GuestStart {
+            vmid: 200,
+            kind: GuestKind::Qemu,
+        };
+        assert!(!run(&exec, "x", wrong).ok);
+        let start = Action::GuestStart {
+            vmid: 200,
+            kind: GuestKind::Lxc,
+        };
+        assert!(run(&exec, "s2", start).ok);
+        let mig = |target: &str| Action::GuestMigrate {
+            vmid: 200,
+            kind: GuestKind::Lxc,
+            target: target.into(),
+        };
+        assert!(!run(&exec, "m0", mig("pve-01")).ok);
+        assert!(run(&exec, "m1", mig("pve-02")).ok);
+        let g = &exec.guests().unwrap()[1];
+        assert_eq!(
+            (g.state, g.location.as_deref()),
+            (GuestState::Migrated, Some("pve-02"))
+        );
+
+        // Not in maintenance: the HA guest still runs here.
+        assert!(!run(&exec, "w", Action::WaitGuestsMigrated { timeout_secs: 1 }).ok);
+
+        let o = run(&exec, "p", Action::PowerOff);
+        assert!(o.ok && o.power_off && !o.reboot);
+        assert!(exec.sim("powered-off").exists());
+        assert_eq!(exec.guests().unwrap()[0].state, GuestState::Stopped);
+        exec.power_on().unwrap();
+        assert!(!exec.sim("powered-off").exists());
+        assert_eq!(exec.guests().unwrap()[0].state, GuestState::Running);
+
+        // Failures are logged too.
+        let log = read_log(&exec.log).unwrap();
+        assert_eq!(log.iter().filter(|e| !e.ok).count(), 4);
+    }
+
+    #[test]
+    fn executor_sim_bad_input_fails_without_panicking() {
+        let (_tmp, exec) = tiny_node();
+        fs::write(exec.sim("guests.json"), "not json").unwrap();
+        let start = Action::GuestStart {
+            vmid: 100,
+            kind: GuestKind::Qemu,
+        };
+        assert!(!run(&exec, "g", start).ok);
+        fs::write(exec.sim("pending.json"), r#"{"kernel": "../../etc"}"#).unwrap();
+        assert!(!run(&exec, "u", Action::AptDistUpgrade).ok);
+        fs::write(exec.sim("pending.json"), "[").unwrap();
+        assert!(!run(&exec, "u2", Action::AptDistUpgrade).ok);
+        // No kernel at all: the reboot fails and nothing changes.
+        for k in ["vmlinuz", "initrd.img", "config"] {
+            fs::remove_file(exec.path(&format!("/boot/{k}-6.14.8-2-pve"))).unwrap();
+        }
+        let before = read(&exec, "/proc/sys/kernel/random/boot_id");
+        assert!(!run(&exec, "r", Action::Reboot).ok);
+        assert_eq!(read(&exec, "/proc/sys/kernel/random/boot_id"), before);
+        assert_eq!(
+            dpkg_install("\u{0}garbage\n:\n  \n", &[("a".into(), "1".into())])
+                .matches("Package: a")
+                .count(),
+            1
+        );
+    }
+}

@@ -1,0 +1,254 @@
+//! Named gates: pure functions of the [`ClusterView`] that pass or say why not.
+//!
+//! Unknown is never safe: a missing node, a missing vote count or an unknown quorum state
+//! fails the gate.
+
+use std::collections::BTreeSet;
+
+use super::{ClusterView, Gate, NodeView};
+
+/// Why a gate did not pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GateFailure {
+    pub gate: Gate,
+    pub reason: String,
+}
+
+pub type GateResult = Result<(), GateFailure>;
+
+fn fail(gate: Gate, reason: impl Into<String>) -> GateResult {
+    Err(GateFailure {
+        gate,
+        reason: reason.into(),
+    })
+}
+
+/// Error findings that make a reboot (or an upgrade that leads to one) unsafe. A trailing
+/// `*` is a prefix match.
+pub const UNSAFE_FINDINGS: &[&str] = &[
+    "boot.esp-*",
+    "boot.kernel-hook-missing",
+    "apt.parse-error",
+    "apt.duplicate",
+    "apt.suite-mismatch",
+];
+
+fn is_unsafe(code: &str) -> bool {
+    UNSAFE_FINDINGS.iter().any(|p| match p.strip_suffix('*') {
+        Some(prefix) => code.starts_with(prefix),
+        None => code == *p,
+    })
+}
+
+fn fresh(nv: &NodeView, max_silence_ms: u64) -> bool {
+    nv.online && nv.last_seen_age_ms.is_some_and(|a| a <= max_silence_ms)
+}
+
+/// The node whose turn it is is online and heard from recently.
+pub fn node_reachable(view: &ClusterView, node: &str, max_silence_ms: u64) -> GateResult {
+    match view.nodes.get(node) {
+        Some(nv) if fresh(nv, max_silence_ms) => Ok(()),
+        Some(nv) if nv.online => fail(
+            Gate::NodeReachable,
+            format!("{node} has not been heard from recently"),
+        ),
+        Some(_) => fail(Gate::NodeReachable, format!("{node} is offline")),
+        None => fail(
+            Gate::NodeReachable,
+            format!("{node} is unknown to the controller"),
+        ),
+    }
+}
+
+/// Every cluster member except `node` and the nodes already `out` is online and reported
+/// recently.
+pub fn others_online(
+    view: &ClusterView,
+    node: &str,
+    out: &BTreeSet<String>,
+    max_silence_ms: u64,
+) -> GateResult {
+    for (name, nv) in &view.nodes {
+        if name == node || out.contains(name) {
+            continue;
+        }
+        if !fresh(nv, max_silence_ms) {
+            return fail(
+                Gate::NodesOnline,
+                format!("{name} is offline or silent; nothing starts on unknown state"),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The cluster is quorate, and stays quorate when `node` and every node already `out` are
+/// gone: the votes of the remaining online members (plus a QDevice) reach
+/// `expected_votes / 2 + 1`, with the largest `expected_votes` any member reports.
+pub fn quorum_margin(view: &ClusterView, node: &str, out: &BTreeSet<String>) -> GateResult {
+    let mut expected: u32 = 0;
+    let mut remaining: u32 = view.qdevice_votes;
+    for (name, nv) in &view.nodes {
+        if !nv.online {
+            continue;
+        }
+        match nv.expected_votes {
+            Some(e) => expected = expected.max(e),
+            None => {
+                return fail(
+                    Gate::Quorum,
+                    format!("{name} does not report expected votes"),
+                )
+            }
+        }
+        if out.contains(name) {
+            continue;
+        }
+        if nv.quorate != Some(true) {
+            return fail(
+                Gate::Quorum,
+                format!("{name} does not see a quorate cluster"),
+            );
+        }
+        if name == node {
+            continue;
+        }
+        match nv.votes {
+            Some(v) => remaining = remaining.saturating_add(v),
+            None => return fail(Gate::Quorum, format!("{name} does not report its votes")),
+        }
+    }
+    if expected == 0 {
+        return fail(Gate::Quorum, "no online member reports expected votes");
+    }
+    let needed = expected / 2 + 1;
+    if remaining < needed {
+        return fail(
+            Gate::Quorum,
+            format!(
+                "without {node} the cluster would have {remaining} of {needed} votes needed \
+                 for quorum"
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// No `error` finding on the node that makes a reboot unsafe (see [`UNSAFE_FINDINGS`]).
+pub fn no_unsafe_findings(view: &ClusterView, node: &str) -> GateResult {
+    let Some(nv) = view.nodes.get(node) else {
+        return fail(Gate::UnsafeFindings, format!("{node} has no report"));
+    };
+    let bad: Vec<&str> = nv
+        .error_findings
+        .iter()
+        .map(String::as_str)
+        .filter(|c| is_unsafe(c))
+        .collect();
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        fail(
+            Gate::UnsafeFindings,
+            format!("{node} has error findings: {}", bad.join(", ")),
+        )
+    }
+}
+
+/// Ceph, where present, is healthy apart from `noout` as every online member sees it.
+pub fn ceph_healthy(view: &ClusterView) -> GateResult {
+    for (name, nv) in &view.nodes {
+        if nv.online && nv.ceph_healthy == Some(false) {
+            return fail(
+                Gate::Ceph,
+                format!("Ceph is not healthy as seen from {name}"),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Every ESP of the node holds the kernel that will boot.
+pub fn esp_holds_next_kernel(view: &ClusterView, node: &str) -> GateResult {
+    match view.nodes.get(node) {
+        Some(nv) if nv.esp_holds_next_kernel && nv.next_kernel.is_some() => Ok(()),
+        Some(nv) => fail(
+            Gate::EspHoldsKernel,
+            format!(
+                "not every ESP of {node} holds the next kernel {}",
+                nv.next_kernel.as_deref().unwrap_or("(unknown)")
+            ),
+        ),
+        None => fail(Gate::EspHoldsKernel, format!("{node} has no report")),
+    }
+}
+
+/// Before a node starts: it is reachable, the others are online, quorum survives without it
+/// (and without the nodes already `out`), no unsafe finding, Ceph healthy.
+pub fn preflight(
+    view: &ClusterView,
+    node: &str,
+    out: &BTreeSet<String>,
+    max_silence_ms: u64,
+) -> GateResult {
+    node_reachable(view, node, max_silence_ms)?;
+    others_online(view, node, out, max_silence_ms)?;
+    quorum_margin(view, node, out)?;
+    no_unsafe_findings(view, node)?;
+    ceph_healthy(view)
+}
+
+/// Right before `Reboot` is sent: the preflight conditions again (the world may have changed
+/// during the upgrade, and may have brought a new unsafe finding) and every ESP holds the
+/// next kernel.
+pub fn pre_reboot(
+    view: &ClusterView,
+    node: &str,
+    out: &BTreeSet<String>,
+    max_silence_ms: u64,
+) -> GateResult {
+    node_reachable(view, node, max_silence_ms)?;
+    others_online(view, node, out, max_silence_ms)?;
+    quorum_margin(view, node, out)?;
+    no_unsafe_findings(view, node)?;
+    ceph_healthy(view)?;
+    esp_holds_next_kernel(view, node)
+}
+
+/// After the reboot: the node runs the expected kernel, sees a quorate cluster, and has no
+/// error finding it did not have before it started.
+pub fn post_reboot(
+    nv: &NodeView,
+    node: &str,
+    expected_kernel: Option<&str>,
+    baseline: &BTreeSet<String>,
+) -> GateResult {
+    if nv.running_kernel.as_deref() != expected_kernel {
+        return fail(
+            Gate::RunningKernel,
+            format!(
+                "{node} runs {} but {} was expected",
+                nv.running_kernel.as_deref().unwrap_or("(unknown)"),
+                expected_kernel.unwrap_or("(unknown)")
+            ),
+        );
+    }
+    if nv.quorate != Some(true) {
+        return fail(
+            Gate::Quorum,
+            format!("{node} does not see a quorate cluster yet"),
+        );
+    }
+    let new: Vec<&str> = nv
+        .error_findings
+        .difference(baseline)
+        .map(String::as_str)
+        .collect();
+    if !new.is_empty() {
+        return fail(
+            Gate::NewFindings,
+            format!("{node} has new error findings: {}", new.join(", ")),
+        );
+    }
+    Ok(())
+}

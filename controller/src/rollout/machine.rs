@@ -1,0 +1,556 @@
+//! The transition function. Level-triggered: `step` first applies the event (a result, an
+//! operator action, the time), then re-evaluates every started node against the view and
+//! starts new nodes if there is room. So a lost wake-up never blocks progress, and a
+//! duplicated event finds nothing left to do.
+
+use std::collections::BTreeSet;
+
+use super::gates::{self, GateFailure};
+use super::{
+    Action, ClusterView, Command, Event, Gate, IdempotencyKey, Notice, PendingCommand, Phase,
+    RebootPolicy, RolloutState, Status,
+};
+
+/// Bound on the phase changes one node can make in one step (there are fewer phases).
+const MAX_PHASES_PER_STEP: usize = 16;
+/// Action output kept in a halt reason.
+const MAX_OUTPUT_CHARS: usize = 300;
+
+/// The rollout's transition function: pure, total, deterministic.
+///
+/// The caller persists the returned state before it sends the returned commands.
+pub fn step(
+    state: &RolloutState,
+    event: &Event,
+    view: &ClusterView,
+) -> (RolloutState, Vec<Command>) {
+    let mut m = Machine {
+        s: state.clone(),
+        out: Vec::new(),
+        view,
+    };
+    m.apply(event);
+    m.advance();
+    (m.s, m.out)
+}
+
+struct Machine<'v> {
+    s: RolloutState,
+    out: Vec<Command>,
+    view: &'v ClusterView,
+}
+
+impl Machine<'_> {
+    /// Running or paused: started nodes may progress.
+    fn active(&self) -> bool {
+        matches!(self.s.status, Status::Running | Status::Paused)
+    }
+
+    fn notify(&mut self, notice: Notice) {
+        self.out.push(Command::Notify(notice));
+    }
+
+    /// Stops the line. The first halt wins; an aborted or completed rollout stays so.
+    fn halt(&mut self, node: &str, failure: GateFailure) {
+        if !self.active() {
+            return;
+        }
+        self.s.status = Status::Halted {
+            node: node.to_owned(),
+            gate: failure.gate,
+            reason: failure.reason.clone(),
+        };
+        self.notify(Notice::Halted {
+            node: node.to_owned(),
+            gate: failure.gate,
+            reason: failure.reason,
+        });
+    }
+
+    fn index(&self, node: &str) -> Option<usize> {
+        self.s.nodes.iter().position(|n| n.name == node)
+    }
+
+    fn timeout_for(&self, phase: Phase) -> u64 {
+        let t = &self.s.plan.timeouts;
+        match phase {
+            Phase::BootCheck => t.refresh_ms,
+            Phase::AwaitReturn => t.reboot_ms,
+            Phase::PostRebootGate => t.post_reboot_ms,
+            _ => t.action_ms,
+        }
+    }
+
+    fn overdue(&self, idx: usize) -> bool {
+        self.s.nodes[idx]
+            .deadline_ms
+            .is_some_and(|d| self.s.now_ms > d)
+    }
+
+    /// Names of started nodes other than `idx`: they count as gone for quorum purposes.
+    fn others_out(&self, idx: usize) -> BTreeSet<String> {
+        self.s
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, n)| *i != idx && n.phase.in_flight())
+            .map(|(_, n)| n.name.clone())
+            .collect()
+    }
+
+    fn current_seq(&self, idx: usize) -> u64 {
+        self.view
+            .nodes
+            .get(&self.s.nodes[idx].name)
+            .map_or(0, |nv| nv.report_seq)
+    }
+
+    fn enter(&mut self, idx: usize, phase: Phase) {
+        let n = &mut self.s.nodes[idx];
+        n.phase = phase;
+        n.pending = None;
+        n.deadline_ms = None;
+        let node = n.name.clone();
+        if phase == Phase::Done {
+            self.notify(Notice::NodeDone { node });
+        } else {
+            self.notify(Notice::Phase { node, phase });
+        }
+    }
+
+    fn enter_boot_check(&mut self, idx: usize) {
+        let floor = self.current_seq(idx);
+        let n = &mut self.s.nodes[idx];
+        n.report_floor = floor;
+        n.refresh_requested = false;
+        self.enter(idx, Phase::BootCheck);
+    }
+
+    /// Sends `action` under a new attempt number (never reusing a key).
+    fn send(&mut self, idx: usize, action: Action) {
+        let rollout = self.s.plan.id.clone();
+        let n = &mut self.s.nodes[idx];
+        let attempt = n
+            .attempts
+            .get(&action)
+            .copied()
+            .unwrap_or(0)
+            .saturating_add(1);
+        n.attempts.insert(action, attempt);
+        let key = IdempotencyKey {
+            rollout,
+            node: n.name.clone(),
+            action,
+            attempt,
+        };
+        n.pending = Some(PendingCommand {
+            key: key.clone(),
+            acked: false,
+        });
+        self.out.push(Command::SendAction {
+            key,
+            node: n.name.clone(),
+            action,
+        });
+    }
+
+    /// Re-sends every unanswered command with its original key. A `Reboot` is re-sent only
+    /// if the view still allows it and the node has not rebooted yet.
+    fn resend_outstanding(&mut self) {
+        if !self.active() {
+            return;
+        }
+        for idx in 0..self.s.nodes.len() {
+            let n = &self.s.nodes[idx];
+            if !n.phase.in_flight() {
+                continue;
+            }
+            if n.phase == Phase::BootCheck && n.refresh_requested {
+                self.out.push(Command::RequestRefresh {
+                    node: n.name.clone(),
+                });
+            }
+            let Some(p) = &n.pending else { continue };
+            if p.acked {
+                continue;
+            }
+            if p.key.action == Action::Reboot {
+                let nv = self.view.nodes.get(&n.name);
+                let still_ok = nv.is_some_and(|nv| {
+                    nv.online
+                        && nv.esp_holds_next_kernel
+                        && nv.next_kernel.is_some()
+                        && nv.boot_id.is_some()
+                        && nv.boot_id == n.boot_id_before
+                });
+                if !still_ok {
+                    continue;
+                }
+            }
+            self.out.push(Command::SendAction {
+                key: p.key.clone(),
+                node: n.name.clone(),
+                action: p.key.action,
+            });
+        }
+    }
+
+    fn apply(&mut self, event: &Event) {
+        match event {
+            Event::Start => {
+                if self.s.status == Status::Planned {
+                    self.s.status = Status::Running;
+                    self.notify(Notice::Started);
+                }
+            }
+            Event::Tick { now_ms } => {
+                self.s.now_ms = self.s.now_ms.max(*now_ms);
+                if self.active() {
+                    for idx in 0..self.s.nodes.len() {
+                        let phase = self.s.nodes[idx].phase;
+                        if phase.in_flight() && self.s.nodes[idx].deadline_ms.is_none() {
+                            let d = self.s.now_ms.saturating_add(self.timeout_for(phase));
+                            self.s.nodes[idx].deadline_ms = Some(d);
+                        }
+                    }
+                }
+            }
+            Event::CommandResult { key, ok, output } => self.on_result(key, *ok, output),
+            Event::NodeReport { .. } | Event::Recovered => {
+                if matches!(event, Event::Recovered) {
+                    self.resend_outstanding();
+                }
+            }
+            Event::NodeOffline { node } => {
+                let Some(idx) = self.index(node) else { return };
+                let phase = self.s.nodes[idx].phase;
+                if phase.in_flight() && phase != Phase::AwaitReturn {
+                    self.halt(
+                        node,
+                        GateFailure {
+                            gate: Gate::NodeReachable,
+                            reason: format!(
+                                "{node} stopped reporting during its turn ({phase:?}); \
+                                 nothing proceeds on unknown state"
+                            ),
+                        },
+                    );
+                }
+            }
+            Event::Pause => {
+                if self.s.status == Status::Running {
+                    self.s.status = Status::Paused;
+                    self.notify(Notice::Paused);
+                }
+            }
+            Event::Resume => {
+                if matches!(self.s.status, Status::Paused | Status::Halted { .. }) {
+                    self.s.status = Status::Running;
+                    for idx in 0..self.s.nodes.len() {
+                        if !self.s.nodes[idx].phase.in_flight() {
+                            continue;
+                        }
+                        self.s.nodes[idx].deadline_ms = None;
+                        if self.s.nodes[idx].phase == Phase::BootCheck {
+                            // A person looked at it: a fresh report and one more refresh.
+                            let floor = self.current_seq(idx);
+                            let n = &mut self.s.nodes[idx];
+                            n.report_floor = floor;
+                            n.refresh_requested = false;
+                            n.refresh_attempted = false;
+                        }
+                    }
+                    self.notify(Notice::Resumed);
+                    self.resend_outstanding();
+                }
+            }
+            Event::Abort => {
+                if !matches!(self.s.status, Status::Aborted | Status::Completed) {
+                    self.s.status = Status::Aborted;
+                    self.notify(Notice::Aborted);
+                }
+            }
+            Event::Skip { node } => {
+                let idx = self.index(node);
+                let open = !matches!(self.s.status, Status::Aborted | Status::Completed);
+                match idx {
+                    Some(idx) if open && self.s.nodes[idx].phase == Phase::Pending => {
+                        self.s.nodes[idx].phase = Phase::Skipped;
+                        self.notify(Notice::Skipped { node: node.clone() });
+                    }
+                    _ => self.notify(Notice::Refused {
+                        reason: format!(
+                            "skip {node}: only a node that has not started can be skipped"
+                        ),
+                    }),
+                }
+            }
+        }
+    }
+
+    fn on_result(&mut self, key: &IdempotencyKey, ok: bool, output: &str) {
+        let Some(idx) = self.index(&key.node) else {
+            return;
+        };
+        let matches = self.s.nodes[idx]
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.key == *key && !p.acked);
+        if !matches {
+            return; // a duplicate, or the answer to an older attempt
+        }
+        let node = key.node.clone();
+        if !ok {
+            self.s.nodes[idx].pending = None;
+            let out: String = output.chars().take(MAX_OUTPUT_CHARS).collect();
+            self.halt(
+                &node,
+                GateFailure {
+                    gate: Gate::CommandFailed,
+                    reason: format!("{} failed on {node}: {out}", key.action.as_str()),
+                },
+            );
+            return;
+        }
+        match key.action {
+            // The agent took the reboot; the proof is the new boot id, not this answer.
+            Action::Reboot => {
+                if let Some(p) = self.s.nodes[idx].pending.as_mut() {
+                    p.acked = true;
+                }
+            }
+            Action::MaintenanceOn => self.enter(idx, Phase::WaitGuests),
+            Action::WaitGuestsMigrated => self.enter(idx, Phase::AptUpdate),
+            Action::AptUpdate => self.enter(idx, Phase::Upgrade),
+            Action::AptDistUpgrade => {
+                self.s.nodes[idx].refresh_attempted = false;
+                self.enter_boot_check(idx);
+            }
+            Action::BootRefresh => self.enter_boot_check(idx),
+            Action::MaintenanceOff => self.enter(idx, Phase::Done),
+        }
+    }
+
+    fn advance(&mut self) {
+        if !self.active() {
+            return;
+        }
+        for idx in 0..self.s.nodes.len() {
+            if self.s.nodes[idx].phase.in_flight() {
+                self.advance_node(idx);
+                if !self.active() {
+                    return;
+                }
+            }
+        }
+        if self.s.status == Status::Running {
+            self.start_nodes();
+        }
+        if self.active() && self.s.nodes.iter().all(|n| n.phase.terminal()) {
+            self.s.status = Status::Completed;
+            self.notify(Notice::Completed);
+        }
+    }
+
+    /// Starts pending nodes in plan order while there is room and the preflight gate passes.
+    fn start_nodes(&mut self) {
+        loop {
+            let in_flight = self.s.in_flight().count();
+            if in_flight >= self.s.plan.max_unavailable {
+                return;
+            }
+            let Some(idx) = self.s.nodes.iter().position(|n| n.phase == Phase::Pending) else {
+                return;
+            };
+            let name = self.s.nodes[idx].name.clone();
+            if self.s.plan.controller_host.as_deref() == Some(name.as_str()) && in_flight > 0 {
+                return; // the controller's host goes alone, last
+            }
+            let out = self.others_out(idx);
+            let silence = self.s.plan.timeouts.max_silence_ms;
+            if let Err(f) = gates::preflight(self.view, &name, &out, silence) {
+                self.halt(&name, f);
+                return;
+            }
+            self.s.nodes[idx].baseline_errors = self
+                .view
+                .nodes
+                .get(&name)
+                .map(|nv| nv.error_findings.clone())
+                .unwrap_or_default();
+            self.notify(Notice::NodeStarted { node: name });
+            self.enter(idx, Phase::MaintenanceOn);
+            self.advance_node(idx);
+            if !self.active() {
+                return;
+            }
+        }
+    }
+
+    fn advance_node(&mut self, idx: usize) {
+        for _ in 0..MAX_PHASES_PER_STEP {
+            if !self.active() || !self.advance_once(idx) {
+                return;
+            }
+        }
+    }
+
+    /// One evaluation of a started node; true when it changed phase and should be
+    /// evaluated again.
+    fn advance_once(&mut self, idx: usize) -> bool {
+        let name = self.s.nodes[idx].name.clone();
+        let phase = self.s.nodes[idx].phase;
+        if !phase.in_flight() {
+            return false;
+        }
+        let silence = self.s.plan.timeouts.max_silence_ms;
+        // Offline is expected only while waiting for the reboot.
+        if phase != Phase::AwaitReturn {
+            if let Err(f) = gates::node_reachable(self.view, &name, silence) {
+                self.halt(
+                    &name,
+                    GateFailure {
+                        gate: f.gate,
+                        reason: format!("{} during its turn ({phase:?})", f.reason),
+                    },
+                );
+                return false;
+            }
+        }
+        let Some(nv) = self.view.nodes.get(&name) else {
+            return false; // AwaitReturn on a node absent from the view: keep waiting
+        };
+        match phase {
+            Phase::MaintenanceOn
+            | Phase::WaitGuests
+            | Phase::AptUpdate
+            | Phase::Upgrade
+            | Phase::BootRefresh
+            | Phase::MaintenanceOff => {
+                let Some(action) = phase.action() else {
+                    return false;
+                };
+                if self.s.nodes[idx].pending.is_none() {
+                    self.send(idx, action);
+                } else if self.overdue(idx) {
+                    self.halt(
+                        &name,
+                        GateFailure {
+                            gate: Gate::CommandTimeout,
+                            reason: format!("{} on {name} did not answer in time", action.as_str()),
+                        },
+                    );
+                }
+                false
+            }
+            Phase::BootCheck => {
+                if !self.s.nodes[idx].refresh_requested {
+                    self.s.nodes[idx].refresh_requested = true;
+                    self.out
+                        .push(Command::RequestRefresh { node: name.clone() });
+                }
+                if nv.report_seq <= self.s.nodes[idx].report_floor {
+                    if self.overdue(idx) {
+                        self.halt(
+                            &name,
+                            GateFailure {
+                                gate: Gate::ReportFreshness,
+                                reason: format!("no fresh report from {name} after the upgrade"),
+                            },
+                        );
+                    }
+                    return false;
+                }
+                if let Err(f) = gates::esp_holds_next_kernel(self.view, &name) {
+                    if !self.s.nodes[idx].refresh_attempted {
+                        self.s.nodes[idx].refresh_attempted = true;
+                        self.enter(idx, Phase::BootRefresh);
+                        return true;
+                    }
+                    self.halt(
+                        &name,
+                        GateFailure {
+                            gate: f.gate,
+                            reason: format!("{} after one boot refresh; not rebooting", f.reason),
+                        },
+                    );
+                    return false;
+                }
+                let needs = match self.s.plan.reboot_policy {
+                    RebootPolicy::Always => true,
+                    RebootPolicy::Never => false,
+                    RebootPolicy::IfNeeded => {
+                        nv.needs_reboot || nv.running_kernel != nv.next_kernel
+                    }
+                };
+                if !needs {
+                    self.enter(idx, Phase::MaintenanceOff);
+                    return true;
+                }
+                if nv.boot_id.is_none() {
+                    self.halt(
+                        &name,
+                        GateFailure {
+                            gate: Gate::UnknownState,
+                            reason: format!(
+                                "{name} reports no boot id; a reboot could not be proven"
+                            ),
+                        },
+                    );
+                    return false;
+                }
+                let n = &mut self.s.nodes[idx];
+                n.boot_id_before = nv.boot_id.clone();
+                n.expected_kernel = nv.next_kernel.clone();
+                self.enter(idx, Phase::AwaitReturn);
+                true
+            }
+            Phase::AwaitReturn => {
+                let n = &self.s.nodes[idx];
+                if nv.online && nv.boot_id.is_some() && nv.boot_id != n.boot_id_before {
+                    self.enter(idx, Phase::PostRebootGate);
+                    return true;
+                }
+                if n.pending.is_none() {
+                    let out = self.others_out(idx);
+                    match gates::pre_reboot(self.view, &name, &out, silence) {
+                        Ok(()) => self.send(idx, Action::Reboot),
+                        Err(f) => self.halt(&name, f),
+                    }
+                } else if self.overdue(idx) {
+                    self.halt(
+                        &name,
+                        GateFailure {
+                            gate: Gate::RebootReturn,
+                            reason: format!("{name} did not come back with a new boot id"),
+                        },
+                    );
+                }
+                false
+            }
+            Phase::PostRebootGate => {
+                let n = &self.s.nodes[idx];
+                let expected = n.expected_kernel.as_deref();
+                let verdict = gates::post_reboot(nv, &name, expected, &n.baseline_errors);
+                match verdict {
+                    Ok(()) => {
+                        self.enter(idx, Phase::MaintenanceOff);
+                        true
+                    }
+                    // A wrong kernel will not fix itself: halt at once.
+                    Err(f) if f.gate == Gate::RunningKernel && nv.running_kernel.is_some() => {
+                        self.halt(&name, f);
+                        false
+                    }
+                    Err(f) => {
+                        if self.overdue(idx) {
+                            self.halt(&name, f);
+                        }
+                        false
+                    }
+                }
+            }
+            Phase::Pending | Phase::Done | Phase::Skipped => false,
+        }
+    }
+}
