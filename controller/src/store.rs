@@ -133,6 +133,9 @@ pub struct Store {
     reports: Tree,
     history: Tree,
     facts: Tree,
+    /// Per node, the seqs its `history` holds, oldest first (filled by one scan on first
+    /// use), so pruning to [`HISTORY_PER_NODE`] needs no scan per report.
+    kept: std::sync::Mutex<std::collections::HashMap<String, std::collections::VecDeque<u64>>>,
     tokens: Tree,
     revocations: Tree,
     audit: Tree,
@@ -229,6 +232,7 @@ impl Store {
             reports: t("reports")?,
             history: t("history")?,
             facts: t("fact_changes")?,
+            kept: Default::default(),
             tokens: t("tokens")?,
             revocations: t("revocations")?,
             audit: t("audit")?,
@@ -310,21 +314,37 @@ impl Store {
             rec.last_seen_ms = Some(rec.last_seen_ms.unwrap_or(0).max(w.received_ms));
             self.nodes.insert(w.node.as_bytes(), encode(&rec))?;
             self.record_fact_changes(w.node, w.changes)?;
-            let keys: Vec<_> = self
-                .history
-                .scan_prefix(&prefix)
-                .keys()
-                .collect::<Result<_, _>>()?;
-            for k in keys
-                .iter()
-                .take(keys.len().saturating_sub(HISTORY_PER_NODE))
-            {
-                self.history.remove(k)?;
-            }
+            self.prune_history(w.node, &prefix, seq)?;
             seqs.push(seq);
         }
         self.flush()?;
         Ok(seqs)
+    }
+
+    /// Remember `seq` as the node's newest history entry and drop the oldest beyond
+    /// [`HISTORY_PER_NODE`].
+    fn prune_history(&self, node: &str, prefix: &[u8], seq: u64) -> Result<()> {
+        let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+        if !kept.contains_key(node) {
+            let mut seqs = std::collections::VecDeque::new();
+            for k in self.history.scan_prefix(prefix).keys() {
+                let k = k?;
+                seqs.push_back(be_u64(&k[prefix.len()..]));
+            }
+            kept.insert(node.to_string(), seqs);
+        }
+        let seqs = kept.entry(node.to_string()).or_default();
+        if seqs.back() != Some(&seq) {
+            seqs.push_back(seq);
+        }
+        while seqs.len() > HISTORY_PER_NODE {
+            if let Some(old) = seqs.pop_front() {
+                let mut key = prefix.to_vec();
+                key.extend_from_slice(&old.to_be_bytes());
+                self.history.remove(key)?;
+            }
+        }
+        Ok(())
     }
 
     /// The node's latest report and when it was received.
