@@ -90,12 +90,6 @@ enum Command {
         #[arg(long)]
         wait_for_enrollment: bool,
     },
-    /// Write man pages and shell completions (bash, zsh, fish) into DIR (for packaging).
-    #[command(hide = true)]
-    GenerateDocs {
-        #[arg(long, value_name = "DIR")]
-        out: PathBuf,
-    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -104,7 +98,34 @@ enum Format {
     Json,
 }
 
+// `fleetward-agent generate-docs --out DIR`: man pages and shell completions for packaging.
+// A hidden command kept outside `Cli`, so it appears in neither the help, the man pages
+// nor the completions it writes.
+#[derive(Parser)]
+#[command(
+    name = "fleetward-agent generate-docs",
+    bin_name = "fleetward-agent generate-docs",
+    about = "Write man pages (DIR/man1) and bash, zsh and fish completions (DIR/completions)"
+)]
+struct GenerateDocs {
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+}
+
 fn main() -> ExitCode {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == "generate-docs")
+    {
+        let a = GenerateDocs::parse_from(std::env::args_os().skip(1));
+        return match generate_docs(Cli::command(), &a.out) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("fleetward-agent generate-docs: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Enroll {
@@ -139,7 +160,6 @@ fn main() -> ExitCode {
             },
             wait_for_enrollment,
         )),
-        Command::GenerateDocs { out } => exit(generate_docs(Cli::command(), &out)),
         Command::Inspect {
             root,
             format,
@@ -228,7 +248,7 @@ fn generate_docs(cmd: clap::Command, out: &std::path::Path) -> anyhow::Result<()
     let completions = out.join("completions");
     std::fs::create_dir_all(&man)?;
     std::fs::create_dir_all(&completions)?;
-    // One page per visible command; hidden ones (this one) are skipped.
+    // One page per visible command.
     clap_mangen::generate_to(cmd.clone(), &man)?;
     let mut cmd = cmd;
     let name = cmd.get_name().to_owned();
@@ -245,6 +265,7 @@ fn logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let journald = std::env::var_os("JOURNAL_STREAM")
+        .filter(|v| !v.is_empty())
         .and_then(|_| tracing_journald::layer().ok())
         .map(|l| l.with_syslog_identifier("fleetward-agent".to_owned()));
     match journald {

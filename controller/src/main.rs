@@ -25,12 +25,6 @@ enum Command {
     Serve(ServeArgs),
     #[command(flatten)]
     Client(fleetward_controller::cli::ClientCommand),
-    /// Write man pages and shell completions (bash, zsh, fish) into DIR (for packaging).
-    #[command(hide = true)]
-    GenerateDocs {
-        #[arg(long, value_name = "DIR")]
-        out: PathBuf,
-    },
 }
 
 #[derive(Args)]
@@ -72,7 +66,34 @@ fn logging(default: &str) {
         .init();
 }
 
+// `fleetward generate-docs --out DIR`: man pages and shell completions for packaging.
+// A hidden command kept outside `Cli`, so it appears in neither the help, the man pages
+// nor the completions it writes.
+#[derive(Parser)]
+#[command(
+    name = "fleetward generate-docs",
+    bin_name = "fleetward generate-docs",
+    about = "Write man pages (DIR/man1) and bash, zsh and fish completions (DIR/completions)"
+)]
+struct GenerateDocs {
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+}
+
 fn main() -> ExitCode {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == "generate-docs")
+    {
+        let a = GenerateDocs::parse_from(std::env::args_os().skip(1));
+        return match generate_docs(Cli::command(), &a.out) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("fleetward generate-docs: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Init(a) => {
@@ -97,13 +118,6 @@ fn main() -> ExitCode {
             }
         }
         Command::Client(c) => fleetward_controller::cli::run(c),
-        Command::GenerateDocs { out } => match generate_docs(Cli::command(), &out) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("fleetward generate-docs: {e:#}");
-                ExitCode::from(2)
-            }
-        },
         Command::Serve(a) => {
             logging("info");
             match serve_main(a) {
@@ -125,7 +139,7 @@ fn generate_docs(cmd: clap::Command, out: &std::path::Path) -> anyhow::Result<()
     let completions = out.join("completions");
     std::fs::create_dir_all(&man)?;
     std::fs::create_dir_all(&completions)?;
-    // One page per visible command; hidden ones (this one) are skipped.
+    // One page per visible command.
     clap_mangen::generate_to(cmd.clone(), &man)?;
     let mut cmd = cmd;
     let name = cmd.get_name().to_owned();
