@@ -133,9 +133,11 @@ pub struct Store {
     reports: Tree,
     history: Tree,
     facts: Tree,
-    /// Per node, the seqs its `history` holds, oldest first (filled by one scan on first
-    /// use), so pruning to [`HISTORY_PER_NODE`] needs no scan per report.
-    kept: std::sync::Mutex<std::collections::HashMap<String, std::collections::VecDeque<u64>>>,
+    /// Per (tree, node), the seqs that tree holds for the node, oldest first (filled by one
+    /// scan on first use), so bounding `history` and `fact_changes` needs no scan per write.
+    kept: std::sync::Mutex<
+        std::collections::HashMap<(&'static str, String), std::collections::VecDeque<u64>>,
+    >,
     tokens: Tree,
     revocations: Tree,
     audit: Tree,
@@ -314,34 +316,44 @@ impl Store {
             rec.last_seen_ms = Some(rec.last_seen_ms.unwrap_or(0).max(w.received_ms));
             self.nodes.insert(w.node.as_bytes(), encode(&rec))?;
             self.record_fact_changes(w.node, w.changes)?;
-            self.prune_history(w.node, &prefix, seq)?;
+            self.keep_newest(("history", &self.history), w.node, &[seq], HISTORY_PER_NODE)?;
             seqs.push(seq);
         }
         self.flush()?;
         Ok(seqs)
     }
 
-    /// Remember `seq` as the node's newest history entry and drop the oldest beyond
-    /// [`HISTORY_PER_NODE`].
-    fn prune_history(&self, node: &str, prefix: &[u8], seq: u64) -> Result<()> {
+    /// Remember `seqs` as the node's newest entries in `tree` and remove the oldest beyond
+    /// `bound`.
+    fn keep_newest(
+        &self,
+        tree: (&'static str, &Tree),
+        node: &str,
+        seqs: &[u64],
+        bound: usize,
+    ) -> Result<()> {
+        let prefix = history_prefix(node);
         let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
-        if !kept.contains_key(node) {
-            let mut seqs = std::collections::VecDeque::new();
-            for k in self.history.scan_prefix(prefix).keys() {
-                let k = k?;
-                seqs.push_back(be_u64(&k[prefix.len()..]));
+        let index = match kept.entry((tree.0, node.to_string())) {
+            std::collections::hash_map::Entry::Occupied(e) => {
+                let index = e.into_mut();
+                index.extend(seqs);
+                index
             }
-            kept.insert(node.to_string(), seqs);
-        }
-        let seqs = kept.entry(node.to_string()).or_default();
-        if seqs.back() != Some(&seq) {
-            seqs.push_back(seq);
-        }
-        while seqs.len() > HISTORY_PER_NODE {
-            if let Some(old) = seqs.pop_front() {
-                let mut key = prefix.to_vec();
+            // First use: the scan already sees the new entries.
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let mut index = std::collections::VecDeque::new();
+                for k in tree.1.scan_prefix(&prefix).keys() {
+                    index.push_back(be_u64(&k?[prefix.len()..]));
+                }
+                e.insert(index)
+            }
+        };
+        while index.len() > bound {
+            if let Some(old) = index.pop_front() {
+                let mut key = prefix.clone();
                 key.extend_from_slice(&old.to_be_bytes());
-                self.history.remove(key)?;
+                tree.1.remove(key)?;
             }
         }
         Ok(())
@@ -509,24 +521,21 @@ impl Store {
             return Ok(());
         }
         let mut batch = sled::Batch::default();
+        let mut seqs = Vec::with_capacity(changes.len());
         for c in changes {
+            let seq = self.db.generate_id()?;
             let mut key = history_prefix(node);
-            key.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
+            key.extend_from_slice(&seq.to_be_bytes());
             batch.insert(key, encode(c));
+            seqs.push(seq);
         }
         self.facts.apply_batch(batch)?;
-        let keys: Vec<_> = self
-            .facts
-            .scan_prefix(history_prefix(node))
-            .keys()
-            .collect::<Result<_, _>>()?;
-        for k in keys
-            .iter()
-            .take(keys.len().saturating_sub(FACT_CHANGES_PER_NODE))
-        {
-            self.facts.remove(k)?;
-        }
-        Ok(())
+        self.keep_newest(
+            ("fact_changes", &self.facts),
+            node,
+            &seqs,
+            FACT_CHANGES_PER_NODE,
+        )
     }
 
     /// A node's recorded fact changes, oldest first.
