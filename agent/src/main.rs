@@ -98,33 +98,12 @@ enum Format {
     Json,
 }
 
-// `fleetward-agent generate-docs --out DIR`: man pages and shell completions for packaging.
-// A hidden command kept outside `Cli`, so it appears in neither the help, the man pages
-// nor the completions it writes.
-#[derive(Parser)]
-#[command(
-    name = "fleetward-agent generate-docs",
-    bin_name = "fleetward-agent generate-docs",
-    about = "Write man pages (DIR/man1) and bash, zsh and fish completions (DIR/completions)"
-)]
-struct GenerateDocs {
-    #[arg(long, value_name = "DIR")]
-    out: PathBuf,
-}
+#[path = "../../packaging/docs.rs"]
+mod docs;
 
 fn main() -> ExitCode {
-    if std::env::args_os()
-        .nth(1)
-        .is_some_and(|a| a == "generate-docs")
-    {
-        let a = GenerateDocs::parse_from(std::env::args_os().skip(1));
-        return match generate_docs(Cli::command(), &a.out) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("fleetward-agent generate-docs: {e:#}");
-                ExitCode::from(2)
-            }
-        };
+    if let Some(code) = docs::generate_if_asked(Cli::command()) {
+        return code;
     }
     let cli = Cli::parse();
     match cli.command {
@@ -237,24 +216,6 @@ fn cmd_enroll(opts: EnrollOptions) -> anyhow::Result<()> {
         enrolled.ca_sha256,
         opts.state_dir.display()
     );
-    Ok(())
-}
-
-/// Man pages (one per visible command, `fleetward-agent-run.1` etc.) into `out/man1`, and
-/// completions into `out/completions`.
-fn generate_docs(cmd: clap::Command, out: &std::path::Path) -> anyhow::Result<()> {
-    use clap_complete::Shell;
-    let man = out.join("man1");
-    let completions = out.join("completions");
-    std::fs::create_dir_all(&man)?;
-    std::fs::create_dir_all(&completions)?;
-    // One page per visible command.
-    clap_mangen::generate_to(cmd.clone(), &man)?;
-    let mut cmd = cmd;
-    let name = cmd.get_name().to_owned();
-    for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
-        clap_complete::generate_to(shell, &mut cmd, &name, &completions)?;
-    }
     Ok(())
 }
 

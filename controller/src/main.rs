@@ -66,33 +66,12 @@ fn logging(default: &str) {
         .init();
 }
 
-// `fleetward generate-docs --out DIR`: man pages and shell completions for packaging.
-// A hidden command kept outside `Cli`, so it appears in neither the help, the man pages
-// nor the completions it writes.
-#[derive(Parser)]
-#[command(
-    name = "fleetward generate-docs",
-    bin_name = "fleetward generate-docs",
-    about = "Write man pages (DIR/man1) and bash, zsh and fish completions (DIR/completions)"
-)]
-struct GenerateDocs {
-    #[arg(long, value_name = "DIR")]
-    out: PathBuf,
-}
+#[path = "../../packaging/docs.rs"]
+mod docs;
 
 fn main() -> ExitCode {
-    if std::env::args_os()
-        .nth(1)
-        .is_some_and(|a| a == "generate-docs")
-    {
-        let a = GenerateDocs::parse_from(std::env::args_os().skip(1));
-        return match generate_docs(Cli::command(), &a.out) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("fleetward generate-docs: {e:#}");
-                ExitCode::from(2)
-            }
-        };
+    if let Some(code) = docs::generate_if_asked(Cli::command()) {
+        return code;
     }
     let cli = Cli::parse();
     match cli.command {
@@ -129,24 +108,6 @@ fn main() -> ExitCode {
             }
         }
     }
-}
-
-/// Man pages (one per visible command, `fleetward-node-show.1` etc.) into `out/man1`, and
-/// completions into `out/completions`.
-fn generate_docs(cmd: clap::Command, out: &std::path::Path) -> anyhow::Result<()> {
-    use clap_complete::Shell;
-    let man = out.join("man1");
-    let completions = out.join("completions");
-    std::fs::create_dir_all(&man)?;
-    std::fs::create_dir_all(&completions)?;
-    // One page per visible command.
-    clap_mangen::generate_to(cmd.clone(), &man)?;
-    let mut cmd = cmd;
-    let name = cmd.get_name().to_owned();
-    for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
-        clap_complete::generate_to(shell, &mut cmd, &name, &completions)?;
-    }
-    Ok(())
 }
 
 fn serve_main(a: ServeArgs) -> anyhow::Result<()> {
