@@ -73,8 +73,6 @@ pub struct Controller {
     writer: ReportWriter,
     /// Every node's latest report, parsed (the fleet rules run over these).
     latest: RwLock<BTreeMap<String, Arc<Report>>>,
-    /// The latest reports' flattened facts, as far as computed (for fact history).
-    flat: Mutex<HashMap<String, Arc<BTreeMap<String, String>>>>,
     policy: RwLock<Option<Arc<LoadedPolicy>>>,
 }
 
@@ -208,7 +206,6 @@ impl Controller {
             heartbeats: Mutex::new(HashMap::new()),
             counter: AtomicU64::new(0),
             latest: RwLock::new(latest),
-            flat: Mutex::new(HashMap::new()),
             policy: RwLock::new(policy.map(Arc::new)),
         }))
     }
@@ -654,19 +651,13 @@ async fn drive_session(
                 }
                 ctl.node_enrolled(node)?;
                 let now = now_ms();
-                // The previous report's flattened facts are cached: flattening is the
-                // costliest part of computing what changed.
                 let previous = ctl
-                    .flat
-                    .lock()
+                    .latest
+                    .read()
                     .unwrap_or_else(|e| e.into_inner())
                     .get(node)
-                    .cloned();
-                let previous = previous.or_else(|| {
-                    let latest = ctl.latest.read().unwrap_or_else(|e| e.into_inner());
-                    latest.get(node).map(|p| Arc::new(fleet::flatten(&p.facts)))
-                });
-                let flat = Arc::new(fleet::flatten(&report.facts));
+                    .map(|p| fleet::flatten(&p.facts));
+                let flat = fleet::flatten(&report.facts);
                 let changes: Vec<FactChange> = match &previous {
                     Some(p) => fleet::changes(p, &flat)
                         .into_iter()
@@ -680,10 +671,6 @@ async fn drive_session(
                     None => Vec::new(),
                 };
                 ctl.writer.write(node, now, r.report_json, changes).await?;
-                ctl.flat
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(node.to_string(), flat);
                 ctl.latest
                     .write()
                     .unwrap_or_else(|e| e.into_inner())
