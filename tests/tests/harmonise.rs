@@ -67,7 +67,11 @@ fn promtool() -> Option<PathBuf> {
 
 #[test]
 fn drift_policy_history_metrics_and_report() {
-    let policy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/policy/seed.toml");
+    // The controller reads its own copy, so the test can change it and reload.
+    let seed = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/policy/seed.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::copy(&seed, &policy).unwrap();
     let metrics = format!("127.0.0.1:{}", free_port());
     let c = Controller::start_with(&[
         (
@@ -106,6 +110,37 @@ fn drift_policy_history_metrics_and_report() {
         .as_str()
         .unwrap()
         .contains("fritz.box"));
+
+    // SIGHUP reloads the policy; a broken file keeps the old one in force.
+    let text = std::fs::read_to_string(&policy).unwrap();
+    std::fs::write(&policy, text.replace("192.168.1.110", "192.168.1.111")).unwrap();
+    let pid = c.pid().unwrap().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    wait_for("the reloaded policy", Duration::from_secs(5), || {
+        let v = c.cli_json(&["policy", "check"]);
+        (v.as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["code"] == "policy.dns")
+            .count()
+            == 3)
+            .then_some(())
+    });
+    std::fs::write(&policy, "[dns\nbroken").unwrap();
+    let out = c.cli(&["policy", "reload"]);
+    assert!(!out.status.success(), "a broken policy was accepted");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("policy"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(&policy, text).unwrap();
+    c.cli_json(&["policy", "reload"]);
+    assert_eq!(c.cli_json(&["policy", "check"]), Value::Array(vec![]));
 
     // Capture from a clean node, then check all three against it.
     let captured = c.cli_json(&["policy", "capture", "--from", "pve-01"]);
