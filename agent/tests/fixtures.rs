@@ -145,3 +145,33 @@ fn every_code_has_a_scenario() {
         );
     }
 }
+
+/// apt's package lists offer newer versions of installed packages: the facts list them with
+/// the highest fitting candidate; packages not installed (a new kernel ABI), other
+/// architectures, lower versions and compressed indexes are left out.
+#[test]
+fn upgrades_pending_facts() {
+    let dir = support::fixtures_dir().join("scenarios/upgrades-pending");
+    let apt = run(&dir).facts.apt;
+    let got: Vec<(&str, &str, &str)> = apt
+        .upgradable
+        .iter()
+        .map(|u| {
+            (
+                u.package.as_str(),
+                u.installed.as_str(),
+                u.candidate.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("proxmox-kernel-helper", "9.0.4", "9.0.5"),
+            ("proxmox-ve", "9.0.0", "9.0.1"),
+            ("pve-manager", "9.0.11", "9.0.12"),
+        ]
+    );
+    // proxmox-ve is a reboot package (it moves the default kernel series).
+    assert!(apt.upgrade_needs_reboot);
+}

@@ -262,6 +262,57 @@ pub struct AptFacts {
     /// Lines apt would refuse, with file and line.
     #[serde(default)]
     pub errors: Vec<LocatedError>,
+    /// Installed packages for which apt's downloaded package lists
+    /// (`/var/lib/apt/lists/*_Packages`) offer a higher version, sorted by package name.
+    #[serde(default)]
+    pub upgradable: Vec<Upgrade>,
+    /// Some package of `upgradable` needs a reboot to take effect (see
+    /// [`upgrade_needs_reboot`]).
+    #[serde(default)]
+    pub upgrade_needs_reboot: bool,
+}
+
+/// An installed package and the higher version apt's package lists offer for it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Upgrade {
+    pub package: String,
+    /// The version in `/var/lib/dpkg/status`.
+    pub installed: String,
+    /// The highest version (Debian ordering) the package lists offer.
+    pub candidate: String,
+}
+
+/// Packages whose upgrade only takes effect after a reboot, matched exactly.
+///
+/// Kept short on purpose; kernels are matched by [`upgrade_needs_reboot`]'s prefixes.
+/// - `proxmox-default-kernel`, `linux-image-amd64`: kernel meta packages (pull a new ABI).
+/// - `proxmox-ve`: the Proxmox VE meta package; its new versions move the default kernel
+///   series, so an upgrade of it is treated as a kernel upgrade.
+/// - `systemd`, `libc6`, `dbus`: PID 1 and what every long-running process links or talks
+///   to; restarting services does not pick them up everywhere.
+/// - `pve-firmware`: device firmware is loaded at boot.
+pub const REBOOT_PACKAGES: &[&str] = &[
+    "dbus",
+    "libc6",
+    "linux-image-amd64",
+    "proxmox-default-kernel",
+    "proxmox-ve",
+    "pve-firmware",
+    "systemd",
+];
+
+/// Whether upgrading `package` needs a reboot: one of [`REBOOT_PACKAGES`] or a kernel image
+/// (`proxmox-kernel-<version>…`, `pve-kernel-<version>…`, `linux-image-<version>…`; a digit
+/// must follow the prefix, so `proxmox-kernel-helper` is not a kernel).
+pub fn upgrade_needs_reboot(package: &str) -> bool {
+    REBOOT_PACKAGES.contains(&package)
+        || ["proxmox-kernel-", "pve-kernel-", "linux-image-"]
+            .iter()
+            .any(|p| {
+                package
+                    .strip_prefix(p)
+                    .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+            })
 }
 
 /// A problem at a place in a file.

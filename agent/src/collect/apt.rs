@@ -1,14 +1,22 @@
-//! APT sources: `sources.list` and every file in `sources.list.d`.
+//! APT sources (`sources.list` and every file in `sources.list.d`) and the upgrades apt's
+//! downloaded package lists offer.
 
 use super::Reader;
-use crate::parse::apt;
-use fleetward_proto::{AptEntry, AptFacts, AptFile, AptFileFormat};
+use crate::parse::{apt, control::Installed, packages};
+use fleetward_proto::{upgrade_needs_reboot, AptEntry, AptFacts, AptFile, AptFileFormat};
+use std::collections::BTreeSet;
 
 pub const SOURCES_LIST: &str = "/etc/apt/sources.list";
 pub const SOURCES_DIR: &str = "/etc/apt/sources.list.d";
+pub const LISTS_DIR: &str = "/var/lib/apt/lists";
 
-pub(super) fn apt(r: &mut Reader) -> AptFacts {
+pub(super) fn apt(r: &mut Reader, installed: &[Installed]) -> AptFacts {
     let mut facts = AptFacts::default();
+    facts.upgradable = upgradable(r, installed);
+    facts.upgrade_needs_reboot = facts
+        .upgradable
+        .iter()
+        .any(|u| upgrade_needs_reboot(&u.package));
     let mut files: Vec<(String, AptFileFormat, Option<String>)> = Vec::new();
     if r.root.exists(SOURCES_LIST) {
         files.push((SOURCES_LIST.to_string(), AptFileFormat::OneLine, None));
@@ -52,6 +60,32 @@ pub(super) fn apt(r: &mut Reader) -> AptFacts {
         });
     }
     facts
+}
+
+/// What every `*_Packages` index in the lists directory offers the installed packages.
+///
+/// Only plain-text indexes are read: Debian keeps them uncompressed unless apt is configured
+/// otherwise (`Acquire::GzipIndexes`, or `*_Packages.lz4` with `Acquire::CompressionTypes`),
+/// and compressed ones (`.lz4`, `.gz`, `.xz`, ...) are skipped, not decoded.
+fn upgradable(r: &mut Reader, installed: &[Installed]) -> Vec<fleetward_proto::Upgrade> {
+    if installed.is_empty() {
+        return Vec::new();
+    }
+    let names: BTreeSet<&str> = installed.iter().map(|p| p.name.as_str()).collect();
+    let mut available = Vec::new();
+    for name in r.root.list_dir(LISTS_DIR) {
+        if !name.ends_with("_Packages") {
+            continue;
+        }
+        let path = format!("{LISTS_DIR}/{name}");
+        if r.root.is_dir(&path) {
+            continue;
+        }
+        if let Some(text) = r.text(&path) {
+            available.extend(packages::parse(&text, |p| names.contains(p)));
+        }
+    }
+    packages::upgradable(installed, available)
 }
 
 /// The format an ignored file would have if it were enabled again: `x.sources.disabled`

@@ -66,7 +66,7 @@ pub fn collect(root: &Root) -> Facts {
         .unwrap_or_default();
     let node = node::node(&mut r, &packages);
     let (boot, esps) = boot::boot(&mut r, &packages, node.running_kernel.as_deref());
-    let apt = apt::apt(&mut r);
+    let apt = apt::apt(&mut r, &packages);
     let dns = dns::dns(&mut r, node.hostname.as_deref());
     let cluster = node::cluster(&mut r);
     let mut unreadable = r.unreadable;

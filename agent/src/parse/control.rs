@@ -41,6 +41,8 @@ pub fn field<'a>(stanza: &'a Stanza, key: &str) -> Option<&'a str> {
 pub struct Installed {
     pub name: String,
     pub version: String,
+    /// `Architecture:` (`amd64`, `all`, ...); empty when the stanza has none.
+    pub arch: String,
 }
 
 /// Packages whose status is `install ok installed` (or any `… installed` want state).
@@ -54,6 +56,7 @@ pub fn dpkg_installed(text: &str) -> Vec<Installed> {
             Some(Installed {
                 name: field(s, "Package")?.to_string(),
                 version: field(s, "Version").unwrap_or("").to_string(),
+                arch: field(s, "Architecture").unwrap_or("").to_string(),
             })
         })
         .collect()
@@ -72,7 +75,7 @@ pub fn debconf_value(config_dat: &str, question: &str) -> Option<String> {
 mod tests {
     use super::*;
 
-    const STATUS: &str = "Package: grub-efi-amd64\nStatus: install ok installed\nVersion: 2.12-9+pmx2\nDescription: GRand\n multiline\n\nPackage: systemd-boot\nStatus: deinstall ok config-files\nVersion: 257.7-1\n\nPackage: shim-signed\nStatus: install ok installed\nVersion: 1.47+pmx1+15.8-1+pmx1\n";
+    const STATUS: &str = "Package: grub-efi-amd64\nStatus: install ok installed\nVersion: 2.12-9+pmx2\nDescription: GRand\n multiline\n\nPackage: systemd-boot\nStatus: deinstall ok config-files\nVersion: 257.7-1\n\nPackage: shim-signed\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1.47+pmx1+15.8-1+pmx1\n";
 
     #[test]
     fn installed_only() {
@@ -80,6 +83,8 @@ mod tests {
         let names: Vec<_> = p.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["grub-efi-amd64", "shim-signed"]);
         assert_eq!(p[0].version, "2.12-9+pmx2");
+        assert_eq!(p[0].arch, "");
+        assert_eq!(p[1].arch, "amd64");
     }
 
     #[test]

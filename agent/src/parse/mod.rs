@@ -7,4 +7,5 @@ pub mod control;
 pub mod efivar;
 pub mod interfaces;
 pub mod kv;
+pub mod packages;
 pub mod version;
