@@ -247,25 +247,7 @@ mod tests {
         let name = ServerName::try_from("127.0.0.1").unwrap();
         let mut c = Connection::from(ClientConnection::new(Arc::new(config), name).unwrap());
         let mut s = Connection::from(ServerConnection::new(server.clone()).unwrap());
-        let pump = |from: &mut Connection, to: &mut Connection| {
-            let mut buf = Vec::new();
-            while from.wants_write() {
-                from.write_tls(&mut buf).unwrap();
-            }
-            let mut rd = &buf[..];
-            while !rd.is_empty() {
-                to.read_tls(&mut rd).unwrap();
-                to.process_new_packets()?;
-            }
-            Ok::<(), rustls::Error>(())
-        };
-        let result = (|| {
-            while c.is_handshaking() || s.is_handshaking() {
-                pump(&mut c, &mut s)?;
-                pump(&mut s, &mut c)?;
-            }
-            Ok(())
-        })();
+        let result = crate::tests::handshake(&mut c, &mut s);
         (result, verifier)
     }
 

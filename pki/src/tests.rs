@@ -180,6 +180,15 @@ fn revocation_set_normalizes_and_serializes() {
     assert!(back.contains("abcd"));
 }
 
+/// Runs a handshake between two in-memory connections to its end (or first error).
+pub(crate) fn handshake(c: &mut Connection, s: &mut Connection) -> Result<(), rustls::Error> {
+    while c.is_handshaking() || s.is_handshaking() {
+        pump(c, s)?;
+        pump(s, c)?;
+    }
+    Ok(())
+}
+
 /// Moves all pending TLS records from one connection to the other.
 fn pump(from: &mut Connection, to: &mut Connection) -> Result<(), rustls::Error> {
     let mut buf = Vec::new();
@@ -199,10 +208,7 @@ fn connect(client: ClientConfig, server: &Arc<ServerConfig>) -> Result<Connectio
     let name = "ctl.lab".try_into().unwrap();
     let mut c = Connection::from(ClientConnection::new(Arc::new(client), name).unwrap());
     let mut s = Connection::from(ServerConnection::new(server.clone()).unwrap());
-    while c.is_handshaking() || s.is_handshaking() {
-        pump(&mut c, &mut s)?;
-        pump(&mut s, &mut c)?;
-    }
+    handshake(&mut c, &mut s)?;
     c.writer().write_all(b"ping").unwrap();
     pump(&mut c, &mut s)?;
     let mut got = [0u8; 4];

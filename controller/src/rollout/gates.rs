@@ -207,11 +207,7 @@ pub fn pre_reboot(
     out: &BTreeSet<String>,
     max_silence_ms: u64,
 ) -> GateResult {
-    node_reachable(view, node, max_silence_ms)?;
-    others_online(view, node, out, max_silence_ms)?;
-    quorum_margin(view, node, out)?;
-    no_unsafe_findings(view, node)?;
-    ceph_healthy(view)?;
+    preflight(view, node, out, max_silence_ms)?;
     esp_holds_next_kernel(view, node)
 }
 
