@@ -10,6 +10,7 @@
 //! rather than a second, protobuf copy of the schema.
 #![forbid(unsafe_code)]
 
+pub mod action;
 pub mod api;
 pub mod report;
 
