@@ -47,6 +47,9 @@ pub struct Caller {
     pub serial: String,
 }
 
+/// A report's facts flattened (`fleet::flatten`).
+type Flat = BTreeMap<String, String>;
+
 type Outbound = mpsc::Sender<Result<ControllerMessage, Status>>;
 
 /// Why a session is ended from the controller's side.
@@ -73,6 +76,9 @@ pub struct Controller {
     writer: ReportWriter,
     /// Every node's latest report, parsed (the fleet rules run over these).
     latest: RwLock<BTreeMap<String, Arc<Report>>>,
+    /// The flattened facts of each node's latest report, kept so that a new report is
+    /// flattened once (to find what changed) rather than flattening the previous one again.
+    flats: Mutex<HashMap<String, Arc<Flat>>>,
     policy: RwLock<Option<Arc<LoadedPolicy>>>,
 }
 
@@ -113,14 +119,21 @@ struct WriteJob {
 impl ReportWriter {
     /// Most reports stored per flush.
     const BATCH: usize = 512;
+    /// How long the writer waits for more reports before a flush.
+    const GATHER: std::time::Duration = std::time::Duration::from_millis(2);
 
     fn start(store: Arc<Store>) -> Self {
         let (tx, rx) = std::sync::mpsc::channel::<WriteJob>();
         std::thread::spawn(move || {
             while let Ok(first) = rx.recv() {
+                // Group commit: collect what arrives within GATHER of the first report, so
+                // one flush serves many reports when they come fast (and costs one GATHER of
+                // latency when they do not).
                 let mut jobs = vec![first];
+                let until = std::time::Instant::now() + Self::GATHER;
                 while jobs.len() < Self::BATCH {
-                    match rx.try_recv() {
+                    let left = until.saturating_duration_since(std::time::Instant::now());
+                    match rx.recv_timeout(left) {
                         Ok(j) => jobs.push(j),
                         Err(_) => break,
                     }
@@ -206,6 +219,7 @@ impl Controller {
             heartbeats: Mutex::new(HashMap::new()),
             counter: AtomicU64::new(0),
             latest: RwLock::new(latest),
+            flats: Mutex::new(HashMap::new()),
             policy: RwLock::new(policy.map(Arc::new)),
         }))
     }
@@ -304,6 +318,20 @@ impl Controller {
             out.extend(fleet::check(p, &views));
         }
         out
+    }
+
+    /// The flattened facts of the node's latest report (cached; computed once after start).
+    fn previous_flat(&self, node: &str) -> Option<Arc<Flat>> {
+        if let Some(f) = self
+            .flats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(node)
+        {
+            return Some(f.clone());
+        }
+        let latest = self.latest.read().unwrap_or_else(|e| e.into_inner());
+        latest.get(node).map(|p| Arc::new(fleet::flatten(&p.facts)))
     }
 
     pub fn store(&self) -> &Store {
@@ -651,13 +679,8 @@ async fn drive_session(
                 }
                 ctl.node_enrolled(node)?;
                 let now = now_ms();
-                let previous = ctl
-                    .latest
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get(node)
-                    .map(|p| fleet::flatten(&p.facts));
-                let flat = fleet::flatten(&report.facts);
+                let flat = Arc::new(fleet::flatten(&report.facts));
+                let previous = ctl.previous_flat(node);
                 let changes: Vec<FactChange> = match &previous {
                     Some(p) => fleet::changes(p, &flat)
                         .into_iter()
@@ -675,6 +698,10 @@ async fn drive_session(
                     .write()
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(node.to_string(), Arc::new(report));
+                ctl.flats
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(node.to_string(), flat);
                 send(controller_message::Kind::ReportAck(
                     controller_message::ReportAck { seq: r.seq },
                 ))

@@ -7,8 +7,10 @@
 //! Layout (one sled `Db` in the data dir):
 //! - `nodes`: node name → [`NodeRecord`] JSON.
 //! - `reports`: node name → where its latest report is: seq (u64 BE) ‖ received_ms (u64 BE)
-//!   (the JSON itself is stored once, in `history`).
-//! - `history`: node name ‖ 0x00 ‖ seq (u64 BE) → received_ms (u64 BE) ‖ report JSON;
+//!   (the JSON itself is stored once, in `history`); the receive time also serves as the
+//!   node's `last_seen_ms`, so a report does not rewrite the node record.
+//! - `history`: node name ‖ 0x00 ‖ seq (u64 BE) → received_ms (u64 BE) ‖ 0x01 ‖ the report
+//!   JSON as a size-prepended LZ4 block (a body starting with `{` is plain JSON);
 //!   the newest [`HISTORY_PER_NODE`] entries per node are kept.
 //! - `tokens`: token id → [`TokenRecord`] JSON (only the sha256 of a token, never plaintext).
 //! - `revocations`: certificate serial → empty.
@@ -166,12 +168,33 @@ fn be_u64(b: &[u8]) -> u64 {
     u64::from_be_bytes(b.try_into().unwrap_or_default())
 }
 
+/// Marks a report body compressed with LZ4 (size-prepended block). A plain JSON body starts
+/// with `{`, so bodies written before compression still decode.
+const LZ4_BODY: u8 = 0x01;
+
+/// A report's stored body: [`LZ4_BODY`] ‖ LZ4 block of the JSON. The seed report's 9 KiB of
+/// JSON become about 2 KiB, which is what makes sled's per-write page copying affordable.
+fn encode_body(json: &[u8]) -> Vec<u8> {
+    let mut out = vec![LZ4_BODY];
+    out.extend_from_slice(&lz4_flex::compress_prepend_size(json));
+    out
+}
+
 /// Splits `n` big-endian u64s off the front of a value, then parses the rest as a report.
 fn decode_report(tree: &'static str, key: &[u8], v: &[u8], n: usize) -> Result<(Vec<u64>, Report)> {
     if v.len() < 8 * n {
         return Err(corrupt(tree, key, "value too short"));
     }
-    let report = report_from_bytes(&v[8 * n..]).map_err(|e| corrupt(tree, key, e))?;
+    let body = &v[8 * n..];
+    let report = match body.first() {
+        Some(&LZ4_BODY) => {
+            let json = lz4_flex::decompress_size_prepended(&body[1..])
+                .map_err(|e| corrupt(tree, key, format!("bad LZ4 body: {e}")))?;
+            report_from_bytes(&json)
+        }
+        _ => report_from_bytes(body),
+    }
+    .map_err(|e| corrupt(tree, key, e))?;
     Ok((v[..8 * n].chunks(8).map(be_u64).collect(), report))
 }
 
@@ -259,13 +282,29 @@ impl Store {
     pub fn get_node(&self, name: &str) -> Result<Option<NodeRecord>> {
         self.nodes
             .get(name.as_bytes())?
-            .map(|v| decode("nodes", name.as_bytes(), &v))
+            .map(|v| self.with_last_report(decode("nodes", name.as_bytes(), &v)?))
             .transpose()
     }
 
     /// All nodes, sorted by name (sled iterates in key order).
     pub fn list_nodes(&self) -> Result<Vec<NodeRecord>> {
-        decode_all("nodes", self.nodes.iter())
+        decode_all("nodes", self.nodes.iter())?
+            .into_iter()
+            .map(|rec| self.with_last_report(rec))
+            .collect()
+    }
+
+    /// A report counts as "seen": `last_seen_ms` is the later of the stored value and the
+    /// latest report's receive time, which lives in the `reports` pointer (so ingesting a
+    /// report does not rewrite the node record).
+    fn with_last_report(&self, mut rec: NodeRecord) -> Result<NodeRecord> {
+        if let Some(v) = self.reports.get(rec.name.as_bytes())? {
+            if v.len() != 16 {
+                return Err(corrupt("reports", rec.name.as_bytes(), "value too short"));
+            }
+            rec.last_seen_ms = Some(rec.last_seen_ms.unwrap_or(0).max(be_u64(&v[8..])));
+        }
+        Ok(rec)
     }
 
     // ---- reports ----
@@ -288,8 +327,8 @@ impl Store {
     /// ingestion path: one writer calls it for everything that arrived meanwhile, so the
     /// cost of a flush is shared and no transaction is needed.
     ///
-    /// Crash safety: writes go history, then the `reports` pointer, then the node's
-    /// `last_seen_ms`. sled recovers a prefix of its log, so after a crash the pointer may
+    /// Crash safety: writes go history, then the `reports` pointer (whose receive time is
+    /// the node's last-seen time, see [`Store::get_node`]). sled recovers a prefix of its log, so after a crash the pointer may
     /// still name the previous report, never a missing one; such a report was not
     /// acknowledged (acknowledgement follows the flush). Single writer: seqs grow in
     /// commit order, so the pointer only moves forward.
@@ -297,24 +336,21 @@ impl Store {
         let mut seqs = Vec::with_capacity(batch.len());
         for w in batch {
             check_node_name(w.node)?;
-            let Some(raw) = self.nodes.get(w.node.as_bytes())? else {
+            if !self.nodes.contains_key(w.node.as_bytes())? {
                 return Err(StoreError::UnknownNode(w.node.to_string()));
-            };
-            let mut rec: NodeRecord = decode("nodes", w.node.as_bytes(), &raw)?;
+            }
             let seq = self.db.generate_id()?;
             let prefix = history_prefix(w.node);
             let mut hist_key = prefix.clone();
             hist_key.extend_from_slice(&seq.to_be_bytes());
             self.history.insert(
                 hist_key,
-                [&w.received_ms.to_be_bytes()[..], w.json].concat(),
+                [&w.received_ms.to_be_bytes()[..], &encode_body(w.json)].concat(),
             )?;
             self.reports.insert(
                 w.node.as_bytes(),
                 [seq.to_be_bytes(), w.received_ms.to_be_bytes()].concat(),
             )?;
-            rec.last_seen_ms = Some(rec.last_seen_ms.unwrap_or(0).max(w.received_ms));
-            self.nodes.insert(w.node.as_bytes(), encode(&rec))?;
             self.record_fact_changes(w.node, w.changes)?;
             self.keep_newest(("history", &self.history), w.node, &[seq], HISTORY_PER_NODE)?;
             seqs.push(seq);
@@ -813,10 +849,14 @@ mod tests {
             s.consume_token("t", "n", 0),
             Err(TokenError::Store(StoreError::Corrupt { .. }))
         ));
-        assert!(is_corrupt(
-            s.put_report("bad", 1, &report("x")).unwrap_err(),
-            "nodes"
-        ));
+        // A body marked LZ4 that is not a valid block.
+        s.history
+            .insert(
+                &b"m\0\0\0\0\0\0\0\0\x01"[..],
+                &b"\0\0\0\0\0\0\0\x01\x01\xff"[..],
+            )
+            .unwrap();
+        assert!(is_corrupt(s.report_history("m").unwrap_err(), "history"));
         let msg = s.get_node("bad").unwrap_err().to_string();
         assert!(
             msg.contains("tree 'nodes'") && msg.contains("key 'bad'"),
