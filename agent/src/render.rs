@@ -1,6 +1,7 @@
 //! The text format: for people, grouped by area, severity coloured on a terminal.
 
-use fleetward_proto::{Finding, Firmware, Report, Severity};
+use fleetward_proto::action::GuestKind;
+use fleetward_proto::{Finding, Firmware, GuestState, Report, Severity};
 use std::fmt::Write;
 
 /// Render a report as text. `color` adds ANSI colours to severities.
@@ -134,6 +135,71 @@ pub fn text(report: &Report, color: bool) -> String {
             opt(&c.name),
             c.quorate.map_or("-", |q| if q { "yes" } else { "no" }),
             members.join(", ")
+        );
+    }
+
+    if !f.guests.is_empty() {
+        section(&mut s, "guests");
+        for g in &f.guests {
+            let kind = match g.kind {
+                GuestKind::Qemu => "qemu",
+                GuestKind::Lxc => "lxc",
+            };
+            let state = match g.state {
+                GuestState::Running => "running",
+                GuestState::Stopped => "stopped",
+                GuestState::Migrated => "migrated",
+                GuestState::Unknown => "unknown",
+            };
+            let mut extra = Vec::new();
+            if g.onboot {
+                extra.push("onboot".to_string());
+            }
+            if let Some(o) = g.order {
+                extra.push(format!("order {o}"));
+            }
+            if g.ha {
+                extra.push("ha".to_string());
+            }
+            if let Some(at) = &g.location {
+                extra.push(format!("at {at}"));
+            }
+            let line = format!(
+                "  {:<6} {kind:<4} {state:<8} {:<20} {}",
+                g.vmid,
+                opt(&g.name),
+                extra.join(", ")
+            );
+            let _ = writeln!(s, "{}", line.trim_end());
+        }
+    }
+    let yn = |b: Option<bool>| b.map_or("-", |b| if b { "yes" } else { "no" });
+    if let Some(c) = &f.ceph {
+        section(&mut s, "ceph");
+        let osds: Vec<String> = c.osds_here.iter().map(|o| format!("osd.{o}")).collect();
+        let _ = writeln!(
+            s,
+            "  monitor {} osds {} noout {} healthy {}",
+            yn(Some(c.monitor_here)),
+            if osds.is_empty() {
+                "-".to_string()
+            } else {
+                osds.join(" ")
+            },
+            yn(c.noout),
+            yn(c.healthy)
+        );
+    }
+    let h = &f.ha;
+    if h.resources > 0 || h.maintenance.is_some() || h.shutdown_policy.is_some() {
+        section(&mut s, "ha");
+        let _ = writeln!(
+            s,
+            "  resources {} maintenance {} disarmed {} shutdown_policy {}",
+            h.resources,
+            yn(h.maintenance),
+            yn(h.disarmed),
+            opt(&h.shutdown_policy)
         );
     }
 

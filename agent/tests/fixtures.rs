@@ -5,7 +5,7 @@
 mod support;
 
 use fleetward_agent::{inspect::inspect, root::Root};
-use fleetward_proto::{Finding, Report, Severity};
+use fleetward_proto::{Finding, GuestState, Report, Severity};
 use std::collections::BTreeSet;
 use std::path::Path;
 
@@ -174,4 +174,76 @@ fn upgrades_pending_facts() {
     );
     // proxmox-ve is a reboot package (it moves the default kernel series).
     assert!(apt.upgrade_needs_reboot);
+}
+
+/// A guest configuration with bad lines: each bad line is an unreadable fact with its file
+/// and line, and the guest still arrives with what the other lines say.
+#[test]
+fn malformed_guest_conf_keeps_the_guest() {
+    let dir = support::fixtures_dir().join("scenarios/guest-conf-malformed");
+    let facts = run(&dir).facts;
+    let conf = "/etc/pve/nodes/pve-01/qemu-server/100.conf";
+    let lines: Vec<Option<u32>> = facts
+        .unreadable
+        .iter()
+        .filter(|u| u.path == conf)
+        .map(|u| u.line)
+        .collect();
+    assert_eq!(lines, [Some(7), Some(8), Some(14)]);
+    let g = facts
+        .guests
+        .iter()
+        .find(|g| g.vmid == 100)
+        .expect("guest 100");
+    assert_eq!(g.name.as_deref(), Some("web-01"));
+    assert!(!g.onboot, "the bad onboot line is not read as on");
+    assert_eq!((g.order, g.up), (None, None));
+    assert!(g.ha);
+    assert_eq!(g.state, GuestState::Running);
+    assert_eq!(facts.guests.len(), 4, "the other guests still arrive");
+}
+
+/// A real (not simulated) node: running state from qemu-server's pid files and LXC cgroups,
+/// HA maintenance from the manager's status, the shutdown policy from datacenter.cfg, a
+/// monitor found by address in `mon_host`, and Ceph flags unknown.
+#[test]
+fn guests_on_a_real_node() {
+    let dir = support::fixtures_dir().join("scenarios/guests-real-node");
+    let facts = run(&dir).facts;
+    let states: Vec<(u32, GuestState)> = facts.guests.iter().map(|g| (g.vmid, g.state)).collect();
+    assert_eq!(
+        states,
+        [
+            (100, GuestState::Running),
+            // pid file left behind, no such process
+            (101, GuestState::Stopped),
+            (200, GuestState::Running),
+            // no pid file
+            (900, GuestState::Stopped),
+        ]
+    );
+    assert!(facts.guests.iter().all(|g| g.config.is_some()));
+    let ceph = facts.ceph.expect("ceph.conf exists");
+    assert!(ceph.monitor_here);
+    assert_eq!(ceph.osds_here, [0, 1]);
+    assert_eq!((ceph.noout, ceph.healthy), (None, None));
+    assert_eq!(facts.ha.maintenance, Some(true));
+    assert_eq!(facts.ha.disarmed, None);
+    assert_eq!(facts.ha.resources, 5);
+    assert_eq!(facts.ha.shutdown_policy.as_deref(), Some("migrate"));
+    assert!(facts.unreadable.is_empty(), "{:?}", facts.unreadable);
+}
+
+/// Without `/proc/1` or a cgroup v2 file system under the root (a plain fixture tree), the
+/// agent does not guess whether a guest runs; without the simulation's state either, Ceph's
+/// flags are unknown.
+#[test]
+fn guest_state_unknown_without_runtime() {
+    let dir = support::fixtures_dir().join("scenarios/guests-real-node");
+    let built = support::build(&dir);
+    for p in ["proc/1", "sys/fs/cgroup"] {
+        std::fs::remove_dir_all(built.path().join(p)).unwrap();
+    }
+    let facts = inspect(&Root::new(built.path())).facts;
+    assert!(facts.guests.iter().all(|g| g.state == GuestState::Unknown));
 }

@@ -40,6 +40,12 @@ fn garbage_not_an_input(node: &str) -> Option<&'static str> {
              kernels); their content is never read",
         );
     }
+    if node.starts_with("/var/lib/ceph/osd/ceph-") {
+        return Some(
+            "files in an OSD's directory: only the directory's existence (an OSD on this node) \
+             is read",
+        );
+    }
     match node {
         "/etc/hostname" => Some(
             "shadowed by /proc/sys/kernel/hostname (the running kernel's name), which both \

@@ -5,6 +5,7 @@
 //! (see `ARCHITECTURE.md`, "One schema"). Field names are part of the interface: add fields
 //! with `#[serde(default)]`, never rename them.
 
+use crate::action::GuestKind;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -99,8 +100,18 @@ pub struct Facts {
     pub apt: AptFacts,
     pub dns: DnsFacts,
     pub cluster: ClusterFacts,
-    /// Inputs that exist but could not be read or decoded (binary garbage, permissions).
-    /// Each is a documented "unreadable" fact rather than a tool failure.
+    /// This node's guests (VMs and containers), sorted by VMID.
+    #[serde(default)]
+    pub guests: Vec<GuestFacts>,
+    /// Ceph on this node; `None` when `/etc/pve/ceph.conf` does not exist.
+    #[serde(default)]
+    pub ceph: Option<CephFacts>,
+    /// The HA stack as this node sees it.
+    #[serde(default)]
+    pub ha: HaFacts,
+    /// Inputs that exist but could not be read or decoded (binary garbage, permissions),
+    /// or lines of them that could not be parsed. Each is a documented "unreadable" fact
+    /// rather than a tool failure.
     #[serde(default)]
     pub unreadable: Vec<Unreadable>,
 }
@@ -108,7 +119,90 @@ pub struct Facts {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Unreadable {
     pub path: String,
+    /// The line that could not be parsed, when the rest of the file could be.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<u32>,
     pub reason: String,
+}
+
+/// One guest (QEMU VM or LXC container) whose configuration is on this node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestFacts {
+    pub vmid: u32,
+    pub kind: GuestKind,
+    /// `name:` (QEMU) or `hostname:` (LXC).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `onboot: 1`: started when the node boots (and by `pvenode startall`).
+    #[serde(default)]
+    pub onboot: bool,
+    /// `startup: order=N`: start order (ascending); shutdown runs in reverse.
+    #[serde(default)]
+    pub order: Option<u32>,
+    /// `startup: up=S`: seconds to wait after starting this guest before the next.
+    #[serde(default)]
+    pub up: Option<u32>,
+    /// `startup: down=S`: shutdown timeout in seconds.
+    #[serde(default)]
+    pub down: Option<u32>,
+    /// Listed in `/etc/pve/ha/resources.cfg` (`vm: VMID` / `ct: VMID`).
+    #[serde(default)]
+    pub ha: bool,
+    #[serde(default)]
+    pub state: GuestState,
+    /// Where the guest went when it is no longer on this node (a migration target), if
+    /// known; `None` while it is here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    /// The configuration file read (`/etc/pve/nodes/<node>/qemu-server/<vmid>.conf`, ...);
+    /// `None` when the guest is known only from the simulation's `guests.json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<String>,
+}
+
+/// Whether a guest runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GuestState {
+    Running,
+    Stopped,
+    /// No longer on this node (the simulation keeps migrated guests in its list).
+    Migrated,
+    /// The agent cannot tell (no live `/proc` or cgroup file system under the root).
+    #[default]
+    Unknown,
+}
+
+/// Ceph as seen from this node (`/etc/pve/ceph.conf` exists).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CephFacts {
+    /// A monitor runs here: a `[mon.<hostname>]` section, or one of this node's addresses
+    /// (from `/etc/hosts` and the cluster members) listed in `mon_host`.
+    pub monitor_here: bool,
+    /// OSD ids with a `/var/lib/ceph/osd/ceph-<id>` directory, ascending.
+    pub osds_here: Vec<u32>,
+    /// The cluster's `noout` flag; `None` when not known without running `ceph`.
+    pub noout: Option<bool>,
+    /// Ceph health apart from `noout`; `None` when not known without running `ceph`.
+    pub healthy: Option<bool>,
+}
+
+/// The HA stack as this node sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaFacts {
+    /// This node is in HA maintenance mode; `None` when not known.
+    #[serde(default)]
+    pub maintenance: Option<bool>,
+    /// HA is disarmed cluster-wide (`disarm-ha`); `None` when not known.
+    #[serde(default)]
+    pub disarmed: Option<bool>,
+    /// Number of resources in `/etc/pve/ha/resources.cfg` (cluster-wide).
+    #[serde(default)]
+    pub resources: u32,
+    /// `ha: shutdown_policy=...` of `/etc/pve/datacenter.cfg`; `None` when not set (Proxmox
+    /// then uses `conditional`).
+    #[serde(default)]
+    pub shutdown_policy: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

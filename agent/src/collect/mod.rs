@@ -5,6 +5,7 @@ mod apt;
 mod boot;
 mod dns;
 mod node;
+mod pve;
 
 pub use boot::{is_vfat_id, DEFAULT_ESP_LIST, KERNEL_HOOK};
 
@@ -52,6 +53,16 @@ impl<'a> Reader<'a> {
     pub fn unreadable(&mut self, path: &str, reason: impl Into<String>) {
         self.unreadable.push(Unreadable {
             path: path.to_string(),
+            line: None,
+            reason: reason.into(),
+        });
+    }
+
+    /// A line of a file that could not be parsed (the rest of the file was).
+    pub fn unreadable_line(&mut self, path: &str, line: u32, reason: impl Into<String>) {
+        self.unreadable.push(Unreadable {
+            path: path.to_string(),
+            line: Some(line),
             reason: reason.into(),
         });
     }
@@ -69,6 +80,7 @@ pub fn collect(root: &Root) -> Facts {
     let apt = apt::apt(&mut r, &packages);
     let dns = dns::dns(&mut r, node.hostname.as_deref());
     let cluster = node::cluster(&mut r);
+    let (guests, ceph, ha) = pve::pve(&mut r, &node, &dns, &cluster);
     let mut unreadable = r.unreadable;
     unreadable.sort();
     unreadable.dedup();
@@ -79,6 +91,9 @@ pub fn collect(root: &Root) -> Facts {
         apt,
         dns,
         cluster,
+        guests,
+        ceph,
+        ha,
         unreadable,
     }
 }

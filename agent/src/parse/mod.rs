@@ -8,4 +8,5 @@ pub mod efivar;
 pub mod interfaces;
 pub mod kv;
 pub mod packages;
+pub mod pve;
 pub mod version;

@@ -23,12 +23,18 @@ pub fn evaluate(facts: &Facts) -> Vec<Finding> {
         out.push(
             UNREADABLE_INPUT,
             Severity::Warning,
-            format!(
-                "could not read {}: {}; facts from it are missing",
-                u.path, u.reason
-            ),
+            match u.line {
+                None => format!(
+                    "could not read {}: {}; facts from it are missing",
+                    u.path, u.reason
+                ),
+                Some(line) => format!(
+                    "could not parse line {line} of {}: {}; facts from that line are missing",
+                    u.path, u.reason
+                ),
+            },
         )
-        .at(&u.path, None);
+        .at(&u.path, u.line);
     }
     out.0
 }

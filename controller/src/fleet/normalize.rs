@@ -31,13 +31,24 @@
 //! | `os.release` | `<id> <version_id> <codename>` | – |
 //! | `cluster.name`, `cluster.quorate`, `cluster.members`, `cluster.offline`, `cluster.expected_votes`, `cluster.qdevice` | as reported | – |
 //! | `node.hostname`, `node.boot_id`, `node.cmdline` | identity | – |
-//! | `unreadable[<path>]` | reason | – |
+//! | `guest[<vmid>]` | `<kind> <state>`, then `name <name>`, `onboot`, `order N`, `up S`, `down S`, `ha`, `at <node>` as present | – |
+//! | `ceph.monitor` | `yes`, `no` | – |
+//! | `ceph.osds` | the OSD ids on the node | – |
+//! | `ceph.noout`, `ceph.healthy` | `yes`, `no` (absent when unknown) | – |
+//! | `ha.maintenance`, `ha.disarmed` | `yes`, `no` (absent when unknown) | – |
+//! | `ha.resources` | number of HA resources | – |
+//! | `ha.shutdown_policy` | as set in `datacenter.cfg` | – |
+//! | `unreadable[<path>]`, `unreadable[<path>:<line>]` | reason | – |
 //!
 //! Keys without a drift column still matter to `node diff` and to per-node history
 //! ([`changes`]); drift skips them because they are identities, per-node by nature, or
-//! covered by the agent's own checks.
+//! covered by the agent's own checks. Guests, the Ceph role and HA maintenance are per-node
+//! by nature (each node has its own guests, OSDs and monitor or not); the HA resource count
+//! and shutdown policy come from the cluster file system, the same on every node that sees
+//! it. So their history shows a guest stopping or coming back, a node entering maintenance.
 
-use fleetward_proto::{AptEntry, AptFileFormat, EspSource, Facts, Firmware, Loader};
+use fleetward_proto::action::GuestKind;
+use fleetward_proto::{AptEntry, AptFileFormat, EspSource, Facts, Firmware, GuestState, Loader};
 use std::collections::BTreeMap;
 
 /// `scheme://host/path` without a trailing slash, scheme and host lower-cased (user info
@@ -303,10 +314,78 @@ pub fn flatten(f: &Facts) -> BTreeMap<String, String> {
         put("cluster.qdevice".into(), yes_no(c.qdevice));
     }
 
+    // guests, ceph, ha: per node (no drift rule)
+    for g in &f.guests {
+        put(format!("guest[{}]", g.vmid), guest_value(g));
+    }
+    if let Some(ceph) = &f.ceph {
+        put("ceph.monitor".into(), yes_no(ceph.monitor_here));
+        if !ceph.osds_here.is_empty() {
+            let ids: Vec<String> = ceph.osds_here.iter().map(u32::to_string).collect();
+            put("ceph.osds".into(), ids.join(" "));
+        }
+        if let Some(b) = ceph.noout {
+            put("ceph.noout".into(), yes_no(b));
+        }
+        if let Some(b) = ceph.healthy {
+            put("ceph.healthy".into(), yes_no(b));
+        }
+    }
+    let ha = &f.ha;
+    if let Some(b) = ha.maintenance {
+        put("ha.maintenance".into(), yes_no(b));
+    }
+    if let Some(b) = ha.disarmed {
+        put("ha.disarmed".into(), yes_no(b));
+    }
+    if ha.resources > 0 {
+        put("ha.resources".into(), ha.resources.to_string());
+    }
+    if let Some(p) = &ha.shutdown_policy {
+        put("ha.shutdown_policy".into(), p.clone());
+    }
+
     for u in &f.unreadable {
-        put(format!("unreadable[{}]", u.path), u.reason.clone());
+        let key = match u.line {
+            Some(line) => format!("unreadable[{}:{line}]", u.path),
+            None => format!("unreadable[{}]", u.path),
+        };
+        put(key, u.reason.clone());
     }
     m
+}
+
+/// `guest[<vmid>]`'s value: `qemu running, name web-01, onboot, order 2, up 30, ha`.
+fn guest_value(g: &fleetward_proto::GuestFacts) -> String {
+    let kind = match g.kind {
+        GuestKind::Qemu => "qemu",
+        GuestKind::Lxc => "lxc",
+    };
+    let state = match g.state {
+        GuestState::Running => "running",
+        GuestState::Stopped => "stopped",
+        GuestState::Migrated => "migrated",
+        GuestState::Unknown => "state unknown",
+    };
+    let mut parts = vec![format!("{kind} {state}")];
+    if let Some(n) = &g.name {
+        parts.push(format!("name {n}"));
+    }
+    if g.onboot {
+        parts.push("onboot".into());
+    }
+    for (k, v) in [("order", g.order), ("up", g.up), ("down", g.down)] {
+        if let Some(v) = v {
+            parts.push(format!("{k} {v}"));
+        }
+    }
+    if g.ha {
+        parts.push("ha".into());
+    }
+    if let Some(at) = &g.location {
+        parts.push(format!("at {at}"));
+    }
+    parts.join(", ")
 }
 
 /// One row of `fleetward node diff A B`.

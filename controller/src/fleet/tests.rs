@@ -275,9 +275,17 @@ fn diff_of_two_seed_nodes_shows_identities_first() {
         differing,
         [
             "boot.setup_mode",
+            "ceph.osds",
             "dns.hosts",
             "esp[3F2A-91C4]",
             "esp[3F2C-5DE0]",
+            "guest[100]",
+            "guest[101]",
+            "guest[103]",
+            "guest[200]",
+            "guest[203]",
+            "guest[900]",
+            "guest[901]",
             "node.boot_id",
             "node.hostname"
         ]
@@ -304,4 +312,33 @@ fn diff_of_two_seed_nodes_shows_identities_first() {
         flat.get("dns.search").map(String::as_str),
         Some("fritz.box")
     );
+}
+
+/// Guests, OSDs, the monitor role and HA maintenance differ per node by nature: flattened
+/// (for `node diff` and history), never drift.
+#[test]
+fn guests_ceph_and_ha_are_per_node_not_drift() {
+    let mut nodes = seed();
+    let f = node(&mut nodes, "pve-02");
+    f.guests.clear();
+    if let Some(ceph) = f.ceph.as_mut() {
+        ceph.monitor_here = false;
+        ceph.osds_here.clear();
+        ceph.noout = Some(true);
+    }
+    f.ha.maintenance = Some(true);
+    let flat = flatten(&nodes[0].1);
+    assert_eq!(
+        flat.get("guest[100]").map(String::as_str),
+        Some("qemu running, name web-01, onboot, order 2, up 30, ha")
+    );
+    assert_eq!(flat.get("ceph.monitor").map(String::as_str), Some("yes"));
+    assert_eq!(flat.get("ceph.osds").map(String::as_str), Some("0 1"));
+    assert_eq!(flat.get("ha.resources").map(String::as_str), Some("5"));
+    assert_eq!(flat.get("ha.maintenance").map(String::as_str), Some("no"));
+    assert_eq!(drift(&views(&nodes)), []);
+    let rows = diff(&nodes[0].1, &nodes[1].1);
+    assert!(rows
+        .iter()
+        .any(|r| r.key == "ha.maintenance" && r.differs()));
 }

@@ -1,0 +1,274 @@
+//! Proxmox VE's own view of the node: its guests, Ceph and HA.
+//!
+//! Sources (all under the root):
+//! - Guests: this node's configurations in `/etc/pve/nodes/<hostname>/qemu-server/<vmid>.conf`
+//!   and `.../lxc/<vmid>.conf` (current section only), HA membership from
+//!   `/etc/pve/ha/resources.cfg`.
+//! - Whether a guest runs, on a real node (**heuristics**, no process is started):
+//!   - QEMU: `/run/qemu-server/<vmid>.pid` (Debian's `/var/run` is a link to `/run`) names a
+//!     pid that has a `/proc/<pid>` directory. A pid reused by another process after a
+//!     crash would read as running; qemu-server itself also compares the command line.
+//!   - LXC: the container's cgroup `/sys/fs/cgroup/lxc/<vmid>` exists (cgroup v2, PVE 7+).
+//!   - `unknown` when the root has no live `/proc` (no `/proc/1`) or no cgroup v2 file
+//!     system (`/sys/fs/cgroup/cgroup.controllers`), as in a fixture tree.
+//! - A simulated node (`/var/lib/fleetward-sim/` exists; see `executor::simulated`): its
+//!   `guests.json` is the node's runtime: the state (`running`, `stopped`, `migrated`) and
+//!   `location` written there override the heuristics. Guests listed there without a
+//!   configuration file are reported from `guests.json` alone. Marker files give Ceph's
+//!   `noout` (`ceph-noout`) and health (`ceph-unhealthy`), HA maintenance (`maintenance`) and
+//!   disarm (`ha-disarmed`); on a real node these stay unknown unless a file says so.
+//! - Ceph: `/etc/pve/ceph.conf` (`[mon.<hostname>]`, `mon_host`), OSD directories
+//!   `/var/lib/ceph/osd/ceph-<id>` (only their existence is read).
+//! - HA: `/etc/pve/ha/resources.cfg`, `/etc/pve/datacenter.cfg` (`ha: shutdown_policy=`),
+//!   `/etc/pve/ha/manager_status` (`node_status.<node> == "maintenance"`).
+//!
+//! A line that cannot be parsed is an unreadable fact with its file and line; the rest of
+//! the file still counts.
+
+use super::Reader;
+use crate::executor::simulated::{GuestState as SimState, SIM_DIR};
+use crate::parse::pve;
+use fleetward_proto::action::GuestKind;
+use fleetward_proto::{
+    CephFacts, ClusterFacts, DnsFacts, GuestFacts, GuestState, HaFacts, NodeFacts,
+};
+use std::collections::BTreeMap;
+
+const RESOURCES: &str = "/etc/pve/ha/resources.cfg";
+const DATACENTER: &str = "/etc/pve/datacenter.cfg";
+const MANAGER_STATUS: &str = "/etc/pve/ha/manager_status";
+const CEPH_CONF: &str = "/etc/pve/ceph.conf";
+const OSD_DIR: &str = "/var/lib/ceph/osd";
+
+/// Guests, Ceph and HA facts of the node under the reader's root.
+pub(super) fn pve(
+    r: &mut Reader,
+    node: &NodeFacts,
+    dns: &DnsFacts,
+    cluster: &ClusterFacts,
+) -> (Vec<GuestFacts>, Option<CephFacts>, HaFacts) {
+    let host = node
+        .hostname
+        .as_deref()
+        .map(|h| h.split('.').next().unwrap_or(h).to_string())
+        .filter(|h| !h.is_empty());
+    let sim = r.root.is_dir(SIM_DIR);
+    let resources = match r.text(RESOURCES) {
+        Some(text) => {
+            let res = pve::ha_resources(&text);
+            for e in &res.errors {
+                r.unreadable_line(RESOURCES, e.line, &e.message);
+            }
+            res
+        }
+        None => pve::HaResources::default(),
+    };
+    let guests = guests(r, host.as_deref(), sim, &resources);
+    let mut addresses: Vec<&str> = dns.hosts.addresses.iter().map(String::as_str).collect();
+    if let Some(h) = &host {
+        addresses.extend(
+            cluster
+                .members
+                .iter()
+                .filter(|m| &m.name == h)
+                .filter_map(|m| m.ip.as_deref()),
+        );
+    }
+    let ceph = ceph(r, host.as_deref(), &addresses, sim);
+    let ha = ha(r, host.as_deref(), sim, &resources);
+    (guests, ceph, ha)
+}
+
+fn marker(r: &Reader, name: &str) -> bool {
+    r.root.exists(&format!("{SIM_DIR}/{name}"))
+}
+
+fn guests(
+    r: &mut Reader,
+    host: Option<&str>,
+    sim: bool,
+    resources: &pve::HaResources,
+) -> Vec<GuestFacts> {
+    let mut out: BTreeMap<u32, GuestFacts> = BTreeMap::new();
+    if let Some(host) = host {
+        for (kind, sub) in [(GuestKind::Qemu, "qemu-server"), (GuestKind::Lxc, "lxc")] {
+            let dir = format!("/etc/pve/nodes/{host}/{sub}");
+            for name in r.root.list_dir(&dir) {
+                let Some(vmid) = pve::conf_vmid(&name) else {
+                    continue;
+                };
+                let path = format!("{dir}/{name}");
+                if out.contains_key(&vmid) || r.root.is_dir(&path) {
+                    continue;
+                }
+                let Some(text) = r.text(&path) else { continue };
+                let conf = pve::guest_conf(&text);
+                for e in &conf.errors {
+                    r.unreadable_line(&path, e.line, &e.message);
+                }
+                let state = runtime_state(r, kind, vmid);
+                out.insert(
+                    vmid,
+                    GuestFacts {
+                        vmid,
+                        kind,
+                        name: conf.name,
+                        onboot: conf.onboot,
+                        order: conf.startup.order,
+                        up: conf.startup.up,
+                        down: conf.startup.down,
+                        ha: resources.contains(vmid),
+                        state,
+                        location: None,
+                        config: Some(path),
+                    },
+                );
+            }
+        }
+    }
+    if sim {
+        simulated_guests(r, resources, &mut out);
+    }
+    out.into_values().collect()
+}
+
+/// The simulation's `guests.json` is the simulated node's runtime.
+fn simulated_guests(
+    r: &mut Reader,
+    resources: &pve::HaResources,
+    out: &mut BTreeMap<u32, GuestFacts>,
+) {
+    let path = format!("{SIM_DIR}/guests.json");
+    let Some(text) = r.text(&path) else { return };
+    let sim = match pve::sim_guests(&text) {
+        Ok(g) => g,
+        Err(e) => {
+            r.unreadable(&path, e);
+            return;
+        }
+    };
+    for g in sim {
+        let state = match g.state {
+            SimState::Running => GuestState::Running,
+            SimState::Stopped => GuestState::Stopped,
+            SimState::Migrated => GuestState::Migrated,
+        };
+        let facts = out.entry(g.vmid).or_insert_with(|| GuestFacts {
+            vmid: g.vmid,
+            kind: g.kind,
+            name: None,
+            onboot: g.onboot,
+            order: g.order,
+            up: None,
+            down: None,
+            ha: g.ha || resources.contains(g.vmid),
+            state,
+            location: None,
+            config: None,
+        });
+        facts.state = state;
+        facts.location = g.location;
+    }
+}
+
+/// Whether a guest runs on a real node (heuristics; see the module docs).
+fn runtime_state(r: &mut Reader, kind: GuestKind, vmid: u32) -> GuestState {
+    let running = |yes: bool| {
+        if yes {
+            GuestState::Running
+        } else {
+            GuestState::Stopped
+        }
+    };
+    match kind {
+        GuestKind::Qemu => {
+            if !r.root.is_dir("/proc/1") {
+                return GuestState::Unknown;
+            }
+            let pidfile = format!("/run/qemu-server/{vmid}.pid");
+            if !r.root.exists(&pidfile) {
+                return GuestState::Stopped;
+            }
+            let Some(text) = r.text(&pidfile) else {
+                return GuestState::Unknown;
+            };
+            match text.trim().parse::<u32>() {
+                Ok(pid) => running(r.root.is_dir(&format!("/proc/{pid}"))),
+                Err(_) => {
+                    r.unreadable_line(&pidfile, 1, "not a process id");
+                    GuestState::Unknown
+                }
+            }
+        }
+        GuestKind::Lxc => {
+            if !r.root.exists("/sys/fs/cgroup/cgroup.controllers") {
+                return GuestState::Unknown;
+            }
+            running(r.root.is_dir(&format!("/sys/fs/cgroup/lxc/{vmid}")))
+        }
+    }
+}
+
+fn ceph(r: &mut Reader, host: Option<&str>, addresses: &[&str], sim: bool) -> Option<CephFacts> {
+    if !r.root.exists(CEPH_CONF) {
+        return None;
+    }
+    let conf = r
+        .text(CEPH_CONF)
+        .map(|t| pve::ceph_conf(&t))
+        .unwrap_or_default();
+    for e in &conf.errors {
+        r.unreadable_line(CEPH_CONF, e.line, &e.message);
+    }
+    let monitor_here = host.is_some_and(|h| {
+        conf.mon_sections.iter().any(|m| m == h)
+            || conf
+                .mon_host
+                .iter()
+                .any(|a| a == h || addresses.contains(&a.as_str()))
+    });
+    let mut osds_here: Vec<u32> = r
+        .root
+        .list_dir(OSD_DIR)
+        .iter()
+        .filter_map(|name| {
+            let id = name.strip_prefix("ceph-")?;
+            if !id.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            let id: u32 = id.parse().ok()?;
+            r.root.is_dir(&format!("{OSD_DIR}/{name}")).then_some(id)
+        })
+        .collect();
+    osds_here.sort_unstable();
+    Some(CephFacts {
+        monitor_here,
+        osds_here,
+        noout: sim.then(|| marker(r, "ceph-noout")),
+        healthy: sim.then(|| !marker(r, "ceph-unhealthy")),
+    })
+}
+
+fn ha(r: &mut Reader, host: Option<&str>, sim: bool, resources: &pve::HaResources) -> HaFacts {
+    let shutdown_policy = r.text(DATACENTER).and_then(|t| pve::shutdown_policy(&t));
+    let maintenance = if sim {
+        Some(marker(r, "maintenance"))
+    } else {
+        match (host, r.text(MANAGER_STATUS)) {
+            (Some(h), Some(text)) => match pve::manager_status_maintenance(&text, h) {
+                Ok(m) => m,
+                Err(e) => {
+                    r.unreadable(MANAGER_STATUS, e);
+                    None
+                }
+            },
+            _ => None,
+        }
+    };
+    HaFacts {
+        maintenance,
+        disarmed: sim.then(|| marker(r, "ha-disarmed")),
+        resources: u32::try_from(resources.sids.len()).unwrap_or(u32::MAX),
+        shutdown_policy,
+    }
+}
