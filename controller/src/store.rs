@@ -15,6 +15,11 @@
 //! - `tokens`: token id → [`TokenRecord`] JSON (only the sha256 of a token, never plaintext).
 //! - `revocations`: certificate serial → empty.
 //! - `audit`: `generate_id()` (u64 BE, so iteration order is append order) → [`AuditEntry`] JSON.
+//! - `operations`: operation id (`rollout-…`, `shutdown-…`) → the operation's state machine
+//!   state as JSON (the write-ahead journal: written and flushed before any command it
+//!   implies is sent).
+//! - `op_events`: operation id ‖ 0x00 ‖ `generate_id()` (u64 BE) → [`OpEvent`] JSON, the
+//!   operation's event log in append order.
 //!
 //! All times are unix milliseconds passed in by the caller; the store reads no clock.
 //! Every mutating call flushes before returning, so an acknowledged write survives a SIGKILL
@@ -129,8 +134,18 @@ pub struct AuditEntry {
     pub detail: String,
 }
 
+/// One entry of an operation's event log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpEvent {
+    pub time_ms: u64,
+    /// The machine's notice, as JSON.
+    pub event: serde_json::Value,
+}
+
 pub struct Store {
     db: sled::Db,
+    operations: Tree,
+    op_events: Tree,
     nodes: Tree,
     reports: Tree,
     history: Tree,
@@ -261,6 +276,8 @@ impl Store {
             tokens: t("tokens")?,
             revocations: t("revocations")?,
             audit: t("audit")?,
+            operations: t("operations")?,
+            op_events: t("op_events")?,
             db,
         })
     }
@@ -592,6 +609,53 @@ impl Store {
     pub fn list_audit(&self, limit: usize) -> Result<Vec<AuditEntry>> {
         decode_all("audit", self.audit.iter().rev().take(limit))
     }
+
+    // ---- operations (rollouts, shutdowns) ----
+
+    /// Writes an operation's state and its new events, durably, in one flush. The driver
+    /// calls this BEFORE sending the commands the new state implies (write-ahead).
+    pub fn put_operation<T: Serialize>(
+        &self,
+        id: &str,
+        state: &T,
+        events: &[OpEvent],
+    ) -> Result<()> {
+        check_node_name(id)?;
+        for e in events {
+            let mut key = history_prefix(id);
+            key.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
+            self.op_events.insert(key, encode(e))?;
+        }
+        self.operations.insert(id.as_bytes(), encode(state))?;
+        self.flush()
+    }
+
+    pub fn get_operation<T: DeserializeOwned>(&self, id: &str) -> Result<Option<T>> {
+        self.operations
+            .get(id.as_bytes())?
+            .map(|v| decode("operations", id.as_bytes(), &v))
+            .transpose()
+    }
+
+    /// Every stored operation whose id starts with `prefix`, in id order.
+    pub fn list_operations<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<T>> {
+        decode_all("operations", self.operations.scan_prefix(prefix.as_bytes()))
+    }
+
+    /// An operation's event log, oldest first.
+    pub fn op_events(&self, id: &str) -> Result<Vec<OpEvent>> {
+        decode_all("op_events", self.op_events.scan_prefix(history_prefix(id)))
+    }
+
+    /// The latest report's history seq per node (a counter that only grows, across
+    /// restarts): what "a fresh report" is measured against.
+    pub fn latest_report_seq(&self, node: &str) -> Result<Option<u64>> {
+        match self.reports.get(node.as_bytes())? {
+            Some(v) if v.len() == 16 => Ok(Some(be_u64(&v[..8]))),
+            Some(_) => Err(corrupt("reports", node.as_bytes(), "value too short")),
+            None => Ok(None),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -822,6 +886,38 @@ mod tests {
         assert_eq!(s.list_audit(10).unwrap(), vec![audit(9)]);
         // New ids keep increasing across a reopen.
         assert!(s.put_report("n", 8, &report("r2")).unwrap() > seq);
+    }
+
+    #[test]
+    fn operations_and_their_events_roundtrip() {
+        let (dir, s) = fresh();
+        let ev = |t: u64| OpEvent {
+            time_ms: t,
+            event: serde_json::json!({ "event": "x", "t": t }),
+        };
+        s.put_operation("rollout-1", &vec![1u32], &[ev(1), ev(2)])
+            .unwrap();
+        s.put_operation("rollout-1", &vec![1u32, 2], &[ev(3)])
+            .unwrap();
+        s.put_operation("shutdown-1", &vec![9u32], &[]).unwrap();
+        drop(s);
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            s.get_operation::<Vec<u32>>("rollout-1").unwrap(),
+            Some(vec![1, 2])
+        );
+        assert_eq!(
+            s.list_operations::<Vec<u32>>("rollout-").unwrap(),
+            vec![vec![1, 2]]
+        );
+        let times: Vec<u64> = s
+            .op_events("rollout-1")
+            .unwrap()
+            .iter()
+            .map(|e| e.time_ms)
+            .collect();
+        assert_eq!(times, [1, 2, 3]);
+        assert!(s.op_events("rollout-").unwrap().is_empty());
     }
 
     #[test]

@@ -211,13 +211,15 @@ pub fn pre_reboot(
     esp_holds_next_kernel(view, node)
 }
 
-/// After the reboot: the node runs the expected kernel, sees a quorate cluster, and has no
-/// error finding it did not have before it started.
+/// After the reboot: the node runs the expected kernel, sees a quorate cluster, has no
+/// error finding it did not have before it started, and its guests that start on boot are
+/// running again.
 pub fn post_reboot(
     nv: &NodeView,
     node: &str,
     expected_kernel: Option<&str>,
     baseline: &BTreeSet<String>,
+    guests: &BTreeSet<u32>,
 ) -> GateResult {
     if nv.running_kernel.as_deref() != expected_kernel {
         return fail(
@@ -244,6 +246,16 @@ pub fn post_reboot(
         return fail(
             Gate::NewFindings,
             format!("{node} has new error findings: {}", new.join(", ")),
+        );
+    }
+    let missing: Vec<String> = guests
+        .difference(&nv.running_guests)
+        .map(u32::to_string)
+        .collect();
+    if !missing.is_empty() {
+        return fail(
+            Gate::GuestsReturned,
+            format!("{node}: guests not running again: {}", missing.join(", ")),
         );
     }
     Ok(())

@@ -372,11 +372,16 @@ impl Machine<'_> {
                 self.halt(&name, f);
                 return;
             }
-            self.s.nodes[idx].baseline_errors = self
-                .view
-                .nodes
-                .get(&name)
-                .map(|nv| nv.error_findings.clone())
+            let nv = self.view.nodes.get(&name);
+            self.s.nodes[idx].baseline_errors =
+                nv.map(|nv| nv.error_findings.clone()).unwrap_or_default();
+            self.s.nodes[idx].baseline_guests = nv
+                .map(|nv| {
+                    nv.running_guests
+                        .intersection(&nv.onboot_local_guests)
+                        .copied()
+                        .collect()
+                })
                 .unwrap_or_default();
             self.notify(Notice::NodeStarted { node: name });
             self.enter(idx, Phase::MaintenanceOn);
@@ -531,7 +536,8 @@ impl Machine<'_> {
             Phase::PostRebootGate => {
                 let n = &self.s.nodes[idx];
                 let expected = n.expected_kernel.as_deref();
-                let verdict = gates::post_reboot(nv, &name, expected, &n.baseline_errors);
+                let verdict =
+                    gates::post_reboot(nv, &name, expected, &n.baseline_errors, &n.baseline_guests);
                 match verdict {
                     Ok(()) => {
                         self.enter(idx, Phase::MaintenanceOff);

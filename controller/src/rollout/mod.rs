@@ -45,6 +45,7 @@ mod machine;
 mod proptests;
 #[cfg(test)]
 mod tests;
+mod view;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -56,6 +57,7 @@ pub use gates::{
     post_reboot, pre_reboot, preflight, quorum_margin, GateFailure, GateResult, UNSAFE_FINDINGS,
 };
 pub use machine::step;
+pub use view::node_view;
 
 /// Which reboot the plan asks for after the upgrade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -291,6 +293,10 @@ pub struct NodeState {
     pub expected_kernel: Option<String>,
     /// Error findings present when the node started; the post-reboot gate refuses new ones.
     pub baseline_errors: BTreeSet<String>,
+    /// Non-HA `onboot` guests running when the node started: they must be running again
+    /// after the reboot (HA guests come back with maintenance off, after the gate).
+    #[serde(default)]
+    pub baseline_guests: BTreeSet<u32>,
 }
 
 impl NodeState {
@@ -307,6 +313,7 @@ impl NodeState {
             boot_id_before: None,
             expected_kernel: None,
             baseline_errors: BTreeSet::new(),
+            baseline_guests: BTreeSet::new(),
         }
     }
 }
@@ -328,6 +335,8 @@ pub enum Gate {
     RebootReturn,
     RunningKernel,
     NewFindings,
+    /// Guests that ran before the reboot (and start on boot) did not come back.
+    GuestsReturned,
     /// The node's report lacks a fact the machine needs (boot id, next kernel).
     UnknownState,
 }
@@ -484,6 +493,12 @@ pub struct NodeView {
     pub error_findings: BTreeSet<String>,
     /// `None` = no Ceph on this node; `Some(healthy apart from noout)`.
     pub ceph_healthy: Option<bool>,
+    /// VMIDs of guests running on this node.
+    #[serde(default)]
+    pub running_guests: BTreeSet<u32>,
+    /// VMIDs of the node's non-HA guests with `onboot`: the node itself starts them at boot.
+    #[serde(default)]
+    pub onboot_local_guests: BTreeSet<u32>,
 }
 
 /// The cluster as the driver sees it when it calls [`step`]: every cluster member, not

@@ -26,6 +26,8 @@ pub(super) fn healthy_node(name: &str, expected_votes: u32) -> NodeView {
         expected_votes: Some(expected_votes),
         error_findings: BTreeSet::new(),
         ceph_healthy: None,
+        running_guests: BTreeSet::new(),
+        onboot_local_guests: BTreeSet::new(),
     }
 }
 
@@ -343,25 +345,36 @@ fn ceph_and_esp_gates() {
 fn post_reboot_gate() {
     let mut nv = healthy_node("pve1", 3);
     let base = BTreeSet::new();
-    assert!(post_reboot(&nv, "pve1", Some(OLD_KERNEL), &base).is_ok());
+    let none = BTreeSet::new();
+    assert!(post_reboot(&nv, "pve1", Some(OLD_KERNEL), &base, &none).is_ok());
+    let guests: BTreeSet<u32> = [101, 102].into();
+    nv.running_guests = [101].into();
     assert_eq!(
-        post_reboot(&nv, "pve1", Some(NEW_KERNEL), &base)
+        post_reboot(&nv, "pve1", Some(OLD_KERNEL), &base, &guests)
+            .unwrap_err()
+            .gate,
+        Gate::GuestsReturned
+    );
+    nv.running_guests = [101, 102, 103].into();
+    assert!(post_reboot(&nv, "pve1", Some(OLD_KERNEL), &base, &guests).is_ok());
+    assert_eq!(
+        post_reboot(&nv, "pve1", Some(NEW_KERNEL), &base, &none)
             .unwrap_err()
             .gate,
         Gate::RunningKernel
     );
     nv.error_findings.insert("cluster.not-quorate".into());
     assert_eq!(
-        post_reboot(&nv, "pve1", Some(OLD_KERNEL), &base)
+        post_reboot(&nv, "pve1", Some(OLD_KERNEL), &base, &none)
             .unwrap_err()
             .gate,
         Gate::NewFindings
     );
     let base: BTreeSet<String> = ["cluster.not-quorate".to_owned()].into();
-    assert!(post_reboot(&nv, "pve1", Some(OLD_KERNEL), &base).is_ok());
+    assert!(post_reboot(&nv, "pve1", Some(OLD_KERNEL), &base, &none).is_ok());
     nv.quorate = None;
     assert_eq!(
-        post_reboot(&nv, "pve1", Some(OLD_KERNEL), &base)
+        post_reboot(&nv, "pve1", Some(OLD_KERNEL), &base, &none)
             .unwrap_err()
             .gate,
         Gate::Quorum

@@ -1,0 +1,74 @@
+//! What the machine knows about a node, derived from its latest report (pure).
+
+use std::collections::BTreeSet;
+
+use fleetward_proto::{GuestState, Report, Severity};
+
+use super::NodeView;
+
+/// Builds a node's view from its latest report and its session's liveness.
+///
+/// - `next_kernel`/`running_kernel`/`boot_id`: from the report's facts.
+/// - `esp_holds_next_kernel`: with ESPs (proxmox-boot-tool), every ESP is present and lists
+///   the next kernel; without ESPs the next kernel is installed in `/boot`. Unknown next
+///   kernel → false.
+/// - `ceph_healthy`: `None` without Ceph; health the agent cannot know (a real node, which
+///   would need `ceph -s`) counts as **not** healthy: a rollout does not proceed on unknown
+///   state.
+pub fn node_view(
+    report: Option<&Report>,
+    online: bool,
+    last_seen_age_ms: Option<u64>,
+    report_seq: u64,
+) -> NodeView {
+    let mut nv = NodeView {
+        online,
+        last_seen_age_ms,
+        report_seq,
+        ..NodeView::default()
+    };
+    let Some(r) = report else { return nv };
+    let f = &r.facts;
+    nv.boot_id = f.node.boot_id.clone();
+    nv.running_kernel = f.node.running_kernel.clone();
+    nv.next_kernel = f.boot.next_kernel.clone();
+    nv.needs_reboot = f.boot.reboot_required;
+    nv.esp_holds_next_kernel = match &nv.next_kernel {
+        None => false,
+        Some(k) if f.esps.is_empty() => f.boot.installed_kernels.contains(k),
+        Some(k) => f.esps.iter().all(|e| e.present && e.kernels.contains(k)),
+    };
+    nv.quorate = f.cluster.quorate.or(f.cluster.standalone.then_some(true));
+    let host = f
+        .node
+        .hostname
+        .as_deref()
+        .map(|h| h.split('.').next().unwrap_or(h));
+    nv.votes = f
+        .cluster
+        .members
+        .iter()
+        .find(|m| Some(m.name.as_str()) == host)
+        .map(|m| m.votes);
+    nv.expected_votes = f.cluster.expected_votes;
+    nv.error_findings = r
+        .findings
+        .iter()
+        .filter(|x| x.severity == Severity::Error)
+        .map(|x| x.code.clone())
+        .collect();
+    nv.ceph_healthy = f.ceph.as_ref().map(|c| c.healthy.unwrap_or(false));
+    nv.running_guests = f
+        .guests
+        .iter()
+        .filter(|g| g.state == GuestState::Running && g.location.is_none())
+        .map(|g| g.vmid)
+        .collect();
+    nv.onboot_local_guests = f
+        .guests
+        .iter()
+        .filter(|g| g.onboot && !g.ha)
+        .map(|g| g.vmid)
+        .collect::<BTreeSet<u32>>();
+    nv
+}
