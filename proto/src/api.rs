@@ -10,6 +10,7 @@
 //! client/server modules [`agent_service_client`], [`agent_service_server`],
 //! [`operator_service_client`], [`operator_service_server`].
 
+use crate::action::{self, ActionRequest};
 use crate::report;
 
 #[allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]
@@ -84,6 +85,64 @@ impl ControllerMessage {
     /// Wrap a payload: `ControllerMessage::new(controller_message::Kind::Close(..))`.
     pub fn new(kind: controller_message::Kind) -> Self {
         Self { kind: Some(kind) }
+    }
+}
+
+/// An action command whose action cannot be run: its JSON does not parse as an
+/// [`action::Action`], or its arguments fail [`action::Action::validate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidAction(pub String);
+
+impl std::fmt::Display for InvalidAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "invalid action: {}", self.0)
+    }
+}
+
+impl std::error::Error for InvalidAction {}
+
+impl Command {
+    /// The command that asks an agent to run `req` (its `id` becomes the `command_id`, the
+    /// idempotency key `operation/node/step/attempt`).
+    pub fn action(req: &ActionRequest) -> Self {
+        Self {
+            command_id: req.id.clone(),
+            kind: Some(command::Kind::Action(command::Action::new(&req.action))),
+        }
+    }
+
+    /// A refresh command (inspect now, send a report).
+    pub fn refresh(command_id: impl Into<String>) -> Self {
+        Self {
+            command_id: command_id.into(),
+            kind: Some(command::Kind::Refresh(command::Refresh {})),
+        }
+    }
+}
+
+impl command::Action {
+    /// Carries `action` as its canonical JSON.
+    pub fn new(action: &action::Action) -> Self {
+        Self {
+            // Serializing a plain enum of strings and integers cannot fail.
+            action_json: serde_json::to_string(action).unwrap_or_default(),
+        }
+    }
+
+    /// The carried action, parsed and validated.
+    pub fn parse(&self) -> Result<action::Action, InvalidAction> {
+        let a: action::Action =
+            serde_json::from_str(&self.action_json).map_err(|e| InvalidAction(e.to_string()))?;
+        a.validate().map_err(InvalidAction)?;
+        Ok(a)
+    }
+
+    /// The request to execute: the carried action under `command_id`.
+    pub fn request(&self, command_id: &str) -> Result<ActionRequest, InvalidAction> {
+        Ok(ActionRequest {
+            id: command_id.to_owned(),
+            action: self.parse()?,
+        })
     }
 }
 
@@ -174,6 +233,43 @@ mod tests {
             }));
         let decoded = ControllerMessage::decode(close.encode_to_vec().as_slice()).unwrap();
         assert_eq!(decoded, close);
+    }
+
+    #[test]
+    fn action_commands_round_trip_and_reject_bad_actions() {
+        let req = ActionRequest {
+            id: "roll-1/pve-01/reboot/1".into(),
+            action: action::Action::GuestStop {
+                vmid: 101,
+                kind: action::GuestKind::Qemu,
+                timeout_secs: 60,
+                force: false,
+            },
+        };
+        let cmd = Command::action(&req);
+        assert_eq!(cmd.command_id, req.id);
+        let decoded = Command::decode(cmd.encode_to_vec().as_slice()).unwrap();
+        let Some(command::Kind::Action(a)) = decoded.kind else {
+            panic!("not an action: {decoded:?}");
+        };
+        assert_eq!(a.request(&decoded.command_id).unwrap(), req);
+
+        let bad = |json: &str| {
+            command::Action {
+                action_json: json.into(),
+            }
+            .parse()
+            .unwrap_err()
+        };
+        assert!(bad("{").to_string().starts_with("invalid action: "));
+        assert!(bad(r#"{"action":"rm-rf"}"#).0.contains("rm-rf"));
+        assert!(bad(r#"{"action":"guest-start","vmid":1,"kind":"lxc"}"#)
+            .0
+            .contains("VMID"));
+        assert_eq!(
+            Command::refresh("r").kind,
+            Some(command::Kind::Refresh(command::Refresh {}))
+        );
     }
 
     #[test]

@@ -23,10 +23,22 @@
 //!   (`state: "migrated"`, no `location`) and come back running on maintenance-off.
 //! - **wait-guests-migrated**: succeeds when no HA guest runs here (the simulation moves
 //!   them instantly, so there is nothing to wait for; fails otherwise).
+//! - **apt-update**: writes what `apt-get update` would download: the apt list
+//!   [`SIM_LISTS_FILE`] (`/var/lib/apt/lists/fleetward-sim_..._Packages`) offers every
+//!   package of `pending.json` at its version and, for a pending kernel `K` (e.g.
+//!   `6.14.11-1-pve`, package version `6.14.11-1`), `proxmox-kernel-K-signed` and the meta
+//!   packages that pull it in on a real node (`proxmox-kernel-6.14`, `proxmox-default-kernel`).
+//!   So `inspect`'s `apt.upgradable` lists the pending packages that are installed (apt
+//!   only upgrades installed packages), and `apt.upgrade_needs_reboot` is true when one of
+//!   them needs a reboot — a pending kernel shows when the node has its series meta
+//!   package or `proxmox-default-kernel` installed (as every real node has), or when
+//!   `pending.json` lists a reboot package such as `proxmox-ve`. Without `pending.json` the
+//!   list is empty (nothing new). Other `*_Packages` files are left alone.
 //! - **apt-dist-upgrade**: applies `pending.json`: the kernel's `/boot/vmlinuz-K`,
 //!   `initrd.img-K` and `config-K`, its package `proxmox-kernel-K-signed`, and every listed
-//!   package are added to or updated in `/var/lib/dpkg/status`; then `pending.json` is
-//!   removed (a second upgrade installs nothing).
+//!   package are added to or updated in `/var/lib/dpkg/status` (the kernel's meta packages
+//!   too, where installed); then `pending.json` is removed (a second upgrade installs
+//!   nothing).
 //! - **boot-refresh**: without `/etc/kernel/proxmox-boot-uuids` nothing to sync (as the real
 //!   tool); with it, records the kernels in `/boot` in `esp-synced`.
 //! - **reboot**: the next kernel (`/etc/kernel/next-boot-pin`, consumed; else
@@ -61,6 +73,34 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// The simulation's state directory, as a node path under the root.
 pub const SIM_DIR: &str = "/var/lib/fleetward-sim";
 pub const ESP_LIST: &str = "/etc/kernel/proxmox-boot-uuids";
+/// The apt list the simulated `apt-update` writes (a node path).
+pub const SIM_LISTS_FILE: &str =
+    "/var/lib/apt/lists/fleetward-sim_dists_stable_main_binary-amd64_Packages";
+
+/// The package version of kernel release `k` (`6.14.11-1-pve` -> `6.14.11-1`).
+fn kernel_version(k: &str) -> String {
+    k.trim_end_matches("-pve").to_owned()
+}
+
+/// The packages a pending kernel `k` brings, with their versions: the kernel image package
+/// and the meta packages that depend on it on a real node (series meta such as
+/// `proxmox-kernel-6.14`, and `proxmox-default-kernel`).
+fn kernel_packages(k: &str) -> Vec<(String, String)> {
+    let v = kernel_version(k);
+    let mut out = vec![(format!("proxmox-kernel-{k}-signed"), v.clone())];
+    let series: Vec<&str> = k.split('.').take(2).collect();
+    if series.len() == 2 {
+        let minor: String = series[1]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        if !minor.is_empty() {
+            out.push((format!("proxmox-kernel-{}.{minor}", series[0]), v.clone()));
+        }
+    }
+    out.push(("proxmox-default-kernel".to_owned(), v));
+    out
+}
 
 /// A guest of the simulated node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -404,7 +444,7 @@ impl SimulatedExecutor {
             say(format!("installed kernel {k} into /boot"));
             let pkg = format!("proxmox-kernel-{k}-signed");
             if !packages.iter().any(|(n, _)| *n == pkg) {
-                packages.push((pkg, k.trim_end_matches("-pve").to_owned()));
+                packages.push((pkg, kernel_version(k)));
             }
             if self.path(ESP_LIST).exists() {
                 say(format!(
@@ -419,12 +459,71 @@ impl SimulatedExecutor {
             Err(e) if e.kind() == ErrorKind::NotFound => String::new(),
             Err(e) => return Err(format!("{}: {e}", status_path.display())),
         };
+        if let Some(k) = &pending.kernel {
+            // The kernel's meta packages move with it, where installed (as apt would).
+            let installed = control::dpkg_installed(&status);
+            for (name, v) in kernel_packages(k).into_iter().skip(1) {
+                if installed.iter().any(|p| p.name == name)
+                    && !packages.iter().any(|(n, _)| *n == name)
+                {
+                    packages.push((name, v));
+                }
+            }
+        }
         self.write(&status_path, &dpkg_install(&status, &packages))?;
         for (n, v) in &packages {
             say(format!("Setting up {n} ({v}) ..."));
         }
         say(format!("{} upgraded or newly installed", packages.len()));
         self.remove(&pending_path)?;
+        Ok(())
+    }
+
+    /// What `pending.json` says, or `None` when nothing is pending.
+    fn pending(&self) -> Result<Option<Pending>, String> {
+        let path = self.sim("pending.json");
+        match fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| format!("{}: {e}", path.display())),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        }
+    }
+
+    /// Writes [`SIM_LISTS_FILE`]: what the mirror offers (see the module docs).
+    fn apt_update(&self, say: Say) -> Result<(), String> {
+        let pending = self.pending()?.unwrap_or_default();
+        let mut offered: Vec<(String, String)> = pending
+            .packages
+            .iter()
+            .map(|p| (p.package.clone(), p.version.clone()))
+            .collect();
+        if let Some(k) = &pending.kernel {
+            if k.is_empty() || k.contains(['/', '\0', '\n']) || k.starts_with('.') {
+                return Err(format!("pending.json: invalid kernel release {k:?}"));
+            }
+            for (name, v) in kernel_packages(k) {
+                if !offered.iter().any(|(n, _)| *n == name) {
+                    offered.push((name, v));
+                }
+            }
+        }
+        let mut text = String::new();
+        for (name, v) in &offered {
+            if name.contains(['\n', ':']) || v.contains('\n') {
+                return Err(format!("pending.json: invalid package {name:?} {v:?}"));
+            }
+            text.push_str(&format!(
+                "Package: {name}\nVersion: {v}\nArchitecture: amd64\n\n"
+            ));
+        }
+        self.write(&self.path(SIM_LISTS_FILE), &text)?;
+        say("Hit:1 http://download.proxmox.com/debian/pve stable InRelease (simulated)".into());
+        say(format!(
+            "Reading package lists... Done ({} packages offered by the simulation)",
+            offered.len()
+        ));
         Ok(())
     }
 
@@ -499,6 +598,11 @@ impl SimulatedExecutor {
             say(format!("started at boot: {}", ids.join(", ")));
         }
         Ok(())
+    }
+
+    /// The node was powered off (`power-off` ran and no boot since).
+    pub fn powered_off(&self) -> bool {
+        self.sim("powered-off").exists()
     }
 
     /// Powers a node on after `power-off` (for the startup side of tests and demos).
@@ -590,10 +694,7 @@ impl SimulatedExecutor {
                     ))
                 }
             }
-            Action::AptUpdate => {
-                say("simulated: package lists updated".into());
-                Ok(())
-            }
+            Action::AptUpdate => self.apt_update(say),
             Action::AptDistUpgrade => self.dist_upgrade(say),
             Action::BootRefresh => self.boot_refresh(say),
             Action::CephSetNoout => self.marker("ceph-noout", true, say),
@@ -774,6 +875,66 @@ mod tests {
         assert_eq!(read(&exec, "/var/lib/dpkg/status"), status);
         // Not rebooted yet.
         assert_eq!(read(&exec, "/proc/sys/kernel/osrelease"), "6.14.8-2-pve\n");
+    }
+
+    #[test]
+    fn executor_sim_apt_update_makes_pending_upgrades_visible_to_inspect() {
+        use crate::root::Root;
+        let (_tmp, exec) = tiny_node();
+        // A real node has its kernel series' meta package installed.
+        let status = read(&exec, "/var/lib/dpkg/status")
+            + "Package: proxmox-kernel-6.14\nStatus: install ok installed\n\
+               Architecture: all\nVersion: 6.14.8-2\n\n";
+        fs::write(exec.path("/var/lib/dpkg/status"), status).unwrap();
+        let upgradable = |exec: &SimulatedExecutor| {
+            let apt = crate::inspect::inspect(&Root::new(&exec.root)).facts.apt;
+            let list: Vec<(String, String, String)> = apt
+                .upgradable
+                .into_iter()
+                .map(|u| (u.package, u.installed, u.candidate))
+                .collect();
+            (list, apt.upgrade_needs_reboot)
+        };
+        assert_eq!(upgradable(&exec), (vec![], false));
+
+        let o = run(&exec, "u", Action::AptUpdate);
+        assert!(o.ok, "{o:?}");
+        let s = |a: &str| a.to_string();
+        let (list, reboot) = upgradable(&exec);
+        assert_eq!(
+            list,
+            [
+                (s("proxmox-kernel-6.14"), s("6.14.8-2"), s("6.14.11-1")),
+                (s("pve-manager"), s("9.0.11"), s("9.0.15")),
+            ]
+        );
+        assert!(reboot, "a pending kernel needs a reboot");
+
+        // After the upgrade nothing is upgradable any more, and a new update keeps it so.
+        assert!(run(&exec, "d", Action::AptDistUpgrade).ok);
+        assert_eq!(upgradable(&exec), (vec![], false));
+        assert!(run(&exec, "u2", Action::AptUpdate).ok);
+        assert_eq!(upgradable(&exec), (vec![], false));
+        assert_eq!(read(&exec, SIM_LISTS_FILE), "");
+
+        // Without a kernel, only the listed packages; no reboot needed for pve-manager.
+        fs::write(
+            exec.sim("pending.json"),
+            r#"{"packages": [{"package": "pve-manager", "version": "9.1.0"}]}"#,
+        )
+        .unwrap();
+        assert!(run(&exec, "u3", Action::AptUpdate).ok);
+        let (list, reboot) = upgradable(&exec);
+        assert_eq!(list, [(s("pve-manager"), s("9.0.15"), s("9.1.0"))]);
+        assert!(!reboot);
+
+        // Bad input fails without writing a broken list.
+        fs::write(
+            exec.sim("pending.json"),
+            r#"{"packages": [{"package": "x\nPackage: y", "version": "1"}]}"#,
+        )
+        .unwrap();
+        assert!(!run(&exec, "u4", Action::AptUpdate).ok);
     }
 
     #[test]
