@@ -49,6 +49,60 @@ pub struct Config {
     pub metrics_listen: Option<String>,
     #[serde(default)]
     pub metrics_allow_remote: bool,
+    /// The Proxmox node this controller runs on: a rollout takes it last (alone), a
+    /// shutdown powers it off last.
+    #[serde(default)]
+    pub host_node: Option<String>,
+    /// Rollout and shutdown events are POSTed here as JSON (plain `http://` only).
+    #[serde(default)]
+    pub webhook: Option<String>,
+    #[serde(default)]
+    pub rollout: RolloutConfig,
+}
+
+/// Timeouts of rolling updates. Every timeout halts the rollout (nothing proceeds on
+/// unknown state); the defaults suit real nodes, tests and the demo shorten them.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RolloutConfig {
+    /// Waiting for one action's result (an upgrade can take long).
+    pub action_timeout_secs: u64,
+    /// Waiting for a fresh report after the upgrade.
+    pub refresh_timeout_secs: u64,
+    /// Waiting for a rebooted node to come back with a new boot id.
+    pub reboot_timeout_secs: u64,
+    /// Waiting for the post-reboot gate to pass.
+    pub post_reboot_timeout_secs: u64,
+    /// A node not heard from for longer counts as offline.
+    pub max_silence_secs: u64,
+    /// How often the driver re-evaluates (and checks timeouts), milliseconds.
+    pub tick_ms: u64,
+    /// What happens to running guests that are not managed by HA: `shutdown` (the
+    /// node's own reboot shuts them down; `onboot` guests start again) or `refuse`
+    /// (the node is not started while any runs).
+    pub non_ha_guests: NonHaGuests,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum NonHaGuests {
+    #[default]
+    Shutdown,
+    Refuse,
+}
+
+impl Default for RolloutConfig {
+    fn default() -> Self {
+        RolloutConfig {
+            action_timeout_secs: 2 * 3600,
+            refresh_timeout_secs: 300,
+            reboot_timeout_secs: 1200,
+            post_reboot_timeout_secs: 600,
+            max_silence_secs: 120,
+            tick_ms: 1000,
+            non_ha_guests: NonHaGuests::Shutdown,
+        }
+    }
 }
 
 fn default_listen() -> String {
@@ -80,6 +134,9 @@ impl Config {
             policy: None,
             metrics_listen: None,
             metrics_allow_remote: false,
+            host_node: None,
+            webhook: None,
+            rollout: RolloutConfig::default(),
         }
     }
 
@@ -121,7 +178,14 @@ impl Config {
              # The desired state (see packaging/policy/seed.toml); reloaded on SIGHUP.\n\
              # policy = \"/etc/fleetward/policy.toml\"\n\
              # Prometheus metrics over plain HTTP (off by default; loopback only).\n\
-             # metrics_listen = \"127.0.0.1:9464\"\n",
+             # metrics_listen = \"127.0.0.1:9464\"\n\
+             # The Proxmox node this controller runs on (rollouts take it last).\n\
+             # host_node = \"pve-01\"\n\
+             # Rollout/shutdown events POSTed as JSON (plain http).\n\
+             # webhook = \"http://127.0.0.1:8080/fleetward\"\n\
+             # [rollout]\n\
+             # reboot_timeout_secs = 1200\n\
+             # non_ha_guests = \"shutdown\"   # or \"refuse\"\n",
             self.name,
             self.listen,
             self.agent_cert_secs,

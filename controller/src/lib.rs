@@ -9,11 +9,15 @@
 
 pub mod cli;
 pub mod config;
+pub mod events;
 pub mod fleet;
 pub mod init;
 pub mod metrics;
+pub mod orchestrate;
 pub mod paths;
 pub mod rollout;
 pub mod serve;
 pub mod server;
 pub mod store;
+pub mod webhook;
+pub mod window;

@@ -110,6 +110,8 @@ pub async fn run(
         metrics,
     } = loaded;
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    // The rollout driver resumes an unfinished rollout from the store before serving.
+    controller.set_rollouts(crate::orchestrate::spawn(controller.clone()));
     if let Some(addr) = metrics {
         let listener = bind(&addr.to_string()).await?;
         tracing::info!(%addr, "metrics listening (plain HTTP, GET /metrics)");

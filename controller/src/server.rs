@@ -47,6 +47,8 @@ pub struct Caller {
     pub serial: String,
 }
 
+use crate::events::{AgentEvent, AgentEventKind};
+
 /// A report's facts flattened (`fleet::flatten`).
 type Flat = BTreeMap<String, String>;
 
@@ -80,6 +82,12 @@ pub struct Controller {
     /// flattened once (to find what changed) rather than flattening the previous one again.
     flats: Mutex<HashMap<String, Arc<Flat>>>,
     policy: RwLock<Option<Arc<LoadedPolicy>>>,
+    /// Session events for the orchestration drivers.
+    events: tokio::sync::broadcast::Sender<AgentEvent>,
+    /// The rollout driver, once `serve` started it.
+    rollouts: std::sync::OnceLock<crate::orchestrate::Rollouts>,
+    /// Each node's latest report's store seq: only grows, also across restarts.
+    report_seqs: Mutex<HashMap<String, u64>>,
 }
 
 /// The policy in force and where it came from.
@@ -204,7 +212,11 @@ impl Controller {
         policy: Option<LoadedPolicy>,
     ) -> Result<Arc<Self>, StoreError> {
         let mut latest = BTreeMap::new();
+        let mut report_seqs = HashMap::new();
         for rec in store.list_nodes()? {
+            if let Some(seq) = store.latest_report_seq(&rec.name)? {
+                report_seqs.insert(rec.name.clone(), seq);
+            }
             if let Some((_, report)) = store.latest_report(&rec.name)? {
                 latest.insert(rec.name, Arc::new(report));
             }
@@ -220,6 +232,9 @@ impl Controller {
             counter: AtomicU64::new(0),
             latest: RwLock::new(latest),
             flats: Mutex::new(HashMap::new()),
+            events: tokio::sync::broadcast::channel(crate::events::CAPACITY).0,
+            report_seqs: Mutex::new(report_seqs),
+            rollouts: std::sync::OnceLock::new(),
             policy: RwLock::new(policy.map(Arc::new)),
         }))
     }
@@ -332,6 +347,84 @@ impl Controller {
         }
         let latest = self.latest.read().unwrap_or_else(|e| e.into_inner());
         latest.get(node).map(|p| Arc::new(fleet::flatten(&p.facts)))
+    }
+
+    /// Session events (connect, disconnect, report, command ack/output/result).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<AgentEvent> {
+        self.events.subscribe()
+    }
+
+    fn publish(&self, node: &str, kind: AgentEventKind) {
+        // No subscriber is fine: nobody is orchestrating.
+        let _ = self.events.send(AgentEvent {
+            node: node.to_string(),
+            kind,
+        });
+    }
+
+    /// Sends a command on the node's open session; an error when it is not connected.
+    pub fn send_command(&self, node: &str, cmd: api::Command) -> Result<(), String> {
+        let tx = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(node)
+            .map(|h| h.tx.clone())
+            .ok_or_else(|| format!("node {node} is not connected"))?;
+        tx.try_send(Ok(ControllerMessage::new(
+            controller_message::Kind::Command(cmd),
+        )))
+        .map_err(|e| format!("node {node}: {e}"))
+    }
+
+    /// Whether the node has an open session.
+    pub fn is_online(&self, node: &str) -> bool {
+        self.online(node)
+    }
+
+    /// The node's latest report (parsed) and its store seq.
+    pub fn latest(&self, node: &str) -> Option<(Arc<Report>, u64)> {
+        let report = self
+            .latest
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(node)
+            .cloned()?;
+        let seq = self
+            .report_seqs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(node)
+            .copied()
+            .unwrap_or(0);
+        Some((report, seq))
+    }
+
+    /// When the node was last heard from (report, heartbeat, any message), unix ms.
+    pub fn last_seen_ms(&self, rec: &NodeRecord) -> Option<u64> {
+        self.last_seen(rec)
+    }
+
+    /// Writes to the audit log (for drivers acting on the operator's behalf).
+    pub fn audit_event(&self, actor: &str, action: &str, target: &str, detail: String) {
+        if let Err(e) = self.audit(actor, action, target, detail) {
+            tracing::error!(error = %e.message(), "cannot write the audit log");
+        }
+    }
+
+    /// Connects the operator API to the rollout driver (once, from `serve`).
+    pub fn set_rollouts(&self, r: crate::orchestrate::Rollouts) {
+        let _ = self.rollouts.set(r);
+    }
+
+    fn rollouts(&self) -> Result<&crate::orchestrate::Rollouts, Status> {
+        self.rollouts
+            .get()
+            .ok_or_else(|| Status::unavailable("the rollout driver is not running"))
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
     }
 
     pub fn store(&self) -> &Store {
@@ -606,6 +699,7 @@ impl AgentService for AgentApi {
         tokio::spawn(async move {
             let end = drive_session(&ctl, &node, inbound, &tx, killed).await;
             ctl.unregister(&node, id);
+            ctl.publish(&node, AgentEventKind::Disconnected);
             match end {
                 Ok(()) => tracing::info!(node = %node, "session closed"),
                 Err(status) => {
@@ -662,8 +756,9 @@ async fn drive_session(
             Some(Kind::Hello(h)) => {
                 let mut rec = ctl.node_enrolled(node)?;
                 rec.agent_version = Some(h.agent_version);
-                rec.boot_id = Some(h.boot_id);
+                rec.boot_id = Some(h.boot_id.clone());
                 ctl.store.upsert_node(&rec).map_err(internal)?;
+                ctl.publish(node, AgentEventKind::Connected { boot_id: h.boot_id });
             }
             Some(Kind::Report(r)) => {
                 let report = r
@@ -693,7 +788,11 @@ async fn drive_session(
                         .collect(),
                     None => Vec::new(),
                 };
-                ctl.writer.write(node, now, r.report_json, changes).await?;
+                let seq = ctl.writer.write(node, now, r.report_json, changes).await?;
+                ctl.report_seqs
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(node.to_string(), seq);
                 ctl.latest
                     .write()
                     .unwrap_or_else(|e| e.into_inner())
@@ -702,6 +801,7 @@ async fn drive_session(
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(node.to_string(), flat);
+                ctl.publish(node, AgentEventKind::Report);
                 send(controller_message::Kind::ReportAck(
                     controller_message::ReportAck { seq: r.seq },
                 ))
@@ -714,10 +814,30 @@ async fn drive_session(
                 .await?;
             }
             Some(Kind::CommandAck(a)) => {
-                tracing::info!(node, command = %a.command_id, "command acknowledged")
+                tracing::info!(node, command = %a.command_id, "command acknowledged");
+                ctl.publish(node, AgentEventKind::CommandAck { id: a.command_id });
+            }
+            Some(Kind::CommandOutput(o)) => {
+                ctl.publish(
+                    node,
+                    AgentEventKind::CommandOutput {
+                        id: o.command_id,
+                        line: o.line,
+                    },
+                );
             }
             Some(Kind::CommandResult(r)) => {
-                tracing::info!(node, command = %r.command_id, ok = r.ok, message = %r.message, "command finished")
+                tracing::info!(node, command = %r.command_id, ok = r.ok, message = %r.message, "command finished");
+                ctl.publish(
+                    node,
+                    AgentEventKind::CommandResult {
+                        id: r.command_id,
+                        ok: r.ok,
+                        message: r.message,
+                        exit_code: r.exit_code,
+                        replayed: r.replayed,
+                    },
+                );
             }
             None => return Err(Status::invalid_argument("empty agent message")),
         }
@@ -1222,6 +1342,143 @@ impl OperatorService for OperatorApi {
         });
         Ok(Response::new(api::RenderReportResponse { text }))
     }
+
+    async fn rollout_plan(
+        &self,
+        req: Request<api::RolloutRequest>,
+    ) -> Result<Response<api::RolloutPlanResponse>, Status> {
+        let ctl = &self.0;
+        let caller = ctl.authorize(&req, Role::Operator)?;
+        let r = req.into_inner();
+        if r.refresh_lists {
+            refresh_lists(ctl, &caller, &plan_nodes(ctl, &r.nodes)?).await?;
+        }
+        let plan = rollout_plan(ctl, &r)?;
+        let view = crate::orchestrate::cluster_view(ctl);
+        let latest: Vec<(String, Arc<Report>)> = plan
+            .nodes
+            .iter()
+            .filter_map(|n| ctl.latest(n).map(|(r, _)| (n.clone(), r)))
+            .collect();
+        let reports = latest.iter().map(|(n, r)| (n.clone(), r.as_ref())).collect();
+        let dry = crate::rollout::dry_run(&plan, &view, &reports);
+        Ok(Response::new(api::RolloutPlanResponse {
+            plan_json: serde_json::to_string(&dry).map_err(internal)?,
+        }))
+    }
+
+    async fn rollout_start(
+        &self,
+        req: Request<api::RolloutRequest>,
+    ) -> Result<Response<api::RolloutStatusResponse>, Status> {
+        let ctl = &self.0;
+        let caller = ctl.authorize(&req, Role::Operator)?;
+        let r = req.into_inner();
+        let plan = rollout_plan(ctl, &r)?;
+        let refused = crate::orchestrate::refused_guests(ctl, &plan.nodes);
+        if !refused.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "non_ha_guests = \"refuse\": {}",
+                refused.join("; ")
+            )));
+        }
+        let window = (!r.window.trim().is_empty()).then(|| r.window.trim().to_string());
+        if let Some(w) = &window {
+            crate::window::Window::parse(w).map_err(Status::invalid_argument)?;
+        }
+        ctl.audit(
+            &caller.identity.name,
+            "rollout.start",
+            &plan.id,
+            format!(
+                "nodes {} max-unavailable {}{}",
+                plan.nodes.join(","),
+                plan.max_unavailable,
+                window.as_deref().map(|w| format!(" window {w}")).unwrap_or_default()
+            ),
+        )?;
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        ctl.rollouts()?
+            .request(crate::orchestrate::Request::Start {
+                plan,
+                window,
+                actor: caller.identity.name.clone(),
+                reply,
+            })
+            .await
+            .map_err(Status::unavailable)?;
+        let rollout = rx
+            .await
+            .map_err(|_| Status::unavailable("the rollout driver stopped"))?
+            .map_err(Status::failed_precondition)?;
+        rollout_status(ctl, &rollout).await
+    }
+
+    async fn rollout_status(
+        &self,
+        req: Request<api::RolloutStatusRequest>,
+    ) -> Result<Response<api::RolloutStatusResponse>, Status> {
+        let ctl = &self.0;
+        ctl.authorize(&req, Role::Operator)?;
+        let id = req.into_inner().id;
+        let rollout = find_rollout(ctl, &id)?;
+        rollout_status(ctl, &rollout).await
+    }
+
+    async fn rollout_control(
+        &self,
+        req: Request<api::RolloutControlRequest>,
+    ) -> Result<Response<api::RolloutStatusResponse>, Status> {
+        use crate::rollout::Event;
+        let ctl = &self.0;
+        let caller = ctl.authorize(&req, Role::Operator)?;
+        let r = req.into_inner();
+        let event = match r.action.as_str() {
+            "pause" => Event::Pause,
+            "resume" => Event::Resume,
+            "abort" => Event::Abort,
+            "skip" if !r.node.is_empty() => Event::Skip { node: r.node },
+            "skip" => return Err(Status::invalid_argument("skip needs a node")),
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown rollout action {other:?} (pause, resume, abort, skip)"
+                )))
+            }
+        };
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        ctl.rollouts()?
+            .request(crate::orchestrate::Request::Control {
+                id: (!r.id.is_empty()).then_some(r.id),
+                event,
+                actor: caller.identity.name.clone(),
+                reply,
+            })
+            .await
+            .map_err(Status::unavailable)?;
+        let rollout = rx
+            .await
+            .map_err(|_| Status::unavailable("the rollout driver stopped"))?
+            .map_err(Status::failed_precondition)?;
+        rollout_status(ctl, &rollout).await
+    }
+
+    async fn rollout_list(
+        &self,
+        req: Request<api::RolloutListRequest>,
+    ) -> Result<Response<api::RolloutListResponse>, Status> {
+        let ctl = &self.0;
+        ctl.authorize(&req, Role::Operator)?;
+        let mut all: Vec<crate::orchestrate::Rollout> = ctl
+            .store
+            .list_operations(crate::orchestrate::ROLLOUT_PREFIX)
+            .map_err(internal)?;
+        all.sort_by_key(|r| r.created_ms);
+        let states_json = all
+            .iter()
+            .map(|r| serde_json::to_string(r).map_err(internal))
+            .collect::<Result<_, _>>()?;
+        Ok(Response::new(api::RolloutListResponse { states_json }))
+    }
 }
 
 /// Read a certificate's expiry as unix ms (for records of certificates we did not sign
@@ -1244,4 +1501,137 @@ fn policy_text(p: Option<&LoadedPolicy>) -> api::PolicyText {
         path: p.map_or(String::new(), |l| l.path.display().to_string()),
         toml: p.map_or(String::new(), |l| l.text.clone()),
     }
+}
+
+/// The plan's nodes: the requested ones (each must be enrolled), or every enrolled, not
+/// revoked node.
+fn plan_nodes(ctl: &Controller, nodes: &[String]) -> Result<Vec<String>, Status> {
+    if nodes.is_empty() {
+        return Ok(ctl
+            .store
+            .list_nodes()
+            .map_err(internal)?
+            .into_iter()
+            .filter(|n| !n.revoked)
+            .map(|n| n.name)
+            .collect());
+    }
+    for n in nodes {
+        ctl.node_enrolled(n)?;
+    }
+    Ok(nodes.to_vec())
+}
+
+fn rollout_plan(ctl: &Controller, r: &api::RolloutRequest) -> Result<crate::rollout::Plan, Status> {
+    let nodes = plan_nodes(ctl, &r.nodes)?;
+    let reboot = crate::orchestrate::reboot_policy(&r.reboot).map_err(Status::invalid_argument)?;
+    let id = format!("{}{}", crate::orchestrate::ROLLOUT_PREFIX, now_ms());
+    let mut plan = crate::rollout::Plan::new(
+        id,
+        nodes,
+        r.max_unavailable.max(1) as usize,
+        ctl.cfg.host_node.clone(),
+        reboot,
+    )
+    .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    plan.timeouts = crate::orchestrate::timeouts(&ctl.cfg.rollout);
+    Ok(plan)
+}
+
+fn find_rollout(ctl: &Controller, id: &str) -> Result<crate::orchestrate::Rollout, Status> {
+    if !id.is_empty() {
+        return ctl
+            .store
+            .get_operation(id)
+            .map_err(internal)?
+            .ok_or_else(|| not_found("rollout", id));
+    }
+    let all: Vec<crate::orchestrate::Rollout> = ctl
+        .store
+        .list_operations(crate::orchestrate::ROLLOUT_PREFIX)
+        .map_err(internal)?;
+    all.into_iter()
+        .max_by_key(|r| r.created_ms)
+        .ok_or_else(|| Status::not_found("there is no rollout yet"))
+}
+
+async fn rollout_status(
+    ctl: &Controller,
+    rollout: &crate::orchestrate::Rollout,
+) -> Result<Response<api::RolloutStatusResponse>, Status> {
+    let events = ctl
+        .store
+        .op_events(&rollout.state.plan.id)
+        .map_err(internal)?;
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    let output = match ctl.rollouts() {
+        Ok(r) => {
+            let _ = r.request(crate::orchestrate::Request::Output { reply }).await;
+            rx.await.unwrap_or_default()
+        }
+        Err(_) => BTreeMap::new(),
+    };
+    Ok(Response::new(api::RolloutStatusResponse {
+        state_json: serde_json::to_string(rollout).map_err(internal)?,
+        events_json: serde_json::to_string(&events).map_err(internal)?,
+        output_json: serde_json::to_string(&output).map_err(internal)?,
+    }))
+}
+
+/// `rollout plan --refresh-lists`: `apt-get update` on every node through its executor,
+/// then wait (bounded) for the results and a fresh report from each.
+async fn refresh_lists(ctl: &Controller, caller: &Caller, nodes: &[String]) -> Result<(), Status> {
+    use crate::events::AgentEventKind as K;
+    let mut events = ctl.subscribe();
+    let stamp = now_ms();
+    let mut waiting: HashMap<String, String> = HashMap::new();
+    for n in nodes {
+        let req = fleetward_proto::action::ActionRequest {
+            id: format!("plan-{stamp}/{n}/apt-update/1"),
+            action: fleetward_proto::action::Action::AptUpdate,
+        };
+        ctl.send_command(n, api::Command::action(&req))
+            .map_err(Status::failed_precondition)?;
+        waiting.insert(n.clone(), req.id);
+    }
+    ctl.audit(
+        &caller.identity.name,
+        "rollout.refresh-lists",
+        &nodes.join(","),
+        String::new(),
+    )?;
+    let deadline = tokio::time::Instant::now()
+        + std::time::Duration::from_secs(ctl.cfg.rollout.refresh_timeout_secs.max(1));
+    let timeout = || Status::deadline_exceeded("apt-get update did not finish on every node in time");
+    let mut pending: std::collections::HashSet<String> = waiting.keys().cloned().collect();
+    while !pending.is_empty() {
+        let ev = tokio::time::timeout_at(deadline, events.recv()).await.map_err(|_| timeout())?;
+        let Ok(ev) = ev else { continue };
+        if let K::CommandResult { id, ok, message, .. } = ev.kind {
+            if waiting.get(&ev.node) == Some(&id) {
+                if !ok {
+                    return Err(Status::aborted(format!(
+                        "apt-get update failed on {}: {message}",
+                        ev.node
+                    )));
+                }
+                pending.remove(&ev.node);
+            }
+        }
+    }
+    // Then a fresh report from each (a refresh always answers with one).
+    for n in nodes {
+        ctl.send_command(n, api::Command::refresh(format!("plan-{stamp}/{n}/refresh")))
+            .map_err(Status::failed_precondition)?;
+    }
+    let mut pending: std::collections::HashSet<String> = nodes.iter().cloned().collect();
+    while !pending.is_empty() {
+        let ev = tokio::time::timeout_at(deadline, events.recv()).await.map_err(|_| timeout())?;
+        if let Ok(ev) = ev {
+            if ev.kind == K::Report {
+                pending.remove(&ev.node);
+            }
+        }
+    }
+    Ok(())
 }

@@ -39,6 +39,7 @@
 //! The in-flight set is derived from the phases ([`RolloutState::in_flight`]) instead of
 //! being stored beside them, so the two can never disagree after a crash.
 
+mod dry_run;
 mod gates;
 mod machine;
 #[cfg(test)]
@@ -56,6 +57,7 @@ pub use gates::{
     ceph_healthy, esp_holds_next_kernel, no_unsafe_findings, node_reachable, others_online,
     post_reboot, pre_reboot, preflight, quorum_margin, GateFailure, GateResult, UNSAFE_FINDINGS,
 };
+pub use dry_run::{dry_run, DryRun, GuestPlan, NodePlan};
 pub use machine::step;
 pub use view::node_view;
 

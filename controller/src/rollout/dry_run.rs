@@ -1,0 +1,118 @@
+//! `rollout plan`: what a rollout would do, computed now, without doing it (pure).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use fleetward_proto::{GuestState, Report, Upgrade};
+use serde::{Deserialize, Serialize};
+
+use super::{gates, ClusterView, Plan, RebootPolicy};
+
+/// Rough durations behind the downtime estimate, in seconds (documented, not measured).
+pub const EST_MIGRATE_PER_HA_GUEST: u64 = 60;
+pub const EST_UPGRADE: u64 = 300;
+pub const EST_REBOOT: u64 = 180;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DryRun {
+    pub plan: Plan,
+    pub nodes: Vec<NodePlan>,
+    /// Nodes whose gate fails now: `rollout start` would halt at the first of them.
+    pub blocked: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodePlan {
+    pub name: String,
+    pub position: usize,
+    /// The preflight gate evaluated now (with every other node in its current state).
+    pub gate: Result<(), String>,
+    pub steps: Vec<String>,
+    pub packages: Vec<Upgrade>,
+    pub reboot: bool,
+    pub next_kernel: Option<String>,
+    pub guests: Vec<GuestPlan>,
+    /// Rough: migrations + upgrade + reboot.
+    pub downtime_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestPlan {
+    pub vmid: u32,
+    pub name: Option<String>,
+    pub what: String,
+}
+
+/// What `plan` would do to each node, given the view and the nodes' latest reports.
+pub fn dry_run(plan: &Plan, view: &ClusterView, reports: &BTreeMap<String, &Report>) -> DryRun {
+    let silence = plan.timeouts.max_silence_ms;
+    let mut nodes = Vec::new();
+    let mut blocked = Vec::new();
+    for (i, name) in plan.nodes.iter().enumerate() {
+        let gate = gates::preflight(view, name, &BTreeSet::new(), silence).map_err(|f| f.reason);
+        if gate.is_err() {
+            blocked.push(name.clone());
+        }
+        let report = reports.get(name);
+        let apt = report.map(|r| &r.facts.apt);
+        let packages = apt.map(|a| a.upgradable.clone()).unwrap_or_default();
+        let nv = view.nodes.get(name);
+        let reboot = match plan.reboot_policy {
+            RebootPolicy::Always => true,
+            RebootPolicy::Never => false,
+            RebootPolicy::IfNeeded => {
+                apt.is_some_and(|a| a.upgrade_needs_reboot) || nv.is_some_and(|n| n.needs_reboot)
+            }
+        };
+        let mut steps = vec![
+            "preflight gate".to_string(),
+            "maintenance-on (HA guests migrate away)".into(),
+            "wait-guests-migrated".into(),
+            "apt-update".into(),
+            format!("apt-dist-upgrade ({} packages)", packages.len()),
+            "boot check: every ESP holds the next kernel (one boot-refresh if not)".into(),
+        ];
+        if reboot {
+            steps.push("reboot, wait for a new boot id".into());
+            steps.push("post-reboot gate: expected kernel, quorum, no new error, guests back".into());
+        }
+        steps.push("maintenance-off (HA guests return)".into());
+        let guests: Vec<GuestPlan> = report
+            .map(|r| r.facts.guests.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .filter(|g| g.state == GuestState::Running && g.location.is_none())
+            .map(|g| GuestPlan {
+                vmid: g.vmid,
+                name: g.name.clone(),
+                what: match (g.ha, reboot, g.onboot) {
+                    (true, _, _) => "HA: migrates away with maintenance mode, returns after".into(),
+                    (false, false, _) => "keeps running (no reboot)".into(),
+                    (false, true, true) => "shut down by the reboot, started again on boot".into(),
+                    (false, true, false) => {
+                        "shut down by the reboot, STAYS STOPPED (no onboot)".into()
+                    }
+                },
+            })
+            .collect();
+        let ha = guests.iter().filter(|g| g.what.starts_with("HA")).count() as u64;
+        let downtime_secs = ha * EST_MIGRATE_PER_HA_GUEST
+            + EST_UPGRADE
+            + if reboot { EST_REBOOT } else { 0 };
+        nodes.push(NodePlan {
+            name: name.clone(),
+            position: i + 1,
+            gate,
+            steps,
+            packages,
+            reboot,
+            next_kernel: nv.and_then(|n| n.next_kernel.clone()),
+            guests,
+            downtime_secs,
+        });
+    }
+    DryRun {
+        plan: plan.clone(),
+        nodes,
+        blocked,
+    }
+}
