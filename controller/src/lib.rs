@@ -16,4 +16,5 @@ pub mod paths;
 pub mod rollout;
 pub mod serve;
 pub mod server;
+pub mod shutdown;
 pub mod store;
