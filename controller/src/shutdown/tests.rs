@@ -94,6 +94,8 @@ pub(super) struct Sim {
     pub hang: BTreeSet<String>,
     /// Steps whose next execution fails.
     pub fail_once: BTreeSet<String>,
+    /// The next executed action fails.
+    pub fail_next: bool,
 }
 
 impl Sim {
@@ -108,6 +110,7 @@ impl Sim {
             now_ms: T0,
             hang: BTreeSet::new(),
             fail_once: BTreeSet::new(),
+            fail_next: false,
         }
     }
 
@@ -129,7 +132,7 @@ impl Sim {
         if self.hang.contains(&key.step) {
             return;
         }
-        let ok = !self.fail_once.remove(&key.step);
+        let ok = !self.fail_once.remove(&key.step) && !std::mem::take(&mut self.fail_next);
         self.executed.insert(key.clone(), ok);
         self.queue.push_back(Event::CommandResult {
             key: key.clone(),
