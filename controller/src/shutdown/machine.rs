@@ -374,7 +374,9 @@ impl Machine<'_> {
                 let node = self
                     .first_online(plan.noout.iter())
                     .or_else(|| self.first_online(plan.osd_nodes.iter()))
-                    .or_else(|| self.first_online(plan.tiers.iter().rev().flatten()));
+                    .or_else(|| self.first_online(plan.tiers.iter().rev().flatten()))
+                    // Nobody online: the planned node; re-sent when an agent reconnects.
+                    .or_else(|| plan.noout.clone());
                 node.map(|n| vec![(n, Action::CephUnsetNoout)])
                     .unwrap_or_default()
             }
@@ -386,7 +388,8 @@ impl Machine<'_> {
                     };
                     let node = self
                         .first_online(anchor.iter())
-                        .or_else(|| self.first_online(plan.tiers.iter().rev().flatten()));
+                        .or_else(|| self.first_online(plan.tiers.iter().rev().flatten()))
+                        .or(anchor);
                     return node.map(|n| vec![(n, Action::HaArm)]).unwrap_or_default();
                 }
                 plan.tiers
@@ -552,7 +555,11 @@ impl Machine<'_> {
                         continue;
                     }
                     let late = self.s.stage_deadline_ms.is_some_and(|d| self.s.now_ms >= d);
-                    if !late {
+                    // Restoring flags waits while no node at all is online: moving on would
+                    // leave noout set or HA disarmed with nobody to tell.
+                    let nobody = matches!(stage, Stage::UnsetNoout | Stage::ArmHa)
+                        && !self.plan_nodes().any(|n| self.view.online(n));
+                    if !late || nobody {
                         return;
                     }
                     let abandoned = self.abandon_pending();

@@ -96,6 +96,8 @@ enum Op {
     Tick(u64),
     Cancel,
     PowerRestored,
+    /// A node that answered its power-off disconnects.
+    FinishPowerOff(usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -111,6 +113,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (0u64..400_000).prop_map(Op::Tick),
         1 => Just(Op::Cancel),
         1 => Just(Op::PowerRestored),
+        4 => any::<usize>().prop_map(Op::FinishPowerOff),
     ]
 }
 
@@ -209,6 +212,7 @@ fn run(c: &Cluster, ops: &[Op]) -> Result<Sim, TestCaseError> {
     let (plan, view) = build(c, None)?;
     let names: Vec<String> = view.nodes.keys().cloned().collect();
     let mut sim = Sim::new(plan, view);
+    sim.slow_power_off = true;
     let mut checker = Checker::default();
     let mut history: Vec<Event> = Vec::new();
     let checked = |sim: &mut Sim, checker: &mut Checker, ev: &Event, send: bool| {
@@ -284,6 +288,11 @@ fn run(c: &Cluster, ops: &[Op]) -> Result<Sim, TestCaseError> {
                 sim.now_ms += d;
                 let ev = Event::Tick { now_ms: sim.now_ms };
                 checked(&mut sim, &mut checker, &ev, true)?;
+            }
+            Op::FinishPowerOff(i) => {
+                if let Some(ev) = sim.finish_power_off(*i) {
+                    checked(&mut sim, &mut checker, &ev, true)?;
+                }
             }
             Op::Cancel => checked(&mut sim, &mut checker, &Event::Cancel, true)?,
             Op::PowerRestored => checked(&mut sim, &mut checker, &Event::PowerRestored, true)?,
@@ -408,6 +417,7 @@ fn benign_chaos_reaches_down_then_starts_up() {
         3 => any::<usize>().prop_map(Op::Duplicate),
         1 => Just(Op::Crash),
         1 => (0u64..60_000).prop_map(Op::Tick),
+        2 => any::<usize>().prop_map(Op::FinishPowerOff),
     ];
     let mut runner = TestRunner::deterministic();
     for _ in 0..32 {
@@ -424,6 +434,10 @@ fn benign_chaos_reaches_down_then_starts_up() {
             Err(e) => panic!("{e}"),
         };
         // Whatever the chaos left outstanding, a recovery and time finish the shutdown.
+        sim.slow_power_off = false;
+        while let Some(ev) = sim.finish_power_off(0) {
+            sim.deliver(&ev);
+        }
         sim.deliver(&Event::Recovered);
         sim.run(6 * 3_600_000, |s| s.stage == Stage::Down);
         assert_eq!(sim.state.stage, Stage::Down, "{c:?}");

@@ -96,6 +96,9 @@ pub(super) struct Sim {
     pub fail_once: BTreeSet<String>,
     /// The next executed action fails.
     pub fail_next: bool,
+    /// Power-offs answer at once but the node disconnects only at [`Sim::finish_power_off`].
+    pub slow_power_off: bool,
+    pub going_down: BTreeSet<String>,
 }
 
 impl Sim {
@@ -111,6 +114,8 @@ impl Sim {
             hang: BTreeSet::new(),
             fail_once: BTreeSet::new(),
             fail_next: false,
+            slow_power_off: false,
+            going_down: BTreeSet::new(),
         }
     }
 
@@ -157,6 +162,9 @@ impl Sim {
                     g.running = true;
                 }
             }
+            Action::PowerOff if self.slow_power_off => {
+                self.going_down.insert(node.clone());
+            }
             Action::PowerOff => {
                 nv.online = false;
                 nv.quorate = None;
@@ -165,6 +173,16 @@ impl Sim {
             }
             _ => {}
         }
+    }
+
+    /// A node that answered its power-off disconnects now; returns the wake-up event.
+    pub fn finish_power_off(&mut self, i: usize) -> Option<Event> {
+        let node = self.going_down.iter().nth(i % self.going_down.len().max(1))?.clone();
+        self.going_down.remove(&node);
+        let nv = self.view.nodes.get_mut(&node)?;
+        nv.online = false;
+        nv.quorate = None;
+        Some(Event::NodeChanged { node })
     }
 
     pub fn deliver(&mut self, ev: &Event) -> Vec<Command> {
