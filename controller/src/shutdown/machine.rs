@@ -445,7 +445,7 @@ impl Machine<'_> {
             Stage::AwaitNodes => capped(t.startup_wait_ms, None),
             Stage::UnsetNoout | Stage::ArmHa => capped(t.action_ms, None),
             Stage::StartGuests { group } => {
-                let up = self.s.start_groups.get(group).map_or(0, |g| max_up_ms(g));
+                let up = self.s.start_groups.get(group).map_or(0, max_up_ms);
                 capped(t.action_ms.saturating_add(up), None)
             }
             Stage::Planned | Stage::Down | Stage::Finished => None,

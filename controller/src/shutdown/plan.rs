@@ -123,11 +123,9 @@ impl Schedule {
         if need > a {
             let clamp = |v: u64, lo: u64, hi: u64| v.min(hi).max(lo.min(hi));
             s.forced = true;
-            s.tier_ms = if waits > 0 {
-                clamp(a / 2 / waits, t.min_tier_wait_ms, t.tier_wait_ms)
-            } else {
-                t.tier_wait_ms
-            };
+            s.tier_ms = (a / 2).checked_div(waits).map_or(t.tier_wait_ms, |v| {
+                clamp(v, t.min_tier_wait_ms, t.tier_wait_ms)
+            });
             s.flag_ms = clamp(a / 4 / flags, t.min_action_ms, t.action_ms);
             let reserved = waits
                 .saturating_mul(s.tier_ms)

@@ -10,17 +10,24 @@ use proptest::prelude::*;
 use super::tests::{Sim, T0};
 use super::*;
 
-/// A random cluster: per node (monitor, OSDs, guests as (order, down secs, onboot)).
+/// A guest: (order, down secs, onboot).
+type GuestSpec = (Option<u32>, u64, bool);
+
+/// A random cluster: per node (monitor, OSDs, guests).
 #[derive(Debug, Clone)]
 struct Cluster {
-    nodes: Vec<(bool, bool, Vec<(Option<u32>, u64, bool)>)>,
+    nodes: Vec<(bool, bool, Vec<GuestSpec>)>,
     controller: Option<usize>,
     disarm: bool,
 }
 
 fn cluster() -> impl Strategy<Value = Cluster> {
     let guest = (prop::option::of(1u32..4), 5u64..300, any::<bool>());
-    let node = (any::<bool>(), any::<bool>(), prop::collection::vec(guest, 0..4));
+    let node = (
+        any::<bool>(),
+        any::<bool>(),
+        prop::collection::vec(guest, 0..4),
+    );
     (
         prop::collection::vec(node, 2..6),
         prop::option::of(0usize..6),
@@ -76,7 +83,8 @@ fn build(c: &Cluster, deadline_ms: Option<u64>) -> Result<(Plan, ShutdownView), 
         deadline_ms,
         ..Config::default()
     };
-    let plan = Plan::new("p", &view, &config, T0).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let plan =
+        Plan::new("p", &view, &config, T0).map_err(|e| TestCaseError::fail(e.to_string()))?;
     Ok((plan, view))
 }
 
@@ -154,7 +162,10 @@ impl Checker {
             }
             if new {
                 for k in known.iter() {
-                    prop_assert!(self.failed.contains(k), "{key} sent while {k} had not failed");
+                    prop_assert!(
+                        self.failed.contains(k),
+                        "{key} sent while {k} had not failed"
+                    );
                 }
                 known.insert(key.clone());
             }
@@ -163,7 +174,10 @@ impl Checker {
             }
             let host = plan.controller_host.as_deref();
             // (2) the controller's host last: nothing new after it.
-            prop_assert!(!self.host_off, "power-off of {node} after the controller's host");
+            prop_assert!(
+                !self.host_off,
+                "power-off of {node} after the controller's host"
+            );
             if host == Some(node.as_str()) {
                 self.host_off = true;
                 prop_assert_eq!(tier_of(node), Some(plan.tiers.len() - 1));
@@ -281,7 +295,12 @@ fn run(c: &Cluster, ops: &[Op]) -> Result<Sim, TestCaseError> {
                 if let Some(nv) = sim.view.nodes.get_mut(&n) {
                     nv.online = matches!(op, Op::Online(_)) && !off;
                 }
-                checked(&mut sim, &mut checker, &Event::NodeChanged { node: n }, true)?;
+                checked(
+                    &mut sim,
+                    &mut checker,
+                    &Event::NodeChanged { node: n },
+                    true,
+                )?;
             }
             Op::FailNext => sim.fail_next = true,
             Op::Tick(d) => {
@@ -381,7 +400,12 @@ fn run_deadline(c: &Cluster, slack_ms: u64, hang: &[bool]) -> Result<(), TestCas
         .collect();
     prop_assert_eq!(offs.len(), plan.tiers.iter().flatten().count());
     for t in offs {
-        prop_assert!(t <= deadline, "power-off at {} > deadline {}", t - T0, deadline - T0);
+        prop_assert!(
+            t <= deadline,
+            "power-off at {} > deadline {}",
+            t - T0,
+            deadline - T0
+        );
     }
     Ok(())
 }

@@ -11,7 +11,7 @@ pub(super) const T0: u64 = 1_000_000;
 pub(super) fn guest(vmid: u32, order: Option<u32>, onboot: bool) -> GuestView {
     GuestView {
         vmid,
-        kind: if vmid % 2 == 0 {
+        kind: if vmid.is_multiple_of(2) {
             GuestKind::Qemu
         } else {
             GuestKind::Lxc
@@ -177,7 +177,11 @@ impl Sim {
 
     /// A node that answered its power-off disconnects now; returns the wake-up event.
     pub fn finish_power_off(&mut self, i: usize) -> Option<Event> {
-        let node = self.going_down.iter().nth(i % self.going_down.len().max(1))?.clone();
+        let node = self
+            .going_down
+            .iter()
+            .nth(i % self.going_down.len().max(1))?
+            .clone();
         self.going_down.remove(&node);
         let nv = self.view.nodes.get_mut(&node)?;
         nv.online = false;
@@ -911,4 +915,31 @@ fn start_and_startup_are_refused_in_the_wrong_stage() {
         cmds.as_slice(),
         [Command::Notify(Notice::Refused { .. })]
     ));
+}
+
+/// Found by the property test: a cancel while every node is unreachable must not skip the
+/// noout restore; it waits for a node and is re-sent when the agents reconnect.
+#[test]
+fn restore_waits_for_a_node_before_unsetting_noout() {
+    let view = five_nodes();
+    let mut sim = Sim::new(plan_for(&view, &Config::default()), view);
+    sim.hang.insert("ceph-set-noout".into());
+    sim.deliver(&Event::Start { now_ms: T0 });
+    sim.run(60_000, |s| s.stage == Stage::SetNoout);
+    for nv in sim.view.nodes.values_mut() {
+        nv.online = false;
+    }
+    sim.hang.clear();
+    sim.deliver(&Event::Cancel);
+    sim.now_ms += 3_600_000;
+    let t = Event::Tick { now_ms: sim.now_ms };
+    sim.deliver(&t);
+    assert_eq!(sim.state.stage, Stage::UnsetNoout, "no node: keep waiting");
+    for nv in sim.view.nodes.values_mut() {
+        nv.online = true;
+    }
+    sim.deliver(&Event::Recovered);
+    sim.run(3_600_000, is_finished);
+    assert_eq!(sim.state.stage, Stage::Finished);
+    assert!(sim.log.iter().any(|(_, _, a)| *a == Action::CephUnsetNoout));
 }
