@@ -312,19 +312,31 @@ impl Plan {
         })
     }
 
-    /// Every shutdown step in the order the machine sends them (guest stops with the
-    /// graceful timeout; a deadline may shorten them when the shutdown starts).
+    /// Every shutdown step in the order the machine sends them. Guest-stop timeouts are
+    /// those of a start at plan time: with a deadline that does not leave room for the
+    /// graceful waits they are cut as the machine cuts them (the machine recomputes them
+    /// from the time actually left when each group starts).
     pub fn steps(&self) -> Vec<PlanStep> {
+        let schedule = Schedule::compute(self, self.created_ms);
+        let groups = self.stop_groups.len().max(1) as u64;
+        let share = schedule.guest_ms / groups;
         let mut out = Vec::new();
         for (i, g) in self.stop_groups.iter().enumerate() {
+            let cut = schedule.guests_end_ms.is_some()
+                && (schedule.forced || share < group_graceful_ms(g, &self.timing));
             for guest in &g.guests {
+                let timeout_secs = if cut {
+                    guest.timeout_secs.min(share / 2 / 1000)
+                } else {
+                    guest.timeout_secs
+                };
                 out.push(PlanStep {
                     stage: Stage::StopGuests { group: i },
                     node: guest.node.clone(),
                     action: Action::GuestStop {
                         vmid: guest.vmid,
                         kind: guest.kind,
-                        timeout_secs: guest.timeout_secs,
+                        timeout_secs,
                         force: true,
                     },
                 });
@@ -402,10 +414,10 @@ impl Plan {
                 self.offline.join(", ")
             ));
         }
-        lines.push(format!("{:>3}  {:<22} {:<16} ACTION", "#", "STAGE", "NODE"));
+        lines.push(format!("{:>3}  {:<24} {:<16} ACTION", "#", "STAGE", "NODE"));
         for (i, s) in self.steps().iter().enumerate() {
             lines.push(format!(
-                "{:>3}  {:<22} {:<16} {}",
+                "{:>3}  {:<24} {:<16} {}",
                 i + 1,
                 self.stage_label(s.stage),
                 s.node,
@@ -431,8 +443,11 @@ impl Plan {
                     None => "stop guests (unordered)".to_owned(),
                 }
             }
-            Stage::DisarmHa => "HA".to_owned(),
-            Stage::SetNoout => "ceph".to_owned(),
+            Stage::DisarmHa => match self.ha {
+                HaPlan::Disarm { .. } => "HA disarm (cluster-wide)".to_owned(),
+                HaPlan::Maintenance { .. } => "HA maintenance mode".to_owned(),
+            },
+            Stage::SetNoout => "ceph noout".to_owned(),
             Stage::PowerOff { tier } => {
                 let last = tier + 1 == self.tiers.len();
                 let own = last
