@@ -6,7 +6,11 @@
 //! builds a [`ShutdownView`] from the agents' reports and sessions, calls [`step`],
 //! **persists** the returned [`ShutdownState`] (write-ahead), and only then sends the
 //! returned [`Command`]s. After a crash it loads the state and sends [`Event::Recovered`],
-//! which re-emits every outstanding command with the **same** [`Key`].
+//! which re-emits every outstanding command with the **same** [`Key`]; it sends `Recovered`
+//! too when an agent reconnects (a command to an offline node is lost, not queued). The
+//! driver ticks at least every few seconds: bounds and the deadline are only noticed on an
+//! event, so the deadline guarantee holds up to the tick interval (keep it well under
+//! [`Timing::safety_ms`]).
 //!
 //! # Stages
 //!
