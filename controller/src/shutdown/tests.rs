@@ -666,7 +666,7 @@ fn short_deadline_forces_and_powers_off_before_it() {
 }
 
 #[test]
-fn failed_action_is_retried_under_a_new_attempt_then_given_up() {
+fn failed_action_is_retried_under_a_new_attempt() {
     let view = five_nodes();
     let mut sim = Sim::new(plan_for(&view, &Config::default()), view);
     sim.fail_once.insert("ha-disarm".into());
