@@ -480,6 +480,21 @@ impl Machine<'_> {
             .is_some_and(|h| p.tiers.get(tier).is_some_and(|t| t.contains(h)))
     }
 
+    /// A node of the current power-off tier that was offline when the tier began and is back
+    /// now gets its power-off too: the tier is not down while it is up.
+    fn top_up_tier(&mut self) {
+        let Stage::PowerOff { tier } = self.s.stage else {
+            return;
+        };
+        let nodes = self.s.plan.tiers.get(tier).cloned().unwrap_or_default();
+        for n in nodes {
+            if self.view.online(&n) && self.s.last_sent(&n, "power-off").is_none() {
+                self.s.stage_targets.push((n.clone(), Action::PowerOff));
+                self.send(&n, Action::PowerOff);
+            }
+        }
+    }
+
     /// Every target of the current stage answered (and, for power-off, went offline), or
     /// gave up after [`MAX_ATTEMPTS`].
     fn settled(&mut self) -> bool {
@@ -549,6 +564,7 @@ impl Machine<'_> {
                     self.enter(next);
                 }
                 _ => {
+                    self.top_up_tier();
                     if self.settled() {
                         let next = self.next(stage);
                         self.enter(next);

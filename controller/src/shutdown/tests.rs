@@ -943,3 +943,36 @@ fn restore_waits_for_a_node_before_unsetting_noout() {
     assert_eq!(sim.state.stage, Stage::Finished);
     assert!(sim.log.iter().any(|(_, _, a)| *a == Action::CephUnsetNoout));
 }
+
+/// Found by the property test: a node offline when its tier began, back before the tier
+/// ended, gets its power-off too, and the next tier waits for it.
+#[test]
+fn a_node_back_during_its_tier_is_powered_off_before_the_next_tier() {
+    let view = five_nodes();
+    let mut sim = Sim::new(plan_for(&view, &Config::default()), view);
+    sim.slow_power_off = true;
+    sim.deliver(&Event::Start { now_ms: T0 });
+    if let Some(nv) = sim.view.nodes.get_mut("pve3") {
+        nv.online = false;
+    }
+    sim.run(3_600_000, |s| s.stage == Stage::PowerOff { tier: 0 });
+    assert!(sim.notices().contains(&&Notice::NodeAlreadyDown {
+        node: "pve3".into()
+    }));
+    while let Some(ev) = sim.finish_power_off(0) {
+        sim.deliver(&ev);
+    }
+    bring_online(&mut sim, "pve3");
+    sim.run(60_000, |_| false);
+    assert_eq!(sim.state.stage, Stage::PowerOff { tier: 0 }, "pve3 is up");
+    assert!(sim
+        .log
+        .iter()
+        .any(|(_, n, a)| n == "pve3" && *a == Action::PowerOff));
+    let ev = sim.finish_power_off(0);
+    assert!(ev.is_some());
+    if let Some(ev) = ev {
+        sim.deliver(&ev);
+    }
+    assert_eq!(sim.state.stage, Stage::PowerOff { tier: 1 });
+}
