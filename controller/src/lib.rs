@@ -18,6 +18,7 @@ pub mod paths;
 pub mod rollout;
 pub mod serve;
 pub mod server;
+pub mod shutdown;
 pub mod store;
 pub mod webhook;
 pub mod window;

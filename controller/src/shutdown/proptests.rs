@@ -1,0 +1,491 @@
+//! Property tests: random clusters and random interleavings of answers, duplicates, lost
+//! commands, crashes, failures, nodes going away and coming back, time, cancels and power
+//! events. The invariants of the module documentation are checked after every step.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use fleetward_proto::action::{Action, GuestKind};
+use proptest::prelude::*;
+
+use super::tests::{Sim, T0};
+use super::*;
+
+/// A guest: (order, down secs, onboot).
+type GuestSpec = (Option<u32>, u64, bool);
+
+/// A random cluster: per node (monitor, OSDs, guests).
+#[derive(Debug, Clone)]
+struct Cluster {
+    nodes: Vec<(bool, bool, Vec<GuestSpec>)>,
+    controller: Option<usize>,
+    disarm: bool,
+}
+
+fn cluster() -> impl Strategy<Value = Cluster> {
+    let guest = (prop::option::of(1u32..4), 5u64..300, any::<bool>());
+    let node = (
+        any::<bool>(),
+        any::<bool>(),
+        prop::collection::vec(guest, 0..4),
+    );
+    (
+        prop::collection::vec(node, 2..6),
+        prop::option::of(0usize..6),
+        any::<bool>(),
+    )
+        .prop_map(|(nodes, controller, disarm)| {
+            let controller = controller.filter(|c| *c < nodes.len());
+            Cluster {
+                nodes,
+                controller,
+                disarm,
+            }
+        })
+}
+
+fn build(c: &Cluster, deadline_ms: Option<u64>) -> Result<(Plan, ShutdownView), TestCaseError> {
+    let mut view = ShutdownView {
+        nodes: BTreeMap::new(),
+        ha_disarm_supported: c.disarm,
+    };
+    let mut vmid = 100;
+    for (i, (mon, osds, guests)) in c.nodes.iter().enumerate() {
+        let guests = guests
+            .iter()
+            .map(|(order, down, onboot)| {
+                vmid += 1;
+                GuestView {
+                    vmid,
+                    kind: GuestKind::Qemu,
+                    running: true,
+                    onboot: *onboot,
+                    order: *order,
+                    up: Some(u64::from(vmid % 3)),
+                    down: Some(*down),
+                    ha: false,
+                }
+            })
+            .collect();
+        view.nodes.insert(
+            format!("pve{i}"),
+            NodeView {
+                online: true,
+                boot_id: Some("b0".into()),
+                quorate: Some(true),
+                ceph_mon: *mon,
+                ceph_osds: *osds,
+                guests,
+            },
+        );
+    }
+    let config = Config {
+        controller_host: c.controller.map(|i| format!("pve{i}")),
+        deadline_ms,
+        ..Config::default()
+    };
+    let plan =
+        Plan::new("p", &view, &config, T0).map_err(|e| TestCaseError::fail(e.to_string()))?;
+    Ok((plan, view))
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Deliver(usize),
+    /// Persisted, crashed before sending: commands lost, then `Recovered`.
+    DeliverLoseCommands(usize),
+    /// Crashed before persisting: the step is thrown away, then `Recovered`.
+    CrashBeforePersist(usize),
+    Duplicate(usize),
+    /// Restart from the serialized state.
+    Crash,
+    Offline(usize),
+    Online(usize),
+    FailNext,
+    Tick(u64),
+    Cancel,
+    PowerRestored,
+    /// A node that answered its power-off disconnects.
+    FinishPowerOff(usize),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        14 => any::<usize>().prop_map(Op::Deliver),
+        2 => any::<usize>().prop_map(Op::DeliverLoseCommands),
+        2 => any::<usize>().prop_map(Op::CrashBeforePersist),
+        3 => any::<usize>().prop_map(Op::Duplicate),
+        2 => Just(Op::Crash),
+        1 => any::<usize>().prop_map(Op::Offline),
+        2 => any::<usize>().prop_map(Op::Online),
+        1 => Just(Op::FailNext),
+        4 => (0u64..400_000).prop_map(Op::Tick),
+        1 => Just(Op::Cancel),
+        1 => Just(Op::PowerRestored),
+        4 => any::<usize>().prop_map(Op::FinishPowerOff),
+    ]
+}
+
+#[derive(Default)]
+struct Checker {
+    /// Keys ever emitted, per (node, step).
+    keys: BTreeMap<(String, String), BTreeSet<Key>>,
+    failed: BTreeSet<Key>,
+    /// The bound of each power-off tier as last seen.
+    tier_deadline: BTreeMap<usize, u64>,
+    /// A first power-off to the controller's host was emitted.
+    host_off: bool,
+}
+
+impl Checker {
+    fn check(
+        &mut self,
+        pre: &ShutdownState,
+        event: &Event,
+        view: &ShutdownView,
+        post: &ShutdownState,
+        cmds: &[Command],
+    ) -> Result<(), TestCaseError> {
+        let plan = &post.plan;
+        let tier_of = |n: &str| plan.tiers.iter().position(|t| t.iter().any(|x| x == n));
+        for c in cmds {
+            let Command::SendAction { key, node, action } = c else {
+                continue;
+            };
+            let known = self
+                .keys
+                .entry((node.clone(), key.step.clone()))
+                .or_default();
+            let new = !known.contains(key);
+            // (5) Recovered only re-sends; a new key only after every earlier one failed.
+            if *event == Event::Recovered {
+                prop_assert!(!new, "Recovered emitted the new key {key}");
+            }
+            if new {
+                for k in known.iter() {
+                    prop_assert!(
+                        self.failed.contains(k),
+                        "{key} sent while {k} had not failed"
+                    );
+                }
+                known.insert(key.clone());
+            }
+            if *action != Action::PowerOff || !new || key.attempt != 1 {
+                continue;
+            }
+            let host = plan.controller_host.as_deref();
+            // (2) the controller's host last: nothing new after it.
+            prop_assert!(
+                !self.host_off,
+                "power-off of {node} after the controller's host"
+            );
+            if host == Some(node.as_str()) {
+                self.host_off = true;
+                prop_assert_eq!(tier_of(node), Some(plan.tiers.len() - 1));
+                prop_assert_eq!(plan.tiers.last().map(Vec::len), Some(1));
+            }
+            // (1) tier k+1 only after tier k confirmed and went offline, or its bound passed.
+            let Some(t) = tier_of(node) else {
+                prop_assert!(false, "{node} is in no tier");
+                continue;
+            };
+            if t == 0 {
+                continue;
+            }
+            let prev = &plan.tiers[t - 1];
+            let confirmed = prev.iter().all(|n| match post.last_sent(n, "power-off") {
+                None => !view.online(n),
+                Some(s) => {
+                    (s.outcome == Outcome::Ok && !view.online(n))
+                        || (s.outcome == Outcome::Failed && s.key.attempt >= MAX_ATTEMPTS)
+                }
+            });
+            let timed_out = self
+                .tier_deadline
+                .get(&(t - 1))
+                .is_some_and(|d| post.now_ms >= *d);
+            prop_assert!(
+                confirmed || timed_out,
+                "power-off of {node} (tier {t}) before tier {} was down",
+                t - 1
+            );
+        }
+        // Cancel after the point of no return changes nothing.
+        if matches!(event, Event::Cancel | Event::PowerRestored) && pre.no_return {
+            prop_assert_eq!(pre.stage, post.stage);
+        }
+        if let Stage::PowerOff { tier } = post.stage {
+            if let Some(d) = post.stage_deadline_ms {
+                self.tier_deadline.insert(tier, d);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn run(c: &Cluster, ops: &[Op]) -> Result<Sim, TestCaseError> {
+    let (plan, view) = build(c, None)?;
+    let names: Vec<String> = view.nodes.keys().cloned().collect();
+    let mut sim = Sim::new(plan, view);
+    sim.slow_power_off = true;
+    let mut checker = Checker::default();
+    let mut history: Vec<Event> = Vec::new();
+    let checked = |sim: &mut Sim, checker: &mut Checker, ev: &Event, send: bool| {
+        let pre = sim.state.clone();
+        let (post, cmds) = step(&pre, ev, &sim.view);
+        checker.check(&pre, ev, &sim.view, &post, &cmds)?;
+        sim.state = post;
+        sim.emitted.extend(cmds.iter().cloned());
+        if send {
+            for c in &cmds {
+                sim.agent(c);
+            }
+        }
+        for e in &sim.queue {
+            if let Event::CommandResult { key, ok: false, .. } = e {
+                checker.failed.insert(key.clone());
+            }
+        }
+        Ok::<(), TestCaseError>(())
+    };
+    checked(&mut sim, &mut checker, &Event::Start { now_ms: T0 }, true)?;
+    for op in ops {
+        let node = |i: usize| names[i % names.len()].clone();
+        match op {
+            Op::Deliver(i) | Op::DeliverLoseCommands(i) | Op::CrashBeforePersist(i) => {
+                if sim.queue.is_empty() {
+                    continue;
+                }
+                let idx = i % sim.queue.len();
+                if matches!(op, Op::CrashBeforePersist(_)) {
+                    let ev = sim.queue[idx].clone();
+                    let _lost = step(&sim.state, &ev, &sim.view);
+                    checked(&mut sim, &mut checker, &Event::Recovered, true)?;
+                    continue;
+                }
+                let Some(ev) = sim.queue.remove(idx) else {
+                    continue;
+                };
+                let send = matches!(op, Op::Deliver(_));
+                checked(&mut sim, &mut checker, &ev, send)?;
+                history.push(ev);
+                if !send {
+                    checked(&mut sim, &mut checker, &Event::Recovered, true)?;
+                }
+            }
+            Op::Duplicate(i) => {
+                if history.is_empty() {
+                    continue;
+                }
+                let ev = history[i % history.len()].clone();
+                checked(&mut sim, &mut checker, &ev, true)?;
+            }
+            Op::Crash => {
+                let json = serde_json::to_string(&sim.state)
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let back: ShutdownState =
+                    serde_json::from_str(&json).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert_eq!(&back, &sim.state);
+                sim.state = back;
+                checked(&mut sim, &mut checker, &Event::Recovered, true)?;
+            }
+            Op::Offline(i) | Op::Online(i) => {
+                let n = node(*i);
+                // A node never comes back by itself after its power-off.
+                let off = sim.state.last_sent(&n, "power-off").is_some();
+                if let Some(nv) = sim.view.nodes.get_mut(&n) {
+                    nv.online = matches!(op, Op::Online(_)) && !off;
+                }
+                checked(
+                    &mut sim,
+                    &mut checker,
+                    &Event::NodeChanged { node: n },
+                    true,
+                )?;
+            }
+            Op::FailNext => sim.fail_next = true,
+            Op::Tick(d) => {
+                sim.now_ms += d;
+                let ev = Event::Tick { now_ms: sim.now_ms };
+                checked(&mut sim, &mut checker, &ev, true)?;
+            }
+            Op::FinishPowerOff(i) => {
+                if let Some(ev) = sim.finish_power_off(*i) {
+                    checked(&mut sim, &mut checker, &ev, true)?;
+                }
+            }
+            Op::Cancel => checked(&mut sim, &mut checker, &Event::Cancel, true)?,
+            Op::PowerRestored => checked(&mut sim, &mut checker, &Event::PowerRestored, true)?,
+        }
+    }
+    // (3) After a cancel before the point of no return, the restore completes: every guest
+    // whose stop was sent gets a start (or is reported), and noout is unset if it was set.
+    let cancelled = matches!(
+        sim.state.up_reason,
+        Some(UpReason::Cancel | UpReason::PowerRestored)
+    );
+    if cancelled && sim.state.stage != Stage::Finished {
+        for nv in sim.view.nodes.values_mut() {
+            nv.online = true;
+        }
+        sim.fail_next = false;
+        for _ in 0..5_000 {
+            if sim.state.stage == Stage::Finished {
+                break;
+            }
+            let ev = match sim.queue.pop_front() {
+                Some(ev) => ev,
+                None => {
+                    sim.now_ms += 10_000;
+                    Event::Tick { now_ms: sim.now_ms }
+                }
+            };
+            checked(&mut sim, &mut checker, &ev, true)?;
+        }
+        prop_assert_eq!(sim.state.stage, Stage::Finished);
+    }
+    if cancelled {
+        prop_assert!(!sim.state.no_return);
+        let reported: BTreeSet<u32> = sim
+            .notices()
+            .iter()
+            .filter_map(|n| match n {
+                Notice::GuestsNotStarted { vmids, .. } => Some(vmids.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        let sends = sim.sends();
+        for (node, a) in &sends {
+            if let Action::GuestStop { vmid, .. } = a {
+                let started = sends.iter().any(|(n, b)| {
+                    n == node && matches!(b, Action::GuestStart { vmid: v, .. } if v == vmid)
+                });
+                prop_assert!(
+                    started || reported.contains(vmid),
+                    "guest {vmid} stopped and never restarted"
+                );
+            }
+        }
+        let set = sends.iter().any(|(_, a)| *a == Action::CephSetNoout);
+        let unset = sends.iter().any(|(_, a)| *a == Action::CephUnsetNoout);
+        prop_assert!(!set || unset, "noout left set after a cancel");
+    }
+    Ok(sim)
+}
+
+/// A timeline where agents answer within a second (guest stops may hang): every
+/// `PowerOff` is emitted at a time no later than the deadline.
+fn run_deadline(c: &Cluster, slack_ms: u64, hang: &[bool]) -> Result<(), TestCaseError> {
+    let probe = build(c, None)?.0;
+    let t = &probe.timing;
+    let waits = probe.tiers.len().saturating_sub(1) as u64;
+    let flags = 1 + u64::from(probe.noout.is_some());
+    let min = t.safety_ms + waits * t.min_tier_wait_ms + flags * t.min_action_ms;
+    let deadline = T0 + min + slack_ms;
+    let (plan, view) = build(c, Some(deadline))?;
+    let mut sim = Sim::new(plan.clone(), view);
+    for (g, h) in plan.guests.iter().zip(hang.iter().cycle()) {
+        if *h {
+            sim.hang.insert(format!("guest-stop-{}", g.vmid));
+        }
+    }
+    sim.deliver(&Event::Start { now_ms: T0 });
+    sim.run(3 * 3_600_000, |s| s.stage == Stage::Down);
+    prop_assert_eq!(sim.state.stage, Stage::Down);
+    let offs: Vec<u64> = sim
+        .log
+        .iter()
+        .filter(|(_, _, a)| *a == Action::PowerOff)
+        .map(|(t, _, _)| *t)
+        .collect();
+    prop_assert_eq!(offs.len(), plan.tiers.iter().flatten().count());
+    for t in offs {
+        prop_assert!(
+            t <= deadline,
+            "power-off at {} > deadline {}",
+            t - T0,
+            deadline - T0
+        );
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn shutdown_invariants(c in cluster(), ops in prop::collection::vec(op(), 1..200)) {
+        run(&c, &ops)?;
+    }
+
+    #[test]
+    fn power_offs_before_the_deadline(
+        c in cluster(),
+        slack in 0u64..2 * 3_600_000,
+        hang in prop::collection::vec(any::<bool>(), 1..5),
+    ) {
+        run_deadline(&c, slack, &hang)?;
+    }
+}
+
+/// Benign chaos (deliveries, duplicates, lost commands, crashes) still reaches `Down`, and
+/// then the startup finishes: the invariants are not met by doing nothing.
+#[test]
+fn benign_chaos_reaches_down_then_starts_up() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let benign = prop_oneof![
+        10 => any::<usize>().prop_map(Op::Deliver),
+        2 => any::<usize>().prop_map(Op::DeliverLoseCommands),
+        2 => any::<usize>().prop_map(Op::CrashBeforePersist),
+        3 => any::<usize>().prop_map(Op::Duplicate),
+        1 => Just(Op::Crash),
+        1 => (0u64..60_000).prop_map(Op::Tick),
+        2 => any::<usize>().prop_map(Op::FinishPowerOff),
+    ];
+    let mut runner = TestRunner::deterministic();
+    for _ in 0..32 {
+        let Ok(c) = cluster().new_tree(&mut runner).map(|t| t.current()) else {
+            continue;
+        };
+        let ops = prop::collection::vec(benign.clone(), 400)
+            .new_tree(&mut runner)
+            .map(|t| t.current())
+            .unwrap_or_default();
+        let outcome = run(&c, &ops);
+        let mut sim = match outcome {
+            Ok(sim) => sim,
+            Err(e) => panic!("{e}"),
+        };
+        // Whatever the chaos left outstanding, a recovery and time finish the shutdown.
+        sim.slow_power_off = false;
+        while let Some(ev) = sim.finish_power_off(0) {
+            sim.deliver(&ev);
+        }
+        sim.deliver(&Event::Recovered);
+        sim.run(6 * 3_600_000, |s| s.stage == Stage::Down);
+        assert_eq!(sim.state.stage, Stage::Down, "{c:?}");
+        for nv in sim.view.nodes.values_mut() {
+            nv.online = true;
+            nv.quorate = Some(true);
+            nv.boot_id = Some("b1".into());
+        }
+        sim.deliver(&Event::Recovered);
+        sim.deliver(&Event::StartUp { now_ms: sim.now_ms });
+        sim.run(6 * 3_600_000, |s| s.stage == Stage::Finished);
+        assert_eq!(sim.state.stage, Stage::Finished);
+        let down: usize = sim
+            .state
+            .plan
+            .guests
+            .iter()
+            .filter(|g| g.running || g.onboot)
+            .count();
+        let starts = sim
+            .sends()
+            .iter()
+            .filter(|(_, a)| matches!(a, Action::GuestStart { .. }))
+            .count();
+        assert_eq!(starts, down);
+    }
+}
