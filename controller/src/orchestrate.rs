@@ -216,7 +216,11 @@ impl Driver {
                 return;
             }
         };
-        if let Some(r) = all.into_iter().filter(|r| !r.finished()).max_by_key(|r| r.created_ms) {
+        if let Some(r) = all
+            .into_iter()
+            .filter(|r| !r.finished())
+            .max_by_key(|r| r.created_ms)
+        {
             tracing::info!(rollout = %r.id(), "resuming rollout after restart");
             self.active = Some(r);
             self.step(Event::Recovered);

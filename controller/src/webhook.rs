@@ -15,7 +15,10 @@ pub async fn post(url: &str, body: String) -> Result<(), String> {
     if uri.scheme_str() != Some("http") {
         return Err(format!("{url}: only http:// webhooks are supported"));
     }
-    let host = uri.host().ok_or_else(|| format!("{url}: no host"))?.to_string();
+    let host = uri
+        .host()
+        .ok_or_else(|| format!("{url}: no host"))?
+        .to_string();
     let port = uri.port_u16().unwrap_or(80);
     let work = async {
         let stream = tokio::net::TcpStream::connect((host.as_str(), port))

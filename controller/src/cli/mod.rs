@@ -12,6 +12,7 @@ macro_rules! config_err {
 
 mod conn;
 mod output;
+pub mod rollout;
 
 use clap::{Args, Subcommand, ValueEnum};
 use fleetward_pki::{generate_key_and_csr, Identity, Role};
@@ -97,6 +98,11 @@ pub enum ClientCommand {
         format: String,
         #[command(flatten)]
         opts: ClientOpts,
+    },
+    /// Rolling updates: plan, start, status, pause, resume, abort, skip, list.
+    Rollout {
+        #[command(subcommand)]
+        cmd: rollout::RolloutCmd,
     },
     /// Show the newest audit log entries.
     Audit {
@@ -227,6 +233,7 @@ impl ClientCommand {
             C::Operator {
                 cmd: O::Issue { opts, .. },
             } => opts,
+            C::Rollout { cmd } => cmd.opts(),
         }
     }
 }
@@ -501,6 +508,7 @@ async fn execute(cmd: &ClientCommand) -> Result<String, CliError> {
                 output::findings(findings, fmt)
             }
         }
+        C::Rollout { cmd } => rollout::execute(&mut c, cmd, fmt).await?,
         C::Report { format, .. } => {
             let req = api::RenderReportRequest {
                 format: format.clone(),
