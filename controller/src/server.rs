@@ -4,6 +4,7 @@
 //! an agent only ever speaks for the node named in its certificate.
 
 use crate::config::Config;
+use crate::events::{AgentEvent, AgentEventKind, EVENTS_CAPACITY};
 use crate::fleet::{self, NodeView, Policy};
 use crate::store::{
     AuditEntry, FactChange, NodeRecord, ReportWrite, Store, StoreError, TokenError,
@@ -20,7 +21,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -74,6 +75,8 @@ pub struct Controller {
     /// Every node's latest report, parsed (the fleet rules run over these).
     latest: RwLock<BTreeMap<String, Arc<Report>>>,
     policy: RwLock<Option<Arc<LoadedPolicy>>>,
+    /// What agents do, for orchestration drivers ([`Controller::subscribe`]).
+    events: broadcast::Sender<AgentEvent>,
 }
 
 /// The policy in force and where it came from.
@@ -207,7 +210,46 @@ impl Controller {
             counter: AtomicU64::new(0),
             latest: RwLock::new(latest),
             policy: RwLock::new(policy.map(Arc::new)),
+            events: broadcast::channel(EVENTS_CAPACITY).0,
         }))
+    }
+
+    /// Events of every agent session from now on (see [`crate::events`]): connects with
+    /// boot ids, disconnects, stored reports, command acks, output lines and results.
+    pub fn subscribe(&self) -> broadcast::Receiver<AgentEvent> {
+        self.events.subscribe()
+    }
+
+    fn publish(&self, node: &str, kind: AgentEventKind) {
+        // No subscriber is fine: nobody is waiting for anything.
+        let _ = self.events.send(AgentEvent {
+            node: node.to_string(),
+            kind,
+        });
+    }
+
+    /// Sends `cmd` to `node` on its open session. Build action commands with
+    /// `api::Command::action(&ActionRequest { id, action })`; the id is the idempotency key
+    /// (`operation/node/step/attempt`), so re-sending the same command is safe. Progress
+    /// comes back as [`AgentEventKind::CommandAck`], `CommandOutput` and `CommandResult`
+    /// events. Waits while the session's outgoing queue is full. Errors: the node is not
+    /// connected, or its session ended before the command could be queued.
+    pub async fn send_command(&self, node: &str, cmd: api::Command) -> Result<(), String> {
+        let tx = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(node)
+            .map(|h| h.tx.clone())
+            .ok_or_else(|| format!("node {node} is not connected"))?;
+        let id = cmd.command_id.clone();
+        tx.send(Ok(ControllerMessage::new(
+            controller_message::Kind::Command(cmd),
+        )))
+        .await
+        .map_err(|_| format!("node {node} disconnected"))?;
+        tracing::info!(node, command = %id, "command sent");
+        Ok(())
     }
 
     /// Re-read the policy file named in the configuration. On error the old policy stays.
@@ -578,6 +620,10 @@ impl AgentService for AgentApi {
         tokio::spawn(async move {
             let end = drive_session(&ctl, &node, inbound, &tx, killed).await;
             ctl.unregister(&node, id);
+            // Replaced by a newer session: the node is still connected.
+            if !ctl.online(&node) {
+                ctl.publish(&node, AgentEventKind::Disconnected);
+            }
             match end {
                 Ok(()) => tracing::info!(node = %node, "session closed"),
                 Err(status) => {
@@ -634,8 +680,9 @@ async fn drive_session(
             Some(Kind::Hello(h)) => {
                 let mut rec = ctl.node_enrolled(node)?;
                 rec.agent_version = Some(h.agent_version);
-                rec.boot_id = Some(h.boot_id);
+                rec.boot_id = Some(h.boot_id.clone());
                 ctl.store.upsert_node(&rec).map_err(internal)?;
+                ctl.publish(node, AgentEventKind::Connected { boot_id: h.boot_id });
             }
             Some(Kind::Report(r)) => {
                 let report = r
@@ -675,6 +722,7 @@ async fn drive_session(
                     .write()
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(node.to_string(), Arc::new(report));
+                ctl.publish(node, AgentEventKind::Report);
                 send(controller_message::Kind::ReportAck(
                     controller_message::ReportAck { seq: r.seq },
                 ))
@@ -687,10 +735,31 @@ async fn drive_session(
                 .await?;
             }
             Some(Kind::CommandAck(a)) => {
-                tracing::info!(node, command = %a.command_id, "command acknowledged")
+                tracing::info!(node, command = %a.command_id, "command acknowledged");
+                ctl.publish(node, AgentEventKind::CommandAck { id: a.command_id });
+            }
+            Some(Kind::CommandOutput(o)) => {
+                tracing::debug!(node, command = %o.command_id, line = %o.line, "command output");
+                ctl.publish(
+                    node,
+                    AgentEventKind::CommandOutput {
+                        id: o.command_id,
+                        line: o.line,
+                    },
+                );
             }
             Some(Kind::CommandResult(r)) => {
-                tracing::info!(node, command = %r.command_id, ok = r.ok, message = %r.message, "command finished")
+                tracing::info!(node, command = %r.command_id, ok = r.ok, exit_code = ?r.exit_code, replayed = r.replayed, message = %r.message, "command finished");
+                ctl.publish(
+                    node,
+                    AgentEventKind::CommandResult {
+                        id: r.command_id,
+                        ok: r.ok,
+                        message: r.message,
+                        exit_code: r.exit_code,
+                        replayed: r.replayed,
+                    },
+                );
             }
             None => return Err(Status::invalid_argument("empty agent message")),
         }
