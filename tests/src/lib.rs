@@ -404,7 +404,17 @@ pub struct Agent {
 impl Agent {
     /// Build the seed node's fixture root and enroll it with a fresh token.
     pub fn enroll(c: &Controller, name: &str) -> (tempfile::TempDir, tempfile::TempDir) {
-        let root = support::build(&support::fixtures_dir().join("seed").join(name));
+        Self::enroll_fixture(c, name, &support::fixtures_dir().join("seed").join(name))
+    }
+
+    /// Build the fixture at `dir` (a fixture directory, see `agent/tests/support`) and enroll
+    /// it as node `name` with a fresh token.
+    pub fn enroll_fixture(
+        c: &Controller,
+        name: &str,
+        dir: &Path,
+    ) -> (tempfile::TempDir, tempfile::TempDir) {
+        let root = support::build(dir);
         let state = tempfile::tempdir().expect("tempdir");
         let t = c.cli_json(&["token", "create", "--node", name, "--ttl", "10m"]);
         let cmd = t["enroll_command"].as_str().expect("enroll_command");
