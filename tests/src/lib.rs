@@ -6,6 +6,7 @@
 //! (`cargo build --workspace --bins`) before `cargo test`.
 #![forbid(unsafe_code)]
 
+pub mod fakefleet;
 /// The agent's fixture builder (seed trees with real FAT images), shared with `agent/tests`.
 #[path = "../../agent/tests/support/mod.rs"]
 pub mod support;

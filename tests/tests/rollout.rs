@@ -421,3 +421,52 @@ fn sigkill_at_every_phase_boundary_neither_repeats_nor_skips_a_step() {
         }
     });
 }
+
+#[test]
+fn fifty_nodes_with_max_unavailable_five_never_exceed_five() {
+    use fleetward_tests::fakefleet::{self, Fleet, FleetOptions, NEW_KERNEL as NEW};
+    use std::sync::{atomic::Ordering, Arc};
+    let c = controller();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let names: Vec<String> = (1..=50).map(|i| format!("node-{i:02}")).collect();
+    let enrolled = rt.block_on(fakefleet::enroll(&c, &names));
+    let fleet = Arc::new(Fleet::default());
+    let (seed, members) = (Arc::new(fakefleet::seed_report()), Arc::new(names.clone()));
+    let opts = FleetOptions {
+        reboot: Duration::from_millis(300),
+        action: Duration::from_millis(20),
+    };
+    for e in enrolled {
+        rt.spawn(fakefleet::run_node(
+            c.url(),
+            c.ca_pem(),
+            e,
+            seed.clone(),
+            members.clone(),
+            opts.clone(),
+            fleet.clone(),
+        ));
+    }
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    wait_online(&c, &refs);
+    start(&c, &["--max-unavailable", "5"]);
+    let s = wait_settled(&c, Duration::from_secs(180));
+    assert_eq!(state_word(&s), "completed", "{s:#}");
+    let max = fleet.max_out.load(Ordering::SeqCst);
+    assert_eq!(
+        max, 5,
+        "at most 5 nodes out at once, and 5 were (parallelism happened)"
+    );
+    assert_eq!(fleet.out_now.load(Ordering::SeqCst), 0);
+    assert_events_max_out(&s, 5);
+    for n in &names {
+        assert_eq!(fleet.count(n, "apt-dist-upgrade"), 1, "{n}");
+        assert_eq!(fleet.count(n, "reboot"), 1, "{n}");
+    }
+    let shown = c.cli_json(&["node", "show", "node-37"]);
+    assert_eq!(shown["report"]["facts"]["node"]["running_kernel"], NEW);
+}
