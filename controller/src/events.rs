@@ -14,7 +14,9 @@ pub struct AgentEvent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentEventKind {
     /// A session opened (its Hello arrived) with this boot id.
-    Connected { boot_id: String },
+    Connected {
+        boot_id: String,
+    },
     Disconnected,
     /// A report was stored and is the node's latest.
     Report,

@@ -216,7 +216,11 @@ impl Driver {
                 return;
             }
         };
-        if let Some(r) = all.into_iter().filter(|r| !r.finished()).max_by_key(|r| r.created_ms) {
+        if let Some(r) = all
+            .into_iter()
+            .filter(|r| !r.finished())
+            .max_by_key(|r| r.created_ms)
+        {
             tracing::info!(rollout = %r.id(), "resuming rollout after restart");
             self.active = Some(r);
             self.step(Event::Recovered);
@@ -445,20 +449,7 @@ impl Driver {
                 event.to_string(),
             );
         }
-        if let Some(url) = &self.webhook {
-            let body = serde_json::json!({
-                "operation": id,
-                "time_ms": now,
-                "event": event,
-            })
-            .to_string();
-            let url = url.clone();
-            tokio::spawn(async move {
-                if let Err(e) = crate::webhook::post(&url, body).await {
-                    tracing::warn!(url = %url, error = %e, "webhook failed");
-                }
-            });
-        }
+        crate::webhook::spawn_event(self.webhook.as_deref(), id, now, &event);
     }
 }
 

@@ -86,6 +86,8 @@ pub struct Controller {
     events: tokio::sync::broadcast::Sender<AgentEvent>,
     /// The rollout driver, once `serve` started it.
     rollouts: std::sync::OnceLock<crate::orchestrate::Rollouts>,
+    /// The shutdown driver, once `serve` started it.
+    shutdowns: std::sync::OnceLock<crate::orchestrate_shutdown::Shutdowns>,
     /// Each node's latest report's store seq: only grows, also across restarts.
     report_seqs: Mutex<HashMap<String, u64>>,
 }
@@ -235,6 +237,7 @@ impl Controller {
             events: tokio::sync::broadcast::channel(crate::events::CAPACITY).0,
             report_seqs: Mutex::new(report_seqs),
             rollouts: std::sync::OnceLock::new(),
+            shutdowns: std::sync::OnceLock::new(),
             policy: RwLock::new(policy.map(Arc::new)),
         }))
     }
@@ -423,6 +426,17 @@ impl Controller {
             .ok_or_else(|| Status::unavailable("the rollout driver is not running"))
     }
 
+    /// Connects the shutdown API to the shutdown driver (once, from `serve`).
+    pub fn set_shutdowns(&self, s: crate::orchestrate_shutdown::Shutdowns) {
+        let _ = self.shutdowns.set(s);
+    }
+
+    pub(crate) fn shutdowns(&self) -> Result<&crate::orchestrate_shutdown::Shutdowns, Status> {
+        self.shutdowns
+            .get()
+            .ok_or_else(|| Status::unavailable("the shutdown driver is not running"))
+    }
+
     pub fn config(&self) -> &Config {
         &self.cfg
     }
@@ -457,7 +471,13 @@ impl Controller {
         Ok(Caller { identity, serial })
     }
 
-    fn audit(&self, actor: &str, action: &str, target: &str, detail: String) -> Result<(), Status> {
+    pub(crate) fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        detail: String,
+    ) -> Result<(), Status> {
         tracing::info!(actor, action, target, detail = %detail, "audit");
         self.store
             .append_audit(&AuditEntry {
@@ -1360,7 +1380,10 @@ impl OperatorService for OperatorApi {
             .iter()
             .filter_map(|n| ctl.latest(n).map(|(r, _)| (n.clone(), r)))
             .collect();
-        let reports = latest.iter().map(|(n, r)| (n.clone(), r.as_ref())).collect();
+        let reports = latest
+            .iter()
+            .map(|(n, r)| (n.clone(), r.as_ref()))
+            .collect();
         let dry = crate::rollout::dry_run(&plan, &view, &reports);
         Ok(Response::new(api::RolloutPlanResponse {
             plan_json: serde_json::to_string(&dry).map_err(internal)?,
@@ -1394,7 +1417,10 @@ impl OperatorService for OperatorApi {
                 "nodes {} max-unavailable {}{}",
                 plan.nodes.join(","),
                 plan.max_unavailable,
-                window.as_deref().map(|w| format!(" window {w}")).unwrap_or_default()
+                window
+                    .as_deref()
+                    .map(|w| format!(" window {w}"))
+                    .unwrap_or_default()
             ),
         )?;
         let (reply, rx) = tokio::sync::oneshot::channel();
@@ -1566,7 +1592,9 @@ async fn rollout_status(
     let (reply, rx) = tokio::sync::oneshot::channel();
     let output = match ctl.rollouts() {
         Ok(r) => {
-            let _ = r.request(crate::orchestrate::Request::Output { reply }).await;
+            let _ = r
+                .request(crate::orchestrate::Request::Output { reply })
+                .await;
             rx.await.unwrap_or_default()
         }
         Err(_) => BTreeMap::new(),
@@ -1602,12 +1630,18 @@ async fn refresh_lists(ctl: &Controller, caller: &Caller, nodes: &[String]) -> R
     )?;
     let deadline = tokio::time::Instant::now()
         + std::time::Duration::from_secs(ctl.cfg.rollout.refresh_timeout_secs.max(1));
-    let timeout = || Status::deadline_exceeded("apt-get update did not finish on every node in time");
+    let timeout =
+        || Status::deadline_exceeded("apt-get update did not finish on every node in time");
     let mut pending: std::collections::HashSet<String> = waiting.keys().cloned().collect();
     while !pending.is_empty() {
-        let ev = tokio::time::timeout_at(deadline, events.recv()).await.map_err(|_| timeout())?;
+        let ev = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .map_err(|_| timeout())?;
         let Ok(ev) = ev else { continue };
-        if let K::CommandResult { id, ok, message, .. } = ev.kind {
+        if let K::CommandResult {
+            id, ok, message, ..
+        } = ev.kind
+        {
             if waiting.get(&ev.node) == Some(&id) {
                 if !ok {
                     return Err(Status::aborted(format!(
@@ -1621,12 +1655,17 @@ async fn refresh_lists(ctl: &Controller, caller: &Caller, nodes: &[String]) -> R
     }
     // Then a fresh report from each (a refresh always answers with one).
     for n in nodes {
-        ctl.send_command(n, api::Command::refresh(format!("plan-{stamp}/{n}/refresh")))
-            .map_err(Status::failed_precondition)?;
+        ctl.send_command(
+            n,
+            api::Command::refresh(format!("plan-{stamp}/{n}/refresh")),
+        )
+        .map_err(Status::failed_precondition)?;
     }
     let mut pending: std::collections::HashSet<String> = nodes.iter().cloned().collect();
     while !pending.is_empty() {
-        let ev = tokio::time::timeout_at(deadline, events.recv()).await.map_err(|_| timeout())?;
+        let ev = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .map_err(|_| timeout())?;
         if let Ok(ev) = ev {
             if ev.kind == K::Report {
                 pending.remove(&ev.node);

@@ -15,7 +15,10 @@ pub async fn post(url: &str, body: String) -> Result<(), String> {
     if uri.scheme_str() != Some("http") {
         return Err(format!("{url}: only http:// webhooks are supported"));
     }
-    let host = uri.host().ok_or_else(|| format!("{url}: no host"))?.to_string();
+    let host = uri
+        .host()
+        .ok_or_else(|| format!("{url}: no host"))?
+        .to_string();
     let port = uri.port_u16().unwrap_or(80);
     let work = async {
         let stream = tokio::net::TcpStream::connect((host.as_str(), port))
@@ -42,4 +45,24 @@ pub async fn post(url: &str, body: String) -> Result<(), String> {
     tokio::time::timeout(TIMEOUT, work)
         .await
         .map_err(|_| format!("{url}: no answer in {TIMEOUT:?}"))?
+}
+
+/// Posts one operation event (`{"operation", "time_ms", "event"}`) to `url` in the
+/// background, when a webhook is configured. Shared by the rollout and shutdown drivers.
+pub fn spawn_event(url: Option<&str>, operation: &str, time_ms: u64, event: &serde_json::Value) {
+    let Some(url) = url else {
+        return;
+    };
+    let body = serde_json::json!({
+        "operation": operation,
+        "time_ms": time_ms,
+        "event": event,
+    })
+    .to_string();
+    let url = url.to_owned();
+    tokio::spawn(async move {
+        if let Err(e) = post(&url, body).await {
+            tracing::warn!(url = %url, error = %e, "webhook failed");
+        }
+    });
 }

@@ -90,10 +90,7 @@ fn kernel_packages(k: &str) -> Vec<(String, String)> {
     let mut out = vec![(format!("proxmox-kernel-{k}-signed"), v.clone())];
     let series: Vec<&str> = k.split('.').take(2).collect();
     if series.len() == 2 {
-        let minor: String = series[1]
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect();
+        let minor: String = series[1].chars().take_while(char::is_ascii_digit).collect();
         if !minor.is_empty() {
             out.push((format!("proxmox-kernel-{}.{minor}", series[0]), v.clone()));
         }

@@ -73,7 +73,9 @@ pub fn dry_run(plan: &Plan, view: &ClusterView, reports: &BTreeMap<String, &Repo
         ];
         if reboot {
             steps.push("reboot, wait for a new boot id".into());
-            steps.push("post-reboot gate: expected kernel, quorum, no new error, guests back".into());
+            steps.push(
+                "post-reboot gate: expected kernel, quorum, no new error, guests back".into(),
+            );
         }
         steps.push("maintenance-off (HA guests return)".into());
         let guests: Vec<GuestPlan> = report
@@ -95,9 +97,8 @@ pub fn dry_run(plan: &Plan, view: &ClusterView, reports: &BTreeMap<String, &Repo
             })
             .collect();
         let ha = guests.iter().filter(|g| g.what.starts_with("HA")).count() as u64;
-        let downtime_secs = ha * EST_MIGRATE_PER_HA_GUEST
-            + EST_UPGRADE
-            + if reboot { EST_REBOOT } else { 0 };
+        let downtime_secs =
+            ha * EST_MIGRATE_PER_HA_GUEST + EST_UPGRADE + if reboot { EST_REBOOT } else { 0 };
         nodes.push(NodePlan {
             name: name.clone(),
             position: i + 1,

@@ -53,11 +53,11 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub use dry_run::{dry_run, DryRun, GuestPlan, NodePlan};
 pub use gates::{
     ceph_healthy, esp_holds_next_kernel, no_unsafe_findings, node_reachable, others_online,
     post_reboot, pre_reboot, preflight, quorum_margin, GateFailure, GateResult, UNSAFE_FINDINGS,
 };
-pub use dry_run::{dry_run, DryRun, GuestPlan, NodePlan};
 pub use machine::step;
 pub use view::node_view;
 
