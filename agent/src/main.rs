@@ -3,7 +3,7 @@
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use fleetward_agent::session::enroll::{self, EnrollOptions};
-use fleetward_agent::session::run::{self, RunOptions};
+use fleetward_agent::session::run::{self, RunOptions, SimOptions};
 use fleetward_agent::session::state::DEFAULT_STATE_DIR;
 use fleetward_agent::{inspect, probe, render, root::Root};
 use fleetward_proto::Severity;
@@ -89,6 +89,17 @@ enum Command {
         /// until `fleetward-agent enroll` has been run, instead of failing.
         #[arg(long)]
         wait_for_enrollment: bool,
+        /// Execute the controller's actions with the simulated executor: they change the
+        /// fixture tree under --root (which must be given and must not be /) the way the
+        /// real action would change the node, and are logged to STATE_DIR/sim-actions.jsonl.
+        /// A simulated reboot drops the session and reconnects after --sim-reboot-secs; a
+        /// simulated power-off exits (status 0), and starting again on a powered-off tree
+        /// powers it on. Without --simulate, actions run the real commands on this node.
+        #[arg(long)]
+        simulate: bool,
+        /// With --simulate: seconds a simulated reboot stays disconnected (fractions allowed).
+        #[arg(long, value_name = "SECS", default_value_t = 2.0, requires = "simulate", value_parser = sim_secs)]
+        sim_reboot_secs: f64,
     },
 }
 
@@ -96,6 +107,16 @@ enum Command {
 enum Format {
     Text,
     Json,
+}
+
+/// `--sim-reboot-secs`: 0 to 3600 seconds, fractions allowed.
+fn sim_secs(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if v.is_finite() && (0.0..=3600.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err("expected 0 to 3600 seconds".into())
+    }
 }
 
 #[path = "../../packaging/docs.rs"]
@@ -130,12 +151,17 @@ fn main() -> ExitCode {
             interval,
             heartbeat,
             wait_for_enrollment,
+            simulate,
+            sim_reboot_secs,
         } => exit(cmd_run(
             RunOptions {
                 state_dir,
                 root,
                 interval: Duration::from_secs(interval),
                 heartbeat: Duration::from_secs(heartbeat),
+                simulate: simulate.then(|| SimOptions {
+                    reboot_delay: Duration::from_secs_f64(sim_reboot_secs),
+                }),
             },
             wait_for_enrollment,
         )),
@@ -246,6 +272,11 @@ fn cmd_run(opts: RunOptions, wait_for_enrollment: bool) -> anyhow::Result<()> {
     logging();
     if !opts.root.is_dir() {
         anyhow::bail!("--root {}: not a directory", opts.root.display());
+    }
+    if opts.simulate.is_some() && opts.root.canonicalize()? == std::path::Path::new("/") {
+        anyhow::bail!(
+            "--simulate changes the tree under --root: give a fixture tree, not / (refusing to simulate onto the live system)"
+        );
     }
     runtime()?.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};

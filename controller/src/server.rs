@@ -4,6 +4,7 @@
 //! an agent only ever speaks for the node named in its certificate.
 
 use crate::config::Config;
+use crate::events::{AgentEvent, AgentEventKind, EVENTS_CAPACITY};
 use crate::fleet::{self, NodeView, Policy};
 use crate::store::{
     AuditEntry, FactChange, NodeRecord, ReportWrite, Store, StoreError, TokenError,
@@ -20,7 +21,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -46,8 +47,6 @@ pub struct Caller {
     pub identity: Identity,
     pub serial: String,
 }
-
-use crate::events::{AgentEvent, AgentEventKind};
 
 /// A report's facts flattened (`fleet::flatten`).
 type Flat = BTreeMap<String, String>;
@@ -234,12 +233,52 @@ impl Controller {
             counter: AtomicU64::new(0),
             latest: RwLock::new(latest),
             flats: Mutex::new(HashMap::new()),
-            events: tokio::sync::broadcast::channel(crate::events::CAPACITY).0,
             report_seqs: Mutex::new(report_seqs),
             rollouts: std::sync::OnceLock::new(),
             shutdowns: std::sync::OnceLock::new(),
             policy: RwLock::new(policy.map(Arc::new)),
+            events: broadcast::channel(EVENTS_CAPACITY).0,
         }))
+    }
+
+    /// Events of every agent session from now on (see [`crate::events`]): connects with
+    /// boot ids, disconnects, stored reports, command acks, output lines and results.
+    pub fn subscribe(&self) -> broadcast::Receiver<AgentEvent> {
+        self.events.subscribe()
+    }
+
+    fn publish(&self, node: &str, kind: AgentEventKind) {
+        // No subscriber is fine: nobody is waiting for anything.
+        let _ = self.events.send(AgentEvent {
+            node: node.to_string(),
+            kind,
+        });
+    }
+
+    /// Sends `cmd` to `node` on its open session. Build action commands with
+    /// `api::Command::action(&ActionRequest { id, action })`; the id is the idempotency key
+    /// (`operation/node/step/attempt`), so re-sending the same command is safe. Progress
+    /// comes back as [`AgentEventKind::CommandAck`], `CommandOutput` and `CommandResult`
+    /// events. Never waits: a full session queue is an error (the drivers' timeouts and
+    /// re-sends cover it), as are a node that is not connected or a session that ended.
+    pub fn send_command(&self, node: &str, cmd: api::Command) -> Result<(), String> {
+        let tx = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(node)
+            .map(|h| h.tx.clone())
+            .ok_or_else(|| format!("node {node} is not connected"))?;
+        let id = cmd.command_id.clone();
+        tx.try_send(Ok(ControllerMessage::new(
+            controller_message::Kind::Command(cmd),
+        )))
+        .map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => format!("node {node}: session queue full"),
+            mpsc::error::TrySendError::Closed(_) => format!("node {node} disconnected"),
+        })?;
+        tracing::info!(node, command = %id, "command sent");
+        Ok(())
     }
 
     /// Re-read the policy file named in the configuration. On error the old policy stays.
@@ -350,34 +389,6 @@ impl Controller {
         }
         let latest = self.latest.read().unwrap_or_else(|e| e.into_inner());
         latest.get(node).map(|p| Arc::new(fleet::flatten(&p.facts)))
-    }
-
-    /// Session events (connect, disconnect, report, command ack/output/result).
-    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<AgentEvent> {
-        self.events.subscribe()
-    }
-
-    fn publish(&self, node: &str, kind: AgentEventKind) {
-        // No subscriber is fine: nobody is orchestrating.
-        let _ = self.events.send(AgentEvent {
-            node: node.to_string(),
-            kind,
-        });
-    }
-
-    /// Sends a command on the node's open session; an error when it is not connected.
-    pub fn send_command(&self, node: &str, cmd: api::Command) -> Result<(), String> {
-        let tx = self
-            .sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(node)
-            .map(|h| h.tx.clone())
-            .ok_or_else(|| format!("node {node} is not connected"))?;
-        tx.try_send(Ok(ControllerMessage::new(
-            controller_message::Kind::Command(cmd),
-        )))
-        .map_err(|e| format!("node {node}: {e}"))
     }
 
     /// Whether the node has an open session.
@@ -719,7 +730,10 @@ impl AgentService for AgentApi {
         tokio::spawn(async move {
             let end = drive_session(&ctl, &node, inbound, &tx, killed).await;
             ctl.unregister(&node, id);
-            ctl.publish(&node, AgentEventKind::Disconnected);
+            // Replaced by a newer session: the node is still connected.
+            if !ctl.online(&node) {
+                ctl.publish(&node, AgentEventKind::Disconnected);
+            }
             match end {
                 Ok(()) => tracing::info!(node = %node, "session closed"),
                 Err(status) => {
@@ -838,6 +852,7 @@ async fn drive_session(
                 ctl.publish(node, AgentEventKind::CommandAck { id: a.command_id });
             }
             Some(Kind::CommandOutput(o)) => {
+                tracing::debug!(node, command = %o.command_id, line = %o.line, "command output");
                 ctl.publish(
                     node,
                     AgentEventKind::CommandOutput {
@@ -847,7 +862,7 @@ async fn drive_session(
                 );
             }
             Some(Kind::CommandResult(r)) => {
-                tracing::info!(node, command = %r.command_id, ok = r.ok, message = %r.message, "command finished");
+                tracing::info!(node, command = %r.command_id, ok = r.ok, exit_code = ?r.exit_code, replayed = r.replayed, message = %r.message, "command finished");
                 ctl.publish(
                     node,
                     AgentEventKind::CommandResult {

@@ -48,11 +48,21 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
     }
 }
 
-/// A running controller with its own data directory.
+/// A running controller with its own data directory: a `fleetward serve` process, or
+/// ([`Controller::start_in_process`]) the same server in this test process, so the test can
+/// use the server's own API ([`Controller::server`]: `send_command`, `subscribe`).
 pub struct Controller {
     pub dir: tempfile::TempDir,
     pub addr: String,
     child: Option<Child>,
+    in_process: Option<InProcess>,
+}
+
+/// `serve` on its own thread and runtime in this process.
+struct InProcess {
+    server: std::sync::Arc<fleetward_controller::server::Controller>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 impl Controller {
@@ -64,6 +74,75 @@ impl Controller {
     /// Like [`Controller::start`], with `key = value` settings replacing `init`'s in
     /// `controller.toml` (`"# key"` replaces a commented-out example line).
     pub fn start_with(settings: &[(&str, &str)]) -> Controller {
+        let mut c = Self::init(settings);
+        c.restart();
+        c
+    }
+
+    /// Like [`Controller::start_with`], with `extra` TOML appended to `controller.toml`
+    /// (sections such as `[shutdown]` that `init` does not write).
+    pub fn start_with_toml(settings: &[(&str, &str)], extra: &str) -> Controller {
+        let mut c = Self::init(settings);
+        let config = c.dir.path().join("controller.toml");
+        let text = std::fs::read_to_string(&config).expect("controller.toml");
+        std::fs::write(&config, format!("{text}\n{extra}\n")).expect("write controller.toml");
+        c.restart();
+        c
+    }
+
+    /// `fleetward init` (by the binary), then the server in this process on 127.0.0.1:0
+    /// (`listen.addr` written as `serve` does, so the CLI finds it).
+    pub fn start_in_process() -> Controller {
+        use fleetward_controller::{config::Config, paths::DataDir, serve};
+        let mut c = Self::init(&[]);
+        let dir = DataDir::new(c.dir.path());
+        let (ready_tx, ready) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let mut cfg = Config::load(&dir.config()).expect("controller.toml");
+                cfg.data_dir = Some(dir.root().to_path_buf());
+                let loaded = serve::load(&dir, cfg).expect("serve::load");
+                let server = loaded.controller.clone();
+                let listener = serve::bind("127.0.0.1:0").await.expect("bind");
+                let addr = listener.local_addr().expect("local_addr");
+                fleetward_pki::write_public(&dir.listen_addr(), &format!("{addr}\n"))
+                    .expect("listen.addr");
+                ready_tx.send((server, addr.to_string())).expect("ready");
+                serve::run(loaded, listener, async {
+                    let _ = stopped.await;
+                })
+                .await
+                .expect("serve::run");
+            });
+        });
+        let (server, addr) = ready
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the in-process controller did not start");
+        c.addr = addr;
+        c.in_process = Some(InProcess {
+            server,
+            stop,
+            thread,
+        });
+        c
+    }
+
+    /// The in-process server (only after [`Controller::start_in_process`]).
+    pub fn server(&self) -> std::sync::Arc<fleetward_controller::server::Controller> {
+        self.in_process
+            .as_ref()
+            .expect("not an in-process controller: use Controller::start_in_process")
+            .server
+            .clone()
+    }
+
+    fn init(settings: &[(&str, &str)]) -> Controller {
         let dir = tempfile::tempdir().expect("tempdir");
         let out = Command::new(bin("fleetward"))
             .args(["init", "--name", "e2e", "--data-dir"])
@@ -92,13 +171,12 @@ impl Controller {
                 .join("\n");
         }
         std::fs::write(&config, text + "\n").expect("write controller.toml");
-        let mut c = Controller {
+        Controller {
             dir,
             addr: String::new(),
             child: None,
-        };
-        c.restart();
-        c
+            in_process: None,
+        }
     }
 
     /// Start (again) `serve` on the same data dir, on a new port.
@@ -127,15 +205,45 @@ impl Controller {
         });
     }
 
+    /// Start (again) `serve` on the same address it listened on, so that running agents
+    /// (which keep the address they enrolled with) reconnect: for crash tests.
+    pub fn restart_same_port(&mut self) {
+        self.kill();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("serve.log"))
+            .expect("log file");
+        let child = Command::new(bin("fleetward"))
+            .args(["serve", "--listen", &self.addr, "--data-dir"])
+            .arg(self.dir.path())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("fleetward serve");
+        self.child = Some(child);
+        let addr = self.addr.clone();
+        wait_for(
+            "the controller to listen again",
+            Duration::from_secs(20),
+            || std::net::TcpStream::connect(&addr).ok(),
+        );
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
 
-    /// SIGKILL, no clean-up: for crash tests.
+    /// SIGKILL, no clean-up: for crash tests. (An in-process server is shut down.)
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        if let Some(p) = self.in_process.take() {
+            let _ = p.stop.send(());
+            let _ = p.thread.join();
         }
     }
 
@@ -292,18 +400,57 @@ pub fn minimal_report(host: &str, boot_id: Option<String>) -> fleetward_proto::R
     }
 }
 
+/// How [`Agent::run_with`] starts `fleetward-agent run`. `AgentRun::default()` is what
+/// [`Agent::run`] does: the real executor, inspect and heartbeat every second.
+///
+/// ```ignore
+/// let agent = Agent::run_with(name, root, state, AgentRun::default().simulate().sim_reboot_secs(0.2));
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct AgentRun {
+    /// `--simulate`: actions change the fixture root (log in `STATE/sim-actions.jsonl`).
+    pub simulate: bool,
+    /// `--sim-reboot-secs` (only with `simulate`); the agent's default (2 s) when `None`.
+    pub sim_reboot_secs: Option<f64>,
+}
+
+impl AgentRun {
+    /// Use the simulated executor on the fixture root.
+    pub fn simulate(mut self) -> Self {
+        self.simulate = true;
+        self
+    }
+
+    /// How long a simulated reboot stays disconnected (implies `simulate`).
+    pub fn sim_reboot_secs(mut self, secs: f64) -> Self {
+        self.simulate = true;
+        self.sim_reboot_secs = Some(secs);
+        self
+    }
+}
+
 /// A real `fleetward-agent run` on a seed node's fixture root; killed on drop.
 pub struct Agent {
     pub name: String,
     pub root: tempfile::TempDir,
     pub state: tempfile::TempDir,
     child: Child,
+    run: AgentRun,
 }
 
 impl Agent {
     /// Build the seed node's fixture root and enroll it with a fresh token.
     pub fn enroll(c: &Controller, name: &str) -> (tempfile::TempDir, tempfile::TempDir) {
         let root = support::build(&support::fixtures_dir().join("seed").join(name));
+        Self::enroll_root(c, name, root)
+    }
+
+    /// Enroll `name` on a fixture root the test built itself (e.g. a seed root renamed).
+    pub fn enroll_root(
+        c: &Controller,
+        name: &str,
+        root: tempfile::TempDir,
+    ) -> (tempfile::TempDir, tempfile::TempDir) {
         let state = tempfile::tempdir().expect("tempdir");
         let t = c.cli_json(&["token", "create", "--node", name, "--ttl", "10m"]);
         let cmd = t["enroll_command"].as_str().expect("enroll_command");
@@ -329,29 +476,84 @@ impl Agent {
 
     /// `fleetward-agent run` on an enrolled state dir, inspecting and heartbeating every second.
     pub fn run(name: &str, root: tempfile::TempDir, state: tempfile::TempDir) -> Agent {
-        let log = std::fs::File::create(state.path().join("agent.log")).expect("agent.log");
-        let child = Command::new(bin("fleetward-agent"))
-            .args(["run", "--interval", "1", "--heartbeat", "1", "--state-dir"])
-            .arg(state.path())
-            .arg("--root")
-            .arg(root.path())
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("fleetward-agent run");
+        Self::run_with(name, root, state, AgentRun::default())
+    }
+
+    /// Like [`Agent::run`], with the options of `run` (e.g. `--simulate`).
+    pub fn run_with(
+        name: &str,
+        root: tempfile::TempDir,
+        state: tempfile::TempDir,
+        run: AgentRun,
+    ) -> Agent {
+        let child = Self::spawn(root.path(), state.path(), &run);
         Agent {
             name: name.into(),
             root,
             state,
             child,
+            run,
         }
+    }
+
+    fn spawn(root: &Path, state: &Path, run: &AgentRun) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(state.join("agent.log"))
+            .expect("agent.log");
+        let mut cmd = Command::new(bin("fleetward-agent"));
+        cmd.args(["run", "--interval", "1", "--heartbeat", "1", "--state-dir"])
+            .arg(state)
+            .arg("--root")
+            .arg(root);
+        if run.simulate {
+            cmd.arg("--simulate");
+            if let Some(secs) = run.sim_reboot_secs {
+                cmd.arg(format!("--sim-reboot-secs={secs}"));
+            }
+        }
+        cmd.env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("fleetward-agent run")
     }
 
     /// Enroll and run.
     pub fn start(c: &Controller, name: &str) -> Agent {
         let (root, state) = Self::enroll(c, name);
         Self::run(name, root, state)
+    }
+
+    /// Enroll and run with the simulated executor (`--simulate`), simulated reboots taking
+    /// `reboot_secs`.
+    pub fn start_simulated(c: &Controller, name: &str, reboot_secs: f64) -> Agent {
+        let (root, state) = Self::enroll(c, name);
+        Self::run_with(
+            name,
+            root,
+            state,
+            AgentRun::default().sim_reboot_secs(reboot_secs),
+        )
+    }
+
+    /// Start `run` again with the same options (after it exited, e.g. a simulated
+    /// power-off: a simulated node that is powered off boots again). Kills a running one.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(self.root.path(), self.state.path(), &self.run);
+    }
+
+    /// The exit status, once `run` has exited (it does on a simulated power-off).
+    pub fn try_exit(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// The simulated executor's action log (`--simulate`).
+    pub fn sim_log(&self) -> PathBuf {
+        self.state.path().join("sim-actions.jsonl")
     }
 
     /// A node path inside this agent's fixture root.

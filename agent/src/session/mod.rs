@@ -53,6 +53,11 @@ pub enum Error {
     },
     #[error("{0}")]
     Protocol(String),
+    /// The options ask for something the agent refuses to do (e.g. simulate onto `/`).
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Executor(#[from] crate::executor::ExecutorError),
 }
 
 impl Error {

@@ -1,15 +1,33 @@
 //! `fleetward-agent run`: keep one session with the controller open.
 //!
-//! Per session: `Hello`, a full `Report`, then every `interval` a re-inspection (a `Report`
-//! if its JSON changed, else a `Heartbeat`), and a `Heartbeat` whenever nothing was sent for
-//! `heartbeat`. `Command`s are executed at most once (ids persisted in `commands.json`).
-//! The certificate is renewed once less than a third of its validity is left. Lost
-//! sessions are reopened after a jittered exponential [`Backoff`].
+//! Per session: `Hello` (with the boot id read afresh for every connection), a full
+//! `Report`, then every `interval` a re-inspection (a `Report` if its JSON changed, else a
+//! `Heartbeat`), and a `Heartbeat` whenever nothing was sent for `heartbeat`. The
+//! certificate is renewed once less than a third of its validity is left. Lost sessions
+//! are reopened after a jittered exponential [`Backoff`].
+//!
+//! Commands:
+//! - `Refresh`: executed at most once (ids persisted in `commands.json`, [`SeenCommands`]).
+//! - `Action` (a node-changing [`crate::executor::Action`]): acknowledged at once, then queued (in order, at
+//!   most [`ACTION_QUEUE`] waiting) for a worker task that runs one action at a time on a
+//!   blocking thread through [`Once`] (`actions.json`: a re-sent id gets the remembered
+//!   outcome with `replayed`, it is never executed twice). Output lines are streamed as
+//!   `CommandOutput` while it runs, then `CommandResult` (ok, output tail or reason, exit
+//!   code, replayed). Heartbeats, reports and refreshes go on meanwhile. After an action,
+//!   the node is inspected again and a report sent if it changed.
+//! - An action whose (not replayed) outcome is `reboot`: the result is sent, the session
+//!   closed, and the agent waits — with the real executor systemd stops it; with the
+//!   simulated one it reconnects after [`SimOptions::reboot_delay`] (the files already
+//!   changed, so its `Hello` carries the new boot id). `power_off`: the result is sent, the
+//!   session closed, and [`run`] returns (the process exits 0).
 
 use super::backoff::Backoff;
 use super::notify;
 use super::state::{Credentials, SeenCommands, StateDir};
 use super::{ControllerUrl, Error, CALL_TIMEOUT};
+use crate::executor::real::{RealExecutor, SystemRunner};
+use crate::executor::simulated::SimulatedExecutor;
+use crate::executor::{tail, ActionOutcome, ActionRequest, Executor, Once, OUTCOMES_FILE};
 use crate::inspect::inspect;
 use crate::root::Root;
 use fleetward_pki::{self as pki, Identity, Role};
@@ -20,6 +38,7 @@ use fleetward_proto::api::{command, AgentMessage, Command, ControllerMessage, Re
 use fleetward_proto::Report;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep, sleep_until, Instant};
@@ -36,6 +55,24 @@ const RENEW_RETRY: Duration = Duration::from_secs(300);
 const RENEW_MIN_INTERVAL: Duration = Duration::from_secs(60);
 /// Messages queued for the controller before the session counts as stuck.
 const OUTBOX: usize = 64;
+/// Actions waiting behind the running one; more are refused ("busy").
+pub const ACTION_QUEUE: usize = 32;
+/// Output lines and results in flight from the action worker to the session loop.
+const ACTION_EVENTS: usize = 256;
+/// How much of an action's output its `CommandResult.message` carries (the tail).
+pub const RESULT_MESSAGE_MAX: usize = 16 * 1024;
+/// After starting a real reboot, how long to wait for systemd to stop us before assuming
+/// the reboot did not happen and reconnecting.
+const REBOOT_WAIT: Duration = Duration::from_secs(600);
+/// File name of the simulated executor's action log in the state directory.
+pub const SIM_ACTION_LOG: &str = "sim-actions.jsonl";
+
+/// `run --simulate`: actions change the fixture root instead of the node.
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    /// After a simulated reboot, stay disconnected this long before reconnecting.
+    pub reboot_delay: Duration,
+}
 
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -46,6 +83,42 @@ pub struct RunOptions {
     pub interval: Duration,
     /// Send a heartbeat when nothing was sent for this long.
     pub heartbeat: Duration,
+    /// `Some`: use the [`SimulatedExecutor`] on `root` (which must not be `/`), logging to
+    /// `<state_dir>/`[`SIM_ACTION_LOG`]; `None`: the [`RealExecutor`] with the system runner.
+    pub simulate: Option<SimOptions>,
+}
+
+/// The executor every action of this agent goes through.
+pub type SharedExecutor = Arc<Once<Box<dyn Executor>>>;
+
+/// The executor `opts` ask for, behind [`Once`] (`<state_dir>/actions.json`). For a
+/// simulated node that is powered off, this powers it on first (a new boot): that is how a
+/// simulated node is started again.
+pub fn open_executor(opts: &RunOptions, node: &str) -> Result<SharedExecutor, Error> {
+    let inner: Box<dyn Executor> = match &opts.simulate {
+        Some(_) => {
+            let root = opts.root.canonicalize().map_err(|source| Error::Io {
+                path: opts.root.clone(),
+                source,
+            })?;
+            if root == Path::new("/") {
+                return Err(Error::Refused(
+                    "--simulate needs --root DIR (a fixture tree): refusing to simulate onto the live system".into(),
+                ));
+            }
+            let sim = SimulatedExecutor::new(node, root, opts.state_dir.join(SIM_ACTION_LOG));
+            if sim.powered_off() {
+                info!(root = %sim.root.display(), "simulated node was powered off: powering it on");
+                sim.power_on()?;
+            }
+            Box::new(sim)
+        }
+        None => Box::new(RealExecutor::new(node, SystemRunner)),
+    };
+    Ok(Arc::new(Once::open(
+        opts.state_dir.join(OUTCOMES_FILE),
+        inner,
+    )?))
 }
 
 /// Renew once less than a third of the validity (`not_after - not_before`) is left.
@@ -62,6 +135,10 @@ enum Ended {
     Shutdown,
     Renewed,
     Closed(String),
+    /// An action rebooted the node.
+    Reboot,
+    /// An action powered the node off.
+    PowerOff,
 }
 
 /// How often `run --wait-for-enrollment` looks for the identity `enroll` writes.
@@ -108,12 +185,15 @@ pub async fn wait_for_enrollment(
 /// work at all (not enrolled, unreadable state).
 pub async fn run(opts: RunOptions, mut shutdown: watch::Receiver<bool>) -> Result<(), Error> {
     let state = StateDir::new(&opts.state_dir);
+    let node = state.load()?.config.node_name;
+    let executor = open_executor(&opts, &node)?;
     let mut agent = Agent {
         seen: state.seen_commands()?,
         state,
         root: Root::new(&opts.root),
         opts,
         renew_after: None,
+        executor,
     };
     let mut backoff = Backoff::default();
     loop {
@@ -134,6 +214,37 @@ pub async fn run(opts: RunOptions, mut shutdown: watch::Receiver<bool>) -> Resul
                 warn!(%reason, "the controller closed the session");
                 backoff.next_delay()
             }
+            Ok(Ended::PowerOff) => {
+                info!("the node is powering off: stopping");
+                return Ok(());
+            }
+            Ok(Ended::Reboot) => {
+                backoff.reset();
+                let wait = match &agent.opts.simulate {
+                    Some(sim) => {
+                        info!(
+                            delay_ms = sim.reboot_delay.as_millis() as u64,
+                            "simulated reboot: reconnecting after the delay"
+                        );
+                        sim.reboot_delay
+                    }
+                    None => {
+                        info!("the node is rebooting: waiting to be stopped");
+                        REBOOT_WAIT
+                    }
+                };
+                tokio::select! {
+                    _ = sleep(wait) => {}
+                    _ = stopped(&mut shutdown) => return Ok(()),
+                }
+                if agent.opts.simulate.is_none() {
+                    warn!(
+                        waited_s = wait.as_secs(),
+                        "still running after a reboot was started; reconnecting"
+                    );
+                }
+                continue;
+            }
             Err(e) if e.is_auth() => {
                 error!(error = %e, "the controller refused this node: certificate revoked or unknown to the controller");
                 backoff.max_delay()
@@ -151,6 +262,16 @@ pub async fn run(opts: RunOptions, mut shutdown: watch::Receiver<bool>) -> Resul
     }
 }
 
+/// Ends a session cleanly: half-close our side (queued messages still go out), then give
+/// the controller a moment to end its own.
+async fn close(out: Outbox, inbound: &mut tonic::Streaming<ControllerMessage>) {
+    drop(out);
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Ok(Some(_)) = inbound.message().await {}
+    })
+    .await;
+}
+
 async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     // A dropped sender means nobody can ask us to stop: wait forever.
     if shutdown.wait_for(|stop| *stop).await.is_err() {
@@ -164,6 +285,60 @@ struct Agent {
     root: Root,
     seen: SeenCommands,
     renew_after: Option<Instant>,
+    executor: SharedExecutor,
+}
+
+/// From the action worker to the session loop.
+enum ActionEvent {
+    Output { id: String, line: String },
+    Done(ActionOutcome),
+}
+
+/// Runs queued actions one at a time, in order, each on a blocking thread.
+async fn action_worker(
+    executor: SharedExecutor,
+    mut jobs: mpsc::Receiver<ActionRequest>,
+    events: mpsc::Sender<ActionEvent>,
+) {
+    while let Some(req) = jobs.recv().await {
+        let exec = executor.clone();
+        let lines = events.clone();
+        let id = req.id.clone();
+        info!(command_id = %id, action = req.action.name(), "action starting");
+        let outcome = tokio::task::spawn_blocking(move || {
+            exec.execute(&req, &mut |line: &str| {
+                // Lossy on purpose: when the session does not keep up, a line is dropped
+                // rather than stalling the action; the result carries the output's tail.
+                let _ = lines.try_send(ActionEvent::Output {
+                    id: req.id.clone(),
+                    line: line.to_owned(),
+                });
+            })
+        })
+        .await
+        .unwrap_or_else(|e| ActionOutcome::refused(&id, format!("the executor failed: {e}")));
+        info!(
+            command_id = %id,
+            ok = outcome.ok,
+            exit_code = ?outcome.exit_code,
+            replayed = outcome.replayed,
+            "action finished"
+        );
+        let ends_session = !outcome.replayed && (outcome.reboot || outcome.power_off);
+        if events.send(ActionEvent::Done(outcome)).await.is_err() || ends_session {
+            return;
+        }
+    }
+}
+
+/// Aborts the task when dropped (the action worker of a session that ended). A blocking
+/// action already running finishes on its own thread and [`Once`] records its outcome.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The sending half of a session, with the per-session sequence number shared by reports
@@ -184,6 +359,18 @@ impl Outbox {
         self.tx
             .try_send(AgentMessage::new(kind))
             .map_err(|_| Error::Protocol("the session stopped taking messages".into()))
+    }
+
+    /// Sends `kind` if there is room; drops it otherwise (for streamed output lines, which
+    /// must never make a busy session fail). `false`: dropped.
+    fn send_lossy(&mut self, kind: Out) -> bool {
+        match self.tx.try_send(AgentMessage::new(kind)) {
+            Ok(()) => {
+                self.last_sent = Instant::now();
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     fn next_seq(&mut self) -> u64 {
@@ -228,6 +415,18 @@ impl Outbox {
             command_id: command_id.to_owned(),
             ok,
             message: message.into(),
+            exit_code: None,
+            replayed: false,
+        }))
+    }
+
+    fn action_result(&mut self, o: &ActionOutcome) -> Result<(), Error> {
+        self.send(Out::CommandResult(agent_message::CommandResult {
+            command_id: o.id.clone(),
+            ok: o.ok,
+            message: tail(o.output.clone(), RESULT_MESSAGE_MAX),
+            exit_code: o.exit_code,
+            replayed: o.replayed,
         }))
     }
 }
@@ -266,6 +465,8 @@ impl Agent {
             last_report: None,
             pending: HashMap::new(),
         };
+        // The boot id comes from this session's fresh inspection (read from
+        // /proc/sys/kernel/random/boot_id under the root): after a reboot it is the new one.
         out.send(Out::Hello(agent_message::Hello {
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             boot_id: report.facts.node.boot_id.clone().unwrap_or_default(),
@@ -278,6 +479,16 @@ impl Agent {
         };
         info!(controller = %url, node = %creds.config.node_name, "session open");
 
+        let (jobs, jobs_rx) = mpsc::channel::<ActionRequest>(ACTION_QUEUE);
+        let (events_tx, mut events) = mpsc::channel::<ActionEvent>(ACTION_EVENTS);
+        let _worker = AbortOnDrop(tokio::spawn(action_worker(
+            self.executor.clone(),
+            jobs_rx,
+            events_tx,
+        )));
+        let mut worker_alive = true;
+        let mut dropped_lines: u64 = 0;
+
         let idle_limit = self.opts.heartbeat * 3 + Duration::from_secs(10);
         let mut last_received = Instant::now();
         let mut inspect_at = Instant::now() + self.opts.interval;
@@ -286,11 +497,35 @@ impl Agent {
                 msg = inbound.message() => match msg.map_err(Error::rpc("Session"))? {
                     Some(msg) => {
                         last_received = Instant::now();
-                        if let Some(ended) = self.handle(msg, &mut out).await? {
+                        if let Some(ended) = self.handle(msg, &mut out, &jobs).await? {
                             return Ok(ended);
                         }
                     }
                     None => return Err(Error::Protocol("the controller ended the session".into())),
+                },
+                ev = events.recv(), if worker_alive => match ev {
+                    Some(ActionEvent::Output { id, line }) => {
+                        if !out.send_lossy(Out::CommandOutput(agent_message::CommandOutput {
+                            command_id: id,
+                            line,
+                        })) {
+                            dropped_lines += 1;
+                            debug!(dropped_lines, "session busy: output line dropped");
+                        }
+                    }
+                    Some(ActionEvent::Done(outcome)) => {
+                        out.action_result(&outcome)?;
+                        if !outcome.replayed && (outcome.power_off || outcome.reboot) {
+                            close(out, &mut inbound).await;
+                            return Ok(if outcome.power_off { Ended::PowerOff } else { Ended::Reboot });
+                        }
+                        // Show the controller the action's effect at once.
+                        let report = self.inspect().await;
+                        if out.changed(&report) {
+                            out.report(&report, None)?;
+                        }
+                    }
+                    None => worker_alive = false,
                 },
                 _ = sleep_until(inspect_at) => {
                     inspect_at = Instant::now() + self.opts.interval;
@@ -314,12 +549,7 @@ impl Agent {
                     )));
                 }
                 _ = stopped(shutdown) => {
-                    // Half-close our side, then give the controller a moment to end its own.
-                    drop(out);
-                    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                        while let Ok(Some(_)) = inbound.message().await {}
-                    })
-                    .await;
+                    close(out, &mut inbound).await;
                     info!("session closed: shutting down");
                     return Ok(Ended::Shutdown);
                 }
@@ -332,6 +562,7 @@ impl Agent {
         &mut self,
         msg: ControllerMessage,
         out: &mut Outbox,
+        jobs: &mpsc::Sender<ActionRequest>,
     ) -> Result<Option<Ended>, Error> {
         match msg.kind {
             Some(In::ReportAck(ack)) => match out.pending.remove(&ack.seq) {
@@ -350,25 +581,58 @@ impl Agent {
                 None => warn!(seq = ack.seq, "acknowledgement for a report never sent"),
             },
             Some(In::HeartbeatAck(ack)) => debug!(seq = ack.seq, "heartbeat acknowledged"),
-            Some(In::Command(cmd)) => self.command(cmd, out).await?,
+            Some(In::Command(cmd)) => self.command(cmd, out, jobs).await?,
             Some(In::Close(close)) => return Ok(Some(Ended::Closed(close.reason))),
             None => debug!("ignoring a controller message of an unknown kind"),
         }
         Ok(None)
     }
 
-    async fn command(&mut self, cmd: Command, out: &mut Outbox) -> Result<(), Error> {
+    async fn command(
+        &mut self,
+        cmd: Command,
+        out: &mut Outbox,
+        jobs: &mpsc::Sender<ActionRequest>,
+    ) -> Result<(), Error> {
         let id = cmd.command_id;
         if id.is_empty() {
             warn!("ignoring a command without an id");
             return Ok(());
         }
-        let Some(command::Kind::Refresh(_)) = cmd.kind else {
-            warn!(command_id = %id, "unknown command kind");
-            out.ack(&id)?;
-            let version = env!("CARGO_PKG_VERSION");
-            return out.result(&id, false, format!("unknown command for agent {version}"));
-        };
+        match cmd.kind {
+            Some(command::Kind::Refresh(_)) => {}
+            Some(command::Kind::Action(a)) => {
+                out.ack(&id)?;
+                let req = match a.request(&id) {
+                    Ok(req) => req,
+                    Err(e) => {
+                        warn!(command_id = %id, error = %e, "refusing an action");
+                        return out.result(&id, false, e.to_string());
+                    }
+                };
+                let name = req.action.name();
+                return match jobs.try_send(req) {
+                    Ok(()) => {
+                        info!(command_id = %id, action = name, "action queued");
+                        Ok(())
+                    }
+                    Err(mpsc::error::TrySendError::Full(_)) => out.result(
+                        &id,
+                        false,
+                        format!("agent busy: {ACTION_QUEUE} actions already queued; not queued"),
+                    ),
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        out.result(&id, false, "the action worker stopped; not queued")
+                    }
+                };
+            }
+            None => {
+                warn!(command_id = %id, "unknown command kind");
+                out.ack(&id)?;
+                let version = env!("CARGO_PKG_VERSION");
+                return out.result(&id, false, format!("unknown command for agent {version}"));
+            }
+        }
         if self.seen.contains(&id) {
             info!(command_id = %id, "command seen before; not executing it again");
             out.ack(&id)?;

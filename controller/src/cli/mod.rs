@@ -12,6 +12,7 @@ macro_rules! config_err {
 
 mod conn;
 mod output;
+pub mod rollout;
 mod shutdown;
 
 use clap::{Args, Subcommand, ValueEnum};
@@ -98,6 +99,11 @@ pub enum ClientCommand {
         format: String,
         #[command(flatten)]
         opts: ClientOpts,
+    },
+    /// Rolling updates: plan, start, status, pause, resume, abort, skip, list.
+    Rollout {
+        #[command(subcommand)]
+        cmd: rollout::RolloutCmd,
     },
     /// Coordinated cluster shutdown: plan, start, status, cancel.
     Shutdown {
@@ -242,6 +248,7 @@ impl ClientCommand {
             C::Operator {
                 cmd: O::Issue { opts, .. },
             } => opts,
+            C::Rollout { cmd } => cmd.opts(),
             C::Shutdown { cmd } => cmd.opts(),
             C::PowerEvent { cmd } => cmd.opts(),
             C::Startup(o) => &o.opts,
@@ -525,6 +532,7 @@ async fn execute(cmd: &ClientCommand) -> Result<String, CliError> {
                 output::findings(findings, fmt)
             }
         }
+        C::Rollout { cmd } => rollout::execute(&mut c, cmd, fmt).await?,
         C::Report { format, .. } => {
             let req = api::RenderReportRequest {
                 format: format.clone(),

@@ -58,7 +58,7 @@ pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-fn json_string(v: &Value) -> String {
+pub(crate) fn json_string(v: &Value) -> String {
     // Serialising a `Value` cannot fail.
     serde_json::to_string_pretty(v).unwrap_or_default() + "\n"
 }

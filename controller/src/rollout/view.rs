@@ -2,16 +2,16 @@
 
 use std::collections::BTreeSet;
 
-use fleetward_proto::{GuestState, Report, Severity};
+use fleetward_proto::{EspSource, GuestState, Report, Severity};
 
 use super::NodeView;
 
 /// Builds a node's view from its latest report and its session's liveness.
 ///
 /// - `next_kernel`/`running_kernel`/`boot_id`: from the report's facts.
-/// - `esp_holds_next_kernel`: with ESPs (proxmox-boot-tool), every ESP is present and lists
-///   the next kernel; without ESPs the next kernel is installed in `/boot`. Unknown next
-///   kernel → false.
+/// - `esp_holds_next_kernel`: where proxmox-boot-tool keeps ESPs in sync (the ESP list
+///   exists), every listed ESP is present and holds the next kernel; otherwise (GRUB reading
+///   `/boot`) the next kernel is installed in `/boot`. Unknown next kernel → false.
 /// - `ceph_healthy`: `None` without Ceph; health the agent cannot know (a real node, which
 ///   would need `ceph -s`) counts as **not** healthy: a rollout does not proceed on unknown
 ///   state.
@@ -35,8 +35,17 @@ pub fn node_view(
     nv.needs_reboot = f.boot.reboot_required;
     nv.esp_holds_next_kernel = match &nv.next_kernel {
         None => false,
-        Some(k) if f.esps.is_empty() => f.boot.installed_kernels.contains(k),
-        Some(k) => f.esps.iter().all(|e| e.present && e.kernels.contains(k)),
+        // GRUB from /boot (ESP sync not configured): the kernel must be in /boot.
+        Some(k) if !f.boot.esp_list_exists => f.boot.installed_kernels.contains(k),
+        // proxmox-boot-tool: every listed ESP is present and holds it.
+        Some(k) => {
+            let listed: Vec<_> = f
+                .esps
+                .iter()
+                .filter(|e| e.source == EspSource::EspList)
+                .collect();
+            !listed.is_empty() && listed.iter().all(|e| e.present && e.kernels.contains(k))
+        }
     };
     nv.quorate = f.cluster.quorate.or(f.cluster.standalone.then_some(true));
     let host = f
