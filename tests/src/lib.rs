@@ -441,8 +441,17 @@ pub struct Agent {
 impl Agent {
     /// Build the seed node's fixture root and enroll it with a fresh token.
     pub fn enroll(c: &Controller, name: &str) -> (tempfile::TempDir, tempfile::TempDir) {
-        let root = support::build(&support::fixtures_dir().join("seed").join(name));
-        Self::enroll_root(c, name, root)
+        Self::enroll_fixture(c, name, &support::fixtures_dir().join("seed").join(name))
+    }
+
+    /// Build the fixture at `dir` (a fixture directory, see `agent/tests/support`) and enroll
+    /// it as node `name` with a fresh token.
+    pub fn enroll_fixture(
+        c: &Controller,
+        name: &str,
+        dir: &Path,
+    ) -> (tempfile::TempDir, tempfile::TempDir) {
+        Self::enroll_root(c, name, support::build(dir))
     }
 
     /// Enroll `name` on a fixture root the test built itself (e.g. a seed root renamed).
@@ -549,6 +558,11 @@ impl Agent {
     /// The exit status, once `run` has exited (it does on a simulated power-off).
     pub fn try_exit(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().ok().flatten()
+    }
+
+    /// The `run` process's id (e.g. to SIGSTOP a node's agent in a test).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The simulated executor's action log (`--simulate`).

@@ -1,0 +1,344 @@
+//! Rolling updates end to end: the real controller, real agents with the simulated executor
+//! on the seed nodes' fixture roots (`--simulate`), the operator CLI.
+//!
+//! What the assertions read: the controller's rollout state and event log (`rollout status
+//! --output json`), each agent's own action log (`sim-actions.jsonl`, written by the
+//! simulated executor: one line per action actually executed), and the fixture roots.
+
+use fleetward_agent::executor::simulated::{read_log, LogEntry};
+use fleetward_proto::action::Action;
+use fleetward_tests::{support, wait_for, Agent, AgentRun, Controller};
+use serde_json::Value;
+use std::path::Path;
+use std::time::Duration;
+
+const NEW_KERNEL: &str = "6.14.11-1-pve";
+const OLD_KERNEL: &str = "6.14.8-2-pve";
+const NODES: [&str; 3] = ["pve-01", "pve-02", "pve-03"];
+
+/// Short timeouts and a fast tick, so a halted gate shows within seconds.
+const ROLLOUT_CONFIG: &str = "host_node = \"pve-03\"\n\n[rollout]\n\
+    action_timeout_secs = 30\nrefresh_timeout_secs = 20\nreboot_timeout_secs = 6\n\
+    post_reboot_timeout_secs = 20\nmax_silence_secs = 10\ntick_ms = 100\n";
+
+/// A controller with the rollout settings above.
+fn controller() -> Controller {
+    let mut c = Controller::start();
+    let path = c.dir.path().join("controller.toml");
+    let text = std::fs::read_to_string(&path).unwrap() + ROLLOUT_CONFIG;
+    std::fs::write(&path, text).unwrap();
+    c.restart();
+    c
+}
+
+/// The pending upgrade every node's simulated apt offers: a new kernel and proxmox-ve.
+fn pending() -> String {
+    format!(
+        r#"{{"packages": [{{"package": "proxmox-ve", "version": "9.0.1"}},
+             {{"package": "pve-manager", "version": "9.0.12"}}], "kernel": "{NEW_KERNEL}"}}"#
+    )
+}
+
+/// Enroll a seed node, give it the pending upgrade, run it simulated.
+fn node(c: &Controller, name: &str, reboot_secs: f64) -> Agent {
+    let dir = support::fixtures_dir().join("seed").join(name);
+    node_from(c, name, &dir, reboot_secs)
+}
+
+fn node_from(c: &Controller, name: &str, fixture: &Path, reboot_secs: f64) -> Agent {
+    let (root, state) = Agent::enroll_fixture(c, name, fixture);
+    let sim = root.path().join("var/lib/fleetward-sim");
+    std::fs::create_dir_all(&sim).unwrap();
+    std::fs::write(sim.join("pending.json"), pending()).unwrap();
+    Agent::run_with(
+        name,
+        root,
+        state,
+        AgentRun::default().sim_reboot_secs(reboot_secs),
+    )
+}
+
+fn cluster(c: &Controller) -> Vec<Agent> {
+    let agents: Vec<Agent> = NODES.iter().map(|n| node(c, n, 0.3)).collect();
+    wait_online(c, &NODES);
+    agents
+}
+
+fn wait_online(c: &Controller, names: &[&str]) {
+    wait_for("nodes online with reports", Duration::from_secs(30), || {
+        let nodes = c.cli_json(&["nodes"]);
+        let ok = names.iter().all(|n| {
+            nodes
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|x| x["name"] == *n && x["state"] == "online" && !x["findings"].is_null())
+        });
+        ok.then_some(())
+    });
+}
+
+fn status(c: &Controller) -> Value {
+    c.cli_json(&["rollout", "status"])
+}
+
+fn state_word(s: &Value) -> String {
+    s["rollout"]["state"]["status"]["status"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Waits until the newest rollout is no longer running; returns its status.
+fn wait_settled(c: &Controller, timeout: Duration) -> Value {
+    wait_for("the rollout to settle", timeout, || {
+        let s = status(c);
+        (!matches!(state_word(&s).as_str(), "running" | "planned")).then_some(s)
+    })
+}
+
+fn start(c: &Controller, extra: &[&str]) -> Value {
+    let mut args = vec!["rollout", "start", "--yes"];
+    args.extend_from_slice(extra);
+    c.cli_json(&args)
+}
+
+fn log(a: &Agent) -> Vec<LogEntry> {
+    read_log(&a.sim_log()).expect("action log")
+}
+
+fn count(a: &Agent, f: impl Fn(&Action) -> bool) -> usize {
+    log(a).iter().filter(|e| e.ok && f(&e.action)).count()
+}
+
+fn read(a: &Agent, p: &str) -> String {
+    std::fs::read_to_string(a.path(p))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// From the agents' own logs: the spans between maintenance-on and maintenance-off (or the
+/// end of the log) never overlap across nodes, so at most `max` nodes were ever out at once.
+fn assert_max_out(agents: &[Agent], max: usize) {
+    let mut spans: Vec<(u64, u64, String)> = Vec::new();
+    for a in agents {
+        let mut open = None;
+        for e in log(a) {
+            match e.action {
+                Action::MaintenanceOn if e.ok => open = open.or(Some(e.started_ms)),
+                Action::MaintenanceOff if e.ok => {
+                    if let Some(s) = open.take() {
+                        spans.push((s, e.finished_ms, a.name.clone()));
+                    }
+                }
+                Action::Reboot | Action::AptDistUpgrade if open.is_none() => {
+                    panic!("{}: {:?} outside maintenance", a.name, e.action)
+                }
+                _ => {}
+            }
+        }
+        if let Some(s) = open {
+            spans.push((s, u64::MAX, a.name.clone()));
+        }
+    }
+    for (s, _, n) in &spans {
+        let out: Vec<&String> = spans
+            .iter()
+            .filter(|(s2, e2, _)| s2 <= s && s < e2)
+            .map(|(_, _, n)| n)
+            .collect();
+        assert!(out.len() <= max, "at {s} ({n}) out at once: {out:?}");
+    }
+}
+
+/// From the controller's event log: nodes started and done never exceed `max` in flight.
+fn assert_events_max_out(s: &Value, max: usize) {
+    let mut out = std::collections::BTreeSet::new();
+    for e in s["events"].as_array().unwrap() {
+        let ev = &e["event"];
+        let node = ev["node"].as_str().unwrap_or_default().to_string();
+        match ev["event"].as_str() {
+            Some("node-started") => {
+                out.insert(node);
+            }
+            Some("node-done") | Some("skipped") => {
+                out.remove(&node);
+            }
+            _ => {}
+        }
+        assert!(out.len() <= max, "event log: {out:?} in flight at once");
+    }
+}
+
+fn halted(s: &Value) -> (String, String) {
+    let st = &s["rollout"]["state"]["status"];
+    assert_eq!(st["status"], "halted", "not halted: {s:#}");
+    (
+        st["node"].as_str().unwrap().to_string(),
+        st["gate"].as_str().unwrap().to_string(),
+    )
+}
+
+#[test]
+fn three_simulated_nodes_roll_to_the_new_kernel_one_at_a_time() {
+    let c = controller();
+    let agents = cluster(&c);
+    let boots: Vec<String> = agents
+        .iter()
+        .map(|a| read(a, "/proc/sys/kernel/random/boot_id"))
+        .collect();
+
+    // The dry run, after apt-get update through the executors: packages and reboots.
+    let plan = c.cli_json(&["rollout", "plan", "--refresh-lists"]);
+    let order: Vec<&str> = plan["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(order, NODES, "the controller's host (pve-03) goes last");
+    for n in plan["nodes"].as_array().unwrap() {
+        assert_eq!(n["gate"], serde_json::json!({"Ok": null}), "{n:#}");
+        assert_eq!(n["reboot"], true, "{n:#}");
+        let pkgs: Vec<&str> = n["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["package"].as_str().unwrap())
+            .collect();
+        assert!(pkgs.contains(&"proxmox-ve"), "{pkgs:?}");
+    }
+    let text = c.cli(&["rollout", "plan"]);
+    assert!(text.status.success());
+
+    start(&c, &[]);
+    let s = wait_settled(&c, Duration::from_secs(90));
+    assert_eq!(state_word(&s), "completed", "{s:#}");
+
+    for (a, boot) in agents.iter().zip(&boots) {
+        assert_eq!(
+            read(a, "/proc/sys/kernel/osrelease"),
+            NEW_KERNEL,
+            "{}",
+            a.name
+        );
+        assert_ne!(
+            &read(a, "/proc/sys/kernel/random/boot_id"),
+            boot,
+            "{}",
+            a.name
+        );
+        assert!(!a.path("/var/lib/fleetward-sim/maintenance").exists());
+        assert_eq!(count(a, |x| *x == Action::AptDistUpgrade), 1, "{}", a.name);
+        assert_eq!(count(a, |x| *x == Action::Reboot), 1, "{}", a.name);
+    }
+    assert_max_out(&agents, 1);
+    assert_events_max_out(&s, 1);
+    // The controller's view agrees: every node reports the new kernel.
+    for n in NODES {
+        let shown = c.cli_json(&["node", "show", n]);
+        let k = &shown["report"]["facts"]["node"]["running_kernel"];
+        assert_eq!(k, NEW_KERNEL, "{n}: {shown:#}");
+    }
+    // The audit log has the start and the completion.
+    let audit = c.cli_json(&["audit"]).to_string();
+    assert!(audit.contains("rollout.start") && audit.contains("rollout.completed"));
+}
+
+#[test]
+fn esp_without_the_new_kernel_halts_before_the_reboot() {
+    let c = controller();
+    // pve-02 boots from ESPs that proxmox-boot-tool keeps in sync; the simulation never
+    // writes ESP images, so after the upgrade they lack the new kernel even after the
+    // one boot-refresh attempt.
+    let esp_sync = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/esp-sync-pve-02");
+    let agents = vec![
+        node(&c, "pve-01", 0.3),
+        node_from(&c, "pve-02", &esp_sync, 0.3),
+        node(&c, "pve-03", 0.3),
+    ];
+    wait_online(&c, &NODES);
+    let r = c.cli_json(&["node", "show", "pve-02"]);
+    assert_eq!(r["report"]["facts"]["boot"]["esp_list_exists"], true);
+    start(&c, &["--nodes", "pve-02,pve-01"]);
+    let s = wait_settled(&c, Duration::from_secs(60));
+    assert_eq!(
+        halted(&s),
+        ("pve-02".into(), "esp-holds-kernel".into()),
+        "{s:#}"
+    );
+    let a = &agents[1];
+    assert_eq!(count(a, |x| *x == Action::AptDistUpgrade), 1);
+    assert_eq!(
+        count(a, |x| *x == Action::BootRefresh),
+        1,
+        "one refresh attempt"
+    );
+    assert_eq!(count(a, |x| *x == Action::Reboot), 0, "no reboot");
+    assert_eq!(read(a, "/proc/sys/kernel/osrelease"), OLD_KERNEL);
+    assert!(log(&agents[0]).is_empty(), "the next node is untouched");
+}
+
+#[test]
+fn a_cluster_without_quorum_starts_nothing() {
+    let c = controller();
+    let agents = cluster(&c);
+    for a in &agents {
+        let p = a.path("/etc/pve/.members");
+        let text = std::fs::read_to_string(&p).unwrap();
+        std::fs::write(&p, text.replace("\"quorate\": 1", "\"quorate\": 0")).unwrap();
+    }
+    wait_for("reports without quorum", Duration::from_secs(20), || {
+        let r = c.cli_json(&["node", "show", "pve-01"]);
+        (r["report"]["facts"]["cluster"]["quorate"] == false).then_some(())
+    });
+    start(&c, &[]);
+    let s = wait_settled(&c, Duration::from_secs(30));
+    assert_eq!(halted(&s).1, "quorum");
+    for a in &agents {
+        assert!(log(a).is_empty(), "{} was touched", a.name);
+    }
+}
+
+#[test]
+fn an_offline_node_starts_nothing() {
+    let c = controller();
+    let mut agents = cluster(&c);
+    drop(agents.remove(2)); // pve-03's agent stops
+    wait_for("pve-03 offline", Duration::from_secs(20), || {
+        let nodes = c.cli_json(&["nodes"]);
+        let n = nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == "pve-03")?;
+        (n["state"] == "offline").then_some(())
+    });
+    start(&c, &[]);
+    let s = wait_settled(&c, Duration::from_secs(30));
+    assert_eq!(halted(&s).1, "nodes-online");
+    for a in &agents {
+        assert!(log(a).is_empty(), "{} was touched", a.name);
+    }
+}
+
+#[test]
+fn a_node_that_does_not_return_after_its_reboot_halts_the_rollout() {
+    let c = controller();
+    // pve-01's simulated reboot takes an hour: it never comes back within the timeout.
+    let mut agents = vec![node(&c, "pve-01", 3600.0)];
+    agents.extend(["pve-02", "pve-03"].iter().map(|n| node(&c, n, 0.3)));
+    wait_online(&c, &NODES);
+    start(&c, &[]);
+    let s = wait_settled(&c, Duration::from_secs(60));
+    assert_eq!(
+        halted(&s),
+        ("pve-01".into(), "reboot-return".into()),
+        "{s:#}"
+    );
+    assert_eq!(count(&agents[0], |x| *x == Action::Reboot), 1);
+    for a in &agents[1..] {
+        assert!(log(a).is_empty(), "{} was touched", a.name);
+    }
+}
