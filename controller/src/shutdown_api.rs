@@ -21,8 +21,7 @@ fn internal(e: impl std::fmt::Display) -> Status {
     Status::internal(e.to_string())
 }
 
-/// The actor named in the audit log for UPS-driven actions is the calling operator; this
-/// is the reason a UPS-started shutdown carries.
+/// The reason a UPS-started shutdown carries (the audit log names the calling operator).
 fn ups_reason(runtime_secs: u64) -> String {
     format!("UPS on battery (runtime {runtime_secs} s)")
 }

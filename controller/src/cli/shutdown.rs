@@ -92,7 +92,7 @@ fn parse_runtime(s: &str) -> Result<u64, String> {
         .trim()
         .parse()
         .map_err(|_| format!("invalid runtime {s:?}: expected seconds, e.g. 900"))?;
-    if v.is_finite() && v >= 1.0 && v < 1e9 {
+    if (1.0..1e9).contains(&v) {
         Ok(v as u64)
     } else {
         Err(format!("invalid runtime {s:?}: expected 1 or more seconds"))
@@ -401,9 +401,13 @@ mod tests {
             text.contains("shutdown shutdown-1 (maintenance) started by admin"),
             "{text}"
         );
-        assert!(text.contains("point of no return: passed"), "{text}");
+        // One node and no host: HA maintenance mode comes first.
         assert!(
-            text.contains("pve-01  power-off  1        pending"),
+            text.contains("stage: disarm-ha  point of no return: not reached"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pve-01  maintenance-on  1        pending"),
             "{text}"
         );
         assert!(text.contains("\"started\""), "{text}");
