@@ -100,6 +100,9 @@ enum Command {
         /// With --simulate: seconds a simulated reboot stays disconnected (fractions allowed).
         #[arg(long, value_name = "SECS", default_value_t = 2.0, requires = "simulate", value_parser = sim_secs)]
         sim_reboot_secs: f64,
+        /// With --simulate: seconds each simulated action takes (fractions allowed).
+        #[arg(long, value_name = "SECS", default_value_t = 0.0, requires = "simulate", value_parser = sim_secs)]
+        sim_action_secs: f64,
     },
 }
 
@@ -153,6 +156,7 @@ fn main() -> ExitCode {
             wait_for_enrollment,
             simulate,
             sim_reboot_secs,
+            sim_action_secs,
         } => exit(cmd_run(
             RunOptions {
                 state_dir,
@@ -161,6 +165,7 @@ fn main() -> ExitCode {
                 heartbeat: Duration::from_secs(heartbeat),
                 simulate: simulate.then(|| SimOptions {
                     reboot_delay: Duration::from_secs_f64(sim_reboot_secs),
+                    action_duration: Duration::from_secs_f64(sim_action_secs),
                 }),
             },
             wait_for_enrollment,

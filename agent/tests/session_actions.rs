@@ -204,6 +204,7 @@ impl Setup {
             heartbeat: Duration::from_secs(1),
             simulate: Some(SimOptions {
                 reboot_delay: Duration::ZERO,
+                action_duration: Duration::ZERO,
             }),
         };
         let (stop, shutdown) = watch::channel(false);
@@ -467,6 +468,7 @@ async fn session_simulate_refuses_the_live_root() {
         heartbeat: Duration::from_secs(1),
         simulate: Some(SimOptions {
             reboot_delay: Duration::ZERO,
+            action_duration: Duration::ZERO,
         }),
     };
     let (_stop, shutdown) = watch::channel(false);

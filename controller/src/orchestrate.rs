@@ -168,6 +168,10 @@ pub fn refused_guests(ctl: &Controller, nodes: &[String]) -> Vec<String> {
 struct Driver {
     ctl: Arc<Controller>,
     active: Option<Rollout>,
+    /// After the controller restarts, agents need a moment to reconnect: until this time
+    /// (or until they are all back) the resumed rollout is not stepped, so a node that is
+    /// merely reconnecting does not halt it.
+    reconnect_grace_until: Option<u64>,
     /// Recent output lines of running actions, per node.
     output: HashMap<String, VecDeque<String>>,
     webhook: Option<String>,
@@ -182,6 +186,7 @@ pub fn spawn(ctl: Arc<Controller>) -> Rollouts {
         webhook: ctl.config().webhook.clone(),
         ctl,
         active: None,
+        reconnect_grace_until: None,
         output: HashMap::new(),
     };
     tokio::spawn(async move {
@@ -222,13 +227,21 @@ impl Driver {
             .max_by_key(|r| r.created_ms)
         {
             tracing::info!(rollout = %r.id(), "resuming rollout after restart");
+            let grace = r.state.plan.timeouts.max_silence_ms;
             self.active = Some(r);
+            self.reconnect_grace_until = Some(now_ms().saturating_add(grace));
             self.step(Event::Recovered);
         }
     }
 
     fn on_tick(&mut self) {
         let now = now_ms();
+        if self.reconnect_grace_until.is_some() {
+            // Still (or just no longer) waiting for agents after a restart: re-send what is
+            // outstanding once they are back.
+            self.step(Event::Recovered);
+            return;
+        }
         if let Some(r) = &self.active {
             if let Some(w) = r.window.as_deref().and_then(|w| Window::parse(w).ok()) {
                 let inside = w.contains_ms(now);
@@ -371,15 +384,41 @@ impl Driver {
         }
     }
 
+    /// Whether to hold off after a restart: within the grace period and some node that is
+    /// expected online (every enrolled node except those waiting for their reboot) is not
+    /// back yet. Ends for good once everyone is back or the time is up.
+    fn reconnecting(&mut self, view: &ClusterView) -> bool {
+        let (Some(until), Some(r)) = (self.reconnect_grace_until, self.active.as_ref()) else {
+            return false;
+        };
+        let rebooting = |name: &str| {
+            r.state
+                .node(name)
+                .is_some_and(|n| n.phase == rollout::Phase::AwaitReturn)
+        };
+        let missing = view
+            .nodes
+            .iter()
+            .any(|(name, nv)| !nv.online && !rebooting(name));
+        if missing && now_ms() < until {
+            return true;
+        }
+        self.reconnect_grace_until = None;
+        false
+    }
+
     /// One step: view → machine → persist → send.
     fn step(&mut self, event: Event) {
+        let view = cluster_view(&self.ctl);
+        if self.reconnecting(&view) {
+            return;
+        }
         let Some(current) = self.active.as_ref() else {
             return;
         };
         if current.finished() && !matches!(event, Event::Start) {
             return;
         }
-        let view = cluster_view(&self.ctl);
         let (state, commands) = rollout::step(&current.state, &event, &view);
         let mut next = current.clone();
         next.state = state;

@@ -179,9 +179,15 @@ impl Controller {
         }
     }
 
-    /// Start (again) `serve` on the same data dir, on a new port.
+    /// Start (again) `serve` on the same data dir and, after the first start, the same
+    /// address (agents reconnect to the URL they enrolled with).
     pub fn restart(&mut self) {
         self.kill();
+        let listen = if self.addr.is_empty() {
+            "127.0.0.1:0".to_string()
+        } else {
+            self.addr.clone()
+        };
         let addr_file = self.dir.path().join("listen.addr");
         let _ = std::fs::remove_file(&addr_file);
         let log = std::fs::OpenOptions::new()
@@ -190,7 +196,7 @@ impl Controller {
             .open(self.dir.path().join("serve.log"))
             .expect("log file");
         let child = Command::new(bin("fleetward"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["serve", "--listen", &listen, "--data-dir"])
             .arg(self.dir.path())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -412,6 +418,8 @@ pub struct AgentRun {
     pub simulate: bool,
     /// `--sim-reboot-secs` (only with `simulate`); the agent's default (2 s) when `None`.
     pub sim_reboot_secs: Option<f64>,
+    /// `--sim-action-secs`: how long each simulated action takes.
+    pub sim_action_secs: Option<f64>,
 }
 
 impl AgentRun {
@@ -425,6 +433,13 @@ impl AgentRun {
     pub fn sim_reboot_secs(mut self, secs: f64) -> Self {
         self.simulate = true;
         self.sim_reboot_secs = Some(secs);
+        self
+    }
+
+    /// How long each simulated action takes (implies `simulate`).
+    pub fn sim_action_secs(mut self, secs: f64) -> Self {
+        self.simulate = true;
+        self.sim_action_secs = Some(secs);
         self
     }
 }
@@ -520,6 +535,9 @@ impl Agent {
             cmd.arg("--simulate");
             if let Some(secs) = run.sim_reboot_secs {
                 cmd.arg(format!("--sim-reboot-secs={secs}"));
+            }
+            if let Some(secs) = run.sim_action_secs {
+                cmd.arg(format!("--sim-action-secs={secs}"));
             }
         }
         cmd.env("RUST_LOG", "info")

@@ -253,7 +253,7 @@ fn esp_without_the_new_kernel_halts_before_the_reboot() {
     // writes ESP images, so after the upgrade they lack the new kernel even after the
     // one boot-refresh attempt.
     let esp_sync = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/esp-sync-pve-02");
-    let agents = vec![
+    let agents = [
         node(&c, "pve-01", 0.3),
         node_from(&c, "pve-02", &esp_sync, 0.3),
         node(&c, "pve-03", 0.3),
@@ -341,4 +341,83 @@ fn a_node_that_does_not_return_after_its_reboot_halts_the_rollout() {
     for a in &agents[1..] {
         assert!(log(a).is_empty(), "{} was touched", a.name);
     }
+}
+
+/// The (node, event) pairs of the rollout's event log, in order.
+fn boundaries(s: &Value) -> Vec<(String, String)> {
+    s["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let ev = &e["event"];
+            let what = match ev["phase"].as_str() {
+                Some(p) => format!("phase {p}"),
+                None => ev["event"].as_str().unwrap_or_default().to_string(),
+            };
+            (ev["node"].as_str().unwrap_or_default().to_string(), what)
+        })
+        .collect()
+}
+
+/// One crash run: a fresh cluster whose actions take a while, a rollout, SIGKILL of the
+/// controller as soon as its event log holds `at` (None: no crash), restart, completion.
+/// Returns the event log of the finished rollout.
+fn crash_run(at: Option<&(String, String)>) -> Vec<(String, String)> {
+    let mut c = controller();
+    let agents: Vec<Agent> = NODES
+        .iter()
+        .map(|n| {
+            let dir = support::fixtures_dir().join("seed").join(n);
+            let (root, state) = Agent::enroll_fixture(&c, n, &dir);
+            let sim = root.path().join("var/lib/fleetward-sim");
+            std::fs::write(sim.join("pending.json"), pending()).unwrap();
+            let run = AgentRun::default()
+                .sim_reboot_secs(0.3)
+                .sim_action_secs(0.2);
+            Agent::run_with(n, root, state, run)
+        })
+        .collect();
+    wait_online(&c, &NODES);
+    start(&c, &[]);
+    if let Some(at) = at {
+        wait_for("the crash point", Duration::from_secs(60), || {
+            boundaries(&status(&c)).contains(at).then_some(())
+        });
+        c.kill(); // SIGKILL
+        c.restart();
+    }
+    let s = wait_settled(&c, Duration::from_secs(90));
+    assert_eq!(state_word(&s), "completed", "crash at {at:?}: {s:#}");
+    for a in &agents {
+        let what = format!("{} (crash at {at:?})", a.name);
+        assert_eq!(count(a, |x| *x == Action::AptDistUpgrade), 1, "{what}");
+        assert_eq!(count(a, |x| *x == Action::Reboot), 1, "{what}");
+        assert_eq!(read(a, "/proc/sys/kernel/osrelease"), NEW_KERNEL, "{what}");
+    }
+    assert_max_out(&agents, 1);
+    assert_events_max_out(&s, 1);
+    boundaries(&s)
+}
+
+#[test]
+fn sigkill_at_every_phase_boundary_neither_repeats_nor_skips_a_step() {
+    let all = crash_run(None);
+    let points: Vec<(String, String)> = all
+        .into_iter()
+        .filter(|(node, _)| !node.is_empty()) // per-node boundaries
+        .collect();
+    assert!(points.len() >= 3 * 8, "too few boundaries: {points:?}");
+    // Four runs at a time: each is a controller and three mostly idle agents.
+    let next = std::sync::Mutex::new(points.iter());
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| loop {
+                let Some(at) = next.lock().unwrap().next() else {
+                    return;
+                };
+                crash_run(Some(at));
+            });
+        }
+    });
 }

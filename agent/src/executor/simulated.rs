@@ -195,6 +195,9 @@ pub struct SimulatedExecutor {
     pub node: String,
     pub root: PathBuf,
     pub log: PathBuf,
+    /// How long each action takes (a real upgrade or migration takes minutes; demos and
+    /// crash tests need actions that last long enough to be watched or interrupted).
+    pub duration: std::time::Duration,
 }
 
 type Say<'a> = &'a mut dyn FnMut(String);
@@ -302,7 +305,14 @@ impl SimulatedExecutor {
             node: node.into(),
             root: root.into(),
             log: log.into(),
+            duration: std::time::Duration::ZERO,
         }
+    }
+
+    /// Each action takes `d` before it acts.
+    pub fn with_duration(mut self, d: std::time::Duration) -> Self {
+        self.duration = d;
+        self
     }
 
     /// A node path (`/boot/...`) under the root.
@@ -744,6 +754,7 @@ impl Executor for SimulatedExecutor {
                 tail.push_line(&line);
             };
             say(format!("simulated {} on {}", req.action.name(), self.node));
+            std::thread::sleep(self.duration);
             let result = self.apply(&req.action, &mut say);
             if let Err(e) = &result {
                 say(format!("error: {e}"));

@@ -72,6 +72,8 @@ pub const SIM_ACTION_LOG: &str = "sim-actions.jsonl";
 pub struct SimOptions {
     /// After a simulated reboot, stay disconnected this long before reconnecting.
     pub reboot_delay: Duration,
+    /// How long each simulated action takes.
+    pub action_duration: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -96,7 +98,7 @@ pub type SharedExecutor = Arc<Once<Box<dyn Executor>>>;
 /// simulated node is started again.
 pub fn open_executor(opts: &RunOptions, node: &str) -> Result<SharedExecutor, Error> {
     let inner: Box<dyn Executor> = match &opts.simulate {
-        Some(_) => {
+        Some(options) => {
             let root = opts.root.canonicalize().map_err(|source| Error::Io {
                 path: opts.root.clone(),
                 source,
@@ -106,7 +108,8 @@ pub fn open_executor(opts: &RunOptions, node: &str) -> Result<SharedExecutor, Er
                     "--simulate needs --root DIR (a fixture tree): refusing to simulate onto the live system".into(),
                 ));
             }
-            let sim = SimulatedExecutor::new(node, root, opts.state_dir.join(SIM_ACTION_LOG));
+            let sim = SimulatedExecutor::new(node, root, opts.state_dir.join(SIM_ACTION_LOG))
+                .with_duration(options.action_duration);
             if sim.powered_off() {
                 info!(root = %sim.root.display(), "simulated node was powered off: powering it on");
                 sim.power_on()?;
