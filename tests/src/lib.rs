@@ -211,32 +211,6 @@ impl Controller {
         });
     }
 
-    /// Start (again) `serve` on the same address it listened on, so that running agents
-    /// (which keep the address they enrolled with) reconnect: for crash tests.
-    pub fn restart_same_port(&mut self) {
-        self.kill();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("serve.log"))
-            .expect("log file");
-        let child = Command::new(bin("fleetward"))
-            .args(["serve", "--listen", &self.addr, "--data-dir"])
-            .arg(self.dir.path())
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("fleetward serve");
-        self.child = Some(child);
-        let addr = self.addr.clone();
-        wait_for(
-            "the controller to listen again",
-            Duration::from_secs(20),
-            || std::net::TcpStream::connect(&addr).ok(),
-        );
-    }
-
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }

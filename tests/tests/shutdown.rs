@@ -410,7 +410,7 @@ fn startup_after_power_returns_in_random_order_waits_for_osd_nodes_and_reports_t
     let shutdown_actions = cl.logs().len();
     // The controller went down with its host (the last node) and comes back with it.
     cl.c.kill();
-    cl.c.restart_same_port();
+    cl.c.restart();
     assert_eq!(cl.status()["state"]["state"]["stage"]["stage"], "down");
 
     // Power returns: four nodes boot in a random order, pve-05 (no OSDs) never does.
@@ -723,7 +723,7 @@ fn controller_killed_mid_shutdown_resumes_the_same_plan_without_repeating_action
     let before = cl.logs();
     assert!(!before.is_empty() && !before.iter().any(|e| e.action == Action::PowerOff));
     cl.c.kill();
-    cl.c.restart_same_port();
+    cl.c.restart();
     signal(cl.agent("pve-02"), Signal::SIGCONT);
 
     let down = cl.wait_stage("down");
