@@ -58,6 +58,92 @@ pub struct Config {
     pub webhook: Option<String>,
     #[serde(default)]
     pub rollout: RolloutConfig,
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
+}
+
+/// Coordinated shutdown and startup (`fleetward shutdown`, `startup`, `power-event`).
+/// Durations are milliseconds so that tests and demos can scale them down; the defaults
+/// suit real nodes. Unlike a rollout, a passed bound moves the shutdown on (see
+/// `shutdown/mod.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// Explicit power-off tiers, every enrolled node exactly once, e.g.
+    /// `[["pve-04", "pve-05"], ["pve-02", "pve-03"], ["pve-01"]]`. Empty: nodes without a
+    /// Ceph monitor, then monitor nodes, then `host_node` alone.
+    pub tiers: Vec<Vec<String>>,
+    /// How HA is kept from fencing or migrating: `auto` (cluster-wide `disarm-ha` when every
+    /// online node's report shows the disarm state, else maintenance mode per node),
+    /// `disarm` (every node runs pve-ha-manager >= 5.1.3) or `maintenance`.
+    pub ha_mode: HaMode,
+    /// A guest's shutdown timeout when its `startup:` has no `down=` (Proxmox: 180 s).
+    pub default_guest_timeout_secs: u64,
+    /// Added to a guest-stop group's largest timeout before the group counts as late.
+    pub guest_margin_ms: u64,
+    /// Bound of one flag, HA or guest-start stage.
+    pub action_ms: u64,
+    /// The least a flag stage gets when a deadline squeezes the plan.
+    pub min_action_ms: u64,
+    /// Bound of one power-off tier (its agents confirm and disconnect).
+    pub tier_wait_ms: u64,
+    /// The least a tier gets when a deadline squeezes the plan.
+    pub min_tier_wait_ms: u64,
+    /// The last power-off is due this long before a deadline.
+    pub safety_ms: u64,
+    /// Startup: how long to wait for every node to return (quorum is always waited for).
+    pub startup_wait_ms: u64,
+    /// After a controller restart, how long to wait for the agents it expects before it
+    /// steps the operation again (a step on a half-reconnected cluster would count nodes
+    /// that are merely reconnecting as down).
+    pub recover_grace_ms: u64,
+    /// How often the driver re-evaluates (bounds, deadline); keep well under `safety_ms`.
+    pub tick_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum HaMode {
+    #[default]
+    Auto,
+    Disarm,
+    Maintenance,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        let t = crate::shutdown::Timing::default();
+        ShutdownConfig {
+            tiers: Vec::new(),
+            ha_mode: HaMode::Auto,
+            default_guest_timeout_secs: t.default_guest_timeout_secs,
+            guest_margin_ms: t.guest_margin_ms,
+            action_ms: t.action_ms,
+            min_action_ms: t.min_action_ms,
+            tier_wait_ms: t.tier_wait_ms,
+            min_tier_wait_ms: t.min_tier_wait_ms,
+            safety_ms: t.safety_ms,
+            startup_wait_ms: t.startup_wait_ms,
+            recover_grace_ms: 60_000,
+            tick_ms: 1000,
+        }
+    }
+}
+
+impl ShutdownConfig {
+    /// The state machine's timing.
+    pub fn timing(&self) -> crate::shutdown::Timing {
+        crate::shutdown::Timing {
+            default_guest_timeout_secs: self.default_guest_timeout_secs,
+            guest_margin_ms: self.guest_margin_ms,
+            action_ms: self.action_ms,
+            min_action_ms: self.min_action_ms,
+            tier_wait_ms: self.tier_wait_ms,
+            min_tier_wait_ms: self.min_tier_wait_ms,
+            safety_ms: self.safety_ms,
+            startup_wait_ms: self.startup_wait_ms,
+        }
+    }
 }
 
 /// Timeouts of rolling updates. Every timeout halts the rollout (nothing proceeds on
@@ -137,6 +223,7 @@ impl Config {
             host_node: None,
             webhook: None,
             rollout: RolloutConfig::default(),
+            shutdown: ShutdownConfig::default(),
         }
     }
 
@@ -185,7 +272,11 @@ impl Config {
              # webhook = \"http://127.0.0.1:8080/fleetward\"\n\
              # [rollout]\n\
              # reboot_timeout_secs = 1200\n\
-             # non_ha_guests = \"shutdown\"   # or \"refuse\"\n",
+             # non_ha_guests = \"shutdown\"   # or \"refuse\"\n\
+             # [shutdown]\n\
+             # tiers = [[\"pve-04\", \"pve-05\"], [\"pve-02\", \"pve-03\"], [\"pve-01\"]]\n\
+             # ha_mode = \"auto\"   # or \"disarm\" (pve-ha-manager >= 5.1.3), \"maintenance\"\n\
+             # tier_wait_ms = 300000\n",
             self.name,
             self.listen,
             self.agent_cert_secs,

@@ -488,20 +488,7 @@ impl Driver {
                 event.to_string(),
             );
         }
-        if let Some(url) = &self.webhook {
-            let body = serde_json::json!({
-                "operation": id,
-                "time_ms": now,
-                "event": event,
-            })
-            .to_string();
-            let url = url.clone();
-            tokio::spawn(async move {
-                if let Err(e) = crate::webhook::post(&url, body).await {
-                    tracing::warn!(url = %url, error = %e, "webhook failed");
-                }
-            });
-        }
+        crate::webhook::spawn_event(self.webhook.as_deref(), id, now, &event);
     }
 }
 

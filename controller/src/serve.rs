@@ -3,10 +3,12 @@
 use crate::config::Config;
 use crate::paths::DataDir;
 use crate::server::{AgentApi, Controller, OperatorApi};
+use crate::shutdown_api::ShutdownApi;
 use crate::store::Store;
 use fleetward_pki::Ca;
 use fleetward_proto::api::{
     agent_service_server::AgentServiceServer, operator_service_server::OperatorServiceServer,
+    shutdown_service_server::ShutdownServiceServer,
 };
 use std::future::Future;
 use std::sync::Arc;
@@ -112,6 +114,8 @@ pub async fn run(
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     // The rollout driver resumes an unfinished rollout from the store before serving.
     controller.set_rollouts(crate::orchestrate::spawn(controller.clone()));
+    // So does the shutdown driver (a `Down` shutdown waits for `fleetward startup`).
+    controller.set_shutdowns(crate::orchestrate_shutdown::spawn(controller.clone()));
     if let Some(addr) = metrics {
         let listener = bind(&addr.to_string()).await?;
         tracing::info!(%addr, "metrics listening (plain HTTP, GET /metrics)");
@@ -143,6 +147,9 @@ pub async fn run(
     health
         .set_serving::<OperatorServiceServer<OperatorApi>>()
         .await;
+    health
+        .set_serving::<ShutdownServiceServer<ShutdownApi>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(fleetward_proto::api::FILE_DESCRIPTOR_SET)
         .build_v1()
@@ -150,6 +157,9 @@ pub async fn run(
     let agent = AgentServiceServer::new(AgentApi(controller.clone()))
         .max_decoding_message_size(max_message);
     let operator = OperatorServiceServer::new(OperatorApi(controller.clone()))
+        .max_decoding_message_size(max_message);
+
+    let shutdown_api = ShutdownServiceServer::new(ShutdownApi(controller.clone()))
         .max_decoding_message_size(max_message);
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -161,6 +171,7 @@ pub async fn run(
         .add_service(reflection)
         .add_service(agent)
         .add_service(operator)
+        .add_service(shutdown_api)
         // Nagle off: small acks must not wait for a delayed ACK (40 ms stalls otherwise).
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),

@@ -85,6 +85,8 @@ pub struct Controller {
     events: tokio::sync::broadcast::Sender<AgentEvent>,
     /// The rollout driver, once `serve` started it.
     rollouts: std::sync::OnceLock<crate::orchestrate::Rollouts>,
+    /// The shutdown driver, once `serve` started it.
+    shutdowns: std::sync::OnceLock<crate::orchestrate_shutdown::Shutdowns>,
     /// Each node's latest report's store seq: only grows, also across restarts.
     report_seqs: Mutex<HashMap<String, u64>>,
 }
@@ -233,6 +235,7 @@ impl Controller {
             flats: Mutex::new(HashMap::new()),
             report_seqs: Mutex::new(report_seqs),
             rollouts: std::sync::OnceLock::new(),
+            shutdowns: std::sync::OnceLock::new(),
             policy: RwLock::new(policy.map(Arc::new)),
             events: broadcast::channel(EVENTS_CAPACITY).0,
         }))
@@ -434,6 +437,17 @@ impl Controller {
             .ok_or_else(|| Status::unavailable("the rollout driver is not running"))
     }
 
+    /// Connects the shutdown API to the shutdown driver (once, from `serve`).
+    pub fn set_shutdowns(&self, s: crate::orchestrate_shutdown::Shutdowns) {
+        let _ = self.shutdowns.set(s);
+    }
+
+    pub(crate) fn shutdowns(&self) -> Result<&crate::orchestrate_shutdown::Shutdowns, Status> {
+        self.shutdowns
+            .get()
+            .ok_or_else(|| Status::unavailable("the shutdown driver is not running"))
+    }
+
     pub fn config(&self) -> &Config {
         &self.cfg
     }
@@ -468,7 +482,13 @@ impl Controller {
         Ok(Caller { identity, serial })
     }
 
-    fn audit(&self, actor: &str, action: &str, target: &str, detail: String) -> Result<(), Status> {
+    pub(crate) fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        detail: String,
+    ) -> Result<(), Status> {
         tracing::info!(actor, action, target, detail = %detail, "audit");
         self.store
             .append_audit(&AuditEntry {

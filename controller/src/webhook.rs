@@ -46,3 +46,23 @@ pub async fn post(url: &str, body: String) -> Result<(), String> {
         .await
         .map_err(|_| format!("{url}: no answer in {TIMEOUT:?}"))?
 }
+
+/// Posts one operation event (`{"operation", "time_ms", "event"}`) to `url` in the
+/// background, when a webhook is configured. Shared by the rollout and shutdown drivers.
+pub fn spawn_event(url: Option<&str>, operation: &str, time_ms: u64, event: &serde_json::Value) {
+    let Some(url) = url else {
+        return;
+    };
+    let body = serde_json::json!({
+        "operation": operation,
+        "time_ms": time_ms,
+        "event": event,
+    })
+    .to_string();
+    let url = url.to_owned();
+    tokio::spawn(async move {
+        if let Err(e) = post(&url, body).await {
+            tracing::warn!(url = %url, error = %e, "webhook failed");
+        }
+    });
+}

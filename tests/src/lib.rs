@@ -80,6 +80,17 @@ impl Controller {
         c
     }
 
+    /// Like [`Controller::start_with`], with `extra` TOML appended to `controller.toml`
+    /// (sections such as `[shutdown]` that `init` does not write).
+    pub fn start_with_toml(settings: &[(&str, &str)], extra: &str) -> Controller {
+        let mut c = Self::init(settings);
+        let config = c.dir.path().join("controller.toml");
+        let text = std::fs::read_to_string(&config).expect("controller.toml");
+        std::fs::write(&config, format!("{text}\n{extra}\n")).expect("write controller.toml");
+        c.restart();
+        c
+    }
+
     /// `fleetward init` (by the binary), then the server in this process on 127.0.0.1:0
     /// (`listen.addr` written as `serve` does, so the CLI finds it).
     pub fn start_in_process() -> Controller {
@@ -430,7 +441,15 @@ impl Agent {
         name: &str,
         dir: &Path,
     ) -> (tempfile::TempDir, tempfile::TempDir) {
-        let root = support::build(dir);
+        Self::enroll_root(c, name, support::build(dir))
+    }
+
+    /// Enroll `name` on a fixture root the test built itself (e.g. a seed root renamed).
+    pub fn enroll_root(
+        c: &Controller,
+        name: &str,
+        root: tempfile::TempDir,
+    ) -> (tempfile::TempDir, tempfile::TempDir) {
         let state = tempfile::tempdir().expect("tempdir");
         let t = c.cli_json(&["token", "create", "--node", name, "--ttl", "10m"]);
         let cmd = t["enroll_command"].as_str().expect("enroll_command");
@@ -532,6 +551,11 @@ impl Agent {
     /// The exit status, once `run` has exited (it does on a simulated power-off).
     pub fn try_exit(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().ok().flatten()
+    }
+
+    /// The `run` process's id (e.g. to SIGSTOP a node's agent in a test).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The simulated executor's action log (`--simulate`).

@@ -198,6 +198,11 @@ pub(crate) fn chain_onto(mut out: String, mut source: Option<&dyn std::error::Er
 
 /// Connects with mutual TLS (connect timeout 5 s, per-request timeout 30 s).
 pub(crate) async fn connect(creds: &Creds) -> Result<OperatorServiceClient<Channel>, CliError> {
+    Ok(OperatorServiceClient::new(channel(creds).await?))
+}
+
+/// The mutual-TLS channel every service client of the CLI uses.
+pub(crate) async fn channel(creds: &Creds) -> Result<Channel, CliError> {
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(read(&creds.ca)?))
         .identity(Identity::from_pem(read(&creds.cert)?, read(&creds.key)?));
@@ -210,7 +215,7 @@ pub(crate) async fn connect(creds: &Creds) -> Result<OperatorServiceClient<Chann
         .timeout(Duration::from_secs(30));
     let channel = (endpoint.connect().await)
         .map_err(|e| CliError::Failed(format!("cannot connect to {url}: {}", chain(&e))))?;
-    Ok(OperatorServiceClient::new(channel))
+    Ok(channel)
 }
 
 #[cfg(test)]

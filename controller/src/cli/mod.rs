@@ -13,6 +13,7 @@ macro_rules! config_err {
 mod conn;
 mod output;
 pub mod rollout;
+mod shutdown;
 
 use clap::{Args, Subcommand, ValueEnum};
 use fleetward_pki::{generate_key_and_csr, Identity, Role};
@@ -103,6 +104,20 @@ pub enum ClientCommand {
     Rollout {
         #[command(subcommand)]
         cmd: rollout::RolloutCmd,
+    },
+    /// Coordinated cluster shutdown: plan, start, status, cancel.
+    Shutdown {
+        #[command(subcommand)]
+        cmd: shutdown::ShutdownCmd,
+    },
+    /// Bring the cluster back after `shutdown`: wait for the nodes and quorum, unset Ceph
+    /// noout, re-arm HA, start guests in their startup order.
+    Startup(OptsOnly),
+    /// A UPS event, for NUT's NOTIFYCMD or apcupsd: on-battery starts a shutdown with the
+    /// remaining runtime as its deadline; restored stops it before the point of no return.
+    PowerEvent {
+        #[command(subcommand)]
+        cmd: shutdown::PowerEventCmd,
     },
     /// Show the newest audit log entries.
     Audit {
@@ -234,6 +249,9 @@ impl ClientCommand {
                 cmd: O::Issue { opts, .. },
             } => opts,
             C::Rollout { cmd } => cmd.opts(),
+            C::Shutdown { cmd } => cmd.opts(),
+            C::PowerEvent { cmd } => cmd.opts(),
+            C::Startup(o) => &o.opts,
         }
     }
 }
@@ -334,6 +352,12 @@ async fn execute(cmd: &ClientCommand) -> Result<String, CliError> {
     let opts = cmd.opts();
     let fmt = opts.output;
     let creds = conn::resolve(opts, &|k| std::env::var(k).ok())?;
+    match cmd {
+        C::Shutdown { cmd } => return shutdown::shutdown(cmd, &creds, fmt).await,
+        C::Startup(_) => return shutdown::startup(&creds, fmt).await,
+        C::PowerEvent { cmd } => return shutdown::power_event(cmd, &creds, fmt).await,
+        _ => {}
+    }
     let mut c = conn::connect(&creds).await?;
     Ok(match cmd {
         C::Nodes(_) => {
@@ -515,6 +539,8 @@ async fn execute(cmd: &ClientCommand) -> Result<String, CliError> {
             };
             c.render_report(req).await?.into_inner().text
         }
+        // Dispatched above, before the operator-service connection.
+        C::Shutdown { .. } | C::Startup(_) | C::PowerEvent { .. } => String::new(),
     })
 }
 

@@ -1,0 +1,381 @@
+//! `ShutdownService`: the operator API of the coordinated shutdown and startup. Operator
+//! certificates only ([`Controller::authorize`]); every call that changes something writes
+//! the audit log before it asks the driver ([`crate::orchestrate_shutdown`]) to act.
+
+use std::sync::Arc;
+
+use fleetward_pki::Role;
+use fleetward_proto::api::{self, shutdown_service_server::ShutdownService};
+use serde_json::json;
+use tonic::{Request, Response, Status};
+
+use crate::orchestrate_shutdown::{self as driver, stage_word, Shutdown, SHUTDOWN_PREFIX};
+use crate::server::{now_ms, Controller};
+use crate::shutdown::{step_name, Event, Notice, Plan, PlanStep, Schedule};
+
+/// The service; registered by `serve` next to the operator service.
+pub struct ShutdownApi(pub Arc<Controller>);
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    tracing::error!(error = %e, "internal error");
+    Status::internal(e.to_string())
+}
+
+/// The reason a UPS-started shutdown carries (the audit log names the calling operator).
+fn ups_reason(runtime_secs: u64) -> String {
+    format!("UPS on battery (runtime {runtime_secs} s)")
+}
+
+/// Builds the plan for the cluster as it is now.
+fn build_plan(
+    ctl: &Controller,
+    reason: Option<String>,
+    deadline_secs: u64,
+) -> Result<Plan, Status> {
+    let now = now_ms();
+    let deadline_ms =
+        (deadline_secs > 0).then(|| now.saturating_add(deadline_secs.saturating_mul(1000)));
+    let config = driver::plan_config(ctl.config(), reason, deadline_ms);
+    let view = driver::view(ctl);
+    Plan::new(format!("{SHUTDOWN_PREFIX}{now}"), &view, &config, now)
+        .map_err(|e| Status::failed_precondition(format!("cannot plan a shutdown: {e}")))
+}
+
+/// The plan as the API returns it.
+fn plan_json(plan: &Plan) -> serde_json::Value {
+    json!({
+        "plan": plan,
+        "steps": plan.steps(),
+        "schedule": Schedule::compute(plan, plan.created_ms),
+    })
+}
+
+/// The same steps, ignoring what depends on the moment (guest-stop timeouts cut by a
+/// deadline): stage, node and step name in the same order.
+fn same_steps(a: &[PlanStep], b: &[PlanStep]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            x.stage == y.stage && x.node == y.node && step_name(&x.action) == step_name(&y.action)
+        })
+}
+
+fn reason_of(r: &str) -> Option<String> {
+    let r = r.trim();
+    (!r.is_empty()).then(|| r.to_string())
+}
+
+/// The newest shutdown (or the one named), from the store.
+fn find(ctl: &Controller, id: &str) -> Result<Option<Shutdown>, Status> {
+    if !id.is_empty() {
+        return ctl
+            .store()
+            .get_operation(id)
+            .map_err(internal)?
+            .map(Some)
+            .ok_or_else(|| Status::not_found(format!("shutdown {id} not found")));
+    }
+    let all: Vec<Shutdown> = ctl
+        .store()
+        .list_operations(SHUTDOWN_PREFIX)
+        .map_err(internal)?;
+    Ok(all.into_iter().max_by_key(|s| s.created_ms))
+}
+
+fn status(
+    ctl: &Controller,
+    s: Option<&Shutdown>,
+    message: String,
+) -> Result<Response<api::ShutdownStatusResponse>, Status> {
+    let (state_json, events_json) = match s {
+        Some(s) => (
+            serde_json::to_string(s).map_err(internal)?,
+            serde_json::to_string(&ctl.store().op_events(s.id()).map_err(internal)?)
+                .map_err(internal)?,
+        ),
+        None => (String::new(), "[]".to_string()),
+    };
+    Ok(Response::new(api::ShutdownStatusResponse {
+        state_json,
+        events_json,
+        message,
+    }))
+}
+
+/// Asks the driver to start `plan`.
+async fn start(ctl: &Controller, plan: Plan, actor: &str) -> Result<Shutdown, Status> {
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    ctl.shutdowns()?
+        .request(driver::Request::Start {
+            plan: Box::new(plan),
+            actor: actor.to_string(),
+            reply,
+        })
+        .await
+        .map_err(Status::unavailable)?;
+    rx.await
+        .map_err(|_| Status::unavailable("the shutdown driver stopped"))?
+        .map_err(Status::failed_precondition)
+}
+
+/// Asks the driver to step `event` on the active shutdown.
+async fn control(
+    ctl: &Controller,
+    id: &str,
+    event: Event,
+) -> Result<(Shutdown, Vec<Notice>), Status> {
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    ctl.shutdowns()?
+        .request(driver::Request::Control {
+            id: (!id.is_empty()).then(|| id.to_string()),
+            event,
+            reply,
+        })
+        .await
+        .map_err(Status::unavailable)?;
+    rx.await
+        .map_err(|_| Status::unavailable("the shutdown driver stopped"))?
+        .map_err(Status::failed_precondition)
+}
+
+fn refused(notices: &[Notice]) -> Option<String> {
+    notices.iter().find_map(|n| match n {
+        Notice::Refused { reason } => Some(reason.clone()),
+        _ => None,
+    })
+}
+
+#[tonic::async_trait]
+impl ShutdownService for ShutdownApi {
+    async fn plan(
+        &self,
+        req: Request<api::ShutdownPlanRequest>,
+    ) -> Result<Response<api::ShutdownPlanResponse>, Status> {
+        let ctl = &self.0;
+        ctl.authorize(&req, Role::Operator)?;
+        let r = req.into_inner();
+        let plan = build_plan(ctl, reason_of(&r.reason), r.deadline_secs)?;
+        Ok(Response::new(api::ShutdownPlanResponse {
+            plan_json: plan_json(&plan).to_string(),
+            summary: plan.summary(),
+        }))
+    }
+
+    async fn start(
+        &self,
+        req: Request<api::ShutdownPlanRequest>,
+    ) -> Result<Response<api::ShutdownStatusResponse>, Status> {
+        let ctl = &self.0;
+        let caller = ctl.authorize(&req, Role::Operator)?;
+        let r = req.into_inner();
+        let plan = build_plan(ctl, reason_of(&r.reason), r.deadline_secs)?;
+        if !r.reviewed_steps_json.is_empty() {
+            let reviewed: Vec<PlanStep> = serde_json::from_str(&r.reviewed_steps_json)
+                .map_err(|e| Status::invalid_argument(format!("reviewed_steps_json: {e}")))?;
+            if !same_steps(&reviewed, &plan.steps()) {
+                return Err(Status::failed_precondition(
+                    "the cluster changed since the plan was shown (guests, nodes or Ceph \
+                     roles differ): nothing was started; review the new plan",
+                ));
+            }
+        }
+        ctl.audit(
+            &caller.identity.name,
+            "shutdown.start",
+            &plan.id,
+            json!({
+                "reason": plan.reason,
+                "deadline_secs": r.deadline_secs,
+                "tiers": plan.tiers,
+            })
+            .to_string(),
+        )?;
+        let s = start(ctl, plan, &caller.identity.name).await?;
+        status(ctl, Some(&s), format!("shutdown {} started", s.id()))
+    }
+
+    async fn status(
+        &self,
+        req: Request<api::ShutdownStatusRequest>,
+    ) -> Result<Response<api::ShutdownStatusResponse>, Status> {
+        let ctl = &self.0;
+        ctl.authorize(&req, Role::Operator)?;
+        let id = req.into_inner().id;
+        match find(ctl, &id)? {
+            Some(s) => {
+                let msg = format!("shutdown {}: {}", s.id(), stage_word(s.state.stage));
+                status(ctl, Some(&s), msg)
+            }
+            None => Err(Status::not_found("there is no shutdown yet")),
+        }
+    }
+
+    async fn cancel(
+        &self,
+        req: Request<api::ShutdownControlRequest>,
+    ) -> Result<Response<api::ShutdownStatusResponse>, Status> {
+        let ctl = &self.0;
+        let caller = ctl.authorize(&req, Role::Operator)?;
+        let id = req.into_inner().id;
+        let target = find(ctl, &id)?
+            .map(|s| s.id().to_string())
+            .ok_or_else(|| Status::failed_precondition("there is no shutdown to cancel"))?;
+        ctl.audit(
+            &caller.identity.name,
+            "shutdown.cancel",
+            &target,
+            String::new(),
+        )?;
+        let (s, notices) = control(ctl, &id, Event::Cancel).await?;
+        if let Some(reason) = refused(&notices) {
+            return Err(Status::failed_precondition(reason));
+        }
+        status(
+            ctl,
+            Some(&s),
+            format!(
+                "shutdown {} cancelled: restoring what it stopped ({})",
+                s.id(),
+                stage_word(s.state.stage)
+            ),
+        )
+    }
+
+    async fn startup(
+        &self,
+        req: Request<api::ShutdownControlRequest>,
+    ) -> Result<Response<api::ShutdownStatusResponse>, Status> {
+        let ctl = &self.0;
+        let caller = ctl.authorize(&req, Role::Operator)?;
+        let id = req.into_inner().id;
+        let target = find(ctl, &id)?
+            .map(|s| s.id().to_string())
+            .ok_or_else(|| Status::failed_precondition("there is no shutdown to start up from"))?;
+        ctl.audit(
+            &caller.identity.name,
+            "shutdown.startup",
+            &target,
+            String::new(),
+        )?;
+        let (s, notices) = control(ctl, &id, Event::StartUp { now_ms: now_ms() }).await?;
+        if let Some(reason) = refused(&notices) {
+            return Err(Status::failed_precondition(reason));
+        }
+        status(
+            ctl,
+            Some(&s),
+            format!(
+                "startup of {} begun ({})",
+                s.id(),
+                stage_word(s.state.stage)
+            ),
+        )
+    }
+
+    async fn power_event(
+        &self,
+        req: Request<api::PowerEventRequest>,
+    ) -> Result<Response<api::ShutdownStatusResponse>, Status> {
+        let ctl = &self.0;
+        let caller = ctl.authorize(&req, Role::Operator)?;
+        let r = req.into_inner();
+        let current = find(ctl, "")?.filter(|s| !s.finished());
+        match r.event.as_str() {
+            "on-battery" => {
+                if r.runtime_secs == 0 {
+                    return Err(Status::invalid_argument(
+                        "on-battery needs the remaining runtime in seconds (> 0)",
+                    ));
+                }
+                ctl.audit(
+                    &caller.identity.name,
+                    "shutdown.power-event",
+                    "on-battery",
+                    format!("runtime {} s", r.runtime_secs),
+                )?;
+                if let Some(s) = current {
+                    // NOTIFYCMD may fire again: the running shutdown keeps its deadline.
+                    let msg = format!(
+                        "shutdown {} is already in progress ({}): nothing new started",
+                        s.id(),
+                        stage_word(s.state.stage)
+                    );
+                    return status(ctl, Some(&s), msg);
+                }
+                let plan = build_plan(ctl, Some(ups_reason(r.runtime_secs)), r.runtime_secs)?;
+                let s = start(ctl, plan, &caller.identity.name).await?;
+                let msg = format!(
+                    "shutdown {} started: the last node is due off within {} s",
+                    s.id(),
+                    r.runtime_secs
+                );
+                status(ctl, Some(&s), msg)
+            }
+            "restored" => {
+                ctl.audit(
+                    &caller.identity.name,
+                    "shutdown.power-event",
+                    "restored",
+                    String::new(),
+                )?;
+                let Some(s) = current else {
+                    return status(ctl, None, "no shutdown in progress: nothing to do".into());
+                };
+                if s.state.stage == crate::shutdown::Stage::Down {
+                    let msg = format!(
+                        "shutdown {} powered the cluster off; run `fleetward startup` once the \
+                         nodes are powered on",
+                        s.id()
+                    );
+                    return status(ctl, Some(&s), msg);
+                }
+                let (s, notices) = control(ctl, s.id(), Event::PowerRestored).await?;
+                let msg = match refused(&notices) {
+                    Some(reason) => format!("power restored, but: {reason}"),
+                    None => format!(
+                        "power restored: shutdown {} stopped, restoring what it stopped",
+                        s.id()
+                    ),
+                };
+                status(ctl, Some(&s), msg)
+            }
+            other => Err(Status::invalid_argument(format!(
+                "unknown power event {other:?} (on-battery, restored)"
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shutdown::Stage;
+    use fleetward_proto::action::Action;
+
+    fn step(stage: Stage, node: &str, action: Action) -> PlanStep {
+        PlanStep {
+            stage,
+            node: node.into(),
+            action,
+        }
+    }
+
+    #[test]
+    fn reviewed_steps_compare_by_stage_node_and_step() {
+        let stop = |t| Action::GuestStop {
+            vmid: 100,
+            kind: fleetward_proto::action::GuestKind::Qemu,
+            timeout_secs: t,
+            force: true,
+        };
+        let a = vec![
+            step(Stage::StopGuests { group: 0 }, "a", stop(180)),
+            step(Stage::PowerOff { tier: 0 }, "a", Action::PowerOff),
+        ];
+        let mut b = a.clone();
+        b[0].action = stop(3);
+        assert!(same_steps(&a, &b), "a cut timeout is the same step");
+        b[1].node = "b".into();
+        assert!(!same_steps(&a, &b));
+        assert!(!same_steps(&a, &a[..1]));
+    }
+}
