@@ -83,3 +83,87 @@ mod tests {
         assert!(f[1].message.contains("download.proxmox.com"));
     }
 }
+
+/// Ceph's health as `ceph health --format json` reports it: `(healthy apart from noout,
+/// noout set)`. Healthy means `HEALTH_OK`, or `HEALTH_WARN` whose only check is the OSD
+/// map flags and whose flags are only `noout` (the state a rollout or shutdown creates on
+/// purpose). Pure: the caller runs the command.
+pub fn parse_ceph_health(json: &str) -> Result<(bool, bool), String> {
+    let v: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| format!("ceph health output is not JSON: {e}"))?;
+    let status = v["status"]
+        .as_str()
+        .ok_or("ceph health output has no status")?;
+    let checks = v["checks"].as_object().cloned().unwrap_or_default();
+    let flags = checks
+        .get("OSDMAP_FLAGS")
+        .and_then(|c| c["summary"]["message"].as_str())
+        .unwrap_or("");
+    let noout = flags.contains("noout");
+    // "noout flag(s) set" / "noout,noscrub flag(s) set": the flags before " flag".
+    let only_noout = flags
+        .split_whitespace()
+        .next()
+        .is_some_and(|f| f.split(',').all(|x| x == "noout"));
+    let healthy = match status {
+        "HEALTH_OK" => true,
+        "HEALTH_WARN" => checks.len() == 1 && only_noout,
+        _ => false,
+    };
+    Ok((healthy, noout))
+}
+
+/// Runs `ceph health --format json` (read-only, 10 s timeout) and fills the report's Ceph
+/// health and `noout` flag; on failure they stay unknown (`None`) and the reason is logged.
+pub fn ceph_health(
+    report: &mut fleetward_proto::Report,
+    runner: &dyn crate::executor::real::CommandRunner,
+) {
+    let Some(ceph) = report.facts.ceph.as_mut() else {
+        return;
+    };
+    let args = ["health".to_string(), "--format".into(), "json".into()];
+    let r = runner.run(
+        "ceph",
+        &args,
+        &[],
+        std::time::Duration::from_secs(10),
+        &mut |_| {},
+    );
+    if r.exit_code != Some(0) {
+        tracing::warn!(exit = ?r.exit_code, error = ?r.spawn_error, "ceph health failed; Ceph health unknown");
+        return;
+    }
+    match parse_ceph_health(&r.output) {
+        Ok((healthy, noout)) => {
+            ceph.healthy = Some(healthy);
+            ceph.noout = Some(noout);
+        }
+        Err(e) => tracing::warn!(error = %e, "Ceph health unknown"),
+    }
+}
+
+#[cfg(test)]
+mod ceph_tests {
+    use super::parse_ceph_health;
+
+    #[test]
+    fn ceph_health_ok_noout_only_and_real_warnings() {
+        assert_eq!(
+            parse_ceph_health(r#"{"status":"HEALTH_OK","checks":{}}"#),
+            Ok((true, false))
+        );
+        let noout = r#"{"status":"HEALTH_WARN","checks":{"OSDMAP_FLAGS":{"severity":"HEALTH_WARN","summary":{"message":"noout flag(s) set","count":1},"muted":false}}}"#;
+        assert_eq!(parse_ceph_health(noout), Ok((true, true)));
+        let more = r#"{"status":"HEALTH_WARN","checks":{"OSDMAP_FLAGS":{"summary":{"message":"noout,noscrub flag(s) set"}}}}"#;
+        assert_eq!(parse_ceph_health(more), Ok((false, true)));
+        let degraded = r#"{"status":"HEALTH_WARN","checks":{"OSDMAP_FLAGS":{"summary":{"message":"noout flag(s) set"}},"PG_DEGRADED":{"summary":{"message":"Degraded data redundancy"}}}}"#;
+        assert_eq!(parse_ceph_health(degraded), Ok((false, true)));
+        assert_eq!(
+            parse_ceph_health(r#"{"status":"HEALTH_ERR"}"#),
+            Ok((false, false))
+        );
+        assert!(parse_ceph_health("garbage").is_err());
+        assert!(parse_ceph_health("{}").is_err());
+    }
+}

@@ -139,7 +139,9 @@ fn agent_action(a: rollout::Action, cfg: &RolloutConfig) -> AgentAction {
         rollout::Action::AptUpdate => AgentAction::AptUpdate,
         rollout::Action::AptDistUpgrade => AgentAction::AptDistUpgrade,
         rollout::Action::BootRefresh => AgentAction::BootRefresh,
+        rollout::Action::CephSetNoout => AgentAction::CephSetNoout,
         rollout::Action::Reboot => AgentAction::Reboot,
+        rollout::Action::CephUnsetNoout => AgentAction::CephUnsetNoout,
         rollout::Action::MaintenanceOff => AgentAction::MaintenanceOff,
     }
 }

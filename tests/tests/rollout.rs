@@ -21,11 +21,22 @@ const ROLLOUT_CONFIG: &str = "host_node = \"pve-03\"\n\n[rollout]\n\
     action_timeout_secs = 30\nrefresh_timeout_secs = 20\nreboot_timeout_secs = 6\n\
     post_reboot_timeout_secs = 20\nmax_silence_secs = 10\ntick_ms = 100\n";
 
+/// For crash runs: agents may need several backoff rounds to find the restarted
+/// controller, so silence and reboot waits are longer (a halt would be correct, but is not
+/// what these runs test).
+const CRASH_CONFIG: &str = "host_node = \"pve-03\"\n\n[rollout]\n\
+    action_timeout_secs = 60\nrefresh_timeout_secs = 60\nreboot_timeout_secs = 60\n\
+    post_reboot_timeout_secs = 60\nmax_silence_secs = 45\ntick_ms = 100\n";
+
 /// A controller with the rollout settings above.
 fn controller() -> Controller {
+    controller_with(ROLLOUT_CONFIG)
+}
+
+fn controller_with(config: &str) -> Controller {
     let mut c = Controller::start();
     let path = c.dir.path().join("controller.toml");
-    let text = std::fs::read_to_string(&path).unwrap() + ROLLOUT_CONFIG;
+    let text = std::fs::read_to_string(&path).unwrap() + config;
     std::fs::write(&path, text).unwrap();
     c.restart();
     c
@@ -364,7 +375,7 @@ fn boundaries(s: &Value) -> Vec<(String, String)> {
 /// controller as soon as its event log holds `at` (None: no crash), restart, completion.
 /// Returns the event log of the finished rollout.
 fn crash_run(at: Option<&(String, String)>) -> Vec<(String, String)> {
-    let mut c = controller();
+    let mut c = controller_with(CRASH_CONFIG);
     let agents: Vec<Agent> = NODES
         .iter()
         .map(|n| {
@@ -387,7 +398,7 @@ fn crash_run(at: Option<&(String, String)>) -> Vec<(String, String)> {
         c.kill(); // SIGKILL
         c.restart();
     }
-    let s = wait_settled(&c, Duration::from_secs(90));
+    let s = wait_settled(&c, Duration::from_secs(180));
     assert_eq!(state_word(&s), "completed", "crash at {at:?}: {s:#}");
     for a in &agents {
         let what = format!("{} (crash at {at:?})", a.name);

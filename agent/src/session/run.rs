@@ -437,7 +437,17 @@ impl Outbox {
 impl Agent {
     async fn inspect(&self) -> Report {
         let root = self.root.clone();
-        match tokio::task::spawn_blocking(move || inspect(&root)).await {
+        // On the live system (not a fixture tree, not simulated), Ceph health is only known
+        // by asking Ceph: a read-only `ceph health` (the rollout's Ceph gate needs it).
+        let live = self.opts.simulate.is_none() && self.opts.root == std::path::Path::new("/");
+        let work = move || {
+            let mut report = inspect(&root);
+            if live {
+                crate::probe::ceph_health(&mut report, &crate::executor::real::SystemRunner);
+            }
+            report
+        };
+        match tokio::task::spawn_blocking(work).await {
             Ok(report) => report,
             // Only a panic inside inspect gets here; inspect once more, in place.
             Err(_) => inspect(&self.root),

@@ -71,11 +71,18 @@ pub fn dry_run(plan: &Plan, view: &ClusterView, reports: &BTreeMap<String, &Repo
             format!("apt-dist-upgrade ({} packages)", packages.len()),
             "boot check: every ESP holds the next kernel (one boot-refresh if not)".into(),
         ];
+        let osds = nv.is_some_and(|n| n.ceph_osds);
+        if reboot && osds {
+            steps.push("ceph osd set noout (this node holds OSDs)".into());
+        }
         if reboot {
             steps.push("reboot, wait for a new boot id".into());
             steps.push(
                 "post-reboot gate: expected kernel, quorum, no new error, guests back".into(),
             );
+        }
+        if reboot && osds {
+            steps.push("ceph osd unset noout (unless another node still holds it)".into());
         }
         steps.push("maintenance-off (HA guests return)".into());
         let guests: Vec<GuestPlan> = report

@@ -327,6 +327,8 @@ impl Machine<'_> {
                 self.enter_boot_check(idx);
             }
             Action::BootRefresh => self.enter_boot_check(idx),
+            Action::CephSetNoout => self.enter(idx, Phase::AwaitReturn),
+            Action::CephUnsetNoout => self.enter(idx, Phase::MaintenanceOff),
             Action::MaintenanceOff => self.enter(idx, Phase::Done),
         }
     }
@@ -431,6 +433,8 @@ impl Machine<'_> {
             | Phase::AptUpdate
             | Phase::Upgrade
             | Phase::BootRefresh
+            | Phase::CephNoout
+            | Phase::CephUnset
             | Phase::MaintenanceOff => {
                 let Some(action) = phase.action() else {
                     return false;
@@ -507,7 +511,12 @@ impl Machine<'_> {
                 let n = &mut self.s.nodes[idx];
                 n.boot_id_before = nv.boot_id.clone();
                 n.expected_kernel = nv.next_kernel.clone();
-                self.enter(idx, Phase::AwaitReturn);
+                let next = if nv.ceph_osds {
+                    Phase::CephNoout
+                } else {
+                    Phase::AwaitReturn
+                };
+                self.enter(idx, next);
                 true
             }
             Phase::AwaitReturn => {
@@ -540,7 +549,26 @@ impl Machine<'_> {
                     gates::post_reboot(nv, &name, expected, &n.baseline_errors, &n.baseline_guests);
                 match verdict {
                     Ok(()) => {
-                        self.enter(idx, Phase::MaintenanceOff);
+                        // Another OSD node between its noout and its own unset.
+                        let view = self.view;
+                        let holds = |o: &super::NodeState| {
+                            matches!(
+                                o.phase,
+                                Phase::CephNoout | Phase::AwaitReturn | Phase::PostRebootGate
+                            ) && view.nodes.get(&o.name).is_some_and(|v| v.ceph_osds)
+                        };
+                        let others_hold = self
+                            .s
+                            .nodes
+                            .iter()
+                            .enumerate()
+                            .any(|(i, o)| i != idx && holds(o));
+                        let next = if nv.ceph_osds && !others_hold {
+                            Phase::CephUnset
+                        } else {
+                            Phase::MaintenanceOff
+                        };
+                        self.enter(idx, next);
                         true
                     }
                     // A wrong kernel will not fix itself: halt at once.

@@ -173,7 +173,9 @@ pub enum Action {
     AptUpdate,
     AptDistUpgrade,
     BootRefresh,
+    CephSetNoout,
     Reboot,
+    CephUnsetNoout,
     MaintenanceOff,
 }
 
@@ -185,7 +187,9 @@ impl Action {
             Action::AptUpdate => "apt-update",
             Action::AptDistUpgrade => "apt-dist-upgrade",
             Action::BootRefresh => "boot-refresh",
+            Action::CephSetNoout => "ceph-set-noout",
             Action::Reboot => "reboot",
+            Action::CephUnsetNoout => "ceph-unset-noout",
             Action::MaintenanceOff => "maintenance-off",
         }
     }
@@ -205,10 +209,16 @@ pub enum Phase {
     BootCheck,
     /// One `proxmox-boot-tool refresh` attempt, then back to `BootCheck`.
     BootRefresh,
+    /// The node holds Ceph OSDs and will reboot: `ceph osd set noout` first, so its OSDs
+    /// are not marked out (and data not rebalanced) while it is away.
+    CephNoout,
     /// Reboot sent (after the pre-reboot gate); waiting for a new boot id.
     AwaitReturn,
     /// Back with a new boot id; waiting for the expected kernel, quorum, no new error finding.
     PostRebootGate,
+    /// `ceph osd unset noout` — unless another node still holds it for its own reboot (the
+    /// last one back unsets it).
+    CephUnset,
     MaintenanceOff,
     Done,
     /// Explicit operator action, only ever on a node that had not started.
@@ -224,6 +234,8 @@ impl Phase {
             Phase::AptUpdate => Some(Action::AptUpdate),
             Phase::Upgrade => Some(Action::AptDistUpgrade),
             Phase::BootRefresh => Some(Action::BootRefresh),
+            Phase::CephNoout => Some(Action::CephSetNoout),
+            Phase::CephUnset => Some(Action::CephUnsetNoout),
             Phase::AwaitReturn => Some(Action::Reboot),
             Phase::MaintenanceOff => Some(Action::MaintenanceOff),
             Phase::Pending
@@ -495,6 +507,9 @@ pub struct NodeView {
     pub error_findings: BTreeSet<String>,
     /// `None` = no Ceph on this node; `Some(healthy apart from noout)`.
     pub ceph_healthy: Option<bool>,
+    /// The node holds Ceph OSDs (a reboot is wrapped in `noout`).
+    #[serde(default)]
+    pub ceph_osds: bool,
     /// VMIDs of guests running on this node.
     #[serde(default)]
     pub running_guests: BTreeSet<u32>,

@@ -26,6 +26,7 @@ pub(super) fn healthy_node(name: &str, expected_votes: u32) -> NodeView {
         expected_votes: Some(expected_votes),
         error_findings: BTreeSet::new(),
         ceph_healthy: None,
+        ceph_osds: false,
         running_guests: BTreeSet::new(),
         onboot_local_guests: BTreeSet::new(),
     }
@@ -75,6 +76,9 @@ pub(super) struct Sim {
     /// Nodes currently between MaintenanceOn and MaintenanceOff as the agents see it.
     pub in_maintenance: BTreeSet<String>,
     pub max_in_maintenance: usize,
+    /// Nodes that set `noout` since the last unset, and how many unsets were sent.
+    pub noout_holders: BTreeSet<String>,
+    pub noout_unsets: usize,
     /// Calls of `step`.
     pub steps: usize,
 }
@@ -94,6 +98,8 @@ impl Sim {
             fail_next: false,
             in_maintenance: BTreeSet::new(),
             max_in_maintenance: 0,
+            noout_holders: BTreeSet::new(),
+            noout_unsets: 0,
             steps: 0,
         }
     }
@@ -164,6 +170,13 @@ impl Sim {
                 if let Some(nv) = self.bump(node) {
                     nv.esp_holds_next_kernel = esp_ref;
                 }
+            }
+            Action::CephSetNoout => {
+                self.noout_holders.insert(node.to_owned());
+            }
+            Action::CephUnsetNoout => {
+                self.noout_unsets += 1;
+                self.noout_holders.clear();
             }
             Action::Reboot => {
                 if let Some(nv) = self.bump(node) {
@@ -702,4 +715,50 @@ fn fifty_nodes_five_at_a_time() {
         sim.emitted.len(),
         elapsed / u32::try_from(steps).unwrap_or(u32::MAX)
     );
+}
+
+#[test]
+fn osd_nodes_reboot_inside_noout_and_the_last_one_back_unsets_it() {
+    let nodes = names(5);
+    let mut sim = Sim::new(plan(5, 2), healthy_view(&nodes));
+    for n in &nodes[..4] {
+        let nv = sim.view.nodes.get_mut(n).unwrap();
+        nv.ceph_osds = true;
+        nv.ceph_healthy = Some(true);
+    }
+    sim.run(5_000);
+    assert_eq!(
+        sim.state.status,
+        Status::Completed,
+        "{:?}",
+        sim.state.status
+    );
+    let sent = |n: &str| -> Vec<Action> {
+        sim.emitted
+            .iter()
+            .filter_map(|c| match c {
+                Command::SendAction { node, action, .. } if node == n => Some(*action),
+                _ => None,
+            })
+            .collect()
+    };
+    for n in &nodes[..4] {
+        let mine = sent(n);
+        let set = mine.iter().position(|a| *a == Action::CephSetNoout);
+        let reboot = mine.iter().position(|a| *a == Action::Reboot);
+        assert!(
+            set.is_some() && set < reboot,
+            "{n}: noout before the reboot: {mine:?}"
+        );
+    }
+    assert!(
+        !sent("pve5").contains(&Action::CephSetNoout),
+        "no OSDs, no noout"
+    );
+    assert!(
+        sim.noout_holders.is_empty(),
+        "noout left set by {:?}",
+        sim.noout_holders
+    );
+    assert!(sim.noout_unsets >= 1);
 }

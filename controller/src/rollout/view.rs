@@ -67,6 +67,7 @@ pub fn node_view(
         .map(|x| x.code.clone())
         .collect();
     nv.ceph_healthy = f.ceph.as_ref().map(|c| c.healthy.unwrap_or(false));
+    nv.ceph_osds = f.ceph.as_ref().is_some_and(|c| !c.osds_here.is_empty());
     nv.running_guests = f
         .guests
         .iter()
