@@ -40,8 +40,12 @@ pub const NEW_KERNEL: &str = "6.14.11-1-pve";
 /// The packages the simulated apt offers besides the kernel.
 const PENDING_PACKAGES: [(&str, &str); 2] = [("proxmox-ve", "9.0.1"), ("pve-manager", "9.0.12")];
 
-/// The whole demo gives up after this long.
-const DEMO_TIMEOUT: Duration = Duration::from_secs(600);
+/// The whole demo gives up after this long: two minutes plus, per node, a generous dozen
+/// actions and two reboots at `speed`.
+pub fn demo_timeout(speed: f64, nodes: usize) -> Duration {
+    let per_node = 12.0 * speed + 2.0 * reboot_secs(speed);
+    Duration::from_secs(120) + Duration::from_secs_f64(per_node * nodes as f64)
+}
 
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -202,6 +206,12 @@ pub fn run(opts: &DemoOptions) -> Result<(), DemoError> {
             path.display()
         ));
     } else {
+        if matches!(
+            result,
+            Err(DemoError::NotCompleted(_) | DemoError::Setup(_))
+        ) {
+            say("(run it again with --keep to keep the controller's and the agents' logs)\n");
+        }
         let path = tmp.path().to_path_buf();
         match tmp.close() {
             Ok(()) => say(&format!("removed {}\n", path.display())),
@@ -264,10 +274,11 @@ async fn demo(
         agents: Vec::new(),
         server: None,
     };
+    let limit = demo_timeout(opts.speed, fixtures.len());
     let body = steps(tmp, agent, fixtures, opts, &mut running);
     let result = tokio::select! {
-        r = tokio::time::timeout(DEMO_TIMEOUT, body) => r.unwrap_or_else(|_| {
-            Err(DemoError::NotCompleted(format!("gave up after {DEMO_TIMEOUT:?}")))
+        r = tokio::time::timeout(limit, body) => r.unwrap_or_else(|_| {
+            Err(DemoError::NotCompleted(format!("gave up after {}s", limit.as_secs())))
         }),
         () = interrupted() => Err(DemoError::Interrupted),
     };
@@ -683,6 +694,8 @@ mod tests {
         assert!(slow.rollout.action_timeout_secs > 40);
         assert!(slow.rollout.reboot_timeout_secs as f64 > reboot_secs(10.0) * 2.0);
         assert_eq!(reboot_secs(0.0), 0.3);
+        assert!(demo_timeout(0.5, 3) >= Duration::from_secs(120));
+        assert!(demo_timeout(60.0, 3) > Duration::from_secs(3 * (12 * 60 + 2 * 240)));
     }
 
     #[test]
