@@ -17,3 +17,4 @@ pub mod render;
 pub mod root;
 pub mod rules;
 pub mod session;
+pub mod simroot;

@@ -104,6 +104,26 @@ enum Command {
         #[arg(long, value_name = "SECS", default_value_t = 0.0, requires = "simulate", value_parser = sim_secs)]
         sim_action_secs: f64,
     },
+    /// Build a simulated node's root tree from a test fixture (for `run --simulate` and
+    /// `fleetward demo`; not for real nodes).
+    ///
+    /// Copies the fixture's `root/` (after its `base` chain, minus its `remove` list) into
+    /// OUT and writes each `esp/<XXXX-XXXX>/` as a FAT image with that volume id at
+    /// OUT/dev/disk/by-uuid/<XXXX-XXXX> (pure Rust: no dosfstools or mtools needed). The
+    /// fixture format is described in agent/tests/support/mod.rs. OUT must be new or
+    /// empty; nothing outside it is written. Exit status: 0 built, 1 failed.
+    #[command(hide = true)]
+    SimRoot {
+        /// The fixture directory, e.g. agent/tests/fixtures/seed/pve-01.
+        #[arg(long, value_name = "DIR")]
+        fixture: PathBuf,
+        /// Where to build the node's root (must not exist, or be empty).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Resolve `base` files against DIR [default: the fixture's grandparent].
+        #[arg(long, value_name = "DIR")]
+        fixtures_root: Option<PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -170,6 +190,29 @@ fn main() -> ExitCode {
             },
             wait_for_enrollment,
         )),
+        Command::SimRoot {
+            fixture,
+            out,
+            fixtures_root,
+        } => match fleetward_agent::simroot::build(&fixture, fixtures_root.as_deref(), &out) {
+            Ok(built) => {
+                println!(
+                    "built {} from {} (ESP images: {})",
+                    out.display(),
+                    fixture.display(),
+                    if built.esps.is_empty() {
+                        "none".to_string()
+                    } else {
+                        built.esps.join(", ")
+                    }
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("fleetward-agent sim-root: {e}");
+                ExitCode::from(1)
+            }
+        },
         Command::Inspect {
             root,
             format,

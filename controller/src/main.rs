@@ -29,6 +29,16 @@ enum Command {
     Init(InitArgs),
     /// Run the controller.
     Serve(ServeArgs),
+    /// Try fleetward without a Proxmox cluster: a controller and three simulated nodes on
+    /// 127.0.0.1 in a temporary directory; shows the fleet, its drift, the rollout plan, and
+    /// runs a complete rolling update with live progress.
+    ///
+    /// Changes nothing on this machine: the nodes are `fleetward-agent run --simulate`
+    /// processes acting on fixture trees in the temporary directory (removed at the end
+    /// unless --keep). Needs `fleetward-agent` beside this binary (`cargo build --release
+    /// --workspace --bins`). Exit status: 0 the rolling update completed, 1 it did not or the
+    /// demo failed, 130 interrupted.
+    Demo(DemoArgs),
     #[command(flatten)]
     Client(fleetward_controller::cli::ClientCommand),
 }
@@ -60,6 +70,30 @@ struct ServeArgs {
     /// Listen address (overrides the configuration's), e.g. 127.0.0.1:7443 or 127.0.0.1:0.
     #[arg(long, value_name = "ADDR")]
     listen: Option<String>,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// A directory with one fixture directory per node [default: the source checkout's
+    /// agent/tests/fixtures/seed].
+    #[arg(long, value_name = "DIR")]
+    fixtures: Option<PathBuf>,
+    /// Keep the temporary directory (controller data dir, node trees, logs).
+    #[arg(long)]
+    keep: bool,
+    /// Seconds each simulated action takes; a simulated reboot takes four times as long.
+    #[arg(long, value_name = "SECS", default_value_t = fleetward_controller::demo::DEFAULT_SPEED, value_parser = speed)]
+    speed: f64,
+}
+
+/// `--speed`: 0 to 60 seconds, fractions allowed.
+fn speed(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if v.is_finite() && (0.0..=60.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err("expected 0 to 60 seconds".into())
+    }
 }
 
 fn logging(default: &str) {
@@ -103,6 +137,25 @@ fn main() -> ExitCode {
             }
         }
         Command::Client(c) => fleetward_controller::cli::run(c),
+        Command::Demo(a) => {
+            use fleetward_controller::demo::{self, DemoError, DemoOptions};
+            let opts = DemoOptions {
+                fixtures: a.fixtures,
+                keep: a.keep,
+                speed: a.speed,
+            };
+            match demo::run(&opts) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(DemoError::Interrupted) => {
+                    eprintln!("fleetward demo: interrupted");
+                    ExitCode::from(130)
+                }
+                Err(e) => {
+                    eprintln!("fleetward demo: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Serve(a) => {
             logging("info");
             match serve_main(a) {

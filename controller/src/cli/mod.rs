@@ -10,18 +10,19 @@ macro_rules! config_err {
     ($($arg:tt)*) => { $crate::cli::CliError::Config(format!($($arg)*)) };
 }
 
-mod conn;
-mod output;
+pub(crate) mod conn;
+pub(crate) mod output;
 pub mod rollout;
 mod shutdown;
 
 use clap::{Args, Subcommand, ValueEnum};
 use fleetward_pki::{generate_key_and_csr, Identity, Role};
-use fleetward_proto::api;
+use fleetward_proto::api::{self, operator_service_client::OperatorServiceClient};
 use serde_json::json;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use tonic::transport::Channel;
 
 /// Options every client command takes.
 #[derive(Debug, Clone, Args)]
@@ -257,11 +258,19 @@ impl ClientCommand {
 }
 
 #[derive(Debug)]
-enum CliError {
+pub(crate) enum CliError {
     /// Usage or configuration: exit 2.
     Config(String),
     /// The controller refused or failed, or could not be reached: exit 1.
     Failed(String),
+}
+
+impl CliError {
+    pub(crate) fn message(&self) -> &str {
+        match self {
+            CliError::Config(m) | CliError::Failed(m) => m,
+        }
+    }
 }
 
 impl From<tonic::Status> for CliError {
@@ -348,10 +357,32 @@ pub fn run(cmd: ClientCommand) -> ExitCode {
 }
 
 async fn execute(cmd: &ClientCommand) -> Result<String, CliError> {
+    execute_env(cmd, &|k| std::env::var(k).ok()).await
+}
+
+/// For in-process callers (`fleetward demo`): the command's output, with credentials from
+/// its options only (no `FLEETWARD_*` variables, no `cli.toml`).
+pub(crate) async fn execute_isolated(cmd: &ClientCommand) -> Result<String, CliError> {
+    execute_env(cmd, &|_| None).await
+}
+
+/// A client of the controller named by `opts` alone (as [`execute_isolated`]), and the
+/// controller's URL.
+pub(crate) async fn connect_isolated(
+    opts: &ClientOpts,
+) -> Result<(OperatorServiceClient<Channel>, String), CliError> {
+    let creds = conn::resolve(opts, &|_| None)?;
+    Ok((conn::connect(&creds).await?, creds.controller))
+}
+
+async fn execute_env(
+    cmd: &ClientCommand,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, CliError> {
     use {ClientCommand as C, NodeCmd as N, OperatorCmd as O, PolicyCmd as P, TokenCmd as T};
     let opts = cmd.opts();
     let fmt = opts.output;
-    let creds = conn::resolve(opts, &|k| std::env::var(k).ok())?;
+    let creds = conn::resolve(opts, env)?;
     match cmd {
         C::Shutdown { cmd } => return shutdown::shutdown(cmd, &creds, fmt).await,
         C::Startup(_) => return shutdown::startup(&creds, fmt).await,

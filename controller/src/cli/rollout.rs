@@ -245,7 +245,10 @@ fn confirm(question: &str) -> Result<bool, CliError> {
     Ok(matches!(line.trim(), "y" | "Y" | "yes"))
 }
 
-fn status_out(resp: &api::RolloutStatusResponse, fmt: Format) -> Result<String, CliError> {
+pub(crate) fn status_out(
+    resp: &api::RolloutStatusResponse,
+    fmt: Format,
+) -> Result<String, CliError> {
     let r: Rollout = parse("rollout", &resp.state_json)?;
     let events: Vec<OpEvent> = parse("event log", &resp.events_json)?;
     let output: Value = parse("output", &resp.output_json)?;
