@@ -334,6 +334,9 @@ mod tests {
             .find(|f| f.package() == "fleetward.v1")
             .expect("fleetward.v1 in the descriptor set");
         let services: Vec<&str> = file.service.iter().map(|s| s.name()).collect();
-        assert_eq!(services, ["AgentService", "OperatorService", "ShutdownService"]);
+        assert_eq!(
+            services,
+            ["AgentService", "OperatorService", "ShutdownService"]
+        );
     }
 }

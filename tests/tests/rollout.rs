@@ -191,9 +191,44 @@ fn halted(s: &Value) -> (String, String) {
     )
 }
 
+/// A webhook receiver on loopback: answers 200 to every POST and keeps the bodies.
+fn webhook() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = got.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut r = BufReader::new(stream);
+            let mut len = 0usize;
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; len];
+            if r.read_exact(&mut body).is_ok() {
+                if let Ok(v) = serde_json::from_slice(&body) {
+                    keep.lock().unwrap().push(v);
+                }
+            }
+            let _ = r
+                .get_mut()
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    (url, got)
+}
+
 #[test]
 fn three_simulated_nodes_roll_to_the_new_kernel_one_at_a_time() {
-    let c = controller();
+    let (hook, posted) = webhook();
+    let c = controller_with(&format!("webhook = \"{hook}\"\n{ROLLOUT_CONFIG}"));
     let agents = cluster(&c);
     let boots: Vec<String> = agents
         .iter()
@@ -255,6 +290,26 @@ fn three_simulated_nodes_roll_to_the_new_kernel_one_at_a_time() {
     // The audit log has the start and the completion.
     let audit = c.cli_json(&["audit"]).to_string();
     assert!(audit.contains("rollout.start") && audit.contains("rollout.completed"));
+    // And the webhook got the events as JSON, for this rollout.
+    let id = s["rollout"]["state"]["plan"]["id"].clone();
+    let events = wait_for(
+        "the webhook's completed event",
+        Duration::from_secs(10),
+        || {
+            let got = posted.lock().unwrap().clone();
+            got.iter()
+                .any(|v| v["event"]["event"] == "completed")
+                .then_some(got)
+        },
+    );
+    let names: Vec<&str> = events
+        .iter()
+        .filter(|v| v["operation"] == id)
+        .filter_map(|v| v["event"]["event"].as_str())
+        .collect();
+    for want in ["started", "node-started", "node-done", "completed"] {
+        assert!(names.contains(&want), "webhook got {names:?}");
+    }
 }
 
 #[test]

@@ -319,7 +319,7 @@ pub fn plan_text(d: &DryRun) -> String {
     }
     for n in &d.nodes {
         t += &format!(
-            "\n{}. {}  gate: {}  reboot: {}  next kernel: {}  downtime ~{} min\n",
+            "\n{}. {}  gate: {}  reboot: {}  kernel after: {}  downtime ~{} min\n",
             n.position,
             n.name,
             match &n.gate {

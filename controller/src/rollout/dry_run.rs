@@ -29,6 +29,8 @@ pub struct NodePlan {
     pub steps: Vec<String>,
     pub packages: Vec<Upgrade>,
     pub reboot: bool,
+    /// The kernel the node boots after the upgrade: a new kernel among the packages, else
+    /// the next kernel the node reports now.
     pub next_kernel: Option<String>,
     pub guests: Vec<GuestPlan>,
     /// Rough: migrations + upgrade + reboot.
@@ -106,6 +108,7 @@ pub fn dry_run(plan: &Plan, view: &ClusterView, reports: &BTreeMap<String, &Repo
         let ha = guests.iter().filter(|g| g.what.starts_with("HA")).count() as u64;
         let downtime_secs =
             ha * EST_MIGRATE_PER_HA_GUEST + EST_UPGRADE + if reboot { EST_REBOOT } else { 0 };
+        let next_kernel = new_kernel(&packages).or_else(|| nv.and_then(|n| n.next_kernel.clone()));
         nodes.push(NodePlan {
             name: name.clone(),
             position: i + 1,
@@ -113,7 +116,7 @@ pub fn dry_run(plan: &Plan, view: &ClusterView, reports: &BTreeMap<String, &Repo
             steps,
             packages,
             reboot,
-            next_kernel: nv.and_then(|n| n.next_kernel.clone()),
+            next_kernel,
             guests,
             downtime_secs,
         });
@@ -122,5 +125,59 @@ pub fn dry_run(plan: &Plan, view: &ClusterView, reports: &BTreeMap<String, &Repo
         plan: plan.clone(),
         nodes,
         blocked,
+    }
+}
+
+/// A kernel among the packages: `proxmox-kernel-<version>[-signed]` (or the older
+/// `pve-kernel-…`) with a version such as `6.14.11-1-pve`; the highest if several.
+fn new_kernel(packages: &[Upgrade]) -> Option<String> {
+    packages
+        .iter()
+        .filter_map(|p| {
+            let v = p
+                .package
+                .strip_prefix("proxmox-kernel-")
+                .or_else(|| p.package.strip_prefix("pve-kernel-"))?;
+            let v = v.strip_suffix("-signed").unwrap_or(v);
+            (v.starts_with(|c: char| c.is_ascii_digit()) && v.ends_with("-pve"))
+                .then(|| v.to_string())
+        })
+        .max_by_key(|v| numbers(v))
+}
+
+/// `6.14.11-1-pve` → `[6, 14, 11, 1]`: kernel versions order by their numbers.
+fn numbers(v: &str) -> Vec<u64> {
+    v.split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn up(package: &str) -> Upgrade {
+        Upgrade {
+            package: package.into(),
+            installed: "1".into(),
+            candidate: "2".into(),
+        }
+    }
+
+    #[test]
+    fn the_new_kernel_is_found_among_the_packages() {
+        let pkgs = [
+            up("proxmox-ve"),
+            up("proxmox-kernel-6.14.9-1-pve-signed"),
+            up("proxmox-kernel-6.14.11-1-pve-signed"),
+            up("proxmox-kernel-6.14"),
+            up("proxmox-kernel-helper"),
+        ];
+        assert_eq!(new_kernel(&pkgs).as_deref(), Some("6.14.11-1-pve"));
+        assert_eq!(
+            new_kernel(&[up("pve-kernel-5.15.158-2-pve")]).as_deref(),
+            Some("5.15.158-2-pve")
+        );
+        assert_eq!(new_kernel(&[up("proxmox-ve")]), None);
     }
 }
