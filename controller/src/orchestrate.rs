@@ -411,6 +411,21 @@ impl Driver {
 
     /// One step: view → machine → persist → send.
     fn step(&mut self, event: Event) {
+        // Without an unfinished rollout nothing is built: the view costs a pass over every
+        // node, and reports arrive by the thousand per second.
+        let Some(current) = self.active.as_ref() else {
+            return;
+        };
+        if current.finished() && !matches!(event, Event::Start) {
+            return;
+        }
+        // A report of a node outside the plan changes nothing the machine acts on now; the
+        // next tick sees it (e.g. for the "others online" gate).
+        if let Event::NodeReport { node } = &event {
+            if current.state.node(node).is_none() {
+                return;
+            }
+        }
         let view = cluster_view(&self.ctl);
         if self.reconnecting(&view) {
             return;
@@ -418,9 +433,6 @@ impl Driver {
         let Some(current) = self.active.as_ref() else {
             return;
         };
-        if current.finished() && !matches!(event, Event::Start) {
-            return;
-        }
         let (state, commands) = rollout::step(&current.state, &event, &view);
         let mut next = current.clone();
         next.state = state;

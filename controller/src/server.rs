@@ -129,7 +129,7 @@ impl ReportWriter {
     /// Most reports stored per flush.
     const BATCH: usize = 512;
     /// How long the writer waits for more reports before a flush.
-    const GATHER: std::time::Duration = std::time::Duration::from_millis(2);
+    const GATHER: std::time::Duration = std::time::Duration::from_millis(8);
 
     fn start(store: Arc<Store>) -> Self {
         let (tx, rx) = std::sync::mpsc::channel::<WriteJob>();
