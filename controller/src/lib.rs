@@ -7,6 +7,7 @@
 //! later issues.
 #![forbid(unsafe_code)]
 
+pub mod blobs;
 pub mod cli;
 pub mod config;
 pub mod demo;

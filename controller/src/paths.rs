@@ -7,6 +7,7 @@
 //! D/operators/NAME.crt/.key  operator identities; `init` creates `admin`
 //! D/listen.addr              the address `serve` actually bound (written at start-up)
 //! D/db/                      the sled database (only `store` touches it)
+//! D/db/fleetward-reports/    report bodies: append-only segments (`blobs`, via `store`)
 //! ```
 
 use std::path::{Path, PathBuf};

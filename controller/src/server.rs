@@ -129,7 +129,7 @@ impl ReportWriter {
     /// Most reports stored per flush.
     const BATCH: usize = 512;
     /// How long the writer waits for more reports before a flush.
-    const GATHER: std::time::Duration = std::time::Duration::from_millis(8);
+    const GATHER: std::time::Duration = std::time::Duration::from_millis(4);
 
     fn start(store: Arc<Store>) -> Self {
         let (tx, rx) = std::sync::mpsc::channel::<WriteJob>();
@@ -223,6 +223,17 @@ impl Controller {
             }
         }
         let store = Arc::new(store);
+        // Report-body compaction, off the ingestion path; ends with the store.
+        let weak = Arc::downgrade(&store);
+        let _ = std::thread::Builder::new()
+            .name("compact".into())
+            .spawn(move || loop {
+                std::thread::sleep(std::time::Duration::from_secs(60));
+                let Some(store) = weak.upgrade() else { return };
+                if let Err(e) = store.compact() {
+                    tracing::error!(error = %e, "compacting report bodies failed");
+                }
+            });
         Ok(Arc::new(Controller {
             writer: ReportWriter::start(store.clone()),
             store,

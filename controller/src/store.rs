@@ -9,8 +9,10 @@
 //! - `reports`: node name → where its latest report is: seq (u64 BE) ‖ received_ms (u64 BE)
 //!   (the JSON itself is stored once, in `history`); the receive time also serves as the
 //!   node's `last_seen_ms`, so a report does not rewrite the node record.
-//! - `history`: node name ‖ 0x00 ‖ seq (u64 BE) → received_ms (u64 BE) ‖ 0x01 ‖ the report
-//!   JSON as a size-prepended LZ4 block (a body starting with `{` is plain JSON);
+//! - `history`: node name ‖ 0x00 ‖ seq (u64 BE) → received_ms (u64 BE) ‖ 0x02 ‖ a 20-byte
+//!   reference into the blob log (`fleetward-reports/` in the database directory, see
+//!   [`crate::blobs`]) holding the report JSON as a size-prepended LZ4 block. (Older
+//!   formats still decode: 0x01 ‖ the LZ4 block inline, or the plain JSON.)
 //!   the newest [`HISTORY_PER_NODE`] entries per node are kept.
 //! - `tokens`: token id → [`TokenRecord`] JSON (only the sha256 of a token, never plaintext).
 //! - `revocations`: certificate serial → empty.
@@ -29,6 +31,7 @@
 //! flusher `sync_all`s every 500 ms. Undecodable stored data yields [`StoreError::Corrupt`],
 //! never a panic.
 
+use crate::blobs::{BlobError, BlobLog, BlobRef};
 use fleetward_proto::{report_from_bytes, report_json_bytes, Report};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -38,6 +41,9 @@ use std::path::Path;
 
 /// How many history entries are kept per node; older ones are pruned.
 pub const HISTORY_PER_NODE: usize = 50;
+
+/// The blob log's directory inside the database directory.
+pub const REPORTS_DIR: &str = "fleetward-reports";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -59,6 +65,8 @@ pub enum StoreError {
     UnknownToken(String),
     #[error("a token with id '{0}' already exists")]
     DuplicateToken(String),
+    #[error("report bodies: {0}")]
+    Blob(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +152,8 @@ pub struct OpEvent {
 
 pub struct Store {
     db: sled::Db,
+    /// Report bodies (see [`crate::blobs`]); the `history` tree holds where each one is.
+    blobs: BlobLog,
     operations: Tree,
     op_events: Tree,
     nodes: Tree,
@@ -183,34 +193,24 @@ fn be_u64(b: &[u8]) -> u64 {
     u64::from_be_bytes(b.try_into().unwrap_or_default())
 }
 
-/// Marks a report body compressed with LZ4 (size-prepended block). A plain JSON body starts
-/// with `{`, so bodies written before compression still decode.
+/// Marks a report body compressed with LZ4 (size-prepended block) stored inline. A plain
+/// JSON body starts with `{`. Both are older formats that still decode.
 const LZ4_BODY: u8 = 0x01;
+/// Marks a body kept in the blob log: the value holds its [`BlobRef`]; the blob is the LZ4
+/// block of the JSON.
+const BLOB_BODY: u8 = 0x02;
 
-/// A report's stored body: [`LZ4_BODY`] ‖ LZ4 block of the JSON. The seed report's 9 KiB of
-/// JSON become about 2 KiB, which is what makes sled's per-write page copying affordable.
-fn encode_body(json: &[u8]) -> Vec<u8> {
-    let mut out = vec![LZ4_BODY];
-    out.extend_from_slice(&lz4_flex::compress_prepend_size(json));
-    out
+/// The LZ4 block (size-prepended) of a report's JSON: 9 KiB of seed report become ~2 KiB.
+fn compress(json: &[u8]) -> Vec<u8> {
+    lz4_flex::compress_prepend_size(json)
 }
 
-/// Splits `n` big-endian u64s off the front of a value, then parses the rest as a report.
-fn decode_report(tree: &'static str, key: &[u8], v: &[u8], n: usize) -> Result<(Vec<u64>, Report)> {
-    if v.len() < 8 * n {
-        return Err(corrupt(tree, key, "value too short"));
+/// The blob a history value points to, if it points to one.
+fn blob_ref(v: &[u8]) -> Option<BlobRef> {
+    match v.get(8) {
+        Some(&BLOB_BODY) => BlobRef::decode(&v[9..]),
+        _ => None,
     }
-    let body = &v[8 * n..];
-    let report = match body.first() {
-        Some(&LZ4_BODY) => {
-            let json = lz4_flex::decompress_size_prepended(&body[1..])
-                .map_err(|e| corrupt(tree, key, format!("bad LZ4 body: {e}")))?;
-            report_from_bytes(&json)
-        }
-        _ => report_from_bytes(body),
-    }
-    .map_err(|e| corrupt(tree, key, e))?;
-    Ok((v[..8 * n].chunks(8).map(be_u64).collect(), report))
 }
 
 /// Decodes every JSON value of a tree scan.
@@ -255,6 +255,11 @@ fn tx_err<E: From<StoreError>>(e: TransactionError<E>) -> E {
 impl Store {
     /// Opens (creating if needed) the database in the data dir `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Store> {
+        Self::open_with(path, crate::blobs::SEGMENT_MAX)
+    }
+
+    /// Like [`Store::open`], with report-body segments sealed at `segment_max` bytes.
+    pub fn open_with(path: impl AsRef<Path>, segment_max: u64) -> Result<Store> {
         let path = path.as_ref();
         let db = sled::Config::new()
             .path(path)
@@ -267,7 +272,11 @@ impl Store {
                 source,
             })?;
         let t = |name: &str| db.open_tree(name);
-        Ok(Store {
+        let blobs_dir = path.join(REPORTS_DIR);
+        let blobs = BlobLog::open_with(&blobs_dir, segment_max)
+            .map_err(|e| StoreError::Blob(e.to_string()))?;
+        let store = Store {
+            blobs,
             nodes: t("nodes")?,
             reports: t("reports")?,
             history: t("history")?,
@@ -279,7 +288,52 @@ impl Store {
             operations: t("operations")?,
             op_events: t("op_events")?,
             db,
-        })
+        };
+        // Count which segments the index still uses; delete the rest; compact the old ones.
+        for kv in store.history.iter() {
+            let (_, v) = kv?;
+            if let Some(r) = blob_ref(&v) {
+                store.blobs.retain(r);
+            }
+        }
+        store.compact()?;
+        Ok(store)
+    }
+
+    /// Moves the live bodies of sparse sealed segments (less than half live) into the
+    /// current one and deletes those segments, so a node that stopped reporting cannot pin
+    /// old segments (and their disk) forever. Safe beside the writer: each index entry is
+    /// swapped with compare-and-swap, so an entry pruned meanwhile is not resurrected (its
+    /// copy is released instead). Called at open and from a background thread.
+    pub fn compact(&self) -> Result<()> {
+        let blob_err = |e: BlobError| StoreError::Blob(e.to_string());
+        let sparse: std::collections::BTreeSet<u64> =
+            self.blobs.sparse().map_err(blob_err)?.into_iter().collect();
+        if sparse.is_empty() {
+            return Ok(());
+        }
+        let mut moved = Vec::new();
+        for kv in self.history.iter() {
+            let (k, v) = kv?;
+            let Some(r) = blob_ref(&v).filter(|r| sparse.contains(&r.segment)) else {
+                continue;
+            };
+            let body = self.blobs.read(r).map_err(blob_err)?;
+            let new = self.blobs.append(&[&body]).map_err(blob_err)?[0];
+            self.blobs.retain(new);
+            let mut value = v[..9].to_vec();
+            value.extend_from_slice(&new.encode());
+            match self.history.compare_and_swap(&k, Some(&v), Some(value))? {
+                Ok(()) => moved.push(r),
+                Err(_) => self.blobs.release(new).map_err(blob_err)?, // pruned meanwhile
+            }
+        }
+        self.flush()?;
+        for r in moved {
+            self.blobs.release(r).map_err(blob_err)?;
+        }
+        self.blobs.sweep().map_err(blob_err)?;
+        Ok(())
     }
 
     /// Writes sled's log buffers out and syncs them (see the module doc on durability).
@@ -350,20 +404,30 @@ impl Store {
     /// acknowledged (acknowledgement follows the flush). Single writer: seqs grow in
     /// commit order, so the pointer only moves forward.
     pub fn put_reports(&self, batch: &[ReportWrite<'_>]) -> Result<Vec<u64>> {
-        let mut seqs = Vec::with_capacity(batch.len());
         for w in batch {
             check_node_name(w.node)?;
             if !self.nodes.contains_key(w.node.as_bytes())? {
                 return Err(StoreError::UnknownNode(w.node.to_string()));
             }
+        }
+        // Bodies first, in one write: an index entry never points to a body not written.
+        let bodies: Vec<Vec<u8>> = batch.iter().map(|w| compress(w.json)).collect();
+        let slices: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
+        let refs = self
+            .blobs
+            .append(&slices)
+            .map_err(|e| StoreError::Blob(e.to_string()))?;
+        let mut seqs = Vec::with_capacity(batch.len());
+        for (w, r) in batch.iter().zip(refs) {
             let seq = self.db.generate_id()?;
             let prefix = history_prefix(w.node);
             let mut hist_key = prefix.clone();
             hist_key.extend_from_slice(&seq.to_be_bytes());
-            self.history.insert(
-                hist_key,
-                [&w.received_ms.to_be_bytes()[..], &encode_body(w.json)].concat(),
-            )?;
+            let mut value = w.received_ms.to_be_bytes().to_vec();
+            value.push(BLOB_BODY);
+            value.extend_from_slice(&r.encode());
+            self.history.insert(hist_key, value)?;
+            self.blobs.retain(r);
             self.reports.insert(
                 w.node.as_bytes(),
                 [seq.to_be_bytes(), w.received_ms.to_be_bytes()].concat(),
@@ -406,10 +470,37 @@ impl Store {
             if let Some(old) = index.pop_front() {
                 let mut key = prefix.clone();
                 key.extend_from_slice(&old.to_be_bytes());
-                tree.1.remove(key)?;
+                if let Some(r) = tree.1.remove(key)?.as_deref().and_then(blob_ref) {
+                    self.blobs
+                        .release(r)
+                        .map_err(|e| StoreError::Blob(e.to_string()))?;
+                }
             }
         }
         Ok(())
+    }
+
+    /// A `history` value: received_ms (u64 BE) ‖ the body in one of its formats.
+    fn decode_report(&self, key: &[u8], v: &[u8]) -> Result<(u64, Report)> {
+        let tree = "history";
+        if v.len() < 9 {
+            return Err(corrupt(tree, key, "value too short"));
+        }
+        let body = &v[8..];
+        let json = match body[0] {
+            BLOB_BODY => {
+                let r = BlobRef::decode(&body[1..])
+                    .ok_or_else(|| corrupt(tree, key, "bad blob reference"))?;
+                let blob = self.blobs.read(r).map_err(|e| corrupt(tree, key, e))?;
+                lz4_flex::decompress_size_prepended(&blob)
+                    .map_err(|e| corrupt(tree, key, format!("bad LZ4 body: {e}")))?
+            }
+            LZ4_BODY => lz4_flex::decompress_size_prepended(&body[1..])
+                .map_err(|e| corrupt(tree, key, format!("bad LZ4 body: {e}")))?,
+            _ => body.to_vec(),
+        };
+        let report = report_from_bytes(&json).map_err(|e| corrupt(tree, key, e))?;
+        Ok((be_u64(&v[..8]), report))
     }
 
     /// The node's latest report and when it was received.
@@ -429,8 +520,8 @@ impl Store {
                 "points to a missing history entry",
             ));
         };
-        let (nums, report) = decode_report("history", &key, &h, 1)?;
-        Ok(Some((nums[0], report)))
+        let (received, report) = self.decode_report(&key, &h)?;
+        Ok(Some((received, report)))
     }
 
     /// The node's kept history as `(seq, received_ms, report)`, oldest first.
@@ -443,8 +534,8 @@ impl Store {
                 let seq_bytes: [u8; 8] = k[prefix.len()..]
                     .try_into()
                     .map_err(|_| corrupt("history", &k, "bad key length"))?;
-                let (nums, report) = decode_report("history", &k, &v, 1)?;
-                Ok((u64::from_be_bytes(seq_bytes), nums[0], report))
+                let (received, report) = self.decode_report(&k, &v)?;
+                Ok((u64::from_be_bytes(seq_bytes), received, report))
             })
             .collect()
     }
@@ -886,6 +977,71 @@ mod tests {
         assert_eq!(s.list_audit(10).unwrap(), vec![audit(9)]);
         // New ids keep increasing across a reopen.
         assert!(s.put_report("n", 8, &report("r2")).unwrap() > seq);
+    }
+
+    #[test]
+    fn report_bodies_live_in_segments_that_are_freed_and_compacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg_dir = dir.path().join(REPORTS_DIR);
+        let segs = || std::fs::read_dir(&seg_dir).unwrap().count();
+        // Tiny segments: every batch seals one.
+        let s = Store::open_with(dir.path(), 1).unwrap();
+        for n in ["busy", "idle"] {
+            s.upsert_node(&node(n)).unwrap();
+        }
+        let json = |t: &str| report_json_bytes(&report(t));
+        let (i, b0, b1, b2) = (json("idle-1"), json("b0"), json("b1"), json("b2"));
+        let w = |node, json| ReportWrite {
+            node,
+            received_ms: 1,
+            json,
+            changes: &[],
+        };
+        // The first segment: idle's only report and three of busy's.
+        let first = s
+            .put_reports(&[
+                w("idle", &i),
+                w("busy", &b0),
+                w("busy", &b1),
+                w("busy", &b2),
+            ])
+            .unwrap();
+        for k in 0..HISTORY_PER_NODE as u64 + 5 {
+            s.put_report("busy", 10 + k, &report(&format!("n{k}")))
+                .unwrap();
+        }
+        // busy's pruned bodies freed whole segments: left are busy's 50 (the newest is the
+        // current segment) and the first, only a quarter live (idle's body). A compaction
+        // moves that body and deletes the first segment.
+        assert_eq!(segs(), HISTORY_PER_NODE + 1);
+        let oldest = || {
+            let mut v: Vec<_> = std::fs::read_dir(&seg_dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            v.sort();
+            v[0].clone()
+        };
+        let first_segment = oldest();
+        s.compact().unwrap();
+        // (The moved body went to a new segment: with 1-byte segments every write rolls.)
+        assert_eq!(segs(), HISTORY_PER_NODE + 1);
+        assert_ne!(oldest(), first_segment, "the first segment is gone");
+        assert_eq!(s.report_history("busy").unwrap().len(), HISTORY_PER_NODE);
+        assert_eq!(
+            s.latest_report("idle").unwrap().unwrap().1,
+            report("idle-1")
+        );
+        assert_eq!(s.latest_report_seq("idle").unwrap(), Some(first[0]));
+        drop(s);
+        // Reopen: everything still reads, and nothing unused is left on disk.
+        let s = Store::open_with(dir.path(), 1).unwrap();
+        assert_eq!(
+            s.latest_report("idle").unwrap().unwrap().1,
+            report("idle-1")
+        );
+        assert_eq!(s.report_history("busy").unwrap().len(), HISTORY_PER_NODE);
+        assert_eq!(segs(), HISTORY_PER_NODE + 1);
     }
 
     #[test]

@@ -1,0 +1,352 @@
+//! Report bodies, out of the database's pages: append-only segment files in
+//! `<data dir>/reports/`, used only by [`crate::store`].
+//!
+//! sled copies whole leaf pages on every insert, so 2–10 KiB values made report ingestion
+//! spend most of its time copying pages and writing them to sled's log. Here a batch of
+//! bodies is one `write(2)` at the end of the current segment, and sled keeps only a 20-byte
+//! [`BlobRef`] per report.
+//!
+//! Record: `len (u32 LE) ‖ crc32 (u32 LE) ‖ body`. A [`BlobRef`] names segment, offset and
+//! length; reading checks both, so a damaged record is an error, never a wrong report.
+//!
+//! Durability follows the store's: bodies are written (to the kernel) before sled's
+//! index entry that points to them is flushed, so an acknowledged report's body survives a
+//! SIGKILL. Bytes written but never indexed (a crash in between) are garbage that the
+//! segment's deletion removes. Segments roll at [`SEGMENT_MAX`]; the store counts live
+//! references (and their bytes) per segment and a sealed segment without any is deleted; a
+//! sealed segment less than half live is compacted by the store (its live bodies
+//! re-appended, the index entries swapped atomically, then the file deleted), so the disk
+//! holds at most about twice the live bodies plus the current segment.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// A segment is sealed once it grows past this.
+pub const SEGMENT_MAX: u64 = 16 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Damaged(String),
+}
+
+type Result<T> = std::result::Result<T, BlobError>;
+
+/// Where one body is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobRef {
+    pub segment: u64,
+    pub offset: u64,
+    pub len: u32,
+}
+
+impl BlobRef {
+    pub const ENCODED: usize = 20;
+
+    pub fn encode(&self) -> [u8; Self::ENCODED] {
+        let mut b = [0u8; Self::ENCODED];
+        b[..8].copy_from_slice(&self.segment.to_be_bytes());
+        b[8..16].copy_from_slice(&self.offset.to_be_bytes());
+        b[16..].copy_from_slice(&self.len.to_be_bytes());
+        b
+    }
+
+    pub fn decode(b: &[u8]) -> Option<BlobRef> {
+        let b: &[u8; Self::ENCODED] = b.try_into().ok()?;
+        Some(BlobRef {
+            segment: u64::from_be_bytes(b[..8].try_into().ok()?),
+            offset: u64::from_be_bytes(b[8..16].try_into().ok()?),
+            len: u32::from_be_bytes(b[16..].try_into().ok()?),
+        })
+    }
+}
+
+/// Live references into one segment and the bytes they occupy.
+#[derive(Debug, Clone, Copy, Default)]
+struct Live {
+    count: u64,
+    bytes: u64,
+}
+
+struct Current {
+    id: u64,
+    file: File,
+    len: u64,
+}
+
+pub struct BlobLog {
+    dir: PathBuf,
+    /// [`SEGMENT_MAX`], smaller in tests.
+    segment_max: u64,
+    current: Mutex<Current>,
+    /// Live references per segment (kept by the store).
+    live: Mutex<BTreeMap<u64, Live>>,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BlobError + '_ {
+    move |source| BlobError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn segment_name(id: u64) -> String {
+    format!("{id:016x}.seg")
+}
+
+/// The segments in `dir`, ascending.
+fn segments(dir: &Path) -> Result<Vec<u64>> {
+    let mut ids = Vec::new();
+    for e in fs::read_dir(dir).map_err(io(dir))? {
+        let e = e.map_err(io(dir))?;
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if let Some(id) = name
+            .strip_suffix(".seg")
+            .and_then(|h| u64::from_str_radix(h, 16).ok())
+        {
+            ids.push(id);
+        }
+    }
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+impl BlobLog {
+    /// Opens `dir` (created if missing) and appends to its newest segment.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<BlobLog> {
+        Self::open_with(dir, SEGMENT_MAX)
+    }
+
+    /// Like [`BlobLog::open`], sealing segments at `segment_max` bytes.
+    pub fn open_with(dir: impl Into<PathBuf>, segment_max: u64) -> Result<BlobLog> {
+        let dir = dir.into();
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let id = segments(&dir)?.last().copied().unwrap_or(1);
+        let current = Self::open_segment(&dir, id)?;
+        Ok(BlobLog {
+            dir,
+            segment_max,
+            current: Mutex::new(current),
+            live: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    fn open_segment(dir: &Path, id: u64) -> Result<Current> {
+        let path = dir.join(segment_name(id));
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        let len = file.metadata().map_err(io(&path))?.len();
+        Ok(Current { id, file, len })
+    }
+
+    fn path(&self, id: u64) -> PathBuf {
+        self.dir.join(segment_name(id))
+    }
+
+    fn lock_current(&self) -> std::sync::MutexGuard<'_, Current> {
+        self.current.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_live(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Live>> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends `bodies` with one write; returns where each is (not yet counted as live).
+    pub fn append(&self, bodies: &[&[u8]]) -> Result<Vec<BlobRef>> {
+        let mut cur = self.lock_current();
+        if cur.len >= self.segment_max {
+            let next = cur.id + 1;
+            *cur = Self::open_segment(&self.dir, next)?;
+        }
+        let mut buf = Vec::with_capacity(bodies.iter().map(|b| b.len() + 8).sum());
+        let mut refs = Vec::with_capacity(bodies.len());
+        for body in bodies {
+            let len = u32::try_from(body.len())
+                .map_err(|_| BlobError::Damaged("a report body over 4 GiB".into()))?;
+            refs.push(BlobRef {
+                segment: cur.id,
+                offset: cur.len + buf.len() as u64,
+                len,
+            });
+            buf.extend_from_slice(&len.to_le_bytes());
+            buf.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+            buf.extend_from_slice(body);
+        }
+        let path = self.path(cur.id);
+        cur.file.write_all(&buf).map_err(io(&path))?;
+        cur.len += buf.len() as u64;
+        Ok(refs)
+    }
+
+    /// Reads one body back, checking its length and checksum.
+    pub fn read(&self, r: BlobRef) -> Result<Vec<u8>> {
+        let path = self.path(r.segment);
+        let file = File::open(&path).map_err(io(&path))?;
+        let mut head = [0u8; 8];
+        file.read_exact_at(&mut head, r.offset).map_err(io(&path))?;
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+        let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+        if len != r.len {
+            return Err(BlobError::Damaged(format!(
+                "{}: record at {} has length {len}, the index says {}",
+                path.display(),
+                r.offset,
+                r.len
+            )));
+        }
+        let mut body = vec![0u8; len as usize];
+        file.read_exact_at(&mut body, r.offset + 8)
+            .map_err(io(&path))?;
+        if crc32fast::hash(&body) != crc {
+            return Err(BlobError::Damaged(format!(
+                "{}: record at {} fails its checksum",
+                path.display(),
+                r.offset
+            )));
+        }
+        Ok(body)
+    }
+
+    /// Counts a reference as live.
+    pub fn retain(&self, r: BlobRef) {
+        let mut live = self.lock_live();
+        let l = live.entry(r.segment).or_default();
+        l.count += 1;
+        l.bytes += u64::from(r.len) + 8;
+    }
+
+    /// Drops a reference; a sealed segment without live references is deleted.
+    pub fn release(&self, r: BlobRef) -> Result<()> {
+        let empty = {
+            let mut live = self.lock_live();
+            let l = live.entry(r.segment).or_default();
+            l.count = l.count.saturating_sub(1);
+            l.bytes = l.bytes.saturating_sub(u64::from(r.len) + 8);
+            let empty = l.count == 0;
+            if empty {
+                live.remove(&r.segment);
+            }
+            empty
+        };
+        if empty && r.segment != self.lock_current().id {
+            self.delete(r.segment)?;
+        }
+        Ok(())
+    }
+
+    /// Sealed segments whose live bodies fill less than half of the file: worth compacting.
+    pub fn sparse(&self) -> Result<Vec<u64>> {
+        let current = self.lock_current().id;
+        let live = self.lock_live().clone();
+        let mut out = Vec::new();
+        for id in segments(&self.dir)? {
+            if id == current {
+                continue;
+            }
+            let size = fs::metadata(self.path(id)).map_or(0, |m| m.len());
+            let used = live.get(&id).map_or(0, |l| l.bytes);
+            if used * 2 < size {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
+    fn delete(&self, id: u64) -> Result<()> {
+        let path = self.path(id);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(io(&path)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Sealed segments with no live reference (after the store counted them at open):
+    /// deleted. Returns the ids of sealed segments still holding bodies, oldest first.
+    pub fn sweep(&self) -> Result<Vec<u64>> {
+        let current = self.lock_current().id;
+        let live = self.lock_live().clone();
+        let mut kept = Vec::new();
+        for id in segments(&self.dir)? {
+            if id == current {
+                continue;
+            }
+            if live.get(&id).map_or(0, |l| l.count) == 0 {
+                self.delete(id)?;
+            } else {
+                kept.push(id);
+            }
+        }
+        Ok(kept)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn append_read_release_and_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = BlobLog::open(dir.path()).unwrap();
+        let refs = log.append(&[b"one", b"", b"three"]).unwrap();
+        assert_eq!(log.read(refs[0]).unwrap(), b"one");
+        assert_eq!(log.read(refs[1]).unwrap(), b"");
+        assert_eq!(log.read(refs[2]).unwrap(), b"three");
+        assert_eq!(BlobRef::decode(&refs[2].encode()), Some(refs[2]));
+        assert_eq!(BlobRef::decode(b"short"), None);
+        // Reopen: appends continue after what is there.
+        drop(log);
+        let log = BlobLog::open(dir.path()).unwrap();
+        let more = log.append(&[b"four"]).unwrap();
+        assert!(more[0].offset > refs[2].offset);
+        assert_eq!(log.read(refs[0]).unwrap(), b"one");
+        // A wrong length or a flipped byte is an error.
+        let bad = BlobRef { len: 4, ..refs[0] };
+        assert!(log.read(bad).is_err());
+        let path = dir.path().join(segment_name(refs[0].segment));
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[9] ^= 0xff;
+        fs::write(&path, bytes).unwrap();
+        assert!(matches!(log.read(refs[0]), Err(BlobError::Damaged(_))));
+    }
+
+    #[test]
+    fn sealed_segments_go_when_their_last_body_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = BlobLog::open(dir.path()).unwrap();
+        let big = vec![7u8; (SEGMENT_MAX / 2 + 1) as usize];
+        let a = log.append(&[&big, &big]).unwrap(); // fills segment 1
+        let b = log.append(&[b"x"]).unwrap(); // rolls to segment 2
+        assert_eq!((a[0].segment, b[0].segment), (1, 2));
+        for r in a.iter().chain(&b) {
+            log.retain(*r);
+        }
+        log.release(a[0]).unwrap();
+        assert!(dir.path().join(segment_name(1)).exists());
+        log.release(a[1]).unwrap();
+        assert!(
+            !dir.path().join(segment_name(1)).exists(),
+            "sealed and empty"
+        );
+        log.release(b[0]).unwrap();
+        assert!(
+            dir.path().join(segment_name(2)).exists(),
+            "the current one stays"
+        );
+        assert_eq!(log.sweep().unwrap(), Vec::<u64>::new());
+    }
+}
