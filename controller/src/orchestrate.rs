@@ -181,16 +181,40 @@ struct Driver {
 
 /// Starts the driver task; it resumes an unfinished rollout from the store first.
 pub fn spawn(ctl: Arc<Controller>) -> Rollouts {
-    let (tx, mut rx) = mpsc::channel::<Request>(16);
-    let mut events = ctl.subscribe();
+    let (tx, rx) = mpsc::channel::<Request>(16);
+    let events = ctl.subscribe();
     let tick = Duration::from_millis(ctl.config().rollout.tick_ms.max(10));
-    let mut d = Driver {
+    let d = Driver {
         webhook: ctl.config().webhook.clone(),
         ctl,
         active: None,
         reconnect_grace_until: None,
         output: HashMap::new(),
     };
+    run_loop(d, events, rx, tick);
+    Rollouts { tx }
+}
+
+/// What a driver task does with each input; [`run_loop`] feeds it.
+pub(crate) trait Drive: Send + 'static {
+    type Request: Send + 'static;
+    /// Once, before anything else: resume an unfinished operation from the store.
+    fn recover(&mut self);
+    fn on_agent_event(&mut self, ev: AgentEvent);
+    /// Events were missed: the machines are level-triggered, one more look suffices.
+    fn on_lagged(&mut self);
+    fn on_tick(&mut self);
+    fn on_request(&mut self, req: Self::Request);
+}
+
+/// The driver task: session events, a timer and operator requests, one at a time, until
+/// the controller drops the event broadcast or the request channel.
+pub(crate) fn run_loop<D: Drive>(
+    mut d: D,
+    mut events: broadcast::Receiver<AgentEvent>,
+    mut rx: mpsc::Receiver<D::Request>,
+    tick: Duration,
+) {
     tokio::spawn(async move {
         d.recover();
         let mut timer = tokio::time::interval(tick);
@@ -199,8 +223,7 @@ pub fn spawn(ctl: Arc<Controller>) -> Rollouts {
             tokio::select! {
                 ev = events.recv() => match ev {
                     Ok(ev) => d.on_agent_event(ev),
-                    // Missed events: the machine is level-triggered; one more look suffices.
-                    Err(broadcast::error::RecvError::Lagged(_)) => d.step(Event::Recovered),
+                    Err(broadcast::error::RecvError::Lagged(_)) => d.on_lagged(),
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
                 _ = timer.tick() => d.on_tick(),
@@ -211,7 +234,25 @@ pub fn spawn(ctl: Arc<Controller>) -> Rollouts {
             }
         }
     });
-    Rollouts { tx }
+}
+
+impl Drive for Driver {
+    type Request = Request;
+    fn recover(&mut self) {
+        Driver::recover(self)
+    }
+    fn on_agent_event(&mut self, ev: AgentEvent) {
+        Driver::on_agent_event(self, ev)
+    }
+    fn on_lagged(&mut self) {
+        self.step(Event::Recovered)
+    }
+    fn on_tick(&mut self) {
+        Driver::on_tick(self)
+    }
+    fn on_request(&mut self, req: Request) {
+        Driver::on_request(self, req)
+    }
 }
 
 impl Driver {

@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{Config as ControllerConfig, HaMode};
 use crate::events::{AgentEvent, AgentEventKind};
@@ -238,36 +238,36 @@ struct Driver {
 
 /// Starts the driver task; it resumes an unfinished shutdown from the store first.
 pub fn spawn(ctl: Arc<Controller>) -> Shutdowns {
-    let (tx, mut rx) = mpsc::channel::<Request>(16);
-    let mut events = ctl.subscribe();
+    let (tx, rx) = mpsc::channel::<Request>(16);
+    let events = ctl.subscribe();
     let tick = Duration::from_millis(ctl.config().shutdown.tick_ms.max(10));
-    let mut d = Driver {
+    let d = Driver {
         webhook: ctl.config().webhook.clone(),
         ctl,
         active: None,
         grace_until: None,
     };
-    tokio::spawn(async move {
-        d.recover();
-        let mut timer = tokio::time::interval(tick);
-        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                ev = events.recv() => match ev {
-                    Ok(ev) => d.on_agent_event(ev),
-                    // Missed events: the machine is level-triggered; one more look suffices.
-                    Err(broadcast::error::RecvError::Lagged(_)) => d.step_logged(Event::Recovered),
-                    Err(broadcast::error::RecvError::Closed) => return,
-                },
-                _ = timer.tick() => d.on_tick(),
-                req = rx.recv() => match req {
-                    Some(req) => d.on_request(req),
-                    None => return,
-                },
-            }
-        }
-    });
+    crate::orchestrate::run_loop(d, events, rx, tick);
     Shutdowns { tx }
+}
+
+impl crate::orchestrate::Drive for Driver {
+    type Request = Request;
+    fn recover(&mut self) {
+        Driver::recover(self)
+    }
+    fn on_agent_event(&mut self, ev: AgentEvent) {
+        Driver::on_agent_event(self, ev)
+    }
+    fn on_lagged(&mut self) {
+        self.step_logged(Event::Recovered)
+    }
+    fn on_tick(&mut self) {
+        Driver::on_tick(self)
+    }
+    fn on_request(&mut self, req: Request) {
+        Driver::on_request(self, req)
+    }
 }
 
 impl Driver {

@@ -1449,21 +1449,14 @@ impl OperatorService for OperatorApi {
                     .unwrap_or_default()
             ),
         )?;
-        let (reply, rx) = tokio::sync::oneshot::channel();
-        ctl.rollouts()?
-            .request(crate::orchestrate::Request::Start {
-                plan,
-                window,
-                actor: caller.identity.name.clone(),
-                reply,
-            })
-            .await
-            .map_err(Status::unavailable)?;
-        let rollout = rx
-            .await
-            .map_err(|_| Status::unavailable("the rollout driver stopped"))?
-            .map_err(Status::failed_precondition)?;
-        rollout_status(ctl, &rollout).await
+        let actor = caller.identity.name.clone();
+        ask_rollout_driver(ctl, |reply| crate::orchestrate::Request::Start {
+            plan,
+            window,
+            actor,
+            reply,
+        })
+        .await
     }
 
     async fn rollout_status(
@@ -1497,21 +1490,17 @@ impl OperatorService for OperatorApi {
                 )))
             }
         };
-        let (reply, rx) = tokio::sync::oneshot::channel();
-        ctl.rollouts()?
-            .request(crate::orchestrate::Request::Control {
-                id: (!r.id.is_empty()).then_some(r.id),
-                event,
-                actor: caller.identity.name.clone(),
-                reply,
-            })
-            .await
-            .map_err(Status::unavailable)?;
-        let rollout = rx
-            .await
-            .map_err(|_| Status::unavailable("the rollout driver stopped"))?
-            .map_err(Status::failed_precondition)?;
-        rollout_status(ctl, &rollout).await
+        let (id, actor) = (
+            (!r.id.is_empty()).then_some(r.id),
+            caller.identity.name.clone(),
+        );
+        ask_rollout_driver(ctl, |reply| crate::orchestrate::Request::Control {
+            id,
+            event,
+            actor,
+            reply,
+        })
+        .await
     }
 
     async fn rollout_list(
@@ -1605,6 +1594,25 @@ fn find_rollout(ctl: &Controller, id: &str) -> Result<crate::orchestrate::Rollou
     all.into_iter()
         .max_by_key(|r| r.created_ms)
         .ok_or_else(|| Status::not_found("there is no rollout yet"))
+}
+
+/// Sends a request to the rollout driver and answers with the rollout it returns.
+async fn ask_rollout_driver(
+    ctl: &Controller,
+    request: impl FnOnce(
+        tokio::sync::oneshot::Sender<Result<crate::orchestrate::Rollout, String>>,
+    ) -> crate::orchestrate::Request,
+) -> Result<Response<api::RolloutStatusResponse>, Status> {
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    ctl.rollouts()?
+        .request(request(reply))
+        .await
+        .map_err(Status::unavailable)?;
+    let rollout = rx
+        .await
+        .map_err(|_| Status::unavailable("the rollout driver stopped"))?
+        .map_err(Status::failed_precondition)?;
+    rollout_status(ctl, &rollout).await
 }
 
 async fn rollout_status(
