@@ -349,9 +349,9 @@ impl Controller {
             .map(|rec| {
                 let report = latest.get(&rec.name);
                 crate::metrics::NodeSnapshot {
-                    up: self.online(&rec.name),
+                    up: self.is_online(&rec.name),
                     last_report_age_secs: self
-                        .last_seen(&rec)
+                        .last_seen_ms(&rec)
                         .map(|t| now.saturating_sub(t) as f64 / 1000.0),
                     reboot_required: report.is_some_and(|r| r.facts.boot.reboot_required),
                     findings: report
@@ -402,11 +402,6 @@ impl Controller {
         latest.get(node).map(|p| Arc::new(fleet::flatten(&p.facts)))
     }
 
-    /// Whether the node has an open session.
-    pub fn is_online(&self, node: &str) -> bool {
-        self.online(node)
-    }
-
     /// The node's latest report (parsed) and its store seq.
     pub fn latest(&self, node: &str) -> Option<(Arc<Report>, u64)> {
         let report = self
@@ -423,11 +418,6 @@ impl Controller {
             .copied()
             .unwrap_or(0);
         Some((report, seq))
-    }
-
-    /// When the node was last heard from (report, heartbeat, any message), unix ms.
-    pub fn last_seen_ms(&self, rec: &NodeRecord) -> Option<u64> {
-        self.last_seen(rec)
     }
 
     /// Writes to the audit log (for drivers acting on the operator's behalf).
@@ -548,7 +538,8 @@ impl Controller {
         }
     }
 
-    fn online(&self, node: &str) -> bool {
+    /// Whether the node has an open session.
+    pub fn is_online(&self, node: &str) -> bool {
         self.sessions
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -593,7 +584,8 @@ impl Controller {
             .len()
     }
 
-    fn last_seen(&self, rec: &NodeRecord) -> Option<u64> {
+    /// When the node was last heard from (report, heartbeat, any message), unix ms.
+    pub fn last_seen_ms(&self, rec: &NodeRecord) -> Option<u64> {
         let hb = self
             .heartbeats
             .lock()
@@ -606,8 +598,8 @@ impl Controller {
     fn node_message(&self, rec: &NodeRecord, report: Option<&Report>) -> api::Node {
         api::Node {
             name: rec.name.clone(),
-            last_seen_unix_ms: self.last_seen(rec).map(|v| v as i64),
-            session_state: if self.online(&rec.name) {
+            last_seen_unix_ms: self.last_seen_ms(rec).map(|v| v as i64),
+            session_state: if self.is_online(&rec.name) {
                 api::SessionState::Online
             } else {
                 api::SessionState::Offline
@@ -742,7 +734,7 @@ impl AgentService for AgentApi {
             let end = drive_session(&ctl, &node, inbound, &tx, killed).await;
             ctl.unregister(&node, id);
             // Replaced by a newer session: the node is still connected.
-            if !ctl.online(&node) {
+            if !ctl.is_online(&node) {
                 ctl.publish(&node, AgentEventKind::Disconnected);
             }
             match end {
@@ -907,8 +899,8 @@ impl OperatorService for OperatorApi {
         ctl.authorize(&req, Role::Operator)?;
         let mut nodes = Vec::new();
         for rec in ctl.store.list_nodes().map_err(internal)? {
-            let report = ctl.store.latest_report(&rec.name).map_err(internal)?;
-            nodes.push(ctl.node_message(&rec, report.as_ref().map(|(_, r)| r)));
+            let report = ctl.latest(&rec.name).map(|(r, _)| r);
+            nodes.push(ctl.node_message(&rec, report.as_deref()));
         }
         Ok(Response::new(api::ListNodesResponse { nodes }))
     }
@@ -956,7 +948,7 @@ impl OperatorService for OperatorApi {
                 continue;
             }
             let stale_after = ctl.cfg.stale_secs.saturating_mul(1000);
-            let seen = ctl.last_seen(&rec);
+            let seen = ctl.last_seen_ms(&rec);
             if !rec.revoked
                 && seen.is_none_or(|t| now.saturating_sub(t) > stale_after)
                 && Severity::Warning >= min
@@ -976,7 +968,7 @@ impl OperatorService for OperatorApi {
                     line: None,
                 });
             }
-            if let Some((_, report)) = ctl.store.latest_report(&rec.name).map_err(internal)? {
+            if let Some((report, _)) = ctl.latest(&rec.name) {
                 findings.extend(
                     report
                         .findings

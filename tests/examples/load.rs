@@ -44,7 +44,6 @@
 //! executable; for an example that is `target/release/examples/load` → `target/release/`.
 
 use clap::Parser;
-use fleetward_pki::{generate_key_and_csr, Identity, Role};
 use fleetward_proto::api::{
     self, agent_message, agent_service_client::AgentServiceClient,
     agent_service_server::AgentService, agent_service_server::AgentServiceServer,
@@ -121,11 +120,7 @@ const BOOT_PLACEHOLDER: &str = "00000000-0000-4000-8000-000000000000";
 const ACK_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// An enrolled simulated node.
-struct Agent {
-    name: String,
-    cert: String,
-    key: String,
-}
+type Agent = fleetward_tests::fakefleet::Enrolled;
 
 /// The realistic report of one node, as bytes with a patchable boot id.
 struct Template {
@@ -389,54 +384,12 @@ async fn connect_all(
 // ---------------------------------------------------------------------------------------
 
 async fn enroll_all(c: &Controller, n: usize, parallel: usize) -> Vec<Arc<Agent>> {
-    // One operator connection and one anonymous connection, shared (HTTP/2 multiplexes);
-    // the calls are the same as `Controller::token` / `Controller::enroll` make.
-    let op = c.operator().await;
-    let anon = AgentServiceClient::new(c.channel(None).await.expect("connect"));
-    let sem = Arc::new(Semaphore::new(parallel));
-    let mut set = JoinSet::new();
-    for i in 0..n {
-        let (mut op, mut anon, sem) = (op.clone(), anon.clone(), sem.clone());
-        set.spawn(async move {
-            let _p = sem.acquire_owned().await.expect("semaphore");
-            let name = format!("sim-{i:05}");
-            let token = op
-                .create_token(api::CreateTokenRequest {
-                    ttl_seconds: 3600,
-                    node_name: Some(name.clone()),
-                })
-                .await
-                .expect("create token")
-                .into_inner()
-                .token;
-            let (key, csr) =
-                generate_key_and_csr(&Identity::new(Role::Agent, &name).unwrap()).expect("csr");
-            let cert = anon
-                .enroll(api::EnrollRequest {
-                    token,
-                    node_name: name.clone(),
-                    csr_pem: csr,
-                })
-                .await
-                .expect("enroll")
-                .into_inner()
-                .cert_pem;
-            (
-                i,
-                Agent {
-                    name,
-                    cert,
-                    key: key.pem().to_string(),
-                },
-            )
-        });
-    }
-    let mut out = Vec::with_capacity(n);
-    while let Some(r) = set.join_next().await {
-        out.push(r.expect("enroll task"));
-    }
-    out.sort_by_key(|(i, _)| *i);
-    out.into_iter().map(|(_, a)| Arc::new(a)).collect()
+    let names: Vec<String> = (0..n).map(|i| format!("sim-{i:05}")).collect();
+    fleetward_tests::fakefleet::enroll(c, &names, parallel)
+        .await
+        .into_iter()
+        .map(Arc::new)
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------

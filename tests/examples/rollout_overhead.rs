@@ -54,7 +54,7 @@ fn main() {
         .build()
         .unwrap();
     let names: Vec<String> = (1..=args.nodes).map(|i| format!("node-{i:03}")).collect();
-    let enrolled = rt.block_on(fakefleet::enroll(&c, &names));
+    let enrolled = rt.block_on(fakefleet::enroll(&c, &names, 8));
     let fleet = Arc::new(Fleet::default());
     let (seed, members) = (Arc::new(fakefleet::seed_report()), Arc::new(names.clone()));
     let opts = FleetOptions {

@@ -38,41 +38,50 @@ pub struct Enrolled {
     pub key: String,
 }
 
-/// Enrolls `names` through the real API: a join token per node, then `Enroll` with a key
-/// and CSR made here.
-pub async fn enroll(c: &Controller, names: &[String]) -> Vec<Enrolled> {
-    let mut op = c.operator().await;
-    let mut anon = AgentServiceClient::new(c.channel(None).await.expect("connect"));
-    let mut out = Vec::new();
-    for name in names {
-        let token = op
-            .create_token(api::CreateTokenRequest {
-                ttl_seconds: 3600,
-                node_name: Some(name.clone()),
-            })
-            .await
-            .expect("create token")
-            .into_inner()
-            .token;
-        let identity = Identity::new(Role::Agent, name).expect("identity");
-        let (key, csr) = generate_key_and_csr(&identity).expect("csr");
-        let cert = anon
-            .enroll(api::EnrollRequest {
-                token,
-                node_name: name.clone(),
-                csr_pem: csr,
-            })
-            .await
-            .expect("enroll")
-            .into_inner()
-            .cert_pem;
-        out.push(Enrolled {
-            name: name.clone(),
-            cert,
-            key: key.pem().to_string(),
+/// Enrolls `names` through the real API, `parallel` at a time: a join token per node from
+/// `OperatorService.CreateToken`, then `AgentService.Enroll` with a key and CSR made here.
+/// One operator and one anonymous connection are shared (HTTP/2 multiplexes). In `names`
+/// order.
+pub async fn enroll(c: &Controller, names: &[String], parallel: usize) -> Vec<Enrolled> {
+    let op = c.operator().await;
+    let anon = AgentServiceClient::new(c.channel(None).await.expect("connect"));
+    let sem = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
+    let mut set = tokio::task::JoinSet::new();
+    for (i, name) in names.iter().cloned().enumerate() {
+        let (mut op, mut anon, sem) = (op.clone(), anon.clone(), sem.clone());
+        set.spawn(async move {
+            let _permit = sem.acquire_owned().await.expect("semaphore");
+            let token = op
+                .create_token(api::CreateTokenRequest {
+                    ttl_seconds: 3600,
+                    node_name: Some(name.clone()),
+                })
+                .await
+                .expect("create token")
+                .into_inner()
+                .token;
+            let identity = Identity::new(Role::Agent, &name).expect("identity");
+            let (key, csr) = generate_key_and_csr(&identity).expect("csr");
+            let cert = anon
+                .enroll(api::EnrollRequest {
+                    token,
+                    node_name: name.clone(),
+                    csr_pem: csr,
+                })
+                .await
+                .expect("enroll")
+                .into_inner()
+                .cert_pem;
+            let key = key.pem().to_string();
+            (i, Enrolled { name, cert, key })
         });
     }
-    out
+    let mut out = Vec::with_capacity(names.len());
+    while let Some(r) = set.join_next().await {
+        out.push(r.expect("enroll task"));
+    }
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, e)| e).collect()
 }
 
 #[derive(Debug, Clone)]

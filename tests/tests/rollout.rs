@@ -499,7 +499,7 @@ fn fifty_nodes_with_max_unavailable_five_never_exceed_five() {
         .build()
         .unwrap();
     let names: Vec<String> = (1..=50).map(|i| format!("node-{i:02}")).collect();
-    let enrolled = rt.block_on(fakefleet::enroll(&c, &names));
+    let enrolled = rt.block_on(fakefleet::enroll(&c, &names, 8));
     let fleet = Arc::new(Fleet::default());
     let (seed, members) = (Arc::new(fakefleet::seed_report()), Arc::new(names.clone()));
     let opts = FleetOptions {
