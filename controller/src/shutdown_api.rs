@@ -101,20 +101,30 @@ fn status(
     }))
 }
 
-/// Asks the driver to start `plan`.
-async fn start(ctl: &Controller, plan: Plan, actor: &str) -> Result<Shutdown, Status> {
+/// One round trip to the driver: the request it builds around the reply channel.
+async fn ask<T>(
+    ctl: &Controller,
+    request: impl FnOnce(tokio::sync::oneshot::Sender<Result<T, String>>) -> driver::Request,
+) -> Result<T, Status> {
     let (reply, rx) = tokio::sync::oneshot::channel();
     ctl.shutdowns()?
-        .request(driver::Request::Start {
-            plan: Box::new(plan),
-            actor: actor.to_string(),
-            reply,
-        })
+        .request(request(reply))
         .await
         .map_err(Status::unavailable)?;
     rx.await
         .map_err(|_| Status::unavailable("the shutdown driver stopped"))?
         .map_err(Status::failed_precondition)
+}
+
+/// Asks the driver to start `plan`.
+async fn start(ctl: &Controller, plan: Plan, actor: &str) -> Result<Shutdown, Status> {
+    let actor = actor.to_string();
+    ask(ctl, |reply| driver::Request::Start {
+        plan: Box::new(plan),
+        actor,
+        reply,
+    })
+    .await
 }
 
 /// Asks the driver to step `event` on the active shutdown.
@@ -123,18 +133,29 @@ async fn control(
     id: &str,
     event: Event,
 ) -> Result<(Shutdown, Vec<Notice>), Status> {
-    let (reply, rx) = tokio::sync::oneshot::channel();
-    ctl.shutdowns()?
-        .request(driver::Request::Control {
-            id: (!id.is_empty()).then(|| id.to_string()),
-            event,
-            reply,
-        })
-        .await
-        .map_err(Status::unavailable)?;
-    rx.await
-        .map_err(|_| Status::unavailable("the shutdown driver stopped"))?
-        .map_err(Status::failed_precondition)
+    let id = (!id.is_empty()).then(|| id.to_string());
+    ask(ctl, |reply| driver::Request::Control { id, event, reply }).await
+}
+
+/// An operator's `event` on shutdown `id` (or the newest): audited as `action` first, and
+/// refused (with the machine's reason) when the machine refuses it.
+async fn audited_control(
+    ctl: &Controller,
+    actor: &str,
+    id: &str,
+    action: &str,
+    missing: &'static str,
+    event: Event,
+) -> Result<Shutdown, Status> {
+    let target = find(ctl, id)?
+        .map(|s| s.id().to_string())
+        .ok_or_else(|| Status::failed_precondition(missing))?;
+    ctl.audit(actor, action, &target, String::new())?;
+    let (s, notices) = control(ctl, id, event).await?;
+    match refused(&notices) {
+        Some(reason) => Err(Status::failed_precondition(reason)),
+        None => Ok(s),
+    }
 }
 
 fn refused(notices: &[Notice]) -> Option<String> {
@@ -216,19 +237,16 @@ impl ShutdownService for ShutdownApi {
         let ctl = &self.0;
         let caller = ctl.authorize(&req, Role::Operator)?;
         let id = req.into_inner().id;
-        let target = find(ctl, &id)?
-            .map(|s| s.id().to_string())
-            .ok_or_else(|| Status::failed_precondition("there is no shutdown to cancel"))?;
-        ctl.audit(
-            &caller.identity.name,
+        let actor = &caller.identity.name;
+        let s = audited_control(
+            ctl,
+            actor,
+            &id,
             "shutdown.cancel",
-            &target,
-            String::new(),
-        )?;
-        let (s, notices) = control(ctl, &id, Event::Cancel).await?;
-        if let Some(reason) = refused(&notices) {
-            return Err(Status::failed_precondition(reason));
-        }
+            "there is no shutdown to cancel",
+            Event::Cancel,
+        )
+        .await?;
         status(
             ctl,
             Some(&s),
@@ -247,19 +265,10 @@ impl ShutdownService for ShutdownApi {
         let ctl = &self.0;
         let caller = ctl.authorize(&req, Role::Operator)?;
         let id = req.into_inner().id;
-        let target = find(ctl, &id)?
-            .map(|s| s.id().to_string())
-            .ok_or_else(|| Status::failed_precondition("there is no shutdown to start up from"))?;
-        ctl.audit(
-            &caller.identity.name,
-            "shutdown.startup",
-            &target,
-            String::new(),
-        )?;
-        let (s, notices) = control(ctl, &id, Event::StartUp { now_ms: now_ms() }).await?;
-        if let Some(reason) = refused(&notices) {
-            return Err(Status::failed_precondition(reason));
-        }
+        let actor = &caller.identity.name;
+        let event = Event::StartUp { now_ms: now_ms() };
+        let missing = "there is no shutdown to start up from";
+        let s = audited_control(ctl, actor, &id, "shutdown.startup", missing, event).await?;
         status(
             ctl,
             Some(&s),
