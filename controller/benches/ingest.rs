@@ -7,6 +7,10 @@ use fleetward_controller::store::{FactChange, NodeRecord, ReportWrite, Store};
 use fleetward_proto::{report_from_bytes, report_from_json, report_json_bytes};
 use std::time::Instant;
 
+// The controller's allocator, so the figures are the server's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const SEED: &str = include_str!("../../agent/tests/fixtures/seed/pve-01/expected.json");
 const N: usize = 20_000;
 const BATCH: usize = 20;
@@ -27,7 +31,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("report JSON: {} bytes", jsons[0].len());
 
     let t = Instant::now();
-    let reports: Vec<_> = jsons.iter().map(|j| report_from_bytes(j).unwrap()).collect();
+    let reports: Vec<_> = jsons
+        .iter()
+        .map(|j| report_from_bytes(j).unwrap())
+        .collect();
     per("parse", t, N);
     let t = Instant::now();
     let flats: Vec<_> = reports.iter().map(|r| flatten(&r.facts)).collect();
@@ -102,7 +109,10 @@ fn written() -> u64 {
         .ok()
         .and_then(|s| {
             s.lines()
-                .find_map(|l| l.strip_prefix("write_bytes: ").map(|v| v.trim().parse().ok()))
+                .find_map(|l| {
+                    l.strip_prefix("write_bytes: ")
+                        .map(|v| v.trim().parse().ok())
+                })
                 .flatten()
         })
         .unwrap_or(0)

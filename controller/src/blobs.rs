@@ -1,22 +1,20 @@
-//! Report bodies, out of the database's pages: append-only segment files in
-//! `<data dir>/reports/`, used only by [`crate::store`].
+//! Append-only segment files holding the store's report journal
+//! (`<data dir>/db/fleetward-journal/`), used only by [`crate::report_log`].
 //!
-//! sled copies whole leaf pages on every insert, so 2–10 KiB values made report ingestion
-//! spend most of its time copying pages and writing them to sled's log. Here a batch of
-//! bodies is one `write(2)` at the end of the current segment, and sled keeps only a 20-byte
-//! [`BlobRef`] per report.
+//! sled rewrites whole leaf pages as keys change, which cost ~8 KiB of disk writes and
+//! most of the ingestion CPU per report. Here a batch of records is one `write(2)` at the
+//! end of the current segment and one `fdatasync`.
 //!
-//! Record: `len (u32 LE) ‖ crc32 (u32 LE) ‖ body`. A [`BlobRef`] names segment, offset and
-//! length; reading checks both, so a damaged record is an error, never a wrong report.
+//! Record: `len (u32 LE) ‖ crc32 (u32 LE) ‖ payload`. A [`BlobRef`] names segment, offset
+//! and length; reading checks both, so a damaged record is an error, never a wrong report.
+//! [`BlobLog::replay`] walks every record at open; a torn tail of the newest segment (a
+//! crash mid-write: never acknowledged, since acknowledgement follows the sync) is cut off.
 //!
-//! Durability follows the store's: bodies are written (to the kernel) before sled's
-//! index entry that points to them is flushed, so an acknowledged report's body survives a
-//! SIGKILL. Bytes written but never indexed (a crash in between) are garbage that the
-//! segment's deletion removes. Segments roll at [`SEGMENT_MAX`]; the store counts live
-//! references (and their bytes) per segment and a sealed segment without any is deleted; a
-//! sealed segment less than half live is compacted by the store (its live bodies
-//! re-appended, the index entries swapped atomically, then the file deleted), so the disk
-//! holds at most about twice the live bodies plus the current segment.
+//! Segments roll at [`SEGMENT_MAX`]; the owner counts live references (and their bytes)
+//! per segment and a sealed segment without any is deleted; a sealed segment less than half
+//! live is compacted by the owner (its live records re-appended, the index swapped, then
+//! the file deleted), so the disk holds at most about twice the live records plus the
+//! current segment.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -169,6 +167,7 @@ impl BlobLog {
     pub fn append(&self, bodies: &[&[u8]]) -> Result<Vec<BlobRef>> {
         let mut cur = self.lock_current();
         if cur.len >= self.segment_max {
+            cur.file.sync_data().map_err(io(&self.path(cur.id)))?;
             let next = cur.id + 1;
             *cur = Self::open_segment(&self.dir, next)?;
         }
@@ -187,9 +186,84 @@ impl BlobLog {
             buf.extend_from_slice(body);
         }
         let path = self.path(cur.id);
-        cur.file.write_all(&buf).map_err(io(&path))?;
+        if let Err(e) = cur.file.write_all(&buf) {
+            // A short write (e.g. a full disk) must not shift the offsets of later records.
+            let _ = cur.file.set_len(cur.len);
+            return Err(io(&path)(e));
+        }
         cur.len += buf.len() as u64;
         Ok(refs)
+    }
+
+    /// Makes everything appended so far durable (`fdatasync` of the current segment; a
+    /// segment is synced before the next one is started, see [`BlobLog::append`]).
+    pub fn sync(&self) -> Result<()> {
+        let cur = self.lock_current();
+        cur.file.sync_data().map_err(io(&self.path(cur.id)))
+    }
+
+    /// Calls `f` with every record of every segment, oldest segment first, in file order.
+    /// A record that fails its checksum is reported through `damaged` (file and offset) and
+    /// skipped. A record that does not frame (its length runs past the end of the file), or
+    /// a last record that fails its checksum, is a torn tail: in the newest segment the file
+    /// is cut there; in a sealed one it is reported as damage.
+    pub fn replay(
+        &self,
+        mut f: impl FnMut(BlobRef, &[u8]),
+        mut damaged: impl FnMut(String),
+    ) -> Result<()> {
+        let mut cur = self.lock_current();
+        for id in segments(&self.dir)? {
+            let path = self.path(id);
+            let bytes = fs::read(&path).map_err(io(&path))?;
+            let mut at = 0usize;
+            while at < bytes.len() {
+                let frame = bytes.get(at..at + 8).and_then(|head| {
+                    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+                    let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+                    Some((len, crc, bytes.get(at + 8..at + 8 + len as usize)?))
+                });
+                let Some((len, crc, payload)) = frame else {
+                    break;
+                };
+                let end = at + 8 + len as usize;
+                if crc32fast::hash(payload) != crc {
+                    if end == bytes.len() {
+                        break; // the last record: a torn tail
+                    }
+                    damaged(format!(
+                        "{}: the record at offset {at} fails its checksum; skipped",
+                        path.display()
+                    ));
+                } else {
+                    let r = BlobRef {
+                        segment: id,
+                        offset: at as u64,
+                        len,
+                    };
+                    f(r, payload);
+                }
+                at = end;
+            }
+            if at < bytes.len() {
+                if id == cur.id {
+                    cur.file.set_len(at as u64).map_err(io(&path))?;
+                    cur.len = at as u64;
+                    damaged(format!(
+                        "{}: cut a torn tail of {} bytes at offset {at} (a write a crash interrupted; never acknowledged)",
+                        path.display(),
+                        bytes.len() - at
+                    ));
+                } else {
+                    damaged(format!(
+                        "{}: damaged record at offset {at}; the {} bytes after it are skipped",
+                        path.display(),
+                        bytes.len() - at
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Reads one body back, checking its length and checksum.
@@ -229,23 +303,16 @@ impl BlobLog {
         l.bytes += u64::from(r.len) + 8;
     }
 
-    /// Drops a reference; a sealed segment without live references is deleted.
-    pub fn release(&self, r: BlobRef) -> Result<()> {
-        let empty = {
-            let mut live = self.lock_live();
-            let l = live.entry(r.segment).or_default();
-            l.count = l.count.saturating_sub(1);
-            l.bytes = l.bytes.saturating_sub(u64::from(r.len) + 8);
-            let empty = l.count == 0;
-            if empty {
-                live.remove(&r.segment);
-            }
-            empty
-        };
-        if empty && r.segment != self.lock_current().id {
-            self.delete(r.segment)?;
+    /// Drops a reference. Files are deleted only by [`BlobLog::sweep`], so a reader that
+    /// looked a reference up can still read it until the owner sweeps.
+    pub fn release(&self, r: BlobRef) {
+        let mut live = self.lock_live();
+        let l = live.entry(r.segment).or_default();
+        l.count = l.count.saturating_sub(1);
+        l.bytes = l.bytes.saturating_sub(u64::from(r.len) + 8);
+        if l.count == 0 {
+            live.remove(&r.segment);
         }
-        Ok(())
     }
 
     /// Sealed segments whose live bodies fill less than half of the file: worth compacting.
@@ -325,7 +392,7 @@ mod tests {
     }
 
     #[test]
-    fn sealed_segments_go_when_their_last_body_does() {
+    fn sealed_segments_go_at_the_sweep_after_their_last_body() {
         let dir = tempfile::tempdir().unwrap();
         let log = BlobLog::open(dir.path()).unwrap();
         let big = vec![7u8; (SEGMENT_MAX / 2 + 1) as usize];
@@ -335,14 +402,16 @@ mod tests {
         for r in a.iter().chain(&b) {
             log.retain(*r);
         }
-        log.release(a[0]).unwrap();
+        log.release(a[0]);
+        assert_eq!(log.sweep().unwrap(), vec![1]);
         assert!(dir.path().join(segment_name(1)).exists());
-        log.release(a[1]).unwrap();
+        log.release(a[1]);
+        assert_eq!(log.sweep().unwrap(), Vec::<u64>::new());
         assert!(
             !dir.path().join(segment_name(1)).exists(),
             "sealed and empty"
         );
-        log.release(b[0]).unwrap();
+        log.release(b[0]);
         assert!(
             dir.path().join(segment_name(2)).exists(),
             "the current one stays"

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod orchestrate;
 pub mod orchestrate_shutdown;
 pub mod paths;
+pub mod report_log;
 pub mod rollout;
 pub mod serve;
 pub mod server;

@@ -7,7 +7,7 @@
 //! D/operators/NAME.crt/.key  operator identities; `init` creates `admin`
 //! D/listen.addr              the address `serve` actually bound (written at start-up)
 //! D/db/                      the sled database (only `store` touches it)
-//! D/db/fleetward-reports/    report bodies: append-only segments (`blobs`, via `store`)
+//! D/db/fleetward-journal/    reports and fact changes: the report journal (`report_log`)
 //! ```
 
 use std::path::{Path, PathBuf};

@@ -111,8 +111,8 @@ pub fn load_policy(path: &std::path::Path) -> Result<LoadedPolicy, String> {
 }
 
 /// The one writer of reports: sessions hand it their reports; it stores everything that
-/// arrived meanwhile with ONE flush ([`Store::put_reports`]) and then answers each. So no
-/// report is acknowledged before it is durable, and the flush cost is shared.
+/// arrived meanwhile with ONE write and sync ([`Store::put_reports`]) and then answers each. So no
+/// report is acknowledged before it is durable, and the sync cost is shared.
 struct ReportWriter {
     tx: std::sync::mpsc::Sender<WriteJob>,
 }
@@ -126,9 +126,9 @@ struct WriteJob {
 }
 
 impl ReportWriter {
-    /// Most reports stored per flush.
+    /// Most reports stored per sync.
     const BATCH: usize = 512;
-    /// How long the writer waits for more reports before a flush.
+    /// How long the writer waits for more reports before a sync.
     const GATHER: std::time::Duration = std::time::Duration::from_millis(4);
 
     fn start(store: Arc<Store>) -> Self {
@@ -136,7 +136,7 @@ impl ReportWriter {
         std::thread::spawn(move || {
             while let Ok(first) = rx.recv() {
                 // Group commit: collect what arrives within GATHER of the first report, so
-                // one flush serves many reports when they come fast (and costs one GATHER of
+                // one sync serves many reports when they come fast (and costs one GATHER of
                 // latency when they do not).
                 let mut jobs = vec![first];
                 let until = std::time::Instant::now() + Self::GATHER;

@@ -6,14 +6,6 @@
 //!
 //! Layout (one sled `Db` in the data dir):
 //! - `nodes`: node name → [`NodeRecord`] JSON.
-//! - `reports`: node name → where its latest report is: seq (u64 BE) ‖ received_ms (u64 BE)
-//!   (the JSON itself is stored once, in `history`); the receive time also serves as the
-//!   node's `last_seen_ms`, so a report does not rewrite the node record.
-//! - `history`: node name ‖ 0x00 ‖ seq (u64 BE) → received_ms (u64 BE) ‖ 0x02 ‖ a 20-byte
-//!   reference into the blob log (`fleetward-reports/` in the database directory, see
-//!   [`crate::blobs`]) holding the report JSON as a size-prepended LZ4 block. (Older
-//!   formats still decode: 0x01 ‖ the LZ4 block inline, or the plain JSON.)
-//!   the newest [`HISTORY_PER_NODE`] entries per node are kept.
 //! - `tokens`: token id → [`TokenRecord`] JSON (only the sha256 of a token, never plaintext).
 //! - `revocations`: certificate serial → empty.
 //! - `audit`: `generate_id()` (u64 BE, so iteration order is append order) → [`AuditEntry`] JSON.
@@ -23,6 +15,11 @@
 //! - `op_events`: operation id ‖ 0x00 ‖ `generate_id()` (u64 BE) → [`OpEvent`] JSON, the
 //!   operation's event log in append order.
 //!
+//! Reports and fact changes are not in sled: they are records of the report journal
+//! (`fleetward-journal/` in the database directory, see [`crate::report_log`]), one write
+//! and one `fdatasync` per batch, indexed in memory. The latest report's receive time is
+//! the node's `last_seen_ms`, so a report does not rewrite the node record.
+//!
 //! All times are unix milliseconds passed in by the caller; the store reads no clock.
 //! Every mutating call flushes before returning, so an acknowledged write survives a SIGKILL
 //! (tested: without the flush, acked writes sit in sled's in-memory log buffer and are lost).
@@ -31,19 +28,20 @@
 //! flusher `sync_all`s every 500 ms. Undecodable stored data yields [`StoreError::Corrupt`],
 //! never a panic.
 
-use crate::blobs::{BlobError, BlobLog, BlobRef};
-use fleetward_proto::{report_from_bytes, report_json_bytes, Report};
+use crate::report_log::ReportLog;
+pub use crate::report_log::{FactChange, ReportWrite, FACT_CHANGES_PER_NODE, HISTORY_PER_NODE};
+use fleetward_proto::{report_json_bytes, Report};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sled::transaction::{abort, TransactionError};
 use sled::Tree;
 use std::path::Path;
 
-/// How many history entries are kept per node; older ones are pruned.
-pub const HISTORY_PER_NODE: usize = 50;
+/// The report journal's directory inside the database directory.
+pub const REPORTS_DIR: &str = "fleetward-journal";
 
-/// The blob log's directory inside the database directory.
-pub const REPORTS_DIR: &str = "fleetward-reports";
+/// Where releases before the journal kept report bodies (see [`Store::open`]).
+const OLD_REPORTS_DIR: &str = "fleetward-reports";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -111,28 +109,6 @@ pub struct TokenRecord {
     pub revoked: bool,
 }
 
-/// One report to store with [`Store::put_reports`].
-#[derive(Debug, Clone, Copy)]
-pub struct ReportWrite<'a> {
-    pub node: &'a str,
-    pub received_ms: u64,
-    /// The report's canonical JSON.
-    pub json: &'a [u8],
-    pub changes: &'a [FactChange],
-}
-
-/// One change of one fact of a node (`key` as in `fleet::flatten`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FactChange {
-    pub time_ms: u64,
-    pub key: String,
-    pub old: Option<String>,
-    pub new: Option<String>,
-}
-
-/// How many fact changes are kept per node; older ones are pruned.
-pub const FACT_CHANGES_PER_NODE: usize = 1000;
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
     pub time_ms: u64,
@@ -152,19 +128,11 @@ pub struct OpEvent {
 
 pub struct Store {
     db: sled::Db,
-    /// Report bodies (see [`crate::blobs`]); the `history` tree holds where each one is.
-    blobs: BlobLog,
+    /// Reports and fact changes (see [`crate::report_log`]).
+    journal: ReportLog,
     operations: Tree,
     op_events: Tree,
     nodes: Tree,
-    reports: Tree,
-    history: Tree,
-    facts: Tree,
-    /// Per (tree, node), the seqs that tree holds for the node, oldest first (filled by one
-    /// scan on first use), so bounding `history` and `fact_changes` needs no scan per write.
-    kept: std::sync::Mutex<
-        std::collections::HashMap<(&'static str, String), std::collections::VecDeque<u64>>,
-    >,
     tokens: Tree,
     revocations: Tree,
     audit: Tree,
@@ -189,30 +157,6 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("serialising a plain record cannot fail")
 }
 
-fn be_u64(b: &[u8]) -> u64 {
-    u64::from_be_bytes(b.try_into().unwrap_or_default())
-}
-
-/// Marks a report body compressed with LZ4 (size-prepended block) stored inline. A plain
-/// JSON body starts with `{`. Both are older formats that still decode.
-const LZ4_BODY: u8 = 0x01;
-/// Marks a body kept in the blob log: the value holds its [`BlobRef`]; the blob is the LZ4
-/// block of the JSON.
-const BLOB_BODY: u8 = 0x02;
-
-/// The LZ4 block (size-prepended) of a report's JSON: 9 KiB of seed report become ~2 KiB.
-fn compress(json: &[u8]) -> Vec<u8> {
-    lz4_flex::compress_prepend_size(json)
-}
-
-/// The blob a history value points to, if it points to one.
-fn blob_ref(v: &[u8]) -> Option<BlobRef> {
-    match v.get(8) {
-        Some(&BLOB_BODY) => BlobRef::decode(&v[9..]),
-        _ => None,
-    }
-}
-
 /// Decodes every JSON value of a tree scan.
 fn decode_all<T: DeserializeOwned>(
     tree: &'static str,
@@ -225,8 +169,9 @@ fn decode_all<T: DeserializeOwned>(
     .collect()
 }
 
-fn history_prefix(node: &str) -> Vec<u8> {
-    let mut p = node.as_bytes().to_vec();
+/// `id ‖ 0x00`: the key prefix of an operation's events.
+fn events_prefix(id: &str) -> Vec<u8> {
+    let mut p = id.as_bytes().to_vec();
     p.push(0);
     p
 }
@@ -272,68 +217,29 @@ impl Store {
                 source,
             })?;
         let t = |name: &str| db.open_tree(name);
-        let blobs_dir = path.join(REPORTS_DIR);
-        let blobs = BlobLog::open_with(&blobs_dir, segment_max)
-            .map_err(|e| StoreError::Blob(e.to_string()))?;
-        let store = Store {
-            blobs,
+        if path.join(OLD_REPORTS_DIR).exists() {
+            tracing::warn!(
+                "{} holds report history in the format before the report journal; it is not read (nodes send a full report when they reconnect) and can be deleted",
+                path.join(OLD_REPORTS_DIR).display()
+            );
+        }
+        let journal = ReportLog::open(path.join(REPORTS_DIR), segment_max)?;
+        Ok(Store {
+            journal,
             nodes: t("nodes")?,
-            reports: t("reports")?,
-            history: t("history")?,
-            facts: t("fact_changes")?,
-            kept: Default::default(),
             tokens: t("tokens")?,
             revocations: t("revocations")?,
             audit: t("audit")?,
             operations: t("operations")?,
             op_events: t("op_events")?,
             db,
-        };
-        // Count which segments the index still uses; delete the rest; compact the old ones.
-        for kv in store.history.iter() {
-            let (_, v) = kv?;
-            if let Some(r) = blob_ref(&v) {
-                store.blobs.retain(r);
-            }
-        }
-        store.compact()?;
-        Ok(store)
+        })
     }
 
-    /// Moves the live bodies of sparse sealed segments (less than half live) into the
-    /// current one and deletes those segments, so a node that stopped reporting cannot pin
-    /// old segments (and their disk) forever. Safe beside the writer: each index entry is
-    /// swapped with compare-and-swap, so an entry pruned meanwhile is not resurrected (its
-    /// copy is released instead). Called at open and from a background thread.
+    /// Compacts the report journal (see [`ReportLog::compact`]); called from a background
+    /// thread.
     pub fn compact(&self) -> Result<()> {
-        let blob_err = |e: BlobError| StoreError::Blob(e.to_string());
-        let sparse: std::collections::BTreeSet<u64> =
-            self.blobs.sparse().map_err(blob_err)?.into_iter().collect();
-        if sparse.is_empty() {
-            return Ok(());
-        }
-        let mut moved = Vec::new();
-        for kv in self.history.iter() {
-            let (k, v) = kv?;
-            let Some(r) = blob_ref(&v).filter(|r| sparse.contains(&r.segment)) else {
-                continue;
-            };
-            let body = self.blobs.read(r).map_err(blob_err)?;
-            let new = self.blobs.append(&[&body]).map_err(blob_err)?[0];
-            self.blobs.retain(new);
-            let mut value = v[..9].to_vec();
-            value.extend_from_slice(&new.encode());
-            match self.history.compare_and_swap(&k, Some(&v), Some(value))? {
-                Ok(()) => moved.push(r),
-                Err(_) => self.blobs.release(new).map_err(blob_err)?, // pruned meanwhile
-            }
-        }
-        self.flush()?;
-        for r in moved {
-            self.blobs.release(r).map_err(blob_err)?;
-        }
-        self.blobs.sweep().map_err(blob_err)?;
-        Ok(())
+        self.journal.compact()
     }
 
     /// Writes sled's log buffers out and syncs them (see the module doc on durability).
@@ -369,11 +275,8 @@ impl Store {
     /// latest report's receive time, which lives in the `reports` pointer (so ingesting a
     /// report does not rewrite the node record).
     fn with_last_report(&self, mut rec: NodeRecord) -> Result<NodeRecord> {
-        if let Some(v) = self.reports.get(rec.name.as_bytes())? {
-            if v.len() != 16 {
-                return Err(corrupt("reports", rec.name.as_bytes(), "value too short"));
-            }
-            rec.last_seen_ms = Some(rec.last_seen_ms.unwrap_or(0).max(be_u64(&v[8..])));
+        if let Some((_, received)) = self.journal.latest(&rec.name) {
+            rec.last_seen_ms = Some(rec.last_seen_ms.unwrap_or(0).max(received));
         }
         Ok(rec)
     }
@@ -394,15 +297,10 @@ impl Store {
     }
 
     /// Stores a batch of reports (each already in canonical JSON, validated by the caller)
-    /// with their fact changes, then flushes ONCE; returns each report's seq. This is the
-    /// ingestion path: one writer calls it for everything that arrived meanwhile, so the
-    /// cost of a flush is shared and no transaction is needed.
-    ///
-    /// Crash safety: writes go history, then the `reports` pointer (whose receive time is
-    /// the node's last-seen time, see [`Store::get_node`]). sled recovers a prefix of its log, so after a crash the pointer may
-    /// still name the previous report, never a missing one; such a report was not
-    /// acknowledged (acknowledgement follows the flush). Single writer: seqs grow in
-    /// commit order, so the pointer only moves forward.
+    /// with their fact changes in the report journal: one write and one sync for the whole
+    /// batch; returns each report's seq. This is the ingestion path: one writer calls it
+    /// for everything that arrived meanwhile, so the cost of a sync is shared. Everything
+    /// is durable when it returns, so a report is acknowledged after this.
     pub fn put_reports(&self, batch: &[ReportWrite<'_>]) -> Result<Vec<u64>> {
         for w in batch {
             check_node_name(w.node)?;
@@ -410,134 +308,20 @@ impl Store {
                 return Err(StoreError::UnknownNode(w.node.to_string()));
             }
         }
-        // Bodies first, in one write: an index entry never points to a body not written.
-        let bodies: Vec<Vec<u8>> = batch.iter().map(|w| compress(w.json)).collect();
-        let slices: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
-        let refs = self
-            .blobs
-            .append(&slices)
-            .map_err(|e| StoreError::Blob(e.to_string()))?;
-        let mut seqs = Vec::with_capacity(batch.len());
-        for (w, r) in batch.iter().zip(refs) {
-            let seq = self.db.generate_id()?;
-            let prefix = history_prefix(w.node);
-            let mut hist_key = prefix.clone();
-            hist_key.extend_from_slice(&seq.to_be_bytes());
-            let mut value = w.received_ms.to_be_bytes().to_vec();
-            value.push(BLOB_BODY);
-            value.extend_from_slice(&r.encode());
-            self.history.insert(hist_key, value)?;
-            self.blobs.retain(r);
-            self.reports.insert(
-                w.node.as_bytes(),
-                [seq.to_be_bytes(), w.received_ms.to_be_bytes()].concat(),
-            )?;
-            self.record_fact_changes(w.node, w.changes)?;
-            self.keep_newest(("history", &self.history), w.node, &[seq], HISTORY_PER_NODE)?;
-            seqs.push(seq);
-        }
-        self.flush()?;
-        Ok(seqs)
-    }
-
-    /// Remember `seqs` as the node's newest entries in `tree` and remove the oldest beyond
-    /// `bound`.
-    fn keep_newest(
-        &self,
-        tree: (&'static str, &Tree),
-        node: &str,
-        seqs: &[u64],
-        bound: usize,
-    ) -> Result<()> {
-        let prefix = history_prefix(node);
-        let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
-        let index = match kept.entry((tree.0, node.to_string())) {
-            std::collections::hash_map::Entry::Occupied(e) => {
-                let index = e.into_mut();
-                index.extend(seqs);
-                index
-            }
-            // First use: the scan already sees the new entries.
-            std::collections::hash_map::Entry::Vacant(e) => {
-                let mut index = std::collections::VecDeque::new();
-                for k in tree.1.scan_prefix(&prefix).keys() {
-                    index.push_back(be_u64(&k?[prefix.len()..]));
-                }
-                e.insert(index)
-            }
-        };
-        while index.len() > bound {
-            if let Some(old) = index.pop_front() {
-                let mut key = prefix.clone();
-                key.extend_from_slice(&old.to_be_bytes());
-                if let Some(r) = tree.1.remove(key)?.as_deref().and_then(blob_ref) {
-                    self.blobs
-                        .release(r)
-                        .map_err(|e| StoreError::Blob(e.to_string()))?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// A `history` value: received_ms (u64 BE) ‖ the body in one of its formats.
-    fn decode_report(&self, key: &[u8], v: &[u8]) -> Result<(u64, Report)> {
-        let tree = "history";
-        if v.len() < 9 {
-            return Err(corrupt(tree, key, "value too short"));
-        }
-        let body = &v[8..];
-        let json = match body[0] {
-            BLOB_BODY => {
-                let r = BlobRef::decode(&body[1..])
-                    .ok_or_else(|| corrupt(tree, key, "bad blob reference"))?;
-                let blob = self.blobs.read(r).map_err(|e| corrupt(tree, key, e))?;
-                lz4_flex::decompress_size_prepended(&blob)
-                    .map_err(|e| corrupt(tree, key, format!("bad LZ4 body: {e}")))?
-            }
-            LZ4_BODY => lz4_flex::decompress_size_prepended(&body[1..])
-                .map_err(|e| corrupt(tree, key, format!("bad LZ4 body: {e}")))?,
-            _ => body.to_vec(),
-        };
-        let report = report_from_bytes(&json).map_err(|e| corrupt(tree, key, e))?;
-        Ok((be_u64(&v[..8]), report))
+        self.journal.append(batch)
     }
 
     /// The node's latest report and when it was received.
     pub fn latest_report(&self, node: &str) -> Result<Option<(u64, Report)>> {
-        let Some(v) = self.reports.get(node.as_bytes())? else {
-            return Ok(None);
-        };
-        if v.len() != 16 {
-            return Err(corrupt("reports", node.as_bytes(), "value too short"));
-        }
-        let mut key = history_prefix(node);
-        key.extend_from_slice(&v[..8]);
-        let Some(h) = self.history.get(&key)? else {
-            return Err(corrupt(
-                "reports",
-                node.as_bytes(),
-                "points to a missing history entry",
-            ));
-        };
-        let (received, report) = self.decode_report(&key, &h)?;
-        Ok(Some((received, report)))
+        Ok(self
+            .journal
+            .latest_report(node)?
+            .map(|(_, received, r)| (received, r)))
     }
 
     /// The node's kept history as `(seq, received_ms, report)`, oldest first.
     pub fn report_history(&self, node: &str) -> Result<Vec<(u64, u64, Report)>> {
-        let prefix = history_prefix(node);
-        self.history
-            .scan_prefix(&prefix)
-            .map(|kv| {
-                let (k, v) = kv?;
-                let seq_bytes: [u8; 8] = k[prefix.len()..]
-                    .try_into()
-                    .map_err(|_| corrupt("history", &k, "bad key length"))?;
-                let (received, report) = self.decode_report(&k, &v)?;
-                Ok((u64::from_be_bytes(seq_bytes), received, report))
-            })
-            .collect()
+        self.journal.history(node)
     }
 
     // ---- enrollment tokens ----
@@ -658,33 +442,9 @@ impl Store {
 
     // ---- fact history ----
 
-    /// Records changes of a node's facts (unflushed; part of [`Store::put_reports`]).
-    /// Keeps the newest [`FACT_CHANGES_PER_NODE`].
-    fn record_fact_changes(&self, node: &str, changes: &[FactChange]) -> Result<()> {
-        if changes.is_empty() {
-            return Ok(());
-        }
-        let mut batch = sled::Batch::default();
-        let mut seqs = Vec::with_capacity(changes.len());
-        for c in changes {
-            let seq = self.db.generate_id()?;
-            let mut key = history_prefix(node);
-            key.extend_from_slice(&seq.to_be_bytes());
-            batch.insert(key, encode(c));
-            seqs.push(seq);
-        }
-        self.facts.apply_batch(batch)?;
-        self.keep_newest(
-            ("fact_changes", &self.facts),
-            node,
-            &seqs,
-            FACT_CHANGES_PER_NODE,
-        )
-    }
-
     /// A node's recorded fact changes, oldest first.
     pub fn fact_changes(&self, node: &str) -> Result<Vec<FactChange>> {
-        decode_all("fact_changes", self.facts.scan_prefix(history_prefix(node)))
+        self.journal.fact_changes(node)
     }
 
     // ---- audit log ----
@@ -713,7 +473,7 @@ impl Store {
     ) -> Result<()> {
         check_node_name(id)?;
         for e in events {
-            let mut key = history_prefix(id);
+            let mut key = events_prefix(id);
             key.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
             self.op_events.insert(key, encode(e))?;
         }
@@ -735,17 +495,13 @@ impl Store {
 
     /// An operation's event log, oldest first.
     pub fn op_events(&self, id: &str) -> Result<Vec<OpEvent>> {
-        decode_all("op_events", self.op_events.scan_prefix(history_prefix(id)))
+        decode_all("op_events", self.op_events.scan_prefix(events_prefix(id)))
     }
 
     /// The latest report's history seq per node (a counter that only grows, across
     /// restarts): what "a fresh report" is measured against.
     pub fn latest_report_seq(&self, node: &str) -> Result<Option<u64>> {
-        match self.reports.get(node.as_bytes())? {
-            Some(v) if v.len() == 16 => Ok(Some(be_u64(&v[..8]))),
-            Some(_) => Err(corrupt("reports", node.as_bytes(), "value too short")),
-            None => Ok(None),
-        }
+        Ok(self.journal.latest(node).map(|(seq, _)| seq))
     }
 }
 
@@ -1010,10 +766,10 @@ mod tests {
             s.put_report("busy", 10 + k, &report(&format!("n{k}")))
                 .unwrap();
         }
-        // busy's pruned bodies freed whole segments: left are busy's 50 (the newest is the
-        // current segment) and the first, only a quarter live (idle's body). A compaction
-        // moves that body and deletes the first segment.
-        assert_eq!(segs(), HISTORY_PER_NODE + 1);
+        // busy's pruned bodies freed whole segments, which wait for the sweep; live are
+        // busy's 50 (the newest is the current segment) and the first, only a quarter live
+        // (idle's body). A compaction moves that body and deletes every unused segment.
+        assert_eq!(segs(), HISTORY_PER_NODE + 6);
         let oldest = || {
             let mut v: Vec<_> = std::fs::read_dir(&seg_dir)
                 .unwrap()
@@ -1081,10 +837,6 @@ mod tests {
         let (_dir, s) = fresh();
         s.upsert_node(&node("n")).unwrap();
         s.nodes.insert("bad", &b"{not json"[..]).unwrap();
-        s.reports.insert("n", &b"short"[..]).unwrap();
-        s.history
-            .insert(&b"n\0\0\0\0\0\0\0\0\x01"[..], &b"\0\0\0\0\0\0\0\x01{}"[..])
-            .unwrap();
         s.tokens.insert(&sha256_hex("t")[..12], &b"[]"[..]).unwrap();
         s.audit
             .insert(u64::MAX.to_be_bytes(), &b"\xff"[..])
@@ -1093,22 +845,12 @@ mod tests {
             |e: StoreError, t: &str| matches!(e, StoreError::Corrupt { tree, .. } if tree == t);
         assert!(is_corrupt(s.get_node("bad").unwrap_err(), "nodes"));
         assert!(is_corrupt(s.list_nodes().unwrap_err(), "nodes"));
-        assert!(is_corrupt(s.latest_report("n").unwrap_err(), "reports"));
-        assert!(is_corrupt(s.report_history("n").unwrap_err(), "history"));
         assert!(is_corrupt(s.list_tokens().unwrap_err(), "tokens"));
         assert!(is_corrupt(s.list_audit(1).unwrap_err(), "audit"));
         assert!(matches!(
             s.consume_token("t", "n", 0),
             Err(TokenError::Store(StoreError::Corrupt { .. }))
         ));
-        // A body marked LZ4 that is not a valid block.
-        s.history
-            .insert(
-                &b"m\0\0\0\0\0\0\0\0\x01"[..],
-                &b"\0\0\0\0\0\0\0\x01\x01\xff"[..],
-            )
-            .unwrap();
-        assert!(is_corrupt(s.report_history("m").unwrap_err(), "history"));
         let msg = s.get_node("bad").unwrap_err().to_string();
         assert!(
             msg.contains("tree 'nodes'") && msg.contains("key 'bad'"),

@@ -438,14 +438,29 @@ pub fn changes(old: &BTreeMap<String, String>, new: &BTreeMap<String, String>) -
         .collect()
 }
 
-/// Both maps' keys in order, with each side's value.
+/// Both maps' keys in order, with each side's value: one merge of the two sorted maps.
 fn outer_join<'a>(
     a: &'a BTreeMap<String, String>,
     b: &'a BTreeMap<String, String>,
 ) -> impl Iterator<Item = (&'a str, Option<&'a String>, Option<&'a String>)> {
-    let keys: std::collections::BTreeSet<&str> =
-        a.keys().chain(b.keys()).map(String::as_str).collect();
-    keys.into_iter().map(move |k| (k, a.get(k), b.get(k)))
+    let (mut a, mut b) = (a.iter().peekable(), b.iter().peekable());
+    std::iter::from_fn(move || {
+        let order = match (a.peek(), b.peek()) {
+            (None, None) => return None,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some((ka, _)), Some((kb, _))) => ka.cmp(kb),
+        };
+        Some(match order {
+            std::cmp::Ordering::Less => a.next().map(|(k, v)| (k.as_str(), Some(v), None))?,
+            std::cmp::Ordering::Greater => b.next().map(|(k, v)| (k.as_str(), None, Some(v)))?,
+            std::cmp::Ordering::Equal => {
+                let (k, va) = a.next()?;
+                let (_, vb) = b.next()?;
+                (k.as_str(), Some(va), Some(vb))
+            }
+        })
+    })
 }
 
 #[cfg(test)]
