@@ -76,16 +76,27 @@ fn cluster(c: &Controller) -> Vec<Agent> {
 }
 
 fn wait_online(c: &Controller, names: &[&str]) {
-    wait_for("nodes online with reports", Duration::from_secs(30), || {
+    // `nodes` says who is online; `node show` whether its report is in (asked once per node).
+    let mut reported = std::collections::BTreeSet::new();
+    wait_for("nodes online with reports", Duration::from_secs(60), || {
         let nodes = c.cli_json(&["nodes"]);
-        let ok = names.iter().all(|n| {
-            nodes
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|x| x["name"] == *n && x["state"] == "online" && !x["findings"].is_null())
-        });
-        ok.then_some(())
+        let online = |n: &str| {
+            let list = nodes.as_array().unwrap();
+            list.iter()
+                .any(|x| x["name"] == n && x["state"] == "online")
+        };
+        for n in names {
+            if online(n)
+                && !reported.contains(n)
+                && !c.cli_json(&["node", "show", n])["report"].is_null()
+            {
+                reported.insert(*n);
+            }
+        }
+        names
+            .iter()
+            .all(|n| online(n) && reported.contains(n))
+            .then_some(())
     });
 }
 
@@ -447,9 +458,16 @@ fn crash_run(at: Option<&(String, String)>) -> Vec<(String, String)> {
     wait_online(&c, &NODES);
     start(&c, &[]);
     if let Some(at) = at {
-        wait_for("the crash point", Duration::from_secs(60), || {
-            boundaries(&status(&c)).contains(at).then_some(())
-        });
+        let t0 = std::time::Instant::now();
+        while !boundaries(&status(&c)).contains(at) {
+            if t0.elapsed() > Duration::from_secs(60) {
+                panic!(
+                    "crash point {at:?} not reached in 60 s; events: {:#}",
+                    status(&c)["events"]
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         c.kill(); // SIGKILL
         c.restart();
     }

@@ -40,14 +40,20 @@ fn is_unsafe(code: &str) -> bool {
     })
 }
 
+/// Online, heard from recently, and has reported (a node that connected a moment ago and
+/// has not sent its report yet is unknown state, not a healthy member).
 fn fresh(nv: &NodeView, max_silence_ms: u64) -> bool {
-    nv.online && nv.last_seen_age_ms.is_some_and(|a| a <= max_silence_ms)
+    nv.online && nv.report_seq > 0 && nv.last_seen_age_ms.is_some_and(|a| a <= max_silence_ms)
 }
 
 /// The node whose turn it is is online and heard from recently.
 pub fn node_reachable(view: &ClusterView, node: &str, max_silence_ms: u64) -> GateResult {
     match view.nodes.get(node) {
         Some(nv) if fresh(nv, max_silence_ms) => Ok(()),
+        Some(nv) if nv.online && nv.report_seq == 0 => fail(
+            Gate::NodeReachable,
+            format!("{node} has not sent a report yet"),
+        ),
         Some(nv) if nv.online => fail(
             Gate::NodeReachable,
             format!("{node} has not been heard from recently"),
@@ -75,7 +81,7 @@ pub fn others_online(
         if !fresh(nv, max_silence_ms) {
             return fail(
                 Gate::NodesOnline,
-                format!("{name} is offline or silent; nothing starts on unknown state"),
+                format!("{name} is offline, silent or has not reported yet; nothing starts on unknown state"),
             );
         }
     }
