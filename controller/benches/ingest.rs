@@ -100,6 +100,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         store.get_node(name)?;
     }
     per("get_node", t, N);
+    drop(store);
+    let t = Instant::now();
+    let store = Store::open(dir.path().join("db"))?;
+    println!(
+        "reopen: {:.0} ms to replay {N} reports' journal records",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    assert_eq!(store.report_history(&nodes[0])?.len(), N / nodes.len());
     Ok(())
 }
 
