@@ -27,7 +27,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("report JSON: {} bytes", jsons[0].len());
 
     let t = Instant::now();
-    let reports: Vec<_> = jsons.iter().map(|j| report_from_bytes(j).unwrap()).collect();
+    let reports: Vec<_> = jsons
+        .iter()
+        .map(|j| report_from_bytes(j).unwrap())
+        .collect();
     per("parse", t, N);
     let t = Instant::now();
     let flats: Vec<_> = reports.iter().map(|r| flatten(&r.facts)).collect();
@@ -102,7 +105,10 @@ fn written() -> u64 {
         .ok()
         .and_then(|s| {
             s.lines()
-                .find_map(|l| l.strip_prefix("write_bytes: ").map(|v| v.trim().parse().ok()))
+                .find_map(|l| {
+                    l.strip_prefix("write_bytes: ")
+                        .map(|v| v.trim().parse().ok())
+                })
                 .flatten()
         })
         .unwrap_or(0)
