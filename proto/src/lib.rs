@@ -12,6 +12,7 @@
 
 pub mod action;
 pub mod api;
+pub mod codec;
 pub mod report;
 
 pub use api::FILE_DESCRIPTOR_SET;

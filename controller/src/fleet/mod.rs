@@ -21,7 +21,7 @@ pub mod report;
 mod tests;
 
 pub use drift::drift;
-pub use normalize::{changes, diff, flatten, Change, DiffRow};
+pub use normalize::{changes, changes_since, diff, flatten, Change, DiffRow, PackedFlat};
 pub use policy::{capture, check, Policy, PolicyError};
 
 use fleetward_proto::{Facts, Finding};

@@ -406,11 +406,11 @@ impl DiffRow {
 /// part sorted by key.
 pub fn diff(a: &Facts, b: &Facts) -> Vec<DiffRow> {
     let (fa, fb) = (flatten(a), flatten(b));
-    let mut rows: Vec<DiffRow> = outer_join(&fa, &fb)
+    let mut rows: Vec<DiffRow> = merge_sorted(pairs(&fa), pairs(&fb))
         .map(|(key, a, b)| DiffRow {
             key: key.to_string(),
-            a: a.cloned(),
-            b: b.cloned(),
+            a: a.map(str::to_string),
+            b: b.map(str::to_string),
         })
         .collect();
     // Stable sort keeps the key order inside each part.
@@ -428,36 +428,102 @@ pub struct Change {
 
 /// What changed between two flattened snapshots of one node, sorted by key.
 pub fn changes(old: &BTreeMap<String, String>, new: &BTreeMap<String, String>) -> Vec<Change> {
-    outer_join(old, new)
+    changes_of(pairs(old), pairs(new))
+}
+
+/// Flattened facts packed into one string, for keeping each node's latest flat in memory:
+/// a `BTreeMap<String, String>` of ~64 entries costs two allocations per entry plus the
+/// tree's nodes (~11 KB per node measured); this costs one string of the keys and values
+/// and one offset table. Entries keep the map's (key) order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PackedFlat {
+    text: Box<str>,
+    /// Per entry: where its key ends and where its value ends in `text`.
+    ends: Box<[(usize, usize)]>,
+}
+
+impl PackedFlat {
+    pub fn pack(flat: &BTreeMap<String, String>) -> Self {
+        let len = flat.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let mut text = String::with_capacity(len);
+        let mut ends = Vec::with_capacity(flat.len());
+        for (k, v) in flat {
+            text.push_str(k);
+            let key_end = text.len();
+            text.push_str(v);
+            ends.push((key_end, text.len()));
+        }
+        PackedFlat {
+            text: text.into_boxed_str(),
+            ends: ends.into_boxed_slice(),
+        }
+    }
+
+    /// `(key, value)` in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        let mut start = 0;
+        self.ends.iter().map(move |&(key_end, end)| {
+            let kv = (&self.text[start..key_end], &self.text[key_end..end]);
+            start = end;
+            kv
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+}
+
+/// [`changes`] from a packed previous snapshot: the same changes in the same order.
+pub fn changes_since(old: &PackedFlat, new: &BTreeMap<String, String>) -> Vec<Change> {
+    changes_of(old.iter(), pairs(new))
+}
+
+/// A map's entries as string slices, in key order.
+fn pairs(m: &BTreeMap<String, String>) -> impl Iterator<Item = (&str, &str)> {
+    m.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+}
+
+fn changes_of<'a>(
+    old: impl Iterator<Item = (&'a str, &'a str)>,
+    new: impl Iterator<Item = (&'a str, &'a str)>,
+) -> Vec<Change> {
+    merge_sorted(old, new)
         .filter(|(_, o, n)| o != n)
         .map(|(key, o, n)| Change {
             key: key.to_string(),
-            old: o.cloned(),
-            new: n.cloned(),
+            old: o.map(str::to_string),
+            new: n.map(str::to_string),
         })
         .collect()
 }
 
-/// Both maps' keys in order, with each side's value: one merge of the two sorted maps.
-fn outer_join<'a>(
-    a: &'a BTreeMap<String, String>,
-    b: &'a BTreeMap<String, String>,
-) -> impl Iterator<Item = (&'a str, Option<&'a String>, Option<&'a String>)> {
-    let (mut a, mut b) = (a.iter().peekable(), b.iter().peekable());
+/// Two key-sorted sequences of `(key, value)` merged in one pass: every key once, in
+/// order, with each side's value.
+fn merge_sorted<'a>(
+    a: impl Iterator<Item = (&'a str, &'a str)>,
+    b: impl Iterator<Item = (&'a str, &'a str)>,
+) -> impl Iterator<Item = (&'a str, Option<&'a str>, Option<&'a str>)> {
+    use std::cmp::Ordering;
+    let (mut a, mut b) = (a.peekable(), b.peekable());
     std::iter::from_fn(move || {
         let order = match (a.peek(), b.peek()) {
             (None, None) => return None,
-            (Some(_), None) => std::cmp::Ordering::Less,
-            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
             (Some((ka, _)), Some((kb, _))) => ka.cmp(kb),
         };
         Some(match order {
-            std::cmp::Ordering::Less => a.next().map(|(k, v)| (k.as_str(), Some(v), None))?,
-            std::cmp::Ordering::Greater => b.next().map(|(k, v)| (k.as_str(), None, Some(v)))?,
-            std::cmp::Ordering::Equal => {
+            Ordering::Less => a.next().map(|(k, v)| (k, Some(v), None))?,
+            Ordering::Greater => b.next().map(|(k, v)| (k, None, Some(v)))?,
+            Ordering::Equal => {
                 let (k, va) = a.next()?;
                 let (_, vb) = b.next()?;
-                (k.as_str(), Some(va), Some(vb))
+                (k, Some(va), Some(vb))
             }
         })
     })
@@ -466,6 +532,35 @@ fn outer_join<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn packed_changes_match_map_changes() {
+        let map = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let cases = [
+            (map(&[]), map(&[])),
+            (map(&[]), map(&[("a", "1")])),
+            (map(&[("a", "1")]), map(&[])),
+            (
+                map(&[("a", "1"), ("b", "2"), ("d", ""), ("e", "5")]),
+                map(&[("b", "3"), ("c", "x"), ("d", ""), ("e", "5"), ("f", "")]),
+            ),
+            (map(&[("k", "")]), map(&[("k", "v")])),
+        ];
+        for (old, new) in &cases {
+            let packed = PackedFlat::pack(old);
+            assert_eq!(packed.len(), old.len());
+            let pairs: Vec<(&str, &str)> = packed.iter().collect();
+            let expect: Vec<(&str, &str)> =
+                old.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            assert_eq!(pairs, expect);
+            assert_eq!(changes_since(&packed, new), changes(old, new));
+        }
+    }
 
     #[test]
     fn uris_are_normalised() {
