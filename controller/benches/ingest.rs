@@ -9,7 +9,7 @@ use std::time::Instant;
 
 // The controller's allocator, so the figures are the server's.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 const SEED: &str = include_str!("../../agent/tests/fixtures/seed/pve-01/expected.json");
 const N: usize = 20_000;
