@@ -148,6 +148,10 @@ impl BlobLog {
             .open(&path)
             .map_err(io(&path))?;
         let len = file.metadata().map_err(io(&path))?.len();
+        // A new file's name must survive a power loss too: sync the directory once.
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(dir))?;
         Ok(Current { id, file, len })
     }
 

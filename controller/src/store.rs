@@ -23,9 +23,10 @@
 //! All times are unix milliseconds passed in by the caller; the store reads no clock.
 //! Every mutating call flushes before returning, so an acknowledged write survives a SIGKILL
 //! (tested: without the flush, acked writes sit in sled's in-memory log buffer and are lost).
-//! Power loss is weaker: on Linux sled 0.34's flush uses `sync_file_range` on its log rather
-//! than `fsync`, which syncs neither file metadata nor the drive cache; its background
-//! flusher `sync_all`s every 500 ms. Undecodable stored data yields [`StoreError::Corrupt`],
+//! Power loss is weaker for sled's part: on Linux sled 0.34's flush uses `sync_file_range`
+//! on its log rather than `fsync`, which syncs neither file metadata nor the drive cache; its
+//! background flusher `sync_all`s every 500 ms. The report journal uses `fdatasync`.
+//! Undecodable stored data yields [`StoreError::Corrupt`],
 //! never a panic.
 
 use crate::report_log::ReportLog;
@@ -284,7 +285,7 @@ impl Store {
     // ---- reports ----
 
     /// Stores `report` as `node`'s latest, appends it to its history and bumps the node's
-    /// `last_seen_ms`; returns the report's history seq. The node must exist. Flushed.
+    /// `last_seen_ms`; returns the report's history seq. The node must exist. Durable (written and synced) when it returns.
     pub fn put_report(&self, node: &str, received_ms: u64, report: &Report) -> Result<u64> {
         let json = report_json_bytes(report);
         let seq = self.put_reports(&[ReportWrite {
