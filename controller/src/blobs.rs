@@ -167,7 +167,9 @@ impl BlobLog {
         self.live.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Appends `bodies` with one write; returns where each is (not yet counted as live).
+    /// Appends `bodies` with one write; returns where each is, already counted as live (so
+    /// no sweep can delete a segment between the write and the caller's indexing): the
+    /// caller releases what it does not keep.
     pub fn append(&self, bodies: &[&[u8]]) -> Result<Vec<BlobRef>> {
         let mut cur = self.lock_current();
         if cur.len >= self.segment_max {
@@ -196,6 +198,9 @@ impl BlobLog {
             return Err(io(&path)(e));
         }
         cur.len += buf.len() as u64;
+        for r in &refs {
+            self.retain(*r);
+        }
         Ok(refs)
     }
 
@@ -403,9 +408,6 @@ mod tests {
         let a = log.append(&[&big, &big]).unwrap(); // fills segment 1
         let b = log.append(&[b"x"]).unwrap(); // rolls to segment 2
         assert_eq!((a[0].segment, b[0].segment), (1, 2));
-        for r in a.iter().chain(&b) {
-            log.retain(*r);
-        }
         log.release(a[0]);
         assert_eq!(log.sweep().unwrap(), vec![1]);
         assert!(dir.path().join(segment_name(1)).exists());
@@ -421,5 +423,21 @@ mod tests {
             "the current one stays"
         );
         assert_eq!(log.sweep().unwrap(), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn appended_records_count_as_live_before_anyone_indexes_them() {
+        // A sweep between a write and its indexing (the compaction thread beside the
+        // writer) must not delete the sealed segment that holds the new records.
+        let dir = tempfile::tempdir().unwrap();
+        let log = BlobLog::open_with(dir.path(), 1).unwrap();
+        let a = log.append(&[b"acknowledged soon"]).unwrap();
+        let b = log.append(&[b"rolls the segment"]).unwrap();
+        assert_eq!((a[0].segment, b[0].segment), (1, 2));
+        assert_eq!(log.sweep().unwrap(), vec![1]);
+        assert_eq!(log.read(a[0]).unwrap(), b"acknowledged soon");
+        log.release(a[0]);
+        assert_eq!(log.sweep().unwrap(), Vec::<u64>::new());
+        assert!(log.read(a[0]).is_err());
     }
 }

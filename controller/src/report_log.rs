@@ -283,12 +283,16 @@ impl ReportLog {
         }
         let slices: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
         let refs = self.blobs.append(&slices).map_err(blob_err)?;
-        self.blobs.sync().map_err(blob_err)?;
+        if let Err(e) = self.blobs.sync() {
+            for at in refs {
+                self.blobs.release(at);
+            }
+            return Err(blob_err(e));
+        }
         let mut dropped = Vec::new();
         {
             let mut index = self.lock_index();
             for ((node, kind, seq, received_ms, count), at) in meta.into_iter().zip(refs) {
-                self.blobs.retain(at);
                 let entry = Entry {
                     seq,
                     received_ms,
@@ -396,21 +400,29 @@ impl ReportLog {
                 })
                 .collect();
             let mut copies = Vec::with_capacity(targets.len());
-            for (node, e) in targets {
+            let copied = targets.into_iter().try_for_each(|(node, e)| {
                 let payload = self.blobs.read(e.at).map_err(|err| damaged(&node, err))?;
                 let at = self.blobs.append(&[&payload]).map_err(blob_err)?[0];
                 copies.push((node, e, at));
+                Ok::<_, StoreError>(())
+            });
+            if let Err(e) = copied.and_then(|()| self.blobs.sync().map_err(blob_err)) {
+                for (_, _, at) in copies {
+                    self.blobs.release(at);
+                }
+                return Err(e);
             }
-            self.blobs.sync().map_err(blob_err)?;
             let mut index = self.lock_index();
             for (node, old, at) in copies {
                 let slot = index
                     .get_mut(&node)
                     .and_then(|n| n.entries_mut().find(|e| **e == old));
-                if let Some(slot) = slot {
-                    slot.at = at;
-                    self.blobs.retain(at);
-                    moved.push(old.at);
+                match slot {
+                    Some(slot) => {
+                        slot.at = at;
+                        moved.push(old.at);
+                    }
+                    None => moved.push(at), // pruned meanwhile: the copy is not kept
                 }
             }
         }
