@@ -884,6 +884,9 @@ async fn store_report(
     };
     // Packed now (the map is freed before the write is awaited).
     let flat = Arc::new(Flat::pack(&{ flat }));
+    // Kept as a clone: the parser grew every Vec by doubling, a clone has exact capacities
+    // (~17 → ~13 KB per seed report, ~26 MiB over 10,000 nodes, for ~9 µs per report).
+    let report = Arc::new({ report }.clone());
     let seq = ctl.writer.write(node, now, r.report_json, changes).await?;
     ctl.report_seqs
         .lock()
@@ -892,7 +895,7 @@ async fn store_report(
     ctl.latest
         .write()
         .unwrap_or_else(|e| e.into_inner())
-        .insert(node.to_string(), Arc::new(report));
+        .insert(node.to_string(), report);
     ctl.flats
         .lock()
         .unwrap_or_else(|e| e.into_inner())
