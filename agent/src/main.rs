@@ -298,7 +298,9 @@ fn cmd_enroll(opts: EnrollOptions) -> anyhow::Result<()> {
 fn logging() {
     use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // fatfs logs "unmount failed read-only" at ERROR whenever a read-only image is
+        // dropped (every ESP inspection); its real errors reach us as `Result`s.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fatfs=off"));
     let journald = std::env::var_os("JOURNAL_STREAM")
         .filter(|v| !v.is_empty())
         .and_then(|_| tracing_journald::layer().ok())

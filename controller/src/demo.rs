@@ -210,6 +210,7 @@ pub fn run(opts: &DemoOptions) -> Result<(), DemoError> {
             result,
             Err(DemoError::NotCompleted(_) | DemoError::Setup(_))
         ) {
+            say_log_problems(tmp.path());
             say("(run it again with --keep to keep the controller's and the agents' logs)\n");
         }
         let path = tmp.path().to_path_buf();
@@ -219,6 +220,37 @@ pub fn run(opts: &DemoOptions) -> Result<(), DemoError> {
         }
     }
     result
+}
+
+/// The last warnings and errors of the controller's and the agents' logs, before they go.
+fn say_log_problems(dir: &Path) {
+    let mut logs = vec![dir.join("controller.log")];
+    if let Ok(nodes) = std::fs::read_dir(dir.join("nodes")) {
+        let mut agents: Vec<_> = nodes
+            .flatten()
+            .map(|e| e.path().join("state/agent.log"))
+            .collect();
+        agents.sort();
+        logs.extend(agents);
+    }
+    for log in logs {
+        let Ok(text) = std::fs::read_to_string(&log) else {
+            continue;
+        };
+        let problems: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+            .collect();
+        if let Some(last) = problems.get(problems.len().saturating_sub(10)..) {
+            if !last.is_empty() {
+                let name = log.strip_prefix(dir).unwrap_or(&log).display().to_string();
+                say(&format!(
+                    "last warnings in {name}:\n  {}\n",
+                    last.join("\n  ")
+                ));
+            }
+        }
+    }
 }
 
 /// The controller's log goes to a file: the terminal shows the demo.
