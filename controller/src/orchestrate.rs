@@ -167,6 +167,9 @@ pub fn refused_guests(ctl: &Controller, nodes: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// How long a node may be disconnected before the rollout treats it as gone.
+const OFFLINE_GRACE_MS: u64 = 10_000;
+
 struct Driver {
     ctl: Arc<Controller>,
     active: Option<Rollout>,
@@ -174,6 +177,10 @@ struct Driver {
     /// (or until they are all back) the resumed rollout is not stepped, so a node that is
     /// merely reconnecting does not halt it.
     reconnect_grace_until: Option<u64>,
+    /// Nodes whose session ended (unix ms): a node that reconnects within
+    /// [`OFFLINE_GRACE_MS`] (an agent restarted by its own package upgrade, a dropped
+    /// connection) does not halt the rollout; the machine hears of it only after that.
+    offline_since: HashMap<String, u64>,
     /// Recent output lines of running actions, per node.
     output: HashMap<String, VecDeque<String>>,
     webhook: Option<String>,
@@ -189,6 +196,7 @@ pub fn spawn(ctl: Arc<Controller>) -> Rollouts {
         ctl,
         active: None,
         reconnect_grace_until: None,
+        offline_since: HashMap::new(),
         output: HashMap::new(),
     };
     run_loop(d, events, rx, tick);
@@ -279,6 +287,18 @@ impl Driver {
 
     fn on_tick(&mut self) {
         let now = now_ms();
+        let gone: Vec<String> = self
+            .offline_since
+            .iter()
+            .filter(|(_, since)| now.saturating_sub(**since) >= OFFLINE_GRACE_MS)
+            .map(|(node, _)| node.clone())
+            .collect();
+        for node in gone {
+            self.offline_since.remove(&node);
+            if !self.ctl.is_online(&node) {
+                self.step(Event::NodeOffline { node });
+            }
+        }
         if self.reconnect_grace_until.is_some() {
             // Still (or just no longer) waiting for agents after a restart: re-send what is
             // outstanding once they are back.
@@ -314,12 +334,17 @@ impl Driver {
         let node = ev.node;
         let event = match ev.kind {
             AgentEventKind::Report => Event::NodeReport { node },
-            AgentEventKind::Connected { .. } => Event::Recovered,
+            AgentEventKind::Connected { .. } => {
+                self.offline_since.remove(&node);
+                Event::Recovered
+            }
             AgentEventKind::Disconnected => {
-                if self.ctl.is_online(&node) {
-                    return; // replaced by a newer session
+                if !self.ctl.is_online(&node) {
+                    // Not replaced by a newer session: gone, unless back within the grace
+                    // (see `on_tick`).
+                    self.offline_since.entry(node).or_insert_with(now_ms);
                 }
-                Event::NodeOffline { node }
+                return;
             }
             AgentEventKind::CommandAck { .. } => return,
             AgentEventKind::CommandOutput { id, line } => {
