@@ -324,22 +324,28 @@ impl BlobLog {
         }
     }
 
-    /// Sealed segments whose live bodies fill less than half of the file: worth compacting.
-    pub fn sparse(&self) -> Result<Vec<u64>> {
+    /// Every sealed segment (all but the current one) with its live references, oldest first.
+    fn sealed(&self) -> Result<Vec<(u64, Live)>> {
         let current = self.lock_current().id;
         let live = self.lock_live().clone();
-        let mut out = Vec::new();
-        for id in segments(&self.dir)? {
-            if id == current {
-                continue;
-            }
-            let size = fs::metadata(self.path(id)).map_or(0, |m| m.len());
-            let used = live.get(&id).map_or(0, |l| l.bytes);
-            if used * 2 < size {
-                out.push(id);
-            }
-        }
-        Ok(out)
+        Ok(segments(&self.dir)?
+            .into_iter()
+            .filter(|id| *id != current)
+            .map(|id| (id, live.get(&id).copied().unwrap_or_default()))
+            .collect())
+    }
+
+    /// Sealed segments whose live bodies fill less than half of the file: worth compacting.
+    pub fn sparse(&self) -> Result<Vec<u64>> {
+        Ok(self
+            .sealed()?
+            .into_iter()
+            .filter(|(id, l)| {
+                let size = fs::metadata(self.path(*id)).map_or(0, |m| m.len());
+                l.bytes * 2 < size
+            })
+            .map(|(id, _)| id)
+            .collect())
     }
 
     fn delete(&self, id: u64) -> Result<()> {
@@ -353,14 +359,9 @@ impl BlobLog {
     /// Sealed segments with no live reference (after the store counted them at open):
     /// deleted. Returns the ids of sealed segments still holding bodies, oldest first.
     pub fn sweep(&self) -> Result<Vec<u64>> {
-        let current = self.lock_current().id;
-        let live = self.lock_live().clone();
         let mut kept = Vec::new();
-        for id in segments(&self.dir)? {
-            if id == current {
-                continue;
-            }
-            if live.get(&id).map_or(0, |l| l.count) == 0 {
+        for (id, l) in self.sealed()? {
+            if l.count == 0 {
                 self.delete(id)?;
             } else {
                 kept.push(id);
