@@ -17,7 +17,7 @@
 use crate::cli::rollout::{status_out, RolloutCmd, Selection};
 use crate::cli::{self, output::table, ClientCommand, ClientOpts, Format, OptsOnly};
 use crate::config::Config;
-use crate::orchestrate::{status_word, Rollout};
+use crate::orchestrate::rollout::{status_word, Rollout};
 use crate::paths::DataDir;
 use crate::rollout::{Phase, Status};
 use fleetward_proto::api::{self, operator_service_client::OperatorServiceClient};

@@ -113,9 +113,10 @@ pub async fn run(
     } = loaded;
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     // The rollout driver resumes an unfinished rollout from the store before serving.
-    controller.set_rollouts(crate::orchestrate::spawn(controller.clone()));
+    controller.set_rollouts(crate::orchestrate::rollout::spawn(controller.clone()));
+    controller.set_refreshes(crate::orchestrate::refresh::spawn(controller.clone()));
     // So does the shutdown driver (a `Down` shutdown waits for `fleetward startup`).
-    controller.set_shutdowns(crate::orchestrate_shutdown::spawn(controller.clone()));
+    controller.set_shutdowns(crate::orchestrate::shutdown::spawn(controller.clone()));
     if let Some(addr) = metrics {
         let listener = bind(&addr.to_string()).await?;
         tracing::info!(%addr, "metrics listening (plain HTTP, GET /metrics)");

@@ -85,9 +85,11 @@ pub struct Controller {
     /// Session events for the orchestration drivers.
     events: tokio::sync::broadcast::Sender<AgentEvent>,
     /// The rollout driver, once `serve` started it.
-    rollouts: std::sync::OnceLock<crate::orchestrate::Rollouts>,
+    rollouts: std::sync::OnceLock<crate::orchestrate::rollout::Rollouts>,
     /// The shutdown driver, once `serve` started it.
-    shutdowns: std::sync::OnceLock<crate::orchestrate_shutdown::Shutdowns>,
+    shutdowns: std::sync::OnceLock<crate::orchestrate::shutdown::Shutdowns>,
+    /// The package list refresh driver, once `serve` started it.
+    refreshes: std::sync::OnceLock<crate::orchestrate::refresh::Refreshes>,
     /// Each node's latest report's store seq: only grows, also across restarts.
     report_seqs: Mutex<HashMap<String, u64>>,
 }
@@ -248,6 +250,7 @@ impl Controller {
             report_seqs: Mutex::new(report_seqs),
             rollouts: std::sync::OnceLock::new(),
             shutdowns: std::sync::OnceLock::new(),
+            refreshes: std::sync::OnceLock::new(),
             policy: RwLock::new(policy.map(Arc::new)),
             events: broadcast::channel(EVENTS_CAPACITY).0,
         }))
@@ -431,22 +434,33 @@ impl Controller {
     }
 
     /// Connects the operator API to the rollout driver (once, from `serve`).
-    pub fn set_rollouts(&self, r: crate::orchestrate::Rollouts) {
+    pub fn set_rollouts(&self, r: crate::orchestrate::rollout::Rollouts) {
         let _ = self.rollouts.set(r);
     }
 
-    fn rollouts(&self) -> Result<&crate::orchestrate::Rollouts, Status> {
+    fn rollouts(&self) -> Result<&crate::orchestrate::rollout::Rollouts, Status> {
         self.rollouts
             .get()
             .ok_or_else(|| Status::unavailable("the rollout driver is not running"))
     }
 
+    /// Connects the operator API to the refresh driver (once, from `serve`).
+    pub fn set_refreshes(&self, r: crate::orchestrate::refresh::Refreshes) {
+        let _ = self.refreshes.set(r);
+    }
+
+    fn refreshes(&self) -> Result<&crate::orchestrate::refresh::Refreshes, Status> {
+        self.refreshes
+            .get()
+            .ok_or_else(|| Status::unavailable("the refresh driver is not running"))
+    }
+
     /// Connects the shutdown API to the shutdown driver (once, from `serve`).
-    pub fn set_shutdowns(&self, s: crate::orchestrate_shutdown::Shutdowns) {
+    pub fn set_shutdowns(&self, s: crate::orchestrate::shutdown::Shutdowns) {
         let _ = self.shutdowns.set(s);
     }
 
-    pub(crate) fn shutdowns(&self) -> Result<&crate::orchestrate_shutdown::Shutdowns, Status> {
+    pub(crate) fn shutdowns(&self) -> Result<&crate::orchestrate::shutdown::Shutdowns, Status> {
         self.shutdowns
             .get()
             .ok_or_else(|| Status::unavailable("the shutdown driver is not running"))
@@ -1414,7 +1428,7 @@ impl OperatorService for OperatorApi {
             refresh_lists(ctl, &caller, &plan_nodes(ctl, &r.nodes)?).await?;
         }
         let plan = rollout_plan(ctl, &r)?;
-        let view = crate::orchestrate::cluster_view(ctl);
+        let view = crate::orchestrate::rollout::cluster_view(ctl);
         let latest: Vec<(String, Arc<Report>)> = plan
             .nodes
             .iter()
@@ -1438,7 +1452,7 @@ impl OperatorService for OperatorApi {
         let caller = ctl.authorize(&req, Role::Operator)?;
         let r = req.into_inner();
         let plan = rollout_plan(ctl, &r)?;
-        let refused = crate::orchestrate::refused_guests(ctl, &plan.nodes);
+        let refused = crate::orchestrate::rollout::refused_guests(ctl, &plan.nodes);
         if !refused.is_empty() {
             return Err(Status::failed_precondition(format!(
                 "non_ha_guests = \"refuse\": {}",
@@ -1449,11 +1463,10 @@ impl OperatorService for OperatorApi {
         if let Some(w) = &window {
             crate::window::Window::parse(w).map_err(Status::invalid_argument)?;
         }
-        ctl.audit(
-            &caller.identity.name,
-            "rollout.start",
-            &plan.id,
-            format!(
+        let audit = crate::orchestrate::Audit {
+            actor: caller.identity.name.clone(),
+            action: "rollout.start".into(),
+            detail: format!(
                 "nodes {} max-unavailable {}{}",
                 plan.nodes.join(","),
                 plan.max_unavailable,
@@ -1462,15 +1475,15 @@ impl OperatorService for OperatorApi {
                     .map(|w| format!(" window {w}"))
                     .unwrap_or_default()
             ),
-        )?;
-        let actor = caller.identity.name.clone();
-        ask_rollout_driver(ctl, |reply| crate::orchestrate::Request::Start {
-            plan,
-            window,
-            actor,
-            reply,
-        })
-        .await
+        };
+        let record =
+            crate::orchestrate::rollout::Rollout::new(plan, window, caller.identity.name.clone());
+        let (rollout, _) = ctl
+            .rollouts()?
+            .start(record, Some(audit))
+            .await
+            .map_err(driver_status)?;
+        rollout_status(ctl, &rollout).await
     }
 
     async fn rollout_status(
@@ -1504,17 +1517,21 @@ impl OperatorService for OperatorApi {
                 )))
             }
         };
-        let (id, actor) = (
-            (!r.id.is_empty()).then_some(r.id),
-            caller.identity.name.clone(),
-        );
-        ask_rollout_driver(ctl, |reply| crate::orchestrate::Request::Control {
-            id,
-            event,
-            actor,
-            reply,
-        })
-        .await
+        let audit = crate::orchestrate::Audit {
+            actor: caller.identity.name.clone(),
+            action: "rollout.control".into(),
+            detail: match &event {
+                Event::Skip { node } => format!("skip {node}"),
+                e => format!("{e:?}").to_lowercase(),
+            },
+        };
+        let id = (!r.id.is_empty()).then_some(r.id);
+        let (rollout, _) = ctl
+            .rollouts()?
+            .control(id, event, Some(audit))
+            .await
+            .map_err(driver_status)?;
+        rollout_status(ctl, &rollout).await
     }
 
     async fn rollout_list(
@@ -1523,9 +1540,9 @@ impl OperatorService for OperatorApi {
     ) -> Result<Response<api::RolloutListResponse>, Status> {
         let ctl = &self.0;
         ctl.authorize(&req, Role::Operator)?;
-        let mut all: Vec<crate::orchestrate::Rollout> = ctl
+        let mut all: Vec<crate::orchestrate::rollout::Rollout> = ctl
             .store
-            .list_operations(crate::orchestrate::ROLLOUT_PREFIX)
+            .list_operations(crate::orchestrate::rollout::ROLLOUT_PREFIX)
             .map_err(internal)?;
         all.sort_by_key(|r| r.created_ms);
         let states_json = all
@@ -1579,8 +1596,13 @@ fn plan_nodes(ctl: &Controller, nodes: &[String]) -> Result<Vec<String>, Status>
 
 fn rollout_plan(ctl: &Controller, r: &api::RolloutRequest) -> Result<crate::rollout::Plan, Status> {
     let nodes = plan_nodes(ctl, &r.nodes)?;
-    let reboot = crate::orchestrate::reboot_policy(&r.reboot).map_err(Status::invalid_argument)?;
-    let id = format!("{}{}", crate::orchestrate::ROLLOUT_PREFIX, now_ms());
+    let reboot =
+        crate::orchestrate::rollout::reboot_policy(&r.reboot).map_err(Status::invalid_argument)?;
+    let id = format!(
+        "{}{}",
+        crate::orchestrate::rollout::ROLLOUT_PREFIX,
+        now_ms()
+    );
     let mut plan = crate::rollout::Plan::new(
         id,
         nodes,
@@ -1589,11 +1611,14 @@ fn rollout_plan(ctl: &Controller, r: &api::RolloutRequest) -> Result<crate::roll
         reboot,
     )
     .map_err(|e| Status::invalid_argument(e.to_string()))?;
-    plan.timeouts = crate::orchestrate::timeouts(&ctl.cfg.rollout);
+    plan.timeouts = crate::orchestrate::rollout::timeouts(&ctl.cfg.rollout);
     Ok(plan)
 }
 
-fn find_rollout(ctl: &Controller, id: &str) -> Result<crate::orchestrate::Rollout, Status> {
+fn find_rollout(
+    ctl: &Controller,
+    id: &str,
+) -> Result<crate::orchestrate::rollout::Rollout, Status> {
     if !id.is_empty() {
         return ctl
             .store
@@ -1601,50 +1626,35 @@ fn find_rollout(ctl: &Controller, id: &str) -> Result<crate::orchestrate::Rollou
             .map_err(internal)?
             .ok_or_else(|| not_found("rollout", id));
     }
-    let all: Vec<crate::orchestrate::Rollout> = ctl
+    let all: Vec<crate::orchestrate::rollout::Rollout> = ctl
         .store
-        .list_operations(crate::orchestrate::ROLLOUT_PREFIX)
+        .list_operations(crate::orchestrate::rollout::ROLLOUT_PREFIX)
         .map_err(internal)?;
     all.into_iter()
         .max_by_key(|r| r.created_ms)
         .ok_or_else(|| Status::not_found("there is no rollout yet"))
 }
 
-/// Sends a request to the rollout driver and answers with the rollout it returns.
-async fn ask_rollout_driver(
-    ctl: &Controller,
-    request: impl FnOnce(
-        tokio::sync::oneshot::Sender<Result<crate::orchestrate::Rollout, String>>,
-    ) -> crate::orchestrate::Request,
-) -> Result<Response<api::RolloutStatusResponse>, Status> {
-    let (reply, rx) = tokio::sync::oneshot::channel();
-    ctl.rollouts()?
-        .request(request(reply))
-        .await
-        .map_err(Status::unavailable)?;
-    let rollout = rx
-        .await
-        .map_err(|_| Status::unavailable("the rollout driver stopped"))?
-        .map_err(Status::failed_precondition)?;
-    rollout_status(ctl, &rollout).await
+/// A driver's refusal or failure as a gRPC status.
+pub fn driver_status(e: crate::orchestrate::DriverError) -> Status {
+    use crate::orchestrate::DriverError as E;
+    match e {
+        E::Refused(m) => Status::failed_precondition(m),
+        E::NotFound(m) => Status::failed_precondition(m),
+        e @ (E::Persist { .. } | E::Stopped(_)) => Status::unavailable(e.to_string()),
+    }
 }
 
 async fn rollout_status(
     ctl: &Controller,
-    rollout: &crate::orchestrate::Rollout,
+    rollout: &crate::orchestrate::rollout::Rollout,
 ) -> Result<Response<api::RolloutStatusResponse>, Status> {
     let events = ctl
         .store
         .op_events(&rollout.state.plan.id)
         .map_err(internal)?;
-    let (reply, rx) = tokio::sync::oneshot::channel();
     let output = match ctl.rollouts() {
-        Ok(r) => {
-            let _ = r
-                .request(crate::orchestrate::Request::Output { reply })
-                .await;
-            rx.await.unwrap_or_default()
-        }
+        Ok(r) => r.output().await,
         Err(_) => BTreeMap::new(),
     };
     Ok(Response::new(api::RolloutStatusResponse {
@@ -1655,70 +1665,41 @@ async fn rollout_status(
 }
 
 /// `rollout plan --refresh-lists`: `apt-get update` on every node through its executor,
-/// then wait (bounded) for the results and a fresh report from each.
+/// then a fresh report from each: an operation of the refresh driver (journaled, audited
+/// before anything is sent), followed here until it ends.
 async fn refresh_lists(ctl: &Controller, caller: &Caller, nodes: &[String]) -> Result<(), Status> {
-    use crate::events::AgentEventKind as K;
-    let mut events = ctl.subscribe();
-    let stamp = now_ms();
-    let mut waiting: HashMap<String, String> = HashMap::new();
-    for n in nodes {
-        let req = fleetward_proto::action::ActionRequest {
-            id: format!("plan-{stamp}/{n}/apt-update/1"),
-            action: fleetward_proto::action::Action::AptUpdate,
-        };
-        ctl.send_command(n, api::Command::action(&req))
-            .map_err(Status::failed_precondition)?;
-        waiting.insert(n.clone(), req.id);
-    }
-    ctl.audit(
-        &caller.identity.name,
-        "rollout.refresh-lists",
-        &nodes.join(","),
-        String::new(),
-    )?;
-    let deadline = tokio::time::Instant::now()
-        + std::time::Duration::from_secs(ctl.cfg.rollout.refresh_timeout_secs.max(1));
-    let timeout =
-        || Status::deadline_exceeded("apt-get update did not finish on every node in time");
-    let mut pending: std::collections::HashSet<String> = waiting.keys().cloned().collect();
-    while !pending.is_empty() {
-        let ev = tokio::time::timeout_at(deadline, events.recv())
-            .await
-            .map_err(|_| timeout())?;
-        let Ok(ev) = ev else { continue };
-        if let K::CommandResult {
-            id, ok, message, ..
-        } = ev.kind
-        {
-            if waiting.get(&ev.node) == Some(&id) {
-                if !ok {
-                    return Err(Status::aborted(format!(
-                        "apt-get update failed on {}: {message}",
-                        ev.node
-                    )));
-                }
-                pending.remove(&ev.node);
+    use crate::refresh::{RefreshState, Status as S};
+    let refreshes = ctl.refreshes()?;
+    let id = format!("refresh-{}", now_ms());
+    let timeout_ms = ctl
+        .cfg
+        .rollout
+        .refresh_timeout_secs
+        .max(1)
+        .saturating_mul(1000);
+    let record = RefreshState::new(&id, nodes, timeout_ms, now_ms(), &caller.identity.name);
+    let audit = crate::orchestrate::Audit {
+        actor: caller.identity.name.clone(),
+        action: "rollout.refresh-lists".into(),
+        detail: nodes.join(","),
+    };
+    let mut watch = refreshes.watch().await.map_err(driver_status)?;
+    refreshes
+        .start(record, Some(audit))
+        .await
+        .map_err(driver_status)?;
+    loop {
+        if let Some(r) = watch.borrow_and_update().as_ref().filter(|r| r.id == id) {
+            match &r.status {
+                S::Done => return Ok(()),
+                S::Failed { reason } => return Err(Status::aborted(reason.clone())),
+                S::Planned | S::Running => {}
             }
         }
-    }
-    // Then a fresh report from each (a refresh always answers with one).
-    for n in nodes {
-        ctl.send_command(
-            n,
-            api::Command::refresh(format!("plan-{stamp}/{n}/refresh")),
-        )
-        .map_err(Status::failed_precondition)?;
-    }
-    let mut pending: std::collections::HashSet<String> = nodes.iter().cloned().collect();
-    while !pending.is_empty() {
-        let ev = tokio::time::timeout_at(deadline, events.recv())
+        // The machine's own bound ends it; this only stops waiting if the driver is gone.
+        watch
+            .changed()
             .await
-            .map_err(|_| timeout())?;
-        if let Ok(ev) = ev {
-            if ev.kind == K::Report {
-                pending.remove(&ev.node);
-            }
-        }
+            .map_err(|_| Status::unavailable("the refresh driver stopped"))?;
     }
-    Ok(())
 }

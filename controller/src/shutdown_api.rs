@@ -1,6 +1,6 @@
 //! `ShutdownService`: the operator API of the coordinated shutdown and startup. Operator
 //! certificates only ([`Controller::authorize`]); every call that changes something writes
-//! the audit log before it asks the driver ([`crate::orchestrate_shutdown`]) to act.
+//! the audit log before it asks the driver ([`crate::orchestrate::shutdown`]) to act.
 
 use std::sync::Arc;
 
@@ -9,9 +9,10 @@ use fleetward_proto::api::{self, shutdown_service_server::ShutdownService};
 use serde_json::json;
 use tonic::{Request, Response, Status};
 
-use crate::orchestrate_shutdown::{self as driver, stage_word, Shutdown, SHUTDOWN_PREFIX};
-use crate::server::{now_ms, Controller};
-use crate::shutdown::{step_name, Event, Notice, Plan, PlanStep, Schedule};
+use crate::orchestrate::shutdown::{self as driver, stage_word, Shutdown, SHUTDOWN_PREFIX};
+use crate::orchestrate::{Audit, DriverError};
+use crate::server::{driver_status, now_ms, Controller};
+use crate::shutdown::{step_name, Event, Plan, PlanStep, Schedule};
 
 /// The service; registered by `serve` next to the operator service.
 pub struct ShutdownApi(pub Arc<Controller>);
@@ -101,44 +102,33 @@ fn status(
     }))
 }
 
-/// One round trip to the driver: the request it builds around the reply channel.
-async fn ask<T>(
-    ctl: &Controller,
-    request: impl FnOnce(tokio::sync::oneshot::Sender<Result<T, String>>) -> driver::Request,
-) -> Result<T, Status> {
-    let (reply, rx) = tokio::sync::oneshot::channel();
-    ctl.shutdowns()?
-        .request(request(reply))
-        .await
-        .map_err(Status::unavailable)?;
-    rx.await
-        .map_err(|_| Status::unavailable("the shutdown driver stopped"))?
-        .map_err(Status::failed_precondition)
-}
-
-/// Asks the driver to start `plan`.
-async fn start(ctl: &Controller, plan: Plan, actor: &str) -> Result<Shutdown, Status> {
-    let actor = actor.to_string();
-    ask(ctl, |reply| driver::Request::Start {
-        plan: Box::new(plan),
-        actor,
-        reply,
+fn audit(actor: &str, action: &str, detail: String) -> Option<Audit> {
+    Some(Audit {
+        actor: actor.to_string(),
+        action: action.to_string(),
+        detail,
     })
-    .await
 }
 
-/// Asks the driver to step `event` on the active shutdown.
-async fn control(
+/// Asks the driver to start `plan`, audited as `shutdown.start`.
+async fn start(
     ctl: &Controller,
-    id: &str,
-    event: Event,
-) -> Result<(Shutdown, Vec<Notice>), Status> {
-    let id = (!id.is_empty()).then(|| id.to_string());
-    ask(ctl, |reply| driver::Request::Control { id, event, reply }).await
+    plan: Plan,
+    actor: &str,
+    detail: String,
+) -> Result<Shutdown, Status> {
+    let record = Shutdown::new(plan, actor.to_string());
+    let audit = audit(actor, "shutdown.start", detail);
+    let (s, _) = ctl
+        .shutdowns()?
+        .start(record, audit)
+        .await
+        .map_err(driver_status)?;
+    Ok(s)
 }
 
-/// An operator's `event` on shutdown `id` (or the newest): audited as `action` first, and
-/// refused (with the machine's reason) when the machine refuses it.
+/// An operator's `event` on shutdown `id` (or the newest), audited as `action` by the
+/// driver first, and refused (with the machine's reason) when the machine refuses it.
 async fn audited_control(
     ctl: &Controller,
     actor: &str,
@@ -147,22 +137,13 @@ async fn audited_control(
     missing: &'static str,
     event: Event,
 ) -> Result<Shutdown, Status> {
-    let target = find(ctl, id)?
-        .map(|s| s.id().to_string())
-        .ok_or_else(|| Status::failed_precondition(missing))?;
-    ctl.audit(actor, action, &target, String::new())?;
-    let (s, notices) = control(ctl, id, event).await?;
-    match refused(&notices) {
-        Some(reason) => Err(Status::failed_precondition(reason)),
-        None => Ok(s),
+    let id = (!id.is_empty()).then(|| id.to_string());
+    let audit = audit(actor, action, String::new());
+    match ctl.shutdowns()?.control(id, event, audit).await {
+        Ok((s, _)) => Ok(s),
+        Err(DriverError::NotFound(_)) => Err(Status::failed_precondition(missing)),
+        Err(e) => Err(driver_status(e)),
     }
-}
-
-fn refused(notices: &[Notice]) -> Option<String> {
-    notices.iter().find_map(|n| match n {
-        Notice::Refused { reason } => Some(reason.clone()),
-        _ => None,
-    })
 }
 
 #[tonic::async_trait]
@@ -199,18 +180,13 @@ impl ShutdownService for ShutdownApi {
                 ));
             }
         }
-        ctl.audit(
-            &caller.identity.name,
-            "shutdown.start",
-            &plan.id,
-            json!({
-                "reason": plan.reason,
-                "deadline_secs": r.deadline_secs,
-                "tiers": plan.tiers,
-            })
-            .to_string(),
-        )?;
-        let s = start(ctl, plan, &caller.identity.name).await?;
+        let detail = json!({
+            "reason": plan.reason,
+            "deadline_secs": r.deadline_secs,
+            "tiers": plan.tiers,
+        })
+        .to_string();
+        let s = start(ctl, plan, &caller.identity.name, detail).await?;
         status(ctl, Some(&s), format!("shutdown {} started", s.id()))
     }
 
@@ -311,7 +287,8 @@ impl ShutdownService for ShutdownApi {
                     return status(ctl, Some(&s), msg);
                 }
                 let plan = build_plan(ctl, Some(ups_reason(r.runtime_secs)), r.runtime_secs)?;
-                let s = start(ctl, plan, &caller.identity.name).await?;
+                let detail = ups_reason(r.runtime_secs);
+                let s = start(ctl, plan, &caller.identity.name, detail).await?;
                 let msg = format!(
                     "shutdown {} started: the last node is due off within {} s",
                     s.id(),
@@ -337,13 +314,23 @@ impl ShutdownService for ShutdownApi {
                     );
                     return status(ctl, Some(&s), msg);
                 }
-                let (s, notices) = control(ctl, s.id(), Event::PowerRestored).await?;
-                let msg = match refused(&notices) {
-                    Some(reason) => format!("power restored, but: {reason}"),
-                    None => format!(
-                        "power restored: shutdown {} stopped, restoring what it stopped",
-                        s.id()
-                    ),
+                let id = Some(s.id().to_string());
+                let restored = ctl
+                    .shutdowns()?
+                    .control(id, Event::PowerRestored, None)
+                    .await;
+                let (s, msg) = match restored {
+                    Ok((s, _)) => {
+                        let msg = format!(
+                            "power restored: shutdown {} stopped, restoring what it stopped",
+                            s.id()
+                        );
+                        (s, msg)
+                    }
+                    Err(DriverError::Refused(reason)) => {
+                        (s, format!("power restored, but: {reason}"))
+                    }
+                    Err(e) => return Err(driver_status(e)),
                 };
                 status(ctl, Some(&s), msg)
             }

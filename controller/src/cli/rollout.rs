@@ -9,7 +9,7 @@ use tonic::transport::Channel;
 
 use super::output::{json_string, rfc3339, table};
 use super::{CliError, ClientOpts, Format};
-use crate::orchestrate::{status_word, Rollout};
+use crate::orchestrate::rollout::{status_word, Rollout};
 use crate::rollout::{DryRun, Phase, Status};
 use crate::store::OpEvent;
 

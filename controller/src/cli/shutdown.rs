@@ -12,7 +12,7 @@ use tonic::transport::Channel;
 use super::conn::{self, Creds};
 use super::output::{rfc3339, table};
 use super::{parse_ttl, CliError, ClientOpts, Format, OptsOnly};
-use crate::orchestrate_shutdown::{stage_word, Shutdown};
+use crate::orchestrate::shutdown::{stage_word, Shutdown};
 use crate::shutdown::{Outcome, Stage};
 
 #[derive(Debug, Subcommand)]

@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 
 use super::gates::{self, GateFailure};
 use super::{
-    Action, ClusterView, Command, Event, Gate, IdempotencyKey, Notice, PendingCommand, Phase,
-    RebootPolicy, RolloutState, Status,
+    Action, ClusterView, Command, Event, Gate, Key, Notice, PendingCommand, Phase, RebootPolicy,
+    RolloutState, Status,
 };
 
 /// Bound on the phase changes one node can make in one step (there are fewer phases).
@@ -137,14 +137,10 @@ impl Machine<'_> {
             .unwrap_or(0)
             .saturating_add(1);
         n.attempts.insert(action, attempt);
-        let key = IdempotencyKey {
-            rollout,
-            node: n.name.clone(),
-            action,
-            attempt,
-        };
+        let key = Key::new(&rollout, &n.name, action.as_str(), attempt);
         n.pending = Some(PendingCommand {
             key: key.clone(),
+            action,
             acked: false,
         });
         self.out.push(Command::SendAction {
@@ -174,7 +170,7 @@ impl Machine<'_> {
             if p.acked {
                 continue;
             }
-            if p.key.action == Action::Reboot {
+            if p.action == Action::Reboot {
                 let nv = self.view.nodes.get(&n.name);
                 let still_ok = nv.is_some_and(|nv| {
                     nv.online
@@ -190,7 +186,7 @@ impl Machine<'_> {
             self.out.push(Command::SendAction {
                 key: p.key.clone(),
                 node: n.name.clone(),
-                action: p.key.action,
+                action: p.action,
             });
         }
     }
@@ -216,7 +212,7 @@ impl Machine<'_> {
                 }
             }
             Event::CommandResult { key, ok, output } => self.on_result(key, *ok, output),
-            Event::NodeReport { .. } | Event::Recovered => {
+            Event::NodeChanged { .. } | Event::Recovered => {
                 if matches!(event, Event::Recovered) {
                     self.resend_outstanding();
                 }
@@ -288,17 +284,18 @@ impl Machine<'_> {
         }
     }
 
-    fn on_result(&mut self, key: &IdempotencyKey, ok: bool, output: &str) {
+    fn on_result(&mut self, key: &Key, ok: bool, output: &str) {
         let Some(idx) = self.index(&key.node) else {
             return;
         };
-        let matches = self.s.nodes[idx]
+        let Some(action) = self.s.nodes[idx]
             .pending
             .as_ref()
-            .is_some_and(|p| p.key == *key && !p.acked);
-        if !matches {
+            .filter(|p| p.key == *key && !p.acked)
+            .map(|p| p.action)
+        else {
             return; // a duplicate, or the answer to an older attempt
-        }
+        };
         let node = key.node.clone();
         if !ok {
             self.s.nodes[idx].pending = None;
@@ -307,12 +304,12 @@ impl Machine<'_> {
                 &node,
                 GateFailure {
                     gate: Gate::CommandFailed,
-                    reason: format!("{} failed on {node}: {out}", key.action.as_str()),
+                    reason: format!("{} failed on {node}: {out}", action.as_str()),
                 },
             );
             return;
         }
-        match key.action {
+        match action {
             // The agent took the reboot; the proof is the new boot id, not this answer.
             Action::Reboot => {
                 if let Some(p) = self.s.nodes[idx].pending.as_mut() {

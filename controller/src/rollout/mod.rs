@@ -49,7 +49,6 @@ mod tests;
 mod view;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
@@ -256,33 +255,15 @@ impl Phase {
     }
 }
 
-/// The key an agent remembers to execute a command at most once.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct IdempotencyKey {
-    pub rollout: String,
-    pub node: String,
-    pub action: Action,
-    /// 1 for the first send; a new attempt only after an explicit failure (or a resumed halt).
-    pub attempt: u32,
-}
-
-impl fmt::Display for IdempotencyKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}/{}/{}/{}",
-            self.rollout,
-            self.node,
-            self.action.as_str(),
-            self.attempt
-        )
-    }
-}
+/// The idempotency key, shared with every operation: `rollout-id/node/action/attempt`.
+pub use crate::operation::Key;
 
 /// A command sent and not yet answered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingCommand {
-    pub key: IdempotencyKey,
+    pub key: Key,
+    /// The action sent under `key` (its `step` is this action's name).
+    pub action: Action,
     /// Only for `Reboot`: the agent acknowledged it; we now wait for the new boot id and must
     /// not send it again.
     pub acked: bool,
@@ -415,12 +396,12 @@ pub enum Event {
         now_ms: u64,
     },
     CommandResult {
-        key: IdempotencyKey,
+        key: Key,
         ok: bool,
         output: String,
     },
     /// A new report of this node is in the view (a wake-up; the machine is level-triggered).
-    NodeReport {
+    NodeChanged {
         node: String,
     },
     /// The node's session dropped or its heartbeat stopped.
@@ -442,7 +423,7 @@ pub enum Event {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     SendAction {
-        key: IdempotencyKey,
+        key: Key,
         node: String,
         action: Action,
     },

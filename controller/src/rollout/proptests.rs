@@ -60,9 +60,9 @@ fn op() -> impl Strategy<Value = Op> {
 /// Watches every step and checks the invariants.
 struct Checker {
     /// Keys emitted per (node, action), for upgrade and reboot.
-    keys: BTreeMap<(String, Action), BTreeSet<IdempotencyKey>>,
+    keys: BTreeMap<(String, Action), BTreeSet<Key>>,
     /// Keys the agent answered with a failure.
-    failed: BTreeSet<IdempotencyKey>,
+    failed: BTreeSet<Key>,
 }
 
 impl Checker {
@@ -245,7 +245,12 @@ fn run_ops(n: usize, max: usize, ops: &[Op]) -> Result<(), TestCaseError> {
                         }
                     }
                 }
-                step_checked(&mut sim, &mut checker, &Event::NodeReport { node: n }, true)?;
+                step_checked(
+                    &mut sim,
+                    &mut checker,
+                    &Event::NodeChanged { node: n },
+                    true,
+                )?;
             }
             Op::FailNext => sim.fail_next = true,
             Op::Tick(d) => {

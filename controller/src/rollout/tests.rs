@@ -62,7 +62,7 @@ pub(super) struct Sim {
     /// Answers and reports waiting to be delivered to the machine.
     pub queue: VecDeque<Event>,
     /// The agent's memory: key → result.
-    pub executed: BTreeMap<IdempotencyKey, bool>,
+    pub executed: BTreeMap<Key, bool>,
     /// Every command the machine emitted, in order.
     pub emitted: Vec<Command>,
     pub now_ms: u64,
@@ -141,7 +141,7 @@ impl Sim {
                 if self.view.nodes.get(node).is_some_and(|nv| nv.online) {
                     self.bump(node);
                     self.queue
-                        .push_back(Event::NodeReport { node: node.clone() });
+                        .push_back(Event::NodeChanged { node: node.clone() });
                 }
             }
             Command::Notify(_) => {}
@@ -190,7 +190,7 @@ impl Sim {
                     }
                 }
                 if !lost {
-                    self.queue.push_back(Event::NodeReport {
+                    self.queue.push_back(Event::NodeChanged {
                         node: node.to_owned(),
                     });
                 }
@@ -232,7 +232,7 @@ impl Sim {
         }
     }
 
-    pub fn actions_for(&self, node: &str, action: Action) -> Vec<IdempotencyKey> {
+    pub fn actions_for(&self, node: &str, action: Action) -> Vec<Key> {
         self.emitted
             .iter()
             .filter_map(|c| match c {

@@ -85,7 +85,6 @@ mod proptests;
 mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 
 use fleetward_proto::action::{Action, GuestKind};
 use serde::{Deserialize, Serialize};
@@ -253,27 +252,8 @@ pub struct Plan {
     pub timing: Timing,
 }
 
-/// The key an agent remembers to execute a command at most once. Displayed
-/// `operation/node/step/attempt`, like the rollout's key.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Key {
-    pub operation: String,
-    pub node: String,
-    /// The action's name, with the VMID for guest actions: `guest-stop-101`.
-    pub step: String,
-    /// 1 for the first send; a new attempt only after an explicit failure.
-    pub attempt: u32,
-}
-
-impl fmt::Display for Key {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}/{}/{}/{}",
-            self.operation, self.node, self.step, self.attempt
-        )
-    }
-}
+/// The idempotency key, shared with every operation: `shutdown-id/node/step/attempt`.
+pub use crate::operation::Key;
 
 /// The step name of an action in a key.
 pub fn step_name(action: &Action) -> String {
