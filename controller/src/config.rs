@@ -63,11 +63,12 @@ pub struct Config {
 }
 
 /// Coordinated shutdown and startup (`fleetward shutdown`, `startup`, `power-event`).
-/// Durations are milliseconds so that tests and demos can scale them down; the defaults
-/// suit real nodes. Unlike a rollout, a passed bound moves the shutdown on (see
-/// `shutdown/mod.rs`).
+/// Durations are milliseconds, like every duration of an orchestration, so that tests and
+/// demos can scale them down; the defaults suit real nodes. The waits and bounds of the
+/// machine itself are [`crate::shutdown::Timing`]'s keys, in the same section. Unlike a
+/// rollout, a passed bound moves the shutdown on (see `shutdown/mod.rs`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(try_from = "toml::Table")]
 pub struct ShutdownConfig {
     /// Explicit power-off tiers, every enrolled node exactly once, e.g.
     /// `[["pve-04", "pve-05"], ["pve-02", "pve-03"], ["pve-01"]]`. Empty: nodes without a
@@ -77,28 +78,15 @@ pub struct ShutdownConfig {
     /// online node's report shows the disarm state, else maintenance mode per node),
     /// `disarm` (every node runs pve-ha-manager >= 5.1.3) or `maintenance`.
     pub ha_mode: HaMode,
-    /// A guest's shutdown timeout when its `startup:` has no `down=` (Proxmox: 180 s).
-    pub default_guest_timeout_secs: u64,
-    /// Added to a guest-stop group's largest timeout before the group counts as late.
-    pub guest_margin_ms: u64,
-    /// Bound of one flag, HA or guest-start stage.
-    pub action_ms: u64,
-    /// The least a flag stage gets when a deadline squeezes the plan.
-    pub min_action_ms: u64,
-    /// Bound of one power-off tier (its agents confirm and disconnect).
-    pub tier_wait_ms: u64,
-    /// The least a tier gets when a deadline squeezes the plan.
-    pub min_tier_wait_ms: u64,
-    /// The last power-off is due this long before a deadline.
-    pub safety_ms: u64,
-    /// Startup: how long to wait for every node to return (quorum is always waited for).
-    pub startup_wait_ms: u64,
     /// After a controller restart, how long to wait for the agents it expects before it
     /// steps the operation again (a step on a half-reconnected cluster would count nodes
     /// that are merely reconnecting as down).
     pub recover_grace_ms: u64,
     /// How often the driver re-evaluates (bounds, deadline); keep well under `safety_ms`.
     pub tick_ms: u64,
+    /// The machine's waits and bounds.
+    #[serde(flatten)]
+    pub timing: crate::shutdown::Timing,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
@@ -112,61 +100,73 @@ pub enum HaMode {
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
-        let t = crate::shutdown::Timing::default();
         ShutdownConfig {
             tiers: Vec::new(),
             ha_mode: HaMode::Auto,
-            default_guest_timeout_secs: t.default_guest_timeout_secs,
-            guest_margin_ms: t.guest_margin_ms,
-            action_ms: t.action_ms,
-            min_action_ms: t.min_action_ms,
-            tier_wait_ms: t.tier_wait_ms,
-            min_tier_wait_ms: t.min_tier_wait_ms,
-            safety_ms: t.safety_ms,
-            startup_wait_ms: t.startup_wait_ms,
             recover_grace_ms: 60_000,
             tick_ms: 1000,
+            timing: crate::shutdown::Timing::default(),
         }
     }
 }
 
-impl ShutdownConfig {
-    /// The state machine's timing.
-    pub fn timing(&self) -> crate::shutdown::Timing {
-        crate::shutdown::Timing {
-            default_guest_timeout_secs: self.default_guest_timeout_secs,
-            guest_margin_ms: self.guest_margin_ms,
-            action_ms: self.action_ms,
-            min_action_ms: self.min_action_ms,
-            tier_wait_ms: self.tier_wait_ms,
-            min_tier_wait_ms: self.min_tier_wait_ms,
-            safety_ms: self.safety_ms,
-            startup_wait_ms: self.startup_wait_ms,
-        }
+impl TryFrom<toml::Table> for ShutdownConfig {
+    type Error = String;
+    fn try_from(mut t: toml::Table) -> Result<Self, String> {
+        let d = ShutdownConfig::default();
+        Ok(ShutdownConfig {
+            tiers: take(&mut t, "tiers")?.unwrap_or(d.tiers),
+            ha_mode: take(&mut t, "ha_mode")?.unwrap_or(d.ha_mode),
+            recover_grace_ms: take(&mut t, "recover_grace_ms")?.unwrap_or(d.recover_grace_ms),
+            tick_ms: take(&mut t, "tick_ms")?.unwrap_or(d.tick_ms),
+            timing: t.try_into().map_err(|e: toml::de::Error| e.to_string())?,
+        })
     }
 }
 
-/// Timeouts of rolling updates. Every timeout halts the rollout (nothing proceeds on
-/// unknown state); the defaults suit real nodes, tests and the demo shorten them.
+/// Takes `key` out of a section read as a table. A section that embeds another type
+/// (`#[serde(flatten)]`) is read this way because serde's `deny_unknown_fields` does not
+/// work with flattening: the section's own keys are taken out, and the embedded type,
+/// which denies unknown keys itself, gets the rest.
+fn take<T: serde::de::DeserializeOwned>(
+    t: &mut toml::Table,
+    key: &str,
+) -> Result<Option<T>, String> {
+    t.remove(key)
+        .map(|v| {
+            v.try_into()
+                .map_err(|e: toml::de::Error| format!("{key}: {e}"))
+        })
+        .transpose()
+}
+
+/// Rolling updates. Durations are milliseconds; the timeouts are
+/// [`crate::rollout::Timeouts`]'s keys, in the same section. Every timeout halts the rollout
+/// (nothing proceeds on unknown state); the defaults suit real nodes, tests and the demo
+/// shorten them.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(try_from = "toml::Table")]
 pub struct RolloutConfig {
-    /// Waiting for one action's result (an upgrade can take long).
-    pub action_timeout_secs: u64,
-    /// Waiting for a fresh report after the upgrade.
-    pub refresh_timeout_secs: u64,
-    /// Waiting for a rebooted node to come back with a new boot id.
-    pub reboot_timeout_secs: u64,
-    /// Waiting for the post-reboot gate to pass.
-    pub post_reboot_timeout_secs: u64,
-    /// A node not heard from for longer counts as offline.
-    pub max_silence_secs: u64,
-    /// How often the driver re-evaluates (and checks timeouts), milliseconds.
+    /// How often the driver re-evaluates (and checks timeouts).
     pub tick_ms: u64,
     /// What happens to running guests that are not managed by HA: `shutdown` (the
     /// node's own reboot shuts them down; `onboot` guests start again) or `refuse`
     /// (the node is not started while any runs).
     pub non_ha_guests: NonHaGuests,
+    #[serde(flatten)]
+    pub timeouts: crate::rollout::Timeouts,
+}
+
+impl TryFrom<toml::Table> for RolloutConfig {
+    type Error = String;
+    fn try_from(mut t: toml::Table) -> Result<Self, String> {
+        let d = RolloutConfig::default();
+        Ok(RolloutConfig {
+            tick_ms: take(&mut t, "tick_ms")?.unwrap_or(d.tick_ms),
+            non_ha_guests: take(&mut t, "non_ha_guests")?.unwrap_or(d.non_ha_guests),
+            timeouts: t.try_into().map_err(|e: toml::de::Error| e.to_string())?,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
@@ -180,13 +180,9 @@ pub enum NonHaGuests {
 impl Default for RolloutConfig {
     fn default() -> Self {
         RolloutConfig {
-            action_timeout_secs: 2 * 3600,
-            refresh_timeout_secs: 300,
-            reboot_timeout_secs: 1200,
-            post_reboot_timeout_secs: 600,
-            max_silence_secs: 120,
             tick_ms: 1000,
             non_ha_guests: NonHaGuests::Shutdown,
+            timeouts: crate::rollout::Timeouts::default(),
         }
     }
 }
@@ -271,7 +267,7 @@ impl Config {
              # Rollout/shutdown events POSTed as JSON (plain http).\n\
              # webhook = \"http://127.0.0.1:8080/fleetward\"\n\
              # [rollout]\n\
-             # reboot_timeout_secs = 1200\n\
+             # reboot_ms = 1200000   # durations of [rollout] and [shutdown] are milliseconds\n\
              # non_ha_guests = \"shutdown\"   # or \"refuse\"\n\
              # [shutdown]\n\
              # tiers = [[\"pve-04\", \"pve-05\"], [\"pve-02\", \"pve-03\"], [\"pve-01\"]]\n\
@@ -290,6 +286,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rollout::Timeouts;
 
     #[test]
     fn init_output_parses_back() {
@@ -298,6 +295,35 @@ mod tests {
             Config::parse(Path::new("x"), &c.to_commented_toml()).unwrap(),
             c
         );
+    }
+
+    #[test]
+    fn orchestration_sections_embed_the_machines_timing_and_refuse_unknown_keys() {
+        let base = Config::new("t", None).to_commented_toml();
+        let text = base.clone()
+            + "[rollout]\nreboot_ms = 6000\ntick_ms = 100\nnon_ha_guests = \"refuse\"\n\
+               [shutdown]\ntier_wait_ms = 5000\nrecover_grace_ms = 10\nha_mode = \"disarm\"\n";
+        let c = Config::parse(Path::new("x"), &text).unwrap();
+        assert_eq!(c.rollout.timeouts.reboot_ms, 6000);
+        assert_eq!(c.rollout.timeouts.action_ms, Timeouts::default().action_ms);
+        assert_eq!(
+            (c.rollout.tick_ms, c.rollout.non_ha_guests),
+            (100, NonHaGuests::Refuse)
+        );
+        assert_eq!(c.shutdown.timing.tier_wait_ms, 5000);
+        assert_eq!(
+            (c.shutdown.recover_grace_ms, c.shutdown.ha_mode),
+            (10, HaMode::Disarm)
+        );
+        for bad in [
+            "[rollout]\nreboot_timeout_secs = 60\n",
+            "[shutdown]\ntier_wait = 5\n",
+            "[rollout]\ntick_ms = \"fast\"\n",
+        ] {
+            let e = Config::parse(Path::new("x"), &(base.clone() + bad)).unwrap_err();
+            let what = bad.lines().nth(1).unwrap().split(' ').next().unwrap();
+            assert!(e.to_string().contains(what), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -143,11 +143,11 @@ pub fn find_fixtures(dir: Option<&Path>) -> Result<Vec<(String, PathBuf)>, DemoE
 /// minute (longer with a slow `speed`), the last node hosting the controller.
 pub fn demo_config(host_node: &str, speed: f64) -> String {
     let reboot = reboot_secs(speed);
-    let slack = |x: f64| 30 + (x * 4.0).ceil() as u64;
+    let slack = |x: f64| (30 + (x * 4.0).ceil() as u64) * 1000;
     format!(
         "\n# fleetward demo\nhost_node = {host_node:?}\n\n[rollout]\n\
-         action_timeout_secs = {}\nrefresh_timeout_secs = {}\nreboot_timeout_secs = {}\n\
-         post_reboot_timeout_secs = {}\nmax_silence_secs = 10\ntick_ms = 200\n",
+         action_ms = {}\nrefresh_ms = {}\nreboot_ms = {}\n\
+         post_reboot_ms = {}\nmax_silence_ms = 10000\ntick_ms = 200\n",
         slack(speed),
         slack(speed),
         slack(reboot),
@@ -723,10 +723,10 @@ mod tests {
         .unwrap();
         assert_eq!(cfg.host_node.as_deref(), Some("pve-03"));
         assert_eq!(cfg.rollout.tick_ms, 200);
-        assert_eq!(cfg.rollout.reboot_timeout_secs, 38);
+        assert_eq!(cfg.rollout.timeouts.reboot_ms, 38_000);
         let slow = Config::parse(Path::new("x"), &(base + &demo_config("n", 10.0))).unwrap();
-        assert!(slow.rollout.action_timeout_secs > 40);
-        assert!(slow.rollout.reboot_timeout_secs as f64 > reboot_secs(10.0) * 2.0);
+        assert!(slow.rollout.timeouts.action_ms > 40_000);
+        assert!(slow.rollout.timeouts.reboot_ms as f64 > reboot_secs(10.0) * 2000.0);
         assert_eq!(reboot_secs(0.0), 0.3);
         assert!(demo_timeout(0.5, 3) >= Duration::from_secs(120));
         assert!(demo_timeout(60.0, 3) > Duration::from_secs(3 * (12 * 60 + 2 * 240)));

@@ -1611,7 +1611,7 @@ fn rollout_plan(ctl: &Controller, r: &api::RolloutRequest) -> Result<crate::roll
         reboot,
     )
     .map_err(|e| Status::invalid_argument(e.to_string()))?;
-    plan.timeouts = crate::orchestrate::rollout::timeouts(&ctl.cfg.rollout);
+    plan.timeouts = ctl.cfg.rollout.timeouts.clone();
     Ok(plan)
 }
 
@@ -1671,12 +1671,7 @@ async fn refresh_lists(ctl: &Controller, caller: &Caller, nodes: &[String]) -> R
     use crate::refresh::{RefreshState, Status as S};
     let refreshes = ctl.refreshes()?;
     let id = format!("refresh-{}", now_ms());
-    let timeout_ms = ctl
-        .cfg
-        .rollout
-        .refresh_timeout_secs
-        .max(1)
-        .saturating_mul(1000);
+    let timeout_ms = ctl.cfg.rollout.timeouts.refresh_ms.max(1000);
     let record = RefreshState::new(&id, nodes, timeout_ms, now_ms(), &caller.identity.name);
     let audit = crate::orchestrate::Audit {
         actor: caller.identity.name.clone(),

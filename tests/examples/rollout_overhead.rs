@@ -45,7 +45,7 @@ fn main() {
     let mut c = Controller::start();
     let path = c.dir.path().join("controller.toml");
     let text = std::fs::read_to_string(&path).unwrap()
-        + "\n[rollout]\nreboot_timeout_secs = 60\nmax_silence_secs = 30\ntick_ms = 1000\n";
+        + "\n[rollout]\nreboot_ms = 60000\nmax_silence_ms = 30000\ntick_ms = 1000\n";
     std::fs::write(&path, text).unwrap();
     c.restart();
     let rt = tokio::runtime::Builder::new_multi_thread()

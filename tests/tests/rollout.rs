@@ -18,15 +18,15 @@ const NODES: [&str; 3] = ["pve-01", "pve-02", "pve-03"];
 
 /// Short timeouts and a fast tick, so a halted gate shows within seconds.
 const ROLLOUT_CONFIG: &str = "host_node = \"pve-03\"\n\n[rollout]\n\
-    action_timeout_secs = 30\nrefresh_timeout_secs = 20\nreboot_timeout_secs = 6\n\
-    post_reboot_timeout_secs = 20\nmax_silence_secs = 10\ntick_ms = 100\n";
+    action_ms = 30000\nrefresh_ms = 20000\nreboot_ms = 6000\n\
+    post_reboot_ms = 20000\nmax_silence_ms = 10000\ntick_ms = 100\n";
 
 /// For crash runs: agents may need several backoff rounds to find the restarted
 /// controller, so silence and reboot waits are longer (a halt would be correct, but is not
 /// what these runs test).
 const CRASH_CONFIG: &str = "host_node = \"pve-03\"\n\n[rollout]\n\
-    action_timeout_secs = 60\nrefresh_timeout_secs = 60\nreboot_timeout_secs = 60\n\
-    post_reboot_timeout_secs = 60\nmax_silence_secs = 45\ntick_ms = 100\n";
+    action_ms = 60000\nrefresh_ms = 60000\nreboot_ms = 60000\n\
+    post_reboot_ms = 60000\nmax_silence_ms = 45000\ntick_ms = 100\n";
 
 /// A controller with the rollout settings above.
 fn controller() -> Controller {

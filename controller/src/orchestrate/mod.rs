@@ -70,11 +70,18 @@ pub trait Machine: Send + 'static {
     /// `<KIND>.<event>`.
     const KIND: &'static str;
     /// The journal record: the machine's state plus what only the driver knows.
-    type Record: Clone + PartialEq + Serialize + DeserializeOwned + Send + Sync + 'static;
+    type Record: Clone
+        + PartialEq
+        + std::fmt::Debug
+        + Serialize
+        + DeserializeOwned
+        + Send
+        + Sync
+        + 'static;
     /// The pure machine's event.
-    type Event: Clone + Send + 'static;
+    type Event: Clone + std::fmt::Debug + Send + 'static;
     type View;
-    type Notice: Clone + Serialize + Send + 'static;
+    type Notice: Clone + std::fmt::Debug + Serialize + Send + 'static;
 
     fn id(r: &Self::Record) -> &str;
     fn created_ms(r: &Self::Record) -> u64;
@@ -370,7 +377,7 @@ impl<M: Machine> Driver<M> {
             .filter(|r| !M::finished(r))
             .max_by_key(|r| M::created_ms(r))
         {
-            tracing::info!(kind = M::KIND, id = %M::id(&r), "resuming after restart");
+            tracing::info!(id = %M::id(&r), "resuming {} after restart", M::KIND);
             let grace = self.machine.recover_grace_ms(&r);
             self.watch.send_replace(Some(r.clone()));
             self.active = Some(r);
@@ -698,5 +705,165 @@ impl<M: Machine> Driver<M> {
             );
         }
         crate::webhook::spawn_event(self.webhook.as_deref(), id, now, &event);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rollout::{Rollout, RolloutMachine};
+    use super::shutdown::{Shutdown, ShutdownMachine};
+    use super::*;
+    use crate::config::Config;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// The store, failing every write while `fail` is set.
+    struct FailingJournal {
+        ctl: Arc<Controller>,
+        fail: AtomicBool,
+    }
+
+    impl Journal for FailingJournal {
+        fn put(&self, id: &str, r: &serde_json::Value, ev: &[OpEvent]) -> Result<(), String> {
+            if self.fail.load(Ordering::SeqCst) {
+                return Err("disk full (test)".into());
+            }
+            self.ctl.store().put(id, r, ev)
+        }
+        fn list(&self, prefix: &str) -> Result<Vec<serde_json::Value>, String> {
+            self.ctl.store().list(prefix)
+        }
+    }
+
+    fn controller(dir: &std::path::Path) -> Arc<Controller> {
+        let store = Store::open(dir.join("db")).unwrap();
+        let ca = fleetward_pki::Ca::generate("test").unwrap();
+        Controller::new(store, ca, Config::new("test", None), None).unwrap()
+    }
+
+    fn audit(action: &str) -> Option<Audit> {
+        Some(Audit {
+            actor: "op".into(),
+            action: action.into(),
+            detail: String::new(),
+        })
+    }
+
+    fn stored<M: Machine>(j: &FailingJournal) -> Vec<M::Record> {
+        j.list(&format!("{}-", M::KIND))
+            .unwrap()
+            .into_iter()
+            .map(|v| serde_json::from_value(v).unwrap())
+            .collect()
+    }
+
+    /// Drives `M` through: a start whose journal write fails (an error, nothing stored,
+    /// nothing active), a good start, then a control whose write fails (an error, the
+    /// stored and the active record unchanged).
+    async fn journal_failures<M: Machine>(
+        machine: M,
+        record: M::Record,
+        control: M::Event,
+        changed: impl Fn(&M::Record) -> bool,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let ctl = controller(dir.path());
+        let journal = Arc::new(FailingJournal {
+            ctl: ctl.clone(),
+            fail: AtomicBool::new(true),
+        });
+        let h = spawn_with(
+            ctl.clone(),
+            machine,
+            Duration::from_secs(3600),
+            journal.clone(),
+        );
+        let mut watch = h.watch().await.unwrap();
+
+        let err = h.start(record.clone(), audit("x.start")).await.unwrap_err();
+        assert!(matches!(err, DriverError::Persist { .. }), "{err:?}");
+        assert!(stored::<M>(&journal).is_empty(), "nothing was journaled");
+        assert!(watch.borrow_and_update().is_none(), "nothing is active");
+        let err = h.control(None, control.clone(), None).await.unwrap_err();
+        assert!(
+            matches!(err, DriverError::NotFound(_)),
+            "no half-started operation: {err:?}"
+        );
+
+        journal.fail.store(false, Ordering::SeqCst);
+        let (started, _) = h.start(record, audit("x.start")).await.unwrap();
+        assert_eq!(stored::<M>(&journal), vec![started.clone()]);
+
+        journal.fail.store(true, Ordering::SeqCst);
+        let err = h
+            .control(None, control.clone(), audit("x.control"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, DriverError::Persist { .. }), "{err:?}");
+        assert_eq!(
+            stored::<M>(&journal),
+            vec![started.clone()],
+            "journal unchanged"
+        );
+        assert_eq!(watch.borrow_and_update().as_ref(), Some(&started));
+
+        // The same control goes through once the journal works again: the driver did not
+        // keep a state it could not write.
+        journal.fail.store(false, Ordering::SeqCst);
+        let (after, _) = h.control(None, control, audit("x.control")).await.unwrap();
+        assert!(changed(&after), "the control took effect");
+        assert_eq!(stored::<M>(&journal), vec![after]);
+        let actions: Vec<String> = ctl
+            .store()
+            .list_audit(10)
+            .unwrap()
+            .into_iter()
+            .map(|a| a.action)
+            .collect();
+        assert_eq!(
+            actions.iter().filter(|a| *a == "x.control").count(),
+            2,
+            "each control is audited before it is tried: {actions:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_rollout_whose_journal_write_fails_is_neither_started_nor_changed() {
+        let plan = crate::rollout::Plan::new(
+            "rollout-1",
+            vec!["pve-01".into()],
+            1,
+            None,
+            Default::default(),
+        )
+        .unwrap();
+        let record = Rollout::new(plan, None, "op".into());
+        let machine = RolloutMachine::new(Config::new("t", None).rollout);
+        journal_failures(machine, record, crate::rollout::Event::Abort, |r| {
+            r.state.status == crate::rollout::Status::Aborted
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_shutdown_whose_journal_write_fails_is_neither_started_nor_cancelled() {
+        use crate::shutdown::{NodeView, ShutdownView, Stage};
+        let mut view = ShutdownView::default();
+        view.nodes.insert(
+            "pve-01".into(),
+            NodeView {
+                online: true,
+                ..NodeView::default()
+            },
+        );
+        let cfg = crate::shutdown::Config::default();
+        let plan = crate::shutdown::Plan::new("shutdown-1", &view, &cfg, 0).unwrap();
+        let record = Shutdown::new(plan, "op".into());
+        journal_failures(
+            ShutdownMachine::new(1000),
+            record,
+            crate::shutdown::Event::Cancel,
+            |s| s.state.stage != Stage::Planned && s.state.up_reason.is_some(),
+        )
+        .await;
     }
 }

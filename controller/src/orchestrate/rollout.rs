@@ -9,8 +9,7 @@ use super::{Effect, Handle, Machine};
 use crate::config::{NonHaGuests, RolloutConfig};
 use crate::operation::{Key, Wake};
 use crate::rollout::{
-    self, node_view, ClusterView, Command, Event, Notice, Phase, RebootPolicy, RolloutState,
-    Status, Timeouts,
+    self, node_view, ClusterView, Command, Event, Notice, Phase, RebootPolicy, RolloutState, Status,
 };
 use crate::server::{now_ms, Controller};
 use crate::window::Window;
@@ -60,18 +59,7 @@ pub type Rollouts = Handle<RolloutMachine>;
 pub fn spawn(ctl: std::sync::Arc<Controller>) -> Rollouts {
     let cfg = ctl.config().rollout.clone();
     let tick = Duration::from_millis(cfg.tick_ms);
-    super::spawn(ctl, RolloutMachine { cfg }, tick)
-}
-
-/// Builds the timeouts of a plan from the configuration.
-pub fn timeouts(cfg: &RolloutConfig) -> Timeouts {
-    Timeouts {
-        action_ms: cfg.action_timeout_secs * 1000,
-        refresh_ms: cfg.refresh_timeout_secs * 1000,
-        reboot_ms: cfg.reboot_timeout_secs * 1000,
-        post_reboot_ms: cfg.post_reboot_timeout_secs * 1000,
-        max_silence_ms: cfg.max_silence_secs * 1000,
-    }
+    super::spawn(ctl, RolloutMachine::new(cfg), tick)
 }
 
 /// The cluster as the controller sees it now: every enrolled, not revoked node.
@@ -100,7 +88,7 @@ fn agent_action(a: rollout::Action, cfg: &RolloutConfig) -> AgentAction {
     match a {
         rollout::Action::MaintenanceOn => AgentAction::MaintenanceOn,
         rollout::Action::WaitGuestsMigrated => AgentAction::WaitGuestsMigrated {
-            timeout_secs: cfg.action_timeout_secs.min(3600),
+            timeout_secs: (cfg.timeouts.action_ms / 1000).min(3600),
         },
         rollout::Action::AptUpdate => AgentAction::AptUpdate,
         rollout::Action::AptDistUpgrade => AgentAction::AptDistUpgrade,
@@ -136,6 +124,12 @@ pub fn refused_guests(ctl: &Controller, nodes: &[String]) -> Vec<String> {
 /// The rollout machine on the driver.
 pub struct RolloutMachine {
     cfg: RolloutConfig,
+}
+
+impl RolloutMachine {
+    pub fn new(cfg: RolloutConfig) -> Self {
+        RolloutMachine { cfg }
+    }
 }
 
 impl Machine for RolloutMachine {

@@ -153,7 +153,7 @@ pub fn plan_config(
         controller_host: cfg.host_node.clone(),
         deadline_ms,
         reason,
-        timing: cfg.shutdown.timing(),
+        timing: cfg.shutdown.timing.clone(),
     }
 }
 
@@ -187,9 +187,7 @@ pub fn expected_nodes(s: &ShutdownState) -> Vec<String> {
 /// Starts the shutdown driver; it resumes an unfinished shutdown from the store first.
 pub fn spawn(ctl: std::sync::Arc<Controller>) -> Shutdowns {
     let cfg = &ctl.config().shutdown;
-    let machine = ShutdownMachine {
-        recover_grace_ms: cfg.recover_grace_ms,
-    };
+    let machine = ShutdownMachine::new(cfg.recover_grace_ms);
     let tick = Duration::from_millis(cfg.tick_ms);
     super::spawn(ctl, machine, tick)
 }
@@ -197,6 +195,12 @@ pub fn spawn(ctl: std::sync::Arc<Controller>) -> Shutdowns {
 /// The shutdown machine on the driver.
 pub struct ShutdownMachine {
     recover_grace_ms: u64,
+}
+
+impl ShutdownMachine {
+    pub fn new(recover_grace_ms: u64) -> Self {
+        ShutdownMachine { recover_grace_ms }
+    }
 }
 
 impl Machine for ShutdownMachine {

@@ -74,7 +74,9 @@ pub enum RebootPolicy {
 }
 
 /// Timeouts, in milliseconds. A timeout halts the rollout: nothing proceeds on unknown state.
+/// Also the `[rollout]` section's keys of `controller.toml`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Timeouts {
     /// Waiting for an action's result (the agent's executor has its own, shorter, timeouts).
     pub action_ms: u64,

@@ -147,8 +147,10 @@ impl ShutdownView {
     }
 }
 
-/// Waits and bounds, in milliseconds unless named otherwise.
+/// Waits and bounds, in milliseconds, except the guest timeout that mirrors Proxmox's own
+/// `down=` seconds. Also keys of `controller.toml`'s `[shutdown]` section.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Timing {
     /// A guest's shutdown timeout when it has no `down` value (Proxmox's default is 180 s).
     pub default_guest_timeout_secs: u64,
