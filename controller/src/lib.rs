@@ -8,6 +8,8 @@
 #![forbid(unsafe_code)]
 
 pub mod blobs;
+#[cfg(test)]
+mod chaos;
 pub mod cli;
 pub mod config;
 pub mod demo;

@@ -2,27 +2,18 @@
 //! nodes, view changes, operator actions and crashes. After every step the safety
 //! invariants of the module documentation must hold.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeSet, VecDeque};
 
 use proptest::prelude::*;
 
 use super::tests::{healthy_view, names, Sim};
 use super::*;
+use crate::chaos::{self, perturb, Harness, Perturb};
 
 #[derive(Debug, Clone)]
 enum Op {
-    /// Deliver the i-th queued event (answers may arrive in any order).
-    Deliver(usize),
-    /// Deliver the i-th queued event but the driver crashes after persisting the new state
-    /// and before sending: the commands are lost; then it recovers.
-    DeliverLoseCommands(usize),
-    /// The driver crashes before persisting: the step's result is thrown away and the event
-    /// stays queued (the agent re-sends it on reconnect).
-    CrashBeforePersist(usize),
-    /// Deliver again an event delivered before.
-    Duplicate(usize),
-    /// Restart from the serialized state.
-    Crash,
+    /// Deliveries, lost commands, crashes and duplicates ([`crate::chaos`]).
+    Chaos(Perturb),
     Offline(usize),
     Online(usize),
     FlipEsp(usize),
@@ -38,11 +29,7 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        12 => any::<usize>().prop_map(Op::Deliver),
-        2 => any::<usize>().prop_map(Op::DeliverLoseCommands),
-        2 => any::<usize>().prop_map(Op::CrashBeforePersist),
-        3 => any::<usize>().prop_map(Op::Duplicate),
-        2 => Just(Op::Crash),
+        21 => perturb().prop_map(Op::Chaos),
         1 => any::<usize>().prop_map(Op::Offline),
         2 => any::<usize>().prop_map(Op::Online),
         1 => any::<usize>().prop_map(Op::FlipEsp),
@@ -57,30 +44,66 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-/// Watches every step and checks the invariants.
-struct Checker {
-    /// Keys emitted per (node, action), for upgrade and reboot.
-    keys: BTreeMap<(String, Action), BTreeSet<Key>>,
-    /// Keys the agent answered with a failure.
-    failed: BTreeSet<Key>,
+impl chaos::Sim for Sim {
+    type State = RolloutState;
+    type Event = Event;
+    type Command = Command;
+    const RECOVERED_ONLY_RESENDS: bool = false;
+
+    fn step(&self, s: &RolloutState, e: &Event) -> (RolloutState, Vec<Command>) {
+        step(s, e, &self.view)
+    }
+    fn state(&mut self) -> &mut RolloutState {
+        &mut self.state
+    }
+    fn queue(&mut self) -> &mut VecDeque<Event> {
+        &mut self.queue
+    }
+    fn agent(&mut self, c: &Command) {
+        Sim::agent(self, c)
+    }
+    fn emitted(&mut self, cmds: &[Command]) {
+        self.emitted.extend(cmds.iter().cloned());
+    }
+    fn recovered() -> Event {
+        Event::Recovered
+    }
+    /// (5) a new key for upgrade/reboot only after the previous ones failed.
+    fn guarded_key(c: &Command) -> Option<&Key> {
+        match c {
+            Command::SendAction {
+                key,
+                action: Action::AptDistUpgrade | Action::Reboot,
+                ..
+            } => Some(key),
+            _ => None,
+        }
+    }
+    fn failed_key(e: &Event) -> Option<&Key> {
+        match e {
+            Event::CommandResult { key, ok: false, .. } => Some(key),
+            _ => None,
+        }
+    }
 }
 
-impl Checker {
-    fn check(
-        &mut self,
-        pre: &RolloutState,
-        event: &Event,
-        view: &ClusterView,
-        post: &RolloutState,
-        cmds: &[Command],
-    ) -> Result<(), TestCaseError> {
+/// The rollout's own invariants after every step (the harness checks (5)).
+fn check(
+    sim: &Sim,
+    pre: &RolloutState,
+    event: &Event,
+    post: &RolloutState,
+    cmds: &[Command],
+) -> Result<(), TestCaseError> {
+    let view = &sim.view;
+    {
         let max = post.plan.max_unavailable;
         // (1) never more than max_unavailable nodes out.
         prop_assert!(post.in_flight().count() <= max, "in flight > {max}");
         let halted_or_aborted = |s: &Status| matches!(s, Status::Halted { .. } | Status::Aborted);
         let stopped = |s: &Status| halted_or_aborted(s) || matches!(s, Status::Paused);
         for c in cmds {
-            let Command::SendAction { key, node, action } = c else {
+            let Command::SendAction { node, action, .. } = c else {
                 continue;
             };
             // (2) reboot only when the view of this very step says every ESP holds the kernel.
@@ -101,19 +124,6 @@ impl Checker {
             // (4b) halted or aborted: nothing at all is sent (unless this step resumed).
             if halted_or_aborted(&pre.status) && *event != Event::Resume {
                 prop_assert!(false, "{action:?} sent to {node} while {:?}", pre.status);
-            }
-            // (5) a new key for upgrade/reboot only after the previous ones failed.
-            if matches!(action, Action::AptDistUpgrade | Action::Reboot) {
-                let known = self.keys.entry((node.clone(), *action)).or_default();
-                if !known.contains(key) {
-                    for k in known.iter() {
-                        prop_assert!(
-                            self.failed.contains(k),
-                            "{key} sent while {k} had not failed"
-                        );
-                    }
-                    known.insert(key.clone());
-                }
             }
         }
         // (4a) stopped: no new node starts.
@@ -150,85 +160,18 @@ fn run_ops(n: usize, max: usize, ops: &[Op]) -> Result<(), TestCaseError> {
     let plan = Plan::new("p", nodes.clone(), max, None, RebootPolicy::IfNeeded)
         .map_err(|e| TestCaseError::fail(e.to_string()))?;
     let mut sim = Sim::new(plan, healthy_view(&nodes));
-    let mut checker = Checker {
-        keys: BTreeMap::new(),
-        failed: BTreeSet::new(),
-    };
-    let mut history: Vec<Event> = Vec::new();
-    let step_checked = |sim: &mut Sim,
-                        checker: &mut Checker,
-                        ev: &Event,
-                        send: bool|
-     -> Result<(), TestCaseError> {
-        let pre = sim.state.clone();
-        let (post, cmds) = step(&pre, ev, &sim.view);
-        checker.check(&pre, ev, &sim.view, &post, &cmds)?;
-        sim.state = post;
-        if send {
-            for c in &cmds {
-                sim.agent(c);
-            }
-        }
-        // Record failures the agent produced, so (5) knows which keys failed.
-        for e in sim.queue.iter() {
-            if let Event::CommandResult { key, ok: false, .. } = e {
-                checker.failed.insert(key.clone());
-            }
-        }
-        Ok(())
-    };
-    step_checked(&mut sim, &mut checker, &Event::Start, true)?;
+    let mut h = Harness::new(Box::new(check));
+    h.deliver(&mut sim, Event::Start)?;
     for op in ops {
         let node = |i: usize| nodes[i % nodes.len()].clone();
         match op {
-            Op::Deliver(i) | Op::DeliverLoseCommands(i) | Op::CrashBeforePersist(i) => {
-                if sim.queue.is_empty() {
-                    continue;
-                }
-                let idx = i % sim.queue.len();
-                if matches!(op, Op::CrashBeforePersist(_)) {
-                    let ev = sim.queue[idx].clone();
-                    let _lost = step(&sim.state, &ev, &sim.view);
-                    step_checked(&mut sim, &mut checker, &Event::Recovered, true)?;
-                    continue;
-                }
-                let Some(ev) = sim.queue.remove(idx) else {
-                    continue;
-                };
-                let send = matches!(op, Op::Deliver(_));
-                step_checked(&mut sim, &mut checker, &ev, send)?;
-                history.push(ev);
-                if !send {
-                    step_checked(&mut sim, &mut checker, &Event::Recovered, true)?;
-                }
-            }
-            Op::Duplicate(i) => {
-                if history.is_empty() {
-                    continue;
-                }
-                let ev = history[i % history.len()].clone();
-                step_checked(&mut sim, &mut checker, &ev, true)?;
-            }
-            Op::Crash => {
-                let json = serde_json::to_string(&sim.state)
-                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
-                let back: RolloutState =
-                    serde_json::from_str(&json).map_err(|e| TestCaseError::fail(e.to_string()))?;
-                prop_assert_eq!(&back, &sim.state);
-                sim.state = back;
-                step_checked(&mut sim, &mut checker, &Event::Recovered, true)?;
-            }
+            Op::Chaos(p) => h.perturb(&mut sim, p)?,
             Op::Offline(i) => {
                 let n = node(*i);
                 if let Some(nv) = sim.view.nodes.get_mut(&n) {
                     nv.online = false;
                 }
-                step_checked(
-                    &mut sim,
-                    &mut checker,
-                    &Event::NodeOffline { node: n },
-                    true,
-                )?;
+                h.deliver(&mut sim, Event::NodeOffline { node: n })?;
             }
             Op::Online(i) | Op::FlipEsp(i) | Op::FlipQuorate(i) | Op::AddFinding(i) => {
                 let n = node(*i);
@@ -245,40 +188,28 @@ fn run_ops(n: usize, max: usize, ops: &[Op]) -> Result<(), TestCaseError> {
                         }
                     }
                 }
-                step_checked(
-                    &mut sim,
-                    &mut checker,
-                    &Event::NodeChanged { node: n },
-                    true,
-                )?;
+                h.deliver(&mut sim, Event::NodeChanged { node: n })?;
             }
             Op::FailNext => sim.fail_next = true,
             Op::Tick(d) => {
                 sim.now_ms += d;
                 let ev = Event::Tick { now_ms: sim.now_ms };
-                step_checked(&mut sim, &mut checker, &ev, true)?;
+                h.deliver(&mut sim, ev)?;
             }
-            Op::Pause => step_checked(&mut sim, &mut checker, &Event::Pause, true)?,
-            Op::Resume => step_checked(&mut sim, &mut checker, &Event::Resume, true)?,
-            Op::Abort => step_checked(&mut sim, &mut checker, &Event::Abort, true)?,
-            Op::Skip(i) => {
-                let ev = Event::Skip { node: node(*i) };
-                step_checked(&mut sim, &mut checker, &ev, true)?;
-            }
+            Op::Pause => h.deliver(&mut sim, Event::Pause)?,
+            Op::Resume => h.deliver(&mut sim, Event::Resume)?,
+            Op::Abort => h.deliver(&mut sim, Event::Abort)?,
+            Op::Skip(i) => h.deliver(&mut sim, Event::Skip { node: node(*i) })?,
         }
         // The agents' own view agrees: never more nodes in maintenance than allowed.
         prop_assert!(sim.in_maintenance.len() <= max);
     }
     if std::env::var_os("ROLLOUT_COVERAGE").is_some() {
-        let reboots = sim.emitted.len();
-        let r = checker
-            .keys
-            .iter()
-            .filter(|((_, a), _)| *a == Action::Reboot)
-            .count();
+        let r = h.keys().keys().filter(|(_, a)| a == "reboot").count();
         eprintln!(
-            "COVERAGE status={:?} reboots={r} cmds={reboots}",
-            sim.state.status
+            "COVERAGE status={:?} reboots={r} cmds={}",
+            sim.state.status,
+            sim.emitted.len()
         );
     }
     Ok(())
@@ -304,16 +235,9 @@ proptest! {
 fn benign_chaos_completes() {
     use proptest::strategy::ValueTree;
     use proptest::test_runner::TestRunner;
-    let benign = prop_oneof![
-        10 => any::<usize>().prop_map(Op::Deliver),
-        2 => any::<usize>().prop_map(Op::DeliverLoseCommands),
-        2 => any::<usize>().prop_map(Op::CrashBeforePersist),
-        3 => any::<usize>().prop_map(Op::Duplicate),
-        1 => Just(Op::Crash),
-    ];
     let mut runner = TestRunner::deterministic();
     for _ in 0..32 {
-        let ops = prop::collection::vec(benign.clone(), 600)
+        let ops = prop::collection::vec(perturb(), 600)
             .new_tree(&mut runner)
             .map(|t| t.current())
             .unwrap_or_default();
@@ -321,31 +245,10 @@ fn benign_chaos_completes() {
         let plan = Plan::new("b", nodes.clone(), 1, None, RebootPolicy::IfNeeded).ok();
         let Some(plan) = plan else { continue };
         let mut sim = Sim::new(plan, healthy_view(&nodes));
-        sim.deliver(&Event::Start);
-        let mut history = Vec::new();
-        for op in &ops {
-            match op {
-                Op::Deliver(i) | Op::DeliverLoseCommands(i) if !sim.queue.is_empty() => {
-                    let idx = i % sim.queue.len();
-                    if let Some(ev) = sim.queue.remove(idx) {
-                        if matches!(op, Op::Deliver(_)) {
-                            sim.deliver(&ev);
-                        } else {
-                            sim.state = step(&sim.state, &ev, &sim.view).0;
-                            sim.deliver(&Event::Recovered);
-                        }
-                        history.push(ev);
-                    }
-                }
-                Op::Duplicate(i) if !history.is_empty() => {
-                    let ev = history[i % history.len()].clone();
-                    sim.deliver(&ev);
-                }
-                Op::Crash | Op::CrashBeforePersist(_) => {
-                    sim.deliver(&Event::Recovered);
-                }
-                _ => {}
-            }
+        let mut h = Harness::new(Box::new(check));
+        h.deliver(&mut sim, Event::Start).unwrap();
+        for p in &ops {
+            h.perturb(&mut sim, p).unwrap();
         }
         // Drain whatever is left.
         sim.run(2_000);

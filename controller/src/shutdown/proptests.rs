@@ -2,13 +2,14 @@
 //! commands, crashes, failures, nodes going away and coming back, time, cancels and power
 //! events. The invariants of the module documentation are checked after every step.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use fleetward_proto::action::{Action, GuestKind};
 use proptest::prelude::*;
 
 use super::tests::{Sim, T0};
 use super::*;
+use crate::chaos::{self, perturb, Harness, Perturb};
 
 /// A guest: (order, down secs, onboot).
 type GuestSpec = (Option<u32>, u64, bool);
@@ -90,14 +91,8 @@ fn build(c: &Cluster, deadline_ms: Option<u64>) -> Result<(Plan, ShutdownView), 
 
 #[derive(Debug, Clone)]
 enum Op {
-    Deliver(usize),
-    /// Persisted, crashed before sending: commands lost, then `Recovered`.
-    DeliverLoseCommands(usize),
-    /// Crashed before persisting: the step is thrown away, then `Recovered`.
-    CrashBeforePersist(usize),
-    Duplicate(usize),
-    /// Restart from the serialized state.
-    Crash,
+    /// Deliveries, lost commands, crashes and duplicates ([`crate::chaos`]).
+    Chaos(Perturb),
     Offline(usize),
     Online(usize),
     FailNext,
@@ -110,11 +105,7 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        14 => any::<usize>().prop_map(Op::Deliver),
-        2 => any::<usize>().prop_map(Op::DeliverLoseCommands),
-        2 => any::<usize>().prop_map(Op::CrashBeforePersist),
-        3 => any::<usize>().prop_map(Op::Duplicate),
-        2 => Just(Op::Crash),
+        23 => perturb().prop_map(Op::Chaos),
         1 => any::<usize>().prop_map(Op::Offline),
         2 => any::<usize>().prop_map(Op::Online),
         1 => Just(Op::FailNext),
@@ -125,50 +116,74 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+impl chaos::Sim for Sim {
+    type State = ShutdownState;
+    type Event = Event;
+    type Command = Command;
+    /// (5) `Recovered` only re-sends.
+    const RECOVERED_ONLY_RESENDS: bool = true;
+
+    fn step(&self, s: &ShutdownState, e: &Event) -> (ShutdownState, Vec<Command>) {
+        step(s, e, &self.view)
+    }
+    fn state(&mut self) -> &mut ShutdownState {
+        &mut self.state
+    }
+    fn queue(&mut self) -> &mut VecDeque<Event> {
+        &mut self.queue
+    }
+    fn agent(&mut self, c: &Command) {
+        Sim::agent(self, c)
+    }
+    fn emitted(&mut self, cmds: &[Command]) {
+        self.emitted.extend(cmds.iter().cloned());
+    }
+    fn recovered() -> Event {
+        Event::Recovered
+    }
+    /// (5) a new key only after every earlier one for that step failed.
+    fn guarded_key(c: &Command) -> Option<&Key> {
+        match c {
+            Command::SendAction { key, .. } => Some(key),
+            Command::Notify(_) => None,
+        }
+    }
+    fn failed_key(e: &Event) -> Option<&Key> {
+        match e {
+            Event::CommandResult { key, ok: false, .. } => Some(key),
+            _ => None,
+        }
+    }
+}
+
+/// The shutdown's own invariants (the harness checks (5)).
 #[derive(Default)]
 struct Checker {
-    /// Keys ever emitted, per (node, step).
-    keys: BTreeMap<(String, String), BTreeSet<Key>>,
-    failed: BTreeSet<Key>,
     /// The bound of each power-off tier as last seen.
     tier_deadline: BTreeMap<usize, u64>,
     /// A first power-off to the controller's host was emitted.
     host_off: bool,
+    /// Keys of sends seen.
+    power_offs: BTreeSet<Key>,
 }
 
 impl Checker {
     fn check(
         &mut self,
+        sim: &Sim,
         pre: &ShutdownState,
         event: &Event,
-        view: &ShutdownView,
         post: &ShutdownState,
         cmds: &[Command],
     ) -> Result<(), TestCaseError> {
+        let view = &sim.view;
         let plan = &post.plan;
         let tier_of = |n: &str| plan.tiers.iter().position(|t| t.iter().any(|x| x == n));
         for c in cmds {
             let Command::SendAction { key, node, action } = c else {
                 continue;
             };
-            let known = self
-                .keys
-                .entry((node.clone(), key.step.clone()))
-                .or_default();
-            let new = !known.contains(key);
-            // (5) Recovered only re-sends; a new key only after every earlier one failed.
-            if *event == Event::Recovered {
-                prop_assert!(!new, "Recovered emitted the new key {key}");
-            }
-            if new {
-                for k in known.iter() {
-                    prop_assert!(
-                        self.failed.contains(k),
-                        "{key} sent while {k} had not failed"
-                    );
-                }
-                known.insert(key.clone());
-            }
+            let new = self.power_offs.insert(key.clone());
             if *action != Action::PowerOff || !new || key.attempt != 1 {
                 continue;
             }
@@ -228,66 +243,18 @@ fn run(c: &Cluster, ops: &[Op]) -> Result<Sim, TestCaseError> {
     let mut sim = Sim::new(plan, view);
     sim.slow_power_off = true;
     let mut checker = Checker::default();
-    let mut history: Vec<Event> = Vec::new();
-    let checked = |sim: &mut Sim, checker: &mut Checker, ev: &Event, send: bool| {
-        let pre = sim.state.clone();
-        let (post, cmds) = step(&pre, ev, &sim.view);
-        checker.check(&pre, ev, &sim.view, &post, &cmds)?;
-        sim.state = post;
-        sim.emitted.extend(cmds.iter().cloned());
-        if send {
-            for c in &cmds {
-                sim.agent(c);
-            }
-        }
-        for e in &sim.queue {
-            if let Event::CommandResult { key, ok: false, .. } = e {
-                checker.failed.insert(key.clone());
-            }
-        }
-        Ok::<(), TestCaseError>(())
-    };
-    checked(&mut sim, &mut checker, &Event::Start { now_ms: T0 }, true)?;
+    let mut h = Harness::new(Box::new(
+        move |sim: &Sim,
+              pre: &ShutdownState,
+              ev: &Event,
+              post: &ShutdownState,
+              cmds: &[Command]| { checker.check(sim, pre, ev, post, cmds) },
+    ));
+    h.deliver(&mut sim, Event::Start { now_ms: T0 })?;
     for op in ops {
         let node = |i: usize| names[i % names.len()].clone();
         match op {
-            Op::Deliver(i) | Op::DeliverLoseCommands(i) | Op::CrashBeforePersist(i) => {
-                if sim.queue.is_empty() {
-                    continue;
-                }
-                let idx = i % sim.queue.len();
-                if matches!(op, Op::CrashBeforePersist(_)) {
-                    let ev = sim.queue[idx].clone();
-                    let _lost = step(&sim.state, &ev, &sim.view);
-                    checked(&mut sim, &mut checker, &Event::Recovered, true)?;
-                    continue;
-                }
-                let Some(ev) = sim.queue.remove(idx) else {
-                    continue;
-                };
-                let send = matches!(op, Op::Deliver(_));
-                checked(&mut sim, &mut checker, &ev, send)?;
-                history.push(ev);
-                if !send {
-                    checked(&mut sim, &mut checker, &Event::Recovered, true)?;
-                }
-            }
-            Op::Duplicate(i) => {
-                if history.is_empty() {
-                    continue;
-                }
-                let ev = history[i % history.len()].clone();
-                checked(&mut sim, &mut checker, &ev, true)?;
-            }
-            Op::Crash => {
-                let json = serde_json::to_string(&sim.state)
-                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
-                let back: ShutdownState =
-                    serde_json::from_str(&json).map_err(|e| TestCaseError::fail(e.to_string()))?;
-                prop_assert_eq!(&back, &sim.state);
-                sim.state = back;
-                checked(&mut sim, &mut checker, &Event::Recovered, true)?;
-            }
+            Op::Chaos(p) => h.perturb(&mut sim, p)?,
             Op::Offline(i) | Op::Online(i) => {
                 let n = node(*i);
                 // A node never comes back by itself after its power-off.
@@ -295,26 +262,21 @@ fn run(c: &Cluster, ops: &[Op]) -> Result<Sim, TestCaseError> {
                 if let Some(nv) = sim.view.nodes.get_mut(&n) {
                     nv.online = matches!(op, Op::Online(_)) && !off;
                 }
-                checked(
-                    &mut sim,
-                    &mut checker,
-                    &Event::NodeChanged { node: n },
-                    true,
-                )?;
+                h.deliver(&mut sim, Event::NodeChanged { node: n })?;
             }
             Op::FailNext => sim.fail_next = true,
             Op::Tick(d) => {
                 sim.now_ms += d;
                 let ev = Event::Tick { now_ms: sim.now_ms };
-                checked(&mut sim, &mut checker, &ev, true)?;
+                h.deliver(&mut sim, ev)?;
             }
             Op::FinishPowerOff(i) => {
                 if let Some(ev) = sim.finish_power_off(*i) {
-                    checked(&mut sim, &mut checker, &ev, true)?;
+                    h.deliver(&mut sim, ev)?;
                 }
             }
-            Op::Cancel => checked(&mut sim, &mut checker, &Event::Cancel, true)?,
-            Op::PowerRestored => checked(&mut sim, &mut checker, &Event::PowerRestored, true)?,
+            Op::Cancel => h.deliver(&mut sim, Event::Cancel)?,
+            Op::PowerRestored => h.deliver(&mut sim, Event::PowerRestored)?,
         }
     }
     // (3) After a cancel before the point of no return, the restore completes: every guest
@@ -339,7 +301,7 @@ fn run(c: &Cluster, ops: &[Op]) -> Result<Sim, TestCaseError> {
                     Event::Tick { now_ms: sim.now_ms }
                 }
             };
-            checked(&mut sim, &mut checker, &ev, true)?;
+            h.deliver(&mut sim, ev)?;
         }
         prop_assert_eq!(sim.state.stage, Stage::Finished);
     }
@@ -435,11 +397,7 @@ fn benign_chaos_reaches_down_then_starts_up() {
     use proptest::strategy::ValueTree;
     use proptest::test_runner::TestRunner;
     let benign = prop_oneof![
-        10 => any::<usize>().prop_map(Op::Deliver),
-        2 => any::<usize>().prop_map(Op::DeliverLoseCommands),
-        2 => any::<usize>().prop_map(Op::CrashBeforePersist),
-        3 => any::<usize>().prop_map(Op::Duplicate),
-        1 => Just(Op::Crash),
+        18 => perturb().prop_map(Op::Chaos),
         1 => (0u64..60_000).prop_map(Op::Tick),
         2 => any::<usize>().prop_map(Op::FinishPowerOff),
     ];
