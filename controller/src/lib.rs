@@ -27,3 +27,4 @@ pub mod shutdown_api;
 pub mod store;
 pub mod webhook;
 pub mod window;
+pub mod wire;
