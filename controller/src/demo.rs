@@ -14,12 +14,10 @@
 //! `nodes/<name>/root` (the node's tree), `nodes/<name>/state` (its state dir, `agent.log`,
 //! `sim-actions.jsonl`).
 
-use crate::cli::rollout::{status_out, RolloutCmd, Selection};
+use crate::cli::rollout::{state_word, status_out, RebootArg, RolloutCmd, Selection};
 use crate::cli::{self, output::table, ClientCommand, ClientOpts, Format, OptsOnly};
 use crate::config::Config;
-use crate::orchestrate::rollout::{status_word, Rollout};
 use crate::paths::DataDir;
-use crate::rollout::{Phase, Status};
 use fleetward_proto::api::{self, operator_service_client::OperatorServiceClient};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -475,7 +473,7 @@ async fn steps(
     let selection = || Selection {
         nodes: Vec::new(),
         max_unavailable: 1,
-        reboot: "if-needed".into(),
+        reboot: RebootArg::IfNeeded,
     };
     let plan = RolloutCmd::Plan {
         sel: selection(),
@@ -517,9 +515,9 @@ async fn steps(
     say(&table(&["NODE", "BEFORE", "NOW", "REBOOTED"], &rows));
 
     let on_new = after.values().filter(|(k, _)| k == NEW_KERNEL).count();
-    let id = &rollout.state.plan.id;
-    if rollout.state.status != Status::Completed {
-        let word = status_word(&rollout.state.status);
+    let id = &rollout.id;
+    if rollout.state() != api::RolloutState::Completed {
+        let word = state_word(&rollout);
         return Err(DemoError::NotCompleted(format!(
             "rollout {id} is {word}; {on_new} of {} nodes run {NEW_KERNEL}",
             names.len()
@@ -632,8 +630,10 @@ async fn kernels(
 }
 
 /// What a node is doing in a phase, for the live view.
-fn phase_text(p: Phase) -> &'static str {
+fn phase_text(p: api::RolloutPhase) -> &'static str {
+    use api::RolloutPhase as Phase;
     match p {
+        Phase::Unspecified => "unknown",
         Phase::Pending => "waiting for its turn",
         Phase::MaintenanceOn => "HA maintenance mode on",
         Phase::WaitGuests => "waiting for HA guests to leave",
@@ -655,9 +655,9 @@ fn phase_text(p: Phase) -> &'static str {
 /// completes, halts or is aborted. Returns the rollout and its last status.
 async fn watch(
     client: &mut OperatorServiceClient<Channel>,
-) -> Result<(Rollout, api::RolloutStatusResponse), DemoError> {
+) -> Result<(api::Rollout, api::RolloutStatusResponse), DemoError> {
     let t0 = Instant::now();
-    let mut phases: BTreeMap<String, Phase> = BTreeMap::new();
+    let mut phases: BTreeMap<String, api::RolloutPhase> = BTreeMap::new();
     let mut lines: BTreeMap<String, String> = BTreeMap::new();
     loop {
         let resp = client
@@ -665,45 +665,47 @@ async fn watch(
             .await
             .map_err(status_err("rollout status"))?
             .into_inner();
-        let r: Rollout = serde_json::from_str(&resp.state_json).map_err(|e| DemoError::Api {
+        let r = resp.rollout.clone().ok_or_else(|| DemoError::Api {
             what: "rollout status".into(),
-            message: format!("unreadable rollout: {e}"),
+            message: "the controller sent no rollout".into(),
         })?;
         let at = t0.elapsed().as_secs_f64();
-        let output: BTreeMap<String, Vec<String>> =
-            serde_json::from_str(&resp.output_json).unwrap_or_default();
-        for (node, out) in output {
-            if let Some(last) = out.last() {
-                if lines.get(&node) != Some(last) {
+        for out in &resp.output {
+            if let Some(last) = out.lines.last() {
+                if lines.get(&out.node) != Some(last) {
                     let clean: String = last
                         .chars()
                         .map(|c| if c.is_control() { ' ' } else { c })
                         .collect();
-                    say(&format!("[{at:5.1}s] {node:<8} > {clean}\n"));
-                    lines.insert(node, last.clone());
+                    say(&format!("[{at:5.1}s] {:<8} > {clean}\n", out.node));
+                    lines.insert(out.node.clone(), last.clone());
                 }
             }
         }
-        for n in &r.state.nodes {
-            if phases.insert(n.name.clone(), n.phase) != Some(n.phase) {
+        for n in &r.nodes {
+            if phases.insert(n.name.clone(), n.phase()) != Some(n.phase()) {
                 say(&format!(
                     "[{at:5.1}s] {:<8} {:<15} {}\n",
                     n.name,
-                    format!("{:?}", n.phase),
-                    phase_text(n.phase)
+                    format!("{:?}", n.phase()),
+                    phase_text(n.phase())
                 ));
             }
         }
-        match &r.state.status {
-            Status::Running | Status::Paused | Status::Planned => {}
-            Status::Halted { node, gate, reason } => {
+        match r.state() {
+            api::RolloutState::Halted => {
+                let h = r.halt.clone().unwrap_or_default();
                 say(&format!(
-                    "[{at:5.1}s] HALTED at {node} (gate {gate:?}): {reason}\n\
-                     (on a real cluster: fix the cause, then `fleetward rollout resume`)\n"
+                    "[{at:5.1}s] HALTED at {} (gate {:?}): {}\n\
+                     (on a real cluster: fix the cause, then `fleetward rollout resume`)\n",
+                    h.node,
+                    h.gate(),
+                    h.reason
                 ));
                 return Ok((r, resp));
             }
-            Status::Completed | Status::Aborted => return Ok((r, resp)),
+            api::RolloutState::Completed | api::RolloutState::Aborted => return Ok((r, resp)),
+            _ => {}
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

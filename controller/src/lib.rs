@@ -30,3 +30,4 @@ pub mod shutdown_api;
 pub mod store;
 pub mod webhook;
 pub mod window;
+pub mod wire;

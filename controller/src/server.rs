@@ -1439,9 +1439,7 @@ impl OperatorService for OperatorApi {
             .map(|(n, r)| (n.clone(), r.as_ref()))
             .collect();
         let dry = crate::rollout::dry_run(&plan, &view, &reports);
-        Ok(Response::new(api::RolloutPlanResponse {
-            plan_json: serde_json::to_string(&dry).map_err(internal)?,
-        }))
+        Ok(Response::new(crate::wire::rollout_plan(&dry)))
     }
 
     async fn rollout_start(
@@ -1501,27 +1499,16 @@ impl OperatorService for OperatorApi {
         &self,
         req: Request<api::RolloutControlRequest>,
     ) -> Result<Response<api::RolloutStatusResponse>, Status> {
-        use crate::rollout::Event;
         let ctl = &self.0;
         let caller = ctl.authorize(&req, Role::Operator)?;
         let r = req.into_inner();
-        let event = match r.action.as_str() {
-            "pause" => Event::Pause,
-            "resume" => Event::Resume,
-            "abort" => Event::Abort,
-            "skip" if !r.node.is_empty() => Event::Skip { node: r.node },
-            "skip" => return Err(Status::invalid_argument("skip needs a node")),
-            other => {
-                return Err(Status::invalid_argument(format!(
-                    "unknown rollout action {other:?} (pause, resume, abort, skip)"
-                )))
-            }
-        };
+        let event = crate::wire::control_event(r.verb, r.node)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let audit = crate::orchestrate::Audit {
             actor: caller.identity.name.clone(),
             action: "rollout.control".into(),
             detail: match &event {
-                Event::Skip { node } => format!("skip {node}"),
+                crate::rollout::Event::Skip { node } => format!("skip {node}"),
                 e => format!("{e:?}").to_lowercase(),
             },
         };
@@ -1545,11 +1532,8 @@ impl OperatorService for OperatorApi {
             .list_operations(crate::orchestrate::rollout::ROLLOUT_PREFIX)
             .map_err(internal)?;
         all.sort_by_key(|r| r.created_ms);
-        let states_json = all
-            .iter()
-            .map(|r| serde_json::to_string(r).map_err(internal))
-            .collect::<Result<_, _>>()?;
-        Ok(Response::new(api::RolloutListResponse { states_json }))
+        let rollouts = all.iter().map(crate::wire::rollout).collect();
+        Ok(Response::new(api::RolloutListResponse { rollouts }))
     }
 }
 
@@ -1596,8 +1580,8 @@ fn plan_nodes(ctl: &Controller, nodes: &[String]) -> Result<Vec<String>, Status>
 
 fn rollout_plan(ctl: &Controller, r: &api::RolloutRequest) -> Result<crate::rollout::Plan, Status> {
     let nodes = plan_nodes(ctl, &r.nodes)?;
-    let reboot =
-        crate::orchestrate::rollout::reboot_policy(&r.reboot).map_err(Status::invalid_argument)?;
+    let reboot = crate::wire::reboot_policy(r.reboot)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
     let id = format!(
         "{}{}",
         crate::orchestrate::rollout::ROLLOUT_PREFIX,
@@ -1657,11 +1641,9 @@ async fn rollout_status(
         Ok(r) => r.output().await,
         Err(_) => BTreeMap::new(),
     };
-    Ok(Response::new(api::RolloutStatusResponse {
-        state_json: serde_json::to_string(rollout).map_err(internal)?,
-        events_json: serde_json::to_string(&events).map_err(internal)?,
-        output_json: serde_json::to_string(&output).map_err(internal)?,
-    }))
+    Ok(Response::new(crate::wire::rollout_status(
+        rollout, &events, &output,
+    )))
 }
 
 /// `rollout plan --refresh-lists`: `apt-get update` on every node through its executor,

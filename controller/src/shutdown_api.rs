@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 use crate::orchestrate::shutdown::{self as driver, stage_word, Shutdown, SHUTDOWN_PREFIX};
 use crate::orchestrate::{Audit, DriverError};
 use crate::server::{driver_status, now_ms, Controller};
-use crate::shutdown::{step_name, Event, Plan, PlanStep, Schedule};
+use crate::shutdown::{step_name, Event, Plan, PlanStep};
 
 /// The service; registered by `serve` next to the operator service.
 pub struct ShutdownApi(pub Arc<Controller>);
@@ -40,15 +40,6 @@ fn build_plan(
     let view = driver::view(ctl);
     Plan::new(format!("{SHUTDOWN_PREFIX}{now}"), &view, &config, now)
         .map_err(|e| Status::failed_precondition(format!("cannot plan a shutdown: {e}")))
-}
-
-/// The plan as the API returns it.
-fn plan_json(plan: &Plan) -> serde_json::Value {
-    json!({
-        "plan": plan,
-        "steps": plan.steps(),
-        "schedule": Schedule::compute(plan, plan.created_ms),
-    })
 }
 
 /// The same steps, ignoring what depends on the moment (guest-stop timeouts cut by a
@@ -87,19 +78,14 @@ fn status(
     s: Option<&Shutdown>,
     message: String,
 ) -> Result<Response<api::ShutdownStatusResponse>, Status> {
-    let (state_json, events_json) = match s {
-        Some(s) => (
-            serde_json::to_string(s).map_err(internal)?,
-            serde_json::to_string(&ctl.store().op_events(s.id()).map_err(internal)?)
-                .map_err(internal)?,
-        ),
-        None => (String::new(), "[]".to_string()),
+    let events = match s {
+        Some(s) => ctl.store().op_events(s.id()).map_err(internal)?,
+        None => Vec::new(),
     };
-    Ok(Response::new(api::ShutdownStatusResponse {
-        state_json,
-        events_json,
+    Ok(Response::new(crate::wire::shutdown_status(
+        s.map(|s| (s, events.as_slice())),
         message,
-    }))
+    )))
 }
 
 fn audit(actor: &str, action: &str, detail: String) -> Option<Audit> {
@@ -156,10 +142,7 @@ impl ShutdownService for ShutdownApi {
         ctl.authorize(&req, Role::Operator)?;
         let r = req.into_inner();
         let plan = build_plan(ctl, reason_of(&r.reason), r.deadline_secs)?;
-        Ok(Response::new(api::ShutdownPlanResponse {
-            plan_json: plan_json(&plan).to_string(),
-            summary: plan.summary(),
-        }))
+        Ok(Response::new(crate::wire::shutdown_plan_response(&plan)))
     }
 
     async fn start(
@@ -170,9 +153,9 @@ impl ShutdownService for ShutdownApi {
         let caller = ctl.authorize(&req, Role::Operator)?;
         let r = req.into_inner();
         let plan = build_plan(ctl, reason_of(&r.reason), r.deadline_secs)?;
-        if !r.reviewed_steps_json.is_empty() {
-            let reviewed: Vec<PlanStep> = serde_json::from_str(&r.reviewed_steps_json)
-                .map_err(|e| Status::invalid_argument(format!("reviewed_steps_json: {e}")))?;
+        if let Some(reviewed) = &r.reviewed {
+            let reviewed = crate::wire::reviewed_steps(reviewed)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
             if !same_steps(&reviewed, &plan.steps()) {
                 return Err(Status::failed_precondition(
                     "the cluster changed since the plan was shown (guests, nodes or Ceph \
@@ -264,8 +247,10 @@ impl ShutdownService for ShutdownApi {
         let caller = ctl.authorize(&req, Role::Operator)?;
         let r = req.into_inner();
         let current = find(ctl, "")?.filter(|s| !s.finished());
-        match r.event.as_str() {
-            "on-battery" => {
+        let event = crate::wire::power_event(r.event)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        match event {
+            crate::wire::Power::OnBattery => {
                 if r.runtime_secs == 0 {
                     return Err(Status::invalid_argument(
                         "on-battery needs the remaining runtime in seconds (> 0)",
@@ -296,7 +281,7 @@ impl ShutdownService for ShutdownApi {
                 );
                 status(ctl, Some(&s), msg)
             }
-            "restored" => {
+            crate::wire::Power::Restored => {
                 ctl.audit(
                     &caller.identity.name,
                     "shutdown.power-event",
@@ -334,9 +319,6 @@ impl ShutdownService for ShutdownApi {
                 };
                 status(ctl, Some(&s), msg)
             }
-            other => Err(Status::invalid_argument(format!(
-                "unknown power event {other:?} (on-battery, restored)"
-            ))),
         }
     }
 }

@@ -8,7 +8,9 @@
 //! Generated items: messages such as [`AgentMessage`] (oneof in [`agent_message::Kind`]),
 //! [`ControllerMessage`], [`Command`], the [`Severity`] and [`SessionState`] enums, and the
 //! client/server modules [`agent_service_client`], [`agent_service_server`],
-//! [`operator_service_client`], [`operator_service_server`].
+//! [`operator_service_client`], [`operator_service_server`]. Rollouts and shutdowns are
+//! typed messages ([`Rollout`], [`RolloutEvent`], [`RolloutPlanResponse`], [`ShutdownPlan`],
+//! [`Shutdown`], [`ShutdownEvent`]); the controller maps its internal state to them.
 
 use crate::action::{self, ActionRequest};
 use crate::report;

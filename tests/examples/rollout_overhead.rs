@@ -85,9 +85,7 @@ fn main() {
     c.cli_json(&["rollout", "start", "--yes"]);
     wait_for("the rollout to complete", Duration::from_secs(600), || {
         let s = c.cli_json(&["rollout", "status"]);
-        let st = s["rollout"]["state"]["status"]["status"]
-            .as_str()?
-            .to_string();
+        let st = s["rollout"]["status"].as_str()?.to_string();
         assert!(
             matches!(st.as_str(), "running" | "completed"),
             "rollout {st}: {s:#}"

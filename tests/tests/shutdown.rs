@@ -168,7 +168,7 @@ impl Cluster {
         let start = std::time::Instant::now();
         loop {
             let s = self.status();
-            if s["state"]["state"]["stage"]["stage"] == stage {
+            if s["shutdown"]["stage"]["stage"] == stage {
                 return s;
             }
             assert!(
@@ -283,12 +283,7 @@ fn assert_follows_plan(steps: &[Value], log: &[LogEntry]) {
 }
 
 fn events(status: &Value) -> Vec<Value> {
-    status["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["event"].clone())
-        .collect()
+    status["events"].as_array().unwrap().clone()
 }
 
 /// Configuration of the order and startup tests: the host last, small bounds.
@@ -310,7 +305,7 @@ fn shutdown_of_five_nodes_follows_the_plan_tier_by_tier_with_the_host_last() {
     // the monitor that stays up longest, the host alone and last.
     assert_eq!(
         plan["plan"]["ha"],
-        serde_json::json!({"mode": "disarm", "node": "pve-01"})
+        serde_json::json!({"mode": "disarm", "nodes": ["pve-01"]})
     );
     assert_eq!(plan["plan"]["noout"], "pve-01");
     let last = steps.last().unwrap();
@@ -322,12 +317,9 @@ fn shutdown_of_five_nodes_follows_the_plan_tier_by_tier_with_the_host_last() {
         started["message"].as_str().unwrap().contains("started"),
         "{started}"
     );
-    let id = started["state"]["state"]["plan"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = started["shutdown"]["id"].as_str().unwrap().to_string();
     let down = cl.wait_stage("down");
-    assert_eq!(down["state"]["state"]["plan"]["id"], id.as_str());
+    assert_eq!(down["shutdown"]["id"], id.as_str());
     cl.wait_exited(&NODES);
 
     let log = cl.logs();
@@ -411,7 +403,7 @@ fn startup_after_power_returns_in_random_order_waits_for_osd_nodes_and_reports_t
     // The controller went down with its host (the last node) and comes back with it.
     cl.c.kill();
     cl.c.restart();
-    assert_eq!(cl.status()["state"]["state"]["stage"]["stage"], "down");
+    assert_eq!(cl.status()["shutdown"]["stage"]["stage"], "down");
 
     // Power returns: four nodes boot in a random order, pve-05 (no OSDs) never does.
     let mut order = vec!["pve-01", "pve-02", "pve-03", "pve-04"];
@@ -431,7 +423,7 @@ fn startup_after_power_returns_in_random_order_waits_for_osd_nodes_and_reports_t
         std::thread::sleep(Duration::from_millis(400));
     }
     let done = cl.wait_stage("finished");
-    let state = &done["state"]["state"];
+    let state = &done["shutdown"];
     assert_eq!(
         state["missing"],
         serde_json::json!(["pve-05"]),
@@ -542,7 +534,7 @@ default_guest_timeout_secs = 30"#;
     });
     let plan = cl.plan(&[]);
     assert_eq!(plan["plan"]["noout"], "pve-03");
-    assert_eq!(plan["plan"]["ha"]["node"], "pve-05");
+    assert_eq!(plan["plan"]["ha"]["nodes"], serde_json::json!(["pve-05"]));
     let running: Vec<(String, u64)> = plan["plan"]["guests"]
         .as_array()
         .unwrap()
@@ -560,7 +552,7 @@ default_guest_timeout_secs = 30"#;
     signal(cl.agent("pve-03"), Signal::SIGSTOP);
     cl.c.cli_json(&["shutdown", "start", "--yes"]);
     let st = cl.wait_stage("set-noout");
-    assert_eq!(st["state"]["state"]["no_return"], false);
+    assert_eq!(st["shutdown"]["no_return"], false);
     let cancelled = cl.c.cli_json(&["shutdown", "cancel"]);
     assert!(
         cancelled["message"].as_str().unwrap().contains("cancelled"),
@@ -570,7 +562,7 @@ default_guest_timeout_secs = 30"#;
     let done = cl.wait_stage("finished");
     assert!(events(&done)
         .iter()
-        .any(|e| e["event"] == "cancelled" && e["reason"] == "cancel"));
+        .any(|e| e["event"] == "cancelled" && e["up_reason"] == "cancel"));
 
     let log = cl.logs();
     assert!(log.iter().all(|e| e.ok), "{log:?}");
@@ -619,7 +611,7 @@ default_guest_timeout_secs = 30"#;
     cl.c.cli_json(&["shutdown", "start", "--yes"]);
     wait_for("the first power-off", WAIT, || {
         let s = cl.status();
-        (s["state"]["state"]["no_return"] == true).then_some(())
+        (s["shutdown"]["no_return"] == true).then_some(())
     });
     let out = cl.c.cli(&["shutdown", "cancel"]);
     assert_eq!(out.status.code(), Some(1));
@@ -648,9 +640,7 @@ fn deadline_too_short_for_graceful_waits_forces_and_powers_off_before_it() {
     signal(cl.agent("pve-04"), Signal::SIGSTOP);
     let started =
         cl.c.cli_json(&["shutdown", "start", "--yes", "--deadline", "8s"]);
-    let deadline = started["state"]["state"]["plan"]["deadline_ms"]
-        .as_u64()
-        .unwrap();
+    let deadline = started["shutdown"]["deadline_unix_ms"].as_u64().unwrap();
     let st = cl.wait_stage("down");
     let ev = events(&st);
     assert!(
@@ -692,10 +682,10 @@ fn deadline_too_short_for_graceful_waits_forces_and_powers_off_before_it() {
         }
     }
     // The power-off of pve-04 was sent (and never answered): the tier moved on.
-    let sent = st["state"]["state"]["sent"].as_array().unwrap();
+    let sent = st["shutdown"]["sent"].as_array().unwrap();
     assert!(sent
         .iter()
-        .any(|s| s["key"]["node"] == "pve-04" && s["key"]["step"] == "power-off"));
+        .any(|s| s["node"] == "pve-04" && s["step"] == "power-off"));
 }
 
 #[test]
@@ -708,16 +698,13 @@ fn controller_killed_mid_shutdown_resumes_the_same_plan_without_repeating_action
     // pve-02 outstanding: the controller is killed right there.
     signal(cl.agent("pve-02"), Signal::SIGSTOP);
     let started = cl.c.cli_json(&["shutdown", "start", "--yes"]);
-    let id = started["state"]["state"]["plan"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = started["shutdown"]["id"].as_str().unwrap().to_string();
     wait_for("a pending guest stop on pve-02", WAIT, || {
         let s = cl.status();
-        s["state"]["state"]["sent"]
+        s["shutdown"]["sent"]
             .as_array()?
             .iter()
-            .any(|x| x["key"]["node"] == "pve-02" && x["outcome"] == "pending")
+            .any(|x| x["node"] == "pve-02" && x["outcome"] == "pending")
             .then_some(())
     });
     let before = cl.logs();
@@ -727,11 +714,7 @@ fn controller_killed_mid_shutdown_resumes_the_same_plan_without_repeating_action
     signal(cl.agent("pve-02"), Signal::SIGCONT);
 
     let down = cl.wait_stage("down");
-    assert_eq!(
-        down["state"]["state"]["plan"]["id"],
-        id.as_str(),
-        "the same plan"
-    );
+    assert_eq!(down["shutdown"]["id"], id.as_str(), "the same plan");
     cl.wait_exited(&NODES);
     let log = cl.logs();
     assert_follows_plan(&steps, &log);
@@ -743,5 +726,5 @@ fn controller_killed_mid_shutdown_resumes_the_same_plan_without_repeating_action
     assert!(cl.c.log().contains("resuming shutdown after restart"));
     // The store holds this one shutdown.
     let again = cl.status();
-    assert_eq!(again["state"]["state"]["plan"]["id"], id.as_str());
+    assert_eq!(again["shutdown"]["id"], id.as_str());
 }

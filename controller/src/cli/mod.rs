@@ -648,6 +648,42 @@ mod tests {
         cmd: ClientCommand,
     }
 
+    /// The CLI renders the operator API's messages only: the controller's state machines,
+    /// drivers, store and server stay out of it, so their formats can change freely.
+    #[test]
+    fn the_cli_imports_no_controller_internals() {
+        let sources = [
+            ("mod.rs", include_str!("mod.rs")),
+            ("conn.rs", include_str!("conn.rs")),
+            ("output.rs", include_str!("output.rs")),
+            ("rollout.rs", include_str!("rollout.rs")),
+            ("shutdown.rs", include_str!("shutdown.rs")),
+        ];
+        let forbidden = [
+            "orchestrate",
+            "rollout",
+            "shutdown",
+            "store",
+            "server",
+            "wire",
+        ];
+        for (file, text) in sources {
+            for line in text.lines() {
+                let Some(pos) = line.find("crate::") else {
+                    continue;
+                };
+                let module = line[pos + "crate::".len()..]
+                    .split(|c: char| !c.is_alphanumeric() && c != '_')
+                    .next()
+                    .unwrap_or_default();
+                assert!(
+                    !forbidden.contains(&module),
+                    "cli/{file} uses crate::{module}: {line}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn ttl_parsing() {
         let ok = [

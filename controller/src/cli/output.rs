@@ -58,6 +58,16 @@ pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// The stable machine name of a protobuf enum value: its name without the enum's prefix,
+/// in kebab case (`ROLLOUT_PHASE_MAINTENANCE_ON` → `maintenance-on`).
+pub(crate) fn enum_name(proto_name: &str, prefix: &str) -> String {
+    proto_name
+        .strip_prefix(prefix)
+        .unwrap_or(proto_name)
+        .to_ascii_lowercase()
+        .replace('_', "-")
+}
+
 pub(crate) fn json_string(v: &Value) -> String {
     // Serialising a `Value` cannot fail.
     serde_json::to_string_pretty(v).unwrap_or_default() + "\n"
@@ -376,6 +386,16 @@ mod tests {
                 String::new()
             },
         }
+    }
+
+    #[test]
+    fn enum_names_are_kebab_case_without_the_prefix() {
+        let name = api::SessionState::Online.as_str_name();
+        assert_eq!(enum_name(name, "SESSION_STATE_"), "online");
+        assert_eq!(
+            enum_name("ROLLOUT_PHASE_AWAIT_RETURN", "ROLLOUT_PHASE_"),
+            "await-return"
+        );
     }
 
     #[test]

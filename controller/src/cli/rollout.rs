@@ -1,17 +1,33 @@
-//! `fleetward rollout …`: plan, start, watch and steer rolling updates.
+//! `fleetward rollout …`: plan, start, watch and steer rolling updates. Renders the
+//! operator API's typed rollout messages; knows nothing of the controller's internals.
 
 use std::io::{BufRead, Write};
 
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 use fleetward_proto::api::{self, operator_service_client::OperatorServiceClient};
-use serde_json::Value;
+use serde_json::{json, Value};
 use tonic::transport::Channel;
 
-use super::output::{json_string, rfc3339, table};
+use super::output::{enum_name, json_string, rfc3339, table};
 use super::{CliError, ClientOpts, Format};
-use crate::orchestrate::rollout::{status_word, Rollout};
-use crate::rollout::{DryRun, Phase, Status};
-use crate::store::OpEvent;
+
+/// `--reboot`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RebootArg {
+    IfNeeded,
+    Always,
+    Never,
+}
+
+impl From<RebootArg> for api::RebootPolicy {
+    fn from(r: RebootArg) -> Self {
+        match r {
+            RebootArg::IfNeeded => api::RebootPolicy::IfNeeded,
+            RebootArg::Always => api::RebootPolicy::Always,
+            RebootArg::Never => api::RebootPolicy::Never,
+        }
+    }
+}
 
 #[derive(Debug, Args)]
 pub struct Selection {
@@ -23,8 +39,8 @@ pub struct Selection {
     #[arg(long, default_value_t = 1)]
     pub max_unavailable: u32,
     /// Reboot: if-needed (a new kernel or /run/reboot-required), always, never.
-    #[arg(long, default_value = "if-needed", value_parser = ["if-needed", "always", "never"])]
-    pub reboot: String,
+    #[arg(long, value_enum, default_value_t = RebootArg::IfNeeded)]
+    pub reboot: RebootArg,
 }
 
 #[derive(Debug, Subcommand)]
@@ -107,15 +123,10 @@ fn request(sel: &Selection) -> api::RolloutRequest {
     api::RolloutRequest {
         nodes: sel.nodes.clone(),
         max_unavailable: sel.max_unavailable,
-        reboot: sel.reboot.clone(),
+        reboot: api::RebootPolicy::from(sel.reboot).into(),
         refresh_lists: false,
         window: String::new(),
     }
-}
-
-fn parse<T: serde::de::DeserializeOwned>(what: &str, json: &str) -> Result<T, CliError> {
-    serde_json::from_str(json)
-        .map_err(|e| CliError::Failed(format!("the controller sent an unreadable {what}: {e}")))
 }
 
 pub(super) async fn execute(
@@ -130,10 +141,9 @@ pub(super) async fn execute(
             let mut req = request(sel);
             req.refresh_lists = *refresh_lists;
             let resp = c.rollout_plan(req).await?.into_inner();
-            let dry: DryRun = parse("plan", &resp.plan_json)?;
             match fmt {
-                Format::Json => json_string(&serde_json::to_value(&dry).unwrap_or_default()),
-                Format::Text => plan_text(&dry),
+                Format::Json => json_string(&plan_json(&resp)),
+                Format::Text => plan_text(&resp),
             }
         }
         RolloutCmd::Start {
@@ -141,8 +151,7 @@ pub(super) async fn execute(
         } => {
             if !yes {
                 let resp = c.rollout_plan(request(sel)).await?.into_inner();
-                let dry: DryRun = parse("plan", &resp.plan_json)?;
-                eprint!("{}", plan_text(&dry));
+                eprint!("{}", plan_text(&resp));
                 if !confirm("Start this rolling update?")? {
                     return Err(CliError::Failed("not started".into()));
                 }
@@ -169,49 +178,22 @@ pub(super) async fn execute(
                     let _ = std::io::stdout().flush();
                     last = text;
                 }
-                let r: Rollout = parse("rollout", &resp.state_json)?;
-                if !matches!(
-                    r.state.status,
-                    Status::Running | Status::Paused | Status::Planned
-                ) {
+                if !unfinished(resp.rollout.as_ref()) {
                     return Ok(String::new());
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await;
             }
         }
-        RolloutCmd::Pause(i) => control(c, i, "pause", "", fmt).await?,
-        RolloutCmd::Resume(i) => control(c, i, "resume", "", fmt).await?,
-        RolloutCmd::Abort(i) => control(c, i, "abort", "", fmt).await?,
-        RolloutCmd::Skip { node, id } => control(c, id, "skip", node, fmt).await?,
+        RolloutCmd::Pause(i) => control(c, i, api::ControlVerb::Pause, "", fmt).await?,
+        RolloutCmd::Resume(i) => control(c, i, api::ControlVerb::Resume, "", fmt).await?,
+        RolloutCmd::Abort(i) => control(c, i, api::ControlVerb::Abort, "", fmt).await?,
+        RolloutCmd::Skip { node, id } => control(c, id, api::ControlVerb::Skip, node, fmt).await?,
         RolloutCmd::List { .. } => {
             let resp = c
                 .rollout_list(api::RolloutListRequest {})
                 .await?
                 .into_inner();
-            let all: Vec<Rollout> = resp
-                .states_json
-                .iter()
-                .map(|j| parse("rollout", j))
-                .collect::<Result<_, _>>()?;
-            match fmt {
-                Format::Json => json_string(&serde_json::to_value(&all).unwrap_or_default()),
-                Format::Text => {
-                    let rows: Vec<Vec<String>> = all
-                        .iter()
-                        .map(|r| {
-                            let done = r.state.nodes.iter().filter(|n| n.phase == Phase::Done);
-                            vec![
-                                r.state.plan.id.clone(),
-                                rfc3339(r.created_ms as i64),
-                                status_word(&r.state.status).into(),
-                                format!("{}/{}", done.count(), r.state.nodes.len()),
-                                r.actor.clone(),
-                            ]
-                        })
-                        .collect();
-                    table(&["ID", "CREATED", "STATUS", "DONE", "BY"], &rows)
-                }
-            }
+            list_out(&resp.rollouts, fmt)
         }
     })
 }
@@ -219,14 +201,14 @@ pub(super) async fn execute(
 async fn control(
     c: &mut OperatorServiceClient<Channel>,
     i: &IdOpts,
-    action: &str,
+    verb: api::ControlVerb,
     node: &str,
     fmt: Format,
 ) -> Result<String, CliError> {
     let resp = c
         .rollout_control(api::RolloutControlRequest {
             id: i.id.clone().unwrap_or_default(),
-            action: action.into(),
+            verb: verb.into(),
             node: node.into(),
         })
         .await?
@@ -245,27 +227,147 @@ fn confirm(question: &str) -> Result<bool, CliError> {
     Ok(matches!(line.trim(), "y" | "Y" | "yes"))
 }
 
+/// Still running, paused or not started: `status --watch` keeps showing it.
+fn unfinished(r: Option<&api::Rollout>) -> bool {
+    r.is_some_and(|r| {
+        matches!(
+            r.state(),
+            api::RolloutState::Running | api::RolloutState::Paused | api::RolloutState::Planned
+        )
+    })
+}
+
+/// One word for a rollout's state: `running`, `halted`, ….
+pub fn state_word(r: &api::Rollout) -> String {
+    enum_name(r.state().as_str_name(), "ROLLOUT_STATE_")
+}
+
+fn phase_name(p: api::RolloutPhase) -> String {
+    enum_name(p.as_str_name(), "ROLLOUT_PHASE_")
+}
+
+fn gate_name(g: api::RolloutGate) -> String {
+    enum_name(g.as_str_name(), "ROLLOUT_GATE_")
+}
+
+fn reboot_name(r: api::RebootPolicy) -> String {
+    enum_name(r.as_str_name(), "REBOOT_POLICY_")
+}
+
+/// A rollout as JSON, with stable machine names.
+fn rollout_json(r: &api::Rollout) -> Value {
+    let nodes: Vec<Value> = r
+        .nodes
+        .iter()
+        .map(|n| {
+            let attempts: serde_json::Map<String, Value> = n
+                .attempts
+                .iter()
+                .map(|a| (a.action.clone(), json!(a.attempts)))
+                .collect();
+            json!({
+                "name": n.name,
+                "phase": phase_name(n.phase()),
+                "waiting_for": n.waiting_for,
+                "acknowledged": n.acknowledged,
+                "attempts": attempts,
+                "expected_kernel": n.expected_kernel,
+                "deadline_unix_ms": n.deadline_unix_ms,
+            })
+        })
+        .collect();
+    let halt = r
+        .halt
+        .as_ref()
+        .map(|h| json!({"node": h.node, "gate": gate_name(h.gate()), "reason": h.reason}));
+    json!({
+        "id": r.id,
+        "status": state_word(r),
+        "halt": halt,
+        "max_unavailable": r.max_unavailable,
+        "reboot": reboot_name(r.reboot()),
+        "controller_host": r.controller_host,
+        "window": r.window,
+        "window_paused": r.window_paused,
+        "created_unix_ms": r.created_unix_ms,
+        "updated_unix_ms": r.updated_unix_ms,
+        "actor": r.actor,
+        "nodes": nodes,
+    })
+}
+
+/// An event as JSON: `{time_unix_ms, event, …the fields its kind uses}`.
+fn event_json(e: &api::RolloutEvent) -> Value {
+    let kind = match e.kind() {
+        api::RolloutEventKind::Unspecified => "unknown".to_string(),
+        k => enum_name(k.as_str_name(), "ROLLOUT_EVENT_KIND_"),
+    };
+    let mut v = json!({"time_unix_ms": e.time_unix_ms, "event": kind});
+    if !e.node.is_empty() {
+        v["node"] = json!(e.node);
+    }
+    if e.phase() != api::RolloutPhase::Unspecified {
+        v["phase"] = json!(phase_name(e.phase()));
+    }
+    if e.gate() != api::RolloutGate::Unspecified {
+        v["gate"] = json!(gate_name(e.gate()));
+    }
+    if !e.reason.is_empty() {
+        v["reason"] = json!(e.reason);
+    }
+    v
+}
+
+/// `rollout list`.
+fn list_out(all: &[api::Rollout], fmt: Format) -> String {
+    match fmt {
+        Format::Json => json_string(&Value::Array(all.iter().map(rollout_json).collect())),
+        Format::Text => {
+            let rows: Vec<Vec<String>> = all
+                .iter()
+                .map(|r| {
+                    let done = r
+                        .nodes
+                        .iter()
+                        .filter(|n| n.phase() == api::RolloutPhase::Done);
+                    vec![
+                        r.id.clone(),
+                        rfc3339(r.created_unix_ms),
+                        state_word(r),
+                        format!("{}/{}", done.count(), r.nodes.len()),
+                        r.actor.clone(),
+                    ]
+                })
+                .collect();
+            table(&["ID", "CREATED", "STATUS", "DONE", "BY"], &rows)
+        }
+    }
+}
+
+/// A status response as text or JSON.
 pub(crate) fn status_out(
     resp: &api::RolloutStatusResponse,
     fmt: Format,
 ) -> Result<String, CliError> {
-    let r: Rollout = parse("rollout", &resp.state_json)?;
-    let events: Vec<OpEvent> = parse("event log", &resp.events_json)?;
-    let output: Value = parse("output", &resp.output_json)?;
+    let r = resp
+        .rollout
+        .as_ref()
+        .ok_or_else(|| CliError::Failed("the controller sent no rollout".into()))?;
     if fmt == Format::Json {
-        return Ok(json_string(&serde_json::json!({
-            "rollout": r,
-            "events": events,
+        let output: serde_json::Map<String, Value> = resp
+            .output
+            .iter()
+            .map(|o| (o.node.clone(), json!(o.lines)))
+            .collect();
+        return Ok(json_string(&json!({
+            "rollout": rollout_json(r),
+            "events": resp.events.iter().map(event_json).collect::<Vec<_>>(),
             "output": output,
         })));
     }
-    let mut text = format!(
-        "rollout {}: {}",
-        r.state.plan.id,
-        status_word(&r.state.status)
-    );
-    if let Status::Halted { node, gate, reason } = &r.state.status {
-        text += &format!(" at {node} (gate {gate:?}): {reason}");
+    let mut text = format!("rollout {}: {}", r.id, state_word(r));
+    if let Some(h) = &r.halt {
+        text += &format!(" at {} (gate {:?}): {}", h.node, h.gate(), h.reason);
     }
     if let Some(w) = &r.window {
         text += &format!(
@@ -277,44 +379,77 @@ pub(crate) fn status_out(
             }
         );
     }
-    text += &format!("\nmax-unavailable: {}\n", r.state.plan.max_unavailable);
+    text += &format!("\nmax-unavailable: {}\n", r.max_unavailable);
     let rows: Vec<Vec<String>> = r
-        .state
         .nodes
         .iter()
         .map(|n| {
             vec![
                 n.name.clone(),
-                format!("{:?}", n.phase),
-                n.pending.as_ref().map_or("-".into(), |p| p.key.to_string()),
+                format!("{:?}", n.phase()),
+                n.waiting_for.clone().unwrap_or_else(|| "-".into()),
                 n.expected_kernel.clone().unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
     text += &table(&["NODE", "PHASE", "WAITING FOR", "EXPECTED KERNEL"], &rows);
-    if let Some(obj) = output.as_object() {
-        for (node, lines) in obj {
-            let lines: Vec<&str> = lines
-                .as_array()
-                .map(|a| a.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default();
-            if let Some(last) = lines.last() {
-                text += &format!("{node}> {last}\n");
-            }
+    for o in &resp.output {
+        if let Some(last) = o.lines.last() {
+            text += &format!("{}> {last}\n", o.node);
         }
     }
     Ok(text)
 }
 
+/// The dry run as JSON, with stable machine names.
+fn plan_json(d: &api::RolloutPlanResponse) -> Value {
+    let nodes: Vec<Value> = d
+        .nodes
+        .iter()
+        .map(|n| {
+            let packages: Vec<Value> = n
+                .packages
+                .iter()
+                .map(|p| json!({"package": p.package, "installed": p.installed, "candidate": p.candidate}))
+                .collect();
+            let guests: Vec<Value> = n
+                .guests
+                .iter()
+                .map(|g| json!({"vmid": g.vmid, "name": g.name, "what": g.what}))
+                .collect();
+            json!({
+                "name": n.name,
+                "position": n.position,
+                "gate_ok": n.gate_ok,
+                "gate_failure": (!n.gate_ok).then_some(&n.gate_failure),
+                "steps": n.steps,
+                "packages": packages,
+                "reboot": n.reboot,
+                "next_kernel": n.next_kernel,
+                "guests": guests,
+                "downtime_secs": n.downtime_secs,
+            })
+        })
+        .collect();
+    json!({
+        "id": d.id,
+        "max_unavailable": d.max_unavailable,
+        "reboot": reboot_name(d.reboot()),
+        "controller_host": d.controller_host,
+        "nodes": nodes,
+        "blocked": d.blocked,
+    })
+}
+
 /// The dry run as text.
-pub fn plan_text(d: &DryRun) -> String {
+pub fn plan_text(d: &api::RolloutPlanResponse) -> String {
     let mut t = format!(
         "rolling update plan: {} node(s), max-unavailable {}, reboot {:?}\n",
         d.nodes.len(),
-        d.plan.max_unavailable,
-        d.plan.reboot_policy
+        d.max_unavailable,
+        d.reboot()
     );
-    if let Some(h) = &d.plan.controller_host {
+    if let Some(h) = &d.controller_host {
         t += &format!("the controller's own node {h} goes last\n");
     }
     for n in &d.nodes {
@@ -322,9 +457,10 @@ pub fn plan_text(d: &DryRun) -> String {
             "\n{}. {}  gate: {}  reboot: {}  kernel after: {}  downtime ~{} min\n",
             n.position,
             n.name,
-            match &n.gate {
-                Ok(()) => "ok".to_string(),
-                Err(e) => format!("FAILS ({e})"),
+            if n.gate_ok {
+                "ok".to_string()
+            } else {
+                format!("FAILS ({})", n.gate_failure)
             },
             if n.reboot { "yes" } else { "no" },
             n.next_kernel.as_deref().unwrap_or("-"),
@@ -360,4 +496,152 @@ pub fn plan_text(d: &DryRun) -> String {
         );
     }
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rollout() -> api::Rollout {
+        api::Rollout {
+            id: "rollout-1".into(),
+            state: api::RolloutState::Halted.into(),
+            halt: Some(api::RolloutHalt {
+                node: "pve2".into(),
+                gate: api::RolloutGate::EspHoldsKernel.into(),
+                reason: "sda2 lacks the kernel".into(),
+            }),
+            max_unavailable: 1,
+            reboot: api::RebootPolicy::IfNeeded.into(),
+            window: Some("Sat 02:00-05:00 UTC".into()),
+            window_paused: true,
+            actor: "admin".into(),
+            nodes: vec![
+                api::RolloutNode {
+                    name: "pve1".into(),
+                    phase: api::RolloutPhase::Done.into(),
+                    ..Default::default()
+                },
+                api::RolloutNode {
+                    name: "pve2".into(),
+                    phase: api::RolloutPhase::AwaitReturn.into(),
+                    waiting_for: Some("rollout-1/pve2/reboot/1".into()),
+                    expected_kernel: Some("6.8.12-4-pve".into()),
+                    attempts: vec![api::ActionAttempts {
+                        action: "reboot".into(),
+                        attempts: 1,
+                    }],
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn status_text_and_json() {
+        let resp = api::RolloutStatusResponse {
+            rollout: Some(rollout()),
+            events: vec![api::RolloutEvent {
+                time_unix_ms: 5,
+                kind: api::RolloutEventKind::Phase.into(),
+                node: "pve2".into(),
+                phase: api::RolloutPhase::AwaitReturn.into(),
+                ..Default::default()
+            }],
+            output: vec![api::NodeOutput {
+                node: "pve2".into(),
+                lines: vec!["a".into(), "Setting up".into()],
+            }],
+        };
+        let text = status_out(&resp, Format::Text).unwrap();
+        assert!(
+            text.starts_with(
+                "rollout rollout-1: halted at pve2 (gate EspHoldsKernel): sda2 lacks the kernel\n\
+                 window: Sat 02:00-05:00 UTC (outside: waiting)\nmax-unavailable: 1\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("pve2  AwaitReturn  rollout-1/pve2/reboot/1  6.8.12-4-pve"),
+            "{text}"
+        );
+        assert!(text.ends_with("pve2> Setting up\n"), "{text}");
+
+        let v: Value = serde_json::from_str(&status_out(&resp, Format::Json).unwrap()).unwrap();
+        assert_eq!(v["rollout"]["status"], "halted");
+        assert_eq!(v["rollout"]["halt"]["gate"], "esp-holds-kernel");
+        assert_eq!(v["rollout"]["nodes"][1]["phase"], "await-return");
+        assert_eq!(v["rollout"]["nodes"][1]["attempts"], json!({"reboot": 1}));
+        assert_eq!(v["rollout"]["reboot"], "if-needed");
+        assert_eq!(
+            v["events"][0],
+            json!({"time_unix_ms": 5, "event": "phase", "node": "pve2", "phase": "await-return"})
+        );
+        assert_eq!(v["output"]["pve2"][1], "Setting up");
+        assert!(!unfinished(resp.rollout.as_ref()));
+    }
+
+    #[test]
+    fn list_shows_done_nodes() {
+        let text = list_out(&[rollout()], Format::Text);
+        assert!(
+            text.lines()
+                .nth(1)
+                .unwrap()
+                .starts_with("rollout-1  1970-01-01T00:00:00Z  halted  1/2   admin"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn plan_text_and_json() {
+        let d = api::RolloutPlanResponse {
+            id: "rollout-9".into(),
+            max_unavailable: 1,
+            reboot: api::RebootPolicy::Always.into(),
+            controller_host: Some("pve2".into()),
+            nodes: vec![api::RolloutNodePlan {
+                name: "pve1".into(),
+                position: 1,
+                gate_ok: false,
+                gate_failure: "no quorum".into(),
+                steps: vec!["preflight gate".into()],
+                packages: vec![api::PackageUpgrade {
+                    package: "proxmox-ve".into(),
+                    installed: "8.1".into(),
+                    candidate: "8.2".into(),
+                }],
+                reboot: true,
+                next_kernel: None,
+                guests: vec![api::RolloutGuestPlan {
+                    vmid: 100,
+                    name: Some("web".into()),
+                    what: "keeps running".into(),
+                }],
+                downtime_secs: 61,
+            }],
+            blocked: vec!["pve1".into()],
+        };
+        let text = plan_text(&d);
+        assert!(
+            text.starts_with(
+                "rolling update plan: 1 node(s), max-unavailable 1, reboot Always\n\
+             the controller's own node pve2 goes last\n\n\
+             1. pve1  gate: FAILS (no quorum)  reboot: yes  kernel after: -  downtime ~2 min\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("     proxmox-ve 8.1 -> 8.2\n"), "{text}");
+        assert!(
+            text.contains("   guest 100 (web): keeps running\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("blocked now: pve1 (a rollout would halt there)\n"));
+        let v = plan_json(&d);
+        assert_eq!(v["reboot"], "always");
+        assert_eq!(v["nodes"][0]["gate_ok"], false);
+        assert_eq!(v["nodes"][0]["gate_failure"], "no quorum");
+        assert_eq!(v["nodes"][0]["packages"][0]["package"], "proxmox-ve");
+    }
 }

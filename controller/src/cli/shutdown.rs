@@ -1,5 +1,6 @@
 //! `fleetward shutdown plan|start|status|cancel`, `fleetward startup` and
-//! `fleetward power-event on-battery|restored`: a client of `ShutdownService`.
+//! `fleetward power-event on-battery|restored`: a client of `ShutdownService`. Renders its
+//! typed messages; knows nothing of the controller's internals.
 
 use std::io::{BufRead, Write};
 use std::time::Duration;
@@ -10,10 +11,8 @@ use serde_json::{json, Value};
 use tonic::transport::Channel;
 
 use super::conn::{self, Creds};
-use super::output::{rfc3339, table};
+use super::output::{enum_name, rfc3339, table};
 use super::{parse_ttl, CliError, ClientOpts, Format, OptsOnly};
-use crate::orchestrate::shutdown::{stage_word, Shutdown};
-use crate::shutdown::{Outcome, Stage};
 
 #[derive(Debug, Subcommand)]
 pub enum ShutdownCmd {
@@ -107,10 +106,6 @@ fn json_text(v: &Value) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default() + "\n"
 }
 
-fn unreadable(e: serde_json::Error) -> CliError {
-    CliError::Failed(format!("the controller sent an unreadable shutdown: {e}"))
-}
-
 /// `fleetward shutdown …`.
 pub(super) async fn shutdown(
     cmd: &ShutdownCmd,
@@ -122,23 +117,22 @@ pub(super) async fn shutdown(
         ShutdownCmd::Plan(p) => {
             let resp = c.plan(plan_request(p)).await?.into_inner();
             Ok(match fmt {
-                Format::Json => {
-                    json_text(&serde_json::from_str(&resp.plan_json).map_err(unreadable)?)
-                }
+                Format::Json => json_text(&plan_json(&resp)),
                 Format::Text => resp.summary.join("\n") + "\n",
             })
         }
         ShutdownCmd::Start { plan, yes } => {
             let resp = c.plan(plan_request(plan)).await?.into_inner();
-            let shown: Value = serde_json::from_str(&resp.plan_json).map_err(unreadable)?;
             let summary = resp.summary.join("\n") + "\n";
             if !yes {
                 confirm(&summary)?;
             }
             let mut req = plan_request(plan);
-            req.reviewed_steps_json = shown["steps"].to_string();
+            req.reviewed = Some(api::ReviewedSteps {
+                steps: resp.plan.map(|p| p.steps).unwrap_or_default(),
+            });
             let st = c.start(req).await?.into_inner();
-            let out = render_status(&st, fmt)?;
+            let out = render_status(&st, fmt);
             Ok(match fmt {
                 Format::Text if *yes => format!("{summary}\n{out}"),
                 _ => out,
@@ -147,15 +141,15 @@ pub(super) async fn shutdown(
         ShutdownCmd::Status { watch, .. } => {
             let req = || api::ShutdownStatusRequest { id: String::new() };
             if !watch {
-                return render_status(&c.status(req()).await?.into_inner(), fmt);
+                return Ok(render_status(&c.status(req()).await?.into_inner(), fmt));
             }
             let mut last = String::new();
             loop {
                 let st = c.status(req()).await?.into_inner();
                 let out = match fmt {
                     // One JSON document per line, one line per change.
-                    Format::Json => status_json(&st)?.to_string() + "\n",
-                    Format::Text => render_status(&st, fmt)? + "\n",
+                    Format::Json => status_json(&st).to_string() + "\n",
+                    Format::Text => render_status(&st, fmt) + "\n",
                 };
                 if out != last {
                     let mut stdout = std::io::stdout().lock();
@@ -163,8 +157,9 @@ pub(super) async fn shutdown(
                     let _ = stdout.flush();
                     last = out;
                 }
-                let stage = parse_state(&st)?.map(|s| s.state.stage);
-                if matches!(stage, None | Some(Stage::Down | Stage::Finished)) {
+                let stage = st.shutdown.as_ref().and_then(|s| s.stage).map(|s| s.kind());
+                use api::ShutdownStageKind as K;
+                if matches!(stage, None | Some(K::Down | K::Finished)) {
                     return Ok(String::new());
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -175,7 +170,7 @@ pub(super) async fn shutdown(
                 .cancel(api::ShutdownControlRequest { id: String::new() })
                 .await?
                 .into_inner();
-            render_status(&st, fmt)
+            Ok(render_status(&st, fmt))
         }
     }
 }
@@ -187,7 +182,7 @@ pub(super) async fn startup(creds: &Creds, fmt: Format) -> Result<String, CliErr
         .startup(api::ShutdownControlRequest { id: String::new() })
         .await?
         .into_inner();
-    render_status(&st, fmt)
+    Ok(render_status(&st, fmt))
 }
 
 /// `fleetward power-event …`.
@@ -198,23 +193,23 @@ pub(super) async fn power_event(
 ) -> Result<String, CliError> {
     let req = match cmd {
         PowerEventCmd::OnBattery { runtime, .. } => api::PowerEventRequest {
-            event: "on-battery".into(),
+            event: api::PowerEvent::OnBattery.into(),
             runtime_secs: *runtime,
         },
         PowerEventCmd::Restored(_) => api::PowerEventRequest {
-            event: "restored".into(),
+            event: api::PowerEvent::Restored.into(),
             runtime_secs: 0,
         },
     };
     let st = client(creds).await?.power_event(req).await?.into_inner();
-    render_status(&st, fmt)
+    Ok(render_status(&st, fmt))
 }
 
 fn plan_request(p: &PlanArgs) -> api::ShutdownPlanRequest {
     api::ShutdownPlanRequest {
         reason: p.reason.clone().unwrap_or_default(),
         deadline_secs: p.deadline.unwrap_or(0),
-        reviewed_steps_json: String::new(),
+        reviewed: None,
     }
 }
 
@@ -238,106 +233,300 @@ fn confirm(summary: &str) -> Result<(), CliError> {
     }
 }
 
-fn parse_state(st: &api::ShutdownStatusResponse) -> Result<Option<Shutdown>, CliError> {
-    if st.state_json.is_empty() {
-        return Ok(None);
+/// A stage in words: `stop-guests 2`, `power-off tier 1`, `down`.
+fn stage_word(s: Option<&api::ShutdownStage>) -> String {
+    use api::ShutdownStageKind as K;
+    let Some(s) = s else {
+        return "unknown".into();
+    };
+    let name = enum_name(s.kind().as_str_name(), "SHUTDOWN_STAGE_KIND_");
+    match s.kind() {
+        K::StopGuests | K::StartGuests => format!("{name} {}", u64::from(s.index) + 1),
+        K::PowerOff => format!("{name} tier {}", u64::from(s.index) + 1),
+        _ => name,
     }
-    serde_json::from_str(&st.state_json)
-        .map(Some)
-        .map_err(unreadable)
 }
 
-fn status_json(st: &api::ShutdownStatusResponse) -> Result<Value, CliError> {
-    let state: Value = if st.state_json.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&st.state_json).map_err(unreadable)?
+/// A stage as JSON: `{"stage": "power-off", "tier": 0}`, `{"stage": "down"}`.
+fn stage_json(s: Option<&api::ShutdownStage>) -> Value {
+    use api::ShutdownStageKind as K;
+    let Some(s) = s else {
+        return Value::Null;
     };
-    let events: Value = serde_json::from_str(&st.events_json).unwrap_or(Value::Array(vec![]));
-    Ok(json!({"message": st.message, "state": state, "events": events}))
+    let name = enum_name(s.kind().as_str_name(), "SHUTDOWN_STAGE_KIND_");
+    match s.kind() {
+        K::StopGuests | K::StartGuests => json!({"stage": name, "group": s.index}),
+        K::PowerOff => json!({"stage": name, "tier": s.index}),
+        _ => json!({"stage": name}),
+    }
+}
+
+/// An action's canonical JSON as a value (a string if it is not JSON).
+fn action_value(action_json: &str) -> Value {
+    serde_json::from_str(action_json).unwrap_or_else(|_| json!(action_json))
+}
+
+/// The plan as JSON: `{plan, steps, schedule, summary}`.
+fn plan_json(resp: &api::ShutdownPlanResponse) -> Value {
+    let Some(p) = &resp.plan else {
+        return json!({"plan": null, "steps": [], "schedule": null, "summary": resp.summary});
+    };
+    let guests: Vec<Value> = p
+        .guests
+        .iter()
+        .map(|g| {
+            json!({
+                "node": g.node,
+                "vmid": g.vmid,
+                "kind": enum_name(g.kind().as_str_name(), "GUEST_KIND_"),
+                "running": g.running,
+                "onboot": g.onboot,
+                "order": g.order,
+                "up_secs": g.up_secs,
+                "timeout_secs": g.timeout_secs,
+                "ha": g.ha,
+            })
+        })
+        .collect();
+    let steps: Vec<Value> = p
+        .steps
+        .iter()
+        .map(|s| {
+            json!({
+                "stage": stage_json(s.stage.as_ref()),
+                "node": s.node,
+                "step": s.step,
+                "action": action_value(&s.action_json),
+            })
+        })
+        .collect();
+    let schedule = p.schedule.as_ref().map(|s| {
+        json!({
+            "start_unix_ms": s.start_unix_ms,
+            "forced": s.forced,
+            "fits": s.fits,
+            "guest_ms": s.guest_ms,
+            "flag_ms": s.flag_ms,
+            "tier_ms": s.tier_ms,
+            "guests_end_unix_ms": s.guests_end_unix_ms,
+            "ha_end_unix_ms": s.ha_end_unix_ms,
+            "noout_end_unix_ms": s.noout_end_unix_ms,
+            "tier_end_unix_ms": s.tier_end_unix_ms,
+            "expected_ms": s.expected_ms,
+        })
+    });
+    json!({
+        "plan": {
+            "id": p.id,
+            "reason": p.reason,
+            "created_unix_ms": p.created_unix_ms,
+            "deadline_unix_ms": p.deadline_unix_ms,
+            "controller_host": p.controller_host,
+            "ha": {
+                "mode": enum_name(p.ha_mode().as_str_name(), "HA_MODE_"),
+                "nodes": p.ha_nodes,
+            },
+            "noout": p.noout,
+            "tiers": p.tiers.iter().map(|t| &t.nodes).collect::<Vec<_>>(),
+            "guests": guests,
+            "osd_nodes": p.osd_nodes,
+            "offline": p.offline,
+        },
+        "steps": steps,
+        "schedule": schedule,
+        "summary": resp.summary,
+    })
+}
+
+fn outcome_word(o: api::SendOutcome) -> String {
+    match o {
+        api::SendOutcome::Failed => "FAILED".into(),
+        o => enum_name(o.as_str_name(), "SEND_OUTCOME_"),
+    }
+}
+
+fn up_reason_name(r: api::UpReason) -> Option<String> {
+    (r != api::UpReason::Unspecified).then(|| enum_name(r.as_str_name(), "UP_REASON_"))
+}
+
+fn shutdown_json(s: &api::Shutdown) -> Value {
+    let sent: Vec<Value> = s
+        .sent
+        .iter()
+        .map(|x| {
+            json!({
+                "command_id": x.command_id,
+                "node": x.node,
+                "step": x.step,
+                "attempt": x.attempt,
+                "outcome": enum_name(x.outcome().as_str_name(), "SEND_OUTCOME_"),
+                "action": action_value(&x.action_json),
+            })
+        })
+        .collect();
+    json!({
+        "id": s.id,
+        "reason": s.reason,
+        "actor": s.actor,
+        "created_unix_ms": s.created_unix_ms,
+        "deadline_unix_ms": s.deadline_unix_ms,
+        "stage": stage_json(s.stage.as_ref()),
+        "no_return": s.no_return,
+        "forced": s.forced,
+        "up_reason": up_reason_name(s.up_reason()),
+        "missing": s.missing,
+        "sent": sent,
+        "stage_deadline_unix_ms": s.stage_deadline_unix_ms,
+        "updated_unix_ms": s.updated_unix_ms,
+    })
+}
+
+/// An event as JSON: `{time_unix_ms, event, …the fields its kind uses}`.
+fn event_json(e: &api::ShutdownEvent) -> Value {
+    use api::ShutdownEventKind as K;
+    let kind = match e.kind() {
+        K::Unspecified => "unknown".to_string(),
+        k => enum_name(k.as_str_name(), "SHUTDOWN_EVENT_KIND_"),
+    };
+    let mut v = json!({"time_unix_ms": e.time_unix_ms, "event": kind});
+    if e.kind() == K::Started {
+        v["forced"] = json!(e.forced);
+    }
+    if e.kind() == K::ActionFailed {
+        v["retrying"] = json!(e.retrying);
+    }
+    if let Some(s) = &e.stage {
+        v["stage"] = stage_json(Some(s));
+    }
+    let texts = [
+        ("node", &e.node),
+        ("output", &e.output),
+        ("reason", &e.reason),
+    ];
+    for (k, t) in texts {
+        if !t.is_empty() {
+            v[k] = json!(t);
+        }
+    }
+    if let Some(r) = up_reason_name(e.up_reason()) {
+        v["up_reason"] = json!(r);
+    }
+    if !e.command_ids.is_empty() {
+        v["command_ids"] = json!(e.command_ids);
+    }
+    if !e.nodes.is_empty() {
+        v["nodes"] = json!(e.nodes);
+    }
+    if !e.vmids.is_empty() {
+        v["vmids"] = json!(e.vmids);
+    }
+    v
+}
+
+/// An event in words for the text status.
+fn event_text(e: &api::ShutdownEvent) -> String {
+    use api::ShutdownEventKind as K;
+    let kind = match e.kind() {
+        K::Unspecified => "unknown".to_string(),
+        k => enum_name(k.as_str_name(), "SHUTDOWN_EVENT_KIND_"),
+    };
+    let mut parts = vec![kind];
+    if e.stage.is_some() {
+        parts.push(stage_word(e.stage.as_ref()));
+    }
+    if e.kind() == K::Started && e.forced {
+        parts.push("(forced stops)".into());
+    }
+    if let Some(r) = up_reason_name(e.up_reason()) {
+        parts.push(r);
+    }
+    if !e.node.is_empty() {
+        parts.push(e.node.clone());
+    }
+    if !e.nodes.is_empty() {
+        parts.push(e.nodes.join(", "));
+    }
+    if !e.vmids.is_empty() {
+        let vmids: Vec<String> = e.vmids.iter().map(u32::to_string).collect();
+        parts.push(format!("vmids {}", vmids.join(", ")));
+    }
+    if !e.command_ids.is_empty() {
+        parts.push(e.command_ids.join(", "));
+    }
+    if e.kind() == K::ActionFailed {
+        parts.push(
+            if e.retrying {
+                "(retrying)"
+            } else {
+                "(given up)"
+            }
+            .into(),
+        );
+    }
+    for t in [&e.reason, &e.output] {
+        if !t.is_empty() {
+            parts.push(format!(": {t}"));
+        }
+    }
+    parts.join(" ")
+}
+
+fn status_json(st: &api::ShutdownStatusResponse) -> Value {
+    json!({
+        "message": st.message,
+        "shutdown": st.shutdown.as_ref().map(shutdown_json),
+        "events": st.events.iter().map(event_json).collect::<Vec<_>>(),
+    })
 }
 
 /// A status response as text or JSON.
-fn render_status(st: &api::ShutdownStatusResponse, fmt: Format) -> Result<String, CliError> {
+fn render_status(st: &api::ShutdownStatusResponse, fmt: Format) -> String {
     if fmt == Format::Json {
-        return Ok(json_text(&status_json(st)?));
+        return json_text(&status_json(st));
     }
-    let Some(s) = parse_state(st)? else {
-        return Ok(format!("{}\n", st.message));
+    let Some(s) = &st.shutdown else {
+        return format!("{}\n", st.message);
     };
-    Ok(format!(
-        "{}\n{}",
-        st.message,
-        status_text(&s, &events_of(st))
-    ))
-}
-
-fn events_of(st: &api::ShutdownStatusResponse) -> Vec<(u64, Value)> {
-    let v: Value = serde_json::from_str(&st.events_json).unwrap_or(Value::Null);
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .map(|e| (e["time_ms"].as_u64().unwrap_or(0), e["event"].clone()))
-                .collect()
-        })
-        .unwrap_or_default()
+    format!("{}\n{}", st.message, status_text(s, &st.events))
 }
 
 /// How many of the newest events the text status shows.
 const EVENTS_SHOWN: usize = 12;
 
-fn ms_time(ms: u64) -> String {
-    rfc3339(i64::try_from(ms).unwrap_or(i64::MAX))
-}
-
 /// The text form of a shutdown: header, every action sent, the newest events.
-pub(super) fn status_text(s: &Shutdown, events: &[(u64, Value)]) -> String {
-    let st = &s.state;
-    let plan = &st.plan;
+fn status_text(s: &api::Shutdown, events: &[api::ShutdownEvent]) -> String {
     let mut out = format!(
         "shutdown {}{} started by {} at {}\nstage: {}  point of no return: {}",
-        plan.id,
-        plan.reason
+        s.id,
+        s.reason
             .as_deref()
             .map(|r| format!(" ({r})"))
             .unwrap_or_default(),
         s.actor,
-        ms_time(s.created_ms),
-        stage_word(st.stage),
-        if st.no_return {
-            "passed"
-        } else {
-            "not reached"
-        },
+        rfc3339(s.created_unix_ms),
+        stage_word(s.stage.as_ref()),
+        if s.no_return { "passed" } else { "not reached" },
     );
-    if let Some(d) = plan.deadline_ms {
-        let forced = st.schedule.as_ref().is_some_and(|s| s.forced);
+    if let Some(d) = s.deadline_unix_ms {
         out.push_str(&format!(
             "  deadline: {}{}",
-            ms_time(d),
-            if forced { " (forced stops)" } else { "" }
+            rfc3339(d),
+            if s.forced { " (forced stops)" } else { "" }
         ));
     }
     out.push('\n');
-    if !st.missing.is_empty() {
-        let missing: Vec<&str> = st.missing.iter().map(String::as_str).collect();
-        out.push_str(&format!("did not return: {}\n", missing.join(", ")));
+    if !s.missing.is_empty() {
+        out.push_str(&format!("did not return: {}\n", s.missing.join(", ")));
     }
-    let rows: Vec<Vec<String>> = st
+    let rows: Vec<Vec<String>> = s
         .sent
         .iter()
         .map(|x| {
             vec![
-                x.key.node.clone(),
-                x.key.step.clone(),
-                x.key.attempt.to_string(),
-                match x.outcome {
-                    Outcome::Pending => "pending",
-                    Outcome::Ok => "ok",
-                    Outcome::Failed => "FAILED",
-                    Outcome::Abandoned => "abandoned",
-                }
-                .to_string(),
+                x.node.clone(),
+                x.step.clone(),
+                x.attempt.to_string(),
+                outcome_word(x.outcome()),
             ]
         })
         .collect();
@@ -350,7 +539,7 @@ pub(super) fn status_text(s: &Shutdown, events: &[(u64, Value)]) -> String {
     let rows: Vec<Vec<String>> = events
         .iter()
         .skip(skip)
-        .map(|(t, e)| vec![ms_time(*t), e.to_string()])
+        .map(|e| vec![rfc3339(e.time_unix_ms), event_text(e)])
         .collect();
     if !rows.is_empty() {
         out.push('\n');
@@ -362,7 +551,6 @@ pub(super) fn status_text(s: &Shutdown, events: &[(u64, Value)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shutdown::{Config, NodeView, Plan, ShutdownState, ShutdownView};
 
     #[test]
     fn runtime_accepts_whole_and_fractional_seconds() {
@@ -373,35 +561,46 @@ mod tests {
         }
     }
 
+    fn stage(kind: api::ShutdownStageKind, index: u32) -> Option<api::ShutdownStage> {
+        Some(api::ShutdownStage {
+            kind: kind.into(),
+            index,
+        })
+    }
+
     #[test]
     fn status_text_shows_stage_actions_and_events() {
-        let mut view = ShutdownView::default();
-        view.nodes.insert(
-            "pve-01".into(),
-            NodeView {
-                online: true,
-                ..NodeView::default()
-            },
-        );
-        let cfg = Config {
+        let s = api::Shutdown {
+            id: "shutdown-1".into(),
             reason: Some("maintenance".into()),
-            ..Config::default()
-        };
-        let plan = Plan::new("shutdown-1", &view, &cfg, 0).unwrap();
-        let state = ShutdownState::new(plan);
-        let (state, _) =
-            crate::shutdown::step(&state, &crate::shutdown::Event::Start { now_ms: 5 }, &view);
-        let s = Shutdown {
-            state,
-            created_ms: 0,
             actor: "admin".into(),
+            stage: stage(api::ShutdownStageKind::DisarmHa, 0),
+            sent: vec![api::ShutdownSend {
+                command_id: "shutdown-1/pve-01/maintenance-on/1".into(),
+                node: "pve-01".into(),
+                step: "maintenance-on".into(),
+                attempt: 1,
+                outcome: api::SendOutcome::Pending.into(),
+                action_json: r#"{"action":"maintenance-on"}"#.into(),
+            }],
+            ..Default::default()
         };
-        let text = status_text(&s, &[(0, json!({"event": "started", "forced": false}))]);
+        let events = [
+            api::ShutdownEvent {
+                kind: api::ShutdownEventKind::Started.into(),
+                ..Default::default()
+            },
+            api::ShutdownEvent {
+                kind: api::ShutdownEventKind::Stage.into(),
+                stage: stage(api::ShutdownStageKind::PowerOff, 0),
+                ..Default::default()
+            },
+        ];
+        let text = status_text(&s, &events);
         assert!(
             text.contains("shutdown shutdown-1 (maintenance) started by admin"),
             "{text}"
         );
-        // One node and no host: HA maintenance mode comes first.
         assert!(
             text.contains("stage: disarm-ha  point of no return: not reached"),
             "{text}"
@@ -410,6 +609,61 @@ mod tests {
             text.contains("pve-01  maintenance-on  1        pending"),
             "{text}"
         );
-        assert!(text.contains("\"started\""), "{text}");
+        assert!(text.contains("  started\n"), "{text}");
+        assert!(text.contains("  stage power-off tier 1\n"), "{text}");
+
+        let st = api::ShutdownStatusResponse {
+            message: "ok".into(),
+            shutdown: Some(s),
+            events: events.to_vec(),
+        };
+        let v = status_json(&st);
+        assert_eq!(v["shutdown"]["stage"], json!({"stage": "disarm-ha"}));
+        assert_eq!(v["shutdown"]["sent"][0]["outcome"], "pending");
+        assert_eq!(
+            v["shutdown"]["sent"][0]["action"]["action"],
+            "maintenance-on"
+        );
+        assert_eq!(
+            v["events"][0],
+            json!({"time_unix_ms": 0, "event": "started", "forced": false})
+        );
+        assert_eq!(
+            v["events"][1]["stage"],
+            json!({"stage": "power-off", "tier": 0})
+        );
+    }
+
+    #[test]
+    fn plan_json_keeps_steps_with_their_actions() {
+        let resp = api::ShutdownPlanResponse {
+            summary: vec!["Shutdown plan shutdown-1".into()],
+            plan: Some(api::ShutdownPlan {
+                id: "shutdown-1".into(),
+                ha_mode: api::HaMode::Disarm.into(),
+                ha_nodes: vec!["pve-01".into()],
+                tiers: vec![api::PowerOffTier {
+                    nodes: vec!["pve-01".into()],
+                }],
+                steps: vec![api::ShutdownPlanStep {
+                    stage: stage(api::ShutdownStageKind::StopGuests, 0),
+                    node: "pve-01".into(),
+                    step: "guest-stop-100".into(),
+                    action_json: r#"{"action":"guest-stop","vmid":100}"#.into(),
+                }],
+                ..Default::default()
+            }),
+        };
+        let v = plan_json(&resp);
+        assert_eq!(
+            v["plan"]["ha"],
+            json!({"mode": "disarm", "nodes": ["pve-01"]})
+        );
+        assert_eq!(v["plan"]["tiers"], json!([["pve-01"]]));
+        assert_eq!(
+            v["steps"][0]["stage"],
+            json!({"stage": "stop-guests", "group": 0})
+        );
+        assert_eq!(v["steps"][0]["action"]["vmid"], 100);
     }
 }

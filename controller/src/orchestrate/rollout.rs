@@ -9,7 +9,7 @@ use super::{Effect, Handle, Machine};
 use crate::config::{NonHaGuests, RolloutConfig};
 use crate::operation::{Key, Wake};
 use crate::rollout::{
-    self, node_view, ClusterView, Command, Event, Notice, Phase, RebootPolicy, RolloutState, Status,
+    self, node_view, ClusterView, Command, Event, Notice, Phase, RolloutState, Status,
 };
 use crate::server::{now_ms, Controller};
 use crate::window::Window;
@@ -277,17 +277,5 @@ pub fn status_word(s: &Status) -> &'static str {
         Status::Halted { .. } => "halted",
         Status::Aborted => "aborted",
         Status::Completed => "completed",
-    }
-}
-
-/// Parses `--reboot`.
-pub fn reboot_policy(s: &str) -> Result<RebootPolicy, String> {
-    match s {
-        "" | "if-needed" => Ok(RebootPolicy::IfNeeded),
-        "always" => Ok(RebootPolicy::Always),
-        "never" => Ok(RebootPolicy::Never),
-        other => Err(format!(
-            "unknown reboot policy {other:?} (if-needed, always, never)"
-        )),
     }
 }
