@@ -1428,7 +1428,7 @@ impl OperatorService for OperatorApi {
             refresh_lists(ctl, &caller, &plan_nodes(ctl, &r.nodes)?).await?;
         }
         let plan = rollout_plan(ctl, &r)?;
-        let view = crate::orchestrate::rollout::cluster_view(ctl);
+        let view = crate::orchestrate::rollout::cluster_view(ctl, &Default::default());
         let latest: Vec<(String, Arc<Report>)> = plan
             .nodes
             .iter()

@@ -28,7 +28,7 @@ pub mod refresh;
 pub mod rollout;
 pub mod shutdown;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -102,7 +102,10 @@ pub trait Machine: Send + 'static {
     fn expected_online(&self, r: &Self::Record, ctl: &Controller) -> Vec<String>;
     /// How long a restarted driver waits for [`Machine::expected_online`].
     fn recover_grace_ms(&self, r: &Self::Record) -> u64;
-    fn view(&self, ctl: &Controller) -> Self::View;
+    /// The machine's view now. `reconnecting`: nodes whose session ended less than
+    /// [`OFFLINE_GRACE_MS`] ago (a machine that halts on an offline node may count them
+    /// as online until the grace is over).
+    fn view(&self, ctl: &Controller, reconnecting: &BTreeSet<String>) -> Self::View;
     /// One pure step.
     fn step(
         &self,
@@ -462,13 +465,12 @@ impl<M: Machine> Driver<M> {
                 Wake::Recovered
             }
             AgentEventKind::Disconnected => {
-                if self.ctl.is_online(&node) {
-                    return; // replaced by a newer session
+                // Unless a newer session replaced it, the machine hears of it after the
+                // grace (`on_tick`), or sees it offline on a later step once it is over.
+                if !self.ctl.is_online(&node) {
+                    self.offline_since.entry(node).or_insert_with(now_ms);
                 }
-                self.offline_since
-                    .entry(node.clone())
-                    .or_insert_with(now_ms);
-                Wake::NodeChanged { node }
+                return;
             }
             AgentEventKind::CommandAck { .. } => return,
             AgentEventKind::CommandOutput { id, line } => {
@@ -631,9 +633,15 @@ impl<M: Machine> Driver<M> {
         let Some(current) = self.active.as_ref() else {
             return Ok(Vec::new());
         };
-        let view = self.machine.view(&self.ctl);
-        let (next, effects) = self.machine.step(current, &event, &view);
         let now = now_ms();
+        let reconnecting: BTreeSet<String> = self
+            .offline_since
+            .iter()
+            .filter(|(_, since)| now.saturating_sub(**since) < OFFLINE_GRACE_MS)
+            .map(|(n, _)| n.clone())
+            .collect();
+        let view = self.machine.view(&self.ctl, &reconnecting);
+        let (next, effects) = self.machine.step(current, &event, &view);
         let notices: Vec<M::Notice> = effects
             .iter()
             .filter_map(|e| match e {

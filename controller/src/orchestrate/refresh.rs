@@ -1,6 +1,7 @@
 //! Package list refreshes on the one driver ([`super`]): the [`crate::refresh`] machine
 //! with its view (each node's session and latest report seq).
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -71,7 +72,7 @@ impl Machine for RefreshMachine {
     fn recover_grace_ms(&self, r: &RefreshState) -> u64 {
         r.timeout_ms
     }
-    fn view(&self, ctl: &Controller) -> View {
+    fn view(&self, ctl: &Controller, _reconnecting: &BTreeSet<String>) -> View {
         ctl.store()
             .list_nodes()
             .unwrap_or_default()

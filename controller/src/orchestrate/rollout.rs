@@ -1,6 +1,7 @@
 //! Rolling updates on the one driver ([`super`]): the rollout machine ([`crate::rollout`])
 //! with its journal record, its view of the cluster, and its maintenance window.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -63,7 +64,9 @@ pub fn spawn(ctl: std::sync::Arc<Controller>) -> Rollouts {
 }
 
 /// The cluster as the controller sees it now: every enrolled, not revoked node.
-pub fn cluster_view(ctl: &Controller) -> ClusterView {
+/// `reconnecting`: nodes whose session ended less than the driver's offline grace ago;
+/// they count as online until the grace is over (the machine then hears `NodeOffline`).
+pub fn cluster_view(ctl: &Controller, reconnecting: &BTreeSet<String>) -> ClusterView {
     let now = now_ms();
     let mut view = ClusterView::default();
     for rec in ctl.store().list_nodes().unwrap_or_default() {
@@ -74,7 +77,7 @@ pub fn cluster_view(ctl: &Controller) -> ClusterView {
         let age = ctl.last_seen_ms(&rec).map(|t| now.saturating_sub(t));
         let nv = node_view(
             latest.as_ref().map(|(r, _)| r.as_ref()),
-            ctl.is_online(&rec.name),
+            ctl.is_online(&rec.name) || reconnecting.contains(&rec.name),
             age,
             latest.as_ref().map_or(0, |(_, seq)| *seq),
         );
@@ -206,8 +209,8 @@ impl Machine for RolloutMachine {
         r.state.plan.timeouts.max_silence_ms
     }
 
-    fn view(&self, ctl: &Controller) -> ClusterView {
-        cluster_view(ctl)
+    fn view(&self, ctl: &Controller, reconnecting: &BTreeSet<String>) -> ClusterView {
+        cluster_view(ctl, reconnecting)
     }
 
     fn step(&self, r: &Rollout, ev: &Event, view: &ClusterView) -> (Rollout, Vec<Effect<Notice>>) {

@@ -13,6 +13,7 @@
 //! leave that unknown today, so on real nodes `auto` means maintenance mode; simulated
 //! nodes report it and get the disarm path.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -259,7 +260,7 @@ impl Machine for ShutdownMachine {
         self.recover_grace_ms
     }
 
-    fn view(&self, ctl: &Controller) -> ShutdownView {
+    fn view(&self, ctl: &Controller, _reconnecting: &BTreeSet<String>) -> ShutdownView {
         view(ctl)
     }
 
