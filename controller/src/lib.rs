@@ -7,7 +7,6 @@
 //! later issues.
 #![forbid(unsafe_code)]
 
-pub mod blobs;
 pub mod cli;
 pub mod config;
 pub mod demo;
@@ -18,7 +17,6 @@ pub mod metrics;
 pub mod orchestrate;
 pub mod orchestrate_shutdown;
 pub mod paths;
-pub mod report_log;
 pub mod rollout;
 pub mod serve;
 pub mod server;
