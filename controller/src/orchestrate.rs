@@ -21,13 +21,14 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use crate::clock::now_ms;
 use crate::config::{NonHaGuests, RolloutConfig};
 use crate::events::{AgentEvent, AgentEventKind};
 use crate::rollout::{
     self, node_view, ClusterView, Command, Event, IdempotencyKey, Notice, Plan, RebootPolicy,
     RolloutState, Status, Timeouts,
 };
-use crate::server::{now_ms, Controller};
+use crate::state::Controller;
 use crate::store::OpEvent;
 use crate::window::Window;
 use fleetward_proto::action::{Action as AgentAction, ActionRequest};

@@ -38,13 +38,14 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::clock::now_ms;
 use crate::config::{Config as ControllerConfig, HaMode};
 use crate::events::{AgentEvent, AgentEventKind};
-use crate::server::{now_ms, Controller};
 use crate::shutdown::{
     self, Command, Event, GuestView, Key, NodeView, Notice, Plan, ShutdownState, ShutdownView,
     Stage, UpReason,
 };
+use crate::state::Controller;
 use crate::store::OpEvent;
 use fleetward_proto::action::ActionRequest;
 use fleetward_proto::{api, GuestState, Report};

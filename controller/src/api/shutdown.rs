@@ -1,24 +1,46 @@
 //! `ShutdownService`: the operator API of the coordinated shutdown and startup. Operator
-//! certificates only ([`Controller::authorize`]); every call that changes something writes
+//! certificates only (the authorization layer); every call that changes something writes
 //! the audit log before it asks the driver ([`crate::orchestrate_shutdown`]) to act.
 
 use std::sync::Arc;
 
-use fleetward_pki::Role;
-use fleetward_proto::api::{self, shutdown_service_server::ShutdownService};
+use fleetward_proto::api::{
+    self, shutdown_service_server::ShutdownService, shutdown_service_server::ShutdownServiceServer,
+};
 use serde_json::json;
 use tonic::{Request, Response, Status};
 
-use crate::orchestrate_shutdown::{self as driver, stage_word, Shutdown, SHUTDOWN_PREFIX};
-use crate::server::{now_ms, Controller};
+use super::{internal, Authorized};
+use crate::clock::now_ms;
+use crate::orchestrate_shutdown::{
+    self as driver, stage_word, Shutdown, Shutdowns, SHUTDOWN_PREFIX,
+};
 use crate::shutdown::{step_name, Event, Notice, Plan, PlanStep, Schedule};
+use crate::state::{Caller, Controller};
 
-/// The service; registered by `serve` next to the operator service.
-pub struct ShutdownApi(pub Arc<Controller>);
+/// The service: the controller's state and the shutdown driver's handle.
+pub struct ShutdownApi {
+    ctl: Arc<Controller>,
+    shutdowns: Shutdowns,
+}
 
-fn internal(e: impl std::fmt::Display) -> Status {
-    tracing::error!(error = %e, "internal error");
-    Status::internal(e.to_string())
+impl ShutdownApi {
+    /// The service behind the authorization layer, decoding messages up to `max_message`
+    /// bytes.
+    pub fn server(
+        ctl: Arc<Controller>,
+        shutdowns: Shutdowns,
+        max_message: usize,
+    ) -> Authorized<ShutdownServiceServer<ShutdownApi>> {
+        let api = ShutdownApi {
+            ctl: ctl.clone(),
+            shutdowns,
+        };
+        Authorized::new(
+            ctl,
+            ShutdownServiceServer::new(api).max_decoding_message_size(max_message),
+        )
+    }
 }
 
 /// The reason a UPS-started shutdown carries (the audit log names the calling operator).
@@ -103,11 +125,11 @@ fn status(
 
 /// One round trip to the driver: the request it builds around the reply channel.
 async fn ask<T>(
-    ctl: &Controller,
+    shutdowns: &Shutdowns,
     request: impl FnOnce(tokio::sync::oneshot::Sender<Result<T, String>>) -> driver::Request,
 ) -> Result<T, Status> {
     let (reply, rx) = tokio::sync::oneshot::channel();
-    ctl.shutdowns()?
+    shutdowns
         .request(request(reply))
         .await
         .map_err(Status::unavailable)?;
@@ -117,9 +139,9 @@ async fn ask<T>(
 }
 
 /// Asks the driver to start `plan`.
-async fn start(ctl: &Controller, plan: Plan, actor: &str) -> Result<Shutdown, Status> {
+async fn start(shutdowns: &Shutdowns, plan: Plan, actor: &str) -> Result<Shutdown, Status> {
     let actor = actor.to_string();
-    ask(ctl, |reply| driver::Request::Start {
+    ask(shutdowns, |reply| driver::Request::Start {
         plan: Box::new(plan),
         actor,
         reply,
@@ -129,18 +151,24 @@ async fn start(ctl: &Controller, plan: Plan, actor: &str) -> Result<Shutdown, St
 
 /// Asks the driver to step `event` on the active shutdown.
 async fn control(
-    ctl: &Controller,
+    shutdowns: &Shutdowns,
     id: &str,
     event: Event,
 ) -> Result<(Shutdown, Vec<Notice>), Status> {
     let id = (!id.is_empty()).then(|| id.to_string());
-    ask(ctl, |reply| driver::Request::Control { id, event, reply }).await
+    ask(shutdowns, |reply| driver::Request::Control {
+        id,
+        event,
+        reply,
+    })
+    .await
 }
 
 /// An operator's `event` on shutdown `id` (or the newest): audited as `action` first, and
 /// refused (with the machine's reason) when the machine refuses it.
 async fn audited_control(
     ctl: &Controller,
+    shutdowns: &Shutdowns,
     actor: &str,
     id: &str,
     action: &str,
@@ -151,7 +179,7 @@ async fn audited_control(
         .map(|s| s.id().to_string())
         .ok_or_else(|| Status::failed_precondition(missing))?;
     ctl.audit(actor, action, &target, String::new())?;
-    let (s, notices) = control(ctl, id, event).await?;
+    let (s, notices) = control(shutdowns, id, event).await?;
     match refused(&notices) {
         Some(reason) => Err(Status::failed_precondition(reason)),
         None => Ok(s),
@@ -171,8 +199,8 @@ impl ShutdownService for ShutdownApi {
         &self,
         req: Request<api::ShutdownPlanRequest>,
     ) -> Result<Response<api::ShutdownPlanResponse>, Status> {
-        let ctl = &self.0;
-        ctl.authorize(&req, Role::Operator)?;
+        let ctl = &self.ctl;
+        Caller::of(&req)?;
         let r = req.into_inner();
         let plan = build_plan(ctl, reason_of(&r.reason), r.deadline_secs)?;
         Ok(Response::new(api::ShutdownPlanResponse {
@@ -185,8 +213,8 @@ impl ShutdownService for ShutdownApi {
         &self,
         req: Request<api::ShutdownPlanRequest>,
     ) -> Result<Response<api::ShutdownStatusResponse>, Status> {
-        let ctl = &self.0;
-        let caller = ctl.authorize(&req, Role::Operator)?;
+        let ctl = &self.ctl;
+        let caller = Caller::of(&req)?.clone();
         let r = req.into_inner();
         let plan = build_plan(ctl, reason_of(&r.reason), r.deadline_secs)?;
         if !r.reviewed_steps_json.is_empty() {
@@ -210,7 +238,7 @@ impl ShutdownService for ShutdownApi {
             })
             .to_string(),
         )?;
-        let s = start(ctl, plan, &caller.identity.name).await?;
+        let s = start(&self.shutdowns, plan, &caller.identity.name).await?;
         status(ctl, Some(&s), format!("shutdown {} started", s.id()))
     }
 
@@ -218,8 +246,8 @@ impl ShutdownService for ShutdownApi {
         &self,
         req: Request<api::ShutdownStatusRequest>,
     ) -> Result<Response<api::ShutdownStatusResponse>, Status> {
-        let ctl = &self.0;
-        ctl.authorize(&req, Role::Operator)?;
+        let ctl = &self.ctl;
+        Caller::of(&req)?;
         let id = req.into_inner().id;
         match find(ctl, &id)? {
             Some(s) => {
@@ -234,12 +262,13 @@ impl ShutdownService for ShutdownApi {
         &self,
         req: Request<api::ShutdownControlRequest>,
     ) -> Result<Response<api::ShutdownStatusResponse>, Status> {
-        let ctl = &self.0;
-        let caller = ctl.authorize(&req, Role::Operator)?;
+        let ctl = &self.ctl;
+        let caller = Caller::of(&req)?.clone();
         let id = req.into_inner().id;
         let actor = &caller.identity.name;
         let s = audited_control(
             ctl,
+            &self.shutdowns,
             actor,
             &id,
             "shutdown.cancel",
@@ -262,13 +291,22 @@ impl ShutdownService for ShutdownApi {
         &self,
         req: Request<api::ShutdownControlRequest>,
     ) -> Result<Response<api::ShutdownStatusResponse>, Status> {
-        let ctl = &self.0;
-        let caller = ctl.authorize(&req, Role::Operator)?;
+        let ctl = &self.ctl;
+        let caller = Caller::of(&req)?.clone();
         let id = req.into_inner().id;
         let actor = &caller.identity.name;
         let event = Event::StartUp { now_ms: now_ms() };
         let missing = "there is no shutdown to start up from";
-        let s = audited_control(ctl, actor, &id, "shutdown.startup", missing, event).await?;
+        let s = audited_control(
+            ctl,
+            &self.shutdowns,
+            actor,
+            &id,
+            "shutdown.startup",
+            missing,
+            event,
+        )
+        .await?;
         status(
             ctl,
             Some(&s),
@@ -284,8 +322,8 @@ impl ShutdownService for ShutdownApi {
         &self,
         req: Request<api::PowerEventRequest>,
     ) -> Result<Response<api::ShutdownStatusResponse>, Status> {
-        let ctl = &self.0;
-        let caller = ctl.authorize(&req, Role::Operator)?;
+        let ctl = &self.ctl;
+        let caller = Caller::of(&req)?.clone();
         let r = req.into_inner();
         let current = find(ctl, "")?.filter(|s| !s.finished());
         match r.event.as_str() {
@@ -311,7 +349,7 @@ impl ShutdownService for ShutdownApi {
                     return status(ctl, Some(&s), msg);
                 }
                 let plan = build_plan(ctl, Some(ups_reason(r.runtime_secs)), r.runtime_secs)?;
-                let s = start(ctl, plan, &caller.identity.name).await?;
+                let s = start(&self.shutdowns, plan, &caller.identity.name).await?;
                 let msg = format!(
                     "shutdown {} started: the last node is due off within {} s",
                     s.id(),
@@ -337,7 +375,7 @@ impl ShutdownService for ShutdownApi {
                     );
                     return status(ctl, Some(&s), msg);
                 }
-                let (s, notices) = control(ctl, s.id(), Event::PowerRestored).await?;
+                let (s, notices) = control(&self.shutdowns, s.id(), Event::PowerRestored).await?;
                 let msg = match refused(&notices) {
                     Some(reason) => format!("power restored, but: {reason}"),
                     None => format!(

@@ -1,0 +1,858 @@
+//! `OperatorService`, called with operator certificates (the authorization layer lets no
+//! other through): nodes, findings, tokens, operators, audit, drift, policy, reports, and
+//! the rollout RPCs, which ask the rollout driver through its handle.
+
+use super::{internal, not_found, Authorized};
+use crate::clock::now_ms;
+use crate::fleet::{self, NodeView, Policy};
+use crate::orchestrate::Rollouts;
+use crate::state::{Caller, Controller, Kill, LoadedPolicy};
+use crate::store::{NodeRecord, StoreError};
+use fleetward_pki::{Identity, Role};
+use fleetward_proto::api::{
+    self, controller_message, operator_service_server::OperatorService,
+    operator_service_server::OperatorServiceServer, ControllerMessage,
+};
+use fleetward_proto::{Report, Severity};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::{Request, Response, Status};
+
+/// `OperatorService`: the controller's state and the rollout driver's handle.
+pub struct OperatorApi {
+    ctl: Arc<Controller>,
+    rollouts: Rollouts,
+}
+
+impl OperatorApi {
+    /// The service behind the authorization layer, decoding messages up to `max_message`
+    /// bytes.
+    pub fn server(
+        ctl: Arc<Controller>,
+        rollouts: Rollouts,
+        max_message: usize,
+    ) -> Authorized<OperatorServiceServer<OperatorApi>> {
+        let api = OperatorApi {
+            ctl: ctl.clone(),
+            rollouts,
+        };
+        Authorized::new(
+            ctl,
+            OperatorServiceServer::new(api).max_decoding_message_size(max_message),
+        )
+    }
+}
+
+/// The API view of a node: its record, session and latest report's finding counts.
+fn node_message(ctl: &Controller, rec: &NodeRecord, report: Option<&Report>) -> api::Node {
+    api::Node {
+        name: rec.name.clone(),
+        last_seen_unix_ms: ctl.last_seen_ms(rec).map(|v| v as i64),
+        session_state: if ctl.is_online(&rec.name) {
+            api::SessionState::Online
+        } else {
+            api::SessionState::Offline
+        } as i32,
+        finding_counts: Some(api::FindingCounts::from_findings(
+            report.map_or(&[][..], |r| &r.findings),
+        )),
+        cert_serial: rec.cert_serial.clone(),
+        cert_not_after_unix_ms: Some(rec.cert_not_after_ms as i64),
+        revoked: rec.revoked,
+        agent_version: rec.agent_version.clone().unwrap_or_default(),
+    }
+}
+
+#[tonic::async_trait]
+impl OperatorService for OperatorApi {
+    async fn list_nodes(
+        &self,
+        req: Request<api::ListNodesRequest>,
+    ) -> Result<Response<api::ListNodesResponse>, Status> {
+        let ctl = &self.ctl;
+        Caller::of(&req)?;
+        let mut nodes = Vec::new();
+        for rec in ctl.store().list_nodes().map_err(internal)? {
+            let report = ctl.latest(&rec.name).map(|(r, _)| r);
+            nodes.push(node_message(ctl, &rec, report.as_deref()));
+        }
+        Ok(Response::new(api::ListNodesResponse { nodes }))
+    }
+
+    async fn get_node(
+        &self,
+        req: Request<api::GetNodeRequest>,
+    ) -> Result<Response<api::GetNodeResponse>, Status> {
+        let ctl = &self.ctl;
+        Caller::of(&req)?;
+        let name = &req.get_ref().name;
+        let rec = ctl
+            .store()
+            .get_node(name)
+            .map_err(internal)?
+            .ok_or_else(|| not_found("node", name))?;
+        let report = ctl.store().latest_report(name).map_err(internal)?;
+        Ok(Response::new(api::GetNodeResponse {
+            node: Some(node_message(ctl, &rec, report.as_ref().map(|(_, r)| r))),
+            report_json: report
+                .as_ref()
+                .map(|(_, r)| fleetward_proto::report_json_bytes(r)),
+            report_received_unix_ms: report.map(|(t, _)| t as i64),
+        }))
+    }
+
+    async fn list_findings(
+        &self,
+        req: Request<api::ListFindingsRequest>,
+    ) -> Result<Response<api::ListFindingsResponse>, Status> {
+        let ctl = &self.ctl;
+        Caller::of(&req)?;
+        let r = req.into_inner();
+        let min = match r.min_severity.map(api::Severity::try_from) {
+            None | Some(Ok(api::Severity::Unspecified)) => Severity::Info,
+            Some(Ok(s)) => {
+                Severity::try_from(s).map_err(|e| Status::invalid_argument(e.to_string()))?
+            }
+            Some(Err(_)) => return Err(Status::invalid_argument("unknown severity")),
+        };
+        let now = now_ms();
+        let mut findings = Vec::new();
+        for rec in ctl.store().list_nodes().map_err(internal)? {
+            if r.node.as_ref().is_some_and(|n| *n != rec.name) {
+                continue;
+            }
+            let stale_after = ctl.config().stale_secs.saturating_mul(1000);
+            let seen = ctl.last_seen_ms(&rec);
+            if !rec.revoked
+                && seen.is_none_or(|t| now.saturating_sub(t) > stale_after)
+                && Severity::Warning >= min
+            {
+                findings.push(api::Finding {
+                    node: rec.name.clone(),
+                    code: "node.stale".into(),
+                    severity: api::Severity::Warning as i32,
+                    message: match seen {
+                        Some(t) => format!(
+                            "no report or heartbeat for {} s",
+                            now.saturating_sub(t) / 1000
+                        ),
+                        None => "never reported".into(),
+                    },
+                    path: None,
+                    line: None,
+                });
+            }
+            if let Some((report, _)) = ctl.latest(&rec.name) {
+                findings.extend(
+                    report
+                        .findings
+                        .iter()
+                        .filter(|f| f.severity >= min)
+                        .map(|f| api::Finding::from_report(&rec.name, f)),
+                );
+            }
+        }
+        findings.extend(
+            ctl.fleet_findings(None)
+                .iter()
+                .filter(|f| {
+                    f.finding.severity >= min && r.node.as_ref().is_none_or(|n| *n == f.node)
+                })
+                .map(|f| api::Finding::from_report(&f.node, &f.finding)),
+        );
+        Ok(Response::new(api::ListFindingsResponse { findings }))
+    }
+
+    async fn refresh_node(
+        &self,
+        req: Request<api::RefreshNodeRequest>,
+    ) -> Result<Response<api::RefreshNodeResponse>, Status> {
+        let ctl = &self.ctl;
+        let caller = Caller::of(&req)?.clone();
+        let name = &req.get_ref().name;
+        let tx = ctl
+            .session_sender(name)
+            .ok_or_else(|| Status::failed_precondition(format!("node {name} is not connected")))?;
+        let command_id = format!("refresh-{name}-{}-{}", now_ms(), ctl.next_id());
+        let cmd = api::Command {
+            command_id: command_id.clone(),
+            kind: Some(api::command::Kind::Refresh(api::command::Refresh {})),
+        };
+        tx.send(Ok(ControllerMessage::new(
+            controller_message::Kind::Command(cmd),
+        )))
+        .await
+        .map_err(|_| Status::unavailable(format!("node {name} disconnected")))?;
+        ctl.audit(
+            &caller.identity.name,
+            "node.refresh",
+            name,
+            command_id.clone(),
+        )?;
+        Ok(Response::new(api::RefreshNodeResponse { command_id }))
+    }
+
+    async fn revoke_node(
+        &self,
+        req: Request<api::RevokeNodeRequest>,
+    ) -> Result<Response<api::RevokeNodeResponse>, Status> {
+        let ctl = &self.ctl;
+        let caller = Caller::of(&req)?.clone();
+        let name = &req.get_ref().name;
+        let mut rec = ctl
+            .store()
+            .get_node(name)
+            .map_err(internal)?
+            .ok_or_else(|| not_found("node", name))?;
+        ctl.store()
+            .revoke_serial(&rec.cert_serial)
+            .map_err(internal)?;
+        rec.revoked = true;
+        ctl.store().upsert_node(&rec).map_err(internal)?;
+        ctl.kill_session(
+            name,
+            Kill {
+                revoked: true,
+                reason: "node revoked by an operator".into(),
+            },
+        );
+        ctl.audit(
+            &caller.identity.name,
+            "node.revoke",
+            name,
+            format!("certificate {}", rec.cert_serial),
+        )?;
+        Ok(Response::new(api::RevokeNodeResponse {}))
+    }
+
+    async fn create_token(
+        &self,
+        req: Request<api::CreateTokenRequest>,
+    ) -> Result<Response<api::CreateTokenResponse>, Status> {
+        let ctl = &self.ctl;
+        let caller = Caller::of(&req)?.clone();
+        let r = req.into_inner();
+        let ttl = if r.ttl_seconds == 0 {
+            3600
+        } else {
+            r.ttl_seconds
+        };
+        if ttl > 7 * 24 * 3600 {
+            return Err(Status::invalid_argument(
+                "a join token may live at most 7 days",
+            ));
+        }
+        if let Some(n) = &r.node_name {
+            Identity::new(Role::Agent, n.clone())
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        }
+        let token = fleetward_pki::random_token().map_err(internal)?;
+        let now = now_ms();
+        let rec = ctl
+            .store()
+            .create_token(&token, r.node_name.as_deref(), now + ttl * 1000, now)
+            .map_err(internal)?;
+        ctl.audit(
+            &caller.identity.name,
+            "token.create",
+            &rec.id,
+            format!(
+                "node {} ttl {ttl}s",
+                r.node_name.as_deref().unwrap_or("any")
+            ),
+        )?;
+        Ok(Response::new(api::CreateTokenResponse {
+            id: rec.id,
+            token,
+            expires_at_unix_ms: rec.expires_ms as i64,
+            ca_sha256: ctl.ca().fingerprint_sha256(),
+        }))
+    }
+
+    async fn list_tokens(
+        &self,
+        req: Request<api::ListTokensRequest>,
+    ) -> Result<Response<api::ListTokensResponse>, Status> {
+        let ctl = &self.ctl;
+        Caller::of(&req)?;
+        let tokens = ctl
+            .store()
+            .list_tokens()
+            .map_err(internal)?
+            .into_iter()
+            .map(|t| api::TokenInfo {
+                id: t.id,
+                node_name: t.node,
+                expires_at_unix_ms: t.expires_ms as i64,
+                used: t.used_ms.is_some(),
+                revoked: t.revoked,
+            })
+            .collect();
+        Ok(Response::new(api::ListTokensResponse { tokens }))
+    }
+
+    async fn revoke_token(
+        &self,
+        req: Request<api::RevokeTokenRequest>,
+    ) -> Result<Response<api::RevokeTokenResponse>, Status> {
+        let ctl = &self.ctl;
+        let caller = Caller::of(&req)?.clone();
+        let id = &req.get_ref().id;
+        match ctl.store().revoke_token(id) {
+            Ok(_) => {}
+            Err(StoreError::UnknownToken(_)) => return Err(not_found("token", id)),
+            Err(e) => return Err(internal(e)),
+        }
+        ctl.audit(&caller.identity.name, "token.revoke", id, String::new())?;
+        Ok(Response::new(api::RevokeTokenResponse {}))
+    }
+
+    async fn issue_operator(
+        &self,
+        req: Request<api::IssueOperatorRequest>,
+    ) -> Result<Response<api::IssueOperatorResponse>, Status> {
+        let ctl = &self.ctl;
+        let caller = Caller::of(&req)?.clone();
+        let r = req.into_inner();
+        let identity = Identity::new(Role::Operator, r.name.clone())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let secs = ctl.config().operator_cert_secs;
+        let (cert_pem, key_pem, serial) = match &r.csr_pem {
+            Some(csr) => {
+                let (pem, serial, _) = ctl.sign(csr, &identity, secs)?;
+                (pem, None, serial)
+            }
+            None => {
+                let (cert, key) = ctl
+                    .ca()
+                    .issue(&identity, Duration::from_secs(secs), &[], &[])
+                    .map_err(internal)?;
+                (cert.pem, Some(key.pem().to_string()), cert.serial)
+            }
+        };
+        ctl.audit(
+            &caller.identity.name,
+            "operator.issue",
+            &r.name,
+            format!("certificate {serial}"),
+        )?;
+        Ok(Response::new(api::IssueOperatorResponse {
+            cert_pem,
+            key_pem,
+            ca_pem: ctl.ca().cert_pem().to_string(),
+        }))
+    }
+
+    async fn list_audit(
+        &self,
+        req: Request<api::ListAuditRequest>,
+    ) -> Result<Response<api::ListAuditResponse>, Status> {
+        let ctl = &self.ctl;
+        Caller::of(&req)?;
+        let limit = match req.get_ref().limit {
+            0 => 100,
+            n => n as usize,
+        };
+        let entries = ctl
+            .store()
+            .list_audit(limit)
+            .map_err(internal)?
+            .into_iter()
+            .map(|e| api::AuditEntry {
+                time_unix_ms: e.time_ms as i64,
+                actor: e.actor,
+                action: e.action,
+                target: e.target,
+                detail: e.detail,
+            })
+            .collect();
+        Ok(Response::new(api::ListAuditResponse { entries }))
+    }
+
+    async fn list_drift(
+        &self,
+        req: Request<api::ListDriftRequest>,
+    ) -> Result<Response<api::ListFindingsResponse>, Status> {
+        let ctl = &self.ctl;
+        Caller::of(&req)?;
+        Ok(Response::new(fleet_response(&ctl.fleet_findings(None))))
+    }
+
+    async fn node_diff(
+        &self,
+        req: Request<api::NodeDiffRequest>,
+    ) -> Result<Response<api::NodeDiffResponse>, Status> {
+        let ctl = &self.ctl;
+        Caller::of(&req)?;
+        let r = req.get_ref();
+        let latest = |name: &str| {
+            ctl.latest(name)
+                .map(|(r, _)| r)
+                .ok_or_else(|| not_found("node with a report", name))
+        };
+        let (a, b) = (latest(&r.a)?, latest(&r.b)?);
+        let rows = fleet::diff(&a.facts, &b.facts)
+            .into_iter()
+            .map(|d| api::DiffRow {
+                differs: d.a != d.b,
+                key: d.key,
+                a: d.a,
+                b: d.b,
+            })
+            .collect();
+        Ok(Response::new(api::NodeDiffResponse { rows }))
+    }
+
+    async fn node_history(
+        &self,
+        req: Request<api::NodeHistoryRequest>,
+    ) -> Result<Response<api::NodeHistoryResponse>, Status> {
+        let ctl = &self.ctl;
+        Caller::of(&req)?;
+        let name = &req.get_ref().name;
+        ctl.store()
+            .get_node(name)
+            .map_err(internal)?
+            .ok_or_else(|| not_found("node", name))?;
+        let changes = ctl
+            .store()
+            .fact_changes(name)
+            .map_err(internal)?
+            .into_iter()
+            .map(|c| api::FactChange {
+                time_unix_ms: c.time_ms as i64,
+                key: c.key,
+                old: c.old,
+                new: c.new,
+            })
+            .collect();
+        Ok(Response::new(api::NodeHistoryResponse { changes }))
+    }
+
+    async fn policy_show(
+        &self,
+        req: Request<api::PolicyShowRequest>,
+    ) -> Result<Response<api::PolicyText>, Status> {
+        let ctl = &self.ctl;
+        Caller::of(&req)?;
+        Ok(Response::new(policy_text(ctl.policy().as_deref())))
+    }
+
+    async fn policy_check(
+        &self,
+        req: Request<api::PolicyCheckRequest>,
+    ) -> Result<Response<api::ListFindingsResponse>, Status> {
+        let ctl = &self.ctl;
+        Caller::of(&req)?;
+        let given = match &req.get_ref().policy_toml {
+            Some(text) => Some(
+                Policy::parse(text)
+                    .map_err(|e| Status::invalid_argument(format!("policy: {e}")))?,
+            ),
+            None => None,
+        };
+        let policy =
+            match (&given, ctl.policy()) {
+                (Some(p), _) => p.clone(),
+                (None, Some(l)) => l.policy.clone(),
+                (None, None) => return Err(Status::failed_precondition(
+                    "no policy configured: set `policy = \"FILE\"` in controller.toml, or pass one",
+                )),
+            };
+        let fleet = ctl.fleet();
+        let views: Vec<NodeView> = fleet
+            .iter()
+            .map(|(n, r)| NodeView {
+                name: n,
+                facts: &r.facts,
+            })
+            .collect();
+        Ok(Response::new(fleet_response(&fleet::check(
+            &policy, &views,
+        ))))
+    }
+
+    async fn policy_reload(
+        &self,
+        req: Request<api::PolicyReloadRequest>,
+    ) -> Result<Response<api::PolicyText>, Status> {
+        let ctl = &self.ctl;
+        let caller = Caller::of(&req)?.clone();
+        let loaded = ctl.reload_policy().map_err(Status::failed_precondition)?;
+        let path = loaded
+            .as_ref()
+            .map_or(String::new(), |l| l.path.display().to_string());
+        ctl.audit(&caller.identity.name, "policy.reload", &path, String::new())?;
+        Ok(Response::new(policy_text(loaded.as_deref())))
+    }
+
+    async fn policy_capture(
+        &self,
+        req: Request<api::PolicyCaptureRequest>,
+    ) -> Result<Response<api::PolicyText>, Status> {
+        let ctl = &self.ctl;
+        Caller::of(&req)?;
+        let name = &req.get_ref().node;
+        let (report, _) = ctl
+            .latest(name)
+            .ok_or_else(|| not_found("node with a report", name))?;
+        Ok(Response::new(api::PolicyText {
+            path: String::new(),
+            toml: fleet::capture(&report.facts).to_toml(),
+        }))
+    }
+
+    async fn render_report(
+        &self,
+        req: Request<api::RenderReportRequest>,
+    ) -> Result<Response<api::RenderReportResponse>, Status> {
+        let ctl = &self.ctl;
+        Caller::of(&req)?;
+        let format = req.get_ref().format.as_str();
+        if !matches!(format, "" | "markdown") {
+            return Err(Status::invalid_argument(format!(
+                "unknown report format '{format}' (markdown)"
+            )));
+        }
+        let fleet = ctl.fleet();
+        let views: Vec<NodeView> = fleet
+            .iter()
+            .map(|(n, r)| NodeView {
+                name: n,
+                facts: &r.facts,
+            })
+            .collect();
+        let findings: Vec<(String, fleetward_proto::Finding)> = fleet
+            .iter()
+            .flat_map(|(n, r)| r.findings.iter().map(move |f| (n.clone(), f.clone())))
+            .collect();
+        let policy = ctl.policy();
+        let text = fleet::report::markdown(&fleet::report::Input {
+            nodes: &views,
+            node_findings: &findings,
+            drift: &fleet::drift(&views),
+            policy: policy.as_ref().map(|l| (&l.policy, l.path.as_path())),
+            policy_findings: &policy
+                .as_ref()
+                .map(|l| fleet::check(&l.policy, &views))
+                .unwrap_or_default(),
+        });
+        Ok(Response::new(api::RenderReportResponse { text }))
+    }
+
+    async fn rollout_plan(
+        &self,
+        req: Request<api::RolloutRequest>,
+    ) -> Result<Response<api::RolloutPlanResponse>, Status> {
+        let ctl = &self.ctl;
+        let caller = Caller::of(&req)?.clone();
+        let r = req.into_inner();
+        if r.refresh_lists {
+            refresh_lists(ctl, &caller, &plan_nodes(ctl, &r.nodes)?).await?;
+        }
+        let plan = rollout_plan(ctl, &r)?;
+        let view = crate::orchestrate::cluster_view(ctl);
+        let latest: Vec<(String, Arc<Report>)> = plan
+            .nodes
+            .iter()
+            .filter_map(|n| ctl.latest(n).map(|(r, _)| (n.clone(), r)))
+            .collect();
+        let reports = latest
+            .iter()
+            .map(|(n, r)| (n.clone(), r.as_ref()))
+            .collect();
+        let dry = crate::rollout::dry_run(&plan, &view, &reports);
+        Ok(Response::new(api::RolloutPlanResponse {
+            plan_json: serde_json::to_string(&dry).map_err(internal)?,
+        }))
+    }
+
+    async fn rollout_start(
+        &self,
+        req: Request<api::RolloutRequest>,
+    ) -> Result<Response<api::RolloutStatusResponse>, Status> {
+        let ctl = &self.ctl;
+        let caller = Caller::of(&req)?.clone();
+        let r = req.into_inner();
+        let plan = rollout_plan(ctl, &r)?;
+        let refused = crate::orchestrate::refused_guests(ctl, &plan.nodes);
+        if !refused.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "non_ha_guests = \"refuse\": {}",
+                refused.join("; ")
+            )));
+        }
+        let window = (!r.window.trim().is_empty()).then(|| r.window.trim().to_string());
+        if let Some(w) = &window {
+            crate::window::Window::parse(w).map_err(Status::invalid_argument)?;
+        }
+        ctl.audit(
+            &caller.identity.name,
+            "rollout.start",
+            &plan.id,
+            format!(
+                "nodes {} max-unavailable {}{}",
+                plan.nodes.join(","),
+                plan.max_unavailable,
+                window
+                    .as_deref()
+                    .map(|w| format!(" window {w}"))
+                    .unwrap_or_default()
+            ),
+        )?;
+        let actor = caller.identity.name.clone();
+        ask_rollout_driver(ctl, &self.rollouts, |reply| {
+            crate::orchestrate::Request::Start {
+                plan,
+                window,
+                actor,
+                reply,
+            }
+        })
+        .await
+    }
+
+    async fn rollout_status(
+        &self,
+        req: Request<api::RolloutStatusRequest>,
+    ) -> Result<Response<api::RolloutStatusResponse>, Status> {
+        let ctl = &self.ctl;
+        Caller::of(&req)?;
+        let id = req.into_inner().id;
+        let rollout = find_rollout(ctl, &id)?;
+        rollout_status(ctl, &self.rollouts, &rollout).await
+    }
+
+    async fn rollout_control(
+        &self,
+        req: Request<api::RolloutControlRequest>,
+    ) -> Result<Response<api::RolloutStatusResponse>, Status> {
+        use crate::rollout::Event;
+        let ctl = &self.ctl;
+        let caller = Caller::of(&req)?.clone();
+        let r = req.into_inner();
+        let event = match r.action.as_str() {
+            "pause" => Event::Pause,
+            "resume" => Event::Resume,
+            "abort" => Event::Abort,
+            "skip" if !r.node.is_empty() => Event::Skip { node: r.node },
+            "skip" => return Err(Status::invalid_argument("skip needs a node")),
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown rollout action {other:?} (pause, resume, abort, skip)"
+                )))
+            }
+        };
+        let (id, actor) = (
+            (!r.id.is_empty()).then_some(r.id),
+            caller.identity.name.clone(),
+        );
+        ask_rollout_driver(ctl, &self.rollouts, |reply| {
+            crate::orchestrate::Request::Control {
+                id,
+                event,
+                actor,
+                reply,
+            }
+        })
+        .await
+    }
+
+    async fn rollout_list(
+        &self,
+        req: Request<api::RolloutListRequest>,
+    ) -> Result<Response<api::RolloutListResponse>, Status> {
+        let ctl = &self.ctl;
+        Caller::of(&req)?;
+        let mut all: Vec<crate::orchestrate::Rollout> = ctl
+            .store()
+            .list_operations(crate::orchestrate::ROLLOUT_PREFIX)
+            .map_err(internal)?;
+        all.sort_by_key(|r| r.created_ms);
+        let states_json = all
+            .iter()
+            .map(|r| serde_json::to_string(r).map_err(internal))
+            .collect::<Result<_, _>>()?;
+        Ok(Response::new(api::RolloutListResponse { states_json }))
+    }
+}
+
+fn fleet_response(findings: &[fleet::FleetFinding]) -> api::ListFindingsResponse {
+    api::ListFindingsResponse {
+        findings: findings
+            .iter()
+            .map(|f| api::Finding::from_report(&f.node, &f.finding))
+            .collect(),
+    }
+}
+
+fn policy_text(p: Option<&LoadedPolicy>) -> api::PolicyText {
+    api::PolicyText {
+        path: p.map_or(String::new(), |l| l.path.display().to_string()),
+        toml: p.map_or(String::new(), |l| l.text.clone()),
+    }
+}
+
+/// The plan's nodes: the requested ones (each must be enrolled), or every enrolled, not
+/// revoked node.
+fn plan_nodes(ctl: &Controller, nodes: &[String]) -> Result<Vec<String>, Status> {
+    if nodes.is_empty() {
+        return Ok(ctl
+            .store()
+            .list_nodes()
+            .map_err(internal)?
+            .into_iter()
+            .filter(|n| !n.revoked)
+            .map(|n| n.name)
+            .collect());
+    }
+    for n in nodes {
+        ctl.node_enrolled(n)?;
+    }
+    Ok(nodes.to_vec())
+}
+
+fn rollout_plan(ctl: &Controller, r: &api::RolloutRequest) -> Result<crate::rollout::Plan, Status> {
+    let nodes = plan_nodes(ctl, &r.nodes)?;
+    let reboot = crate::orchestrate::reboot_policy(&r.reboot).map_err(Status::invalid_argument)?;
+    let id = format!("{}{}", crate::orchestrate::ROLLOUT_PREFIX, now_ms());
+    let mut plan = crate::rollout::Plan::new(
+        id,
+        nodes,
+        r.max_unavailable.max(1) as usize,
+        ctl.config().host_node.clone(),
+        reboot,
+    )
+    .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    plan.timeouts = crate::orchestrate::timeouts(&ctl.config().rollout);
+    Ok(plan)
+}
+
+fn find_rollout(ctl: &Controller, id: &str) -> Result<crate::orchestrate::Rollout, Status> {
+    if !id.is_empty() {
+        return ctl
+            .store()
+            .get_operation(id)
+            .map_err(internal)?
+            .ok_or_else(|| not_found("rollout", id));
+    }
+    let all: Vec<crate::orchestrate::Rollout> = ctl
+        .store()
+        .list_operations(crate::orchestrate::ROLLOUT_PREFIX)
+        .map_err(internal)?;
+    all.into_iter()
+        .max_by_key(|r| r.created_ms)
+        .ok_or_else(|| Status::not_found("there is no rollout yet"))
+}
+
+/// Sends a request to the rollout driver and answers with the rollout it returns.
+async fn ask_rollout_driver(
+    ctl: &Controller,
+    rollouts: &Rollouts,
+    request: impl FnOnce(
+        tokio::sync::oneshot::Sender<Result<crate::orchestrate::Rollout, String>>,
+    ) -> crate::orchestrate::Request,
+) -> Result<Response<api::RolloutStatusResponse>, Status> {
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    rollouts
+        .request(request(reply))
+        .await
+        .map_err(Status::unavailable)?;
+    let rollout = rx
+        .await
+        .map_err(|_| Status::unavailable("the rollout driver stopped"))?
+        .map_err(Status::failed_precondition)?;
+    rollout_status(ctl, rollouts, &rollout).await
+}
+
+async fn rollout_status(
+    ctl: &Controller,
+    rollouts: &Rollouts,
+    rollout: &crate::orchestrate::Rollout,
+) -> Result<Response<api::RolloutStatusResponse>, Status> {
+    let events = ctl
+        .store()
+        .op_events(&rollout.state.plan.id)
+        .map_err(internal)?;
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    // A driver that stopped has no output to show; the status is still the journal's.
+    let _ = rollouts
+        .request(crate::orchestrate::Request::Output { reply })
+        .await;
+    let output: BTreeMap<String, Vec<String>> = rx.await.unwrap_or_default();
+    Ok(Response::new(api::RolloutStatusResponse {
+        state_json: serde_json::to_string(rollout).map_err(internal)?,
+        events_json: serde_json::to_string(&events).map_err(internal)?,
+        output_json: serde_json::to_string(&output).map_err(internal)?,
+    }))
+}
+
+/// `rollout plan --refresh-lists`: `apt-get update` on every node through its executor,
+/// then wait (bounded) for the results and a fresh report from each.
+async fn refresh_lists(ctl: &Controller, caller: &Caller, nodes: &[String]) -> Result<(), Status> {
+    use crate::events::AgentEventKind as K;
+    let mut events = ctl.subscribe();
+    let stamp = now_ms();
+    let mut waiting: HashMap<String, String> = HashMap::new();
+    for n in nodes {
+        let req = fleetward_proto::action::ActionRequest {
+            id: format!("plan-{stamp}/{n}/apt-update/1"),
+            action: fleetward_proto::action::Action::AptUpdate,
+        };
+        ctl.send_command(n, api::Command::action(&req))
+            .map_err(Status::failed_precondition)?;
+        waiting.insert(n.clone(), req.id);
+    }
+    ctl.audit(
+        &caller.identity.name,
+        "rollout.refresh-lists",
+        &nodes.join(","),
+        String::new(),
+    )?;
+    let deadline = tokio::time::Instant::now()
+        + std::time::Duration::from_secs(ctl.config().rollout.refresh_timeout_secs.max(1));
+    let timeout =
+        || Status::deadline_exceeded("apt-get update did not finish on every node in time");
+    let mut pending: std::collections::HashSet<String> = waiting.keys().cloned().collect();
+    while !pending.is_empty() {
+        let ev = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .map_err(|_| timeout())?;
+        let Ok(ev) = ev else { continue };
+        if let K::CommandResult {
+            id, ok, message, ..
+        } = ev.kind
+        {
+            if waiting.get(&ev.node) == Some(&id) {
+                if !ok {
+                    return Err(Status::aborted(format!(
+                        "apt-get update failed on {}: {message}",
+                        ev.node
+                    )));
+                }
+                pending.remove(&ev.node);
+            }
+        }
+    }
+    // Then a fresh report from each (a refresh always answers with one).
+    for n in nodes {
+        ctl.send_command(
+            n,
+            api::Command::refresh(format!("plan-{stamp}/{n}/refresh")),
+        )
+        .map_err(Status::failed_precondition)?;
+    }
+    let mut pending: std::collections::HashSet<String> = nodes.iter().cloned().collect();
+    while !pending.is_empty() {
+        let ev = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .map_err(|_| timeout())?;
+        if let Ok(ev) = ev {
+            if ev.kind == K::Report {
+                pending.remove(&ev.node);
+            }
+        }
+    }
+    Ok(())
+}
