@@ -12,7 +12,7 @@ use crate::clock::{ms, now_ms};
 use crate::config::Config;
 use crate::events::{AgentEvent, AgentEventKind, EVENTS_CAPACITY};
 use crate::fleet::{self, NodeView, Policy};
-use crate::store::{AuditEntry, NodeRecord, Store, StoreError};
+use crate::store::{AuditEntry, NodeRecord, Store, StoreError, TokenError, TokenRecord};
 use fleetward_pki::{identity_from_der, not_after, serial_hex, Ca, Identity, Role};
 use fleetward_proto::api::{self, controller_message, ControllerMessage};
 use fleetward_proto::Report;
@@ -29,6 +29,11 @@ use tonic::{Request, Status};
 pub(crate) fn internal(e: impl std::fmt::Display) -> Status {
     tracing::error!(error = %e, "internal error");
     Status::internal(e.to_string())
+}
+
+/// "No `what` named `name`" as a gRPC status.
+pub(crate) fn not_found(what: &str, name: &str) -> Status {
+    Status::not_found(format!("no {what} named '{name}'"))
 }
 
 /// Who is calling, from the verified client certificate. `api`'s authorization layer puts
@@ -58,6 +63,8 @@ pub(crate) type Outbound = mpsc::Sender<Result<ControllerMessage, Status>>;
 /// Why a session is ended from the controller's side.
 #[derive(Debug, Clone)]
 pub(crate) struct Kill {
+    /// The node's certificate no longer counts (the session ends with PERMISSION_DENIED
+    /// rather than UNAVAILABLE, so the agent does not just reconnect).
     pub revoked: bool,
     pub reason: String,
 }
@@ -529,7 +536,7 @@ impl Controller {
     }
 
     /// Ends the node's session, if any, telling it why.
-    pub(crate) fn kill_session(&self, node: &str, kill: Kill) {
+    fn kill_session(&self, node: &str, kill: Kill) {
         let Some(slot) = self.slot(node) else { return };
         let handle = slot.lock().session.take();
         if let Some(h) = handle {
@@ -564,7 +571,7 @@ impl Controller {
     }
 
     /// Signs a CSR for `identity`, valid `secs`: (certificate PEM, serial, expiry unix ms).
-    pub(crate) fn sign(
+    fn sign(
         &self,
         csr_pem: &str,
         identity: &Identity,
@@ -575,5 +582,177 @@ impl Controller {
             .sign_csr(csr_pem, identity, Duration::from_secs(secs))
             .map_err(|e| Status::invalid_argument(format!("cannot sign the CSR: {e}")))?;
         Ok((issued.pem, issued.serial, ms(issued.not_after)))
+    }
+}
+
+/// Node, token and operator bookkeeping: what the APIs change, each step audited.
+impl Controller {
+    /// Enrolls `node` with a join token: signs its CSR (first: a bad CSR must not burn the
+    /// token), consumes the token, revokes a previous certificate of the node (ending its
+    /// session), records the node. Returns the certificate (PEM).
+    pub(crate) fn enroll(&self, token: &str, node: &str, csr_pem: &str) -> Result<String, Status> {
+        let identity = Identity::new(Role::Agent, node.to_string())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let (cert_pem, serial, not_after_ms) =
+            self.sign(csr_pem, &identity, self.cfg.agent_cert_secs)?;
+        let now = now_ms();
+        let token = match self.store.consume_token(token, node, now) {
+            Ok(t) => t,
+            Err(TokenError::Store(e)) => return Err(internal(e)),
+            Err(e) => {
+                tracing::warn!(node = %node, error = %e, "enrollment refused");
+                return Err(Status::permission_denied(format!(
+                    "enrollment refused: {e}"
+                )));
+            }
+        };
+        let previous = self.store.get_node(node).map_err(internal)?;
+        if let Some(prev) = &previous {
+            // A re-enrolled node's old certificate stops working.
+            self.store
+                .revoke_serial(&prev.cert_serial)
+                .map_err(internal)?;
+            self.kill_session(
+                node,
+                Kill {
+                    revoked: true,
+                    reason: "node re-enrolled".into(),
+                },
+            );
+        }
+        self.store
+            .upsert_node(&NodeRecord {
+                name: node.to_string(),
+                cert_serial: serial.clone(),
+                cert_not_after_ms: not_after_ms,
+                enrolled_ms: now,
+                last_seen_ms: previous.as_ref().and_then(|p| p.last_seen_ms),
+                revoked: false,
+                agent_version: None,
+                boot_id: None,
+            })
+            .map_err(internal)?;
+        self.audit(
+            node,
+            "node.enroll",
+            node,
+            format!("token {} certificate {serial}", token.id),
+        )?;
+        Ok(cert_pem)
+    }
+
+    /// A new certificate for the calling agent's enrolled node. Returns it (PEM).
+    pub(crate) fn renew(&self, caller: &Caller, csr_pem: &str) -> Result<String, Status> {
+        let mut rec = self.node_enrolled(&caller.identity.name)?;
+        let (cert_pem, serial, not_after_ms) =
+            self.sign(csr_pem, &caller.identity, self.cfg.agent_cert_secs)?;
+        tracing::info!(node = %rec.name, old = %caller.serial, new = %serial, "certificate renewed");
+        rec.cert_serial = serial;
+        rec.cert_not_after_ms = not_after_ms;
+        self.store.upsert_node(&rec).map_err(internal)?;
+        Ok(cert_pem)
+    }
+
+    /// Revokes node `name`'s certificate and ends its session at once.
+    pub(crate) fn revoke_node(&self, actor: &str, name: &str) -> Result<(), Status> {
+        let mut rec = self
+            .store
+            .get_node(name)
+            .map_err(internal)?
+            .ok_or_else(|| not_found("node", name))?;
+        self.store
+            .revoke_serial(&rec.cert_serial)
+            .map_err(internal)?;
+        rec.revoked = true;
+        self.store.upsert_node(&rec).map_err(internal)?;
+        self.kill_session(
+            name,
+            Kill {
+                revoked: true,
+                reason: "node revoked by an operator".into(),
+            },
+        );
+        self.audit(
+            actor,
+            "node.revoke",
+            name,
+            format!("certificate {}", rec.cert_serial),
+        )
+    }
+
+    /// A join token, for any node or only `node`, valid `ttl_secs` (0: one hour; at most
+    /// seven days). Returns its record and the token itself (shown once, stored hashed).
+    pub(crate) fn create_token(
+        &self,
+        actor: &str,
+        node: Option<&str>,
+        ttl_secs: u64,
+    ) -> Result<(TokenRecord, String), Status> {
+        let ttl = if ttl_secs == 0 { 3600 } else { ttl_secs };
+        if ttl > 7 * 24 * 3600 {
+            return Err(Status::invalid_argument(
+                "a join token may live at most 7 days",
+            ));
+        }
+        if let Some(n) = node {
+            Identity::new(Role::Agent, n.to_string())
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        }
+        let token = fleetward_pki::random_token().map_err(internal)?;
+        let now = now_ms();
+        let rec = self
+            .store
+            .create_token(&token, node, now + ttl * 1000, now)
+            .map_err(internal)?;
+        self.audit(
+            actor,
+            "token.create",
+            &rec.id,
+            format!("node {} ttl {ttl}s", node.unwrap_or("any")),
+        )?;
+        Ok((rec, token))
+    }
+
+    /// Revokes join token `id`.
+    pub(crate) fn revoke_token(&self, actor: &str, id: &str) -> Result<(), Status> {
+        match self.store.revoke_token(id) {
+            Ok(_) => {}
+            Err(StoreError::UnknownToken(_)) => return Err(not_found("token", id)),
+            Err(e) => return Err(internal(e)),
+        }
+        self.audit(actor, "token.revoke", id, String::new())
+    }
+
+    /// A certificate for operator `name`: signed from `csr_pem`, or with a new key when
+    /// there is no CSR. Returns (certificate PEM, the new key's PEM if one was made).
+    pub(crate) fn issue_operator(
+        &self,
+        actor: &str,
+        name: &str,
+        csr_pem: Option<&str>,
+    ) -> Result<(String, Option<String>), Status> {
+        let identity = Identity::new(Role::Operator, name.to_string())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let secs = self.cfg.operator_cert_secs;
+        let (cert_pem, key_pem, serial) = match csr_pem {
+            Some(csr) => {
+                let (pem, serial, _) = self.sign(csr, &identity, secs)?;
+                (pem, None, serial)
+            }
+            None => {
+                let (cert, key) = self
+                    .ca
+                    .issue(&identity, Duration::from_secs(secs), &[], &[])
+                    .map_err(internal)?;
+                (cert.pem, Some(key.pem().to_string()), cert.serial)
+            }
+        };
+        self.audit(
+            actor,
+            "operator.issue",
+            name,
+            format!("certificate {serial}"),
+        )?;
+        Ok((cert_pem, key_pem))
     }
 }

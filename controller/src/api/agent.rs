@@ -8,8 +8,6 @@ use crate::clock::now_ms;
 use crate::events::AgentEventKind;
 use crate::ingest::Ingest;
 use crate::state::{Caller, Controller, Kill, NodeSlot, Outbound};
-use crate::store::{NodeRecord, TokenError};
-use fleetward_pki::{Identity, Role};
 use fleetward_proto::api::{
     self, agent_message, agent_service_server::AgentService,
     agent_service_server::AgentServiceServer, controller_message, AgentMessage, ControllerMessage,
@@ -53,60 +51,11 @@ impl AgentService for AgentApi {
         &self,
         req: Request<api::EnrollRequest>,
     ) -> Result<Response<api::EnrollResponse>, Status> {
-        let ctl = &self.ctl;
         let r = req.into_inner();
-        let identity = Identity::new(Role::Agent, r.node_name.clone())
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        // Sign first (a bad CSR must not burn the token), then consume the token.
-        let (cert_pem, serial, not_after_ms) =
-            ctl.sign(&r.csr_pem, &identity, ctl.config().agent_cert_secs)?;
-        let now = now_ms();
-        let token = ctl.store().consume_token(&r.token, &r.node_name, now);
-        let token = match token {
-            Ok(t) => t,
-            Err(TokenError::Store(e)) => return Err(internal(e)),
-            Err(e) => {
-                tracing::warn!(node = %r.node_name, error = %e, "enrollment refused");
-                return Err(Status::permission_denied(format!(
-                    "enrollment refused: {e}"
-                )));
-            }
-        };
-        let previous = ctl.store().get_node(&r.node_name).map_err(internal)?;
-        if let Some(prev) = &previous {
-            // A re-enrolled node's old certificate stops working.
-            ctl.store()
-                .revoke_serial(&prev.cert_serial)
-                .map_err(internal)?;
-            ctl.kill_session(
-                &r.node_name,
-                Kill {
-                    revoked: true,
-                    reason: "node re-enrolled".into(),
-                },
-            );
-        }
-        ctl.store()
-            .upsert_node(&NodeRecord {
-                name: r.node_name.clone(),
-                cert_serial: serial.clone(),
-                cert_not_after_ms: not_after_ms,
-                enrolled_ms: now,
-                last_seen_ms: previous.as_ref().and_then(|p| p.last_seen_ms),
-                revoked: false,
-                agent_version: None,
-                boot_id: None,
-            })
-            .map_err(internal)?;
-        ctl.audit(
-            &r.node_name,
-            "node.enroll",
-            &r.node_name,
-            format!("token {} certificate {serial}", token.id),
-        )?;
+        let cert_pem = self.ctl.enroll(&r.token, &r.node_name, &r.csr_pem)?;
         Ok(Response::new(api::EnrollResponse {
             cert_pem,
-            ca_pem: ctl.ca().cert_pem().to_string(),
+            ca_pem: self.ctl.ca().cert_pem().to_string(),
         }))
     }
 
@@ -114,18 +63,7 @@ impl AgentService for AgentApi {
         &self,
         req: Request<api::RenewRequest>,
     ) -> Result<Response<api::RenewResponse>, Status> {
-        let ctl = &self.ctl;
-        let caller = Caller::of(&req)?;
-        let mut rec = ctl.node_enrolled(&caller.identity.name)?;
-        let (cert_pem, serial, not_after_ms) = ctl.sign(
-            &req.get_ref().csr_pem,
-            &caller.identity,
-            ctl.config().agent_cert_secs,
-        )?;
-        tracing::info!(node = %rec.name, old = %caller.serial, new = %serial, "certificate renewed");
-        rec.cert_serial = serial;
-        rec.cert_not_after_ms = not_after_ms;
-        ctl.store().upsert_node(&rec).map_err(internal)?;
+        let cert_pem = self.ctl.renew(Caller::of(&req)?, &req.get_ref().csr_pem)?;
         Ok(Response::new(api::RenewResponse { cert_pem }))
     }
 

@@ -27,11 +27,7 @@ use tonic::server::NamedService;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::Status;
 
-pub(crate) use crate::state::internal;
-
-pub(crate) fn not_found(what: &str, name: &str) -> Status {
-    Status::not_found(format!("no {what} named '{name}'"))
-}
+pub(crate) use crate::state::{internal, not_found};
 
 /// Who may call an RPC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,9 +6,8 @@ use super::{internal, not_found, Authorized};
 use crate::clock::now_ms;
 use crate::fleet::{self, NodeView, Policy};
 use crate::orchestrate::Rollouts;
-use crate::state::{Caller, Controller, Kill, LoadedPolicy};
-use crate::store::{NodeRecord, StoreError};
-use fleetward_pki::{Identity, Role};
+use crate::state::{Caller, Controller, LoadedPolicy};
+use crate::store::NodeRecord;
 use fleetward_proto::api::{
     self, controller_message, operator_service_server::OperatorService,
     operator_service_server::OperatorServiceServer, ControllerMessage,
@@ -16,7 +15,6 @@ use fleetward_proto::api::{
 use fleetward_proto::{Report, Severity};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
 use tonic::{Request, Response, Status};
 
 /// `OperatorService`: the controller's state and the rollout driver's handle.
@@ -197,32 +195,9 @@ impl OperatorService for OperatorApi {
         &self,
         req: Request<api::RevokeNodeRequest>,
     ) -> Result<Response<api::RevokeNodeResponse>, Status> {
-        let ctl = &self.ctl;
-        let caller = Caller::of(&req)?.clone();
-        let name = &req.get_ref().name;
-        let mut rec = ctl
-            .store()
-            .get_node(name)
-            .map_err(internal)?
-            .ok_or_else(|| not_found("node", name))?;
-        ctl.store()
-            .revoke_serial(&rec.cert_serial)
-            .map_err(internal)?;
-        rec.revoked = true;
-        ctl.store().upsert_node(&rec).map_err(internal)?;
-        ctl.kill_session(
-            name,
-            Kill {
-                revoked: true,
-                reason: "node revoked by an operator".into(),
-            },
-        );
-        ctl.audit(
-            &caller.identity.name,
-            "node.revoke",
-            name,
-            format!("certificate {}", rec.cert_serial),
-        )?;
+        let caller = Caller::of(&req)?;
+        self.ctl
+            .revoke_node(&caller.identity.name, &req.get_ref().name)?;
         Ok(Response::new(api::RevokeNodeResponse {}))
     }
 
@@ -230,43 +205,16 @@ impl OperatorService for OperatorApi {
         &self,
         req: Request<api::CreateTokenRequest>,
     ) -> Result<Response<api::CreateTokenResponse>, Status> {
-        let ctl = &self.ctl;
-        let caller = Caller::of(&req)?.clone();
-        let r = req.into_inner();
-        let ttl = if r.ttl_seconds == 0 {
-            3600
-        } else {
-            r.ttl_seconds
-        };
-        if ttl > 7 * 24 * 3600 {
-            return Err(Status::invalid_argument(
-                "a join token may live at most 7 days",
-            ));
-        }
-        if let Some(n) = &r.node_name {
-            Identity::new(Role::Agent, n.clone())
-                .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        }
-        let token = fleetward_pki::random_token().map_err(internal)?;
-        let now = now_ms();
-        let rec = ctl
-            .store()
-            .create_token(&token, r.node_name.as_deref(), now + ttl * 1000, now)
-            .map_err(internal)?;
-        ctl.audit(
-            &caller.identity.name,
-            "token.create",
-            &rec.id,
-            format!(
-                "node {} ttl {ttl}s",
-                r.node_name.as_deref().unwrap_or("any")
-            ),
-        )?;
+        let caller = Caller::of(&req)?;
+        let r = req.get_ref();
+        let (rec, token) =
+            self.ctl
+                .create_token(&caller.identity.name, r.node_name.as_deref(), r.ttl_seconds)?;
         Ok(Response::new(api::CreateTokenResponse {
             id: rec.id,
             token,
             expires_at_unix_ms: rec.expires_ms as i64,
-            ca_sha256: ctl.ca().fingerprint_sha256(),
+            ca_sha256: self.ctl.ca().fingerprint_sha256(),
         }))
     }
 
@@ -296,15 +244,9 @@ impl OperatorService for OperatorApi {
         &self,
         req: Request<api::RevokeTokenRequest>,
     ) -> Result<Response<api::RevokeTokenResponse>, Status> {
-        let ctl = &self.ctl;
-        let caller = Caller::of(&req)?.clone();
-        let id = &req.get_ref().id;
-        match ctl.store().revoke_token(id) {
-            Ok(_) => {}
-            Err(StoreError::UnknownToken(_)) => return Err(not_found("token", id)),
-            Err(e) => return Err(internal(e)),
-        }
-        ctl.audit(&caller.identity.name, "token.revoke", id, String::new())?;
+        let caller = Caller::of(&req)?;
+        self.ctl
+            .revoke_token(&caller.identity.name, &req.get_ref().id)?;
         Ok(Response::new(api::RevokeTokenResponse {}))
     }
 
@@ -312,35 +254,15 @@ impl OperatorService for OperatorApi {
         &self,
         req: Request<api::IssueOperatorRequest>,
     ) -> Result<Response<api::IssueOperatorResponse>, Status> {
-        let ctl = &self.ctl;
-        let caller = Caller::of(&req)?.clone();
-        let r = req.into_inner();
-        let identity = Identity::new(Role::Operator, r.name.clone())
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let secs = ctl.config().operator_cert_secs;
-        let (cert_pem, key_pem, serial) = match &r.csr_pem {
-            Some(csr) => {
-                let (pem, serial, _) = ctl.sign(csr, &identity, secs)?;
-                (pem, None, serial)
-            }
-            None => {
-                let (cert, key) = ctl
-                    .ca()
-                    .issue(&identity, Duration::from_secs(secs), &[], &[])
-                    .map_err(internal)?;
-                (cert.pem, Some(key.pem().to_string()), cert.serial)
-            }
-        };
-        ctl.audit(
-            &caller.identity.name,
-            "operator.issue",
-            &r.name,
-            format!("certificate {serial}"),
-        )?;
+        let caller = Caller::of(&req)?;
+        let r = req.get_ref();
+        let (cert_pem, key_pem) =
+            self.ctl
+                .issue_operator(&caller.identity.name, &r.name, r.csr_pem.as_deref())?;
         Ok(Response::new(api::IssueOperatorResponse {
             cert_pem,
             key_pem,
-            ca_pem: ctl.ca().cert_pem().to_string(),
+            ca_pem: self.ctl.ca().cert_pem().to_string(),
         }))
     }
 
