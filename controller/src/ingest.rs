@@ -32,8 +32,8 @@ impl Ingest {
     }
 
     /// Checks, diffs and stores one report of `node` (whose slot is `slot`), then makes
-    /// it the node's latest. An agent speaks only for its own node: a report whose
-    /// hostname is another node's is refused.
+    /// it the node's latest. An agent speaks only for its own node
+    /// ([`Controller::speaks_for`]).
     pub(crate) async fn store_report(
         &self,
         slot: &NodeSlot,
@@ -44,14 +44,7 @@ impl Ingest {
         let report = r
             .parse()
             .map_err(|e| Status::invalid_argument(format!("report is not valid: {e}")))?;
-        if let Some(host) = report.facts.node.hostname.as_deref() {
-            let short = host.split('.').next().unwrap_or(host);
-            if !short.eq_ignore_ascii_case(node) {
-                return Err(Status::permission_denied(format!(
-                    "the certificate of node {node} may not report for node {short}"
-                )));
-            }
-        }
+        ctl.speaks_for(node, &report)?;
         ctl.node_enrolled(node)?;
         let now = now_ms();
         let flat = fleet::flatten(&report.facts);

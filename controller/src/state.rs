@@ -6,7 +6,8 @@
 //!
 //! [`Controller::authorize`] is the one place that decides who may call: a client
 //! certificate from our CA (TLS verified it), a fleetward identity of the required role, a
-//! serial that is not revoked. `api`'s layer asks it for every call.
+//! serial that is not revoked. `api`'s layer asks it for every call. Beside it,
+//! [`Controller::speaks_for`] decides that an agent reports only for its own node.
 
 use crate::clock::{ms, now_ms};
 use crate::config::Config;
@@ -468,6 +469,21 @@ impl Controller {
             )));
         }
         Ok(Caller { identity, serial })
+    }
+
+    /// The other half of the decision, for what an agent sends: the agent of `node` speaks
+    /// only for `node`, so a report whose hostname (short name, any case) names another
+    /// node is refused.
+    pub(crate) fn speaks_for(&self, node: &str, report: &Report) -> Result<(), Status> {
+        if let Some(host) = report.facts.node.hostname.as_deref() {
+            let short = host.split('.').next().unwrap_or(host);
+            if !short.eq_ignore_ascii_case(node) {
+                return Err(Status::permission_denied(format!(
+                    "the certificate of node {node} may not report for node {short}"
+                )));
+            }
+        }
+        Ok(())
     }
 
     pub(crate) fn audit(
