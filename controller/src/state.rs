@@ -772,3 +772,85 @@ impl Controller {
         Ok((cert_pem, key_pem))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(host: &str) -> Report {
+        let mut r = fleetward_proto::report_from_json(include_str!(
+            "../../agent/tests/fixtures/seed/pve-01/expected.json"
+        ))
+        .expect("seed report");
+        r.facts.node.hostname = Some(host.to_string());
+        r
+    }
+
+    fn controller(dir: &std::path::Path) -> Arc<Controller> {
+        let store = Store::open(dir.join("db")).expect("store");
+        let ca = Ca::generate("test").expect("CA");
+        Controller::new(store, ca, Config::new("test", None), None).expect("controller")
+    }
+
+    fn flat(r: &Report) -> Arc<Flat> {
+        Arc::new(Flat::pack(&fleet::flatten(&r.facts)))
+    }
+
+    #[test]
+    fn report_flat_and_seq_change_together_and_never_go_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ctl = controller(dir.path());
+        assert!(ctl.latest("a").is_none());
+        let slot = ctl.slot_or_insert("a");
+        assert!(ctl.previous_flat(&slot).is_none());
+        let first = Arc::new(report("a"));
+        ctl.commit_report(&slot, 5, first.clone(), flat(&first));
+        let (r, seq) = ctl.latest("a").expect("latest");
+        assert_eq!((Arc::ptr_eq(&r, &first), seq), (true, 5));
+        assert!(ctl.previous_flat(&slot).is_some());
+        // A late write of an older report does not replace the newer one.
+        let older = Arc::new(report("a"));
+        ctl.commit_report(&slot, 3, older.clone(), flat(&older));
+        let (r, seq) = ctl.latest("a").expect("latest");
+        assert_eq!((Arc::ptr_eq(&r, &first), seq), (true, 5));
+        assert_eq!(ctl.fleet().len(), 1);
+    }
+
+    #[test]
+    fn a_newer_session_replaces_the_older_and_ends_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ctl = controller(dir.path());
+        let (tx1, _rx1) = mpsc::channel(1);
+        let (id1, killed1, slot) = ctl.register("a", tx1);
+        assert!(ctl.is_online("a"));
+        assert_eq!(slot.heard_ms(), None);
+        slot.heard(42);
+        assert_eq!(slot.heard_ms(), Some(42));
+        let (tx2, _rx2) = mpsc::channel(1);
+        let (id2, _killed2, _) = ctl.register("a", tx2);
+        let kill = killed1
+            .borrow()
+            .clone()
+            .expect("the older session is ended");
+        assert!(!kill.revoked);
+        // The older session's end does not take the newer one with it.
+        ctl.unregister(&slot, id1);
+        assert!(ctl.is_online("a"));
+        assert_eq!(ctl.session_count(), 1);
+        ctl.unregister(&slot, id2);
+        assert!(!ctl.is_online("a"));
+        assert!(ctl.send_command("a", api::Command::refresh("x")).is_err());
+    }
+
+    #[test]
+    fn an_agent_speaks_only_for_its_node() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ctl = controller(dir.path());
+        assert!(ctl.speaks_for("pve1", &report("pve1.example.org")).is_ok());
+        assert!(ctl.speaks_for("pve1", &report("PVE1")).is_ok());
+        let err = ctl
+            .speaks_for("pve1", &report("pve2"))
+            .expect_err("another node");
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    }
+}
