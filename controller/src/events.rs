@@ -1,6 +1,6 @@
 //! What the controller hears from its agents, as a broadcast of [`AgentEvent`]s
-//! ([`crate::server::Controller::subscribe`]). Orchestration drivers (rolling updates,
-//! shutdowns) send commands with [`crate::server::Controller::send_command`] and follow
+//! ([`crate::state::Controller::subscribe`]). Orchestration drivers (rolling updates,
+//! shutdowns) send commands with [`crate::state::Controller::send_command`] and follow
 //! their progress here: the command's ack, output lines, and result, and the node's
 //! disconnect and reconnect (with its boot id) across a reboot.
 //!

@@ -7,7 +7,7 @@
 //! D/operators/NAME.crt/.key  operator identities; `init` creates `admin`
 //! D/listen.addr              the address `serve` actually bound (written at start-up)
 //! D/db/                      the sled database (only `store` touches it)
-//! D/db/fleetward-journal/    reports and fact changes: the report journal (`report_log`)
+//! D/db/fleetward-journal/    reports and fact changes: the report journal (`store::journal`)
 //! ```
 
 use std::path::{Path, PathBuf};

@@ -1,9 +1,9 @@
 //! `fleetward serve`: bind, serve the API over mutual TLS until a signal, drain, flush.
 
+use crate::api::{AgentApi, OperatorApi, ShutdownApi};
 use crate::config::Config;
 use crate::paths::DataDir;
-use crate::server::{AgentApi, Controller, OperatorApi};
-use crate::shutdown_api::ShutdownApi;
+use crate::state::Controller;
 use crate::store::Store;
 use fleetward_pki::Ca;
 use fleetward_proto::api::{
@@ -78,7 +78,7 @@ pub fn load(dir: &DataDir, cfg: Config) -> Result<Loaded, ServeError> {
         None => None,
     };
     let policy = match &cfg.policy {
-        Some(path) => Some(crate::server::load_policy(path).map_err(ServeError::Policy)?),
+        Some(path) => Some(crate::state::load_policy(path).map_err(ServeError::Policy)?),
         None => None,
     };
     Ok(Loaded {
@@ -113,10 +113,10 @@ pub async fn run(
     } = loaded;
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     // The rollout driver resumes an unfinished rollout from the store before serving.
-    controller.set_rollouts(crate::orchestrate::rollout::spawn(controller.clone()));
-    controller.set_refreshes(crate::orchestrate::refresh::spawn(controller.clone()));
+    let rollouts = crate::orchestrate::rollout::spawn(controller.clone());
+    let refreshes = crate::orchestrate::refresh::spawn(controller.clone());
     // So does the shutdown driver (a `Down` shutdown waits for `fleetward startup`).
-    controller.set_shutdowns(crate::orchestrate::shutdown::spawn(controller.clone()));
+    let shutdowns = crate::orchestrate::shutdown::spawn(controller.clone());
     if let Some(addr) = metrics {
         let listener = bind(&addr.to_string()).await?;
         tracing::info!(%addr, "metrics listening (plain HTTP, GET /metrics)");
@@ -155,13 +155,10 @@ pub async fn run(
         .register_encoded_file_descriptor_set(fleetward_proto::api::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
-    let agent = AgentServiceServer::new(AgentApi(controller.clone()))
-        .max_decoding_message_size(max_message);
-    let operator = OperatorServiceServer::new(OperatorApi(controller.clone()))
-        .max_decoding_message_size(max_message);
-
-    let shutdown_api = ShutdownServiceServer::new(ShutdownApi(controller.clone()))
-        .max_decoding_message_size(max_message);
+    // Each API behind the authorization layer (the only way `api` builds them).
+    let agent = AgentApi::server(controller.clone(), max_message);
+    let operator = OperatorApi::server(controller.clone(), rollouts, refreshes, max_message);
+    let shutdown_api = ShutdownApi::server(controller.clone(), shutdowns, max_message);
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let ctl = controller.clone();

@@ -61,7 +61,7 @@ pub struct Controller {
 
 /// `serve` on its own thread and runtime in this process.
 struct InProcess {
-    server: std::sync::Arc<fleetward_controller::server::Controller>,
+    server: std::sync::Arc<fleetward_controller::state::Controller>,
     stop: tokio::sync::oneshot::Sender<()>,
     thread: std::thread::JoinHandle<()>,
 }
@@ -135,7 +135,7 @@ impl Controller {
     }
 
     /// The in-process server (only after [`Controller::start_in_process`]).
-    pub fn server(&self) -> std::sync::Arc<fleetward_controller::server::Controller> {
+    pub fn server(&self) -> std::sync::Arc<fleetward_controller::state::Controller> {
         self.in_process
             .as_ref()
             .expect("not an in-process controller: use Controller::start_in_process")

@@ -36,9 +36,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
+use crate::clock::now_ms;
 use crate::events::{AgentEvent, AgentEventKind};
 use crate::operation::{Key, Wake};
-use crate::server::{now_ms, Controller};
+use crate::state::Controller;
 use crate::store::{OpEvent, Store, StoreError};
 use fleetward_proto::action::{Action as AgentAction, ActionRequest};
 use fleetward_proto::api;

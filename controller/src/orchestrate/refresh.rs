@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::{Effect, Handle, Machine};
 use crate::operation::{Key, Wake};
 use crate::refresh::{self, Command, Event, Notice, RefreshState, View};
-use crate::server::Controller;
+use crate::state::Controller;
 use fleetward_proto::action::Action as AgentAction;
 
 /// The handle the operator API holds.

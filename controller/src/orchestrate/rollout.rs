@@ -7,12 +7,13 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{Effect, Handle, Machine};
+use crate::clock::now_ms;
 use crate::config::{NonHaGuests, RolloutConfig};
 use crate::operation::{Key, Wake};
 use crate::rollout::{
     self, node_view, ClusterView, Command, Event, Notice, Phase, RolloutState, Status,
 };
-use crate::server::{now_ms, Controller};
+use crate::state::Controller;
 use crate::window::Window;
 use fleetward_proto::action::Action as AgentAction;
 

@@ -19,13 +19,14 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{Effect, Handle, Machine};
+use crate::clock::now_ms;
 use crate::config::{Config as ControllerConfig, HaMode};
 use crate::operation::{Key, Wake};
-use crate::server::{now_ms, Controller};
 use crate::shutdown::{
     self, Command, Event, GuestView, NodeView, Notice, Plan, ShutdownState, ShutdownView, Stage,
     UpReason,
 };
+use crate::state::Controller;
 use fleetward_proto::{GuestState, Report};
 
 /// Id prefix of shutdowns in the store's `operations` tree.

@@ -16,7 +16,7 @@
 //!   operation's event log in append order.
 //!
 //! Reports and fact changes are not in sled: they are records of the report journal
-//! (`fleetward-journal/` in the database directory, see [`crate::report_log`]), one write
+//! (`fleetward-journal/` in the database directory, see `journal.rs`), one write
 //! and one `fdatasync` per batch, indexed in memory. The latest report's receive time is
 //! the node's `last_seen_ms`, so a report does not rewrite the node record.
 //!
@@ -29,9 +29,12 @@
 //! Undecodable stored data yields [`StoreError::Corrupt`],
 //! never a panic.
 
-use crate::report_log::ReportLog;
-pub use crate::report_log::{FactChange, ReportWrite, FACT_CHANGES_PER_NODE, HISTORY_PER_NODE};
+mod blobs;
+mod journal;
+
 use fleetward_proto::{report_json_bytes, Report};
+pub use journal::{FactChange, ReportWrite, FACT_CHANGES_PER_NODE, HISTORY_PER_NODE};
+use journal::{JournalError, ReportLog};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sled::transaction::{abort, TransactionError};
@@ -66,6 +69,20 @@ pub enum StoreError {
     DuplicateToken(String),
     #[error("report bodies: {0}")]
     Blob(String),
+}
+
+impl From<JournalError> for StoreError {
+    fn from(e: JournalError) -> Self {
+        match e {
+            JournalError::Blob(reason) => StoreError::Blob(reason),
+            JournalError::Damaged { node, reason } => StoreError::Corrupt {
+                tree: "journal",
+                key: node,
+                reason,
+            },
+            JournalError::InvalidNodeName(name) => StoreError::InvalidNodeName(name),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -129,7 +146,7 @@ pub struct OpEvent {
 
 pub struct Store {
     db: sled::Db,
-    /// Reports and fact changes (see [`crate::report_log`]).
+    /// Reports and fact changes (see `journal.rs`).
     journal: ReportLog,
     operations: Tree,
     op_events: Tree,
@@ -201,7 +218,7 @@ fn tx_err<E: From<StoreError>>(e: TransactionError<E>) -> E {
 impl Store {
     /// Opens (creating if needed) the database in the data dir `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Store> {
-        Self::open_with(path, crate::blobs::SEGMENT_MAX)
+        Self::open_with(path, blobs::SEGMENT_MAX)
     }
 
     /// Like [`Store::open`], with report-body segments sealed at `segment_max` bytes.
@@ -240,7 +257,7 @@ impl Store {
     /// Compacts the report journal (see [`ReportLog::compact`]); called from a background
     /// thread.
     pub fn compact(&self) -> Result<()> {
-        self.journal.compact()
+        Ok(self.journal.compact()?)
     }
 
     /// Writes sled's log buffers out and syncs them (see the module doc on durability).
@@ -309,7 +326,7 @@ impl Store {
                 return Err(StoreError::UnknownNode(w.node.to_string()));
             }
         }
-        self.journal.append(batch)
+        Ok(self.journal.append(batch)?)
     }
 
     /// The node's latest report and when it was received.
@@ -322,7 +339,7 @@ impl Store {
 
     /// The node's kept history as `(seq, received_ms, report)`, oldest first.
     pub fn report_history(&self, node: &str) -> Result<Vec<(u64, u64, Report)>> {
-        self.journal.history(node)
+        Ok(self.journal.history(node)?)
     }
 
     // ---- enrollment tokens ----
@@ -445,7 +462,7 @@ impl Store {
 
     /// A node's recorded fact changes, oldest first.
     pub fn fact_changes(&self, node: &str) -> Result<Vec<FactChange>> {
-        self.journal.fact_changes(node)
+        Ok(self.journal.fact_changes(node)?)
     }
 
     // ---- audit log ----

@@ -1,7 +1,8 @@
 //! The report journal: every stored report and every batch of fact changes is one record
-//! in the blob log ([`crate::blobs`]); the index of what each node has (its newest
+//! in the blob log ([`super::blobs`]); the index of what each node has (its newest
 //! [`HISTORY_PER_NODE`] reports and about [`FACT_CHANGES_PER_NODE`] fact changes) lives in
-//! memory and is rebuilt from the records at open. Used only by [`crate::store`].
+//! memory and is rebuilt from the records at open. Private to [`crate::store`], which
+//! turns a [`JournalError`] into its own `StoreError`; the journal imports nothing from it.
 //!
 //! Why not sled: a report touched five keys in three trees and sled wrote ~8 KiB of pages
 //! per report; it was most of the ingestion CPU. Here a batch of reports is one `write(2)`
@@ -19,8 +20,7 @@
 //! deleted only by [`ReportLog::compact`], under the exclusive side of `gc`, while readers
 //! hold its shared side from looking an entry up until they have read it.
 
-use crate::blobs::{BlobError, BlobLog, BlobRef};
-use crate::store::StoreError;
+use super::blobs::{BlobError, BlobLog, BlobRef};
 use fleetward_proto::{report_from_bytes, Report};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -34,7 +34,7 @@ pub const HISTORY_PER_NODE: usize = 50;
 /// How many fact changes are kept per node; older ones are pruned.
 pub const FACT_CHANGES_PER_NODE: usize = 1000;
 
-/// One report to store with [`crate::store::Store::put_reports`].
+/// One report to store with `Store::put_reports`.
 #[derive(Debug, Clone, Copy)]
 pub struct ReportWrite<'a> {
     pub node: &'a str,
@@ -57,16 +57,29 @@ const KIND_REPORT: u8 = 1;
 const KIND_CHANGES: u8 = 2;
 const HEADER: usize = 1 + 8 + 8 + 2;
 
-type Result<T> = std::result::Result<T, StoreError>;
-
-fn blob_err(e: BlobError) -> StoreError {
-    StoreError::Blob(e.to_string())
+/// What can go wrong in the journal.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// Writing, syncing or listing the segment files failed.
+    #[error("report bodies: {0}")]
+    Blob(String),
+    /// A record of `node` cannot be read back or decoded.
+    #[error("corrupt data in the journal at node '{node}': {reason}")]
+    Damaged { node: String, reason: String },
+    /// A node name that does not fit a record header.
+    #[error("invalid node name '{0}'")]
+    InvalidNodeName(String),
 }
 
-fn damaged(node: &str, reason: impl ToString) -> StoreError {
-    StoreError::Corrupt {
-        tree: "journal",
-        key: node.to_string(),
+type Result<T> = std::result::Result<T, JournalError>;
+
+fn blob_err(e: BlobError) -> JournalError {
+    JournalError::Blob(e.to_string())
+}
+
+fn damaged(node: &str, reason: impl ToString) -> JournalError {
+    JournalError::Damaged {
+        node: node.to_string(),
         reason: reason.to_string(),
     }
 }
@@ -82,7 +95,7 @@ struct Header<'a> {
 
 fn encode_record(h: &Header<'_>, body: &[u8]) -> Result<Vec<u8>> {
     let len =
-        u16::try_from(h.node.len()).map_err(|_| StoreError::InvalidNodeName(h.node.into()))?;
+        u16::try_from(h.node.len()).map_err(|_| JournalError::InvalidNodeName(h.node.into()))?;
     let mut out = Vec::with_capacity(HEADER + h.node.len() + body.len());
     out.push(h.kind);
     out.extend_from_slice(&h.seq.to_be_bytes());
@@ -404,7 +417,7 @@ impl ReportLog {
                 let payload = self.blobs.read(e.at).map_err(|err| damaged(&node, err))?;
                 let at = self.blobs.append(&[&payload]).map_err(blob_err)?[0];
                 copies.push((node, e, at));
-                Ok::<_, StoreError>(())
+                Ok::<_, JournalError>(())
             });
             if let Err(e) = copied.and_then(|()| self.blobs.sync().map_err(blob_err)) {
                 for (_, _, at) in copies {
@@ -492,7 +505,7 @@ mod tests {
 
     fn seed_json(tag: &str) -> Vec<u8> {
         let mut r = fleetward_proto::report_from_json(include_str!(
-            "../../agent/tests/fixtures/seed/pve-01/expected.json"
+            "../../../agent/tests/fixtures/seed/pve-01/expected.json"
         ))
         .unwrap();
         r.facts.node.boot_id = Some(tag.into());
@@ -509,7 +522,7 @@ mod tests {
             new: Some("b".into()),
         };
         let (a, b) = (seed_json("a"), seed_json("b"));
-        let log = ReportLog::open(dir.path(), crate::blobs::SEGMENT_MAX).unwrap();
+        let log = ReportLog::open(dir.path(), super::super::blobs::SEGMENT_MAX).unwrap();
         let first = log.append(&[write("n", &a, &[])]).unwrap();
         let second = log
             .append(&[write("n", &b, std::slice::from_ref(&change))])
@@ -528,20 +541,11 @@ mod tests {
         bytes[60] ^= 0xff;
         std::fs::write(&seg, &bytes).unwrap();
         let err = log.history("n").unwrap_err();
-        assert!(
-            matches!(
-                err,
-                StoreError::Corrupt {
-                    tree: "journal",
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, JournalError::Damaged { .. }), "{err}");
         assert_eq!(log.latest_report("n").unwrap().unwrap().0, second[0]);
         drop(log);
         // Reopen: the damaged record is skipped, the rest loads, seqs keep growing.
-        let log = ReportLog::open(dir.path(), crate::blobs::SEGMENT_MAX).unwrap();
+        let log = ReportLog::open(dir.path(), super::super::blobs::SEGMENT_MAX).unwrap();
         let h = log.history("n").unwrap();
         assert_eq!(h.iter().map(|r| r.0).collect::<Vec<_>>(), second);
         assert_eq!(log.fact_changes("n").unwrap(), vec![change]);
@@ -552,11 +556,11 @@ mod tests {
         let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
         std::io::Write::write_all(&mut f, &[200, 0, 0, 0, 1, 2, 3]).unwrap();
         drop(f);
-        let log = ReportLog::open(dir.path(), crate::blobs::SEGMENT_MAX).unwrap();
+        let log = ReportLog::open(dir.path(), super::super::blobs::SEGMENT_MAX).unwrap();
         assert_eq!(log.latest("n").unwrap().0, third[0]);
         let after = log.append(&[write("n", &b, &[])]).unwrap();
         drop(log);
-        let log = ReportLog::open(dir.path(), crate::blobs::SEGMENT_MAX).unwrap();
+        let log = ReportLog::open(dir.path(), super::super::blobs::SEGMENT_MAX).unwrap();
         assert_eq!(log.latest("n").unwrap().0, after[0]);
         assert_eq!(log.history("n").unwrap().len(), 3);
     }

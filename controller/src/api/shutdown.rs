@@ -1,25 +1,47 @@
 //! `ShutdownService`: the operator API of the coordinated shutdown and startup. Operator
-//! certificates only ([`Controller::authorize`]); every call that changes something writes
-//! the audit log before it asks the driver ([`crate::orchestrate::shutdown`]) to act.
+//! certificates only (the authorization layer); every call that changes something is
+//! audited by the driver ([`crate::orchestrate`]) before it acts.
 
 use std::sync::Arc;
 
-use fleetward_pki::Role;
-use fleetward_proto::api::{self, shutdown_service_server::ShutdownService};
+use fleetward_proto::api::{
+    self, shutdown_service_server::ShutdownService, shutdown_service_server::ShutdownServiceServer,
+};
 use serde_json::json;
 use tonic::{Request, Response, Status};
 
-use crate::orchestrate::shutdown::{self as driver, stage_word, Shutdown, SHUTDOWN_PREFIX};
+use super::{driver_status, internal, Authorized};
+use crate::clock::now_ms;
+use crate::orchestrate::shutdown::{
+    self as driver, stage_word, Shutdown, Shutdowns, SHUTDOWN_PREFIX,
+};
 use crate::orchestrate::{Audit, DriverError};
-use crate::server::{driver_status, now_ms, Controller};
 use crate::shutdown::{step_name, Event, Plan, PlanStep};
+use crate::state::{Caller, Controller};
 
-/// The service; registered by `serve` next to the operator service.
-pub struct ShutdownApi(pub Arc<Controller>);
+/// The service: the controller's state and the shutdown driver's handle.
+pub struct ShutdownApi {
+    ctl: Arc<Controller>,
+    shutdowns: Shutdowns,
+}
 
-fn internal(e: impl std::fmt::Display) -> Status {
-    tracing::error!(error = %e, "internal error");
-    Status::internal(e.to_string())
+impl ShutdownApi {
+    /// The service behind the authorization layer, decoding messages up to `max_message`
+    /// bytes.
+    pub fn server(
+        ctl: Arc<Controller>,
+        shutdowns: Shutdowns,
+        max_message: usize,
+    ) -> Authorized<ShutdownServiceServer<ShutdownApi>> {
+        let api = ShutdownApi {
+            ctl: ctl.clone(),
+            shutdowns,
+        };
+        Authorized::new(
+            ctl,
+            ShutdownServiceServer::new(api).max_decoding_message_size(max_message),
+        )
+    }
 }
 
 /// The reason a UPS-started shutdown carries (the audit log names the calling operator).
@@ -98,15 +120,14 @@ fn audit(actor: &str, action: &str, detail: String) -> Option<Audit> {
 
 /// Asks the driver to start `plan`, audited as `shutdown.start`.
 async fn start(
-    ctl: &Controller,
+    shutdowns: &Shutdowns,
     plan: Plan,
     actor: &str,
     detail: String,
 ) -> Result<Shutdown, Status> {
     let record = Shutdown::new(plan, actor.to_string());
     let audit = audit(actor, "shutdown.start", detail);
-    let (s, _) = ctl
-        .shutdowns()?
+    let (s, _) = shutdowns
         .start(record, audit)
         .await
         .map_err(driver_status)?;
@@ -116,7 +137,7 @@ async fn start(
 /// An operator's `event` on shutdown `id` (or the newest), audited as `action` by the
 /// driver first, and refused (with the machine's reason) when the machine refuses it.
 async fn audited_control(
-    ctl: &Controller,
+    shutdowns: &Shutdowns,
     actor: &str,
     id: &str,
     action: &str,
@@ -125,7 +146,7 @@ async fn audited_control(
 ) -> Result<Shutdown, Status> {
     let id = (!id.is_empty()).then(|| id.to_string());
     let audit = audit(actor, action, String::new());
-    match ctl.shutdowns()?.control(id, event, audit).await {
+    match shutdowns.control(id, event, audit).await {
         Ok((s, _)) => Ok(s),
         Err(DriverError::NotFound(_)) => Err(Status::failed_precondition(missing)),
         Err(e) => Err(driver_status(e)),
@@ -138,8 +159,8 @@ impl ShutdownService for ShutdownApi {
         &self,
         req: Request<api::ShutdownPlanRequest>,
     ) -> Result<Response<api::ShutdownPlanResponse>, Status> {
-        let ctl = &self.0;
-        ctl.authorize(&req, Role::Operator)?;
+        let ctl = &self.ctl;
+        Caller::of(&req)?;
         let r = req.into_inner();
         let plan = build_plan(ctl, reason_of(&r.reason), r.deadline_secs)?;
         Ok(Response::new(crate::wire::shutdown_plan_response(&plan)))
@@ -149,8 +170,8 @@ impl ShutdownService for ShutdownApi {
         &self,
         req: Request<api::ShutdownPlanRequest>,
     ) -> Result<Response<api::ShutdownStatusResponse>, Status> {
-        let ctl = &self.0;
-        let caller = ctl.authorize(&req, Role::Operator)?;
+        let ctl = &self.ctl;
+        let caller = Caller::of(&req)?.clone();
         let r = req.into_inner();
         let plan = build_plan(ctl, reason_of(&r.reason), r.deadline_secs)?;
         if let Some(reviewed) = &r.reviewed {
@@ -169,7 +190,7 @@ impl ShutdownService for ShutdownApi {
             "tiers": plan.tiers,
         })
         .to_string();
-        let s = start(ctl, plan, &caller.identity.name, detail).await?;
+        let s = start(&self.shutdowns, plan, &caller.identity.name, detail).await?;
         status(ctl, Some(&s), format!("shutdown {} started", s.id()))
     }
 
@@ -177,8 +198,8 @@ impl ShutdownService for ShutdownApi {
         &self,
         req: Request<api::ShutdownStatusRequest>,
     ) -> Result<Response<api::ShutdownStatusResponse>, Status> {
-        let ctl = &self.0;
-        ctl.authorize(&req, Role::Operator)?;
+        let ctl = &self.ctl;
+        Caller::of(&req)?;
         let id = req.into_inner().id;
         match find(ctl, &id)? {
             Some(s) => {
@@ -193,12 +214,12 @@ impl ShutdownService for ShutdownApi {
         &self,
         req: Request<api::ShutdownControlRequest>,
     ) -> Result<Response<api::ShutdownStatusResponse>, Status> {
-        let ctl = &self.0;
-        let caller = ctl.authorize(&req, Role::Operator)?;
+        let ctl = &self.ctl;
+        let caller = Caller::of(&req)?.clone();
         let id = req.into_inner().id;
         let actor = &caller.identity.name;
         let s = audited_control(
-            ctl,
+            &self.shutdowns,
             actor,
             &id,
             "shutdown.cancel",
@@ -221,13 +242,21 @@ impl ShutdownService for ShutdownApi {
         &self,
         req: Request<api::ShutdownControlRequest>,
     ) -> Result<Response<api::ShutdownStatusResponse>, Status> {
-        let ctl = &self.0;
-        let caller = ctl.authorize(&req, Role::Operator)?;
+        let ctl = &self.ctl;
+        let caller = Caller::of(&req)?.clone();
         let id = req.into_inner().id;
         let actor = &caller.identity.name;
         let event = Event::StartUp { now_ms: now_ms() };
         let missing = "there is no shutdown to start up from";
-        let s = audited_control(ctl, actor, &id, "shutdown.startup", missing, event).await?;
+        let s = audited_control(
+            &self.shutdowns,
+            actor,
+            &id,
+            "shutdown.startup",
+            missing,
+            event,
+        )
+        .await?;
         status(
             ctl,
             Some(&s),
@@ -243,8 +272,8 @@ impl ShutdownService for ShutdownApi {
         &self,
         req: Request<api::PowerEventRequest>,
     ) -> Result<Response<api::ShutdownStatusResponse>, Status> {
-        let ctl = &self.0;
-        let caller = ctl.authorize(&req, Role::Operator)?;
+        let ctl = &self.ctl;
+        let caller = Caller::of(&req)?.clone();
         let r = req.into_inner();
         let current = find(ctl, "")?.filter(|s| !s.finished());
         let event = crate::wire::power_event(r.event)
@@ -273,7 +302,7 @@ impl ShutdownService for ShutdownApi {
                 }
                 let plan = build_plan(ctl, Some(ups_reason(r.runtime_secs)), r.runtime_secs)?;
                 let detail = ups_reason(r.runtime_secs);
-                let s = start(ctl, plan, &caller.identity.name, detail).await?;
+                let s = start(&self.shutdowns, plan, &caller.identity.name, detail).await?;
                 let msg = format!(
                     "shutdown {} started: the last node is due off within {} s",
                     s.id(),
@@ -300,10 +329,7 @@ impl ShutdownService for ShutdownApi {
                     return status(ctl, Some(&s), msg);
                 }
                 let id = Some(s.id().to_string());
-                let restored = ctl
-                    .shutdowns()?
-                    .control(id, Event::PowerRestored, None)
-                    .await;
+                let restored = self.shutdowns.control(id, Event::PowerRestored, None).await;
                 let (s, msg) = match restored {
                     Ok((s, _)) => {
                         let msg = format!(

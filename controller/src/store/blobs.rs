@@ -1,5 +1,5 @@
 //! Append-only segment files holding the store's report journal
-//! (`<data dir>/db/fleetward-journal/`), used only by [`crate::report_log`].
+//! (`<data dir>/db/fleetward-journal/`), used only by the journal (`store::journal`).
 //!
 //! sled rewrites whole leaf pages as keys change, which cost ~8 KiB of disk writes and
 //! most of the ingestion CPU per report. Here a batch of records is one `write(2)` at the
@@ -45,27 +45,6 @@ pub struct BlobRef {
     pub segment: u64,
     pub offset: u64,
     pub len: u32,
-}
-
-impl BlobRef {
-    pub const ENCODED: usize = 20;
-
-    pub fn encode(&self) -> [u8; Self::ENCODED] {
-        let mut b = [0u8; Self::ENCODED];
-        b[..8].copy_from_slice(&self.segment.to_be_bytes());
-        b[8..16].copy_from_slice(&self.offset.to_be_bytes());
-        b[16..].copy_from_slice(&self.len.to_be_bytes());
-        b
-    }
-
-    pub fn decode(b: &[u8]) -> Option<BlobRef> {
-        let b: &[u8; Self::ENCODED] = b.try_into().ok()?;
-        Some(BlobRef {
-            segment: u64::from_be_bytes(b[..8].try_into().ok()?),
-            offset: u64::from_be_bytes(b[8..16].try_into().ok()?),
-            len: u32::from_be_bytes(b[16..].try_into().ok()?),
-        })
-    }
 }
 
 /// Live references into one segment and the bytes they occupy.
@@ -121,6 +100,7 @@ fn segments(dir: &Path) -> Result<Vec<u64>> {
 
 impl BlobLog {
     /// Opens `dir` (created if missing) and appends to its newest segment.
+    #[cfg(test)]
     pub fn open(dir: impl Into<PathBuf>) -> Result<BlobLog> {
         Self::open_with(dir, SEGMENT_MAX)
     }
@@ -383,8 +363,6 @@ mod tests {
         assert_eq!(log.read(refs[0]).unwrap(), b"one");
         assert_eq!(log.read(refs[1]).unwrap(), b"");
         assert_eq!(log.read(refs[2]).unwrap(), b"three");
-        assert_eq!(BlobRef::decode(&refs[2].encode()), Some(refs[2]));
-        assert_eq!(BlobRef::decode(b"short"), None);
         // Reopen: appends continue after what is there.
         drop(log);
         let log = BlobLog::open(dir.path()).unwrap();

@@ -1,0 +1,856 @@
+//! The controller's shared state, apart from any API: the store, the CA, the configuration
+//! and policy, and one map of per-node state (open session, latest report, its packed facts
+//! and store seq, last message time). The gRPC services (`api`), report ingestion
+//! (`ingest`) and the orchestration drivers all work through [`Controller`]; it knows none
+//! of them.
+//!
+//! [`Controller::authorize`] is the one place that decides who may call: a client
+//! certificate from our CA (TLS verified it), a fleetward identity of the required role, a
+//! serial that is not revoked. `api`'s layer asks it for every call. Beside it,
+//! [`Controller::speaks_for`] decides that an agent reports only for its own node.
+
+use crate::clock::{ms, now_ms};
+use crate::config::Config;
+use crate::events::{AgentEvent, AgentEventKind, EVENTS_CAPACITY};
+use crate::fleet::{self, NodeView, Policy};
+use crate::store::{AuditEntry, NodeRecord, Store, StoreError, TokenError, TokenRecord};
+use fleetward_pki::{identity_from_der, not_after, serial_hex, Ca, Identity, Role};
+use fleetward_proto::api::{self, controller_message, ControllerMessage};
+use fleetward_proto::Report;
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc, watch};
+use tonic::transport::CertificateDer;
+use tonic::{Request, Status};
+
+/// An internal error as a gRPC status (logged: the caller only sees the message).
+pub(crate) fn internal(e: impl std::fmt::Display) -> Status {
+    tracing::error!(error = %e, "internal error");
+    Status::internal(e.to_string())
+}
+
+/// "No `what` named `name`" as a gRPC status.
+pub(crate) fn not_found(what: &str, name: &str) -> Status {
+    Status::not_found(format!("no {what} named '{name}'"))
+}
+
+/// Who is calling, from the verified client certificate. `api`'s authorization layer puts
+/// it into every authenticated request's extensions; [`Caller::of`] takes it out.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub identity: Identity,
+    pub serial: String,
+}
+
+impl Caller {
+    /// The verified caller of `req`. Only the authorization layer inserts one, so a
+    /// handler that asks for it cannot run for an unverified caller.
+    pub fn of<T>(req: &Request<T>) -> Result<&Caller, Status> {
+        req.extensions()
+            .get::<Caller>()
+            .ok_or_else(|| Status::unauthenticated("a verified client certificate is required"))
+    }
+}
+
+/// A report's facts flattened (`fleet::flatten`), packed (one string per node).
+pub(crate) type Flat = fleet::PackedFlat;
+
+/// The sending side of an agent session's response stream.
+pub(crate) type Outbound = mpsc::Sender<Result<ControllerMessage, Status>>;
+
+/// Why a session is ended from the controller's side.
+#[derive(Debug, Clone)]
+pub(crate) struct Kill {
+    /// The node's certificate no longer counts (the session ends with PERMISSION_DENIED
+    /// rather than UNAVAILABLE, so the agent does not just reconnect).
+    pub revoked: bool,
+    pub reason: String,
+}
+
+struct SessionHandle {
+    id: u64,
+    tx: Outbound,
+    kill: watch::Sender<Option<Kill>>,
+}
+
+/// Everything the controller keeps in memory about one node. The report, its flat and its
+/// seq change together under the slot's lock, so a reader never sees a new report with an
+/// old seq; the last-message time is an atomic so that a heartbeat takes no lock at all.
+pub(crate) struct NodeSlot {
+    state: Mutex<NodeState>,
+    /// Unix ms of the last message on any of the node's sessions; 0 = none since start.
+    heard_ms: AtomicU64,
+}
+
+#[derive(Default)]
+struct NodeState {
+    session: Option<SessionHandle>,
+    /// The latest report, parsed (the fleet rules run over these). Kept as an
+    /// exact-capacity clone: ~13 KB per seed report.
+    report: Option<Arc<Report>>,
+    /// The report's flattened facts, kept so that a new report is flattened once (to find
+    /// what changed) rather than flattening the previous one again. Computed lazily after
+    /// a start.
+    flat: Option<Arc<Flat>>,
+    /// The latest report's store seq: only grows, also across restarts.
+    seq: u64,
+}
+
+impl NodeSlot {
+    fn new(state: NodeState) -> Self {
+        NodeSlot {
+            state: Mutex::new(state),
+            heard_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, NodeState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records that the node was heard from at `now` (unix ms).
+    pub(crate) fn heard(&self, now: u64) {
+        self.heard_ms.store(now, Ordering::Relaxed);
+    }
+
+    fn heard_ms(&self) -> Option<u64> {
+        match self.heard_ms.load(Ordering::Relaxed) {
+            0 => None,
+            t => Some(t),
+        }
+    }
+}
+
+/// Shared controller state: the store, the CA, and every node's in-memory state.
+pub struct Controller {
+    store: Arc<Store>,
+    ca: Ca,
+    cfg: Config,
+    /// Per node; a slot is created on a node's first report or session and then kept.
+    nodes: RwLock<HashMap<String, Arc<NodeSlot>>>,
+    counter: AtomicU64,
+    policy: RwLock<Option<Arc<LoadedPolicy>>>,
+    /// Session events for the orchestration drivers.
+    events: broadcast::Sender<AgentEvent>,
+}
+
+/// The policy in force and where it came from.
+pub struct LoadedPolicy {
+    pub path: PathBuf,
+    pub text: String,
+    pub policy: Policy,
+}
+
+/// Read and parse a policy file; the error says which file and what is wrong.
+pub fn load_policy(path: &std::path::Path) -> Result<LoadedPolicy, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read policy {}: {e}", path.display()))?;
+    let policy = Policy::parse(&text).map_err(|e| format!("policy {}: {e}", path.display()))?;
+    Ok(LoadedPolicy {
+        path: path.to_path_buf(),
+        text,
+        policy,
+    })
+}
+
+/// Read a certificate's expiry as unix ms (for records of certificates we did not sign
+/// through [`Controller::sign`]).
+pub fn cert_not_after_ms(der: &[u8]) -> Option<u64> {
+    not_after(der).ok().map(ms)
+}
+
+impl Controller {
+    pub fn new(
+        store: Store,
+        ca: Ca,
+        cfg: Config,
+        policy: Option<LoadedPolicy>,
+    ) -> Result<Arc<Self>, StoreError> {
+        let mut nodes = HashMap::new();
+        for rec in store.list_nodes()? {
+            let seq = store.latest_report_seq(&rec.name)?;
+            let report = store.latest_report(&rec.name)?;
+            if seq.is_none() && report.is_none() {
+                continue;
+            }
+            let state = NodeState {
+                report: report.map(|(_, r)| Arc::new(r)),
+                seq: seq.unwrap_or(0),
+                ..NodeState::default()
+            };
+            nodes.insert(rec.name, Arc::new(NodeSlot::new(state)));
+        }
+        let store = Arc::new(store);
+        // Report-body compaction, off the ingestion path; ends with the store.
+        let weak = Arc::downgrade(&store);
+        let _ = std::thread::Builder::new()
+            .name("compact".into())
+            .spawn(move || loop {
+                std::thread::sleep(Duration::from_secs(60));
+                let Some(store) = weak.upgrade() else { return };
+                if let Err(e) = store.compact() {
+                    tracing::error!(error = %e, "compacting report bodies failed");
+                }
+            });
+        Ok(Arc::new(Controller {
+            store,
+            ca,
+            cfg,
+            nodes: RwLock::new(nodes),
+            counter: AtomicU64::new(0),
+            policy: RwLock::new(policy.map(Arc::new)),
+            events: broadcast::channel(EVENTS_CAPACITY).0,
+        }))
+    }
+
+    fn slot(&self, node: &str) -> Option<Arc<NodeSlot>> {
+        self.nodes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(node)
+            .cloned()
+    }
+
+    fn slot_or_insert(&self, node: &str) -> Arc<NodeSlot> {
+        if let Some(s) = self.slot(node) {
+            return s;
+        }
+        self.nodes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(node.to_string())
+            .or_insert_with(|| Arc::new(NodeSlot::new(NodeState::default())))
+            .clone()
+    }
+
+    fn slots(&self) -> Vec<(String, Arc<NodeSlot>)> {
+        self.nodes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(n, s)| (n.clone(), s.clone()))
+            .collect()
+    }
+
+    /// Events of every agent session from now on (see [`crate::events`]): connects with
+    /// boot ids, disconnects, stored reports, command acks, output lines and results.
+    pub fn subscribe(&self) -> broadcast::Receiver<AgentEvent> {
+        self.events.subscribe()
+    }
+
+    pub(crate) fn publish(&self, node: &str, kind: AgentEventKind) {
+        // No subscriber is fine: nobody is waiting for anything.
+        let _ = self.events.send(AgentEvent {
+            node: node.to_string(),
+            kind,
+        });
+    }
+
+    /// Sends `cmd` to `node` on its open session. Build action commands with
+    /// `api::Command::action(&ActionRequest { id, action })`; the id is the idempotency key
+    /// (`operation/node/step/attempt`), so re-sending the same command is safe. Progress
+    /// comes back as [`AgentEventKind::CommandAck`], `CommandOutput` and `CommandResult`
+    /// events. Never waits: a full session queue is an error (the drivers' timeouts and
+    /// re-sends cover it), as are a node that is not connected or a session that ended.
+    pub fn send_command(&self, node: &str, cmd: api::Command) -> Result<(), String> {
+        let tx = self
+            .session_sender(node)
+            .ok_or_else(|| format!("node {node} is not connected"))?;
+        let id = cmd.command_id.clone();
+        tx.try_send(Ok(ControllerMessage::new(
+            controller_message::Kind::Command(cmd),
+        )))
+        .map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => format!("node {node}: session queue full"),
+            mpsc::error::TrySendError::Closed(_) => format!("node {node} disconnected"),
+        })?;
+        tracing::info!(node, command = %id, "command sent");
+        Ok(())
+    }
+
+    /// The sending side of the node's open session, if it has one.
+    pub(crate) fn session_sender(&self, node: &str) -> Option<Outbound> {
+        let slot = self.slot(node)?;
+        let state = slot.lock();
+        state.session.as_ref().map(|h| h.tx.clone())
+    }
+
+    /// A number not handed out before by this process (command and session ids).
+    pub(crate) fn next_id(&self) -> u64 {
+        self.counter.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Re-read the policy file named in the configuration. On error the old policy stays.
+    pub fn reload_policy(&self) -> Result<Option<Arc<LoadedPolicy>>, String> {
+        let Some(path) = &self.cfg.policy else {
+            return Ok(None);
+        };
+        let loaded = Arc::new(load_policy(path)?);
+        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Some(loaded.clone());
+        tracing::info!(path = %path.display(), "policy loaded");
+        Ok(Some(loaded))
+    }
+
+    pub fn policy(&self) -> Option<Arc<LoadedPolicy>> {
+        self.policy
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The latest reports of all nodes that are not revoked, by node name.
+    pub fn fleet(&self) -> Vec<(String, Arc<Report>)> {
+        let revoked: HashSet<String> = self
+            .store
+            .list_nodes()
+            .map(|n| {
+                n.into_iter()
+                    .filter(|n| n.revoked)
+                    .map(|n| n.name)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut out: Vec<(String, Arc<Report>)> = self
+            .slots()
+            .into_iter()
+            .filter(|(n, _)| !revoked.contains(n))
+            .filter_map(|(n, s)| {
+                let report = s.lock().report.clone()?;
+                Some((n, report))
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// What the Prometheus endpoint shows, now.
+    pub fn metrics_snapshot(&self) -> crate::metrics::FleetSnapshot {
+        let now = now_ms();
+        let fleet = self.fleet_findings(None);
+        let nodes = self
+            .store
+            .list_nodes()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|rec| !rec.revoked)
+            .map(|rec| {
+                let report = self.latest(&rec.name).map(|(r, _)| r);
+                crate::metrics::NodeSnapshot {
+                    up: self.is_online(&rec.name),
+                    last_report_age_secs: self
+                        .last_seen_ms(&rec)
+                        .map(|t| now.saturating_sub(t) as f64 / 1000.0),
+                    reboot_required: report
+                        .as_ref()
+                        .is_some_and(|r| r.facts.boot.reboot_required),
+                    findings: report
+                        .map(|r| {
+                            r.findings
+                                .iter()
+                                .map(|f| (f.code.clone(), f.severity))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    drift_findings: fleet.iter().filter(|f| f.node == rec.name).count(),
+                    name: rec.name,
+                }
+            })
+            .collect();
+        crate::metrics::FleetSnapshot { nodes }
+    }
+
+    /// drift.* over the fleet, plus policy.* against `policy` (default: the one in force).
+    pub fn fleet_findings(&self, policy: Option<&Policy>) -> Vec<fleet::FleetFinding> {
+        let fleet = self.fleet();
+        let views: Vec<NodeView> = fleet
+            .iter()
+            .map(|(n, r)| NodeView {
+                name: n,
+                facts: &r.facts,
+            })
+            .collect();
+        let mut out = fleet::drift(&views);
+        let in_force = self.policy();
+        if let Some(p) = policy.or(in_force.as_ref().map(|l| &l.policy)) {
+            out.extend(fleet::check(p, &views));
+        }
+        out
+    }
+
+    /// The flattened facts of the node's latest report (cached; computed once after start,
+    /// outside the slot's lock).
+    pub(crate) fn previous_flat(&self, slot: &NodeSlot) -> Option<Arc<Flat>> {
+        let report = {
+            let state = slot.lock();
+            if let Some(f) = &state.flat {
+                return Some(f.clone());
+            }
+            state.report.clone()?
+        };
+        Some(Arc::new(Flat::pack(&fleet::flatten(&report.facts))))
+    }
+
+    /// Makes a stored report the node's latest: report, flat and seq in one step. A
+    /// report with an older seq than the one in place (a replaced session's late write)
+    /// does not replace it.
+    pub(crate) fn commit_report(
+        &self,
+        slot: &NodeSlot,
+        seq: u64,
+        report: Arc<Report>,
+        flat: Arc<Flat>,
+    ) {
+        let mut state = slot.lock();
+        if state.report.is_some() && seq < state.seq {
+            return;
+        }
+        state.seq = seq;
+        state.report = Some(report);
+        state.flat = Some(flat);
+    }
+
+    /// The node's latest report (parsed) and its store seq.
+    pub fn latest(&self, node: &str) -> Option<(Arc<Report>, u64)> {
+        let slot = self.slot(node)?;
+        let state = slot.lock();
+        Some((state.report.clone()?, state.seq))
+    }
+
+    /// Writes to the audit log (for drivers acting on the operator's behalf).
+    pub fn audit_event(&self, actor: &str, action: &str, target: &str, detail: String) {
+        if let Err(e) = self.audit(actor, action, target, detail) {
+            tracing::error!(error = %e.message(), "cannot write the audit log");
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The store, shared (the report writer thread holds it).
+    pub(crate) fn store_handle(&self) -> Arc<Store> {
+        self.store.clone()
+    }
+
+    pub(crate) fn ca(&self) -> &Ca {
+        &self.ca
+    }
+
+    /// The one authorization decision: a certificate is present (TLS already verified it
+    /// against our CA), names a fleetward identity of `role`, and is not revoked.
+    /// `peer_certs` is the chain the client presented, its own certificate first.
+    pub fn authorize(
+        &self,
+        peer_certs: Option<&[CertificateDer<'_>]>,
+        role: Role,
+    ) -> Result<Caller, Status> {
+        let der = peer_certs
+            .and_then(|c| c.first())
+            .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+        let identity = identity_from_der(der.as_ref()).map_err(|e| {
+            Status::unauthenticated(format!("certificate carries no fleetward identity: {e}"))
+        })?;
+        let serial =
+            serial_hex(der.as_ref()).map_err(|e| Status::unauthenticated(e.to_string()))?;
+        if self.store.is_revoked(&serial).map_err(internal)? {
+            return Err(Status::permission_denied("certificate revoked"));
+        }
+        if identity.role != role {
+            return Err(Status::permission_denied(format!(
+                "a {} certificate may not call {} methods",
+                identity.role, role
+            )));
+        }
+        Ok(Caller { identity, serial })
+    }
+
+    /// The other half of the decision, for what an agent sends: the agent of `node` speaks
+    /// only for `node`, so a report whose hostname (short name, any case) names another
+    /// node is refused.
+    pub(crate) fn speaks_for(&self, node: &str, report: &Report) -> Result<(), Status> {
+        if let Some(host) = report.facts.node.hostname.as_deref() {
+            let short = host.split('.').next().unwrap_or(host);
+            if !short.eq_ignore_ascii_case(node) {
+                return Err(Status::permission_denied(format!(
+                    "the certificate of node {node} may not report for node {short}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        detail: String,
+    ) -> Result<(), Status> {
+        tracing::info!(actor, action, target, detail = %detail, "audit");
+        self.store
+            .append_audit(&AuditEntry {
+                time_ms: now_ms(),
+                actor: actor.to_string(),
+                action: action.to_string(),
+                target: target.to_string(),
+                detail,
+            })
+            .map_err(internal)
+    }
+
+    /// The node's record, if it is enrolled and not revoked.
+    pub(crate) fn node_enrolled(&self, name: &str) -> Result<NodeRecord, Status> {
+        match self.store.get_node(name).map_err(internal)? {
+            Some(n) if n.revoked => {
+                Err(Status::permission_denied(format!("node {name} is revoked")))
+            }
+            Some(n) => Ok(n),
+            None => Err(Status::permission_denied(format!(
+                "node {name} is not enrolled"
+            ))),
+        }
+    }
+
+    /// Makes `tx` the node's session (ending an older one); returns the session id, the
+    /// receiver of a kill, and the node's slot for the session to record messages in.
+    pub(crate) fn register(
+        &self,
+        node: &str,
+        tx: Outbound,
+    ) -> (u64, watch::Receiver<Option<Kill>>, Arc<NodeSlot>) {
+        let id = self.next_id();
+        let (kill, killed) = watch::channel(None);
+        let slot = self.slot_or_insert(node);
+        let old = slot.lock().session.replace(SessionHandle { id, tx, kill });
+        if let Some(old) = old {
+            let _ = old.kill.send(Some(Kill {
+                revoked: false,
+                reason: "replaced by a newer session of the same node".into(),
+            }));
+        }
+        (id, killed, slot)
+    }
+
+    /// Forgets session `id` if it is still the node's session.
+    pub(crate) fn unregister(&self, slot: &NodeSlot, id: u64) {
+        let mut state = slot.lock();
+        if state.session.as_ref().is_some_and(|h| h.id == id) {
+            state.session = None;
+        }
+    }
+
+    /// Whether the node has an open session.
+    pub fn is_online(&self, node: &str) -> bool {
+        self.slot(node).is_some_and(|s| s.lock().session.is_some())
+    }
+
+    /// Ends the node's session, if any, telling it why.
+    fn kill_session(&self, node: &str, kill: Kill) {
+        let Some(slot) = self.slot(node) else { return };
+        let handle = slot.lock().session.take();
+        if let Some(h) = handle {
+            let _ = h.kill.send(Some(kill));
+        }
+    }
+
+    /// Close every session (shutdown): agents reconnect to the next controller.
+    pub fn close_all_sessions(&self, reason: &str) {
+        for (_, slot) in self.slots() {
+            let handle = slot.lock().session.take();
+            if let Some(h) = handle {
+                let _ = h.kill.send(Some(Kill {
+                    revoked: false,
+                    reason: reason.to_string(),
+                }));
+            }
+        }
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.slots()
+            .iter()
+            .filter(|(_, s)| s.lock().session.is_some())
+            .count()
+    }
+
+    /// When the node was last heard from (report, heartbeat, any message), unix ms.
+    pub fn last_seen_ms(&self, rec: &NodeRecord) -> Option<u64> {
+        let heard = self.slot(&rec.name).and_then(|s| s.heard_ms());
+        rec.last_seen_ms.max(heard)
+    }
+
+    /// Signs a CSR for `identity`, valid `secs`: (certificate PEM, serial, expiry unix ms).
+    fn sign(
+        &self,
+        csr_pem: &str,
+        identity: &Identity,
+        secs: u64,
+    ) -> Result<(String, String, u64), Status> {
+        let issued = self
+            .ca
+            .sign_csr(csr_pem, identity, Duration::from_secs(secs))
+            .map_err(|e| Status::invalid_argument(format!("cannot sign the CSR: {e}")))?;
+        Ok((issued.pem, issued.serial, ms(issued.not_after)))
+    }
+}
+
+/// Node, token and operator bookkeeping: what the APIs change, each step audited.
+impl Controller {
+    /// Enrolls `node` with a join token: signs its CSR (first: a bad CSR must not burn the
+    /// token), consumes the token, revokes a previous certificate of the node (ending its
+    /// session), records the node. Returns the certificate (PEM).
+    pub(crate) fn enroll(&self, token: &str, node: &str, csr_pem: &str) -> Result<String, Status> {
+        let identity = Identity::new(Role::Agent, node.to_string())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let (cert_pem, serial, not_after_ms) =
+            self.sign(csr_pem, &identity, self.cfg.agent_cert_secs)?;
+        let now = now_ms();
+        let token = match self.store.consume_token(token, node, now) {
+            Ok(t) => t,
+            Err(TokenError::Store(e)) => return Err(internal(e)),
+            Err(e) => {
+                tracing::warn!(node = %node, error = %e, "enrollment refused");
+                return Err(Status::permission_denied(format!(
+                    "enrollment refused: {e}"
+                )));
+            }
+        };
+        let previous = self.store.get_node(node).map_err(internal)?;
+        if let Some(prev) = &previous {
+            // A re-enrolled node's old certificate stops working.
+            self.store
+                .revoke_serial(&prev.cert_serial)
+                .map_err(internal)?;
+            self.kill_session(
+                node,
+                Kill {
+                    revoked: true,
+                    reason: "node re-enrolled".into(),
+                },
+            );
+        }
+        self.store
+            .upsert_node(&NodeRecord {
+                name: node.to_string(),
+                cert_serial: serial.clone(),
+                cert_not_after_ms: not_after_ms,
+                enrolled_ms: now,
+                last_seen_ms: previous.as_ref().and_then(|p| p.last_seen_ms),
+                revoked: false,
+                agent_version: None,
+                boot_id: None,
+            })
+            .map_err(internal)?;
+        self.audit(
+            node,
+            "node.enroll",
+            node,
+            format!("token {} certificate {serial}", token.id),
+        )?;
+        Ok(cert_pem)
+    }
+
+    /// A new certificate for the calling agent's enrolled node. Returns it (PEM).
+    pub(crate) fn renew(&self, caller: &Caller, csr_pem: &str) -> Result<String, Status> {
+        let mut rec = self.node_enrolled(&caller.identity.name)?;
+        let (cert_pem, serial, not_after_ms) =
+            self.sign(csr_pem, &caller.identity, self.cfg.agent_cert_secs)?;
+        tracing::info!(node = %rec.name, old = %caller.serial, new = %serial, "certificate renewed");
+        rec.cert_serial = serial;
+        rec.cert_not_after_ms = not_after_ms;
+        self.store.upsert_node(&rec).map_err(internal)?;
+        Ok(cert_pem)
+    }
+
+    /// Revokes node `name`'s certificate and ends its session at once.
+    pub(crate) fn revoke_node(&self, actor: &str, name: &str) -> Result<(), Status> {
+        let mut rec = self
+            .store
+            .get_node(name)
+            .map_err(internal)?
+            .ok_or_else(|| not_found("node", name))?;
+        self.store
+            .revoke_serial(&rec.cert_serial)
+            .map_err(internal)?;
+        rec.revoked = true;
+        self.store.upsert_node(&rec).map_err(internal)?;
+        self.kill_session(
+            name,
+            Kill {
+                revoked: true,
+                reason: "node revoked by an operator".into(),
+            },
+        );
+        self.audit(
+            actor,
+            "node.revoke",
+            name,
+            format!("certificate {}", rec.cert_serial),
+        )
+    }
+
+    /// A join token, for any node or only `node`, valid `ttl_secs` (0: one hour; at most
+    /// seven days). Returns its record and the token itself (shown once, stored hashed).
+    pub(crate) fn create_token(
+        &self,
+        actor: &str,
+        node: Option<&str>,
+        ttl_secs: u64,
+    ) -> Result<(TokenRecord, String), Status> {
+        let ttl = if ttl_secs == 0 { 3600 } else { ttl_secs };
+        if ttl > 7 * 24 * 3600 {
+            return Err(Status::invalid_argument(
+                "a join token may live at most 7 days",
+            ));
+        }
+        if let Some(n) = node {
+            Identity::new(Role::Agent, n.to_string())
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        }
+        let token = fleetward_pki::random_token().map_err(internal)?;
+        let now = now_ms();
+        let rec = self
+            .store
+            .create_token(&token, node, now + ttl * 1000, now)
+            .map_err(internal)?;
+        self.audit(
+            actor,
+            "token.create",
+            &rec.id,
+            format!("node {} ttl {ttl}s", node.unwrap_or("any")),
+        )?;
+        Ok((rec, token))
+    }
+
+    /// Revokes join token `id`.
+    pub(crate) fn revoke_token(&self, actor: &str, id: &str) -> Result<(), Status> {
+        match self.store.revoke_token(id) {
+            Ok(_) => {}
+            Err(StoreError::UnknownToken(_)) => return Err(not_found("token", id)),
+            Err(e) => return Err(internal(e)),
+        }
+        self.audit(actor, "token.revoke", id, String::new())
+    }
+
+    /// A certificate for operator `name`: signed from `csr_pem`, or with a new key when
+    /// there is no CSR. Returns (certificate PEM, the new key's PEM if one was made).
+    pub(crate) fn issue_operator(
+        &self,
+        actor: &str,
+        name: &str,
+        csr_pem: Option<&str>,
+    ) -> Result<(String, Option<String>), Status> {
+        let identity = Identity::new(Role::Operator, name.to_string())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let secs = self.cfg.operator_cert_secs;
+        let (cert_pem, key_pem, serial) = match csr_pem {
+            Some(csr) => {
+                let (pem, serial, _) = self.sign(csr, &identity, secs)?;
+                (pem, None, serial)
+            }
+            None => {
+                let (cert, key) = self
+                    .ca
+                    .issue(&identity, Duration::from_secs(secs), &[], &[])
+                    .map_err(internal)?;
+                (cert.pem, Some(key.pem().to_string()), cert.serial)
+            }
+        };
+        self.audit(
+            actor,
+            "operator.issue",
+            name,
+            format!("certificate {serial}"),
+        )?;
+        Ok((cert_pem, key_pem))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(host: &str) -> Report {
+        let mut r = fleetward_proto::report_from_json(include_str!(
+            "../../agent/tests/fixtures/seed/pve-01/expected.json"
+        ))
+        .expect("seed report");
+        r.facts.node.hostname = Some(host.to_string());
+        r
+    }
+
+    fn controller(dir: &std::path::Path) -> Arc<Controller> {
+        let store = Store::open(dir.join("db")).expect("store");
+        let ca = Ca::generate("test").expect("CA");
+        Controller::new(store, ca, Config::new("test", None), None).expect("controller")
+    }
+
+    fn flat(r: &Report) -> Arc<Flat> {
+        Arc::new(Flat::pack(&fleet::flatten(&r.facts)))
+    }
+
+    #[test]
+    fn report_flat_and_seq_change_together_and_never_go_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ctl = controller(dir.path());
+        assert!(ctl.latest("a").is_none());
+        let slot = ctl.slot_or_insert("a");
+        assert!(ctl.previous_flat(&slot).is_none());
+        let first = Arc::new(report("a"));
+        ctl.commit_report(&slot, 5, first.clone(), flat(&first));
+        let (r, seq) = ctl.latest("a").expect("latest");
+        assert_eq!((Arc::ptr_eq(&r, &first), seq), (true, 5));
+        assert!(ctl.previous_flat(&slot).is_some());
+        // A late write of an older report does not replace the newer one.
+        let older = Arc::new(report("a"));
+        ctl.commit_report(&slot, 3, older.clone(), flat(&older));
+        let (r, seq) = ctl.latest("a").expect("latest");
+        assert_eq!((Arc::ptr_eq(&r, &first), seq), (true, 5));
+        assert_eq!(ctl.fleet().len(), 1);
+    }
+
+    #[test]
+    fn a_newer_session_replaces_the_older_and_ends_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ctl = controller(dir.path());
+        let (tx1, _rx1) = mpsc::channel(1);
+        let (id1, killed1, slot) = ctl.register("a", tx1);
+        assert!(ctl.is_online("a"));
+        assert_eq!(slot.heard_ms(), None);
+        slot.heard(42);
+        assert_eq!(slot.heard_ms(), Some(42));
+        let (tx2, _rx2) = mpsc::channel(1);
+        let (id2, _killed2, _) = ctl.register("a", tx2);
+        let kill = killed1
+            .borrow()
+            .clone()
+            .expect("the older session is ended");
+        assert!(!kill.revoked);
+        // The older session's end does not take the newer one with it.
+        ctl.unregister(&slot, id1);
+        assert!(ctl.is_online("a"));
+        assert_eq!(ctl.session_count(), 1);
+        ctl.unregister(&slot, id2);
+        assert!(!ctl.is_online("a"));
+        assert!(ctl.send_command("a", api::Command::refresh("x")).is_err());
+    }
+
+    #[test]
+    fn an_agent_speaks_only_for_its_node() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ctl = controller(dir.path());
+        assert!(ctl.speaks_for("pve1", &report("pve1.example.org")).is_ok());
+        assert!(ctl.speaks_for("pve1", &report("PVE1")).is_ok());
+        let err = ctl
+            .speaks_for("pve1", &report("pve2"))
+            .expect_err("another node");
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    }
+}
