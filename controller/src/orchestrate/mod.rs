@@ -103,10 +103,15 @@ pub trait Machine: Send + 'static {
     fn expected_online(&self, r: &Self::Record, ctl: &Controller) -> Vec<String>;
     /// How long a restarted driver waits for [`Machine::expected_online`].
     fn recover_grace_ms(&self, r: &Self::Record) -> u64;
-    /// The machine's view now. `reconnecting`: nodes whose session ended less than
-    /// [`OFFLINE_GRACE_MS`] ago (a machine that halts on an offline node may count them
-    /// as online until the grace is over).
-    fn view(&self, ctl: &Controller, reconnecting: &BTreeSet<String>) -> Self::View;
+    /// The machine's view now, for the operation `r`. `reconnecting`: nodes whose session
+    /// ended less than [`OFFLINE_GRACE_MS`] ago (a machine that halts on an offline node in
+    /// its turn may count those in their turn as online until the grace is over).
+    fn view(
+        &self,
+        r: &Self::Record,
+        ctl: &Controller,
+        reconnecting: &BTreeSet<String>,
+    ) -> Self::View;
     /// One pure step.
     fn step(
         &self,
@@ -641,7 +646,7 @@ impl<M: Machine> Driver<M> {
             .filter(|(_, since)| now.saturating_sub(**since) < OFFLINE_GRACE_MS)
             .map(|(n, _)| n.clone())
             .collect();
-        let view = self.machine.view(&self.ctl, &reconnecting);
+        let view = self.machine.view(current, &self.ctl, &reconnecting);
         let (next, effects) = self.machine.step(current, &event, &view);
         let notices: Vec<M::Notice> = effects
             .iter()

@@ -72,7 +72,7 @@ impl Machine for RefreshMachine {
     fn recover_grace_ms(&self, r: &RefreshState) -> u64 {
         r.timeout_ms
     }
-    fn view(&self, ctl: &Controller, _reconnecting: &BTreeSet<String>) -> View {
+    fn view(&self, _r: &RefreshState, ctl: &Controller, _: &BTreeSet<String>) -> View {
         ctl.store()
             .list_nodes()
             .unwrap_or_default()

@@ -65,8 +65,9 @@ pub fn spawn(ctl: std::sync::Arc<Controller>) -> Rollouts {
 }
 
 /// The cluster as the controller sees it now: every enrolled, not revoked node.
-/// `reconnecting`: nodes whose session ended less than the driver's offline grace ago;
-/// they count as online until the grace is over (the machine then hears `NodeOffline`).
+/// `reconnecting`: nodes in their turn whose session ended less than the driver's offline
+/// grace ago; they count as online until the grace is over (the machine then hears
+/// `NodeOffline`).
 pub fn cluster_view(ctl: &Controller, reconnecting: &BTreeSet<String>) -> ClusterView {
     let now = now_ms();
     let mut view = ClusterView::default();
@@ -210,8 +211,16 @@ impl Machine for RolloutMachine {
         r.state.plan.timeouts.max_silence_ms
     }
 
-    fn view(&self, ctl: &Controller, reconnecting: &BTreeSet<String>) -> ClusterView {
-        cluster_view(ctl, reconnecting)
+    /// A node in its turn whose session just ended counts as online until the grace is
+    /// over; any other disconnected node is offline at once (it must not look online to
+    /// the gate that starts the next node).
+    fn view(&self, r: &Rollout, ctl: &Controller, reconnecting: &BTreeSet<String>) -> ClusterView {
+        let in_turn: BTreeSet<String> = reconnecting
+            .iter()
+            .filter(|n| r.state.node(n).is_some_and(|n| n.phase.in_flight()))
+            .cloned()
+            .collect();
+        cluster_view(ctl, &in_turn)
     }
 
     fn step(&self, r: &Rollout, ev: &Event, view: &ClusterView) -> (Rollout, Vec<Effect<Notice>>) {

@@ -261,7 +261,7 @@ impl Machine for ShutdownMachine {
         self.recover_grace_ms
     }
 
-    fn view(&self, ctl: &Controller, _reconnecting: &BTreeSet<String>) -> ShutdownView {
+    fn view(&self, _s: &Shutdown, ctl: &Controller, _: &BTreeSet<String>) -> ShutdownView {
         view(ctl)
     }
 
