@@ -117,7 +117,7 @@ pub fn parse_ceph_health(json: &str) -> Result<(bool, bool), String> {
 /// health and `noout` flag; on failure they stay unknown (`None`) and the reason is logged.
 pub fn ceph_health(
     report: &mut fleetward_proto::Report,
-    runner: &dyn crate::executor::real::CommandRunner,
+    runner: &dyn crate::runner::CommandRunner,
 ) {
     let Some(ceph) = report.facts.ceph.as_mut() else {
         return;

@@ -5,12 +5,14 @@
 //! Nothing here touches the machine it runs on: the controller serves in this process on
 //! 127.0.0.1 (port chosen by the kernel) from a data directory under the temporary
 //! directory, and every node is a `fleetward-agent run --simulate` process acting on its own
-//! fixture root there (built by `fleetward-agent sim-root` from the seed fixtures). The
+//! fixture root there (built by `fleetward-agent sim-root` from the seed fixtures, which are
+//! built into this binary: see `controller/build.rs`; `--fixtures DIR` overrides them). The
 //! controller never imports the agent crate: the demo talks to the agent only as a process,
 //! and to the controller only through the operator API, with the CLI's own code
 //! ([`crate::cli`]) and rendering.
 //!
 //! Layout of the temporary directory: `controller/` (data dir; `controller.log`),
+//! `fixtures/` (the built-in seed fixtures, unpacked; absent with `--fixtures`),
 //! `nodes/<name>/root` (the node's tree), `nodes/<name>/state` (its state dir, `agent.log`,
 //! `sim-actions.jsonl`).
 
@@ -28,9 +30,9 @@ use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 use tonic::transport::Channel;
 
-/// Where the seed fixtures are in the source checkout this binary was built from.
-pub const SOURCE_FIXTURES: &str =
-    concat!(env!("CARGO_MANIFEST_DIR"), "/../agent/tests/fixtures/seed");
+// `SEED`: the seed fixtures (`agent/tests/fixtures/seed`), embedded by `build.rs`.
+include!(concat!(env!("OUT_DIR"), "/seed_fixtures.rs"));
+
 /// Seconds each simulated action takes by default (a simulated reboot takes 4 times as long).
 pub const DEFAULT_SPEED: f64 = 0.5;
 /// The kernel the simulated apt offers every node.
@@ -47,7 +49,8 @@ pub fn demo_timeout(speed: f64, nodes: usize) -> Duration {
 
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
-    /// A directory of fixture directories, one per node (default [`SOURCE_FIXTURES`]).
+    /// A directory of fixture directories, one per node (default: the built-in seed
+    /// fixtures, see [`unpack_seed`]).
     pub fixtures: Option<PathBuf>,
     /// Keep the temporary directory.
     pub keep: bool,
@@ -94,32 +97,18 @@ pub fn find_agent() -> Result<PathBuf, DemoError> {
     } else {
         Err(DemoError::Setup(format!(
             "{} not found: the demo runs the agent binary that sits beside `fleetward`; \
-             build both with `cargo build --release --workspace --bins` and run \
-             target/release/fleetward demo",
+             install the fleetward-agent package too, or build both with \
+             `cargo build --release --workspace --bins` and run target/release/fleetward demo",
             agent.display()
         )))
     }
 }
 
 /// The node fixtures: every directory under `dir` holding a `root/` or a `base`, by name.
-pub fn find_fixtures(dir: Option<&Path>) -> Result<Vec<(String, PathBuf)>, DemoError> {
-    let (dir, given) = match dir {
-        Some(d) => (d.to_path_buf(), true),
-        None => (PathBuf::from(SOURCE_FIXTURES), false),
-    };
-    let missing = |e: std::io::Error| {
-        let hint = if given {
-            String::new()
-        } else {
-            " (the source checkout's seed fixtures; run the demo from a checkout, or pass \
-             --fixtures DIR with one fixture directory per node, e.g. \
-             agent/tests/fixtures/seed)"
-                .into()
-        };
-        DemoError::Setup(format!("fixtures {}: {e}{hint}", dir.display()))
-    };
+pub fn find_fixtures(dir: &Path) -> Result<Vec<(String, PathBuf)>, DemoError> {
+    let missing = |e: std::io::Error| DemoError::Setup(format!("fixtures {}: {e}", dir.display()));
     let mut nodes = Vec::new();
-    for e in std::fs::read_dir(&dir).map_err(missing)? {
+    for e in std::fs::read_dir(dir).map_err(missing)? {
         let e = e.map_err(missing)?;
         let p = e.path();
         if p.join("root").is_dir() || p.join("base").is_file() {
@@ -135,6 +124,32 @@ pub fn find_fixtures(dir: Option<&Path>) -> Result<Vec<(String, PathBuf)>, DemoE
         )));
     }
     Ok(nodes)
+}
+
+/// Writes the built-in seed fixtures (one directory per node, as in the source checkout's
+/// `agent/tests/fixtures/seed`) into `dir`, which is created.
+pub fn unpack_seed(dir: &Path) -> Result<(), DemoError> {
+    use std::os::unix::fs::PermissionsExt;
+    for (rel, mode, bytes) in SEED {
+        let rel = Path::new(rel);
+        if !rel
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(DemoError::Setup(format!(
+                "built-in fixture path {} is not relative",
+                rel.display()
+            )));
+        }
+        let path = dir.join(rel);
+        let err = |e: std::io::Error| DemoError::setup(path.display(), e);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(err)?;
+        }
+        std::fs::write(&path, bytes).map_err(err)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(*mode)).map_err(err)?;
+    }
+    Ok(())
 }
 
 /// The `[rollout]` settings of the demo: a fast tick, timeouts that halt within about half a
@@ -179,11 +194,19 @@ fn heading(text: &str) {
 /// Run the demo; the temporary directory is removed at the end unless `keep`.
 pub fn run(opts: &DemoOptions) -> Result<(), DemoError> {
     let agent = find_agent()?;
-    let fixtures = find_fixtures(opts.fixtures.as_deref())?;
+    let given = opts.fixtures.as_deref().map(find_fixtures).transpose()?;
     let tmp = tempfile::Builder::new()
         .prefix("fleetward-demo-")
         .tempdir()
         .map_err(|e| DemoError::setup("creating a temporary directory", e))?;
+    let fixtures = match given {
+        Some(f) => f,
+        None => {
+            let dir = tmp.path().join("fixtures");
+            unpack_seed(&dir)?;
+            find_fixtures(&dir)?
+        }
+    };
     say(&format!(
         "fleetward demo: a controller and {} simulated nodes on 127.0.0.1, in {}\n",
         fixtures.len(),
@@ -743,13 +766,54 @@ mod tests {
 
     #[test]
     fn fixtures_are_found_or_explained() {
-        let seed = find_fixtures(None).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        unpack_seed(&tmp.path().join("seed")).unwrap();
+        let seed = find_fixtures(&tmp.path().join("seed")).unwrap();
         let names: Vec<&str> = seed.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["pve-01", "pve-02", "pve-03"]);
-        let e = find_fixtures(Some(Path::new("/nonexistent/seed"))).unwrap_err();
+        let e = find_fixtures(Path::new("/nonexistent/seed")).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/seed"), "{e}");
         let empty = tempfile::tempdir().unwrap();
-        let e = find_fixtures(Some(empty.path())).unwrap_err();
+        let e = find_fixtures(empty.path()).unwrap_err();
         assert!(e.to_string().contains("no node fixtures"), "{e}");
+    }
+
+    /// The embedded seed is the checkout's, less the tests' expectations.
+    #[test]
+    fn the_built_in_seed_is_the_checkouts() {
+        let tmp = tempfile::tempdir().unwrap();
+        unpack_seed(tmp.path()).unwrap();
+        let checkout = Path::new(env!("CARGO_MANIFEST_DIR")).join("../agent/tests/fixtures/seed");
+        for (rel, _, bytes) in SEED {
+            assert_eq!(
+                std::fs::read(tmp.path().join(rel)).unwrap(),
+                *bytes,
+                "{rel}"
+            );
+            assert_eq!(std::fs::read(checkout.join(rel)).unwrap(), *bytes, "{rel}");
+            assert!(!rel.ends_with("expected.json"), "{rel}");
+        }
+        for node in ["pve-01", "pve-02", "pve-03"] {
+            let prefix = format!("{node}/root/");
+            let files = SEED
+                .iter()
+                .filter(|(r, _, _)| r.starts_with(&prefix))
+                .count();
+            let mut on_disk = 0;
+            let mut dirs = vec![checkout.join(node).join("root")];
+            while let Some(d) = dirs.pop() {
+                for e in std::fs::read_dir(d).unwrap().flatten() {
+                    if e.file_type().unwrap().is_dir() {
+                        dirs.push(e.path());
+                    } else {
+                        on_disk += 1;
+                    }
+                }
+            }
+            assert_eq!(files, on_disk, "{node}");
+            assert!(SEED
+                .iter()
+                .any(|(r, _, _)| r.starts_with(&format!("{node}/esp/"))));
+        }
     }
 }

@@ -75,8 +75,8 @@ struct ServeArgs {
 
 #[derive(Args)]
 struct DemoArgs {
-    /// A directory with one fixture directory per node [default: the source checkout's
-    /// agent/tests/fixtures/seed].
+    /// A directory with one fixture directory per node [default: the three seed fixtures
+    /// built into this binary, as in the source's agent/tests/fixtures/seed].
     #[arg(long, value_name = "DIR")]
     fixtures: Option<PathBuf>,
     /// Keep the temporary directory (controller data dir, node trees, logs).

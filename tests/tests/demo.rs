@@ -3,17 +3,19 @@
 
 use fleetward_tests::bin;
 use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const NEW_KERNEL: &str = "6.14.11-1-pve";
 
-/// Runs `fleetward demo ARGS` with its temporary directory under `tmp`; (status, stdout,
-/// stderr), killed after `timeout`.
-fn demo(args: &[&str], tmp: &std::path::Path, timeout: Duration) -> (i32, String, String) {
-    let mut child = Command::new(bin("fleetward"))
+/// Runs `fleetward demo ARGS` (the executable `fleetward`) with its temporary directory
+/// under `tmp`, in `tmp`; (status, stdout, stderr), killed after `timeout`.
+fn demo(fleetward: &Path, args: &[&str], tmp: &Path, timeout: Duration) -> (i32, String, String) {
+    let mut child = Command::new(fleetward)
         .arg("demo")
         .args(args)
+        .current_dir(tmp)
         .env("TMPDIR", tmp)
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
@@ -47,11 +49,37 @@ fn demo(args: &[&str], tmp: &std::path::Path, timeout: Duration) -> (i32, String
     (status.code().unwrap_or(-1), out.join().unwrap(), err)
 }
 
+/// `fleetward` and `fleetward-agent` linked (or copied) into `dir`, as a package installs
+/// them side by side, away from the build tree.
+fn installed(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    for name in ["fleetward", "fleetward-agent"] {
+        let (from, to) = (bin(name), dir.join(name));
+        if std::fs::hard_link(&from, &to).is_err() {
+            std::fs::copy(&from, &to).unwrap();
+        }
+    }
+    dir.join("fleetward")
+}
+
 #[test]
 fn demo_rolls_three_simulated_nodes_to_the_new_kernel_and_cleans_up() {
+    // The binaries away from the build tree, run in an unrelated directory: the seed
+    // fixtures come from the binary itself.
+    let bin_dir = tempfile::tempdir().unwrap();
+    let fleetward = installed(bin_dir.path());
     let tmp = tempfile::tempdir().unwrap();
-    let (code, out, err) = demo(&["--speed", "0.05"], tmp.path(), Duration::from_secs(60));
+    let (code, out, err) = demo(
+        &fleetward,
+        &["--speed", "0.05"],
+        tmp.path(),
+        Duration::from_secs(60),
+    );
     assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(
+        out.contains("/fixtures/pve-01 (fleetward-agent sim-root)"),
+        "the built-in seed fixtures were not used:\n{out}"
+    );
     // The fleet, its drift, the plan, live progress, the result.
     for section in [
         "== The fleet (fleetward nodes)",
@@ -105,14 +133,38 @@ fn demo_rolls_three_simulated_nodes_to_the_new_kernel_and_cleans_up() {
 }
 
 #[test]
-fn demo_without_fixtures_says_how_to_give_them() {
+fn demo_with_a_missing_fixtures_dir_names_it_and_leaves_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let (code, out, err) = demo(
+        &bin("fleetward"),
         &["--fixtures", "/nonexistent/seed"],
         tmp.path(),
         Duration::from_secs(20),
     );
     assert_eq!(code, 1, "stdout:\n{out}\nstderr:\n{err}");
     assert!(err.contains("/nonexistent/seed"), "{err}");
+    assert!(std::fs::read_dir(tmp.path()).unwrap().next().is_none());
+}
+
+#[test]
+fn demo_fixtures_dir_overrides_the_built_in_seed() {
+    // One node fixture whose base is missing: the demo must use it (and fail on it) rather
+    // than the built-in seed, and still leave nothing behind.
+    let fixtures = tempfile::tempdir().unwrap();
+    let node = fixtures.path().join("pve-09");
+    std::fs::create_dir_all(&node).unwrap();
+    std::fs::write(node.join("base"), "nowhere/pve-00\n").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (code, out, err) = demo(
+        &bin("fleetward"),
+        &["--fixtures", fixtures.path().to_str().unwrap()],
+        tmp.path(),
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, 1, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(
+        err.contains("pve-09: fleetward-agent sim-root failed") && err.contains("pve-00"),
+        "{err}"
+    );
     assert!(std::fs::read_dir(tmp.path()).unwrap().next().is_none());
 }

@@ -2,6 +2,7 @@
 
 use super::Reader;
 use crate::esp;
+use crate::parse::boot_tool::{is_vfat_id, DEFAULT_ESP_LIST, KERNEL_HOOK};
 use crate::parse::{control, control::Installed, efivar, kv, version};
 use fleetward_proto::{
     BootFacts, EspFacts, EspSource, Firmware, KernelHookFacts, PackageFacts, SecureBootFacts,
@@ -9,8 +10,6 @@ use fleetward_proto::{
 };
 use std::os::unix::fs::FileTypeExt;
 
-pub const KERNEL_HOOK: &str = "/etc/kernel/postinst.d/zz-proxmox-boot";
-pub const DEFAULT_ESP_LIST: &str = "/etc/kernel/proxmox-boot-uuids";
 const HELPER_FUNCTIONS: &str = "/usr/share/proxmox-kernel-helper/scripts/functions";
 const EFIVARS: &str = "/sys/firmware/efi/efivars";
 const GLOBAL_GUID: &str = "8be4df61-93ca-11d2-aa0d-00e098032b8c";
@@ -238,13 +237,6 @@ fn esps(
 
 fn by_uuid(id: &str) -> String {
     format!("/dev/disk/by-uuid/{id}")
-}
-
-/// proxmox-boot-tool's (unanchored) test for a VFAT volume id.
-pub fn is_vfat_id(s: &str) -> bool {
-    s.as_bytes()
-        .windows(9)
-        .any(|w| w[4] == b'-' && w[..4].iter().chain(&w[5..]).all(u8::is_ascii_hexdigit))
 }
 
 fn read_one(

@@ -7,8 +7,6 @@ mod dns;
 mod node;
 mod pve;
 
-pub use boot::{is_vfat_id, DEFAULT_ESP_LIST, KERNEL_HOOK};
-
 use crate::parse::control::{self, Installed};
 use crate::root::{FileRead, Root};
 use fleetward_proto::{Facts, Unreadable};

@@ -11,7 +11,7 @@
 //!   - LXC: the container's cgroup `/sys/fs/cgroup/lxc/<vmid>` exists (cgroup v2, PVE 7+).
 //!   - `unknown` when the root has no live `/proc` (no `/proc/1`) or no cgroup v2 file
 //!     system (`/sys/fs/cgroup/cgroup.controllers`), as in a fixture tree.
-//! - A simulated node (`/var/lib/fleetward-sim/` exists; see `executor::simulated`): its
+//! - A simulated node (`/var/lib/fleetward-sim/` exists; see `simformat`): its
 //!   `guests.json` is the node's runtime: the state (`running`, `stopped`, `migrated`) and
 //!   `location` written there override the heuristics. Guests listed there without a
 //!   configuration file are reported from `guests.json` alone. Marker files give Ceph's
@@ -26,8 +26,11 @@
 //! the file still counts.
 
 use super::Reader;
-use crate::executor::simulated::{GuestState as SimState, SIM_DIR};
 use crate::parse::pve;
+use crate::simformat::{
+    sim_path, GuestState as SimState, CEPH_NOOUT, CEPH_UNHEALTHY, GUESTS, HA_DISARMED, MAINTENANCE,
+    SIM_DIR,
+};
 use fleetward_proto::action::GuestKind;
 use fleetward_proto::{
     CephFacts, ClusterFacts, DnsFacts, GuestFacts, GuestState, HaFacts, NodeFacts,
@@ -80,7 +83,7 @@ pub(super) fn pve(
 }
 
 fn marker(r: &Reader, name: &str) -> bool {
-    r.root.exists(&format!("{SIM_DIR}/{name}"))
+    r.root.exists(&sim_path(name))
 }
 
 fn guests(
@@ -138,7 +141,7 @@ fn simulated_guests(
     resources: &pve::HaResources,
     out: &mut BTreeMap<u32, GuestFacts>,
 ) {
-    let path = format!("{SIM_DIR}/guests.json");
+    let path = sim_path(GUESTS);
     let Some(text) = r.text(&path) else { return };
     let sim = match pve::sim_guests(&text) {
         Ok(g) => g,
@@ -244,15 +247,15 @@ fn ceph(r: &mut Reader, host: Option<&str>, addresses: &[&str], sim: bool) -> Op
     Some(CephFacts {
         monitor_here,
         osds_here,
-        noout: sim.then(|| marker(r, "ceph-noout")),
-        healthy: sim.then(|| !marker(r, "ceph-unhealthy")),
+        noout: sim.then(|| marker(r, CEPH_NOOUT)),
+        healthy: sim.then(|| !marker(r, CEPH_UNHEALTHY)),
     })
 }
 
 fn ha(r: &mut Reader, host: Option<&str>, sim: bool, resources: &pve::HaResources) -> HaFacts {
     let shutdown_policy = r.text(DATACENTER).and_then(|t| pve::shutdown_policy(&t));
     let maintenance = if sim {
-        Some(marker(r, "maintenance"))
+        Some(marker(r, MAINTENANCE))
     } else {
         match (host, r.text(MANAGER_STATUS)) {
             (Some(h), Some(text)) => match pve::manager_status_maintenance(&text, h) {
@@ -267,7 +270,7 @@ fn ha(r: &mut Reader, host: Option<&str>, sim: bool, resources: &pve::HaResource
     };
     HaFacts {
         maintenance,
-        disarmed: sim.then(|| marker(r, "ha-disarmed")),
+        disarmed: sim.then(|| marker(r, HA_DISARMED)),
         resources: u32::try_from(resources.sids.len()).unwrap_or(u32::MAX),
         shutdown_policy,
     }

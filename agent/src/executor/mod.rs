@@ -6,9 +6,9 @@
 //! two implementations that see exactly the same requests:
 //!
 //! - [`real::RealExecutor`] maps each action to one exact command line and runs it through a
-//!   [`real::CommandRunner`] ([`real::SystemRunner`] in production: timeout, streamed output,
-//!   process group killed on timeout). Tests pin every command line with
-//!   [`testing::RecordingRunner`] and never run one for real.
+//!   [`crate::runner::CommandRunner`] ([`crate::runner::SystemRunner`] in production:
+//!   timeout, streamed output, process group killed on timeout). Tests pin every command line
+//!   with [`crate::runner::testing::RecordingRunner`] and never run one for real.
 //! - [`simulated::SimulatedExecutor`] changes a fixture root the way the real action would
 //!   change the node, and appends every action to a JSON-lines action log.
 //!
@@ -20,7 +20,7 @@
 pub mod real;
 pub mod simulated;
 
-pub use real::testing;
+pub use crate::runner::{tail, OutputTail, OUTPUT_MAX};
 
 pub use fleetward_proto::action::{
     valid_node_name, Action, ActionRequest, GuestKind, GUEST_STOP_MARGIN,
@@ -32,8 +32,6 @@ use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-/// How much output an [`ActionOutcome`] carries (the tail is kept).
-pub const OUTPUT_MAX: usize = 64 * 1024;
 /// How much output [`Once`] keeps per remembered outcome.
 pub const STORED_OUTPUT_MAX: usize = 4 * 1024;
 /// How many outcomes [`Once`] remembers (oldest dropped first).
@@ -110,65 +108,6 @@ impl<E: Executor + ?Sized> Executor for Box<E> {
 impl<E: Executor + ?Sized> Executor for Arc<E> {
     fn execute(&self, req: &ActionRequest, out: &mut dyn FnMut(&str)) -> ActionOutcome {
         (**self).execute(req, out)
-    }
-}
-
-/// The last `max` bytes of `s` (cut at a character boundary), with a note of what was cut.
-pub fn tail(s: String, max: usize) -> String {
-    if s.len() <= max {
-        return s;
-    }
-    let mut start = s.len() - max;
-    while !s.is_char_boundary(start) {
-        start += 1;
-    }
-    format!("[... {start} bytes cut ...]\n{}", &s[start..])
-}
-
-/// Collects output lines, keeping roughly the last `max` bytes.
-#[derive(Debug)]
-pub struct OutputTail {
-    max: usize,
-    buf: String,
-    cut: usize,
-}
-
-impl OutputTail {
-    pub fn new(max: usize) -> Self {
-        OutputTail {
-            max,
-            buf: String::new(),
-            cut: 0,
-        }
-    }
-
-    pub fn push_line(&mut self, line: &str) {
-        self.buf.push_str(line);
-        self.buf.push('\n');
-        if self.buf.len() > self.max.saturating_mul(2).max(1024) {
-            let mut start = self.buf.len() - self.max;
-            while !self.buf.is_char_boundary(start) {
-                start += 1;
-            }
-            self.cut += start;
-            self.buf.drain(..start);
-        }
-    }
-
-    pub fn finish(mut self) -> String {
-        if self.buf.len() > self.max {
-            let mut start = self.buf.len() - self.max;
-            while !self.buf.is_char_boundary(start) {
-                start += 1;
-            }
-            self.cut += start;
-            self.buf.drain(..start);
-        }
-        if self.cut > 0 {
-            format!("[... {} bytes cut ...]\n{}", self.cut, self.buf)
-        } else {
-            self.buf
-        }
     }
 }
 
@@ -439,19 +378,6 @@ mod tests {
         };
         assert!(start(99).validate().is_err());
         assert!(start(100).validate().is_ok());
-    }
-
-    #[test]
-    fn executor_output_tail_is_bounded() {
-        let mut t = OutputTail::new(100);
-        for i in 0..1000 {
-            t.push_line(&format!("line {i} ünïcode"));
-        }
-        let s = t.finish();
-        assert!(s.len() < 200, "{}", s.len());
-        assert!(s.starts_with("[... "));
-        assert!(s.ends_with("line 999 ünïcode\n"));
-        assert_eq!(tail("short".into(), 100), "short");
     }
 
     #[test]

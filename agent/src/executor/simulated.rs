@@ -5,18 +5,8 @@
 //! prove ordering ("never two nodes in maintenance or rebooting at once") and counts ("each
 //! node upgraded once, rebooted once").
 //!
-//! The simulation's own state lives under `<root>/var/lib/fleetward-sim/`:
-//!
-//! | file | meaning |
-//! |---|---|
-//! | `maintenance` | HA node maintenance is enabled (written by maintenance-on, removed by -off) |
-//! | `ceph-noout` | the cluster's `noout` flag is set (this node set it) |
-//! | `ha-disarmed` | HA is disarmed (freeze) |
-//! | `powered-off` | the node powered off; [`SimulatedExecutor::power_on`] boots it again |
-//! | `guests.json` | the node's guests: `[{vmid, kind, state, onboot, order, ha, location}]` |
-//! | `pending.json` | what the next dist-upgrade installs: `{"packages": [{"package", "version"}], "kernel": "6.14.11-1-pve"}` |
-//! | `refresh-fails` | if present, boot-refresh fails (to test the ESP gate) |
-//! | `esp-synced` | JSON list of the kernels the last successful boot-refresh put on the ESPs |
+//! The simulation's own state lives under `<root>/var/lib/fleetward-sim/`; its files are
+//! described in [`crate::simformat`].
 //!
 //! What each action does:
 //! - **maintenance-on/off**: the marker; HA guests (`ha: true`) that run leave the node
@@ -61,7 +51,11 @@ use super::{
     under, valid_node_name, Action, ActionOutcome, ActionRequest, Executor, ExecutorError,
     GuestKind, OutputTail, OUTPUT_MAX,
 };
-use crate::parse::{control, version};
+use crate::parse::{boot_tool::DEFAULT_ESP_LIST as ESP_LIST, control, version};
+use crate::simformat::{
+    GuestState, Pending, SimGuest, CEPH_NOOUT, ESP_SYNCED, GUESTS, HA_DISARMED, MAINTENANCE,
+    PENDING, POWERED_OFF, REFRESH_FAILS, SIM_DIR, SIM_LISTS_FILE,
+};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fs;
@@ -69,13 +63,6 @@ use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
-
-/// The simulation's state directory, as a node path under the root.
-pub const SIM_DIR: &str = "/var/lib/fleetward-sim";
-pub const ESP_LIST: &str = "/etc/kernel/proxmox-boot-uuids";
-/// The apt list the simulated `apt-update` writes (a node path).
-pub const SIM_LISTS_FILE: &str =
-    "/var/lib/apt/lists/fleetward-sim_dists_stable_main_binary-amd64_Packages";
 
 /// The package version of kernel release `k` (`6.14.11-1-pve` -> `6.14.11-1`).
 fn kernel_version(k: &str) -> String {
@@ -97,60 +84,6 @@ fn kernel_packages(k: &str) -> Vec<(String, String)> {
     }
     out.push(("proxmox-default-kernel".to_owned(), v));
     out
-}
-
-/// A guest of the simulated node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SimGuest {
-    pub vmid: u32,
-    pub kind: GuestKind,
-    pub state: GuestState,
-    #[serde(default)]
-    pub onboot: bool,
-    /// Proxmox startup order (`startup: order=N`).
-    #[serde(default)]
-    pub order: Option<u32>,
-    /// Managed by HA.
-    #[serde(default)]
-    pub ha: bool,
-    /// Where a migrated guest went (`None` for HA guests moved by maintenance mode).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub location: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum GuestState {
-    Running,
-    Stopped,
-    /// No longer on this node.
-    Migrated,
-}
-
-impl SimGuest {
-    fn sid(&self) -> String {
-        let prefix = match self.kind {
-            GuestKind::Qemu => "vm",
-            GuestKind::Lxc => "ct",
-        };
-        format!("{prefix}:{}", self.vmid)
-    }
-}
-
-/// `pending.json`: what the next dist-upgrade installs.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Pending {
-    #[serde(default)]
-    pub packages: Vec<PendingPackage>,
-    /// A new kernel's release, e.g. `6.14.11-1-pve`.
-    #[serde(default)]
-    pub kernel: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PendingPackage {
-    pub package: String,
-    pub version: String,
 }
 
 /// One line of the action log.
@@ -350,7 +283,7 @@ impl SimulatedExecutor {
 
     /// The guests of `guests.json` (none if the file is missing).
     pub fn guests(&self) -> Result<Vec<SimGuest>, String> {
-        let path = self.sim("guests.json");
+        let path = self.sim(GUESTS);
         match fs::read(&path) {
             Ok(b) => serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", path.display())),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(Vec::new()),
@@ -360,7 +293,7 @@ impl SimulatedExecutor {
 
     fn save_guests(&self, guests: &[SimGuest]) -> Result<(), String> {
         let json = serde_json::to_string_pretty(guests).map_err(|e| e.to_string())?;
-        self.write(&self.sim("guests.json"), &json)
+        self.write(&self.sim(GUESTS), &json)
     }
 
     fn installed_kernels(&self) -> Vec<String> {
@@ -395,7 +328,7 @@ impl SimulatedExecutor {
     }
 
     fn maintenance(&self, on: bool, say: Say) -> Result<(), String> {
-        self.marker("maintenance", on, say)?;
+        self.marker(MAINTENANCE, on, say)?;
         let mut guests = self.guests()?;
         let mut moved = Vec::new();
         for g in guests.iter_mut().filter(|g| g.ha) {
@@ -421,7 +354,7 @@ impl SimulatedExecutor {
     }
 
     fn dist_upgrade(&self, say: Say) -> Result<(), String> {
-        let pending_path = self.sim("pending.json");
+        let pending_path = self.sim(PENDING);
         let pending: Pending = match fs::read(&pending_path) {
             Ok(b) => serde_json::from_slice(&b)
                 .map_err(|e| format!("{}: {e}", pending_path.display()))?,
@@ -488,7 +421,7 @@ impl SimulatedExecutor {
 
     /// What `pending.json` says, or `None` when nothing is pending.
     fn pending(&self) -> Result<Option<Pending>, String> {
-        let path = self.sim("pending.json");
+        let path = self.sim(PENDING);
         match fs::read(&path) {
             Ok(b) => serde_json::from_slice(&b)
                 .map(Some)
@@ -535,7 +468,7 @@ impl SimulatedExecutor {
     }
 
     fn boot_refresh(&self, say: Say) -> Result<(), String> {
-        if self.sim("refresh-fails").exists() {
+        if self.sim(REFRESH_FAILS).exists() {
             return Err("simulated failure: proxmox-boot-tool refresh failed".into());
         }
         if !self.path(ESP_LIST).exists() {
@@ -544,7 +477,7 @@ impl SimulatedExecutor {
         }
         let kernels = self.installed_kernels();
         let json = serde_json::to_string(&kernels).map_err(|e| e.to_string())?;
-        self.write(&self.sim("esp-synced"), &json)?;
+        self.write(&self.sim(ESP_SYNCED), &json)?;
         say(format!(
             "Copying and configuring kernels on the ESPs (simulated, recorded in esp-synced): {}",
             kernels.join(", ")
@@ -580,7 +513,7 @@ impl SimulatedExecutor {
             &format!("{boot_id}\n"),
         )?;
         self.remove(&self.path("/run/reboot-required"))?;
-        self.remove(&self.sim("powered-off"))?;
+        self.remove(&self.sim(POWERED_OFF))?;
         say(format!("booted kernel {next}, boot id {boot_id}"));
         let mut guests = self.guests()?;
         let mut started = Vec::new();
@@ -609,7 +542,7 @@ impl SimulatedExecutor {
 
     /// The node was powered off (`power-off` ran and no boot since).
     pub fn powered_off(&self) -> bool {
-        self.sim("powered-off").exists()
+        self.sim(POWERED_OFF).exists()
     }
 
     /// Powers a node on after `power-off` (for the startup side of tests and demos).
@@ -630,7 +563,7 @@ impl SimulatedExecutor {
         if !guests.is_empty() {
             self.save_guests(&guests)?;
         }
-        self.marker("powered-off", true, say)
+        self.marker(POWERED_OFF, true, say)
     }
 
     fn guest(
@@ -704,10 +637,10 @@ impl SimulatedExecutor {
             Action::AptUpdate => self.apt_update(say),
             Action::AptDistUpgrade => self.dist_upgrade(say),
             Action::BootRefresh => self.boot_refresh(say),
-            Action::CephSetNoout => self.marker("ceph-noout", true, say),
-            Action::CephUnsetNoout => self.marker("ceph-noout", false, say),
-            Action::HaDisarm => self.marker("ha-disarmed", true, say),
-            Action::HaArm => self.marker("ha-disarmed", false, say),
+            Action::CephSetNoout => self.marker(CEPH_NOOUT, true, say),
+            Action::CephUnsetNoout => self.marker(CEPH_NOOUT, false, say),
+            Action::HaDisarm => self.marker(HA_DISARMED, true, say),
+            Action::HaArm => self.marker(HA_DISARMED, false, say),
             Action::GuestStop {
                 vmid, kind, force, ..
             } => self.guest(*vmid, *kind, say, GuestChange::Stop { force: *force }),

@@ -2,7 +2,7 @@
 //! `lxc/<vmid>.conf`), HA resources (`ha/resources.cfg`), `datacenter.cfg`, the HA manager's
 //! `manager_status`, and `ceph.conf`. Pure: text in, data and located errors out.
 
-use crate::executor::simulated::SimGuest;
+use crate::simformat::SimGuest;
 use fleetward_proto::action::GuestKind;
 
 /// A line that could not be parsed: 1-based line number and why.

@@ -1,7 +1,7 @@
 //! `boot.*`: firmware, boot loader, kernels, ESPs.
 
 use super::{has_package, is_pve, list_or, At, Findings};
-use crate::collect::{is_vfat_id, KERNEL_HOOK};
+use crate::parse::boot_tool::{is_vfat_id, KERNEL_HOOK};
 use fleetward_proto::{EspSource, Facts, Firmware, Loader, Severity::*};
 
 pub(super) fn check(f: &Facts, out: &mut Findings) {

@@ -25,11 +25,12 @@ use super::backoff::Backoff;
 use super::notify;
 use super::state::{Credentials, SeenCommands, StateDir};
 use super::{ControllerUrl, Error, CALL_TIMEOUT};
-use crate::executor::real::{RealExecutor, SystemRunner};
+use crate::executor::real::RealExecutor;
 use crate::executor::simulated::SimulatedExecutor;
 use crate::executor::{tail, ActionOutcome, ActionRequest, Executor, Once, OUTCOMES_FILE};
 use crate::inspect::inspect;
 use crate::root::Root;
+use crate::runner::SystemRunner;
 use fleetward_pki::{self as pki, Identity, Role};
 use fleetward_proto::api::agent_message::{self, Kind as Out};
 use fleetward_proto::api::agent_service_client::AgentServiceClient;
@@ -443,7 +444,7 @@ impl Agent {
         let work = move || {
             let mut report = inspect(&root);
             if live {
-                crate::probe::ceph_health(&mut report, &crate::executor::real::SystemRunner);
+                crate::probe::ceph_health(&mut report, &SystemRunner);
             }
             report
         };

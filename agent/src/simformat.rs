@@ -1,0 +1,126 @@
+//! The simulated node's on-disk format: the files under `<root>/var/lib/fleetward-sim/` that
+//! the simulated executor writes ([`crate::executor::simulated`]), `collect` reads as the
+//! node's runtime, and fixtures and the demo prepare. A leaf: it imports nothing from the
+//! crate, so every layer that needs the vocabulary can take it from here.
+//!
+//! | file | meaning |
+//! |---|---|
+//! | [`MAINTENANCE`] | HA node maintenance is enabled (written by maintenance-on, removed by -off) |
+//! | [`CEPH_NOOUT`] | the cluster's `noout` flag is set (this node set it) |
+//! | [`CEPH_UNHEALTHY`] | Ceph reports a problem besides `noout` (fixtures set it; no action does) |
+//! | [`HA_DISARMED`] | HA is disarmed (freeze) |
+//! | [`POWERED_OFF`] | the node powered off; the simulated executor's `power_on` boots it again |
+//! | [`GUESTS`] | the node's guests: `[{vmid, kind, state, onboot, order, ha, location}]` ([`SimGuest`]) |
+//! | [`PENDING`] | what the next dist-upgrade installs: `{"packages": [{"package", "version"}], "kernel": "6.14.11-1-pve"}` ([`Pending`]) |
+//! | [`REFRESH_FAILS`] | if present, boot-refresh fails (to test the ESP gate) |
+//! | [`ESP_SYNCED`] | JSON list of the kernels the last successful boot-refresh put on the ESPs |
+//!
+//! Marker files (maintenance, Ceph, HA, power) mean "set" by existing; their content (the
+//! node name) is informational.
+
+use fleetward_proto::action::GuestKind;
+use serde::{Deserialize, Serialize};
+
+/// The simulation's state directory, as a node path under the root. Its existence makes a
+/// root a simulated node.
+pub const SIM_DIR: &str = "/var/lib/fleetward-sim";
+/// The apt list the simulated `apt-update` writes (a node path).
+pub const SIM_LISTS_FILE: &str =
+    "/var/lib/apt/lists/fleetward-sim_dists_stable_main_binary-amd64_Packages";
+
+/// Marker: HA node maintenance is enabled.
+pub const MAINTENANCE: &str = "maintenance";
+/// Marker: the cluster's Ceph `noout` flag is set.
+pub const CEPH_NOOUT: &str = "ceph-noout";
+/// Marker: Ceph is unhealthy.
+pub const CEPH_UNHEALTHY: &str = "ceph-unhealthy";
+/// Marker: HA is disarmed.
+pub const HA_DISARMED: &str = "ha-disarmed";
+/// Marker: the node is powered off.
+pub const POWERED_OFF: &str = "powered-off";
+/// Marker: boot-refresh fails.
+pub const REFRESH_FAILS: &str = "refresh-fails";
+/// The guests ([`SimGuest`] list, JSON).
+pub const GUESTS: &str = "guests.json";
+/// What the next dist-upgrade installs ([`Pending`], JSON).
+pub const PENDING: &str = "pending.json";
+/// The kernels the last boot-refresh synced (JSON list of releases).
+pub const ESP_SYNCED: &str = "esp-synced";
+
+/// The node path of the simulation file `name` (`/var/lib/fleetward-sim/<name>`).
+pub fn sim_path(name: &str) -> String {
+    format!("{SIM_DIR}/{name}")
+}
+
+/// A guest of the simulated node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SimGuest {
+    pub vmid: u32,
+    pub kind: GuestKind,
+    pub state: GuestState,
+    #[serde(default)]
+    pub onboot: bool,
+    /// Proxmox startup order (`startup: order=N`).
+    #[serde(default)]
+    pub order: Option<u32>,
+    /// Managed by HA.
+    #[serde(default)]
+    pub ha: bool,
+    /// Where a migrated guest went (`None` for HA guests moved by maintenance mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+}
+
+/// Whether a simulated guest runs, is stopped, or left the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GuestState {
+    Running,
+    Stopped,
+    /// No longer on this node.
+    Migrated,
+}
+
+impl SimGuest {
+    /// The guest's HA service id (`vm:100`, `ct:200`).
+    pub fn sid(&self) -> String {
+        let prefix = match self.kind {
+            GuestKind::Qemu => "vm",
+            GuestKind::Lxc => "ct",
+        };
+        format!("{prefix}:{}", self.vmid)
+    }
+}
+
+/// `pending.json`: what the next dist-upgrade installs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pending {
+    #[serde(default)]
+    pub packages: Vec<PendingPackage>,
+    /// A new kernel's release, e.g. `6.14.11-1-pve`.
+    #[serde(default)]
+    pub kernel: Option<String>,
+}
+
+/// One package of [`Pending`] at the version the upgrade installs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingPackage {
+    pub package: String,
+    pub version: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sim_paths_and_guest_json() {
+        assert_eq!(sim_path(GUESTS), "/var/lib/fleetward-sim/guests.json");
+        let g: SimGuest =
+            serde_json::from_str(r#"{"vmid":100,"kind":"qemu","state":"migrated","ha":true}"#)
+                .unwrap();
+        assert_eq!(g.state, GuestState::Migrated);
+        assert_eq!(g.sid(), "vm:100");
+        assert!(!g.onboot && g.location.is_none());
+    }
+}
