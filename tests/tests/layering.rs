@@ -58,11 +58,13 @@ const CONTROLLER_RULES: &[Rule] = &[
             "state",
             "api",
             "ingest",
+            "refresh",
+            "wire",
         ],
         "the CLI is a client of the operator API, not of the controller's internals",
     ),
     Rule::Deny(
-        &["rollout", "shutdown", "fleet"],
+        &["rollout", "shutdown", "refresh", "fleet"],
         &[
             "store",
             "state",
@@ -80,10 +82,16 @@ const CONTROLLER_RULES: &[Rule] = &[
         "the store is the bottom layer: it knows the database, not its users",
     ),
     Rule::Deny(
-        &["state"],
+        &["state", "ingest"],
         &["api", "orchestrate", "cli", "serve"],
         "the shared state is below the drivers and the APIs that use it",
     ),
+    Rule::Only(
+        "operation",
+        &[],
+        "the vocabulary every orchestration shares is a leaf",
+    ),
+    Rule::Only("clock", &[], "the clock is a leaf"),
     Rule::Deny(
         &["orchestrate"],
         &["api", "cli", "serve"],
@@ -102,7 +110,6 @@ fn agent_modules_form_a_dag_without_forbidden_edges() {
 }
 
 #[test]
-#[ignore = "enabled once the controller split lands"]
 fn controller_modules_form_a_dag_without_forbidden_edges() {
     let problems = check(&workspace().join("controller/src"), CONTROLLER_RULES);
     assert!(
@@ -110,6 +117,24 @@ fn controller_modules_form_a_dag_without_forbidden_edges() {
         "controller layering:\n{}",
         problems.join("\n")
     );
+}
+
+/// Only `store` names sled (so the database stays replaceable behind it).
+#[test]
+fn only_the_controllers_store_names_sled() {
+    let src = workspace().join("controller/src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    for f in files {
+        let code = code_only(&std::fs::read_to_string(&f).unwrap());
+        if module_path(&src, &f).first().map(String::as_str) != Some("store") {
+            assert!(
+                !code.contains("sled::") && !code.contains("use sled"),
+                "{} names sled: only `store` may",
+                f.display()
+            );
+        }
+    }
 }
 
 fn workspace() -> PathBuf {
