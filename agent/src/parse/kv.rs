@@ -157,6 +157,18 @@ pub fn esp_list_path(functions: &str) -> Option<String> {
     })
 }
 
+/// `<path> <bytes>` lines (a fixture's stand-in for `statvfs`); other lines are ignored.
+pub fn free_space(text: &str) -> Vec<(String, u64)> {
+    text.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let path = w.next()?;
+            let bytes = w.next()?.parse().ok()?;
+            (path.starts_with('/') && w.next().is_none()).then(|| (path.to_string(), bytes))
+        })
+        .collect()
+}
+
 /// First line of a file, trimmed; `None` when empty.
 pub fn first_line(text: &str) -> Option<String> {
     let l = text.lines().next()?.trim();
@@ -217,6 +229,15 @@ mod tests {
         fn never_panic(s in "\\PC{0,200}") {
             let _ = (os_release(&s), resolv_conf(&s), hosts_lookup(&s, "x"), fstab(&s), mountinfo(&s));
             let _ = (cmdline_root_fs(&s), esp_list_path(&s), first_line(&s), unescape_octal(&s));
+            let _ = free_space(&s);
+        }
+
+        #[test]
+        fn free_space_reads_every_entry(sizes in proptest::collection::vec(proptest::num::u64::ANY, 0..4)) {
+            let text: String = sizes.iter().enumerate().map(|(i, b)| format!("/fs{i} {b}\n# note\n")).collect();
+            let got = free_space(&text);
+            let want: Vec<(String, u64)> = sizes.iter().enumerate().map(|(i, b)| (format!("/fs{i}"), *b)).collect();
+            proptest::prop_assert_eq!(got, want);
         }
     }
 }
