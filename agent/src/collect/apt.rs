@@ -116,6 +116,7 @@ fn read_list(
     compression: compressed::Compression,
 ) -> Result<String, String> {
     use std::io::Read;
+    r.note_input(path);
     let real = r.root.resolve(path)?;
     let meta = std::fs::metadata(&real).map_err(|e| e.to_string())?;
     if !meta.is_file() {

@@ -329,6 +329,7 @@ fn read_one(
         error: None,
     };
     let Some(device) = device else { return e };
+    r.note_input(&device);
     if !r.root.exists(&device) {
         return e;
     }

@@ -168,10 +168,12 @@ fn hosts(r: &mut Reader, hostname: Option<&str>, iface: IfaceAddresses) -> Hosts
         _ => Vec::new(),
     };
     // The kernel's local addresses, on a live node (absent in a fixture tree).
-    let v4 = r
-        .text("/proc/net/fib_trie")
-        .map(|t| net::fib_trie_local(&t));
-    let v6 = r.text("/proc/net/if_inet6").map(|t| net::if_inet6(&t));
+    // One of them unreadable leaves the node's addresses unknown.
+    let v4 = r.input("/proc/net/fib_trie");
+    let v6 = r.input("/proc/net/if_inet6");
+    let unknown = v4.is_unreadable() || v6.is_unreadable();
+    let v4 = v4.read().map(|t| net::fib_trie_local(&t));
+    let v6 = v6.read().map(|t| net::if_inet6(&t));
     let live = v4.is_some();
     let mut local_addresses = iface.addresses;
     local_addresses.extend(v4.unwrap_or_default());
@@ -182,6 +184,6 @@ fn hosts(r: &mut Reader, hostname: Option<&str>, iface: IfaceAddresses) -> Hosts
         name,
         addresses,
         local_addresses,
-        local_addresses_complete: live || iface.complete,
+        local_addresses_complete: !unknown && (live || iface.complete),
     }
 }

@@ -131,6 +131,12 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// Remember that `path` was read by other means than this reader (an ESP image, a
+    /// package list), so it counts among the inputs.
+    pub fn note_input(&mut self, path: &str) {
+        self.inputs.push(path.to_string());
+    }
+
     /// Whether a file (or a line of it) was recorded as unreadable.
     pub fn was_unreadable(&self, path: &str) -> bool {
         self.unreadable.iter().any(|u| u.path == path)
