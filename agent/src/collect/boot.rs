@@ -11,7 +11,7 @@ use std::os::unix::fs::FileTypeExt;
 
 pub const KERNEL_HOOK: &str = "/etc/kernel/postinst.d/zz-proxmox-boot";
 pub const DEFAULT_ESP_LIST: &str = "/etc/kernel/proxmox-boot-uuids";
-const HELPER_FUNCTIONS: &str = "/usr/share/proxmox-kernel-helper/scripts/functions";
+pub const HELPER_FUNCTIONS: &str = "/usr/share/proxmox-kernel-helper/scripts/functions";
 const EFIVARS: &str = "/sys/firmware/efi/efivars";
 const GLOBAL_GUID: &str = "8be4df61-93ca-11d2-aa0d-00e098032b8c";
 const SHIM_GUID: &str = "605dab50-e046-4300-abb6-3dd810dd8b23";
@@ -69,8 +69,9 @@ pub(super) fn boot(
     let pin_unknown = r.was_unreadable("/etc/kernel/proxmox-boot-pin")
         || r.was_unreadable("/etc/kernel/next-boot-pin");
     let mut installed_kernels: Vec<String> = r
-        .root
         .list_dir("/boot")
+        .read()
+        .unwrap_or_default()
         .iter()
         .filter_map(|n| n.strip_prefix("vmlinuz-"))
         .map(String::from)

@@ -8,7 +8,7 @@ mod node;
 mod pve;
 mod system;
 
-pub use boot::{is_vfat_id, DEFAULT_ESP_LIST, KERNEL_HOOK};
+pub use boot::{is_vfat_id, DEFAULT_ESP_LIST, HELPER_FUNCTIONS, KERNEL_HOOK};
 
 use crate::parse::control::{self, Installed};
 use crate::parse::lines::{self, Lines};

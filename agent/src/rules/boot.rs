@@ -1,7 +1,7 @@
 //! `boot.*`: firmware, boot loader, kernels, ESPs.
 
 use super::{has_package, is_pve, list_or, packages_known, partly_unknown, unknown, At, Findings};
-use crate::collect::{is_vfat_id, KERNEL_HOOK};
+use crate::collect::{is_vfat_id, HELPER_FUNCTIONS, KERNEL_HOOK};
 use crate::parse::version;
 use fleetward_proto::{EspSource, Facts, Firmware, Loader, Severity::*};
 
@@ -42,7 +42,10 @@ pub(super) fn check(f: &Facts, out: &mut Findings) {
     }
 
     let esp_root = matches!(b.root_fs.as_deref(), Some("zfs") | Some("btrfs"));
-    if !b.esp_list_exists && (helper || is_pve(f)) {
+    // When the helper's `functions` file cannot be read, the list's path is a guess: its
+    // absence there says nothing.
+    let list_path_known = !unknown(f, HELPER_FUNCTIONS);
+    if !b.esp_list_exists && list_path_known && (helper || is_pve(f)) {
         if esp_root {
             out.push(
                 "boot.esp-list-missing",
