@@ -547,6 +547,9 @@ pub struct HostsFacts {
     pub name: Option<String>,
     /// Addresses `/etc/hosts` gives for it, in file order.
     pub addresses: Vec<String>,
+    /// The `/etc/hosts` line of each of `addresses` (same order).
+    #[serde(default)]
+    pub address_lines: Vec<u32>,
     /// Addresses the node carries: `address` lines of `/etc/network/interfaces` (with its
     /// includes) and, on a live node, the kernel's local addresses (`/proc/net/fib_trie`,
     /// `/proc/net/if_inet6`). Prefix lengths removed, sorted, each once.

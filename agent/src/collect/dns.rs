@@ -163,9 +163,9 @@ fn hosts(r: &mut Reader, hostname: Option<&str>, iface: IfaceAddresses) -> Hosts
         Input::Read(l) => Some(l.text()),
         _ => None,
     };
-    let addresses = match (&name, text) {
-        (Some(n), Some(text)) => kv::hosts_lookup(&text, n),
-        _ => Vec::new(),
+    let (addresses, address_lines) = match (&name, text) {
+        (Some(n), Some(text)) => kv::hosts_lookup_lines(&text, n).into_iter().unzip(),
+        _ => (Vec::new(), Vec::new()),
     };
     // The kernel's local addresses, on a live node (absent in a fixture tree).
     // One of them unreadable leaves the node's addresses unknown.
@@ -183,6 +183,7 @@ fn hosts(r: &mut Reader, hostname: Option<&str>, iface: IfaceAddresses) -> Hosts
     HostsFacts {
         name,
         addresses,
+        address_lines,
         local_addresses,
         local_addresses_complete: !unknown && (live || iface.complete),
     }

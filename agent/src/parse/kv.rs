@@ -50,13 +50,21 @@ pub fn resolv_conf(text: &str) -> Resolv {
 
 /// Addresses `/etc/hosts` gives for `name` (case-insensitive), in file order.
 pub fn hosts_lookup(text: &str, name: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for line in text.lines() {
+    hosts_lookup_lines(text, name)
+        .into_iter()
+        .map(|(a, _)| a)
+        .collect()
+}
+
+/// [`hosts_lookup`] with the line (1-based) each address is first given on.
+pub fn hosts_lookup_lines(text: &str, name: &str) -> Vec<(String, u32)> {
+    let mut out: Vec<(String, u32)> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
         let line = line.split('#').next().unwrap_or("");
         let mut words = line.split_whitespace();
         let Some(addr) = words.next() else { continue };
-        if words.any(|w| w.eq_ignore_ascii_case(name)) && !out.iter().any(|a| a == addr) {
-            out.push(addr.to_string());
+        if words.any(|w| w.eq_ignore_ascii_case(name)) && !out.iter().any(|(a, _)| a == addr) {
+            out.push((addr.to_string(), u32::try_from(i + 1).unwrap_or(u32::MAX)));
         }
     }
     out
@@ -193,6 +201,13 @@ mod tests {
             "127.0.0.1 localhost\n192.168.1.24 pve-03.fritz.box pve-03\n127.0.1.1 pve-03 # bad\n";
         assert_eq!(hosts_lookup(t, "PVE-03"), ["192.168.1.24", "127.0.1.1"]);
         assert!(hosts_lookup(t, "pve-01").is_empty());
+        assert_eq!(
+            hosts_lookup_lines(t, "pve-03"),
+            [
+                ("192.168.1.24".to_string(), 2),
+                ("127.0.1.1".to_string(), 3)
+            ]
+        );
     }
 
     #[test]

@@ -114,6 +114,8 @@ pub(super) fn check(f: &Facts, out: &mut Findings) {
             )
             .at(&e.file, Some(e.line));
         }
+        // pve8to9's `check_apt_repos` flags `pvetest`/`pve-test`; the agent flags any enabled
+        // Proxmox test repository, Ceph's `test` component included.
         let proxmox = uris.iter().any(|u| host(u).ends_with("proxmox.com"));
         let ceph = uris.iter().any(|u| u.contains("/ceph"));
         let test: Vec<&String> = e
@@ -136,6 +138,8 @@ pub(super) fn check(f: &Facts, out: &mut Findings) {
         }
     }
 
+    // pve8to9's `check_apt_repos` finds mixed old/new suites among Debian and Proxmox
+    // entries; the agent compares them with the OS's codename (or the majority).
     let codename = f.node.os.codename.as_deref();
     let vendor: Vec<&&AptEntry> = enabled
         .iter()

@@ -169,6 +169,9 @@ pub(super) fn check(f: &Facts, out: &mut Findings) {
         }
     }
 
+    // pve8to9's `check_bootloader` warns on UEFI without an ESP list (GRUB from /boot/efi)
+    // when grub-efi-amd64 is missing; the agent also checks ESPs proxmox-boot-tool keeps
+    // with GRUB, which are installed from the same package.
     let grub_listed = f.esps.iter().any(|e| {
         e.source == EspSource::EspList
             && matches!(e.loader, Some(Loader::Grub) | Some(Loader::Both))
@@ -182,10 +185,13 @@ pub(super) fn check(f: &Facts, out: &mut Findings) {
         );
     }
 
-    let removable = f.esps.iter().any(|e| {
-        e.removable_loader
-            && (e.source == EspSource::BootEfi || e.mountpoint.as_deref() == Some("/boot/efi"))
-    });
+    // pve8to9's `check_bootloader`: without an ESP list, `/boot/efi/EFI/BOOT/BOOTX64.efi`
+    // present and debconf's `grub2/force_efi_extra_removable` not true.
+    let removable = !b.esp_list_exists
+        && f.esps.iter().any(|e| {
+            e.removable_loader
+                && (e.source == EspSource::BootEfi || e.mountpoint.as_deref() == Some("/boot/efi"))
+        });
     if uefi && removable && b.force_efi_extra_removable != Some(true) && !unknown(f, DEBCONF) {
         out.push(
             "boot.removable-not-updated",

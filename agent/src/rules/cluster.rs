@@ -32,6 +32,8 @@ pub(super) fn check(f: &Facts, out: &mut Findings) {
     if !is_pve(f) || c.standalone || !c.members_file {
         return;
     }
+    // pve8to9's `check_cluster_corosync`: "Cluster Filesystem readonly, lost quorum?!" and
+    // "<n> nodes are offline!".
     if c.quorate == Some(false) {
         out.push(
             "cluster.not-quorate",
@@ -96,7 +98,7 @@ pub(super) fn check(f: &Facts, out: &mut Findings) {
                     only(&members, &corosync)
                 ),
             )
-            .at(conf, None);
+            .at(conf, c.corosync_nodes.iter().find(|n| !members.contains(n.name.as_str())).map(|n| n.line));
         }
     }
 

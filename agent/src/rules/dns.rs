@@ -81,6 +81,8 @@ pub(super) fn check(f: &Facts, out: &mut Findings) {
     if partly_unknown(f, HOSTS) {
         return;
     }
+    // pve8to9's `check_misc` ("Checking if the local node's hostname is resolvable"), from
+    // /etc/hosts only: no lookup is made.
     if let Some(name) = &h.name {
         if h.addresses.is_empty() {
             out.push(
@@ -103,8 +105,9 @@ pub(super) fn check(f: &Facts, out: &mut Findings) {
         // pve8to9's `check_misc`: the first address the name resolves to that is not
         // loopback (`get_ip_from_hostname`) must be configured on the node; pve-cluster
         // binds to it.
-        let first = h.addresses.iter().find(|a| !is_loopback(a));
-        if let Some(addr) = first.filter(|_| is_pve(f) && h.local_addresses_complete) {
+        let first = h.addresses.iter().position(|a| !is_loopback(a));
+        if let Some(i) = first.filter(|_| is_pve(f) && h.local_addresses_complete) {
+            let addr = &h.addresses[i];
             let canon = net::canonical(addr);
             if !h.local_addresses.contains(&canon) {
                 out.push(
@@ -115,7 +118,7 @@ pub(super) fn check(f: &Facts, out: &mut Findings) {
                         list_or(&h.local_addresses, ", ", "no addresses")
                     ),
                 )
-                .at(HOSTS, None);
+                .at(HOSTS, h.address_lines.get(i).copied());
             }
         }
     }
