@@ -133,8 +133,8 @@ pub struct SystemFacts {
     /// `openntpd`, sorted.
     #[serde(default)]
     pub time_sync_packages: Vec<String>,
-    /// Free space in bytes (for unprivileged users, as `df` shows) on the file system of `/`;
-    /// `None` when not known.
+    /// Free space in bytes (for unprivileged users, as `df` shows) on the file system of `/`,
+    /// rounded down to whole GiB on a live host; `None` when not known.
     #[serde(default)]
     pub root_free_bytes: Option<u64>,
     /// Free space on the file system of `/var/cache/apt/archives` when it is not the one of

@@ -18,6 +18,7 @@ pub const TIME_SYNC_PACKAGES: &[&str] =
     &["chrony", "ntp", "ntpsec", "openntpd", "systemd-timesyncd"];
 
 const ARCHIVES: &str = "/var/cache/apt/archives";
+const GIB: u64 = 1 << 30;
 const FREE_SPACE_FILE: &str = "/var/lib/fleetward-sim/free-space";
 
 pub(super) fn system(r: &mut Reader, packages: &[Installed]) -> SystemFacts {
@@ -49,11 +50,15 @@ pub(super) fn system(r: &mut Reader, packages: &[Installed]) -> SystemFacts {
     }
 }
 
+/// Free space of the live host, rounded down to whole GiB: the report is sent again when
+/// it changes, and ordinary disk activity must not change it (the check's threshold is
+/// whole GiB too).
 fn host_free_space() -> (Option<u64>, Option<u64>) {
     let free = |p: &str| {
-        nix::sys::statvfs::statvfs(p)
-            .ok()
-            .map(|s| s.blocks_available().saturating_mul(s.fragment_size()))
+        nix::sys::statvfs::statvfs(p).ok().map(|s| {
+            let bytes = s.blocks_available().saturating_mul(s.fragment_size());
+            bytes - bytes % GIB
+        })
     };
     let dev = |p: &str| std::fs::metadata(p).ok().map(|m| m.dev());
     let root = free("/");
