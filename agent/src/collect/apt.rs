@@ -99,8 +99,13 @@ fn upgradable(
         if r.root.is_dir(&path) {
             continue;
         }
-        match read_list(r, &path, compression) {
-            Ok(text) => available.extend(packages::parse(&text, |p| names.contains(p))),
+        let mut found = Vec::new();
+        let wanted = |p: &str| names.contains(p);
+        let read = read_list(r, &path, compression, &wanted, &mut |stanza| {
+            found.extend(packages::parse(stanza, wanted));
+        });
+        match read {
+            Ok(()) => available.extend(found),
             Err(reason) => {
                 r.unreadable(&path, reason);
                 unreadable_lists.push(path);
@@ -110,30 +115,61 @@ fn upgradable(
     (packages::upgradable(installed, available), unreadable_lists)
 }
 
+/// Read one package list, decoded as it streams, and hand each stanza whose `Package:` is
+/// `wanted` to `stanza`: a list holds tens of MB of text, of which only one stanza is ever
+/// held, and the stanzas of other packages are skipped from their `Package:` line on.
 fn read_list(
     r: &mut Reader,
     path: &str,
     compression: compressed::Compression,
-) -> Result<String, String> {
-    use std::io::Read;
+    wanted: &dyn Fn(&str) -> bool,
+    stanza: &mut dyn FnMut(&str),
+) -> Result<(), String> {
+    use std::io::{BufRead, Read};
     r.note_input(path);
     let real = r.root.resolve(path)?;
     let meta = std::fs::metadata(&real).map_err(|e| e.to_string())?;
     if !meta.is_file() {
         return Err("not a regular file".into());
     }
-    let mut bytes = Vec::new();
-    std::fs::File::open(&real)
-        .and_then(|f| f.take(LIST_MAX_BYTES + 1).read_to_end(&mut bytes))
-        .map_err(|e| e.to_string())?;
-    if bytes.len() as u64 > LIST_MAX_BYTES {
+    if meta.len() > LIST_MAX_BYTES {
         return Err(format!("larger than {LIST_MAX_BYTES} bytes"));
     }
-    let decoded = compressed::decode(compression, &bytes, LIST_MAX_DECODED)?;
-    match crate::root::text_from_bytes(decoded) {
-        crate::root::FileRead::Text(t) => Ok(t),
-        crate::root::FileRead::Unreadable(reason) => Err(reason),
-        crate::root::FileRead::Missing => Err("missing".into()),
+    let file = std::fs::File::open(&real).map_err(|e| e.to_string())?;
+    let decoded = compressed::reader(compression, file.take(LIST_MAX_BYTES), LIST_MAX_DECODED)?;
+    let mut input = std::io::BufReader::new(decoded.take(LIST_MAX_DECODED as u64 + 1));
+    let mut total = 0usize;
+    let mut current = String::new();
+    let mut skipping = false;
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = input
+            .read_until(b'\n', &mut line)
+            .map_err(|e| e.to_string())?;
+        total += n;
+        if total > LIST_MAX_DECODED {
+            return Err(format!("larger than {LIST_MAX_DECODED} bytes when decoded"));
+        }
+        if line.contains(&0) {
+            return Err("contains NUL bytes (binary data)".into());
+        }
+        let text = std::str::from_utf8(&line).map_err(|_| "not valid UTF-8 text".to_string())?;
+        if n == 0 || text.trim().is_empty() {
+            if !current.is_empty() && !skipping {
+                stanza(&current);
+            }
+            current.clear();
+            skipping = false;
+            if n == 0 {
+                return Ok(());
+            }
+        } else if !skipping {
+            if let Some(name) = text.strip_prefix("Package:") {
+                skipping = !wanted(name.trim());
+            }
+            current.push_str(text);
+        }
     }
 }
 

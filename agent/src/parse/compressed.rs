@@ -53,6 +53,27 @@ pub fn decode(c: Compression, bytes: &[u8], limit: usize) -> Result<Vec<u8>, Str
     Ok(out)
 }
 
+/// A decoding reader over `input`: LZ4 frames and zstd are decoded as they stream; gzip and
+/// xz are read whole (at most `limit` bytes decoded) and decoded with their checks first.
+pub fn reader<'a>(
+    c: Compression,
+    mut input: impl Read + 'a,
+    limit: usize,
+) -> Result<Box<dyn Read + 'a>, String> {
+    Ok(match c {
+        Compression::None => Box::new(input),
+        Compression::Lz4 => Box::new(lz4_flex::frame::FrameDecoder::new(input)),
+        Compression::Zstd => Box::new(
+            ruzstd::decoding::StreamingDecoder::new(input).map_err(|e| format!("zstd: {e}"))?,
+        ),
+        Compression::Gzip | Compression::Xz => {
+            let mut bytes = Vec::new();
+            input.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+            Box::new(std::io::Cursor::new(decode(c, &bytes, limit)?))
+        }
+    })
+}
+
 /// A writer that refuses to grow beyond its limit (a decompression bomb stops early).
 struct Limited(Vec<u8>, usize);
 
@@ -172,6 +193,24 @@ mod tests {
         assert!(decode(Compression::Xz, b"not xz at all", 1 << 20).is_err());
         assert!(decode(Compression::Zstd, b"not zstd at all", 1 << 20).is_err());
         assert!(decode(Compression::Gzip, &gzip_stored(TEXT), 10).is_err());
+        for (c, data) in [
+            (Compression::Lz4, lz4(TEXT)),
+            (Compression::Gzip, gzip_stored(TEXT)),
+            (Compression::None, TEXT.to_vec()),
+        ] {
+            let mut out = Vec::new();
+            reader(c, &data[..], 1 << 20)
+                .unwrap()
+                .read_to_end(&mut out)
+                .unwrap();
+            assert_eq!(out, TEXT, "{c:?}");
+        }
+        let cut = lz4(TEXT);
+        let mut out = Vec::new();
+        let streamed = reader(Compression::Lz4, &cut[..cut.len() - 6], 1 << 20)
+            .unwrap()
+            .read_to_end(&mut out);
+        assert!(streamed.is_err());
     }
 
     proptest::proptest! {
