@@ -53,14 +53,20 @@ pub fn text(report: &Report, color: bool) -> String {
             pk.join(", ")
         }
     );
+    let list_unreadable = f.unreadable.iter().any(|u| u.path == b.esp_list_path);
     let _ = writeln!(
         s,
-        "  esp list  {} ({})",
+        "  esp list  {} ({}{})",
         b.esp_list_path,
-        if b.esp_list_exists {
-            "exists"
+        match (b.esp_list_exists, list_unreadable) {
+            (false, _) => "absent",
+            (true, false) => "exists",
+            (true, true) => "exists, partly unreadable",
+        },
+        if b.esp_list_unterminated.is_some() {
+            ", last line unterminated"
         } else {
-            "absent"
+            ""
         }
     );
     let _ = writeln!(
@@ -131,12 +137,35 @@ pub fn text(report: &Report, color: bool) -> String {
             .collect();
         let _ = writeln!(
             s,
-            "  {} quorate {} members {}",
+            "  {} quorate {} members {} expected votes {}{}",
             opt(&c.name),
             c.quorate.map_or("-", |q| if q { "yes" } else { "no" }),
-            members.join(", ")
+            members.join(", "),
+            c.expected_votes.map_or("-".to_string(), |v| v.to_string()),
+            c.qdevice_votes
+                .map_or(String::new(), |v| format!(" (QDevice {v})"))
         );
     }
+
+    section(&mut s, "system");
+    let sys = &f.system;
+    let gib = |b: Option<u64>| {
+        b.map_or("-".to_string(), |b| {
+            format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
+        })
+    };
+    let _ = writeln!(
+        s,
+        "  time sync {}, free on / {}",
+        if sys.packages_unknown {
+            "unknown".to_string()
+        } else if sys.time_sync_packages.is_empty() {
+            "-".to_string()
+        } else {
+            sys.time_sync_packages.join(", ")
+        },
+        gib(sys.root_free_bytes)
+    );
 
     if !f.guests.is_empty() {
         section(&mut s, "guests");

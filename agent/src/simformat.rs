@@ -46,6 +46,9 @@ pub const GUESTS: &str = "guests.json";
 pub const PENDING: &str = "pending.json";
 /// The kernels the last boot-refresh synced (JSON list of releases).
 pub const ESP_SYNCED: &str = "esp-synced";
+/// Free space of the file systems a fixture claims (`<path> <bytes>` per line): a fixture
+/// root has no file system of its own to ask.
+pub const FREE_SPACE: &str = "free-space";
 
 /// The node path of the simulation file `name` (`/var/lib/fleetward-sim/<name>`).
 pub fn sim_path(name: &str) -> String {

@@ -71,14 +71,14 @@ fn seed_pve_03_json_is_the_library_report() {
 
 #[test]
 fn an_error_finding_exits_1() {
-    let root = fixture("scenarios/apt.duplicate");
+    let root = fixture("scenarios/apt.parse-error");
     let out = inspect_root(root.path(), "json");
     assert_eq!(out.status.code(), Some(1), "stderr: {}", stderr(&out));
     let report: Report = serde_json::from_slice(&out.stdout).expect("stdout is a Report");
     assert!(report
         .findings
         .iter()
-        .any(|f| f.code == "apt.duplicate" && f.severity == Severity::Error));
+        .any(|f| f.code == "apt.parse-error" && f.severity == Severity::Error));
     // The text format exits the same way.
     assert_eq!(inspect_root(root.path(), "text").status.code(), Some(1));
 }

@@ -84,8 +84,15 @@ fn scenarios() {
         let name = dir.file_name().unwrap().to_string_lossy().into_owned();
         let report = run(&dir);
         check_expected(&dir, &report.findings);
-        // A scenario named after a code must produce it.
-        if name.contains('.') {
+        // A scenario named after a code must produce it; its clean variant
+        // (`<code>-clean`) must not.
+        if let Some(code) = name.strip_suffix("-clean") {
+            assert!(
+                code.contains('.') && !codes(&report.findings).contains(code),
+                "clean variant {name} produces {code}: {:?}",
+                codes(&report.findings)
+            );
+        } else if name.contains('.') {
             assert!(
                 codes(&report.findings).contains(&name),
                 "scenario {name} does not produce its code: {:?}",
@@ -133,6 +140,29 @@ fn every_code_has_a_scenario() {
         "cluster.not-quorate",
         "cluster.node-offline",
         "cluster.no-vote-margin",
+        "boot.esp-list-unterminated",
+        "boot.kernel-unsuitable",
+        "boot.dkms-not-built",
+        "dns.hostname-not-local",
+        "cluster.nodelist-mismatch",
+        "cluster.non-default-votes",
+        "apt.lists-unreadable",
+        "apt.low-space",
+        "system.no-time-sync",
+    ];
+    // Codes of the second round, and the corrected ones, also have a clean variant.
+    let with_clean = [
+        "boot.esp-list-unterminated",
+        "boot.kernel-unsuitable",
+        "boot.dkms-not-built",
+        "dns.hostname-not-local",
+        "cluster.nodelist-mismatch",
+        "cluster.non-default-votes",
+        "apt.lists-unreadable",
+        "apt.low-space",
+        "system.no-time-sync",
+        "boot.systemd-boot-meta",
+        "apt.parse-error",
     ];
     let scenario_names: BTreeSet<String> = support::fixtures("scenarios")
         .iter()
@@ -144,11 +174,94 @@ fn every_code_has_a_scenario() {
             "no scenario directory for {code}"
         );
     }
+    for code in with_clean {
+        assert!(
+            scenario_names.contains(&format!("{code}-clean")),
+            "no clean variant for {code}"
+        );
+    }
+}
+
+fn finding<'a>(findings: &'a [Finding], code: &str) -> Vec<&'a Finding> {
+    findings.iter().filter(|f| f.code == code).collect()
+}
+
+/// pve8to9's exception: the systemd-boot meta-package is still needed on a Proxmox VE 8 node
+/// whose ESPs proxmox-boot-tool keeps with systemd-boot; on Proxmox VE 9 it is an error.
+#[test]
+fn systemd_boot_meta_pve8_and_pve9() {
+    let pve9 = run(&support::fixtures_dir().join("scenarios/systemd-boot-meta-pve9"));
+    let meta = finding(&pve9.findings, "boot.systemd-boot-meta");
+    assert_eq!(meta.len(), 1, "{:?}", pve9.findings);
+    assert_eq!(meta[0].severity, Severity::Error);
+    let pve8 = run(&support::fixtures_dir().join("scenarios/boot.systemd-boot-meta-clean"));
+    assert!(finding(&pve8.findings, "boot.systemd-boot-meta").is_empty());
+    assert!(pve8
+        .facts
+        .boot
+        .packages
+        .iter()
+        .any(|p| p.name == "systemd-boot"));
+}
+
+/// An ESP list whose first line is not UTF-8 exists: no "not configured" finding, the bad
+/// line is an unreadable line, and the next line is still judged.
+#[test]
+fn garbled_esp_list_is_unknown_not_absent() {
+    let r = run(&support::fixtures_dir().join("scenarios/esp-list-garbled"));
+    let got = codes(&r.findings);
+    for absent in ["boot.esp-sync-disabled", "boot.esp-list-missing"] {
+        assert!(!got.contains(absent), "{absent}: {got:?}");
+    }
+    let invalid = finding(&r.findings, "boot.esp-uuid-invalid");
+    assert_eq!(invalid.len(), 1, "{:?}", r.findings);
+    assert_eq!(invalid[0].line, Some(2));
+    let bad: Vec<Option<u32>> = r
+        .facts
+        .unreadable
+        .iter()
+        .filter(|u| u.path == "/etc/kernel/proxmox-boot-uuids")
+        .map(|u| u.line)
+        .collect();
+    assert_eq!(bad, [Some(1)]);
+    assert!(r.facts.boot.esp_list_exists);
+}
+
+/// A resolv.conf with a binary line exists, and its other lines still count.
+#[test]
+fn garbled_resolv_conf_keeps_its_good_lines() {
+    let r = run(&support::fixtures_dir().join("scenarios/resolv-conf-garbled"));
+    let rc = &r.facts.dns.resolv_conf;
+    assert!(rc.exists);
+    assert_eq!(rc.nameservers, ["192.168.1.110"]);
+    assert_eq!(rc.search, ["fritz.box"]);
+    assert!(!codes(&r.findings).contains("dns.no-nameserver"));
+    assert!(r
+        .facts
+        .unreadable
+        .iter()
+        .any(|u| u.path == "/etc/resolv.conf" && u.line == Some(2)));
+}
+
+/// The ESP list's last line without a newline is skipped by proxmox-boot-tool: it is
+/// reported, and that ESP is not judged as a synced one.
+#[test]
+fn unterminated_esp_list_line_is_not_a_synced_esp() {
+    let r = run(&support::fixtures_dir().join("scenarios/boot.esp-list-unterminated"));
+    let f = finding(&r.findings, "boot.esp-list-unterminated");
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0].line, Some(2));
+    assert_eq!(r.facts.boot.esp_list, ["6D31-87F4"]);
+    assert!(r
+        .facts
+        .esps
+        .iter()
+        .all(|e| e.uuid.as_deref() != Some("CE07-78FC")));
 }
 
 /// apt's package lists offer newer versions of installed packages: the facts list them with
 /// the highest fitting candidate; packages not installed (a new kernel ABI), other
-/// architectures, lower versions and compressed indexes are left out.
+/// architectures and lower versions are left out; compressed indexes (`.lz4`) are decoded.
 #[test]
 fn upgrades_pending_facts() {
     let dir = support::fixtures_dir().join("scenarios/upgrades-pending");
@@ -169,7 +282,7 @@ fn upgrades_pending_facts() {
         [
             ("proxmox-kernel-helper", "9.0.4", "9.0.5"),
             ("proxmox-ve", "9.0.0", "9.0.1"),
-            ("pve-manager", "9.0.11", "9.0.12"),
+            ("pve-manager", "9.0.11", "9.0.13"),
         ]
     );
     // proxmox-ve is a reboot package (it moves the default kernel series).

@@ -6,12 +6,20 @@
 //! half its length, replaced by 4 KiB of pseudo-random bytes, emptied, and replaced by a
 //! directory; the tree is inspected in-process after each mutation and restored after it.
 //! A handful of key files is then garbled under the real binary.
+//!
+//! Unknown is never absent: for every file the agent reads in any fixture (seed or scenario),
+//! the findings with the file garbled (wholly, or only its first line) are compared with the
+//! findings with the file absent; a finding that the garbled file adds and that the absent
+//! file also adds concludes "missing", "disabled" or "none" from a file that is there.
 
 mod support;
 
+use fleetward_agent::collect::collect_with_inputs;
 use fleetward_agent::inspect::inspect;
 use fleetward_agent::root::{text_from_bytes, FileRead, Root};
+use fleetward_agent::rules::UNREADABLE_INPUT;
 use fleetward_proto::Report;
+use std::collections::BTreeSet;
 use std::fs;
 use std::io::{self, Read};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -290,4 +298,138 @@ fn binary_survives_garbage_inputs() {
             "{node} garbled: the report does not name it: {unreadable:?}"
         );
     }
+}
+
+/// Codes of the findings `r` has that `base` does not (the unreadable-input finding aside:
+/// it is how a garbled file is documented).
+fn added_codes(base: &Report, r: &Report) -> BTreeSet<String> {
+    r.findings
+        .iter()
+        .filter(|f| f.code != UNREADABLE_INPUT && !base.findings.contains(f))
+        .map(|f| f.code.clone())
+        .collect()
+}
+
+/// How a present file is garbled.
+#[derive(Debug, Clone, Copy)]
+enum Garble {
+    /// 4 KiB of pseudo-random bytes.
+    Whole,
+    /// A first line that is not text, the original content after it.
+    FirstLine,
+}
+
+#[test]
+fn garbled_input_is_never_reported_as_absent() {
+    let mut fixtures = support::fixtures("seed");
+    fixtures.extend(support::fixtures("scenarios"));
+    let aside = tempfile::tempdir().expect("tempdir");
+    let mut covered: BTreeSet<String> = BTreeSet::new();
+    let mut attempted: BTreeSet<String> = BTreeSet::new();
+    let mut problems = Vec::new();
+    for dir in fixtures {
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let built = support::build(&dir);
+        let root = Root::new(built.path());
+        let (_, inputs) = collect_with_inputs(&root);
+        attempted.extend(inputs.iter().cloned());
+        // Each input file once over all fixtures: the first fixture that has it.
+        let todo: Vec<(String, PathBuf)> = inputs
+            .into_iter()
+            .filter(|p| !covered.contains(p))
+            .filter_map(|p| {
+                let real = root.resolve(&p).ok()?;
+                real.is_file().then_some((p, real))
+            })
+            .collect();
+        if todo.is_empty() {
+            continue;
+        }
+        let baseline = inspect(&root);
+        for (index, (node, real)) in todo.into_iter().enumerate() {
+            covered.insert(node.clone());
+            let backup = aside.path().join("orig");
+            fs::rename(&real, &backup).expect("move aside");
+            let absent = inspect(&root);
+            let original = fs::read(&backup).expect("read original");
+            for garble in [Garble::Whole, Garble::FirstLine] {
+                let bytes = match garble {
+                    Garble::Whole => garbage(index),
+                    Garble::FirstLine => [&b"\xff\xfe\x00\x01\n"[..], &original].concat(),
+                };
+                fs::write(&real, bytes).expect("write garbled");
+                let garbled = inspect(&root);
+                let absence: Vec<String> = added_codes(&baseline, &garbled)
+                    .intersection(&added_codes(&baseline, &absent))
+                    .cloned()
+                    .collect();
+                if !absence.is_empty() {
+                    problems.push(format!(
+                        "{name}: {node} garbled ({garble:?}) gives what its absence gives: {absence:?}"
+                    ));
+                }
+            }
+            fs::remove_file(&real).expect("remove garbled");
+            fs::rename(&backup, &real).expect("restore");
+        }
+        assert_eq!(inspect(&root), baseline, "{name}: restoring the originals");
+    }
+    // The inputs of the fixtures: configuration, package database, ESP images, package lists,
+    // the kernel's files. A drop here means the walk above stopped covering them.
+    for must in [
+        "/etc/kernel/proxmox-boot-uuids",
+        "/etc/resolv.conf",
+        "/etc/hosts",
+        "/etc/network/interfaces",
+        "/etc/pve/.members",
+        "/etc/pve/corosync.conf",
+        "/var/lib/dpkg/status",
+        "/var/cache/debconf/config.dat",
+        "/proc/self/mountinfo",
+        "/etc/kernel/proxmox-boot-pin",
+        "/var/lib/dpkg/info/proxmox-kernel-helper.list",
+        "/dev/disk/by-uuid/6D31-87F4",
+        "/proc/net/fib_trie",
+        "/var/lib/fleetward-sim/free-space",
+    ] {
+        assert!(
+            covered.contains(must),
+            "{must} was not garbled: {covered:?}"
+        );
+    }
+    let never: Vec<&String> = attempted
+        .difference(&covered)
+        .filter(|p| never_in_a_fixture(p).is_none())
+        .collect();
+    assert!(
+        never.is_empty(),
+        "inputs the agent reads that no fixture holds (add a fixture or a reason): {never:?}"
+    );
+    assert!(
+        problems.is_empty(),
+        "{} problem(s):\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+}
+
+/// Inputs the agent tries that no fixture holds, each with why that is fine; every other
+/// input is garbled in some fixture.
+fn never_in_a_fixture(node: &str) -> Option<&'static str> {
+    if node.starts_with("/var/lib/dpkg/info/")
+        && node != "/var/lib/dpkg/info/proxmox-kernel-helper.list"
+    {
+        return Some(
+            "other packages' file lists are searched for the kernel hook's owner when \
+             proxmox-kernel-helper's does not name it: the same read and the same guard as \
+             proxmox-kernel-helper.list (garbled here) and the foreign owner's list",
+        );
+    }
+    if node.starts_with("/dev/disk/by-uuid/") {
+        return Some(
+            "an ESP listed without a device (boot.esp-uuid-missing): its absence is that \
+             scenario; every ESP image that exists is garbled",
+        );
+    }
+    None
 }

@@ -114,6 +114,33 @@ pub struct Facts {
     /// rather than a tool failure.
     #[serde(default)]
     pub unreadable: Vec<Unreadable>,
+    /// Time sync, free space and what the package database says.
+    #[serde(default)]
+    pub system: SystemFacts,
+}
+
+/// Node-wide facts that belong to no single subsystem above.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SystemFacts {
+    /// `/var/lib/dpkg/status` exists but could not be read: which packages are installed is
+    /// unknown, so no rule may conclude that a package is missing.
+    #[serde(default)]
+    pub packages_unknown: bool,
+    /// Number of installed packages dpkg's status lists (0 when it is missing or unreadable).
+    #[serde(default)]
+    pub installed_packages: u32,
+    /// Installed time-sync daemons among `chrony`, `systemd-timesyncd`, `ntpsec`, `ntp` and
+    /// `openntpd`, sorted.
+    #[serde(default)]
+    pub time_sync_packages: Vec<String>,
+    /// Free space in bytes (for unprivileged users, as `df` shows) on the file system of `/`,
+    /// rounded down to whole GiB on a live host; `None` when not known.
+    #[serde(default)]
+    pub root_free_bytes: Option<u64>,
+    /// Free space on the file system of `/var/cache/apt/archives` when it is not the one of
+    /// `/`; `None` when it is the same file system or not known.
+    #[serde(default)]
+    pub apt_archives_free_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -271,8 +298,15 @@ pub struct BootFacts {
     /// The ESP list path, from the helper's `functions` file or the documented default.
     pub esp_list_path: String,
     pub esp_list_exists: bool,
-    /// Lines of the ESP list, trimmed (blank lines kept, so index + 1 is the line number).
+    /// Lines of the ESP list that proxmox-boot-tool reads, trimmed (blank lines kept, so
+    /// index + 1 is the line number). A line that is not UTF-8 text is kept as an empty
+    /// line (it is an unreadable fact); a last line without a newline is not here (see
+    /// `esp_list_unterminated`).
     pub esp_list: Vec<String>,
+    /// The ESP list's last line, when it has no newline: proxmox-boot-tool's `while read`
+    /// loop skips it, so that ESP is never synced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub esp_list_unterminated: Option<String>,
     /// `/etc/fstab` has a `/boot/efi` entry.
     pub boot_efi_in_fstab: bool,
     /// `/boot/efi` is mounted (`/proc/self/mountinfo`).
@@ -292,6 +326,18 @@ pub struct BootFacts {
     pub reboot_required: bool,
     /// Why a reboot is required (empty when it is not).
     pub reboot_required_reasons: Vec<String>,
+    /// DKMS modules (`/var/lib/dkms/<module>/<version>/`) with the kernels each is built for.
+    #[serde(default)]
+    pub dkms: Vec<DkmsModule>,
+}
+
+/// One version of one DKMS module.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DkmsModule {
+    pub name: String,
+    pub version: String,
+    /// Kernel versions it has a build for (`/var/lib/dkms/<module>/<version>/<kernel>/`), sorted.
+    pub kernels: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -356,6 +402,10 @@ pub struct AptFacts {
     /// Lines apt would refuse, with file and line.
     #[serde(default)]
     pub errors: Vec<LocatedError>,
+    /// Package lists (`/var/lib/apt/lists/*_Packages*`) that exist but could not be read or
+    /// decoded: `upgradable` is then incomplete, never a proof that nothing is pending.
+    #[serde(default)]
+    pub unreadable_lists: Vec<String>,
     /// Installed packages for which apt's downloaded package lists
     /// (`/var/lib/apt/lists/*_Packages`) offer a higher version, sorted by package name.
     #[serde(default)]
@@ -497,6 +547,19 @@ pub struct HostsFacts {
     pub name: Option<String>,
     /// Addresses `/etc/hosts` gives for it, in file order.
     pub addresses: Vec<String>,
+    /// The `/etc/hosts` line of each of `addresses` (same order).
+    #[serde(default)]
+    pub address_lines: Vec<u32>,
+    /// Addresses the node carries: `address` lines of `/etc/network/interfaces` (with its
+    /// includes) and, on a live node, the kernel's local addresses (`/proc/net/fib_trie`,
+    /// `/proc/net/if_inet6`). Prefix lengths removed, sorted, each once.
+    #[serde(default)]
+    pub local_addresses: Vec<String>,
+    /// `local_addresses` is every address the node can carry: the kernel's list was read, or
+    /// every interfaces file was read and no stanza gets its address at run time (`dhcp`,
+    /// `auto`, ...). Only then may a rule say an address is not local.
+    #[serde(default)]
+    pub local_addresses_complete: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -508,10 +571,42 @@ pub struct ClusterFacts {
     pub name: Option<String>,
     pub quorate: Option<bool>,
     pub members: Vec<ClusterMember>,
-    /// Votes per node from `corosync.conf` (`quorum_votes`, default 1).
+    /// Expected votes as votequorum computes them from `corosync.conf`: `quorum.expected_votes`
+    /// when set, else the nodes' `quorum_votes` (default 1) plus the QDevice's votes. `None`
+    /// when `corosync.conf` could not be read: then the votes are unknown.
     pub expected_votes: Option<u32>,
     /// A corosync QDevice is configured.
     pub qdevice: bool,
+    /// The QDevice's configured votes (`quorum.device.votes`, default 1); `None` without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qdevice_votes: Option<u32>,
+    /// The corosync configuration read (`/etc/pve/corosync.conf`, else
+    /// `/etc/corosync/corosync.conf`); `None` when neither exists or it could not be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corosync_conf: Option<String>,
+    /// corosync.conf's `nodelist`: each node's name, votes and line, in file order.
+    #[serde(default)]
+    pub corosync_nodes: Vec<CorosyncNode>,
+    /// `quorum.expected_votes`, when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum_expected_votes: Option<u32>,
+    /// `quorum.two_node: 1`: two nodes, each quorate alone.
+    #[serde(default)]
+    pub two_node: bool,
+    /// Line of `expected_votes` / `two_node` in the quorum section, for the finding's location.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum_line: Option<u32>,
+}
+
+/// One `node { }` entry of corosync.conf's `nodelist`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CorosyncNode {
+    /// `name`, else `ring0_addr` (how Proxmox names an entry without a name).
+    pub name: String,
+    /// `quorum_votes`, default 1.
+    pub votes: u32,
+    /// Line of the `node {` that opens the entry.
+    pub line: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

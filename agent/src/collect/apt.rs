@@ -1,18 +1,22 @@
 //! APT sources (`sources.list` and every file in `sources.list.d`) and the upgrades apt's
 //! downloaded package lists offer.
 
-use super::Reader;
-use crate::parse::{apt, control::Installed, packages};
+use super::{Input, Reader};
+use crate::parse::{apt, compressed, control::Installed, packages};
 use fleetward_proto::{upgrade_needs_reboot, AptEntry, AptFacts, AptFile, AptFileFormat};
 use std::collections::BTreeSet;
 
 pub const SOURCES_LIST: &str = "/etc/apt/sources.list";
 pub const SOURCES_DIR: &str = "/etc/apt/sources.list.d";
 pub const LISTS_DIR: &str = "/var/lib/apt/lists";
+/// Package lists are far larger than configuration files (Debian's main list is tens of
+/// MB): they are read with their own limits, compressed and decoded.
+const LIST_MAX_BYTES: u64 = 256 * 1024 * 1024;
+const LIST_MAX_DECODED: usize = 512 * 1024 * 1024;
 
 pub(super) fn apt(r: &mut Reader, installed: &[Installed]) -> AptFacts {
     let mut facts = AptFacts::default();
-    facts.upgradable = upgradable(r, installed);
+    (facts.upgradable, facts.unreadable_lists) = upgradable(r, installed);
     facts.upgrade_needs_reboot = facts
         .upgradable
         .iter()
@@ -21,7 +25,8 @@ pub(super) fn apt(r: &mut Reader, installed: &[Installed]) -> AptFacts {
     if r.root.exists(SOURCES_LIST) {
         files.push((SOURCES_LIST.to_string(), AptFileFormat::OneLine, None));
     }
-    for name in r.root.list_dir(SOURCES_DIR) {
+    let names = r.list_dir(SOURCES_DIR).read().unwrap_or_default();
+    for name in names {
         let path = format!("{SOURCES_DIR}/{name}");
         if r.root.is_dir(&path) {
             continue;
@@ -62,30 +67,110 @@ pub(super) fn apt(r: &mut Reader, installed: &[Installed]) -> AptFacts {
     facts
 }
 
-/// What every `*_Packages` index in the lists directory offers the installed packages.
+/// What every `*_Packages` index in the lists directory offers the installed packages, and
+/// the indexes that exist but could not be read or decoded.
 ///
-/// Only plain-text indexes are read: Debian keeps them uncompressed unless apt is configured
-/// otherwise (`Acquire::GzipIndexes`, or `*_Packages.lz4` with `Acquire::CompressionTypes`),
-/// and compressed ones (`.lz4`, `.gz`, `.xz`, ...) are skipped, not decoded.
-fn upgradable(r: &mut Reader, installed: &[Installed]) -> Vec<fleetward_proto::Upgrade> {
+/// Debian keeps the indexes uncompressed unless apt is configured otherwise
+/// (`Acquire::GzipIndexes`, `Acquire::CompressionTypes`): then they are `.lz4`, `.gz`,
+/// `.xz` or `.zst`, and are decoded here as apt decodes them.
+fn upgradable(
+    r: &mut Reader,
+    installed: &[Installed],
+) -> (Vec<fleetward_proto::Upgrade>, Vec<String>) {
+    let mut unreadable_lists = Vec::new();
     if installed.is_empty() {
-        return Vec::new();
+        return (Vec::new(), unreadable_lists);
     }
     let names: BTreeSet<&str> = installed.iter().map(|p| p.name.as_str()).collect();
     let mut available = Vec::new();
-    for name in r.root.list_dir(LISTS_DIR) {
-        if !name.ends_with("_Packages") {
-            continue;
+    let listing = match r.list_dir(LISTS_DIR) {
+        Input::Read(l) => l,
+        Input::Missing => Vec::new(),
+        Input::Unreadable => {
+            unreadable_lists.push(LISTS_DIR.to_string());
+            Vec::new()
         }
+    };
+    for name in listing {
+        let Some(compression) = compressed::by_name(&name) else {
+            continue;
+        };
         let path = format!("{LISTS_DIR}/{name}");
         if r.root.is_dir(&path) {
             continue;
         }
-        if let Some(text) = r.text(&path) {
-            available.extend(packages::parse(&text, |p| names.contains(p)));
+        let mut found = Vec::new();
+        let wanted = |p: &str| names.contains(p);
+        let read = read_list(r, &path, compression, &wanted, &mut |stanza| {
+            found.extend(packages::parse(stanza, wanted));
+        });
+        match read {
+            Ok(()) => available.extend(found),
+            Err(reason) => {
+                r.unreadable(&path, reason);
+                unreadable_lists.push(path);
+            }
         }
     }
-    packages::upgradable(installed, available)
+    (packages::upgradable(installed, available), unreadable_lists)
+}
+
+/// Read one package list, decoded as it streams, and hand each stanza whose `Package:` is
+/// `wanted` to `stanza`: a list holds tens of MB of text, of which only one stanza is ever
+/// held, and the stanzas of other packages are skipped from their `Package:` line on.
+fn read_list(
+    r: &mut Reader,
+    path: &str,
+    compression: compressed::Compression,
+    wanted: &dyn Fn(&str) -> bool,
+    stanza: &mut dyn FnMut(&str),
+) -> Result<(), String> {
+    use std::io::{BufRead, Read};
+    r.note_input(path);
+    let real = r.root.resolve(path)?;
+    let meta = std::fs::metadata(&real).map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    if meta.len() > LIST_MAX_BYTES {
+        return Err(format!("larger than {LIST_MAX_BYTES} bytes"));
+    }
+    let file = std::fs::File::open(&real).map_err(|e| e.to_string())?;
+    let decoded = compressed::reader(compression, file.take(LIST_MAX_BYTES), LIST_MAX_DECODED)?;
+    let mut input = std::io::BufReader::new(decoded.take(LIST_MAX_DECODED as u64 + 1));
+    let mut total = 0usize;
+    let mut current = String::new();
+    let mut skipping = false;
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = input
+            .read_until(b'\n', &mut line)
+            .map_err(|e| e.to_string())?;
+        total += n;
+        if total > LIST_MAX_DECODED {
+            return Err(format!("larger than {LIST_MAX_DECODED} bytes when decoded"));
+        }
+        if line.contains(&0) {
+            return Err("contains NUL bytes (binary data)".into());
+        }
+        let text = std::str::from_utf8(&line).map_err(|_| "not valid UTF-8 text".to_string())?;
+        if n == 0 || text.trim().is_empty() {
+            if !current.is_empty() && !skipping {
+                stanza(&current);
+            }
+            current.clear();
+            skipping = false;
+            if n == 0 {
+                return Ok(());
+            }
+        } else if !skipping {
+            if let Some(name) = text.strip_prefix("Package:") {
+                skipping = !wanted(name.trim());
+            }
+            current.push_str(text);
+        }
+    }
 }
 
 /// The format an ignored file would have if it were enabled again: `x.sources.disabled`

@@ -1,19 +1,19 @@
 //! Firmware, Secure Boot, boot-loader packages, kernels and the ESPs.
 
-use super::Reader;
+use super::{Input, Reader};
 use crate::esp;
-use crate::parse::boot_tool::{is_vfat_id, DEFAULT_ESP_LIST, KERNEL_HOOK};
+use crate::parse::boot_tool::{is_vfat_id, DEFAULT_ESP_LIST, HELPER_FUNCTIONS, KERNEL_HOOK};
 use crate::parse::{control, control::Installed, efivar, kv, version};
 use fleetward_proto::{
-    BootFacts, EspFacts, EspSource, Firmware, KernelHookFacts, PackageFacts, SecureBootFacts,
-    BOOT_PACKAGES,
+    BootFacts, DkmsModule, EspFacts, EspSource, Firmware, KernelHookFacts, PackageFacts,
+    SecureBootFacts, BOOT_PACKAGES,
 };
 use std::os::unix::fs::FileTypeExt;
 
-const HELPER_FUNCTIONS: &str = "/usr/share/proxmox-kernel-helper/scripts/functions";
 const EFIVARS: &str = "/sys/firmware/efi/efivars";
 const GLOBAL_GUID: &str = "8be4df61-93ca-11d2-aa0d-00e098032b8c";
 const SHIM_GUID: &str = "605dab50-e046-4300-abb6-3dd810dd8b23";
+const DKMS: &str = "/var/lib/dkms";
 
 pub(super) fn boot(
     r: &mut Reader,
@@ -40,20 +40,36 @@ pub(super) fn boot(
         .text(HELPER_FUNCTIONS)
         .and_then(|t| kv::esp_list_path(&t))
         .unwrap_or_else(|| DEFAULT_ESP_LIST.to_string());
-    let esp_list_text = r.text(&esp_list_path);
-    let esp_list: Vec<String> = esp_list_text
-        .as_deref()
-        .unwrap_or("")
-        .lines()
-        .map(|l| l.trim().to_string())
-        .collect();
+    // Read line by line: a line that is not text is an unreadable line, the others are
+    // still judged. A file that cannot be read at all exists all the same: unknown, never
+    // "not configured".
+    let esp_list_input = r.lines(&esp_list_path);
+    let esp_list_exists = !matches!(esp_list_input, Input::Missing);
+    let mut esp_list: Vec<String> = Vec::new();
+    let mut esp_list_unterminated = None;
+    if let Input::Read(l) = esp_list_input {
+        esp_list = l
+            .lines
+            .iter()
+            .map(|line| line.as_deref().unwrap_or("").trim().to_string())
+            .collect();
+        // proxmox-boot-tool reads the list with `while read`, which skips a last line
+        // without a newline.
+        if l.unterminated {
+            esp_list_unterminated = esp_list.pop().filter(|l| !l.is_empty());
+        }
+    }
 
     let first = |r: &mut Reader, p: &str| r.text(p).and_then(|t| kv::first_line(&t));
     let kernel_pin = first(r, "/etc/kernel/proxmox-boot-pin");
     let next_boot_pin = first(r, "/etc/kernel/next-boot-pin");
+    // A pin file that exists but cannot be read leaves the next kernel unknown.
+    let pin_unknown = r.was_unreadable("/etc/kernel/proxmox-boot-pin")
+        || r.was_unreadable("/etc/kernel/next-boot-pin");
     let mut installed_kernels: Vec<String> = r
-        .root
         .list_dir("/boot")
+        .read()
+        .unwrap_or_default()
         .iter()
         .filter_map(|n| n.strip_prefix("vmlinuz-"))
         .map(String::from)
@@ -62,7 +78,8 @@ pub(super) fn boot(
     let next_kernel = next_boot_pin
         .clone()
         .or_else(|| kernel_pin.clone())
-        .or_else(|| installed_kernels.first().cloned());
+        .or_else(|| installed_kernels.first().cloned())
+        .filter(|_| !pin_unknown);
 
     let mut reboot_required_reasons = Vec::new();
     if let (Some(running), Some(next)) = (running, next_kernel.as_deref()) {
@@ -107,9 +124,10 @@ pub(super) fn boot(
         secure_boot,
         packages: pkgs,
         kernel_hook: kernel_hook(r, packages),
-        esp_list_exists: esp_list_text.is_some(),
+        esp_list_exists,
         esp_list_path,
         esp_list: esp_list.clone(),
+        esp_list_unterminated,
         boot_efi_in_fstab: fstab.iter().any(|m| m.target == "/boot/efi"),
         boot_efi_mounted: mounts.iter().any(|m| m.target == "/boot/efi"),
         kernel_pin,
@@ -120,9 +138,50 @@ pub(super) fn boot(
         force_efi_extra_removable,
         reboot_required: !reboot_required_reasons.is_empty(),
         reboot_required_reasons,
+        dkms: dkms(r),
     };
     let esps = esps(r, &esp_list, &fstab, &mounts);
     (boot, esps)
+}
+
+/// DKMS's tree: `/var/lib/dkms/<module>/<version>/<kernel>/` for each kernel built for
+/// (beside `source` and `build`; dkms also keeps `kernel-<release>-<arch>` links one level
+/// up, which are not versions).
+fn dkms(r: &mut Reader) -> Vec<DkmsModule> {
+    let mut out = Vec::new();
+    let Input::Read(modules) = r.list_dir(DKMS) else {
+        return out;
+    };
+    for module in modules {
+        let mdir = format!("{DKMS}/{module}");
+        if !r.root.is_dir(&mdir) {
+            continue;
+        }
+        let Input::Read(versions) = r.list_dir(&mdir) else {
+            continue;
+        };
+        for version in versions {
+            let vdir = format!("{mdir}/{version}");
+            if version.starts_with("kernel-") || !r.root.is_dir(&vdir) {
+                continue;
+            }
+            let Input::Read(entries) = r.list_dir(&vdir) else {
+                continue;
+            };
+            let mut kernels: Vec<String> = entries
+                .into_iter()
+                .filter(|k| !matches!(k.as_str(), "source" | "build" | "tarball"))
+                .filter(|k| r.root.is_dir(&format!("{vdir}/{k}")))
+                .collect();
+            kernels.sort_by(|a, b| version::compare(b, a));
+            out.push(DkmsModule {
+                name: module.clone(),
+                version,
+                kernels,
+            });
+        }
+    }
+    out
 }
 
 fn secure_boot(r: &mut Reader) -> SecureBootFacts {
@@ -262,6 +321,7 @@ fn read_one(
         error: None,
     };
     let Some(device) = device else { return e };
+    r.note_input(&device);
     if !r.root.exists(&device) {
         return e;
     }

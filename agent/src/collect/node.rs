@@ -1,8 +1,8 @@
 //! Node identity and the cluster view.
 
-use super::Reader;
+use super::{Input, Reader};
 use crate::parse::{cluster, control::Installed, kv};
-use fleetward_proto::{ClusterFacts, ClusterMember, NodeFacts, OsRelease};
+use fleetward_proto::{ClusterFacts, ClusterMember, CorosyncNode, NodeFacts, OsRelease};
 
 pub(super) fn node(r: &mut Reader, packages: &[Installed]) -> NodeFacts {
     let first = |r: &mut Reader, p: &str| r.text(p).and_then(|t| kv::first_line(&t));
@@ -37,11 +37,21 @@ pub(super) fn node(r: &mut Reader, packages: &[Installed]) -> NodeFacts {
 
 pub(super) fn cluster(r: &mut Reader) -> ClusterFacts {
     const MEMBERS: &str = "/etc/pve/.members";
-    let Some(text) = r.text(MEMBERS) else {
-        return ClusterFacts {
-            standalone: true,
-            ..ClusterFacts::default()
-        };
+    let text = match r.input(MEMBERS) {
+        Input::Read(t) => t,
+        Input::Missing => {
+            return ClusterFacts {
+                standalone: true,
+                ..ClusterFacts::default()
+            }
+        }
+        // It exists: a cluster view that is unknown, not a standalone node.
+        Input::Unreadable => {
+            return ClusterFacts {
+                members_file: true,
+                ..ClusterFacts::default()
+            }
+        }
     };
     let parsed = match cluster::members(&text) {
         Ok(m) => m,
@@ -53,17 +63,26 @@ pub(super) fn cluster(r: &mut Reader) -> ClusterFacts {
             };
         }
     };
-    let corosync = r
-        .text("/etc/pve/corosync.conf")
-        .or_else(|| r.text("/etc/corosync/corosync.conf"))
-        .map(|t| cluster::corosync(&t))
-        .unwrap_or_default();
+    let mut corosync_conf = None;
+    let mut corosync = None;
+    for path in ["/etc/pve/corosync.conf", "/etc/corosync/corosync.conf"] {
+        match r.input(path) {
+            Input::Missing => continue,
+            Input::Read(t) => {
+                corosync_conf = Some(path.to_string());
+                corosync = Some(cluster::corosync(&t));
+            }
+            Input::Unreadable => {}
+        }
+        break;
+    }
+    // Without a readable corosync.conf the votes are unknown; members then show one vote
+    // each for display, but no expected votes are claimed.
     let votes_of = |name: &str| {
         corosync
-            .votes
-            .iter()
-            .find(|(n, _)| n == name)
-            .map_or(1, |(_, v)| *v)
+            .as_ref()
+            .and_then(|c| c.nodes.iter().find(|n| n.name == name))
+            .map_or(1, |n| n.votes)
     };
     let members: Vec<ClusterMember> = parsed
         .nodes
@@ -77,20 +96,29 @@ pub(super) fn cluster(r: &mut Reader) -> ClusterFacts {
         })
         .collect();
     let standalone = parsed.cluster_name.is_none();
-    let expected_votes = (!standalone).then(|| {
-        if corosync.votes.is_empty() {
-            members.iter().map(|m| m.votes).sum()
-        } else {
-            corosync.votes.iter().map(|(_, v)| v).sum()
-        }
-    });
+    let c = corosync.unwrap_or_default();
+    let known = corosync_conf.is_some();
     ClusterFacts {
         members_file: true,
         standalone,
         name: parsed.cluster_name,
         quorate: parsed.quorate,
         members,
-        expected_votes,
-        qdevice: corosync.qdevice,
+        expected_votes: (!standalone && known).then(|| c.expected_votes()),
+        qdevice: c.qdevice,
+        qdevice_votes: c.qdevice.then(|| c.qdevice_votes()),
+        corosync_conf,
+        corosync_nodes: c
+            .nodes
+            .iter()
+            .map(|n| CorosyncNode {
+                name: n.name.clone(),
+                votes: n.votes,
+                line: n.line,
+            })
+            .collect(),
+        quorum_expected_votes: c.expected_votes,
+        two_node: c.two_node,
+        quorum_line: c.quorum_line,
     }
 }

@@ -218,18 +218,8 @@ impl Stanza {
                 .map(String::from)
                 .collect::<Vec<_>>()
         });
-        let [types, uris, suites, components] = &lists;
-        for (name, values) in [("Types", types), ("URIs", uris), ("Suites", suites)] {
-            if values.is_empty() {
-                return Err(located(path, line, format!("stanza has no {name}")));
-            }
-        }
-        let known = |t: &&String| matches!(t.as_str(), "deb" | "deb-src");
-        if let Some(t) = types.iter().find(|t| !known(t)) {
-            let message = format!("unknown type '{t}' (expected deb or deb-src)");
-            return Err(located(path, line, message));
-        }
-        check_components(suites, components).map_err(|m| located(path, line, m))?;
+        // apt reads `Enabled` first and skips a disabled stanza before it checks any other
+        // field: a disabled stanza is never an error, whatever else it lacks.
         let enabled = match self.fields.remove("enabled") {
             None => true,
             Some((at, value)) => parse_bool(&value).ok_or_else(|| {
@@ -237,6 +227,20 @@ impl Stanza {
                 located(path, at, message)
             })?,
         };
+        let [types, uris, suites, components] = &lists;
+        if enabled {
+            for (name, values) in [("Types", types), ("URIs", uris), ("Suites", suites)] {
+                if values.is_empty() {
+                    return Err(located(path, line, format!("stanza has no {name}")));
+                }
+            }
+            let known = |t: &&String| matches!(t.as_str(), "deb" | "deb-src");
+            if let Some(t) = types.iter().find(|t| !known(t)) {
+                let message = format!("unknown type '{t}' (expected deb or deb-src)");
+                return Err(located(path, line, message));
+            }
+            check_components(suites, components).map_err(|m| located(path, line, m))?;
+        }
         let options = self
             .fields
             .into_iter()
@@ -486,6 +490,10 @@ mod tests {
         assert_errors(parse_deb822("f", text), &want);
         let no_uris = parse_deb822("f", "Types: deb\nSuites: s\n");
         assert_errors(no_uris, &[(1, "stanza has no URIs")]);
+        // apt skips a disabled stanza before looking at its other fields.
+        let disabled = parse_deb822("f", "Types: deb\nSuites: s\nEnabled: no\n");
+        assert!(disabled.errors.is_empty(), "{:?}", disabled.errors);
+        assert!(disabled.entries.iter().all(|e| !e.enabled));
     }
 
     /// Neither parser panics, and every error and entry line is within the text.

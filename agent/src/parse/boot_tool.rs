@@ -7,6 +7,9 @@ pub const KERNEL_HOOK: &str = "/etc/kernel/postinst.d/zz-proxmox-boot";
 /// The ESP list when the helper's `functions` file names no other (`ESP_LIST=`).
 pub const DEFAULT_ESP_LIST: &str = "/etc/kernel/proxmox-boot-uuids";
 
+/// The helper's shell library, which sets `ESP_LIST`.
+pub const HELPER_FUNCTIONS: &str = "/usr/share/proxmox-kernel-helper/scripts/functions";
+
 /// proxmox-boot-tool's (unanchored) test for a VFAT volume id.
 pub fn is_vfat_id(s: &str) -> bool {
     s.as_bytes()

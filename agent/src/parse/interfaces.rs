@@ -1,4 +1,5 @@
-//! ifupdown's `/etc/network/interfaces`: the `dns-*` options and `source` includes.
+//! ifupdown's `/etc/network/interfaces`: the `dns-*` options, the addresses and `source`
+//! includes.
 
 /// A `dns-*` option in an interface stanza.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,7 +17,14 @@ pub struct Interfaces {
     /// `source` patterns (may contain globs), and `source-directory` dirs, in order.
     pub sources: Vec<String>,
     pub source_dirs: Vec<String>,
+    /// `address` values of interface stanzas, prefix length removed, in file order.
+    pub addresses: Vec<String>,
+    /// A stanza whose address is assigned at run time (`inet dhcp`, `inet6 auto`, ...).
+    pub dynamic: bool,
 }
+
+/// Address methods whose address is not in the file.
+const DYNAMIC_METHODS: &[&str] = &["dhcp", "auto", "bootp", "ppp", "ipv4ll", "wvdial"];
 
 pub fn parse(text: &str) -> Interfaces {
     let mut out = Interfaces::default();
@@ -26,7 +34,19 @@ pub fn parse(text: &str) -> Interfaces {
         let mut words = line.split_whitespace();
         let Some(first) = words.next() else { continue };
         match first {
-            "iface" => iface = words.next().map(String::from),
+            "iface" => {
+                iface = words.next().map(String::from);
+                let method = words.nth(1);
+                if method.is_some_and(|m| DYNAMIC_METHODS.contains(&m)) {
+                    out.dynamic = true;
+                }
+            }
+            "address" if iface.is_some() => out.addresses.extend(
+                words
+                    .next()
+                    .map(|a| a.split('/').next().unwrap_or(a).to_string())
+                    .filter(|a| !a.is_empty()),
+            ),
             "mapping" => iface = None,
             "source" => out.sources.extend(words.next().map(String::from)),
             "source-directory" | "source-dir" => {
@@ -86,6 +106,11 @@ mod tests {
         assert_eq!(p.dns[0].values, ["192.168.1.110"]);
         assert_eq!(p.dns[1].line, 12);
         assert_eq!(p.sources, ["/etc/network/interfaces.d/*"]);
+        assert_eq!(p.addresses, ["192.168.1.24"]);
+        assert!(!p.dynamic);
+        let d = parse("iface eth0 inet dhcp\niface eth0 inet6 static\n  address fd00::1/64\n");
+        assert!(d.dynamic);
+        assert_eq!(d.addresses, ["fd00::1"]);
         assert!(glob_match("*", "vlan10"));
         assert!(glob_match("*.cfg", "a.cfg"));
         assert!(!glob_match("*.cfg", "a.cfgx"));
@@ -96,6 +121,19 @@ mod tests {
         fn never_panic(s in "\\PC{0,300}", p in "[*?a-c]{0,8}", n in "[a-c]{0,8}") {
             let _ = parse(&s);
             let _ = glob_match(&p, &n);
+        }
+
+        #[test]
+        fn every_static_address_is_found(addrs in proptest::collection::vec((0u8..=255, 0u8..=255, 1u8..=32), 0..5)) {
+            let mut t = String::new();
+            let mut want = Vec::new();
+            for (i, (a, b, len)) in addrs.iter().enumerate() {
+                t.push_str(&format!("iface e{i} inet static\n\taddress 10.{a}.{b}.1/{len}\n"));
+                want.push(format!("10.{a}.{b}.1"));
+            }
+            let p = parse(&t);
+            proptest::prop_assert_eq!(p.addresses, want);
+            proptest::prop_assert!(!p.dynamic);
         }
     }
 }

@@ -50,13 +50,21 @@ pub fn resolv_conf(text: &str) -> Resolv {
 
 /// Addresses `/etc/hosts` gives for `name` (case-insensitive), in file order.
 pub fn hosts_lookup(text: &str, name: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for line in text.lines() {
+    hosts_lookup_lines(text, name)
+        .into_iter()
+        .map(|(a, _)| a)
+        .collect()
+}
+
+/// [`hosts_lookup`] with the line (1-based) each address is first given on.
+pub fn hosts_lookup_lines(text: &str, name: &str) -> Vec<(String, u32)> {
+    let mut out: Vec<(String, u32)> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
         let line = line.split('#').next().unwrap_or("");
         let mut words = line.split_whitespace();
         let Some(addr) = words.next() else { continue };
-        if words.any(|w| w.eq_ignore_ascii_case(name)) && !out.iter().any(|a| a == addr) {
-            out.push(addr.to_string());
+        if words.any(|w| w.eq_ignore_ascii_case(name)) && !out.iter().any(|(a, _)| a == addr) {
+            out.push((addr.to_string(), u32::try_from(i + 1).unwrap_or(u32::MAX)));
         }
     }
     out
@@ -157,6 +165,18 @@ pub fn esp_list_path(functions: &str) -> Option<String> {
     })
 }
 
+/// `<path> <bytes>` lines (a fixture's stand-in for `statvfs`); other lines are ignored.
+pub fn free_space(text: &str) -> Vec<(String, u64)> {
+    text.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let path = w.next()?;
+            let bytes = w.next()?.parse().ok()?;
+            (path.starts_with('/') && w.next().is_none()).then(|| (path.to_string(), bytes))
+        })
+        .collect()
+}
+
 /// First line of a file, trimmed; `None` when empty.
 pub fn first_line(text: &str) -> Option<String> {
     let l = text.lines().next()?.trim();
@@ -181,6 +201,13 @@ mod tests {
             "127.0.0.1 localhost\n192.168.1.24 pve-03.fritz.box pve-03\n127.0.1.1 pve-03 # bad\n";
         assert_eq!(hosts_lookup(t, "PVE-03"), ["192.168.1.24", "127.0.1.1"]);
         assert!(hosts_lookup(t, "pve-01").is_empty());
+        assert_eq!(
+            hosts_lookup_lines(t, "pve-03"),
+            [
+                ("192.168.1.24".to_string(), 2),
+                ("127.0.1.1".to_string(), 3)
+            ]
+        );
     }
 
     #[test]
@@ -217,6 +244,15 @@ mod tests {
         fn never_panic(s in "\\PC{0,200}") {
             let _ = (os_release(&s), resolv_conf(&s), hosts_lookup(&s, "x"), fstab(&s), mountinfo(&s));
             let _ = (cmdline_root_fs(&s), esp_list_path(&s), first_line(&s), unescape_octal(&s));
+            let _ = free_space(&s);
+        }
+
+        #[test]
+        fn free_space_reads_every_entry(sizes in proptest::collection::vec(proptest::num::u64::ANY, 0..4)) {
+            let text: String = sizes.iter().enumerate().map(|(i, b)| format!("/fs{i} {b}\n# note\n")).collect();
+            let got = free_space(&text);
+            let want: Vec<(String, u64)> = sizes.iter().enumerate().map(|(i, b)| (format!("/fs{i}"), *b)).collect();
+            proptest::prop_assert_eq!(got, want);
         }
     }
 }

@@ -4,10 +4,13 @@
 pub mod apt;
 pub mod boot_tool;
 pub mod cluster;
+pub mod compressed;
 pub mod control;
 pub mod efivar;
 pub mod interfaces;
 pub mod kv;
+pub mod lines;
+pub mod net;
 pub mod packages;
 pub mod pve;
 pub mod version;

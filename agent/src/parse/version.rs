@@ -70,6 +70,18 @@ fn compare_part(a: &str, b: &str) -> Ordering {
     Ordering::Equal
 }
 
+/// The series `(major, minor)` of a kernel release (`6.8.12-4-pve` → `(6, 8)`).
+pub fn kernel_series(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.trim().splitn(3, ['.', '-']);
+    let major = parts.next()?.parse().ok()?;
+    let minor_digits: String = parts
+        .next()?
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    Some((major, minor_digits.parse().ok()?))
+}
+
 fn trim_zeros(d: &[u8]) -> &[u8] {
     let first = d.iter().position(|&c| c != b'0').unwrap_or(d.len());
     &d[first..]
@@ -98,7 +110,20 @@ mod tests {
         }
     }
 
+    #[test]
+    fn kernel_series_of_releases() {
+        assert_eq!(kernel_series("6.8.12-4-pve"), Some((6, 8)));
+        assert_eq!(kernel_series("6.14.8-2-pve"), Some((6, 14)));
+        assert_eq!(kernel_series("7.0-rc1"), Some((7, 0)));
+        assert_eq!(kernel_series("pve"), None);
+    }
+
     proptest::proptest! {
+        #[test]
+        fn kernel_series_reads_major_minor(a in 0u32..100, b in 0u32..100, rest in "[-.][0-9a-z.-]{0,10}") {
+            proptest::prop_assert_eq!(kernel_series(&format!("{a}.{b}{rest}")), Some((a, b)));
+        }
+
         #[test]
         fn total_and_antisymmetric(a in ".{0,20}", b in ".{0,20}") {
             proptest::prop_assert_eq!(compare(&a, &b), compare(&b, &a).reverse());

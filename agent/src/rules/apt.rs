@@ -1,8 +1,11 @@
 //! `apt.*`: package sources.
 
-use super::{is_pve, At, Findings};
+use super::{is_pve, unknown_under, At, Findings};
 use fleetward_proto::{AptEntry, AptFileFormat, Facts, Severity::*};
 use std::collections::BTreeMap;
+
+/// Free space below which a dist-upgrade is risky.
+const LOW_SPACE_BYTES: u64 = 5 << 30;
 
 /// `scheme://host/path` without a trailing slash, lower-cased scheme and host.
 pub fn normalize_uri(uri: &str) -> String {
@@ -82,9 +85,10 @@ pub(super) fn check(f: &Facts, out: &mut Findings) {
         for t in targets(e) {
             match seen.get(&t) {
                 Some((file, line)) if !(*file == e.file && *line == e.line) => {
+                    // apt warns "configured multiple times" and goes on: hygiene, not a fault.
                     out.push(
                         "apt.duplicate",
-                        Error,
+                        Warning,
                         format!(
                             "{} {} {} {} is configured multiple times: in {file}:{line} and here",
                             t.0, t.1, t.2, t.3
@@ -110,6 +114,8 @@ pub(super) fn check(f: &Facts, out: &mut Findings) {
             )
             .at(&e.file, Some(e.line));
         }
+        // pve8to9's `check_apt_repos` flags `pvetest`/`pve-test`; the agent flags any enabled
+        // Proxmox test repository, Ceph's `test` component included.
         let proxmox = uris.iter().any(|u| host(u).ends_with("proxmox.com"));
         let ceph = uris.iter().any(|u| u.contains("/ceph"));
         let test: Vec<&String> = e
@@ -132,6 +138,8 @@ pub(super) fn check(f: &Facts, out: &mut Findings) {
         }
     }
 
+    // pve8to9's `check_apt_repos` finds mixed old/new suites among Debian and Proxmox
+    // entries; the agent compares them with the OS's codename (or the majority).
     let codename = f.node.os.codename.as_deref();
     let vendor: Vec<&&AptEntry> = enabled
         .iter()
@@ -193,7 +201,8 @@ pub(super) fn check(f: &Facts, out: &mut Findings) {
         }
     }
 
-    if is_pve(f) {
+    // A sources file (or the directory) that could not be read may hold the repository.
+    if is_pve(f) && !unknown_under(f, "/etc/apt/sources.list") {
         let pve_repo = enabled.iter().any(|e| {
             e.uris.iter().any(|u| {
                 let u = normalize_uri(u);
@@ -212,6 +221,34 @@ pub(super) fn check(f: &Facts, out: &mut Findings) {
                 Error,
                 "pve-manager is installed but no Proxmox VE repository is enabled: the node gets no updates".into(),
             );
+        }
+    }
+
+    for path in &apt.unreadable_lists {
+        out.push(
+            "apt.lists-unreadable",
+            Warning,
+            "apt's package list exists but could not be read or decoded: pending upgrades are unknown (run apt-get update)".into(),
+        )
+        .at(path, None);
+    }
+
+    // pve8to9's `check_misc` warns below 5 GB free on the root file system ("upgrade may
+    // fail"); apt downloads into /var/cache/apt/archives, which may be elsewhere.
+    for (mount, free) in [
+        ("/", f.system.root_free_bytes),
+        ("/var/cache/apt/archives", f.system.apt_archives_free_bytes),
+    ] {
+        if let Some(free) = free.filter(|b| *b < LOW_SPACE_BYTES) {
+            out.push(
+                "apt.low-space",
+                Warning,
+                format!(
+                    "only {:.1} GiB free on the file system of {mount} (less than 5 GiB): a dist-upgrade can fail half way",
+                    free as f64 / (1u64 << 30) as f64
+                ),
+            )
+            .at(mount, None);
         }
     }
 

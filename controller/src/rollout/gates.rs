@@ -24,12 +24,12 @@ fn fail(gate: Gate, reason: impl Into<String>) -> GateResult {
 }
 
 /// Error findings that make a reboot (or an upgrade that leads to one) unsafe. A trailing
-/// `*` is a prefix match.
+/// `*` is a prefix match. A duplicate source (`apt.duplicate`) is not among them: apt only
+/// warns about it and upgrades all the same.
 pub const UNSAFE_FINDINGS: &[&str] = &[
     "boot.esp-*",
     "boot.kernel-hook-missing",
     "apt.parse-error",
-    "apt.duplicate",
     "apt.suite-mismatch",
 ];
 
@@ -89,8 +89,14 @@ pub fn others_online(
 }
 
 /// The cluster is quorate, and stays quorate when `node` and every node already `out` are
-/// gone: the votes of the remaining online members (plus a QDevice) reach
-/// `expected_votes / 2 + 1`, with the largest `expected_votes` any member reports.
+/// gone: the votes of the remaining online members (plus a QDevice the driver knows is up)
+/// reach `expected_votes / 2 + 1`, with the largest `expected_votes` any member reports.
+///
+/// The votes are the configured ones, as each agent reads them from corosync.conf: a
+/// member's own `quorum_votes`, and expected votes that include the QDevice's configured
+/// `votes` (or `quorum.expected_votes` when set). A QDevice's votes count as present only
+/// through `ClusterView::qdevice_votes`: whether it is up is not in any file an agent reads,
+/// and unknown is never safe.
 pub fn quorum_margin(view: &ClusterView, node: &str, out: &BTreeSet<String>) -> GateResult {
     let mut expected: u32 = 0;
     let mut remaining: u32 = view.qdevice_votes;
@@ -265,4 +271,92 @@ pub fn post_reboot(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{healthy_view, names};
+    use super::*;
+    use crate::rollout::view::node_view;
+    use fleetward_proto::{ClusterFacts, ClusterMember, Facts, Report, SCHEMA_VERSION};
+
+    /// A report of `me` in a cluster whose members have the given configured votes, with
+    /// corosync.conf's expected votes `expected`.
+    fn report(me: &str, votes: &[(&str, u32)], expected: u32) -> Report {
+        let mut facts = Facts::default();
+        facts.node.hostname = Some(me.to_string());
+        facts.cluster = ClusterFacts {
+            members_file: true,
+            standalone: false,
+            name: Some("c".into()),
+            quorate: Some(true),
+            members: votes
+                .iter()
+                .map(|(n, v)| ClusterMember {
+                    name: (*n).to_string(),
+                    id: None,
+                    online: true,
+                    ip: None,
+                    votes: *v,
+                })
+                .collect(),
+            expected_votes: Some(expected),
+            corosync_conf: Some("/etc/pve/corosync.conf".into()),
+            ..ClusterFacts::default()
+        };
+        Report {
+            schema_version: SCHEMA_VERSION,
+            facts,
+            findings: Vec::new(),
+        }
+    }
+
+    fn view_from_reports(votes: &[(&str, u32)], expected: u32) -> ClusterView {
+        let mut view = ClusterView::default();
+        for (n, _) in votes {
+            let r = report(n, votes, expected);
+            let mut nv = node_view(Some(&r), true, Some(0), 1);
+            nv.esp_holds_next_kernel = true;
+            view.nodes.insert((*n).to_string(), nv);
+        }
+        view
+    }
+
+    #[test]
+    fn quorum_uses_configured_node_votes() {
+        // pve1 carries two votes of four: without it 2 of the 3 needed remain.
+        let votes = [("pve1", 2), ("pve2", 1), ("pve3", 1)];
+        let view = view_from_reports(&votes, 4);
+        let none = BTreeSet::new();
+        assert_eq!(view.nodes["pve1"].votes, Some(2));
+        let err = quorum_margin(&view, "pve1", &none).unwrap_err();
+        assert_eq!(err.gate, Gate::Quorum);
+        assert!(err.reason.contains("2 of 3"), "{}", err.reason);
+        // Without pve2, pve1's two votes and pve3's one make the 3 needed.
+        assert!(quorum_margin(&view, "pve2", &none).is_ok());
+    }
+
+    #[test]
+    fn quorum_counts_the_qdevice_in_expected_votes_but_not_as_present_unless_known() {
+        // Two nodes and a QDevice with one vote: expected 3, 2 needed.
+        let votes = [("pve1", 1), ("pve2", 1)];
+        let mut view = view_from_reports(&votes, 3);
+        let none = BTreeSet::new();
+        assert!(quorum_margin(&view, "pve1", &none).is_err());
+        view.qdevice_votes = 1;
+        assert!(quorum_margin(&view, "pve1", &none).is_ok());
+    }
+
+    #[test]
+    fn a_duplicate_source_does_not_stop_a_rollout() {
+        let mut view = healthy_view(&names(3));
+        if let Some(nv) = view.nodes.get_mut("pve1") {
+            nv.error_findings.insert("apt.duplicate".into());
+        }
+        assert!(no_unsafe_findings(&view, "pve1").is_ok());
+        if let Some(nv) = view.nodes.get_mut("pve1") {
+            nv.error_findings.insert("apt.parse-error".into());
+        }
+        assert!(no_unsafe_findings(&view, "pve1").is_err());
+    }
 }

@@ -324,7 +324,7 @@ fn unsafe_findings_block_and_others_do_not() {
         ("boot.esp-kernel-missing", true),
         ("boot.kernel-hook-missing", true),
         ("apt.parse-error", true),
-        ("apt.duplicate", true),
+        ("apt.duplicate", false),
         ("apt.suite-mismatch", true),
         ("dns.resolver-unreachable", false),
         ("boot.kernel-pinned", false),
