@@ -58,16 +58,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let store = Store::open(dir.path().join("db"))?;
     let nodes: Vec<String> = (0..1000).map(|i| format!("sim-{i:05}")).collect();
     for name in &nodes {
-        store.upsert_node(&NodeRecord {
-            name: name.clone(),
-            cert_serial: "01".into(),
-            cert_not_after_ms: 0,
-            enrolled_ms: 0,
-            last_seen_ms: None,
-            revoked: false,
-            agent_version: None,
-            boot_id: None,
-        })?;
+        store.upsert_node(&NodeRecord::new(name, "01", 0, 0))?;
     }
     let change = vec![FactChange {
         time_ms: 1,

@@ -6,14 +6,18 @@
 //!
 //! [`Controller::authorize`] is the one place that decides who may call: a client
 //! certificate from our CA (TLS verified it), a fleetward identity of the required role, a
-//! serial that is not revoked. `api`'s layer asks it for every call. Beside it,
+//! serial that is not revoked, and for an agent a serial bound to its node (the node's
+//! current certificate, or for a short overlap the one its last renewal replaced).
+//! `api`'s layer asks it for every call. Beside it,
 //! [`Controller::speaks_for`] decides that an agent reports only for its own node.
 
 use crate::clock::{ms, now_ms};
 use crate::config::Config;
 use crate::events::{AgentEvent, AgentEventKind, EVENTS_CAPACITY};
 use crate::fleet::{self, NodeView, Policy};
-use crate::store::{AuditEntry, NodeRecord, Store, StoreError, TokenError, TokenRecord};
+use crate::store::{
+    AuditEntry, NodeRecord, SerialError, SerialUse, Store, StoreError, TokenError, TokenRecord,
+};
 use fleetward_pki::{identity_from_der, not_after, serial_hex, Ca, Identity, Role};
 use fleetward_proto::api::{self, controller_message, ControllerMessage};
 use fleetward_proto::Report;
@@ -30,6 +34,19 @@ use tonic::{Request, Status};
 pub(crate) fn internal(e: impl std::fmt::Display) -> Status {
     tracing::error!(error = %e, "internal error");
     Status::internal(e.to_string())
+}
+
+/// How long after a renewal the replaced certificate is still accepted, unless the new one
+/// is used first (an agent renews mid-session and reconnects with the new certificate at
+/// once; this covers an agent that could not save it and retries).
+pub const RENEW_OVERLAP_MS: u64 = 10 * 60 * 1000;
+
+/// A refused certificate change as a gRPC status.
+fn serial_status(e: SerialError) -> Status {
+    match e {
+        SerialError::Store(e) => internal(e),
+        e => Status::permission_denied(e.to_string()),
+    }
 }
 
 /// "No `what` named `name`" as a gRPC status.
@@ -468,7 +485,46 @@ impl Controller {
                 identity.role, role
             )));
         }
+        if role == Role::Agent {
+            self.bound_to_node(&identity.name, &serial)?;
+        }
         Ok(Caller { identity, serial })
+    }
+
+    /// An agent certificate counts only while its serial is bound to its node: the node's
+    /// current serial, or the one its last renewal replaced during the overlap. The first
+    /// use of the current serial retires the replaced one (revoked, audited).
+    fn bound_to_node(&self, node: &str, serial: &str) -> Result<(), Status> {
+        let rec = self
+            .store
+            .get_node(node)
+            .map_err(internal)?
+            .ok_or_else(|| Status::permission_denied(format!("node {node} is not enrolled")))?;
+        if rec.revoked {
+            return Err(Status::permission_denied(format!("node {node} is revoked")));
+        }
+        match rec.serial_use(serial, now_ms()) {
+            None => Err(Status::permission_denied(format!(
+                "certificate {serial} is not the current certificate of node {node}"
+            ))),
+            Some(SerialUse::Previous) => Ok(()),
+            Some(SerialUse::Current) if rec.previous_serial.is_none() => Ok(()),
+            Some(SerialUse::Current) => {
+                if let Some(old) = self
+                    .store
+                    .retire_previous(node, serial)
+                    .map_err(serial_status)?
+                {
+                    self.audit(
+                        node,
+                        "node.cert.retire",
+                        node,
+                        format!("certificate {old} revoked: its successor {serial} is in use"),
+                    )?;
+                }
+                Ok(())
+            }
+        }
     }
 
     /// The other half of the decision, for what an agent sends: the agent of `node` speaks
@@ -516,6 +572,19 @@ impl Controller {
                 "node {name} is not enrolled"
             ))),
         }
+    }
+
+    /// Records an agent's hello (version, boot id) on its node's record.
+    pub(crate) fn record_hello(
+        &self,
+        node: &str,
+        agent_version: &str,
+        boot_id: &str,
+    ) -> Result<(), Status> {
+        self.store
+            .record_hello(node, agent_version, boot_id)
+            .map(|_| ())
+            .map_err(serial_status)
     }
 
     /// Makes `tx` the node's session (ending an older one); returns the session id, the
@@ -604,15 +673,18 @@ impl Controller {
 /// Node, token and operator bookkeeping: what the APIs change, each step audited.
 impl Controller {
     /// Enrolls `node` with a join token: signs its CSR (first: a bad CSR must not burn the
-    /// token), consumes the token, revokes a previous certificate of the node (ending its
-    /// session), records the node. Returns the certificate (PEM).
+    /// token), then in one store transaction consumes the token and records the node. A
+    /// node that is already enrolled is replaced only with a token created for it; every
+    /// certificate it had is revoked and its session ended, and the audit log says it was
+    /// replaced. Returns the certificate (PEM).
     pub(crate) fn enroll(&self, token: &str, node: &str, csr_pem: &str) -> Result<String, Status> {
         let identity = Identity::new(Role::Agent, node.to_string())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let (cert_pem, serial, not_after_ms) =
             self.sign(csr_pem, &identity, self.cfg.agent_cert_secs)?;
         let now = now_ms();
-        let token = match self.store.consume_token(token, node, now) {
+        let rec = NodeRecord::new(node, &serial, not_after_ms, now);
+        let (token, previous) = match self.store.enroll_node(token, &rec, now) {
             Ok(t) => t,
             Err(TokenError::Store(e)) => return Err(internal(e)),
             Err(e) => {
@@ -622,65 +694,78 @@ impl Controller {
                 )));
             }
         };
-        let previous = self.store.get_node(node).map_err(internal)?;
-        if let Some(prev) = &previous {
-            // A re-enrolled node's old certificate stops working.
-            self.store
-                .revoke_serial(&prev.cert_serial)
-                .map_err(internal)?;
-            self.kill_session(
+        match previous {
+            Some(prev) => {
+                self.kill_session(
+                    node,
+                    Kill {
+                        revoked: true,
+                        reason: "node re-enrolled".into(),
+                    },
+                );
+                self.audit(
+                    node,
+                    "node.replace",
+                    node,
+                    format!(
+                        "token {} (bound to {node}) certificate {serial} replaces the enrolled node; revoked certificates {}",
+                        token.id,
+                        prev.all_serials().join(", ")
+                    ),
+                )?;
+            }
+            None => self.audit(
                 node,
-                Kill {
-                    revoked: true,
-                    reason: "node re-enrolled".into(),
-                },
-            );
+                "node.enroll",
+                node,
+                format!("token {} certificate {serial}", token.id),
+            )?,
         }
-        self.store
-            .upsert_node(&NodeRecord {
-                name: node.to_string(),
-                cert_serial: serial.clone(),
-                cert_not_after_ms: not_after_ms,
-                enrolled_ms: now,
-                last_seen_ms: previous.as_ref().and_then(|p| p.last_seen_ms),
-                revoked: false,
-                agent_version: None,
-                boot_id: None,
-            })
-            .map_err(internal)?;
-        self.audit(
-            node,
-            "node.enroll",
-            node,
-            format!("token {} certificate {serial}", token.id),
-        )?;
         Ok(cert_pem)
     }
 
-    /// A new certificate for the calling agent's enrolled node. Returns it (PEM).
+    /// A new certificate for the calling agent's enrolled node. The caller's certificate
+    /// stays accepted for [`RENEW_OVERLAP_MS`] or until the new one is used; audited.
+    /// Returns the certificate (PEM).
     pub(crate) fn renew(&self, caller: &Caller, csr_pem: &str) -> Result<String, Status> {
-        let mut rec = self.node_enrolled(&caller.identity.name)?;
+        let node = &caller.identity.name;
+        self.node_enrolled(node)?;
+        // Signed first: a certificate whose serial the record never takes speaks for nobody.
         let (cert_pem, serial, not_after_ms) =
             self.sign(csr_pem, &caller.identity, self.cfg.agent_cert_secs)?;
-        tracing::info!(node = %rec.name, old = %caller.serial, new = %serial, "certificate renewed");
-        rec.cert_serial = serial;
-        rec.cert_not_after_ms = not_after_ms;
-        self.store.upsert_node(&rec).map_err(internal)?;
+        let now = now_ms();
+        let renewal = self
+            .store
+            .renew_node(
+                node,
+                &caller.serial,
+                &serial,
+                not_after_ms,
+                now,
+                now + RENEW_OVERLAP_MS,
+            )
+            .map_err(serial_status)?;
+        tracing::info!(node = %node, old = %caller.serial, new = %serial, "certificate renewed");
+        let mut detail = format!(
+            "certificate {serial} replaces {}, accepted until {serial} is used (at most {} s)",
+            renewal.replaced,
+            RENEW_OVERLAP_MS / 1000
+        );
+        if !renewal.revoked.is_empty() {
+            detail.push_str(&format!("; revoked {}", renewal.revoked.join(", ")));
+        }
+        self.audit(node, "node.renew", node, detail)?;
         Ok(cert_pem)
     }
 
-    /// Revokes node `name`'s certificate and ends its session at once.
+    /// Revokes node `name` and every certificate ever issued to it, and ends its session
+    /// at once.
     pub(crate) fn revoke_node(&self, actor: &str, name: &str) -> Result<(), Status> {
-        let mut rec = self
-            .store
-            .get_node(name)
-            .map_err(internal)?
-            .ok_or_else(|| not_found("node", name))?;
-        self.store
-            .revoke_serial(&rec.cert_serial)
-            .map_err(internal)?;
-        rec.revoked = true;
-        self.store.upsert_node(&rec).map_err(internal)?;
+        let rec = match self.store.revoke_node(name) {
+            Ok(rec) => rec,
+            Err(SerialError::NotEnrolled(_)) => return Err(not_found("node", name)),
+            Err(e) => return Err(serial_status(e)),
+        };
         self.kill_session(
             name,
             Kill {
@@ -692,7 +777,7 @@ impl Controller {
             actor,
             "node.revoke",
             name,
-            format!("certificate {}", rec.cert_serial),
+            format!("certificates {}", rec.all_serials().join(", ")),
         )
     }
 

@@ -3,7 +3,7 @@
 //! registers with the controller's state, records every message's time in the node's slot,
 //! hands reports to ingestion, and forwards command progress as session events.
 
-use super::{internal, Authorized};
+use super::Authorized;
 use crate::clock::now_ms;
 use crate::events::AgentEventKind;
 use crate::ingest::Ingest;
@@ -141,10 +141,7 @@ async fn drive_session(
         slot.heard(now_ms());
         match msg.kind {
             Some(Kind::Hello(h)) => {
-                let mut rec = ctl.node_enrolled(node)?;
-                rec.agent_version = Some(h.agent_version);
-                rec.boot_id = Some(h.boot_id.clone());
-                ctl.store().upsert_node(&rec).map_err(internal)?;
+                ctl.record_hello(node, &h.agent_version, &h.boot_id)?;
                 ctl.publish(node, AgentEventKind::Connected { boot_id: h.boot_id });
             }
             Some(Kind::Report(r)) => {

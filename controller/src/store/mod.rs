@@ -37,8 +37,8 @@ pub use journal::{FactChange, ReportWrite, FACT_CHANGES_PER_NODE, HISTORY_PER_NO
 use journal::{JournalError, ReportLog};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use sled::transaction::{abort, TransactionError};
-use sled::Tree;
+use sled::transaction::{abort, TransactionError, TransactionalTree};
+use sled::{Transactional, Tree};
 use std::path::Path;
 
 /// The report journal's directory inside the database directory.
@@ -97,6 +97,10 @@ pub enum TokenError {
     Revoked,
     #[error("token is bound to a different node")]
     WrongNode,
+    #[error(
+        "node '{0}' is already enrolled; replacing it needs a token created for it (token create --node {0})"
+    )]
+    NodeEnrolled(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -111,6 +115,100 @@ pub struct NodeRecord {
     pub revoked: bool,
     pub agent_version: Option<String>,
     pub boot_id: Option<String>,
+    /// Every certificate serial issued to this node, the current one last. Records written
+    /// before this field existed have it empty; [`NodeRecord::all_serials`] adds
+    /// `cert_serial` and `previous_serial` either way.
+    #[serde(default)]
+    pub serials: Vec<String>,
+    /// The serial the last renewal replaced: still accepted until the current one is first
+    /// used or until `previous_until_ms`, whichever comes first (an agent that renewed
+    /// mid-session, or crashed before saving its new certificate, is not cut off).
+    #[serde(default)]
+    pub previous_serial: Option<String>,
+    #[serde(default)]
+    pub previous_until_ms: u64,
+}
+
+/// How a certificate serial stands to the node it names (see [`NodeRecord::serial_use`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SerialUse {
+    /// The node's current certificate.
+    Current,
+    /// The certificate the last renewal replaced, within its overlap.
+    Previous,
+}
+
+impl NodeRecord {
+    /// A record for a node's first (or replacing) certificate.
+    pub fn new(name: &str, serial: &str, not_after_ms: u64, enrolled_ms: u64) -> Self {
+        NodeRecord {
+            name: name.to_string(),
+            cert_serial: serial.to_string(),
+            cert_not_after_ms: not_after_ms,
+            enrolled_ms,
+            last_seen_ms: None,
+            revoked: false,
+            agent_version: None,
+            boot_id: None,
+            serials: vec![serial.to_string()],
+            previous_serial: None,
+            previous_until_ms: 0,
+        }
+    }
+
+    /// Whether a certificate with `serial` may speak for this node at `now_ms`: only the
+    /// current one, or the one it replaced during the overlap. A revoked node accepts none.
+    pub fn serial_use(&self, serial: &str, now_ms: u64) -> Option<SerialUse> {
+        if self.revoked {
+            None
+        } else if serial == self.cert_serial {
+            Some(SerialUse::Current)
+        } else if self.previous_serial.as_deref() == Some(serial) && now_ms < self.previous_until_ms
+        {
+            Some(SerialUse::Previous)
+        } else {
+            None
+        }
+    }
+
+    /// Every serial ever issued to the node (as far as the record knows), each once.
+    pub fn all_serials(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::with_capacity(self.serials.len() + 2);
+        let known = self
+            .serials
+            .iter()
+            .chain(std::iter::once(&self.cert_serial))
+            .chain(self.previous_serial.iter());
+        for s in known {
+            if !out.contains(s) {
+                out.push(s.clone());
+            }
+        }
+        out
+    }
+}
+
+/// Why a node's certificate change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SerialError {
+    #[error("node '{0}' is not enrolled")]
+    NotEnrolled(String),
+    #[error("node '{0}' is revoked")]
+    Revoked(String),
+    #[error("certificate {serial} is not a current certificate of node '{node}'")]
+    NotCurrent { node: String, serial: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a renewal changed: the serial now in its overlap, and serials revoked by it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Renewal {
+    /// The serial the new certificate replaces (accepted for the overlap).
+    pub replaced: String,
+    /// Serials revoked at once: an older previous one, or a renewed certificate that was
+    /// never used (when the renewal came from the previous one).
+    pub revoked: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -194,6 +292,20 @@ fn events_prefix(id: &str) -> Vec<u8> {
     p
 }
 
+/// [`NodeRecord::serial_use`], with the reason when the serial does not speak for the node.
+fn serial_use(rec: &NodeRecord, serial: &str, now_ms: u64) -> Result<SerialUse, SerialError> {
+    rec.serial_use(serial, now_ms).ok_or_else(|| {
+        if rec.revoked {
+            SerialError::Revoked(rec.name.clone())
+        } else {
+            SerialError::NotCurrent {
+                node: rec.name.clone(),
+                serial: serial.to_string(),
+            }
+        }
+    })
+}
+
 fn check_node_name(node: &str) -> Result<()> {
     if node.is_empty() || node.contains('\0') {
         return Err(StoreError::InvalidNodeName(node.to_string()));
@@ -206,6 +318,42 @@ fn sha256_hex(s: &str) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// Whether `rec` (the record stored under the token's id) is the token with hash `sha256`
+/// and may enroll `node_name` at `now_ms`: known, not revoked, not expired, not used, and
+/// bound to no node or to this one.
+fn check_token(
+    rec: Option<TokenRecord>,
+    sha256: &str,
+    node_name: &str,
+    now_ms: u64,
+) -> Result<TokenRecord, TokenError> {
+    let rec = rec
+        .filter(|r| r.sha256 == sha256)
+        .ok_or(TokenError::Unknown)?;
+    if rec.revoked {
+        Err(TokenError::Revoked)
+    } else if now_ms >= rec.expires_ms {
+        Err(TokenError::Expired)
+    } else if rec.used_ms.is_some() {
+        Err(TokenError::AlreadyUsed)
+    } else if rec.node.as_deref().is_some_and(|n| n != node_name) {
+        Err(TokenError::WrongNode)
+    } else {
+        Ok(rec)
+    }
+}
+
+/// Adds `serials` to the revocation list inside a transaction.
+fn revoke_in(
+    revocations: &TransactionalTree,
+    serials: &[String],
+) -> Result<(), sled::transaction::UnabortableTransactionError> {
+    for serial in serials {
+        revocations.insert(serial.as_bytes(), Vec::new())?;
+    }
+    Ok(())
 }
 
 fn tx_err<E: From<StoreError>>(e: TransactionError<E>) -> E {
@@ -383,18 +531,7 @@ impl Store {
     ) -> Result<TokenRecord, TokenError> {
         let sha256 = sha256_hex(token_plaintext);
         self.update_token(&sha256[..12], |rec| {
-            let mut rec = rec
-                .filter(|r| r.sha256 == sha256)
-                .ok_or(TokenError::Unknown)?;
-            if rec.revoked {
-                return Err(TokenError::Revoked);
-            } else if now_ms >= rec.expires_ms {
-                return Err(TokenError::Expired);
-            } else if rec.used_ms.is_some() {
-                return Err(TokenError::AlreadyUsed);
-            } else if rec.node.as_deref().is_some_and(|n| n != node_name) {
-                return Err(TokenError::WrongNode);
-            }
+            let mut rec = check_token(rec, &sha256, node_name, now_ms)?;
             rec.used_ms = Some(now_ms);
             Ok(rec)
         })
@@ -430,6 +567,180 @@ impl Store {
             .map_err(tx_err)?;
         self.flush()?;
         Ok(rec)
+    }
+
+    // ---- node certificates ----
+
+    /// Enrolls a node with a join token, in ONE transaction: checks the token as
+    /// [`Store::consume_token`] does; refuses a token bound to no node when `rec.name` is
+    /// already enrolled (revoked or not), so that only a token created for a node can
+    /// replace it (nothing changes then: the token stays unused); revokes every serial of
+    /// a replaced record; writes `rec` with the replaced record's serials kept in its
+    /// history; marks the token used. Returns the token and the record it replaced.
+    pub fn enroll_node(
+        &self,
+        token_plaintext: &str,
+        rec: &NodeRecord,
+        now_ms: u64,
+    ) -> Result<(TokenRecord, Option<NodeRecord>), TokenError> {
+        check_node_name(&rec.name)?;
+        let sha256 = sha256_hex(token_plaintext);
+        let id = &sha256.as_bytes()[..12];
+        let key = rec.name.as_bytes();
+        let out = (&self.tokens, &self.nodes, &self.revocations)
+            .transaction(|(tokens, nodes, revocations)| {
+                let token = tokens
+                    .get(id)?
+                    .map(|raw| decode::<TokenRecord>("tokens", id, &raw))
+                    .transpose()
+                    .map_err(TokenError::from)
+                    .or_else(abort)?;
+                let mut token = check_token(token, &sha256, &rec.name, now_ms).or_else(abort)?;
+                let previous = nodes
+                    .get(key)?
+                    .map(|raw| decode::<NodeRecord>("nodes", key, &raw))
+                    .transpose()
+                    .map_err(TokenError::from)
+                    .or_else(abort)?;
+                let mut new = rec.clone();
+                if let Some(prev) = &previous {
+                    if token.node.is_none() {
+                        return abort(TokenError::NodeEnrolled(rec.name.clone()));
+                    }
+                    let old = prev.all_serials();
+                    revoke_in(revocations, &old)?;
+                    let mut serials = old;
+                    serials.extend(rec.all_serials());
+                    new.serials = serials;
+                    new.last_seen_ms = prev.last_seen_ms;
+                }
+                token.used_ms = Some(now_ms);
+                tokens.insert(id, encode(&token))?;
+                nodes.insert(key, encode(&new))?;
+                Ok((token, previous))
+            })
+            .map_err(tx_err)?;
+        self.flush()?;
+        Ok(out)
+    }
+
+    /// Records a renewal of node `name`'s certificate, in ONE transaction with the check
+    /// that `serial` (the caller's) still speaks for the node at `now_ms`
+    /// ([`NodeRecord::serial_use`]). From the current certificate: it becomes the previous
+    /// one until `overlap_until_ms` (an older previous one is revoked). From the previous
+    /// certificate (an agent that lost its renewed one): the renewed certificate that was
+    /// never used is revoked, the previous one keeps its deadline. `new_serial` becomes
+    /// current and joins the node's serials.
+    pub fn renew_node(
+        &self,
+        name: &str,
+        serial: &str,
+        new_serial: &str,
+        not_after_ms: u64,
+        now_ms: u64,
+        overlap_until_ms: u64,
+    ) -> Result<Renewal, SerialError> {
+        self.change_node(name, |old| {
+            let mut rec = old.ok_or_else(|| SerialError::NotEnrolled(name.to_string()))?;
+            let mut revoked = Vec::new();
+            match serial_use(&rec, serial, now_ms)? {
+                SerialUse::Current => {
+                    revoked.extend(rec.previous_serial.take());
+                    rec.previous_serial = Some(serial.to_string());
+                    rec.previous_until_ms = overlap_until_ms;
+                }
+                SerialUse::Previous => revoked.push(rec.cert_serial.clone()),
+            }
+            let mut serials = rec.all_serials();
+            serials.push(new_serial.to_string());
+            rec.serials = serials;
+            rec.cert_serial = new_serial.to_string();
+            rec.cert_not_after_ms = not_after_ms;
+            let renewal = Renewal {
+                replaced: serial.to_string(),
+                revoked: revoked.clone(),
+            };
+            Ok((Some(rec), revoked, renewal))
+        })
+    }
+
+    /// Node `name`'s current certificate `serial` is in use: the one it replaced is
+    /// revoked and forgotten. Returns the retired serial (`None`: nothing to retire, or
+    /// `serial` is not current).
+    pub fn retire_previous(&self, name: &str, serial: &str) -> Result<Option<String>, SerialError> {
+        self.change_node(name, |old| {
+            let Some(mut rec) = old.filter(|r| r.cert_serial == serial && !r.revoked) else {
+                return Ok((None, Vec::new(), None));
+            };
+            let Some(previous) = rec.previous_serial.take() else {
+                return Ok((None, Vec::new(), None));
+            };
+            rec.previous_until_ms = 0;
+            Ok((Some(rec), vec![previous.clone()], Some(previous)))
+        })
+    }
+
+    /// Revokes node `name` and every serial ever issued to it, in one transaction.
+    /// Returns the revoked record.
+    pub fn revoke_node(&self, name: &str) -> Result<NodeRecord, SerialError> {
+        self.change_node(name, |old| {
+            let mut rec = old.ok_or_else(|| SerialError::NotEnrolled(name.to_string()))?;
+            let serials = rec.all_serials();
+            rec.serials = serials.clone();
+            rec.previous_serial = None;
+            rec.previous_until_ms = 0;
+            rec.revoked = true;
+            Ok((Some(rec.clone()), serials, rec))
+        })
+    }
+
+    /// Records what an enrolled, unrevoked node's agent said in its hello, changing nothing
+    /// else of the record (a renewal or revocation at the same time is kept).
+    pub fn record_hello(
+        &self,
+        name: &str,
+        agent_version: &str,
+        boot_id: &str,
+    ) -> Result<NodeRecord, SerialError> {
+        self.change_node(name, |old| {
+            let mut rec = old.ok_or_else(|| SerialError::NotEnrolled(name.to_string()))?;
+            if rec.revoked {
+                return Err(SerialError::Revoked(name.to_string()));
+            }
+            rec.agent_version = Some(agent_version.to_string());
+            rec.boot_id = Some(boot_id.to_string());
+            Ok((Some(rec.clone()), Vec::new(), rec))
+        })
+    }
+
+    /// In ONE transaction over nodes and revocations: reads node `name`, lets `f` decide
+    /// the new record (`None`: unchanged), the serials to revoke and the result; writes
+    /// them. Then flushes.
+    fn change_node<T, E: From<StoreError>>(
+        &self,
+        name: &str,
+        f: impl Fn(Option<NodeRecord>) -> Result<(Option<NodeRecord>, Vec<String>, T), E>,
+    ) -> Result<T, E> {
+        check_node_name(name)?;
+        let key = name.as_bytes();
+        let out = (&self.nodes, &self.revocations)
+            .transaction(|(nodes, revocations)| {
+                let old = nodes
+                    .get(key)?
+                    .map(|raw| decode::<NodeRecord>("nodes", key, &raw))
+                    .transpose()
+                    .map_err(E::from)
+                    .or_else(abort)?;
+                let (new, revoke, out) = f(old).or_else(abort)?;
+                revoke_in(revocations, &revoke)?;
+                if let Some(new) = new {
+                    nodes.insert(key, encode(&new))?;
+                }
+                Ok(out)
+            })
+            .map_err(tx_err)?;
+        self.flush()?;
+        Ok(out)
     }
 
     pub fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
@@ -556,6 +867,9 @@ mod tests {
             revoked: false,
             agent_version: Some("0.1.0".into()),
             boot_id: None,
+            serials: vec![],
+            previous_serial: None,
+            previous_until_ms: 0,
         }
     }
 
@@ -591,6 +905,133 @@ mod tests {
             s.upsert_node(&node("")),
             Err(StoreError::InvalidNodeName(_))
         ));
+    }
+
+    #[test]
+    fn node_records_from_before_the_serial_history_still_load() {
+        let (_dir, s) = fresh();
+        let old = br#"{"name":"pve-01","cert_serial":"S0","cert_not_after_ms":5,"enrolled_ms":1,"last_seen_ms":null,"revoked":false,"agent_version":"0.1.0","boot_id":null}"#;
+        s.nodes.insert("pve-01", &old[..]).unwrap();
+        let rec = s.get_node("pve-01").unwrap().unwrap();
+        assert_eq!(rec.all_serials(), ["S0"]);
+        assert_eq!(rec.serial_use("S0", 0), Some(SerialUse::Current));
+        assert_eq!(rec.serial_use("S1", 0), None);
+        s.revoke_node("pve-01").unwrap();
+        assert!(s.is_revoked("S0").unwrap());
+    }
+
+    #[test]
+    fn serials_are_bound_renewed_retired_and_revoked_together() {
+        use SerialUse::{Current, Previous};
+        let (_dir, s) = fresh();
+        let get = |n: &str| s.get_node(n).unwrap().unwrap();
+        s.create_token("t1", None, 10_000, 0).unwrap();
+        let (_, prev) = s
+            .enroll_node("t1", &NodeRecord::new("n", "S1", 9, 1), 1)
+            .unwrap();
+        assert!(prev.is_none());
+
+        // From the current certificate: S2 current, S1 accepted until the deadline.
+        let r = s.renew_node("n", "S1", "S2", 9, 10, 100).unwrap();
+        assert_eq!((r.replaced.as_str(), r.revoked.len()), ("S1", 0));
+        let rec = get("n");
+        assert_eq!(rec.serial_use("S2", 50), Some(Current));
+        assert_eq!(rec.serial_use("S1", 99), Some(Previous));
+        assert_eq!(rec.serial_use("S1", 100), None);
+
+        // From the previous one again (S2 never used): S2 is revoked, the deadline stays.
+        let r = s.renew_node("n", "S1", "S3", 9, 20, 200).unwrap();
+        assert_eq!(r.revoked, ["S2"]);
+        assert!(s.is_revoked("S2").unwrap());
+        let rec = get("n");
+        assert_eq!(
+            (rec.cert_serial.as_str(), rec.previous_until_ms),
+            ("S3", 100)
+        );
+        assert!(matches!(
+            s.renew_node("n", "S2", "S4", 9, 30, 300),
+            Err(SerialError::NotCurrent { .. })
+        ));
+        assert!(matches!(
+            s.renew_node("n", "S1", "S4", 9, 100, 300),
+            Err(SerialError::NotCurrent { .. })
+        ));
+        assert_eq!(
+            get("n").cert_serial,
+            "S3",
+            "a refused renewal changes nothing"
+        );
+
+        // The first use of S3 retires S1; a second use has nothing left to retire.
+        assert_eq!(s.retire_previous("n", "S1").unwrap(), None);
+        assert_eq!(s.retire_previous("n", "S3").unwrap(), Some("S1".into()));
+        assert!(s.is_revoked("S1").unwrap());
+        assert_eq!(s.retire_previous("n", "S3").unwrap(), None);
+        assert_eq!(get("n").serial_use("S1", 50), None);
+
+        // Revocation takes every serial the node ever had.
+        s.record_hello("n", "1.0", "boot").unwrap();
+        let revoked = s.revoke_node("n").unwrap();
+        assert_eq!(revoked.all_serials(), ["S1", "S2", "S3"]);
+        assert!(s.is_revoked("S3").unwrap());
+        assert!(matches!(
+            s.renew_node("n", "S3", "S4", 9, 40, 400),
+            Err(SerialError::Revoked(_))
+        ));
+        assert!(matches!(
+            s.record_hello("n", "1.0", "boot2"),
+            Err(SerialError::Revoked(_))
+        ));
+        assert!(matches!(
+            s.revoke_node("ghost"),
+            Err(SerialError::NotEnrolled(_))
+        ));
+
+        // A token bound to no node cannot replace an enrolled node, revoked or not: the
+        // token stays unused, the record unchanged.
+        let before = get("n");
+        let t2 = s.create_token("t2", None, 10_000, 0).unwrap();
+        assert!(matches!(
+            s.enroll_node("t2", &NodeRecord::new("n", "S5", 9, 50), 50),
+            Err(TokenError::NodeEnrolled(_))
+        ));
+        assert_eq!(get("n"), before);
+        assert!(s.list_tokens().unwrap().contains(&t2));
+        assert!(!s.is_revoked("S5").unwrap());
+
+        // A token bound to the node replaces it; the history keeps every serial.
+        s.create_token("t3", Some("n"), 10_000, 0).unwrap();
+        let (tok, prev) = s
+            .enroll_node("t3", &NodeRecord::new("n", "S5", 9, 60), 60)
+            .unwrap();
+        assert_eq!(tok.used_ms, Some(60));
+        assert_eq!(prev.unwrap().cert_serial, "S3");
+        let rec = get("n");
+        assert!(!rec.revoked);
+        assert_eq!(rec.all_serials(), ["S1", "S2", "S3", "S5"]);
+        assert_eq!(rec.serial_use("S5", 60), Some(Current));
+        assert_eq!(rec.agent_version, None);
+        // The unbound token still enrolls a name not yet enrolled.
+        assert!(s
+            .enroll_node("t2", &NodeRecord::new("m", "S6", 9, 70), 70)
+            .is_ok());
+    }
+
+    #[test]
+    fn an_enrolled_node_is_replaced_with_its_previous_serials_revoked() {
+        let (_dir, s) = fresh();
+        s.create_token("a", Some("n"), 10_000, 0).unwrap();
+        s.create_token("b", Some("n"), 10_000, 0).unwrap();
+        s.enroll_node("a", &NodeRecord::new("n", "S1", 9, 1), 1)
+            .unwrap();
+        s.renew_node("n", "S1", "S2", 9, 2, 100).unwrap();
+        s.enroll_node("b", &NodeRecord::new("n", "S3", 9, 3), 3)
+            .unwrap();
+        assert!(s.is_revoked("S1").unwrap() && s.is_revoked("S2").unwrap());
+        assert!(!s.is_revoked("S3").unwrap());
+        let rec = s.get_node("n").unwrap().unwrap();
+        assert_eq!(rec.previous_serial, None);
+        assert_eq!(rec.serial_use("S1", 4), None);
     }
 
     #[test]
