@@ -382,13 +382,7 @@ impl Controller {
     /// drift.* over the fleet, plus policy.* against `policy` (default: the one in force).
     pub fn fleet_findings(&self, policy: Option<&Policy>) -> Vec<fleet::FleetFinding> {
         let fleet = self.fleet();
-        let views: Vec<NodeView> = fleet
-            .iter()
-            .map(|(n, r)| NodeView {
-                name: n,
-                facts: &r.facts,
-            })
-            .collect();
+        let views = NodeView::of(&fleet);
         let mut out = fleet::drift(&views);
         let in_force = self.policy();
         if let Some(p) = policy.or(in_force.as_ref().map(|l| &l.policy)) {

@@ -388,13 +388,7 @@ impl OperatorService for OperatorApi {
                 )),
             };
         let fleet = ctl.fleet();
-        let views: Vec<NodeView> = fleet
-            .iter()
-            .map(|(n, r)| NodeView {
-                name: n,
-                facts: &r.facts,
-            })
-            .collect();
+        let views = NodeView::of(&fleet);
         Ok(Response::new(fleet_response(&fleet::check(
             &policy, &views,
         ))))
@@ -443,13 +437,7 @@ impl OperatorService for OperatorApi {
             )));
         }
         let fleet = ctl.fleet();
-        let views: Vec<NodeView> = fleet
-            .iter()
-            .map(|(n, r)| NodeView {
-                name: n,
-                facts: &r.facts,
-            })
-            .collect();
+        let views = NodeView::of(&fleet);
         let findings: Vec<(String, fleetward_proto::Finding)> = fleet
             .iter()
             .flat_map(|(n, r)| r.findings.iter().map(move |f| (n.clone(), f.clone())))

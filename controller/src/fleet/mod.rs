@@ -33,6 +33,21 @@ pub struct NodeView<'a> {
     pub facts: &'a Facts,
 }
 
+impl<'a> NodeView<'a> {
+    /// The views of named reports (a fleet's latest reports).
+    pub fn of<R: std::ops::Deref<Target = fleetward_proto::Report>>(
+        reports: &'a [(String, R)],
+    ) -> Vec<NodeView<'a>> {
+        reports
+            .iter()
+            .map(|(n, r)| NodeView {
+                name: n,
+                facts: &r.facts,
+            })
+            .collect()
+    }
+}
+
 /// A finding about one node, from the fleet rules.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct FleetFinding {
