@@ -213,8 +213,12 @@ pub(crate) async fn channel(creds: &Creds) -> Result<Channel, CliError> {
         .map_err(|e| config_err!("TLS configuration: {}", chain(&e)))?
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(30));
-    let channel = (endpoint.connect().await)
-        .map_err(|e| CliError::Failed(format!("cannot connect to {url}: {}", chain(&e))))?;
+    let channel = (endpoint.connect().await).map_err(|e| {
+        CliError::Unreachable(format!(
+            "cannot reach the controller at {url}: {} (is `fleetward serve` running there?)",
+            chain(&e)
+        ))
+    })?;
     Ok(channel)
 }
 

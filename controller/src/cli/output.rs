@@ -18,6 +18,107 @@ pub(crate) fn rfc3339(unix_ms: i64) -> String {
     }
 }
 
+/// The wall clock in Unix milliseconds.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Columns for text output: `COLUMNS` if set, else the terminal's width when stdout is one,
+/// else `None` (piped: nothing is cut or wrapped).
+pub(crate) fn terminal_width() -> Option<usize> {
+    if let Some(n) = std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.trim().parse::<usize>().ok())
+        .filter(|n| *n > 0)
+    {
+        return Some(n);
+    }
+    let ws = rustix::termios::tcgetwinsize(std::io::stdout()).ok()?;
+    (ws.ws_col > 0).then_some(usize::from(ws.ws_col))
+}
+
+/// Splits `s` into lines of at most `width` characters, at spaces where it can.
+pub(crate) fn wrap(s: &str, width: usize) -> Vec<String> {
+    let width = width.max(1);
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    for word in s.split(' ') {
+        let mut word: Vec<char> = word.chars().collect();
+        let len = line.chars().count();
+        if len > 0 && len + 1 + word.len() <= width {
+            line.push(' ');
+            line.extend(word.iter());
+            continue;
+        }
+        if len > 0 {
+            lines.push(std::mem::take(&mut line));
+        }
+        while word.len() > width {
+            let rest = word.split_off(width);
+            lines.push(word.into_iter().collect());
+            word = rest;
+        }
+        line = word.into_iter().collect();
+    }
+    if !line.is_empty() || lines.is_empty() {
+        lines.push(line);
+    }
+    lines
+}
+
+/// [`table`] made to fit `width` columns by wrapping column `flex` (a message) onto
+/// continuation lines; the other columns, the location among them, stay whole. Without a
+/// width, or when the table fits, it is the plain table.
+pub(crate) fn fit_table(
+    header: &[&str],
+    rows: &[Vec<String>],
+    width: Option<usize>,
+    flex: usize,
+) -> String {
+    let Some(width) = width else {
+        return table(header, rows);
+    };
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| clean(c)).collect())
+        .collect();
+    let widest = |i: usize| {
+        rows.iter()
+            .filter_map(|r| r.get(i))
+            .map(|c| c.chars().count())
+            .chain(header.get(i).map(|h| h.chars().count()))
+            .max()
+            .unwrap_or(0)
+    };
+    let others: usize = (0..header.len())
+        .filter(|&i| i != flex)
+        .map(|i| widest(i) + 2)
+        .sum();
+    if others + widest(flex) <= width {
+        return table(header, &rows);
+    }
+    // At least 20 columns for the message, even when that overflows a very narrow terminal.
+    let room = width.saturating_sub(others).max(20);
+    let mut wrapped = Vec::new();
+    for row in &rows {
+        let parts = row.get(flex).map(|m| wrap(m, room)).unwrap_or_default();
+        for (i, part) in parts.iter().enumerate() {
+            let mut line: Vec<String> = if i == 0 {
+                row.clone()
+            } else {
+                vec![String::new(); row.len()]
+            };
+            if let Some(cell) = line.get_mut(flex) {
+                *cell = format!("{part:<room$}");
+            }
+            wrapped.push(line);
+        }
+    }
+    table(header, &wrapped)
+}
+
 fn time_or(unix_ms: Option<i64>, none: &str) -> String {
     unix_ms.map_or_else(|| none.to_owned(), rfc3339)
 }
@@ -245,13 +346,47 @@ pub(crate) fn node_detail(resp: &api::GetNodeResponse, fmt: Format) -> serde_jso
 }
 
 pub(crate) fn findings(findings: &[api::Finding], fmt: Format) -> String {
+    findings_fit(findings, fmt, None)
+}
+
+/// `findings`: the MESSAGE column wrapped to fit `width` (the location stays visible).
+pub(crate) fn findings_fit(findings: &[api::Finding], fmt: Format, width: Option<usize>) -> String {
     let header = ["NODE", "SEVERITY", "CODE", "MESSAGE", "PATH:LINE"];
+    if fmt == Format::Text && !findings.is_empty() {
+        let rows: Vec<Vec<String>> = findings.iter().map(finding_row).collect();
+        return fit_table(&header, &rows, width, 3);
+    }
     list(
         findings,
         fmt,
         |f| finding_json(f, true),
         (&header, finding_row, "no findings"),
     )
+}
+
+/// `drift`: the findings, and in text whether a policy is loaded (without one, only the
+/// nodes are compared with each other). JSON stays the plain list of findings.
+pub(crate) fn drift(
+    findings: &[api::Finding],
+    policy_loaded: bool,
+    fmt: Format,
+    width: Option<usize>,
+) -> String {
+    if fmt == Format::Json {
+        return findings_fit(findings, fmt, width);
+    }
+    let policy = if policy_loaded {
+        "policy: loaded; nodes are compared with it and with each other"
+    } else {
+        "policy: none configured; nodes are compared with each other only \
+         (`fleetward policy capture --from NODE` makes a starting point)"
+    };
+    let body = if findings.is_empty() {
+        "no drift\n".to_string()
+    } else {
+        findings_fit(findings, fmt, width)
+    };
+    format!("{policy}\n{body}")
 }
 
 pub(crate) fn token_created(t: &api::CreateTokenResponse, controller: &str, fmt: Format) -> String {
@@ -269,14 +404,17 @@ pub(crate) fn token_created(t: &api::CreateTokenResponse, controller: &str, fmt:
     done(text, v, fmt)
 }
 
-pub(crate) fn tokens(tokens: &[api::TokenInfo], fmt: Format) -> String {
-    let json = |t: &api::TokenInfo| json!({"id": t.id, "node": t.node_name, "expires_at_unix_ms": t.expires_at_unix_ms, "used": t.used, "revoked": t.revoked});
+/// `token list`; a token past its expiry at `now_ms` shows as expired.
+pub(crate) fn tokens(tokens: &[api::TokenInfo], now_ms: i64, fmt: Format) -> String {
+    let expired = |t: &api::TokenInfo| !t.used && t.expires_at_unix_ms <= now_ms;
+    let json = |t: &api::TokenInfo| json!({"id": t.id, "node": t.node_name, "expires_at_unix_ms": t.expires_at_unix_ms, "used": t.used, "revoked": t.revoked, "expired": expired(t)});
     let row = |t: &api::TokenInfo| {
         let node = t.node_name.clone().unwrap_or_else(|| "(any)".into());
-        let used = match (t.used, t.revoked) {
-            (true, _) => "yes",
-            (false, true) => "revoked",
-            (false, false) => "no",
+        let used = match (t.used, t.revoked, expired(t)) {
+            (true, _, _) => "yes",
+            (false, true, _) => "revoked",
+            (false, false, true) => "expired",
+            (false, false, false) => "no",
         };
         vec![
             t.id.clone(),
@@ -535,14 +673,20 @@ mod tests {
             revoked: false,
         }];
         assert_eq!(
-            tokens(&ts, Format::Text),
+            tokens(&ts, 0, Format::Text),
             "ID  NODE   EXPIRES               USED\nt1  (any)  1970-01-01T00:00:00Z  yes\n"
         );
-        let v: Value = serde_json::from_str(&tokens(&ts, Format::Json)).unwrap();
+        let v: Value = serde_json::from_str(&tokens(&ts, 0, Format::Json)).unwrap();
         assert_eq!(
             v,
-            json!([{"id": "t1", "node": null, "expires_at_unix_ms": 0, "used": true, "revoked": false}])
+            json!([{"id": "t1", "node": null, "expires_at_unix_ms": 0, "used": true, "revoked": false, "expired": false}])
         );
+        let unused = [api::TokenInfo {
+            used: false,
+            ..ts[0].clone()
+        }];
+        assert!(tokens(&unused, 1, Format::Text).contains("expired"));
+        assert!(tokens(&unused, -1, Format::Text).ends_with("  no\n"));
 
         let es = [api::AuditEntry {
             time_unix_ms: 0,

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use tonic::transport::Channel;
 
 use super::output::{enum_name, json_string, rfc3339, table};
-use super::{CliError, ClientOpts, Format};
+use super::{CliError, ClientOpts, Format, Reply};
 
 /// `--reboot`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -133,7 +133,7 @@ pub(super) async fn execute(
     c: &mut OperatorServiceClient<Channel>,
     cmd: &RolloutCmd,
     fmt: Format,
-) -> Result<String, CliError> {
+) -> Result<Reply, CliError> {
     Ok(match cmd {
         RolloutCmd::Plan {
             sel, refresh_lists, ..
@@ -141,10 +141,10 @@ pub(super) async fn execute(
             let mut req = request(sel);
             req.refresh_lists = *refresh_lists;
             let resp = c.rollout_plan(req).await?.into_inner();
-            match fmt {
+            Reply::ok(match fmt {
                 Format::Json => json_string(&plan_json(&resp)),
                 Format::Text => plan_text(&resp),
-            }
+            })
         }
         RolloutCmd::Start {
             sel, window, yes, ..
@@ -159,7 +159,7 @@ pub(super) async fn execute(
             let mut req = request(sel);
             req.window = window.clone().unwrap_or_default();
             let resp = c.rollout_start(req).await?.into_inner();
-            status_out(&resp, fmt)?
+            status_reply(&resp, fmt)?
         }
         RolloutCmd::Status { id, watch, .. } => {
             let req = api::RolloutStatusRequest {
@@ -167,7 +167,7 @@ pub(super) async fn execute(
             };
             if !watch {
                 let resp = c.rollout_status(req).await?.into_inner();
-                return status_out(&resp, fmt);
+                return status_reply(&resp, fmt);
             }
             let mut last = String::new();
             loop {
@@ -179,7 +179,11 @@ pub(super) async fn execute(
                     last = text;
                 }
                 if !unfinished(resp.rollout.as_ref()) {
-                    return Ok(String::new());
+                    let ok = healthy(resp.rollout.as_ref());
+                    return Ok(Reply {
+                        text: String::new(),
+                        ok,
+                    });
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await;
             }
@@ -193,7 +197,7 @@ pub(super) async fn execute(
                 .rollout_list(api::RolloutListRequest {})
                 .await?
                 .into_inner();
-            list_out(&resp.rollouts, fmt)
+            Reply::ok(list_out(&resp.rollouts, fmt))
         }
     })
 }
@@ -204,7 +208,9 @@ async fn control(
     verb: api::ControlVerb,
     node: &str,
     fmt: Format,
-) -> Result<String, CliError> {
+) -> Result<Reply, CliError> {
+    // A refused request (skip of a started node, resume of a finished rollout) comes back
+    // as an error with the reason; an accepted one is done, whatever state it leaves.
     let resp = c
         .rollout_control(api::RolloutControlRequest {
             id: i.id.clone().unwrap_or_default(),
@@ -213,7 +219,34 @@ async fn control(
         })
         .await?
         .into_inner();
-    status_out(&resp, fmt)
+    // The controller ignores a request that cannot apply to the rollout's state (resume an
+    // aborted rollout): that is a refusal too, not a status with exit 0.
+    if let Some(r) = &resp.rollout {
+        use api::RolloutState as S;
+        let state = r.state();
+        let finished = matches!(state, S::Aborted | S::Completed);
+        let refused = match verb {
+            api::ControlVerb::Resume => finished.then_some("nothing to resume"),
+            api::ControlVerb::Pause => {
+                (finished || state == S::Halted).then_some("only a running rollout can be paused")
+            }
+            api::ControlVerb::Abort => (state == S::Completed).then_some("nothing to abort"),
+            api::ControlVerb::Skip => r
+                .nodes
+                .iter()
+                .any(|n| n.name == node && n.phase() != api::RolloutPhase::Skipped)
+                .then_some("the node has already started"),
+            api::ControlVerb::Unspecified => None,
+        };
+        if let Some(why) = refused {
+            return Err(CliError::Failed(format!(
+                "refused: rollout {} is {}: {why}",
+                r.id,
+                state_word(r)
+            )));
+        }
+    }
+    Ok(Reply::ok(status_out(&resp, fmt)?))
 }
 
 fn confirm(question: &str) -> Result<bool, CliError> {
@@ -234,6 +267,24 @@ fn unfinished(r: Option<&api::Rollout>) -> bool {
             r.state(),
             api::RolloutState::Running | api::RolloutState::Paused | api::RolloutState::Planned
         )
+    })
+}
+
+/// Neither halted nor aborted: `status` exits 0 (a running rollout is healthy so far).
+fn healthy(r: Option<&api::Rollout>) -> bool {
+    r.is_some_and(|r| {
+        !matches!(
+            r.state(),
+            api::RolloutState::Halted | api::RolloutState::Aborted
+        )
+    })
+}
+
+/// The status, and exit 1 when the rollout halted or was aborted.
+fn status_reply(resp: &api::RolloutStatusResponse, fmt: Format) -> Result<Reply, CliError> {
+    Ok(Reply {
+        text: status_out(resp, fmt)?,
+        ok: healthy(resp.rollout.as_ref()),
     })
 }
 

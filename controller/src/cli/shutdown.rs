@@ -12,7 +12,7 @@ use tonic::transport::Channel;
 
 use super::conn::{self, Creds};
 use super::output::{enum_name, rfc3339, table};
-use super::{parse_ttl, CliError, ClientOpts, Format, OptsOnly};
+use super::{parse_ttl, CliError, ClientOpts, Format, OptsOnly, Reply};
 
 #[derive(Debug, Subcommand)]
 pub enum ShutdownCmd {
@@ -111,15 +111,15 @@ pub(super) async fn shutdown(
     cmd: &ShutdownCmd,
     creds: &Creds,
     fmt: Format,
-) -> Result<String, CliError> {
+) -> Result<Reply, CliError> {
     let mut c = client(creds).await?;
     match cmd {
         ShutdownCmd::Plan(p) => {
             let resp = c.plan(plan_request(p)).await?.into_inner();
-            Ok(match fmt {
+            Ok(Reply::ok(match fmt {
                 Format::Json => json_text(&plan_json(&resp)),
                 Format::Text => resp.summary.join("\n") + "\n",
-            })
+            }))
         }
         ShutdownCmd::Start { plan, yes } => {
             let resp = c.plan(plan_request(plan)).await?.into_inner();
@@ -133,15 +133,18 @@ pub(super) async fn shutdown(
             });
             let st = c.start(req).await?.into_inner();
             let out = render_status(&st, fmt);
-            Ok(match fmt {
-                Format::Text if *yes => format!("{summary}\n{out}"),
-                _ => out,
+            Ok(Reply {
+                text: match fmt {
+                    Format::Text if *yes => format!("{summary}\n{out}"),
+                    _ => out,
+                },
+                ok: healthy(&st),
             })
         }
         ShutdownCmd::Status { watch, .. } => {
             let req = || api::ShutdownStatusRequest { id: String::new() };
             if !watch {
-                return Ok(render_status(&c.status(req()).await?.into_inner(), fmt));
+                return Ok(status_reply(&c.status(req()).await?.into_inner(), fmt));
             }
             let mut last = String::new();
             loop {
@@ -160,7 +163,10 @@ pub(super) async fn shutdown(
                 let stage = st.shutdown.as_ref().and_then(|s| s.stage).map(|s| s.kind());
                 use api::ShutdownStageKind as K;
                 if matches!(stage, None | Some(K::Down | K::Finished)) {
-                    return Ok(String::new());
+                    return Ok(Reply {
+                        text: String::new(),
+                        ok: healthy(&st),
+                    });
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
@@ -170,19 +176,41 @@ pub(super) async fn shutdown(
                 .cancel(api::ShutdownControlRequest { id: String::new() })
                 .await?
                 .into_inner();
-            Ok(render_status(&st, fmt))
+            Ok(status_reply(&st, fmt))
         }
     }
 }
 
+/// Not OK (exit 1): the bring-up finished without every node, guest or flag back.
+fn healthy(st: &api::ShutdownStatusResponse) -> bool {
+    use api::ShutdownEventKind as K;
+    let Some(s) = &st.shutdown else {
+        return true;
+    };
+    s.missing.is_empty()
+        && !st.events.iter().any(|e| {
+            matches!(
+                e.kind(),
+                K::NotReturned | K::NooutLeftSet | K::GuestsNotStarted
+            )
+        })
+}
+
+fn status_reply(st: &api::ShutdownStatusResponse, fmt: Format) -> Reply {
+    Reply {
+        text: render_status(st, fmt),
+        ok: healthy(st),
+    }
+}
+
 /// `fleetward startup`.
-pub(super) async fn startup(creds: &Creds, fmt: Format) -> Result<String, CliError> {
+pub(super) async fn startup(creds: &Creds, fmt: Format) -> Result<Reply, CliError> {
     let st = client(creds)
         .await?
         .startup(api::ShutdownControlRequest { id: String::new() })
         .await?
         .into_inner();
-    Ok(render_status(&st, fmt))
+    Ok(status_reply(&st, fmt))
 }
 
 /// `fleetward power-event …`.
@@ -190,7 +218,7 @@ pub(super) async fn power_event(
     cmd: &PowerEventCmd,
     creds: &Creds,
     fmt: Format,
-) -> Result<String, CliError> {
+) -> Result<Reply, CliError> {
     let req = match cmd {
         PowerEventCmd::OnBattery { runtime, .. } => api::PowerEventRequest {
             event: api::PowerEvent::OnBattery.into(),
@@ -202,7 +230,7 @@ pub(super) async fn power_event(
         },
     };
     let st = client(creds).await?.power_event(req).await?.into_inner();
-    Ok(render_status(&st, fmt))
+    Ok(status_reply(&st, fmt))
 }
 
 fn plan_request(p: &PlanArgs) -> api::ShutdownPlanRequest {
