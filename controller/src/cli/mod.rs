@@ -16,6 +16,7 @@ pub(crate) mod conn;
 pub(crate) mod output;
 pub mod rollout;
 mod shutdown;
+pub(crate) mod words;
 
 use clap::{Args, Subcommand, ValueEnum};
 use fleetward_pki::{generate_key_and_csr, Identity, Role};

@@ -8,7 +8,8 @@ use fleetward_proto::api::{self, operator_service_client::OperatorServiceClient}
 use serde_json::{json, Value};
 use tonic::transport::Channel;
 
-use super::output::{enum_name, json_string, rfc3339, table};
+use super::output::{self, enum_name, json_string, rfc3339, table};
+use super::words;
 use super::{CliError, ClientOpts, Format, Reply};
 
 /// `--reboot`.
@@ -290,7 +291,7 @@ fn status_reply(resp: &api::RolloutStatusResponse, fmt: Format) -> Result<Reply,
 
 /// One word for a rollout's state: `running`, `halted`, ….
 pub fn state_word(r: &api::Rollout) -> String {
-    enum_name(r.state().as_str_name(), "ROLLOUT_STATE_")
+    words::rollout_state(r.state())
 }
 
 fn phase_name(p: api::RolloutPhase) -> String {
@@ -400,56 +401,179 @@ pub(crate) fn status_out(
     resp: &api::RolloutStatusResponse,
     fmt: Format,
 ) -> Result<String, CliError> {
+    status_render(resp, fmt, false, output::now_ms())
+}
+
+/// How many of the newest events the text status shows.
+const EVENTS_SHOWN: usize = 6;
+
+/// [`status_out`] at `now_ms`; `verbose` adds command ids to the text.
+pub(crate) fn status_render(
+    resp: &api::RolloutStatusResponse,
+    fmt: Format,
+    verbose: bool,
+    now_ms: i64,
+) -> Result<String, CliError> {
     let r = resp
         .rollout
         .as_ref()
         .ok_or_else(|| CliError::Failed("the controller sent no rollout".into()))?;
     if fmt == Format::Json {
-        let output: serde_json::Map<String, Value> = resp
-            .output
-            .iter()
-            .map(|o| (o.node.clone(), json!(o.lines)))
-            .collect();
-        return Ok(json_string(&json!({
-            "rollout": rollout_json(r),
-            "events": resp.events.iter().map(event_json).collect::<Vec<_>>(),
-            "output": output,
-        })));
+        return Ok(json_string(&status_json(resp, r)));
     }
-    let mut text = format!("rollout {}: {}", r.id, state_word(r));
-    if let Some(h) = &r.halt {
-        text += &format!(" at {} (gate {:?}): {}", h.node, h.gate(), h.reason);
-    }
+    let mut text = headline(r) + "\n";
+    text += &format!(
+        "started by {} at {}; max-unavailable {}; {}\n",
+        or_someone(&r.actor),
+        rfc3339(r.created_unix_ms),
+        r.max_unavailable,
+        words::reboot(r.reboot())
+    );
     if let Some(w) = &r.window {
-        text += &format!(
-            "\nwindow: {w}{}",
-            if r.window_paused {
-                " (outside: waiting)"
-            } else {
-                ""
-            }
-        );
+        let open = if r.window_paused {
+            " (closed now: no node starts until it opens)"
+        } else {
+            ""
+        };
+        text += &format!("window: {w}{open}\n");
     }
-    text += &format!("\nmax-unavailable: {}\n", r.max_unavailable);
-    let rows: Vec<Vec<String>> = r
-        .nodes
-        .iter()
-        .map(|n| {
-            vec![
-                n.name.clone(),
-                format!("{:?}", n.phase()),
-                n.waiting_for.clone().unwrap_or_else(|| "-".into()),
-                n.expected_kernel.clone().unwrap_or_else(|| "-".into()),
-            ]
-        })
-        .collect();
-    text += &table(&["NODE", "PHASE", "WAITING FOR", "EXPECTED KERNEL"], &rows);
+    text += &node_table(r, &resp.events, verbose, now_ms);
+    let skip = resp.events.len().saturating_sub(EVENTS_SHOWN);
+    for e in resp.events.iter().skip(skip) {
+        text += &format!("{}  {}\n", rfc3339(e.time_unix_ms), words::rollout_event(e));
+    }
     for o in &resp.output {
         if let Some(last) = o.lines.last() {
             text += &format!("{}> {last}\n", o.node);
         }
     }
+    if r.state() == api::RolloutState::Halted {
+        text += "next: fix the cause, then `fleetward rollout resume` (re-runs the step that \
+                 stopped), or `fleetward rollout abort`\n";
+    }
     Ok(text)
+}
+
+fn or_someone(actor: &str) -> &str {
+    if actor.is_empty() {
+        "someone"
+    } else {
+        actor
+    }
+}
+
+/// "rollout ID: halted at NODE by gate GATE: REASON", "rollout ID: running (2/3 done)".
+pub(crate) fn headline(r: &api::Rollout) -> String {
+    let done = r
+        .nodes
+        .iter()
+        .filter(|n| {
+            matches!(
+                n.phase(),
+                api::RolloutPhase::Done | api::RolloutPhase::Skipped
+            )
+        })
+        .count();
+    let mut text = format!(
+        "rollout {}: {} ({done}/{} nodes done)",
+        r.id,
+        words::rollout_state(r.state()),
+        r.nodes.len()
+    );
+    if let Some(h) = &r.halt {
+        if r.state() == api::RolloutState::Halted {
+            text += &format!(
+                " at {} by gate {}: {}",
+                h.node,
+                words::gate(h.gate()),
+                h.reason
+            );
+        }
+    }
+    text
+}
+
+/// NODE | NOW | FOR | WAITING FOR | KERNEL AFTER: what each node does, since when, and the
+/// bound after which waiting halts the rollout.
+pub(crate) fn node_table(
+    r: &api::Rollout,
+    events: &[api::RolloutEvent],
+    verbose: bool,
+    now_ms: i64,
+) -> String {
+    let rows: Vec<Vec<String>> = r
+        .nodes
+        .iter()
+        .map(|n| {
+            let since = events
+                .iter()
+                .rev()
+                .find(|e| e.node == n.name && e.kind() == api::RolloutEventKind::Phase)
+                .map(|e| e.time_unix_ms);
+            let active = !matches!(
+                n.phase(),
+                api::RolloutPhase::Pending | api::RolloutPhase::Done | api::RolloutPhase::Skipped
+            );
+            let elapsed = match since {
+                Some(t) if active => words::duration(now_ms - t),
+                _ => "-".into(),
+            };
+            let mut waiting = match &n.waiting_for {
+                Some(id) => {
+                    let mut w = words::command(id);
+                    if n.acknowledged {
+                        w += ", acknowledged";
+                    }
+                    if verbose {
+                        w += &format!(" [{id}]");
+                    }
+                    w
+                }
+                None => String::new(),
+            };
+            if let Some(d) = n.deadline_unix_ms.filter(|_| active) {
+                let bound = if d > now_ms {
+                    format!("halts in {}", words::duration(d - now_ms))
+                } else {
+                    "overdue".to_owned()
+                };
+                waiting = if waiting.is_empty() {
+                    bound
+                } else {
+                    format!("{waiting}; {bound}")
+                };
+            }
+            vec![
+                n.name.clone(),
+                words::phase(n.phase()).to_owned(),
+                elapsed,
+                if waiting.is_empty() {
+                    "-".into()
+                } else {
+                    waiting
+                },
+                n.expected_kernel.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    table(
+        &["NODE", "NOW", "FOR", "WAITING FOR", "KERNEL AFTER"],
+        &rows,
+    )
+}
+
+/// The status as JSON, with stable machine names and every key.
+fn status_json(resp: &api::RolloutStatusResponse, r: &api::Rollout) -> Value {
+    let output: serde_json::Map<String, Value> = resp
+        .output
+        .iter()
+        .map(|o| (o.node.clone(), json!(o.lines)))
+        .collect();
+    json!({
+        "rollout": rollout_json(r),
+        "events": resp.events.iter().map(event_json).collect::<Vec<_>>(),
+        "output": output,
+    })
 }
 
 /// The dry run as JSON, with stable machine names.
@@ -495,10 +619,10 @@ fn plan_json(d: &api::RolloutPlanResponse) -> Value {
 /// The dry run as text.
 pub fn plan_text(d: &api::RolloutPlanResponse) -> String {
     let mut t = format!(
-        "rolling update plan: {} node(s), max-unavailable {}, reboot {:?}\n",
+        "rolling update plan: {} node(s), max-unavailable {}, {}\n",
         d.nodes.len(),
         d.max_unavailable,
-        d.reboot()
+        words::reboot(d.reboot())
     );
     if let Some(h) = &d.controller_host {
         t += &format!("the controller's own node {h} goes last\n");
@@ -577,12 +701,13 @@ mod tests {
                     name: "pve2".into(),
                     phase: api::RolloutPhase::AwaitReturn.into(),
                     waiting_for: Some("rollout-1/pve2/reboot/1".into()),
+                    acknowledged: true,
+                    deadline_unix_ms: Some(120_000),
                     expected_kernel: Some("6.8.12-4-pve".into()),
                     attempts: vec![api::ActionAttempts {
                         action: "reboot".into(),
                         attempts: 1,
                     }],
-                    ..Default::default()
                 },
             ],
             ..Default::default()
@@ -605,20 +730,32 @@ mod tests {
                 lines: vec!["a".into(), "Setting up".into()],
             }],
         };
-        let text = status_out(&resp, Format::Text).unwrap();
+        let text = status_render(&resp, Format::Text, false, 65_000).unwrap();
         assert!(
             text.starts_with(
-                "rollout rollout-1: halted at pve2 (gate EspHoldsKernel): sda2 lacks the kernel\n\
-                 window: Sat 02:00-05:00 UTC (outside: waiting)\nmax-unavailable: 1\n"
+                "rollout rollout-1: halted (1/2 nodes done) at pve2 by gate esp-holds-kernel: \
+                 sda2 lacks the kernel\n\
+                 started by admin at 1970-01-01T00:00:00Z; max-unavailable 1; reboot if needed\n\
+                 window: Sat 02:00-05:00 UTC (closed now: no node starts until it opens)\n"
             ),
             "{text}"
         );
         assert!(
-            text.contains("pve2  AwaitReturn  rollout-1/pve2/reboot/1  6.8.12-4-pve"),
+            text.contains(
+                "pve2  reboot: waiting for the node to return  64 s  reboot, acknowledged; \
+                 halts in 55 s  6.8.12-4-pve"
+            ),
             "{text}"
         );
-        assert!(text.ends_with("pve2> Setting up\n"), "{text}");
-
+        assert!(
+            text.contains("1970-01-01T00:00:00Z  pve2: reboot: waiting for the node to return\n"),
+            "{text}"
+        );
+        assert!(text.contains("pve2> Setting up\n"), "{text}");
+        assert!(text.contains("`fleetward rollout resume`"), "{text}");
+        assert!(!text.contains("rollout-1/pve2/reboot/1"), "{text}");
+        let verbose = status_render(&resp, Format::Text, true, 65_000).unwrap();
+        assert!(verbose.contains("[rollout-1/pve2/reboot/1]"), "{verbose}");
         let v: Value = serde_json::from_str(&status_out(&resp, Format::Json).unwrap()).unwrap();
         assert_eq!(v["rollout"]["status"], "halted");
         assert_eq!(v["rollout"]["halt"]["gate"], "esp-holds-kernel");
@@ -677,7 +814,7 @@ mod tests {
         let text = plan_text(&d);
         assert!(
             text.starts_with(
-                "rolling update plan: 1 node(s), max-unavailable 1, reboot Always\n\
+                "rolling update plan: 1 node(s), max-unavailable 1, always reboot\n\
              the controller's own node pve2 goes last\n\n\
              1. pve1  gate: FAILS (no quorum)  reboot: yes  kernel after: -  downtime ~2 min\n"
             ),

@@ -11,7 +11,8 @@ use serde_json::{json, Value};
 use tonic::transport::Channel;
 
 use super::conn::{self, Creds};
-use super::output::{enum_name, rfc3339, table};
+use super::output::{self, enum_name, rfc3339, table};
+use super::words;
 use super::{parse_ttl, CliError, ClientOpts, Format, OptsOnly, Reply};
 
 #[derive(Debug, Subcommand)]
@@ -261,20 +262,6 @@ fn confirm(summary: &str) -> Result<(), CliError> {
     }
 }
 
-/// A stage in words: `stop-guests 2`, `power-off tier 1`, `down`.
-fn stage_word(s: Option<&api::ShutdownStage>) -> String {
-    use api::ShutdownStageKind as K;
-    let Some(s) = s else {
-        return "unknown".into();
-    };
-    let name = enum_name(s.kind().as_str_name(), "SHUTDOWN_STAGE_KIND_");
-    match s.kind() {
-        K::StopGuests | K::StartGuests => format!("{name} {}", u64::from(s.index) + 1),
-        K::PowerOff => format!("{name} tier {}", u64::from(s.index) + 1),
-        _ => name,
-    }
-}
-
 /// A stage as JSON: `{"stage": "power-off", "tier": 0}`, `{"stage": "down"}`.
 fn stage_json(s: Option<&api::ShutdownStage>) -> Value {
     use api::ShutdownStageKind as K;
@@ -366,13 +353,6 @@ fn plan_json(resp: &api::ShutdownPlanResponse) -> Value {
     })
 }
 
-fn outcome_word(o: api::SendOutcome) -> String {
-    match o {
-        api::SendOutcome::Failed => "FAILED".into(),
-        o => enum_name(o.as_str_name(), "SEND_OUTCOME_"),
-    }
-}
-
 fn up_reason_name(r: api::UpReason) -> Option<String> {
     (r != api::UpReason::Unspecified).then(|| enum_name(r.as_str_name(), "UP_REASON_"))
 }
@@ -451,54 +431,6 @@ fn event_json(e: &api::ShutdownEvent) -> Value {
     v
 }
 
-/// An event in words for the text status.
-fn event_text(e: &api::ShutdownEvent) -> String {
-    use api::ShutdownEventKind as K;
-    let kind = match e.kind() {
-        K::Unspecified => "unknown".to_string(),
-        k => enum_name(k.as_str_name(), "SHUTDOWN_EVENT_KIND_"),
-    };
-    let mut parts = vec![kind];
-    if e.stage.is_some() {
-        parts.push(stage_word(e.stage.as_ref()));
-    }
-    if e.kind() == K::Started && e.forced {
-        parts.push("(forced stops)".into());
-    }
-    if let Some(r) = up_reason_name(e.up_reason()) {
-        parts.push(r);
-    }
-    if !e.node.is_empty() {
-        parts.push(e.node.clone());
-    }
-    if !e.nodes.is_empty() {
-        parts.push(e.nodes.join(", "));
-    }
-    if !e.vmids.is_empty() {
-        let vmids: Vec<String> = e.vmids.iter().map(u32::to_string).collect();
-        parts.push(format!("vmids {}", vmids.join(", ")));
-    }
-    if !e.command_ids.is_empty() {
-        parts.push(e.command_ids.join(", "));
-    }
-    if e.kind() == K::ActionFailed {
-        parts.push(
-            if e.retrying {
-                "(retrying)"
-            } else {
-                "(given up)"
-            }
-            .into(),
-        );
-    }
-    for t in [&e.reason, &e.output] {
-        if !t.is_empty() {
-            parts.push(format!(": {t}"));
-        }
-    }
-    parts.join(" ")
-}
-
 fn status_json(st: &api::ShutdownStatusResponse) -> Value {
     json!({
         "message": st.message,
@@ -509,22 +441,55 @@ fn status_json(st: &api::ShutdownStatusResponse) -> Value {
 
 /// A status response as text or JSON.
 fn render_status(st: &api::ShutdownStatusResponse, fmt: Format) -> String {
+    render_status_at(st, fmt, false, output::now_ms())
+}
+
+/// [`render_status`] at `now_ms`; `verbose` adds command ids to the text.
+fn render_status_at(
+    st: &api::ShutdownStatusResponse,
+    fmt: Format,
+    verbose: bool,
+    now_ms: i64,
+) -> String {
     if fmt == Format::Json {
         return json_text(&status_json(st));
     }
     let Some(s) = &st.shutdown else {
         return format!("{}\n", st.message);
     };
-    format!("{}\n{}", st.message, status_text(s, &st.events))
+    format!(
+        "{}\n{}",
+        st.message,
+        status_text(s, &st.events, verbose, now_ms)
+    )
 }
 
 /// How many of the newest events the text status shows.
 const EVENTS_SHOWN: usize = 12;
 
+/// "stage: start guests, group 2 (moves on in 90 s at the latest)".
+fn stage_line(s: &api::Shutdown, now_ms: i64) -> String {
+    let mut line = format!("stage: {}", words::stage(s.stage.as_ref()));
+    if let Some(d) = s.stage_deadline_unix_ms {
+        if d > now_ms {
+            line += &format!(
+                " (moves on in {} at the latest)",
+                words::duration(d - now_ms)
+            );
+        }
+    }
+    line
+}
+
 /// The text form of a shutdown: header, every action sent, the newest events.
-fn status_text(s: &api::Shutdown, events: &[api::ShutdownEvent]) -> String {
+fn status_text(
+    s: &api::Shutdown,
+    events: &[api::ShutdownEvent],
+    verbose: bool,
+    now_ms: i64,
+) -> String {
     let mut out = format!(
-        "shutdown {}{} started by {} at {}\nstage: {}  point of no return: {}",
+        "shutdown {}{} started by {} at {}\n{}; point of no return: {}",
         s.id,
         s.reason
             .as_deref()
@@ -532,17 +497,20 @@ fn status_text(s: &api::Shutdown, events: &[api::ShutdownEvent]) -> String {
             .unwrap_or_default(),
         s.actor,
         rfc3339(s.created_unix_ms),
-        stage_word(s.stage.as_ref()),
+        stage_line(s, now_ms),
         if s.no_return { "passed" } else { "not reached" },
     );
     if let Some(d) = s.deadline_unix_ms {
         out.push_str(&format!(
-            "  deadline: {}{}",
+            "; deadline: {}{}",
             rfc3339(d),
             if s.forced { " (forced stops)" } else { "" }
         ));
     }
     out.push('\n');
+    if let Some(r) = words::up_reason(s.up_reason()) {
+        out.push_str(&format!("bring-up: {r}\n"));
+    }
     if !s.missing.is_empty() {
         out.push_str(&format!("did not return: {}\n", s.missing.join(", ")));
     }
@@ -550,11 +518,15 @@ fn status_text(s: &api::Shutdown, events: &[api::ShutdownEvent]) -> String {
         .sent
         .iter()
         .map(|x| {
+            let mut step = words::step(&x.step);
+            if verbose {
+                step += &format!(" [{}]", x.command_id);
+            }
             vec![
                 x.node.clone(),
-                x.step.clone(),
+                step,
                 x.attempt.to_string(),
-                outcome_word(x.outcome()),
+                words::outcome(x.outcome()).to_owned(),
             ]
         })
         .collect();
@@ -567,7 +539,7 @@ fn status_text(s: &api::Shutdown, events: &[api::ShutdownEvent]) -> String {
     let rows: Vec<Vec<String>> = events
         .iter()
         .skip(skip)
-        .map(|e| vec![rfc3339(e.time_unix_ms), event_text(e)])
+        .map(|e| vec![rfc3339(e.time_unix_ms), words::shutdown_event(e, verbose)])
         .collect();
     if !rows.is_empty() {
         out.push('\n');
@@ -624,21 +596,22 @@ mod tests {
                 ..Default::default()
             },
         ];
-        let text = status_text(&s, &events);
+        let text = status_text(&s, &events, false, 0);
         assert!(
             text.contains("shutdown shutdown-1 (maintenance) started by admin"),
             "{text}"
         );
         assert!(
-            text.contains("stage: disarm-ha  point of no return: not reached"),
+            text.contains("stage: disarm HA; point of no return: not reached"),
             "{text}"
         );
         assert!(
-            text.contains("pve-01  maintenance-on  1        pending"),
+            text.contains("pve-01  maintenance on  1        waiting"),
             "{text}"
         );
-        assert!(text.contains("  started\n"), "{text}");
-        assert!(text.contains("  stage power-off tier 1\n"), "{text}");
+        assert!(text.contains("  shutdown started\n"), "{text}");
+        assert!(text.contains("  stage: power off, tier 1\n"), "{text}");
+        assert!(!text.contains("shutdown-1/pve-01"), "{text}");
 
         let st = api::ShutdownStatusResponse {
             message: "ok".into(),
