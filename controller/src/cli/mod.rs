@@ -13,6 +13,7 @@ macro_rules! config_err {
 }
 
 pub(crate) mod conn;
+pub(crate) mod live;
 pub(crate) mod output;
 pub mod rollout;
 mod shutdown;
@@ -119,7 +120,7 @@ pub enum ClientCommand {
     },
     /// Bring the cluster back after `shutdown`: wait for the nodes and quorum, unset Ceph
     /// noout, re-arm HA, start guests in their startup order.
-    Startup(OptsOnly),
+    Startup(shutdown::StartupArgs),
     /// A UPS event, for NUT's NOTIFYCMD or apcupsd: on-battery starts a shutdown with the
     /// remaining runtime as its deadline; restored stops it before the point of no return.
     PowerEvent {
@@ -459,7 +460,7 @@ async fn execute_env(
     let creds = conn::resolve(opts, env)?;
     match cmd {
         C::Shutdown { cmd } => return shutdown::shutdown(cmd, &creds, fmt).await,
-        C::Startup(_) => return shutdown::startup(&creds, fmt).await,
+        C::Startup(a) => return shutdown::startup(a, &creds, fmt).await,
         C::PowerEvent { cmd } => return shutdown::power_event(cmd, &creds, fmt).await,
         _ => {}
     }

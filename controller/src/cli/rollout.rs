@@ -8,6 +8,7 @@ use fleetward_proto::api::{self, operator_service_client::OperatorServiceClient}
 use serde_json::{json, Value};
 use tonic::transport::Channel;
 
+use super::live::Live;
 use super::output::{self, enum_name, json_string, rfc3339, table};
 use super::words;
 use super::{CliError, ClientOpts, Format, Reply};
@@ -66,16 +67,25 @@ pub enum RolloutCmd {
         /// Do not ask for confirmation.
         #[arg(long)]
         yes: bool,
+        /// Then follow its progress as `status --watch` does.
+        #[arg(long)]
+        watch: bool,
         #[command(flatten)]
         opts: ClientOpts,
     },
-    /// Progress per node (the newest rollout unless --id).
+    /// Progress per node (the newest rollout unless --id). Exit status 1 when it halted
+    /// or was aborted.
     Status {
-        #[arg(long)]
+        #[arg(long, value_name = "ROLLOUT")]
         id: Option<String>,
-        /// Keep showing progress until the rollout completes, halts or is aborted.
+        /// Follow the progress until the rollout completes, halts or is aborted; exits
+        /// with the final state's status. A terminal shows one block redrawn in place;
+        /// piped, one line per change (with --output json, one document per change).
         #[arg(long)]
         watch: bool,
+        /// Show command ids (idempotency keys) in the text output.
+        #[arg(long)]
+        verbose: bool,
         #[command(flatten)]
         opts: ClientOpts,
     },
@@ -101,7 +111,7 @@ pub enum RolloutCmd {
 #[derive(Debug, Args)]
 pub struct IdOpts {
     /// The rollout (default: the newest).
-    #[arg(long)]
+    #[arg(long, value_name = "ROLLOUT")]
     pub id: Option<String>,
     #[command(flatten)]
     pub opts: ClientOpts,
@@ -148,7 +158,11 @@ pub(super) async fn execute(
             })
         }
         RolloutCmd::Start {
-            sel, window, yes, ..
+            sel,
+            window,
+            yes,
+            watch,
+            ..
         } => {
             if !yes {
                 let resp = c.rollout_plan(request(sel)).await?.into_inner();
@@ -160,33 +174,23 @@ pub(super) async fn execute(
             let mut req = request(sel);
             req.window = window.clone().unwrap_or_default();
             let resp = c.rollout_start(req).await?.into_inner();
-            status_reply(&resp, fmt)?
-        }
-        RolloutCmd::Status { id, watch, .. } => {
-            let req = api::RolloutStatusRequest {
-                id: id.clone().unwrap_or_default(),
-            };
-            if !watch {
-                let resp = c.rollout_status(req).await?.into_inner();
-                return status_reply(&resp, fmt);
+            match (&resp.rollout, watch) {
+                (Some(r), true) => return watch_rollout(c, r.id.clone(), fmt, false).await,
+                _ => status_reply(&resp, fmt)?,
             }
-            let mut last = String::new();
-            loop {
-                let resp = c.rollout_status(req.clone()).await?.into_inner();
-                let text = status_out(&resp, fmt)?;
-                if text != last {
-                    print!("{text}");
-                    let _ = std::io::stdout().flush();
-                    last = text;
-                }
-                if !unfinished(resp.rollout.as_ref()) {
-                    let ok = healthy(resp.rollout.as_ref());
-                    return Ok(Reply {
-                        text: String::new(),
-                        ok,
-                    });
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+        RolloutCmd::Status {
+            id, watch, verbose, ..
+        } => {
+            let id = id.clone().unwrap_or_default();
+            if *watch {
+                return watch_rollout(c, id, fmt, *verbose).await;
+            }
+            let req = api::RolloutStatusRequest { id };
+            let resp = c.rollout_status(req).await?.into_inner();
+            Reply {
+                text: status_render(&resp, fmt, *verbose, output::now_ms())?,
+                ok: healthy(resp.rollout.as_ref()),
             }
         }
         RolloutCmd::Pause(i) => control(c, i, api::ControlVerb::Pause, "", fmt).await?,
@@ -259,6 +263,70 @@ fn confirm(question: &str) -> Result<bool, CliError> {
         .read_line(&mut line)
         .map_err(|e| CliError::Failed(format!("cannot read the answer: {e}")))?;
     Ok(matches!(line.trim(), "y" | "Y" | "yes"))
+}
+
+/// Follows rollout `id` (empty: the newest) until it completes, halts or is aborted; the
+/// reply is empty (everything was printed) and carries the final state's verdict.
+async fn watch_rollout(
+    c: &mut OperatorServiceClient<Channel>,
+    id: String,
+    fmt: Format,
+    verbose: bool,
+) -> Result<Reply, CliError> {
+    let req = api::RolloutStatusRequest { id };
+    let mut live = Live::stdout();
+    let mut last_json = String::new();
+    loop {
+        let resp = c.rollout_status(req.clone()).await?.into_inner();
+        let r = resp
+            .rollout
+            .as_ref()
+            .ok_or_else(|| CliError::Failed("the controller sent no rollout".into()))?;
+        match fmt {
+            Format::Json => {
+                // One document per line, one line per change.
+                let line = status_json(&resp, r).to_string();
+                if line != last_json {
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "{line}");
+                    let _ = out.flush();
+                    last_json = line;
+                }
+            }
+            Format::Text => {
+                let (block, timeline) = live_frame(&resp, r, verbose, output::now_ms());
+                live.frame(&block, &timeline);
+            }
+        }
+        if !unfinished(Some(r)) {
+            return Ok(Reply {
+                text: String::new(),
+                ok: healthy(Some(r)),
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
+/// The live view's block (headline, the node table, the newest events) and its timeline
+/// (every event as a timed sentence).
+pub(crate) fn live_frame(
+    resp: &api::RolloutStatusResponse,
+    r: &api::Rollout,
+    verbose: bool,
+    now_ms: i64,
+) -> (String, Vec<String>) {
+    let timeline: Vec<String> = resp
+        .events
+        .iter()
+        .map(|e| format!("{}  {}", rfc3339(e.time_unix_ms), words::rollout_event(e)))
+        .collect();
+    let mut block = headline(r) + "\n" + &node_table(r, &resp.events, verbose, now_ms);
+    for line in timeline.iter().skip(timeline.len().saturating_sub(3)) {
+        block += line;
+        block.push('\n');
+    }
+    (block, timeline)
 }
 
 /// Still running, paused or not started: `status --watch` keeps showing it.

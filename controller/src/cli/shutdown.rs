@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use tonic::transport::Channel;
 
 use super::conn::{self, Creds};
+use super::live::Live;
 use super::output::{self, enum_name, rfc3339, table};
 use super::words;
 use super::{parse_ttl, CliError, ClientOpts, Format, OptsOnly, Reply};
@@ -26,17 +27,36 @@ pub enum ShutdownCmd {
         /// Do not ask for confirmation.
         #[arg(long)]
         yes: bool,
+        /// Then follow its progress as `status --watch` does.
+        #[arg(long)]
+        watch: bool,
     },
     /// Where the newest shutdown is: stage, every action sent and its outcome, events.
     Status {
-        /// Print again on every change until the shutdown is down or finished.
+        /// Follow it until the cluster is down or the bring-up finished; exits with the
+        /// final state's status. A terminal shows one block redrawn in place; piped, one
+        /// line per change (with --output json, one document per change).
         #[arg(long)]
         watch: bool,
+        /// Show command ids (idempotency keys) in the text output.
+        #[arg(long)]
+        verbose: bool,
         #[command(flatten)]
         opts: ClientOpts,
     },
     /// Stop the shutdown and restart what it stopped (refused after the first power-off).
     Cancel(OptsOnly),
+}
+
+/// `fleetward startup`.
+#[derive(Debug, Args)]
+pub struct StartupArgs {
+    /// Follow the bring-up until it finished (nodes, quorum, noout, HA, guests); exits 1
+    /// when a node, guest or flag did not come back.
+    #[arg(long)]
+    pub watch: bool,
+    #[command(flatten)]
+    pub opts: ClientOpts,
 }
 
 #[derive(Debug, Args)]
@@ -122,7 +142,7 @@ pub(super) async fn shutdown(
                 Format::Text => resp.summary.join("\n") + "\n",
             }))
         }
-        ShutdownCmd::Start { plan, yes } => {
+        ShutdownCmd::Start { plan, yes, watch } => {
             let resp = c.plan(plan_request(plan)).await?.into_inner();
             let summary = resp.summary.join("\n") + "\n";
             if !yes {
@@ -133,6 +153,9 @@ pub(super) async fn shutdown(
                 steps: resp.plan.map(|p| p.steps).unwrap_or_default(),
             });
             let st = c.start(req).await?.into_inner();
+            if *watch {
+                return watch_shutdown(&mut c, fmt, false, false).await;
+            }
             let out = render_status(&st, fmt);
             Ok(Reply {
                 text: match fmt {
@@ -142,35 +165,16 @@ pub(super) async fn shutdown(
                 ok: healthy(&st),
             })
         }
-        ShutdownCmd::Status { watch, .. } => {
-            let req = || api::ShutdownStatusRequest { id: String::new() };
-            if !watch {
-                return Ok(status_reply(&c.status(req()).await?.into_inner(), fmt));
+        ShutdownCmd::Status { watch, verbose, .. } => {
+            if *watch {
+                return watch_shutdown(&mut c, fmt, *verbose, false).await;
             }
-            let mut last = String::new();
-            loop {
-                let st = c.status(req()).await?.into_inner();
-                let out = match fmt {
-                    // One JSON document per line, one line per change.
-                    Format::Json => status_json(&st).to_string() + "\n",
-                    Format::Text => render_status(&st, fmt) + "\n",
-                };
-                if out != last {
-                    let mut stdout = std::io::stdout().lock();
-                    let _ = stdout.write_all(out.as_bytes());
-                    let _ = stdout.flush();
-                    last = out;
-                }
-                let stage = st.shutdown.as_ref().and_then(|s| s.stage).map(|s| s.kind());
-                use api::ShutdownStageKind as K;
-                if matches!(stage, None | Some(K::Down | K::Finished)) {
-                    return Ok(Reply {
-                        text: String::new(),
-                        ok: healthy(&st),
-                    });
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
+            let req = api::ShutdownStatusRequest { id: String::new() };
+            let st = c.status(req).await?.into_inner();
+            Ok(Reply {
+                text: render_status_at(&st, fmt, *verbose, output::now_ms()),
+                ok: healthy(&st),
+            })
         }
         ShutdownCmd::Cancel(_) => {
             let st = c
@@ -205,13 +209,138 @@ fn status_reply(st: &api::ShutdownStatusResponse, fmt: Format) -> Reply {
 }
 
 /// `fleetward startup`.
-pub(super) async fn startup(creds: &Creds, fmt: Format) -> Result<Reply, CliError> {
-    let st = client(creds)
-        .await?
+pub(super) async fn startup(
+    a: &StartupArgs,
+    creds: &Creds,
+    fmt: Format,
+) -> Result<Reply, CliError> {
+    let mut c = client(creds).await?;
+    let st = c
         .startup(api::ShutdownControlRequest { id: String::new() })
         .await?
         .into_inner();
+    if a.watch {
+        if fmt == Format::Text {
+            println!("{}", st.message);
+        }
+        return watch_shutdown(&mut c, fmt, false, true).await;
+    }
     Ok(status_reply(&st, fmt))
+}
+
+/// Follows the newest shutdown until the cluster is down or the bring-up finished (with
+/// `until_finished`, only the latter); the reply carries the final state's verdict.
+async fn watch_shutdown(
+    c: &mut ShutdownServiceClient<Channel>,
+    fmt: Format,
+    verbose: bool,
+    until_finished: bool,
+) -> Result<Reply, CliError> {
+    use api::ShutdownStageKind as K;
+    let mut live = Live::stdout();
+    let mut last_json = String::new();
+    loop {
+        let req = api::ShutdownStatusRequest { id: String::new() };
+        let st = c.status(req).await?.into_inner();
+        match fmt {
+            Format::Json => {
+                // One document per line, one line per change.
+                let line = status_json(&st).to_string();
+                if line != last_json {
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "{line}");
+                    let _ = out.flush();
+                    last_json = line;
+                }
+            }
+            Format::Text => {
+                let (block, timeline) = live_frame(&st, verbose, output::now_ms());
+                live.frame(&block, &timeline);
+            }
+        }
+        let stage = st.shutdown.as_ref().and_then(|s| s.stage).map(|s| s.kind());
+        let done = match stage {
+            None | Some(K::Finished) => true,
+            Some(K::Down) => !until_finished,
+            Some(_) => false,
+        };
+        if done {
+            return Ok(Reply {
+                text: String::new(),
+                ok: healthy(&st),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The live view's block (headline, the current stage's actions, the newest events) and
+/// its timeline (every event as a timed sentence).
+fn live_frame(
+    st: &api::ShutdownStatusResponse,
+    verbose: bool,
+    now_ms: i64,
+) -> (String, Vec<String>) {
+    let Some(s) = &st.shutdown else {
+        return (st.message.clone(), vec![]);
+    };
+    let timeline: Vec<String> = st
+        .events
+        .iter()
+        .map(|e| {
+            format!(
+                "{}  {}",
+                rfc3339(e.time_unix_ms),
+                words::shutdown_event(e, verbose)
+            )
+        })
+        .collect();
+    // The headline has no clock in it: piped, a new line means a new state.
+    let mut block = format!(
+        "shutdown {}: {}{}\n",
+        s.id,
+        words::stage(s.stage.as_ref()),
+        if s.no_return {
+            "; point of no return passed"
+        } else {
+            ""
+        }
+    );
+    if let Some(d) = s.stage_deadline_unix_ms.filter(|d| *d > now_ms) {
+        block += &format!(
+            "the stage moves on in {} at the latest\n",
+            words::duration(d - now_ms)
+        );
+    }
+    // The actions still open, or else the newest few: what the stage waits for.
+    let open: Vec<&api::ShutdownSend> = s
+        .sent
+        .iter()
+        .filter(|x| x.outcome() == api::SendOutcome::Pending)
+        .collect();
+    let shown: Vec<&api::ShutdownSend> = if open.is_empty() {
+        s.sent.iter().rev().take(4).rev().collect()
+    } else {
+        open
+    };
+    let rows: Vec<Vec<String>> = shown
+        .iter()
+        .map(|x| {
+            vec![
+                x.node.clone(),
+                words::step(&x.step),
+                words::outcome(x.outcome()).to_owned(),
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        block += &table(&["NODE", "STEP", "OUTCOME"], &rows);
+    }
+    for line in timeline.iter().skip(timeline.len().saturating_sub(3)) {
+        block += line;
+        block.push('\n');
+    }
+    (block, timeline)
 }
 
 /// `fleetward power-event …`.

@@ -234,7 +234,10 @@ pub(crate) fn duration(ms: i64) -> String {
         90..=5399 => format!("{} min", (secs + 30) / 60),
         _ => {
             let min = (secs + 30) / 60;
-            format!("{} h {} min", min / 60, min % 60)
+            match min % 60 {
+                0 => format!("{} h", min / 60),
+                m => format!("{} h {m} min", min / 60),
+            }
         }
     }
 }
@@ -277,5 +280,6 @@ mod tests {
         assert_eq!(duration(120_000), "2 min");
         assert_eq!(duration(3_900_000), "65 min");
         assert_eq!(duration(7_500_000), "2 h 5 min");
+        assert_eq!(duration(7_200_000), "2 h");
     }
 }
