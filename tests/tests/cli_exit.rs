@@ -127,6 +127,28 @@ fn every_command_exits_by_the_same_rules() {
 }
 
 #[test]
+fn a_second_serve_on_a_data_dir_names_the_first() {
+    let c = Controller::start();
+    let out = Command::new(bin("fleetward"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(c.dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let pid = c.pid().expect("serve's pid");
+    assert_eq!(
+        last,
+        format!(
+            "fleetward serve: another fleetward serve (pid {pid}) holds {}: stop it first, or \
+             give this one another --data-dir",
+            c.dir.path().display()
+        )
+    );
+}
+
+#[test]
 fn a_halted_rollout_and_a_refused_request_exit_1() {
     let mut c = Controller::start();
     let config = c.dir.path().join("controller.toml");
