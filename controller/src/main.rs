@@ -128,7 +128,7 @@ fn main() -> ExitCode {
                         dir.operator_cert(fleetward_controller::paths::FIRST_OPERATOR)
                             .display()
                     );
-                    println!("next: fleetward serve --data-dir {}", a.data_dir.display());
+                    print!("{}", init::next_steps(&a.data_dir, &done.listen));
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

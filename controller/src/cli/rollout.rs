@@ -695,6 +695,10 @@ pub fn plan_text(d: &api::RolloutPlanResponse) -> String {
     if let Some(h) = &d.controller_host {
         t += &format!("the controller's own node {h} goes last\n");
     }
+    if !d.nodes.is_empty() && d.nodes.iter().all(|n| n.packages.is_empty() && !n.reboot) {
+        t += "nothing to upgrade: no node has a package to upgrade or needs a reboot (as of \
+              their last package lists; --refresh-lists updates them first)\n";
+    }
     for n in &d.nodes {
         t += &format!(
             "\n{}. {}  gate: {}  reboot: {}  kernel after: {}  downtime ~{} min\n",
