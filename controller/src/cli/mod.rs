@@ -13,6 +13,8 @@ macro_rules! config_err {
 }
 
 pub(crate) mod conn;
+#[cfg(test)]
+mod golden;
 pub(crate) mod live;
 pub(crate) mod output;
 pub mod rollout;

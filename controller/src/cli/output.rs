@@ -18,6 +18,51 @@ pub(crate) fn rfc3339(unix_ms: i64) -> String {
     }
 }
 
+/// How a text view is drawn: with command ids or not, at which time, how wide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct View {
+    /// Show command ids (idempotency keys).
+    pub verbose: bool,
+    /// "Now", for elapsed and remaining times.
+    pub now_ms: i64,
+    /// Columns to fit; `None`: no limit (piped).
+    pub width: Option<usize>,
+}
+
+impl View {
+    /// Now, at the terminal's width.
+    pub(crate) fn here(verbose: bool) -> View {
+        View {
+            verbose,
+            now_ms: now_ms(),
+            width: terminal_width(),
+        }
+    }
+
+    /// `line` wrapped to the width, continuation lines indented by two spaces.
+    pub(crate) fn wrap_line(&self, line: &str) -> String {
+        match self.width {
+            Some(w) if line.chars().count() > w => {
+                let mut parts = wrap(line, w).into_iter();
+                let first = parts.next().unwrap_or_default();
+                let rest: Vec<String> = wrap(
+                    &parts.collect::<Vec<_>>().join(" "),
+                    w.saturating_sub(2).max(20),
+                )
+                .into_iter()
+                .filter(|l| !l.is_empty())
+                .map(|l| format!("  {l}"))
+                .collect();
+                std::iter::once(first)
+                    .chain(rest)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            }
+            _ => line.to_owned(),
+        }
+    }
+}
+
 /// The wall clock in Unix milliseconds.
 pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -51,6 +96,13 @@ pub(crate) fn wrap(s: &str, width: usize) -> Vec<String> {
             line.push(' ');
             line.extend(word.iter());
             continue;
+        }
+        if len > 0 && word.len() > width && len + 2 < width {
+            // A word longer than a line (a path) starts on this one.
+            let rest = word.split_off(width - len - 1);
+            line.push(' ');
+            line.extend(word.iter());
+            word = rest;
         }
         if len > 0 {
             lines.push(std::mem::take(&mut line));
@@ -354,7 +406,23 @@ pub(crate) fn findings_fit(findings: &[api::Finding], fmt: Format, width: Option
     let header = ["NODE", "SEVERITY", "CODE", "MESSAGE", "PATH:LINE"];
     if fmt == Format::Text && !findings.is_empty() {
         let rows: Vec<Vec<String>> = findings.iter().map(finding_row).collect();
-        return fit_table(&header, &rows, width, 3);
+        let others = [0, 1, 2, 4]
+            .iter()
+            .map(|&i| {
+                rows.iter()
+                    .map(|r| r[i].chars().count())
+                    .chain([header[i].len()])
+                    .max()
+                    .unwrap_or(0)
+                    + 2
+            })
+            .sum::<usize>();
+        return match width {
+            // Too narrow for a table with a readable message: one line per finding with
+            // its location, the message wrapped below it.
+            Some(w) if others + 20 > w => findings_narrow(&rows, w),
+            _ => fit_table(&header, &rows, width, 3),
+        };
     }
     list(
         findings,
@@ -362,6 +430,20 @@ pub(crate) fn findings_fit(findings: &[api::Finding], fmt: Format, width: Option
         |f| finding_json(f, true),
         (&header, finding_row, "no findings"),
     )
+}
+
+/// Findings on a narrow terminal: "NODE SEVERITY CODE PATH:LINE", then the message
+/// indented and wrapped.
+fn findings_narrow(rows: &[Vec<String>], width: usize) -> String {
+    let mut out = String::new();
+    for r in rows {
+        let r: Vec<String> = r.iter().map(|c| clean(c)).collect();
+        let _ = writeln!(out, "{}  {}  {}  {}", r[0], r[1], r[2], r[4]);
+        for line in wrap(&r[3], width.saturating_sub(4).max(20)) {
+            let _ = writeln!(out, "    {line}");
+        }
+    }
+    out
 }
 
 /// `drift`: the findings, and in text whether a policy is loaded (without one, only the
@@ -378,7 +460,7 @@ pub(crate) fn drift(
     let policy = if policy_loaded {
         "policy: loaded; nodes are compared with it and with each other"
     } else {
-        "policy: none configured; nodes are compared with each other only \
+        "policy: none configured; nodes are compared with each other only\n\
          (`fleetward policy capture --from NODE` makes a starting point)"
     };
     let body = if findings.is_empty() {

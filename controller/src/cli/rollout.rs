@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use tonic::transport::Channel;
 
 use super::live::Live;
-use super::output::{self, enum_name, json_string, rfc3339, table};
+use super::output::{self, enum_name, json_string, rfc3339, table, View};
 use super::words;
 use super::{CliError, ClientOpts, Format, Reply};
 
@@ -189,7 +189,7 @@ pub(super) async fn execute(
             let req = api::RolloutStatusRequest { id };
             let resp = c.rollout_status(req).await?.into_inner();
             Reply {
-                text: status_render(&resp, fmt, *verbose, output::now_ms())?,
+                text: status_render(&resp, fmt, &View::here(*verbose))?,
                 ok: healthy(resp.rollout.as_ref()),
             }
         }
@@ -294,7 +294,7 @@ async fn watch_rollout(
                 }
             }
             Format::Text => {
-                let (block, timeline) = live_frame(&resp, r, verbose, output::now_ms());
+                let (block, timeline) = live_frame(&resp, r, &View::here(verbose));
                 live.frame(&block, &timeline);
             }
         }
@@ -313,15 +313,14 @@ async fn watch_rollout(
 pub(crate) fn live_frame(
     resp: &api::RolloutStatusResponse,
     r: &api::Rollout,
-    verbose: bool,
-    now_ms: i64,
+    view: &View,
 ) -> (String, Vec<String>) {
     let timeline: Vec<String> = resp
         .events
         .iter()
         .map(|e| format!("{}  {}", rfc3339(e.time_unix_ms), words::rollout_event(e)))
         .collect();
-    let mut block = headline(r) + "\n" + &node_table(r, &resp.events, verbose, now_ms);
+    let mut block = headline(r) + "\n" + &node_table(r, &resp.events, view);
     for line in timeline.iter().skip(timeline.len().saturating_sub(3)) {
         block += line;
         block.push('\n');
@@ -469,7 +468,7 @@ pub(crate) fn status_out(
     resp: &api::RolloutStatusResponse,
     fmt: Format,
 ) -> Result<String, CliError> {
-    status_render(resp, fmt, false, output::now_ms())
+    status_render(resp, fmt, &View::here(false))
 }
 
 /// How many of the newest events the text status shows.
@@ -479,8 +478,7 @@ const EVENTS_SHOWN: usize = 6;
 pub(crate) fn status_render(
     resp: &api::RolloutStatusResponse,
     fmt: Format,
-    verbose: bool,
-    now_ms: i64,
+    view: &View,
 ) -> Result<String, CliError> {
     let r = resp
         .rollout
@@ -489,35 +487,43 @@ pub(crate) fn status_render(
     if fmt == Format::Json {
         return Ok(json_string(&status_json(resp, r)));
     }
-    let mut text = headline(r) + "\n";
-    text += &format!(
-        "started by {} at {}; max-unavailable {}; {}\n",
+    let mut text = view.wrap_line(&headline(r)) + "\n";
+    text += &view.wrap_line(&format!(
+        "started by {} at {}; max-unavailable {}; {}",
         or_someone(&r.actor),
         rfc3339(r.created_unix_ms),
         r.max_unavailable,
         words::reboot(r.reboot())
-    );
+    ));
+    text.push('\n');
     if let Some(w) = &r.window {
         let open = if r.window_paused {
             " (closed now: no node starts until it opens)"
         } else {
             ""
         };
-        text += &format!("window: {w}{open}\n");
+        text += &view.wrap_line(&format!("window: {w}{open}"));
+        text.push('\n');
     }
-    text += &node_table(r, &resp.events, verbose, now_ms);
+    text += &node_table(r, &resp.events, view);
     let skip = resp.events.len().saturating_sub(EVENTS_SHOWN);
     for e in resp.events.iter().skip(skip) {
-        text += &format!("{}  {}\n", rfc3339(e.time_unix_ms), words::rollout_event(e));
+        let line = format!("{}  {}", rfc3339(e.time_unix_ms), words::rollout_event(e));
+        text += &view.wrap_line(&line);
+        text.push('\n');
     }
     for o in &resp.output {
         if let Some(last) = o.lines.last() {
-            text += &format!("{}> {last}\n", o.node);
+            text += &view.wrap_line(&format!("{}> {last}", o.node));
+            text.push('\n');
         }
     }
     if r.state() == api::RolloutState::Halted {
-        text += "next: fix the cause, then `fleetward rollout resume` (re-runs the step that \
-                 stopped), or `fleetward rollout abort`\n";
+        text += &view.wrap_line(
+            "next: fix the cause, then `fleetward rollout resume` (re-runs the step that \
+             stopped), or `fleetward rollout abort`",
+        );
+        text.push('\n');
     }
     Ok(text)
 }
@@ -563,12 +569,8 @@ pub(crate) fn headline(r: &api::Rollout) -> String {
 
 /// NODE | NOW | FOR | WAITING FOR | KERNEL AFTER: what each node does, since when, and the
 /// bound after which waiting halts the rollout.
-pub(crate) fn node_table(
-    r: &api::Rollout,
-    events: &[api::RolloutEvent],
-    verbose: bool,
-    now_ms: i64,
-) -> String {
+pub(crate) fn node_table(r: &api::Rollout, events: &[api::RolloutEvent], view: &View) -> String {
+    let (verbose, now_ms) = (view.verbose, view.now_ms);
     let rows: Vec<Vec<String>> = r
         .nodes
         .iter()
@@ -599,7 +601,12 @@ pub(crate) fn node_table(
                 }
                 None => String::new(),
             };
-            if let Some(d) = n.deadline_unix_ms.filter(|_| active) {
+            // A bound matters only while the rollout moves: a halted one waits for a person.
+            let moving = matches!(
+                r.state(),
+                api::RolloutState::Running | api::RolloutState::Paused
+            );
+            if let Some(d) = n.deadline_unix_ms.filter(|_| active && moving) {
                 let bound = if d > now_ms {
                     format!("halts in {}", words::duration(d - now_ms))
                 } else {
@@ -624,10 +631,8 @@ pub(crate) fn node_table(
             ]
         })
         .collect();
-    table(
-        &["NODE", "NOW", "FOR", "WAITING FOR", "KERNEL AFTER"],
-        &rows,
-    )
+    let header = ["NODE", "NOW", "FOR", "WAITING FOR", "KERNEL AFTER"];
+    output::fit_table(&header, &rows, view.width, 3)
 }
 
 /// The status as JSON, with stable machine names and every key.
@@ -696,8 +701,8 @@ pub fn plan_text(d: &api::RolloutPlanResponse) -> String {
         t += &format!("the controller's own node {h} goes last\n");
     }
     if !d.nodes.is_empty() && d.nodes.iter().all(|n| n.packages.is_empty() && !n.reboot) {
-        t += "nothing to upgrade: no node has a package to upgrade or needs a reboot (as of \
-              their last package lists; --refresh-lists updates them first)\n";
+        t += "nothing to upgrade: no node has a package to upgrade or needs a reboot\n\
+              (as of their last package lists; --refresh-lists updates them first)\n";
     }
     for n in &d.nodes {
         t += &format!(
@@ -802,7 +807,12 @@ mod tests {
                 lines: vec!["a".into(), "Setting up".into()],
             }],
         };
-        let text = status_render(&resp, Format::Text, false, 65_000).unwrap();
+        let view = |verbose| View {
+            verbose,
+            now_ms: 65_000,
+            width: None,
+        };
+        let text = status_render(&resp, Format::Text, &view(false)).unwrap();
         assert!(
             text.starts_with(
                 "rollout rollout-1: halted (1/2 nodes done) at pve2 by gate esp-holds-kernel: \
@@ -813,20 +823,17 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains(
-                "pve2  reboot: waiting for the node to return  64 s  reboot, acknowledged; \
-                 halts in 55 s  6.8.12-4-pve"
-            ),
+            text.contains("pve2  rebooting  64 s  reboot, acknowledged  6.8.12-4-pve"),
             "{text}"
         );
         assert!(
-            text.contains("1970-01-01T00:00:00Z  pve2: reboot: waiting for the node to return\n"),
+            text.contains("1970-01-01T00:00:00Z  pve2: rebooting\n"),
             "{text}"
         );
         assert!(text.contains("pve2> Setting up\n"), "{text}");
         assert!(text.contains("`fleetward rollout resume`"), "{text}");
         assert!(!text.contains("rollout-1/pve2/reboot/1"), "{text}");
-        let verbose = status_render(&resp, Format::Text, true, 65_000).unwrap();
+        let verbose = status_render(&resp, Format::Text, &view(true)).unwrap();
         assert!(verbose.contains("[rollout-1/pve2/reboot/1]"), "{verbose}");
         let v: Value = serde_json::from_str(&status_out(&resp, Format::Json).unwrap()).unwrap();
         assert_eq!(v["rollout"]["status"], "halted");

@@ -12,7 +12,7 @@ use tonic::transport::Channel;
 
 use super::conn::{self, Creds};
 use super::live::Live;
-use super::output::{self, enum_name, rfc3339, table};
+use super::output::{self, enum_name, rfc3339, table, View};
 use super::words;
 use super::{parse_ttl, CliError, ClientOpts, Format, OptsOnly, Reply};
 
@@ -172,7 +172,7 @@ pub(super) async fn shutdown(
             let req = api::ShutdownStatusRequest { id: String::new() };
             let st = c.status(req).await?.into_inner();
             Ok(Reply {
-                text: render_status_at(&st, fmt, *verbose, output::now_ms()),
+                text: render_status_at(&st, fmt, &View::here(*verbose)),
                 ok: healthy(&st),
             })
         }
@@ -254,7 +254,7 @@ async fn watch_shutdown(
                 }
             }
             Format::Text => {
-                let (block, timeline) = live_frame(&st, verbose, output::now_ms());
+                let (block, timeline) = live_frame(&st, &View::here(verbose));
                 live.frame(&block, &timeline);
             }
         }
@@ -276,11 +276,8 @@ async fn watch_shutdown(
 
 /// The live view's block (headline, the current stage's actions, the newest events) and
 /// its timeline (every event as a timed sentence).
-fn live_frame(
-    st: &api::ShutdownStatusResponse,
-    verbose: bool,
-    now_ms: i64,
-) -> (String, Vec<String>) {
+fn live_frame(st: &api::ShutdownStatusResponse, view: &View) -> (String, Vec<String>) {
+    let (verbose, now_ms) = (view.verbose, view.now_ms);
     let Some(s) = &st.shutdown else {
         return (st.message.clone(), vec![]);
     };
@@ -570,26 +567,25 @@ fn status_json(st: &api::ShutdownStatusResponse) -> Value {
 
 /// A status response as text or JSON.
 fn render_status(st: &api::ShutdownStatusResponse, fmt: Format) -> String {
-    render_status_at(st, fmt, false, output::now_ms())
+    render_status_at(st, fmt, &View::here(false))
 }
 
 /// [`render_status`] at `now_ms`; `verbose` adds command ids to the text.
-fn render_status_at(
+pub(crate) fn render_status_at(
     st: &api::ShutdownStatusResponse,
     fmt: Format,
-    verbose: bool,
-    now_ms: i64,
+    view: &View,
 ) -> String {
     if fmt == Format::Json {
         return json_text(&status_json(st));
     }
     let Some(s) = &st.shutdown else {
-        return format!("{}\n", st.message);
+        return format!("{}\n", view.wrap_line(&st.message));
     };
     format!(
         "{}\n{}",
-        st.message,
-        status_text(s, &st.events, verbose, now_ms)
+        view.wrap_line(&st.message),
+        status_text(s, &st.events, view)
     )
 }
 
@@ -611,14 +607,10 @@ fn stage_line(s: &api::Shutdown, now_ms: i64) -> String {
 }
 
 /// The text form of a shutdown: header, every action sent, the newest events.
-fn status_text(
-    s: &api::Shutdown,
-    events: &[api::ShutdownEvent],
-    verbose: bool,
-    now_ms: i64,
-) -> String {
-    let mut out = format!(
-        "shutdown {}{} started by {} at {}\n{}; point of no return: {}",
+fn status_text(s: &api::Shutdown, events: &[api::ShutdownEvent], view: &View) -> String {
+    let (verbose, now_ms) = (view.verbose, view.now_ms);
+    let mut out = view.wrap_line(&format!(
+        "shutdown {}{} started by {} at {}",
         s.id,
         s.reason
             .as_deref()
@@ -626,16 +618,21 @@ fn status_text(
             .unwrap_or_default(),
         s.actor,
         rfc3339(s.created_unix_ms),
+    ));
+    out.push('\n');
+    let mut line = format!(
+        "{}; point of no return: {}",
         stage_line(s, now_ms),
         if s.no_return { "passed" } else { "not reached" },
     );
     if let Some(d) = s.deadline_unix_ms {
-        out.push_str(&format!(
+        line.push_str(&format!(
             "; deadline: {}{}",
             rfc3339(d),
             if s.forced { " (forced stops)" } else { "" }
         ));
     }
+    out.push_str(&view.wrap_line(&line));
     out.push('\n');
     if let Some(r) = words::up_reason(s.up_reason()) {
         out.push_str(&format!("bring-up: {r}\n"));
@@ -662,7 +659,8 @@ fn status_text(
     if rows.is_empty() {
         out.push_str("no action sent yet\n");
     } else {
-        out.push_str(&table(&["NODE", "STEP", "ATTEMPT", "OUTCOME"], &rows));
+        let header = ["NODE", "STEP", "ATTEMPT", "OUTCOME"];
+        out.push_str(&output::fit_table(&header, &rows, view.width, 1));
     }
     let skip = events.len().saturating_sub(EVENTS_SHOWN);
     let rows: Vec<Vec<String>> = events
@@ -672,7 +670,7 @@ fn status_text(
         .collect();
     if !rows.is_empty() {
         out.push('\n');
-        out.push_str(&table(&["TIME", "EVENT"], &rows));
+        out.push_str(&output::fit_table(&["TIME", "EVENT"], &rows, view.width, 1));
     }
     out
 }
@@ -725,7 +723,12 @@ mod tests {
                 ..Default::default()
             },
         ];
-        let text = status_text(&s, &events, false, 0);
+        let view = View {
+            verbose: false,
+            now_ms: 0,
+            width: None,
+        };
+        let text = status_text(&s, &events, &view);
         assert!(
             text.contains("shutdown shutdown-1 (maintenance) started by admin"),
             "{text}"
