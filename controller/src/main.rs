@@ -205,14 +205,12 @@ fn serve_main(a: ServeArgs) -> anyhow::Result<()> {
 /// of causes, each said once.
 fn serve_error(e: &anyhow::Error) -> String {
     use fleetward_controller::{serve::ServeError, store::StoreError};
-    if let Some(ServeError::Store(StoreError::Open {
-        path,
-        source: sled::Error::Io(io),
-    })) = e.downcast_ref::<ServeError>()
+    if let Some(ServeError::Store(StoreError::Open { path, source })) =
+        e.downcast_ref::<ServeError>()
     {
-        // sled reports a held lock as an I/O error naming it (kind Other, the OS error in
-        // debug form inside the message).
-        if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("acquire lock") {
+        // The database reports a held lock as an I/O error naming it (the OS error in
+        // debug form inside the message); read as text, so only `store` knows the database.
+        if source.to_string().contains("acquire lock") {
             let db = std::path::Path::new(path);
             let dir = db.parent().unwrap_or(db).display();
             let holder = lock_holder(&db.join("db"))
@@ -238,8 +236,8 @@ fn serve_error(e: &anyhow::Error) -> String {
     out
 }
 
-/// The process holding a `flock` on `file`, from /proc/locks (Linux): sled locks its
-/// database file so.
+/// The process holding a `flock` on `file`, from /proc/locks (Linux): the database locks
+/// its file so.
 fn lock_holder(file: &std::path::Path) -> Option<u32> {
     use std::os::unix::fs::MetadataExt;
     let inode = std::fs::metadata(file).ok()?.ino();
