@@ -664,7 +664,7 @@ async fn execute_env(
             if findings.is_empty() && fmt == Format::Text {
                 "policy met: no violations\n".to_string()
             } else {
-                output::findings(findings, fmt)
+                output::findings_fit(findings, fmt, output::terminal_width())
             }
         }
         C::Rollout { cmd } => return rollout::execute(&mut c, cmd, fmt).await,

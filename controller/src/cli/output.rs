@@ -392,13 +392,10 @@ pub(crate) fn node_detail(resp: &api::GetNodeResponse, fmt: Format) -> serde_jso
             .iter()
             .map(|f| finding_row(f)[1..].to_vec())
             .collect();
-        out = out + "\n" + &table(&["SEVERITY", "CODE", "MESSAGE", "PATH:LINE"], &rows);
+        let header = ["SEVERITY", "CODE", "MESSAGE", "PATH:LINE"];
+        out = out + "\n" + &fit_table(&header, &rows, terminal_width(), 2);
     }
     Ok(out)
-}
-
-pub(crate) fn findings(findings: &[api::Finding], fmt: Format) -> String {
-    findings_fit(findings, fmt, None)
 }
 
 /// `findings`: the MESSAGE column wrapped to fit `width` (the location stays visible).
@@ -523,6 +520,11 @@ pub(crate) fn audit(entries: &[api::AuditEntry], fmt: Format) -> String {
         [vec![rfc3339(e.time_unix_ms)], rest.to_vec()].concat()
     };
     let header = ["TIME", "ACTOR", "ACTION", "TARGET", "DETAIL"];
+    if fmt == Format::Text && !entries.is_empty() {
+        // The detail (a reason, a node list) wraps to the terminal.
+        let rows: Vec<Vec<String>> = entries.iter().map(row).collect();
+        return fit_table(&header, &rows, terminal_width(), 4);
+    }
     list(entries, fmt, json, (&header, row, "no audit entries"))
 }
 
@@ -739,12 +741,12 @@ mod tests {
             Some("/etc/fstab"),
             Some(3),
         )];
-        let text = findings(&fs, Format::Text);
+        let text = findings_fit(&fs, Format::Text, None);
         assert_eq!(
             text.lines().nth(1).unwrap(),
             "pve1  warning   FW-BOOT-001  boot  [31mbroken  /etc/fstab:3"
         );
-        let v: Value = serde_json::from_str(&findings(&fs, Format::Json)).unwrap();
+        let v: Value = serde_json::from_str(&findings_fit(&fs, Format::Json, None)).unwrap();
         assert_eq!(v[0]["node"], "pve1");
 
         let ts = [api::TokenInfo {
