@@ -208,7 +208,7 @@ fn shutdown_status(kind: api::ShutdownStageKind) -> api::ShutdownStatusResponse 
             s.sent = vec![
                 send("pve-01", "ha-arm", O::Ok),
                 send("pve-01", "guest-start-101", O::Ok),
-                send("pve-02", "guest-start-102", O::Pending),
+                send("pve-02", "guest-start-102", O::Ok),
             ];
             events.push(ev(100, E::StartupBegun));
             events.push(stage_ev(101, K::AwaitNodes, 0));

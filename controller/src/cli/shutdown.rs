@@ -595,6 +595,17 @@ const EVENTS_SHOWN: usize = 12;
 /// "stage: start guests, group 2 (moves on in 90 s at the latest)".
 fn stage_line(s: &api::Shutdown, now_ms: i64) -> String {
     let mut line = format!("stage: {}", words::stage(s.stage.as_ref()));
+    let starting = s
+        .stage
+        .is_some_and(|st| st.kind() == api::ShutdownStageKind::StartGuests);
+    let answered = s
+        .sent
+        .iter()
+        .all(|x| x.outcome() != api::SendOutcome::Pending);
+    if starting && answered && !s.sent.is_empty() {
+        // Every start of the group answered: the stage holds for the group's `up=` delay.
+        line += ", waiting out the started guests' startup delay (up=)";
+    }
     if let Some(d) = s.stage_deadline_unix_ms {
         if d > now_ms {
             line += &format!(
@@ -625,7 +636,9 @@ fn status_text(s: &api::Shutdown, events: &[api::ShutdownEvent], view: &View) ->
         stage_line(s, now_ms),
         if s.no_return { "passed" } else { "not reached" },
     );
-    if let Some(d) = s.deadline_unix_ms {
+    // The deadline is the shutdown's; a bring-up has none.
+    let down = s.up_reason() == api::UpReason::Unspecified;
+    if let Some(d) = s.deadline_unix_ms.filter(|_| down) {
         line.push_str(&format!(
             "; deadline: {}{}",
             rfc3339(d),
