@@ -511,6 +511,7 @@ async fn steps(
         sel: selection(),
         window: None,
         yes: true,
+        watch: false,
         opts: copts.clone(),
     };
     let first = show(ClientCommand::Rollout { cmd: start }, "rollout start").await?;

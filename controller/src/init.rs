@@ -23,6 +23,31 @@ pub enum InitError {
 pub struct Initialized {
     pub ca_sha256: String,
     pub sans: Vec<String>,
+    /// The listen address written to the configuration.
+    pub listen: String,
+}
+
+/// What `init` prints after its summary: where the controller will listen, and the three
+/// commands that take a new controller to its first enrolled node.
+pub fn next_steps(data_dir: &std::path::Path, listen: &str) -> String {
+    let d = data_dir.display();
+    let wildcard = listen.starts_with("0.0.0.0:") || listen.starts_with("[::]:");
+    let reach = if wildcard {
+        " (every interface: agents on other hosts can reach it)"
+    } else {
+        ""
+    };
+    format!(
+        "serve will listen on {listen}{reach}; change `listen` in {d}/controller.toml\n\
+         \n\
+         next:\n  \
+         1. fleetward serve --data-dir {d}\n     \
+            run the controller (keep it running)\n  \
+         2. fleetward token create --data-dir {d} --node NODE\n     \
+            prints the command that enrolls node NODE; run that on the node\n  \
+         3. fleetward nodes --data-dir {d}\n     \
+            the enrolled nodes, once their agents report\n"
+    )
 }
 
 /// The server certificate's lifetime; renewal of the controller's own identity is a later
@@ -92,10 +117,33 @@ pub fn init(
         .map_err(io(&dir.operator_key(FIRST_OPERATOR)))?;
     write_public(&dir.config(), &config.to_commented_toml()).map_err(io(&dir.config()))?;
     Ok(Initialized {
+        listen: config.listen.clone(),
         ca_sha256: ca.fingerprint_sha256(),
         sans: dns
             .into_iter()
             .chain(ips.iter().map(IpAddr::to_string))
             .collect(),
     })
+}
+
+#[cfg(test)]
+mod next_steps_tests {
+    #[test]
+    fn three_commands_and_the_listen_address() {
+        let text = super::next_steps(std::path::Path::new("/var/lib/fleetward"), "0.0.0.0:7443");
+        assert!(text.starts_with("serve will listen on 0.0.0.0:7443 (every interface"));
+        let commands: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.trim_start().split_once(". fleetward "))
+            .map(|(_, c)| c)
+            .collect();
+        assert_eq!(
+            commands,
+            [
+                "serve --data-dir /var/lib/fleetward",
+                "token create --data-dir /var/lib/fleetward --node NODE",
+                "nodes --data-dir /var/lib/fleetward"
+            ]
+        );
+    }
 }

@@ -128,7 +128,7 @@ fn main() -> ExitCode {
                         dir.operator_cert(fleetward_controller::paths::FIRST_OPERATOR)
                             .display()
                     );
-                    println!("next: fleetward serve --data-dir {}", a.data_dir.display());
+                    print!("{}", init::next_steps(&a.data_dir, &done.listen));
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -162,7 +162,7 @@ fn main() -> ExitCode {
             match serve_main(a) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("fleetward serve: {e:#}");
+                    eprintln!("fleetward serve: {}", serve_error(&e));
                     ExitCode::from(1)
                 }
             }
@@ -198,6 +198,56 @@ fn serve_main(a: ServeArgs) -> anyhow::Result<()> {
         tracing::info!(%addr, data_dir = %dir.root().display(), "fleetward controller listening");
         serve::run(loaded, listener, shutdown_signal()).await?;
         Ok(())
+    })
+}
+
+/// The error in one line: a database another `serve` holds says who; otherwise the chain
+/// of causes, each said once.
+fn serve_error(e: &anyhow::Error) -> String {
+    use fleetward_controller::{serve::ServeError, store::StoreError};
+    if let Some(ServeError::Store(StoreError::Open { path, source })) =
+        e.downcast_ref::<ServeError>()
+    {
+        // The database reports a held lock as an I/O error naming it (the OS error in
+        // debug form inside the message); read as text, so only `store` knows the database.
+        if source.to_string().contains("acquire lock") {
+            let db = std::path::Path::new(path);
+            let dir = db.parent().unwrap_or(db).display();
+            let holder = lock_holder(&db.join("db"))
+                .map(|pid| format!(" (pid {pid})"))
+                .unwrap_or_default();
+            return format!(
+                "another fleetward serve{holder} holds {dir}: stop it first, or give this one \
+                 another --data-dir"
+            );
+        }
+    }
+    let mut out = String::new();
+    for cause in e.chain() {
+        let msg = cause.to_string();
+        if !out.contains(&msg) {
+            out = if out.is_empty() {
+                msg
+            } else {
+                format!("{out}: {msg}")
+            };
+        }
+    }
+    out
+}
+
+/// The process holding a `flock` on `file`, from /proc/locks (Linux): the database locks
+/// its file so.
+fn lock_holder(file: &std::path::Path) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let inode = std::fs::metadata(file).ok()?.ino();
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    locks.lines().find_map(|line| {
+        // "1: FLOCK  ADVISORY  WRITE 1433 fe:00:10023521 0 EOF"
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (pid, id) = (fields.get(4)?, fields.get(5)?);
+        let ino: u64 = id.rsplit(':').next()?.parse().ok()?;
+        (ino == inode).then(|| pid.parse().ok()).flatten()
     })
 }
 

@@ -100,8 +100,18 @@ fn wait_online(c: &Controller, names: &[&str]) {
     });
 }
 
+/// `cli_json` for commands that exit 1 on a halted or aborted rollout.
+fn cli_any(c: &Controller, args: &[&str]) -> Value {
+    let out = c.cli(args);
+    assert!(
+        matches!(out.status.code(), Some(0 | 1)),
+        "fleetward {args:?}: {out:?}"
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
 fn status(c: &Controller) -> Value {
-    c.cli_json(&["rollout", "status"])
+    cli_any(c, &["rollout", "status"])
 }
 
 fn state_word(s: &Value) -> String {
@@ -122,7 +132,7 @@ fn wait_settled(c: &Controller, timeout: Duration) -> Value {
 fn start(c: &Controller, extra: &[&str]) -> Value {
     let mut args = vec!["rollout", "start", "--yes"];
     args.extend_from_slice(extra);
-    c.cli_json(&args)
+    cli_any(c, &args)
 }
 
 fn log(a: &Agent) -> Vec<LogEntry> {

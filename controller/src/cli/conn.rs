@@ -146,7 +146,14 @@ fn from_data_dir(dir: &DataDir) -> Result<CliConfig, CliError> {
                     .map_err(|e| config_err!("{e}"))?
                     .listen,
             ),
-            None => None,
+            None => {
+                let d = dir.root().display();
+                return Err(config_err!(
+                    "{d} is not a fleetward data dir (it has no controller.toml): point \
+                     --data-dir at the controller's (e.g. /var/lib/fleetward), or run \
+                     `fleetward init --data-dir {d}` to make one"
+                ));
+            }
         },
     };
     Ok(CliConfig {
@@ -213,8 +220,12 @@ pub(crate) async fn channel(creds: &Creds) -> Result<Channel, CliError> {
         .map_err(|e| config_err!("TLS configuration: {}", chain(&e)))?
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(30));
-    let channel = (endpoint.connect().await)
-        .map_err(|e| CliError::Failed(format!("cannot connect to {url}: {}", chain(&e))))?;
+    let channel = (endpoint.connect().await).map_err(|e| {
+        CliError::Unreachable(format!(
+            "cannot reach the controller at {url}: {} (is `fleetward serve` running there?)",
+            chain(&e)
+        ))
+    })?;
     Ok(channel)
 }
 
@@ -360,6 +371,13 @@ mod tests {
         let e = resolve(&opts(None, Some(Path::new("/nope/cli.toml"))), &env(&[])).unwrap_err();
         assert!(
             matches!(&e, CliError::Config(m) if m.contains("/nope/cli.toml")),
+            "{e:?}"
+        );
+        // So does an empty directory given as the data dir.
+        let empty = tempfile::tempdir().unwrap();
+        let e = resolve(&opts(Some(empty.path()), None), &env(&[])).unwrap_err();
+        assert!(
+            matches!(&e, CliError::Config(m) if m.contains("is not a fleetward data dir")),
             "{e:?}"
         );
         // So does a data dir that does not exist, and a bad cli.toml.

@@ -2,8 +2,10 @@
 //! `operator issue`, `audit`. Each calls the controller's `OperatorService` over mutual TLS.
 //!
 //! Credentials come from a data dir, a `cli.toml` or `FLEETWARD_*` variables ([`conn`]);
-//! rendering is pure ([`output`]). Exit status: 0 ok, 1 the controller refused or failed
-//! (or could not be reached), 2 usage or configuration error.
+//! rendering is pure ([`output`]). Exit status, the same for every command: 0 done or
+//! healthy; 1 the thing asked about is not OK (halted or aborted operation, refused request,
+//! unknown node, error findings) or the controller failed; 2 usage or configuration error;
+//! 3 the controller could not be reached.
 
 /// `CliError::Config(format!(...))`.
 macro_rules! config_err {
@@ -11,9 +13,13 @@ macro_rules! config_err {
 }
 
 pub(crate) mod conn;
+#[cfg(test)]
+mod golden;
+pub(crate) mod live;
 pub(crate) mod output;
 pub mod rollout;
 mod shutdown;
+pub(crate) mod words;
 
 use clap::{Args, Subcommand, ValueEnum};
 use fleetward_pki::{generate_key_and_csr, Identity, Role};
@@ -74,6 +80,9 @@ pub enum ClientCommand {
         /// Only findings at least this severe.
         #[arg(long, value_enum)]
         severity: Option<SeverityArg>,
+        /// Do not wrap long messages to the terminal's width.
+        #[arg(long)]
+        wide: bool,
         #[command(flatten)]
         opts: ClientOpts,
     },
@@ -113,7 +122,7 @@ pub enum ClientCommand {
     },
     /// Bring the cluster back after `shutdown`: wait for the nodes and quorum, unset Ceph
     /// noout, re-arm HA, start guests in their startup order.
-    Startup(OptsOnly),
+    Startup(shutdown::StartupArgs),
     /// A UPS event, for NUT's NOTIFYCMD or apcupsd: on-battery starts a shutdown with the
     /// remaining runtime as its deadline; restored stops it before the point of no return.
     PowerEvent {
@@ -257,36 +266,101 @@ impl ClientCommand {
     }
 }
 
+/// Why a command did not do what was asked; each kind has its exit status.
 #[derive(Debug)]
 pub(crate) enum CliError {
     /// Usage or configuration: exit 2.
     Config(String),
-    /// The controller refused or failed, or could not be reached: exit 1.
+    /// The controller refused or failed, or the thing asked about is missing: exit 1.
     Failed(String),
+    /// The controller could not be reached or did not answer: exit 3.
+    Unreachable(String),
 }
+
+/// Exit status: done, or healthy.
+pub const EXIT_OK: u8 = 0;
+/// Exit status: the thing asked about is not OK (halted or aborted operation, refused
+/// request, unknown node, error findings), or the controller failed.
+pub const EXIT_NOT_OK: u8 = 1;
+/// Exit status: usage or configuration error.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit status: the controller could not be reached.
+pub const EXIT_UNREACHABLE: u8 = 3;
 
 impl CliError {
     pub(crate) fn message(&self) -> &str {
         match self {
-            CliError::Config(m) | CliError::Failed(m) => m,
+            CliError::Config(m) | CliError::Failed(m) | CliError::Unreachable(m) => m,
+        }
+    }
+
+    /// The exit status this error ends the command with.
+    pub(crate) fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Config(_) => EXIT_USAGE,
+            CliError::Failed(_) => EXIT_NOT_OK,
+            CliError::Unreachable(_) => EXIT_UNREACHABLE,
         }
     }
 }
 
 impl From<tonic::Status> for CliError {
-    /// "permission denied: <message>", with the transport's cause when there is one.
+    /// One line in words: the controller's message, with what the code means where the
+    /// message alone would not say it. gRPC code names never reach the operator.
     fn from(s: tonic::Status) -> Self {
-        let mut msg = String::new();
-        for (i, c) in format!("{:?}", s.code()).char_indices() {
-            if i > 0 && c.is_uppercase() {
-                msg.push(' ');
+        use tonic::Code;
+        let msg = s.message().trim();
+        let or = |words: &str| {
+            if msg.is_empty() {
+                words.to_owned()
+            } else {
+                msg.to_owned()
             }
-            msg.push(c.to_ascii_lowercase());
+        };
+        // Client-side failures (no connection, no answer) carry the transport's error as
+        // their source; the controller's own "unavailable" answers have none.
+        let transport = std::error::Error::source(&s).is_some();
+        match s.code() {
+            Code::Unavailable if transport => CliError::Unreachable(conn::chain_onto(
+                "lost the connection to the controller".into(),
+                std::error::Error::source(&s),
+            )),
+            Code::DeadlineExceeded | Code::Cancelled => CliError::Unreachable(
+                "the controller did not answer in time (is it overloaded or stopped?)".into(),
+            ),
+            Code::InvalidArgument | Code::OutOfRange => CliError::Config(or("invalid request")),
+            Code::FailedPrecondition => CliError::Failed(format!("refused: {}", or("not now"))),
+            Code::NotFound => CliError::Failed(or("not found")),
+            Code::AlreadyExists => CliError::Failed(or("already exists")),
+            Code::PermissionDenied => CliError::Failed(or("not allowed for this operator")),
+            Code::Unauthenticated => CliError::Failed(format!(
+                "the controller did not accept this client's certificate: {}",
+                or("no valid operator certificate")
+            )),
+            Code::Unimplemented => CliError::Failed(
+                "the controller does not know this request (is it an older version?)".into(),
+            ),
+            Code::Unavailable | Code::Aborted | Code::ResourceExhausted => {
+                CliError::Failed(or("the controller cannot do this now"))
+            }
+            Code::Ok | Code::Unknown | Code::Internal | Code::DataLoss => {
+                CliError::Failed(format!("the controller failed: {}", or("no reason given")))
+            }
         }
-        if !s.message().is_empty() {
-            msg = format!("{msg}: {}", s.message());
-        }
-        CliError::Failed(conn::chain_onto(msg, std::error::Error::source(&s)))
+    }
+}
+
+/// What a command printed and whether the thing it asked about is OK.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Reply {
+    pub text: String,
+    /// False: exit 1 after printing (a halted rollout, error findings, …).
+    pub ok: bool,
+}
+
+impl Reply {
+    pub(crate) fn ok(text: String) -> Reply {
+        Reply { text, ok: true }
     }
 }
 
@@ -340,30 +414,26 @@ pub fn run(cmd: ClientCommand) -> ExitCode {
         ))),
     };
     match result {
-        Ok(out) => {
+        Ok(reply) => {
             // A closed pipe (`| head`) is not an error worth a message.
-            let _ = std::io::stdout().lock().write_all(out.as_bytes());
-            ExitCode::SUCCESS
+            let _ = std::io::stdout().lock().write_all(reply.text.as_bytes());
+            ExitCode::from(if reply.ok { EXIT_OK } else { EXIT_NOT_OK })
         }
-        Err(CliError::Config(m)) => {
-            eprintln!("fleetward: {m}");
-            ExitCode::from(2)
-        }
-        Err(CliError::Failed(m)) => {
-            eprintln!("fleetward: {m}");
-            ExitCode::from(1)
+        Err(e) => {
+            eprintln!("fleetward: {}", e.message());
+            ExitCode::from(e.exit_code())
         }
     }
 }
 
-async fn execute(cmd: &ClientCommand) -> Result<String, CliError> {
+async fn execute(cmd: &ClientCommand) -> Result<Reply, CliError> {
     execute_env(cmd, &|k| std::env::var(k).ok()).await
 }
 
 /// For in-process callers (`fleetward demo`): the command's output, with credentials from
 /// its options only (no `FLEETWARD_*` variables, no `cli.toml`).
 pub(crate) async fn execute_isolated(cmd: &ClientCommand) -> Result<String, CliError> {
-    execute_env(cmd, &|_| None).await
+    Ok(execute_env(cmd, &|_| None).await?.text)
 }
 
 /// A client of the controller named by `opts` alone (as [`execute_isolated`]), and the
@@ -378,19 +448,26 @@ pub(crate) async fn connect_isolated(
 async fn execute_env(
     cmd: &ClientCommand,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<String, CliError> {
+) -> Result<Reply, CliError> {
     use {ClientCommand as C, NodeCmd as N, OperatorCmd as O, PolicyCmd as P, TokenCmd as T};
     let opts = cmd.opts();
     let fmt = opts.output;
+    if let C::Report { format, .. } = cmd {
+        if fmt != Format::Text {
+            return Err(config_err!(
+                "report has no JSON form: it prints the {format} document (drop --output)"
+            ));
+        }
+    }
     let creds = conn::resolve(opts, env)?;
     match cmd {
         C::Shutdown { cmd } => return shutdown::shutdown(cmd, &creds, fmt).await,
-        C::Startup(_) => return shutdown::startup(&creds, fmt).await,
+        C::Startup(a) => return shutdown::startup(a, &creds, fmt).await,
         C::PowerEvent { cmd } => return shutdown::power_event(cmd, &creds, fmt).await,
         _ => {}
     }
     let mut c = conn::connect(&creds).await?;
-    Ok(match cmd {
+    Ok(Reply::ok(match cmd {
         C::Nodes(_) => {
             let nodes = c.list_nodes(api::ListNodesRequest {}).await?;
             let findings = c.list_findings(api::ListFindingsRequest::default()).await?;
@@ -424,17 +501,37 @@ async fn execute_env(
             let v = json!({"node": a.name, "revoked": true});
             output::done(format!("revoked {}", a.name), v, fmt)
         }
-        C::Findings { node, severity, .. } => {
+        C::Findings {
+            node,
+            severity,
+            wide,
+            ..
+        } => {
             let min_severity = severity.map(|s| match s {
                 SeverityArg::Info => api::Severity::Info as i32,
                 SeverityArg::Warning => api::Severity::Warning as i32,
                 SeverityArg::Error => api::Severity::Error as i32,
             });
+            if let Some(name) = node {
+                let nodes = c.list_nodes(api::ListNodesRequest {}).await?.into_inner();
+                if !nodes.nodes.iter().any(|n| &n.name == name) {
+                    return Err(CliError::Failed(format!(
+                        "no node named {name} is enrolled (see `fleetward nodes`)"
+                    )));
+                }
+            }
             let node = node.clone();
             let resp = c
                 .list_findings(api::ListFindingsRequest { node, min_severity })
-                .await?;
-            output::findings(&resp.get_ref().findings, fmt)
+                .await?
+                .into_inner();
+            let errors = resp
+                .findings
+                .iter()
+                .any(|f| f.severity() == api::Severity::Error);
+            let width = (!wide).then(output::terminal_width).flatten();
+            let text = output::findings_fit(&resp.findings, fmt, width);
+            return Ok(Reply { text, ok: !errors });
         }
         C::Token {
             cmd: T::Create { ttl, node, .. },
@@ -456,7 +553,7 @@ async fn execute_env(
         }
         C::Token { cmd: T::List(_) } => {
             let resp = c.list_tokens(api::ListTokensRequest {}).await?;
-            output::tokens(&resp.get_ref().tokens, fmt)
+            output::tokens(&resp.get_ref().tokens, output::now_ms(), fmt)
         }
         C::Token {
             cmd: T::Revoke { id, .. },
@@ -491,7 +588,7 @@ async fn execute_env(
                 );
                 v["key_pem"] = json!(key.pem());
                 let text = format!("{}{}", key.pem(), resp.cert_pem);
-                return Ok(output::done(text.trim_end().to_owned(), v, fmt));
+                return Ok(Reply::ok(output::done(text.trim_end().to_owned(), v, fmt)));
             };
             f.write(&creds.controller, &resp, key.pem())?;
             let [toml, cert, key, ca] = [&f.toml, &f.cert, &f.key, &f.ca].map(|p| p.display());
@@ -511,7 +608,14 @@ async fn execute_env(
         }
         C::Drift(_) => {
             let resp = c.list_drift(api::ListDriftRequest {}).await?;
-            output::findings(&resp.get_ref().findings, fmt)
+            let policy = c.policy_show(api::PolicyShowRequest {}).await?.into_inner();
+            let width = output::terminal_width();
+            output::drift(
+                &resp.get_ref().findings,
+                !policy.toml.is_empty(),
+                fmt,
+                width,
+            )
         }
         C::Node {
             cmd: N::Diff { a, b, .. },
@@ -560,10 +664,10 @@ async fn execute_env(
             if findings.is_empty() && fmt == Format::Text {
                 "policy met: no violations\n".to_string()
             } else {
-                output::findings(findings, fmt)
+                output::findings_fit(findings, fmt, output::terminal_width())
             }
         }
-        C::Rollout { cmd } => rollout::execute(&mut c, cmd, fmt).await?,
+        C::Rollout { cmd } => return rollout::execute(&mut c, cmd, fmt).await,
         C::Report { format, .. } => {
             let req = api::RenderReportRequest {
                 format: format.clone(),
@@ -572,7 +676,7 @@ async fn execute_env(
         }
         // Dispatched above, before the operator-service connection.
         C::Shutdown { .. } | C::Startup(_) | C::PowerEvent { .. } => String::new(),
-    })
+    }))
 }
 
 /// The files `operator issue --write-config` writes.
@@ -715,17 +819,57 @@ mod tests {
     }
 
     #[test]
-    fn status_codes_read_as_words() {
-        let e = CliError::from(tonic::Status::permission_denied("operators only"));
-        assert!(
-            matches!(e, CliError::Failed(ref m) if m == "permission denied: operators only"),
-            "{e:?}"
-        );
-        let e = CliError::from(tonic::Status::not_found(""));
-        assert!(
-            matches!(e, CliError::Failed(ref m) if m == "not found"),
-            "{e:?}"
-        );
+    fn status_codes_read_as_words_with_their_exit_codes() {
+        use tonic::{Code, Status};
+        let cases = [
+            (
+                Status::permission_denied("operators only"),
+                "operators only",
+                1,
+            ),
+            (Status::not_found(""), "not found", 1),
+            (
+                Status::failed_precondition("pve-02 has started: it cannot be skipped"),
+                "refused: pve-02 has started: it cannot be skipped",
+                1,
+            ),
+            (Status::invalid_argument("ttl too long"), "ttl too long", 2),
+            (
+                Status::unavailable("node pve-01 disconnected"),
+                "node pve-01 disconnected",
+                1,
+            ),
+            (
+                Status::internal("disk full"),
+                "the controller failed: disk full",
+                1,
+            ),
+            (
+                Status::deadline_exceeded("timeout"),
+                "the controller did not answer in time (is it overloaded or stopped?)",
+                3,
+            ),
+        ];
+        for (status, text, code) in cases {
+            let e = CliError::from(status);
+            assert_eq!((e.message(), e.exit_code()), (text, code), "{e:?}");
+        }
+        // A transport failure (the status has a source) means the controller is unreachable.
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "connection reset");
+        let mut s = Status::new(Code::Unavailable, "transport error");
+        s.set_source(std::sync::Arc::new(io));
+        let e = CliError::from(s);
+        assert_eq!(e.exit_code(), 3, "{e:?}");
+        assert!(e.message().contains("connection reset"), "{e:?}");
+        // No gRPC code names anywhere.
+        for code in [
+            Code::FailedPrecondition,
+            Code::PermissionDenied,
+            Code::Unimplemented,
+        ] {
+            let m = CliError::from(Status::new(code, "")).message().to_owned();
+            assert!(!m.contains("precondition") && !m.contains("denied"), "{m}");
+        }
     }
 
     #[test]

@@ -18,6 +18,159 @@ pub(crate) fn rfc3339(unix_ms: i64) -> String {
     }
 }
 
+/// How a text view is drawn: with command ids or not, at which time, how wide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct View {
+    /// Show command ids (idempotency keys).
+    pub verbose: bool,
+    /// "Now", for elapsed and remaining times.
+    pub now_ms: i64,
+    /// Columns to fit; `None`: no limit (piped).
+    pub width: Option<usize>,
+}
+
+impl View {
+    /// Now, at the terminal's width.
+    pub(crate) fn here(verbose: bool) -> View {
+        View {
+            verbose,
+            now_ms: now_ms(),
+            width: terminal_width(),
+        }
+    }
+
+    /// `line` wrapped to the width, continuation lines indented by two spaces.
+    pub(crate) fn wrap_line(&self, line: &str) -> String {
+        match self.width {
+            Some(w) if line.chars().count() > w => {
+                let mut parts = wrap(line, w).into_iter();
+                let first = parts.next().unwrap_or_default();
+                let rest: Vec<String> = wrap(
+                    &parts.collect::<Vec<_>>().join(" "),
+                    w.saturating_sub(2).max(20),
+                )
+                .into_iter()
+                .filter(|l| !l.is_empty())
+                .map(|l| format!("  {l}"))
+                .collect();
+                std::iter::once(first)
+                    .chain(rest)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            }
+            _ => line.to_owned(),
+        }
+    }
+}
+
+/// The wall clock in Unix milliseconds.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Columns for text output: `COLUMNS` if set, else the terminal's width when stdout is one,
+/// else `None` (piped: nothing is cut or wrapped).
+pub(crate) fn terminal_width() -> Option<usize> {
+    if let Some(n) = std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.trim().parse::<usize>().ok())
+        .filter(|n| *n > 0)
+    {
+        return Some(n);
+    }
+    let ws = rustix::termios::tcgetwinsize(std::io::stdout()).ok()?;
+    (ws.ws_col > 0).then_some(usize::from(ws.ws_col))
+}
+
+/// Splits `s` into lines of at most `width` characters, at spaces where it can.
+pub(crate) fn wrap(s: &str, width: usize) -> Vec<String> {
+    let width = width.max(1);
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    for word in s.split(' ') {
+        let mut word: Vec<char> = word.chars().collect();
+        let len = line.chars().count();
+        if len > 0 && len + 1 + word.len() <= width {
+            line.push(' ');
+            line.extend(word.iter());
+            continue;
+        }
+        if len > 0 && word.len() > width && len + 2 < width {
+            // A word longer than a line (a path) starts on this one.
+            let rest = word.split_off(width - len - 1);
+            line.push(' ');
+            line.extend(word.iter());
+            word = rest;
+        }
+        if len > 0 {
+            lines.push(std::mem::take(&mut line));
+        }
+        while word.len() > width {
+            let rest = word.split_off(width);
+            lines.push(word.into_iter().collect());
+            word = rest;
+        }
+        line = word.into_iter().collect();
+    }
+    if !line.is_empty() || lines.is_empty() {
+        lines.push(line);
+    }
+    lines
+}
+
+/// [`table`] made to fit `width` columns by wrapping column `flex` (a message) onto
+/// continuation lines; the other columns, the location among them, stay whole. Without a
+/// width, or when the table fits, it is the plain table.
+pub(crate) fn fit_table(
+    header: &[&str],
+    rows: &[Vec<String>],
+    width: Option<usize>,
+    flex: usize,
+) -> String {
+    let Some(width) = width else {
+        return table(header, rows);
+    };
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| clean(c)).collect())
+        .collect();
+    let widest = |i: usize| {
+        rows.iter()
+            .filter_map(|r| r.get(i))
+            .map(|c| c.chars().count())
+            .chain(header.get(i).map(|h| h.chars().count()))
+            .max()
+            .unwrap_or(0)
+    };
+    let others: usize = (0..header.len())
+        .filter(|&i| i != flex)
+        .map(|i| widest(i) + 2)
+        .sum();
+    if others + widest(flex) <= width {
+        return table(header, &rows);
+    }
+    // At least 20 columns for the message, even when that overflows a very narrow terminal.
+    let room = width.saturating_sub(others).max(20);
+    let mut wrapped = Vec::new();
+    for row in &rows {
+        let parts = row.get(flex).map(|m| wrap(m, room)).unwrap_or_default();
+        for (i, part) in parts.iter().enumerate() {
+            let mut line: Vec<String> = if i == 0 {
+                row.clone()
+            } else {
+                vec![String::new(); row.len()]
+            };
+            if let Some(cell) = line.get_mut(flex) {
+                *cell = format!("{part:<room$}");
+            }
+            wrapped.push(line);
+        }
+    }
+    table(header, &wrapped)
+}
+
 fn time_or(unix_ms: Option<i64>, none: &str) -> String {
     unix_ms.map_or_else(|| none.to_owned(), rfc3339)
 }
@@ -239,19 +392,80 @@ pub(crate) fn node_detail(resp: &api::GetNodeResponse, fmt: Format) -> serde_jso
             .iter()
             .map(|f| finding_row(f)[1..].to_vec())
             .collect();
-        out = out + "\n" + &table(&["SEVERITY", "CODE", "MESSAGE", "PATH:LINE"], &rows);
+        let header = ["SEVERITY", "CODE", "MESSAGE", "PATH:LINE"];
+        out = out + "\n" + &fit_table(&header, &rows, terminal_width(), 2);
     }
     Ok(out)
 }
 
-pub(crate) fn findings(findings: &[api::Finding], fmt: Format) -> String {
+/// `findings`: the MESSAGE column wrapped to fit `width` (the location stays visible).
+pub(crate) fn findings_fit(findings: &[api::Finding], fmt: Format, width: Option<usize>) -> String {
     let header = ["NODE", "SEVERITY", "CODE", "MESSAGE", "PATH:LINE"];
+    if fmt == Format::Text && !findings.is_empty() {
+        let rows: Vec<Vec<String>> = findings.iter().map(finding_row).collect();
+        let others = [0, 1, 2, 4]
+            .iter()
+            .map(|&i| {
+                rows.iter()
+                    .map(|r| r[i].chars().count())
+                    .chain([header[i].len()])
+                    .max()
+                    .unwrap_or(0)
+                    + 2
+            })
+            .sum::<usize>();
+        return match width {
+            // Too narrow for a table with a readable message: one line per finding with
+            // its location, the message wrapped below it.
+            Some(w) if others + 20 > w => findings_narrow(&rows, w),
+            _ => fit_table(&header, &rows, width, 3),
+        };
+    }
     list(
         findings,
         fmt,
         |f| finding_json(f, true),
         (&header, finding_row, "no findings"),
     )
+}
+
+/// Findings on a narrow terminal: "NODE SEVERITY CODE PATH:LINE", then the message
+/// indented and wrapped.
+fn findings_narrow(rows: &[Vec<String>], width: usize) -> String {
+    let mut out = String::new();
+    for r in rows {
+        let r: Vec<String> = r.iter().map(|c| clean(c)).collect();
+        let _ = writeln!(out, "{}  {}  {}  {}", r[0], r[1], r[2], r[4]);
+        for line in wrap(&r[3], width.saturating_sub(4).max(20)) {
+            let _ = writeln!(out, "    {line}");
+        }
+    }
+    out
+}
+
+/// `drift`: the findings, and in text whether a policy is loaded (without one, only the
+/// nodes are compared with each other). JSON stays the plain list of findings.
+pub(crate) fn drift(
+    findings: &[api::Finding],
+    policy_loaded: bool,
+    fmt: Format,
+    width: Option<usize>,
+) -> String {
+    if fmt == Format::Json {
+        return findings_fit(findings, fmt, width);
+    }
+    let policy = if policy_loaded {
+        "policy: loaded; nodes are compared with it and with each other"
+    } else {
+        "policy: none configured; nodes are compared with each other only\n\
+         (`fleetward policy capture --from NODE` makes a starting point)"
+    };
+    let body = if findings.is_empty() {
+        "no drift\n".to_string()
+    } else {
+        findings_fit(findings, fmt, width)
+    };
+    format!("{policy}\n{body}")
 }
 
 pub(crate) fn token_created(t: &api::CreateTokenResponse, controller: &str, fmt: Format) -> String {
@@ -269,14 +483,17 @@ pub(crate) fn token_created(t: &api::CreateTokenResponse, controller: &str, fmt:
     done(text, v, fmt)
 }
 
-pub(crate) fn tokens(tokens: &[api::TokenInfo], fmt: Format) -> String {
-    let json = |t: &api::TokenInfo| json!({"id": t.id, "node": t.node_name, "expires_at_unix_ms": t.expires_at_unix_ms, "used": t.used, "revoked": t.revoked});
+/// `token list`; a token past its expiry at `now_ms` shows as expired.
+pub(crate) fn tokens(tokens: &[api::TokenInfo], now_ms: i64, fmt: Format) -> String {
+    let expired = |t: &api::TokenInfo| !t.used && t.expires_at_unix_ms <= now_ms;
+    let json = |t: &api::TokenInfo| json!({"id": t.id, "node": t.node_name, "expires_at_unix_ms": t.expires_at_unix_ms, "used": t.used, "revoked": t.revoked, "expired": expired(t)});
     let row = |t: &api::TokenInfo| {
         let node = t.node_name.clone().unwrap_or_else(|| "(any)".into());
-        let used = match (t.used, t.revoked) {
-            (true, _) => "yes",
-            (false, true) => "revoked",
-            (false, false) => "no",
+        let used = match (t.used, t.revoked, expired(t)) {
+            (true, _, _) => "yes",
+            (false, true, _) => "revoked",
+            (false, false, true) => "expired",
+            (false, false, false) => "no",
         };
         vec![
             t.id.clone(),
@@ -303,6 +520,11 @@ pub(crate) fn audit(entries: &[api::AuditEntry], fmt: Format) -> String {
         [vec![rfc3339(e.time_unix_ms)], rest.to_vec()].concat()
     };
     let header = ["TIME", "ACTOR", "ACTION", "TARGET", "DETAIL"];
+    if fmt == Format::Text && !entries.is_empty() {
+        // The detail (a reason, a node list) wraps to the terminal.
+        let rows: Vec<Vec<String>> = entries.iter().map(row).collect();
+        return fit_table(&header, &rows, terminal_width(), 4);
+    }
     list(entries, fmt, json, (&header, row, "no audit entries"))
 }
 
@@ -519,12 +741,12 @@ mod tests {
             Some("/etc/fstab"),
             Some(3),
         )];
-        let text = findings(&fs, Format::Text);
+        let text = findings_fit(&fs, Format::Text, None);
         assert_eq!(
             text.lines().nth(1).unwrap(),
             "pve1  warning   FW-BOOT-001  boot  [31mbroken  /etc/fstab:3"
         );
-        let v: Value = serde_json::from_str(&findings(&fs, Format::Json)).unwrap();
+        let v: Value = serde_json::from_str(&findings_fit(&fs, Format::Json, None)).unwrap();
         assert_eq!(v[0]["node"], "pve1");
 
         let ts = [api::TokenInfo {
@@ -535,14 +757,20 @@ mod tests {
             revoked: false,
         }];
         assert_eq!(
-            tokens(&ts, Format::Text),
+            tokens(&ts, 0, Format::Text),
             "ID  NODE   EXPIRES               USED\nt1  (any)  1970-01-01T00:00:00Z  yes\n"
         );
-        let v: Value = serde_json::from_str(&tokens(&ts, Format::Json)).unwrap();
+        let v: Value = serde_json::from_str(&tokens(&ts, 0, Format::Json)).unwrap();
         assert_eq!(
             v,
-            json!([{"id": "t1", "node": null, "expires_at_unix_ms": 0, "used": true, "revoked": false}])
+            json!([{"id": "t1", "node": null, "expires_at_unix_ms": 0, "used": true, "revoked": false, "expired": false}])
         );
+        let unused = [api::TokenInfo {
+            used: false,
+            ..ts[0].clone()
+        }];
+        assert!(tokens(&unused, 1, Format::Text).contains("expired"));
+        assert!(tokens(&unused, -1, Format::Text).ends_with("  no\n"));
 
         let es = [api::AuditEntry {
             time_unix_ms: 0,

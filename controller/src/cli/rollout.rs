@@ -8,8 +8,10 @@ use fleetward_proto::api::{self, operator_service_client::OperatorServiceClient}
 use serde_json::{json, Value};
 use tonic::transport::Channel;
 
-use super::output::{enum_name, json_string, rfc3339, table};
-use super::{CliError, ClientOpts, Format};
+use super::live::Live;
+use super::output::{self, enum_name, json_string, rfc3339, table, View};
+use super::words;
+use super::{CliError, ClientOpts, Format, Reply};
 
 /// `--reboot`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -65,16 +67,25 @@ pub enum RolloutCmd {
         /// Do not ask for confirmation.
         #[arg(long)]
         yes: bool,
+        /// Then follow its progress as `status --watch` does.
+        #[arg(long)]
+        watch: bool,
         #[command(flatten)]
         opts: ClientOpts,
     },
-    /// Progress per node (the newest rollout unless --id).
+    /// Progress per node (the newest rollout unless --id). Exit status 1 when it halted
+    /// or was aborted.
     Status {
-        #[arg(long)]
+        #[arg(long, value_name = "ROLLOUT")]
         id: Option<String>,
-        /// Keep showing progress until the rollout completes, halts or is aborted.
+        /// Follow the progress until the rollout completes, halts or is aborted; exits
+        /// with the final state's status. A terminal shows one block redrawn in place;
+        /// piped, one line per change (with --output json, one document per change).
         #[arg(long)]
         watch: bool,
+        /// Show command ids (idempotency keys) in the text output.
+        #[arg(long)]
+        verbose: bool,
         #[command(flatten)]
         opts: ClientOpts,
     },
@@ -100,7 +111,7 @@ pub enum RolloutCmd {
 #[derive(Debug, Args)]
 pub struct IdOpts {
     /// The rollout (default: the newest).
-    #[arg(long)]
+    #[arg(long, value_name = "ROLLOUT")]
     pub id: Option<String>,
     #[command(flatten)]
     pub opts: ClientOpts,
@@ -133,7 +144,7 @@ pub(super) async fn execute(
     c: &mut OperatorServiceClient<Channel>,
     cmd: &RolloutCmd,
     fmt: Format,
-) -> Result<String, CliError> {
+) -> Result<Reply, CliError> {
     Ok(match cmd {
         RolloutCmd::Plan {
             sel, refresh_lists, ..
@@ -141,13 +152,17 @@ pub(super) async fn execute(
             let mut req = request(sel);
             req.refresh_lists = *refresh_lists;
             let resp = c.rollout_plan(req).await?.into_inner();
-            match fmt {
+            Reply::ok(match fmt {
                 Format::Json => json_string(&plan_json(&resp)),
                 Format::Text => plan_text(&resp),
-            }
+            })
         }
         RolloutCmd::Start {
-            sel, window, yes, ..
+            sel,
+            window,
+            yes,
+            watch,
+            ..
         } => {
             if !yes {
                 let resp = c.rollout_plan(request(sel)).await?.into_inner();
@@ -159,29 +174,23 @@ pub(super) async fn execute(
             let mut req = request(sel);
             req.window = window.clone().unwrap_or_default();
             let resp = c.rollout_start(req).await?.into_inner();
-            status_out(&resp, fmt)?
-        }
-        RolloutCmd::Status { id, watch, .. } => {
-            let req = api::RolloutStatusRequest {
-                id: id.clone().unwrap_or_default(),
-            };
-            if !watch {
-                let resp = c.rollout_status(req).await?.into_inner();
-                return status_out(&resp, fmt);
+            match (&resp.rollout, watch) {
+                (Some(r), true) => return watch_rollout(c, r.id.clone(), fmt, false).await,
+                _ => status_reply(&resp, fmt)?,
             }
-            let mut last = String::new();
-            loop {
-                let resp = c.rollout_status(req.clone()).await?.into_inner();
-                let text = status_out(&resp, fmt)?;
-                if text != last {
-                    print!("{text}");
-                    let _ = std::io::stdout().flush();
-                    last = text;
-                }
-                if !unfinished(resp.rollout.as_ref()) {
-                    return Ok(String::new());
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+        RolloutCmd::Status {
+            id, watch, verbose, ..
+        } => {
+            let id = id.clone().unwrap_or_default();
+            if *watch {
+                return watch_rollout(c, id, fmt, *verbose).await;
+            }
+            let req = api::RolloutStatusRequest { id };
+            let resp = c.rollout_status(req).await?.into_inner();
+            Reply {
+                text: status_render(&resp, fmt, &View::here(*verbose))?,
+                ok: healthy(resp.rollout.as_ref()),
             }
         }
         RolloutCmd::Pause(i) => control(c, i, api::ControlVerb::Pause, "", fmt).await?,
@@ -193,7 +202,7 @@ pub(super) async fn execute(
                 .rollout_list(api::RolloutListRequest {})
                 .await?
                 .into_inner();
-            list_out(&resp.rollouts, fmt)
+            Reply::ok(list_out(&resp.rollouts, fmt))
         }
     })
 }
@@ -204,7 +213,9 @@ async fn control(
     verb: api::ControlVerb,
     node: &str,
     fmt: Format,
-) -> Result<String, CliError> {
+) -> Result<Reply, CliError> {
+    // A refused request (skip of a started node, resume of a finished rollout) comes back
+    // as an error with the reason; an accepted one is done, whatever state it leaves.
     let resp = c
         .rollout_control(api::RolloutControlRequest {
             id: i.id.clone().unwrap_or_default(),
@@ -213,7 +224,34 @@ async fn control(
         })
         .await?
         .into_inner();
-    status_out(&resp, fmt)
+    // The controller ignores a request that cannot apply to the rollout's state (resume an
+    // aborted rollout): that is a refusal too, not a status with exit 0.
+    if let Some(r) = &resp.rollout {
+        use api::RolloutState as S;
+        let state = r.state();
+        let finished = matches!(state, S::Aborted | S::Completed);
+        let refused = match verb {
+            api::ControlVerb::Resume => finished.then_some("nothing to resume"),
+            api::ControlVerb::Pause => {
+                (finished || state == S::Halted).then_some("only a running rollout can be paused")
+            }
+            api::ControlVerb::Abort => (state == S::Completed).then_some("nothing to abort"),
+            api::ControlVerb::Skip => r
+                .nodes
+                .iter()
+                .any(|n| n.name == node && n.phase() != api::RolloutPhase::Skipped)
+                .then_some("the node has already started"),
+            api::ControlVerb::Unspecified => None,
+        };
+        if let Some(why) = refused {
+            return Err(CliError::Failed(format!(
+                "refused: rollout {} is {}: {why}",
+                r.id,
+                state_word(r)
+            )));
+        }
+    }
+    Ok(Reply::ok(status_out(&resp, fmt)?))
 }
 
 fn confirm(question: &str) -> Result<bool, CliError> {
@@ -227,6 +265,69 @@ fn confirm(question: &str) -> Result<bool, CliError> {
     Ok(matches!(line.trim(), "y" | "Y" | "yes"))
 }
 
+/// Follows rollout `id` (empty: the newest) until it completes, halts or is aborted; the
+/// reply is empty (everything was printed) and carries the final state's verdict.
+async fn watch_rollout(
+    c: &mut OperatorServiceClient<Channel>,
+    id: String,
+    fmt: Format,
+    verbose: bool,
+) -> Result<Reply, CliError> {
+    let req = api::RolloutStatusRequest { id };
+    let mut live = Live::stdout();
+    let mut last_json = String::new();
+    loop {
+        let resp = c.rollout_status(req.clone()).await?.into_inner();
+        let r = resp
+            .rollout
+            .as_ref()
+            .ok_or_else(|| CliError::Failed("the controller sent no rollout".into()))?;
+        match fmt {
+            Format::Json => {
+                // One document per line, one line per change.
+                let line = status_json(&resp, r).to_string();
+                if line != last_json {
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "{line}");
+                    let _ = out.flush();
+                    last_json = line;
+                }
+            }
+            Format::Text => {
+                let (block, timeline) = live_frame(&resp, r, &View::here(verbose));
+                live.frame(&block, &timeline);
+            }
+        }
+        if !unfinished(Some(r)) {
+            return Ok(Reply {
+                text: String::new(),
+                ok: healthy(Some(r)),
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
+/// The live view's block (headline, the node table, the newest events) and its timeline
+/// (every event as a timed sentence).
+pub(crate) fn live_frame(
+    resp: &api::RolloutStatusResponse,
+    r: &api::Rollout,
+    view: &View,
+) -> (String, Vec<String>) {
+    let timeline: Vec<String> = resp
+        .events
+        .iter()
+        .map(|e| format!("{}  {}", rfc3339(e.time_unix_ms), words::rollout_event(e)))
+        .collect();
+    let mut block = headline(r) + "\n" + &node_table(r, &resp.events, view);
+    for line in timeline.iter().skip(timeline.len().saturating_sub(3)) {
+        block += line;
+        block.push('\n');
+    }
+    (block, timeline)
+}
+
 /// Still running, paused or not started: `status --watch` keeps showing it.
 fn unfinished(r: Option<&api::Rollout>) -> bool {
     r.is_some_and(|r| {
@@ -237,9 +338,27 @@ fn unfinished(r: Option<&api::Rollout>) -> bool {
     })
 }
 
+/// Neither halted nor aborted: `status` exits 0 (a running rollout is healthy so far).
+fn healthy(r: Option<&api::Rollout>) -> bool {
+    r.is_some_and(|r| {
+        !matches!(
+            r.state(),
+            api::RolloutState::Halted | api::RolloutState::Aborted
+        )
+    })
+}
+
+/// The status, and exit 1 when the rollout halted or was aborted.
+fn status_reply(resp: &api::RolloutStatusResponse, fmt: Format) -> Result<Reply, CliError> {
+    Ok(Reply {
+        text: status_out(resp, fmt)?,
+        ok: healthy(resp.rollout.as_ref()),
+    })
+}
+
 /// One word for a rollout's state: `running`, `halted`, ….
 pub fn state_word(r: &api::Rollout) -> String {
-    enum_name(r.state().as_str_name(), "ROLLOUT_STATE_")
+    words::rollout_state(r.state())
 }
 
 fn phase_name(p: api::RolloutPhase) -> String {
@@ -349,56 +468,185 @@ pub(crate) fn status_out(
     resp: &api::RolloutStatusResponse,
     fmt: Format,
 ) -> Result<String, CliError> {
+    status_render(resp, fmt, &View::here(false))
+}
+
+/// How many of the newest events the text status shows.
+const EVENTS_SHOWN: usize = 6;
+
+/// [`status_out`] at `now_ms`; `verbose` adds command ids to the text.
+pub(crate) fn status_render(
+    resp: &api::RolloutStatusResponse,
+    fmt: Format,
+    view: &View,
+) -> Result<String, CliError> {
     let r = resp
         .rollout
         .as_ref()
         .ok_or_else(|| CliError::Failed("the controller sent no rollout".into()))?;
     if fmt == Format::Json {
-        let output: serde_json::Map<String, Value> = resp
-            .output
-            .iter()
-            .map(|o| (o.node.clone(), json!(o.lines)))
-            .collect();
-        return Ok(json_string(&json!({
-            "rollout": rollout_json(r),
-            "events": resp.events.iter().map(event_json).collect::<Vec<_>>(),
-            "output": output,
-        })));
+        return Ok(json_string(&status_json(resp, r)));
     }
-    let mut text = format!("rollout {}: {}", r.id, state_word(r));
-    if let Some(h) = &r.halt {
-        text += &format!(" at {} (gate {:?}): {}", h.node, h.gate(), h.reason);
-    }
+    let mut text = view.wrap_line(&headline(r)) + "\n";
+    text += &view.wrap_line(&format!(
+        "started by {} at {}; max-unavailable {}; {}",
+        or_someone(&r.actor),
+        rfc3339(r.created_unix_ms),
+        r.max_unavailable,
+        words::reboot(r.reboot())
+    ));
+    text.push('\n');
     if let Some(w) = &r.window {
-        text += &format!(
-            "\nwindow: {w}{}",
-            if r.window_paused {
-                " (outside: waiting)"
-            } else {
-                ""
-            }
-        );
+        let open = if r.window_paused {
+            " (closed now: no node starts until it opens)"
+        } else {
+            ""
+        };
+        text += &view.wrap_line(&format!("window: {w}{open}"));
+        text.push('\n');
     }
-    text += &format!("\nmax-unavailable: {}\n", r.max_unavailable);
+    text += &node_table(r, &resp.events, view);
+    let skip = resp.events.len().saturating_sub(EVENTS_SHOWN);
+    for e in resp.events.iter().skip(skip) {
+        let line = format!("{}  {}", rfc3339(e.time_unix_ms), words::rollout_event(e));
+        text += &view.wrap_line(&line);
+        text.push('\n');
+    }
+    for o in &resp.output {
+        if let Some(last) = o.lines.last() {
+            text += &view.wrap_line(&format!("{}> {last}", o.node));
+            text.push('\n');
+        }
+    }
+    if r.state() == api::RolloutState::Halted {
+        text += &view.wrap_line(
+            "next: fix the cause, then `fleetward rollout resume` (re-runs the step that \
+             stopped), or `fleetward rollout abort`",
+        );
+        text.push('\n');
+    }
+    Ok(text)
+}
+
+fn or_someone(actor: &str) -> &str {
+    if actor.is_empty() {
+        "someone"
+    } else {
+        actor
+    }
+}
+
+/// "rollout ID: halted at NODE by gate GATE: REASON", "rollout ID: running (2/3 done)".
+pub(crate) fn headline(r: &api::Rollout) -> String {
+    let done = r
+        .nodes
+        .iter()
+        .filter(|n| {
+            matches!(
+                n.phase(),
+                api::RolloutPhase::Done | api::RolloutPhase::Skipped
+            )
+        })
+        .count();
+    let mut text = format!(
+        "rollout {}: {} ({done}/{} nodes done)",
+        r.id,
+        words::rollout_state(r.state()),
+        r.nodes.len()
+    );
+    if let Some(h) = &r.halt {
+        if r.state() == api::RolloutState::Halted {
+            text += &format!(
+                " at {} by gate {}: {}",
+                h.node,
+                words::gate(h.gate()),
+                h.reason
+            );
+        }
+    }
+    text
+}
+
+/// NODE | NOW | FOR | WAITING FOR | KERNEL AFTER: what each node does, since when, and the
+/// bound after which waiting halts the rollout.
+pub(crate) fn node_table(r: &api::Rollout, events: &[api::RolloutEvent], view: &View) -> String {
+    let (verbose, now_ms) = (view.verbose, view.now_ms);
     let rows: Vec<Vec<String>> = r
         .nodes
         .iter()
         .map(|n| {
+            let since = events
+                .iter()
+                .rev()
+                .find(|e| e.node == n.name && e.kind() == api::RolloutEventKind::Phase)
+                .map(|e| e.time_unix_ms);
+            let active = !matches!(
+                n.phase(),
+                api::RolloutPhase::Pending | api::RolloutPhase::Done | api::RolloutPhase::Skipped
+            );
+            let elapsed = match since {
+                Some(t) if active => words::duration(now_ms - t),
+                _ => "-".into(),
+            };
+            let mut waiting = match &n.waiting_for {
+                Some(id) => {
+                    let mut w = words::command(id);
+                    if n.acknowledged {
+                        w += ", acknowledged";
+                    }
+                    if verbose {
+                        w += &format!(" [{id}]");
+                    }
+                    w
+                }
+                None => String::new(),
+            };
+            // A bound matters only while the rollout moves: a halted one waits for a person.
+            let moving = matches!(
+                r.state(),
+                api::RolloutState::Running | api::RolloutState::Paused
+            );
+            if let Some(d) = n.deadline_unix_ms.filter(|_| active && moving) {
+                let bound = if d > now_ms {
+                    format!("halts in {}", words::duration(d - now_ms))
+                } else {
+                    "overdue".to_owned()
+                };
+                waiting = if waiting.is_empty() {
+                    bound
+                } else {
+                    format!("{waiting}; {bound}")
+                };
+            }
             vec![
                 n.name.clone(),
-                format!("{:?}", n.phase()),
-                n.waiting_for.clone().unwrap_or_else(|| "-".into()),
+                words::phase(n.phase()).to_owned(),
+                elapsed,
+                if waiting.is_empty() {
+                    "-".into()
+                } else {
+                    waiting
+                },
                 n.expected_kernel.clone().unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
-    text += &table(&["NODE", "PHASE", "WAITING FOR", "EXPECTED KERNEL"], &rows);
-    for o in &resp.output {
-        if let Some(last) = o.lines.last() {
-            text += &format!("{}> {last}\n", o.node);
-        }
-    }
-    Ok(text)
+    let header = ["NODE", "NOW", "FOR", "WAITING FOR", "KERNEL AFTER"];
+    output::fit_table(&header, &rows, view.width, 3)
+}
+
+/// The status as JSON, with stable machine names and every key.
+fn status_json(resp: &api::RolloutStatusResponse, r: &api::Rollout) -> Value {
+    let output: serde_json::Map<String, Value> = resp
+        .output
+        .iter()
+        .map(|o| (o.node.clone(), json!(o.lines)))
+        .collect();
+    json!({
+        "rollout": rollout_json(r),
+        "events": resp.events.iter().map(event_json).collect::<Vec<_>>(),
+        "output": output,
+    })
 }
 
 /// The dry run as JSON, with stable machine names.
@@ -444,13 +692,17 @@ fn plan_json(d: &api::RolloutPlanResponse) -> Value {
 /// The dry run as text.
 pub fn plan_text(d: &api::RolloutPlanResponse) -> String {
     let mut t = format!(
-        "rolling update plan: {} node(s), max-unavailable {}, reboot {:?}\n",
+        "rolling update plan: {} node(s), max-unavailable {}, {}\n",
         d.nodes.len(),
         d.max_unavailable,
-        d.reboot()
+        words::reboot(d.reboot())
     );
     if let Some(h) = &d.controller_host {
         t += &format!("the controller's own node {h} goes last\n");
+    }
+    if !d.nodes.is_empty() && d.nodes.iter().all(|n| n.packages.is_empty() && !n.reboot) {
+        t += "nothing to upgrade: no node has a package to upgrade or needs a reboot\n\
+              (as of their last package lists; --refresh-lists updates them first)\n";
     }
     for n in &d.nodes {
         t += &format!(
@@ -526,12 +778,13 @@ mod tests {
                     name: "pve2".into(),
                     phase: api::RolloutPhase::AwaitReturn.into(),
                     waiting_for: Some("rollout-1/pve2/reboot/1".into()),
+                    acknowledged: true,
+                    deadline_unix_ms: Some(120_000),
                     expected_kernel: Some("6.8.12-4-pve".into()),
                     attempts: vec![api::ActionAttempts {
                         action: "reboot".into(),
                         attempts: 1,
                     }],
-                    ..Default::default()
                 },
             ],
             ..Default::default()
@@ -554,20 +807,34 @@ mod tests {
                 lines: vec!["a".into(), "Setting up".into()],
             }],
         };
-        let text = status_out(&resp, Format::Text).unwrap();
+        let view = |verbose| View {
+            verbose,
+            now_ms: 65_000,
+            width: None,
+        };
+        let text = status_render(&resp, Format::Text, &view(false)).unwrap();
         assert!(
             text.starts_with(
-                "rollout rollout-1: halted at pve2 (gate EspHoldsKernel): sda2 lacks the kernel\n\
-                 window: Sat 02:00-05:00 UTC (outside: waiting)\nmax-unavailable: 1\n"
+                "rollout rollout-1: halted (1/2 nodes done) at pve2 by gate esp-holds-kernel: \
+                 sda2 lacks the kernel\n\
+                 started by admin at 1970-01-01T00:00:00Z; max-unavailable 1; reboot if needed\n\
+                 window: Sat 02:00-05:00 UTC (closed now: no node starts until it opens)\n"
             ),
             "{text}"
         );
         assert!(
-            text.contains("pve2  AwaitReturn  rollout-1/pve2/reboot/1  6.8.12-4-pve"),
+            text.contains("pve2  rebooting  64 s  reboot, acknowledged  6.8.12-4-pve"),
             "{text}"
         );
-        assert!(text.ends_with("pve2> Setting up\n"), "{text}");
-
+        assert!(
+            text.contains("1970-01-01T00:00:00Z  pve2: rebooting\n"),
+            "{text}"
+        );
+        assert!(text.contains("pve2> Setting up\n"), "{text}");
+        assert!(text.contains("`fleetward rollout resume`"), "{text}");
+        assert!(!text.contains("rollout-1/pve2/reboot/1"), "{text}");
+        let verbose = status_render(&resp, Format::Text, &view(true)).unwrap();
+        assert!(verbose.contains("[rollout-1/pve2/reboot/1]"), "{verbose}");
         let v: Value = serde_json::from_str(&status_out(&resp, Format::Json).unwrap()).unwrap();
         assert_eq!(v["rollout"]["status"], "halted");
         assert_eq!(v["rollout"]["halt"]["gate"], "esp-holds-kernel");
@@ -626,7 +893,7 @@ mod tests {
         let text = plan_text(&d);
         assert!(
             text.starts_with(
-                "rolling update plan: 1 node(s), max-unavailable 1, reboot Always\n\
+                "rolling update plan: 1 node(s), max-unavailable 1, always reboot\n\
              the controller's own node pve2 goes last\n\n\
              1. pve1  gate: FAILS (no quorum)  reboot: yes  kernel after: -  downtime ~2 min\n"
             ),

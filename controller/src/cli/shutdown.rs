@@ -11,8 +11,10 @@ use serde_json::{json, Value};
 use tonic::transport::Channel;
 
 use super::conn::{self, Creds};
-use super::output::{enum_name, rfc3339, table};
-use super::{parse_ttl, CliError, ClientOpts, Format, OptsOnly};
+use super::live::Live;
+use super::output::{self, enum_name, rfc3339, table, View};
+use super::words;
+use super::{parse_ttl, CliError, ClientOpts, Format, OptsOnly, Reply};
 
 #[derive(Debug, Subcommand)]
 pub enum ShutdownCmd {
@@ -25,17 +27,36 @@ pub enum ShutdownCmd {
         /// Do not ask for confirmation.
         #[arg(long)]
         yes: bool,
+        /// Then follow its progress as `status --watch` does.
+        #[arg(long)]
+        watch: bool,
     },
     /// Where the newest shutdown is: stage, every action sent and its outcome, events.
     Status {
-        /// Print again on every change until the shutdown is down or finished.
+        /// Follow it until the cluster is down or the bring-up finished; exits with the
+        /// final state's status. A terminal shows one block redrawn in place; piped, one
+        /// line per change (with --output json, one document per change).
         #[arg(long)]
         watch: bool,
+        /// Show command ids (idempotency keys) in the text output.
+        #[arg(long)]
+        verbose: bool,
         #[command(flatten)]
         opts: ClientOpts,
     },
     /// Stop the shutdown and restart what it stopped (refused after the first power-off).
     Cancel(OptsOnly),
+}
+
+/// `fleetward startup`.
+#[derive(Debug, Args)]
+pub struct StartupArgs {
+    /// Follow the bring-up until it finished (nodes, quorum, noout, HA, guests); exits 1
+    /// when a node, guest or flag did not come back.
+    #[arg(long)]
+    pub watch: bool,
+    #[command(flatten)]
+    pub opts: ClientOpts,
 }
 
 #[derive(Debug, Args)]
@@ -111,17 +132,17 @@ pub(super) async fn shutdown(
     cmd: &ShutdownCmd,
     creds: &Creds,
     fmt: Format,
-) -> Result<String, CliError> {
+) -> Result<Reply, CliError> {
     let mut c = client(creds).await?;
     match cmd {
         ShutdownCmd::Plan(p) => {
             let resp = c.plan(plan_request(p)).await?.into_inner();
-            Ok(match fmt {
+            Ok(Reply::ok(match fmt {
                 Format::Json => json_text(&plan_json(&resp)),
                 Format::Text => resp.summary.join("\n") + "\n",
-            })
+            }))
         }
-        ShutdownCmd::Start { plan, yes } => {
+        ShutdownCmd::Start { plan, yes, watch } => {
             let resp = c.plan(plan_request(plan)).await?.into_inner();
             let summary = resp.summary.join("\n") + "\n";
             if !yes {
@@ -132,57 +153,191 @@ pub(super) async fn shutdown(
                 steps: resp.plan.map(|p| p.steps).unwrap_or_default(),
             });
             let st = c.start(req).await?.into_inner();
+            if *watch {
+                return watch_shutdown(&mut c, fmt, false, false).await;
+            }
             let out = render_status(&st, fmt);
-            Ok(match fmt {
-                Format::Text if *yes => format!("{summary}\n{out}"),
-                _ => out,
+            Ok(Reply {
+                text: match fmt {
+                    Format::Text if *yes => format!("{summary}\n{out}"),
+                    _ => out,
+                },
+                ok: healthy(&st),
             })
         }
-        ShutdownCmd::Status { watch, .. } => {
-            let req = || api::ShutdownStatusRequest { id: String::new() };
-            if !watch {
-                return Ok(render_status(&c.status(req()).await?.into_inner(), fmt));
+        ShutdownCmd::Status { watch, verbose, .. } => {
+            if *watch {
+                return watch_shutdown(&mut c, fmt, *verbose, false).await;
             }
-            let mut last = String::new();
-            loop {
-                let st = c.status(req()).await?.into_inner();
-                let out = match fmt {
-                    // One JSON document per line, one line per change.
-                    Format::Json => status_json(&st).to_string() + "\n",
-                    Format::Text => render_status(&st, fmt) + "\n",
-                };
-                if out != last {
-                    let mut stdout = std::io::stdout().lock();
-                    let _ = stdout.write_all(out.as_bytes());
-                    let _ = stdout.flush();
-                    last = out;
-                }
-                let stage = st.shutdown.as_ref().and_then(|s| s.stage).map(|s| s.kind());
-                use api::ShutdownStageKind as K;
-                if matches!(stage, None | Some(K::Down | K::Finished)) {
-                    return Ok(String::new());
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
+            let req = api::ShutdownStatusRequest { id: String::new() };
+            let st = c.status(req).await?.into_inner();
+            Ok(Reply {
+                text: render_status_at(&st, fmt, &View::here(*verbose)),
+                ok: healthy(&st),
+            })
         }
         ShutdownCmd::Cancel(_) => {
             let st = c
                 .cancel(api::ShutdownControlRequest { id: String::new() })
                 .await?
                 .into_inner();
-            Ok(render_status(&st, fmt))
+            Ok(status_reply(&st, fmt))
         }
     }
 }
 
+/// Not OK (exit 1): the bring-up finished without every node, guest or flag back.
+fn healthy(st: &api::ShutdownStatusResponse) -> bool {
+    use api::ShutdownEventKind as K;
+    let Some(s) = &st.shutdown else {
+        return true;
+    };
+    s.missing.is_empty()
+        && !st.events.iter().any(|e| {
+            matches!(
+                e.kind(),
+                K::NotReturned | K::NooutLeftSet | K::GuestsNotStarted
+            )
+        })
+}
+
+fn status_reply(st: &api::ShutdownStatusResponse, fmt: Format) -> Reply {
+    Reply {
+        text: render_status(st, fmt),
+        ok: healthy(st),
+    }
+}
+
 /// `fleetward startup`.
-pub(super) async fn startup(creds: &Creds, fmt: Format) -> Result<String, CliError> {
-    let st = client(creds)
-        .await?
+pub(super) async fn startup(
+    a: &StartupArgs,
+    creds: &Creds,
+    fmt: Format,
+) -> Result<Reply, CliError> {
+    let mut c = client(creds).await?;
+    let st = c
         .startup(api::ShutdownControlRequest { id: String::new() })
         .await?
         .into_inner();
-    Ok(render_status(&st, fmt))
+    if a.watch {
+        if fmt == Format::Text {
+            println!("{}", st.message);
+        }
+        return watch_shutdown(&mut c, fmt, false, true).await;
+    }
+    Ok(status_reply(&st, fmt))
+}
+
+/// Follows the newest shutdown until the cluster is down or the bring-up finished (with
+/// `until_finished`, only the latter); the reply carries the final state's verdict.
+async fn watch_shutdown(
+    c: &mut ShutdownServiceClient<Channel>,
+    fmt: Format,
+    verbose: bool,
+    until_finished: bool,
+) -> Result<Reply, CliError> {
+    use api::ShutdownStageKind as K;
+    let mut live = Live::stdout();
+    let mut last_json = String::new();
+    loop {
+        let req = api::ShutdownStatusRequest { id: String::new() };
+        let st = c.status(req).await?.into_inner();
+        match fmt {
+            Format::Json => {
+                // One document per line, one line per change.
+                let line = status_json(&st).to_string();
+                if line != last_json {
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "{line}");
+                    let _ = out.flush();
+                    last_json = line;
+                }
+            }
+            Format::Text => {
+                let (block, timeline) = live_frame(&st, &View::here(verbose));
+                live.frame(&block, &timeline);
+            }
+        }
+        let stage = st.shutdown.as_ref().and_then(|s| s.stage).map(|s| s.kind());
+        let done = match stage {
+            None | Some(K::Finished) => true,
+            Some(K::Down) => !until_finished,
+            Some(_) => false,
+        };
+        if done {
+            return Ok(Reply {
+                text: String::new(),
+                ok: healthy(&st),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The live view's block (headline, the current stage's actions, the newest events) and
+/// its timeline (every event as a timed sentence).
+fn live_frame(st: &api::ShutdownStatusResponse, view: &View) -> (String, Vec<String>) {
+    let (verbose, now_ms) = (view.verbose, view.now_ms);
+    let Some(s) = &st.shutdown else {
+        return (st.message.clone(), vec![]);
+    };
+    let timeline: Vec<String> = st
+        .events
+        .iter()
+        .map(|e| {
+            format!(
+                "{}  {}",
+                rfc3339(e.time_unix_ms),
+                words::shutdown_event(e, verbose)
+            )
+        })
+        .collect();
+    // The headline has no clock in it: piped, a new line means a new state.
+    let mut block = format!(
+        "shutdown {}: {}{}\n",
+        s.id,
+        words::stage(s.stage.as_ref()),
+        if s.no_return {
+            "; point of no return passed"
+        } else {
+            ""
+        }
+    );
+    if let Some(d) = s.stage_deadline_unix_ms.filter(|d| *d > now_ms) {
+        block += &format!(
+            "the stage moves on in {} at the latest\n",
+            words::duration(d - now_ms)
+        );
+    }
+    // The actions still open, or else the newest few: what the stage waits for.
+    let open: Vec<&api::ShutdownSend> = s
+        .sent
+        .iter()
+        .filter(|x| x.outcome() == api::SendOutcome::Pending)
+        .collect();
+    let shown: Vec<&api::ShutdownSend> = if open.is_empty() {
+        s.sent.iter().rev().take(4).rev().collect()
+    } else {
+        open
+    };
+    let rows: Vec<Vec<String>> = shown
+        .iter()
+        .map(|x| {
+            vec![
+                x.node.clone(),
+                words::step(&x.step),
+                words::outcome(x.outcome()).to_owned(),
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        block += &table(&["NODE", "STEP", "OUTCOME"], &rows);
+    }
+    for line in timeline.iter().skip(timeline.len().saturating_sub(3)) {
+        block += line;
+        block.push('\n');
+    }
+    (block, timeline)
 }
 
 /// `fleetward power-event …`.
@@ -190,7 +345,7 @@ pub(super) async fn power_event(
     cmd: &PowerEventCmd,
     creds: &Creds,
     fmt: Format,
-) -> Result<String, CliError> {
+) -> Result<Reply, CliError> {
     let req = match cmd {
         PowerEventCmd::OnBattery { runtime, .. } => api::PowerEventRequest {
             event: api::PowerEvent::OnBattery.into(),
@@ -202,7 +357,7 @@ pub(super) async fn power_event(
         },
     };
     let st = client(creds).await?.power_event(req).await?.into_inner();
-    Ok(render_status(&st, fmt))
+    Ok(status_reply(&st, fmt))
 }
 
 fn plan_request(p: &PlanArgs) -> api::ShutdownPlanRequest {
@@ -230,20 +385,6 @@ fn confirm(summary: &str) -> Result<(), CliError> {
         Err(CliError::Failed(
             "not confirmed: nothing was started (pass --yes to skip the question)".into(),
         ))
-    }
-}
-
-/// A stage in words: `stop-guests 2`, `power-off tier 1`, `down`.
-fn stage_word(s: Option<&api::ShutdownStage>) -> String {
-    use api::ShutdownStageKind as K;
-    let Some(s) = s else {
-        return "unknown".into();
-    };
-    let name = enum_name(s.kind().as_str_name(), "SHUTDOWN_STAGE_KIND_");
-    match s.kind() {
-        K::StopGuests | K::StartGuests => format!("{name} {}", u64::from(s.index) + 1),
-        K::PowerOff => format!("{name} tier {}", u64::from(s.index) + 1),
-        _ => name,
     }
 }
 
@@ -338,13 +479,6 @@ fn plan_json(resp: &api::ShutdownPlanResponse) -> Value {
     })
 }
 
-fn outcome_word(o: api::SendOutcome) -> String {
-    match o {
-        api::SendOutcome::Failed => "FAILED".into(),
-        o => enum_name(o.as_str_name(), "SEND_OUTCOME_"),
-    }
-}
-
 fn up_reason_name(r: api::UpReason) -> Option<String> {
     (r != api::UpReason::Unspecified).then(|| enum_name(r.as_str_name(), "UP_REASON_"))
 }
@@ -423,54 +557,6 @@ fn event_json(e: &api::ShutdownEvent) -> Value {
     v
 }
 
-/// An event in words for the text status.
-fn event_text(e: &api::ShutdownEvent) -> String {
-    use api::ShutdownEventKind as K;
-    let kind = match e.kind() {
-        K::Unspecified => "unknown".to_string(),
-        k => enum_name(k.as_str_name(), "SHUTDOWN_EVENT_KIND_"),
-    };
-    let mut parts = vec![kind];
-    if e.stage.is_some() {
-        parts.push(stage_word(e.stage.as_ref()));
-    }
-    if e.kind() == K::Started && e.forced {
-        parts.push("(forced stops)".into());
-    }
-    if let Some(r) = up_reason_name(e.up_reason()) {
-        parts.push(r);
-    }
-    if !e.node.is_empty() {
-        parts.push(e.node.clone());
-    }
-    if !e.nodes.is_empty() {
-        parts.push(e.nodes.join(", "));
-    }
-    if !e.vmids.is_empty() {
-        let vmids: Vec<String> = e.vmids.iter().map(u32::to_string).collect();
-        parts.push(format!("vmids {}", vmids.join(", ")));
-    }
-    if !e.command_ids.is_empty() {
-        parts.push(e.command_ids.join(", "));
-    }
-    if e.kind() == K::ActionFailed {
-        parts.push(
-            if e.retrying {
-                "(retrying)"
-            } else {
-                "(given up)"
-            }
-            .into(),
-        );
-    }
-    for t in [&e.reason, &e.output] {
-        if !t.is_empty() {
-            parts.push(format!(": {t}"));
-        }
-    }
-    parts.join(" ")
-}
-
 fn status_json(st: &api::ShutdownStatusResponse) -> Value {
     json!({
         "message": st.message,
@@ -481,22 +567,61 @@ fn status_json(st: &api::ShutdownStatusResponse) -> Value {
 
 /// A status response as text or JSON.
 fn render_status(st: &api::ShutdownStatusResponse, fmt: Format) -> String {
+    render_status_at(st, fmt, &View::here(false))
+}
+
+/// [`render_status`] at `now_ms`; `verbose` adds command ids to the text.
+pub(crate) fn render_status_at(
+    st: &api::ShutdownStatusResponse,
+    fmt: Format,
+    view: &View,
+) -> String {
     if fmt == Format::Json {
         return json_text(&status_json(st));
     }
     let Some(s) = &st.shutdown else {
-        return format!("{}\n", st.message);
+        return format!("{}\n", view.wrap_line(&st.message));
     };
-    format!("{}\n{}", st.message, status_text(s, &st.events))
+    format!(
+        "{}\n{}",
+        view.wrap_line(&st.message),
+        status_text(s, &st.events, view)
+    )
 }
 
 /// How many of the newest events the text status shows.
 const EVENTS_SHOWN: usize = 12;
 
+/// "stage: start guests, group 2 (moves on in 90 s at the latest)".
+fn stage_line(s: &api::Shutdown, now_ms: i64) -> String {
+    let mut line = format!("stage: {}", words::stage(s.stage.as_ref()));
+    let starting = s
+        .stage
+        .is_some_and(|st| st.kind() == api::ShutdownStageKind::StartGuests);
+    let answered = s
+        .sent
+        .iter()
+        .all(|x| x.outcome() != api::SendOutcome::Pending);
+    if starting && answered && !s.sent.is_empty() {
+        // Every start of the group answered: the stage holds for the group's `up=` delay.
+        line += ", waiting out the started guests' startup delay (up=)";
+    }
+    if let Some(d) = s.stage_deadline_unix_ms {
+        if d > now_ms {
+            line += &format!(
+                " (moves on in {} at the latest)",
+                words::duration(d - now_ms)
+            );
+        }
+    }
+    line
+}
+
 /// The text form of a shutdown: header, every action sent, the newest events.
-fn status_text(s: &api::Shutdown, events: &[api::ShutdownEvent]) -> String {
-    let mut out = format!(
-        "shutdown {}{} started by {} at {}\nstage: {}  point of no return: {}",
+fn status_text(s: &api::Shutdown, events: &[api::ShutdownEvent], view: &View) -> String {
+    let (verbose, now_ms) = (view.verbose, view.now_ms);
+    let mut out = view.wrap_line(&format!(
+        "shutdown {}{} started by {} at {}",
         s.id,
         s.reason
             .as_deref()
@@ -504,17 +629,27 @@ fn status_text(s: &api::Shutdown, events: &[api::ShutdownEvent]) -> String {
             .unwrap_or_default(),
         s.actor,
         rfc3339(s.created_unix_ms),
-        stage_word(s.stage.as_ref()),
+    ));
+    out.push('\n');
+    let mut line = format!(
+        "{}; point of no return: {}",
+        stage_line(s, now_ms),
         if s.no_return { "passed" } else { "not reached" },
     );
-    if let Some(d) = s.deadline_unix_ms {
-        out.push_str(&format!(
-            "  deadline: {}{}",
+    // The deadline is the shutdown's; a bring-up has none.
+    let down = s.up_reason() == api::UpReason::Unspecified;
+    if let Some(d) = s.deadline_unix_ms.filter(|_| down) {
+        line.push_str(&format!(
+            "; deadline: {}{}",
             rfc3339(d),
             if s.forced { " (forced stops)" } else { "" }
         ));
     }
+    out.push_str(&view.wrap_line(&line));
     out.push('\n');
+    if let Some(r) = words::up_reason(s.up_reason()) {
+        out.push_str(&format!("bring-up: {r}\n"));
+    }
     if !s.missing.is_empty() {
         out.push_str(&format!("did not return: {}\n", s.missing.join(", ")));
     }
@@ -522,28 +657,33 @@ fn status_text(s: &api::Shutdown, events: &[api::ShutdownEvent]) -> String {
         .sent
         .iter()
         .map(|x| {
+            let mut step = words::step(&x.step);
+            if verbose {
+                step += &format!(" [{}]", x.command_id);
+            }
             vec![
                 x.node.clone(),
-                x.step.clone(),
+                step,
                 x.attempt.to_string(),
-                outcome_word(x.outcome()),
+                words::outcome(x.outcome()).to_owned(),
             ]
         })
         .collect();
     if rows.is_empty() {
         out.push_str("no action sent yet\n");
     } else {
-        out.push_str(&table(&["NODE", "STEP", "ATTEMPT", "OUTCOME"], &rows));
+        let header = ["NODE", "STEP", "ATTEMPT", "OUTCOME"];
+        out.push_str(&output::fit_table(&header, &rows, view.width, 1));
     }
     let skip = events.len().saturating_sub(EVENTS_SHOWN);
     let rows: Vec<Vec<String>> = events
         .iter()
         .skip(skip)
-        .map(|e| vec![rfc3339(e.time_unix_ms), event_text(e)])
+        .map(|e| vec![rfc3339(e.time_unix_ms), words::shutdown_event(e, verbose)])
         .collect();
     if !rows.is_empty() {
         out.push('\n');
-        out.push_str(&table(&["TIME", "EVENT"], &rows));
+        out.push_str(&output::fit_table(&["TIME", "EVENT"], &rows, view.width, 1));
     }
     out
 }
@@ -596,21 +736,27 @@ mod tests {
                 ..Default::default()
             },
         ];
-        let text = status_text(&s, &events);
+        let view = View {
+            verbose: false,
+            now_ms: 0,
+            width: None,
+        };
+        let text = status_text(&s, &events, &view);
         assert!(
             text.contains("shutdown shutdown-1 (maintenance) started by admin"),
             "{text}"
         );
         assert!(
-            text.contains("stage: disarm-ha  point of no return: not reached"),
+            text.contains("stage: disarm HA; point of no return: not reached"),
             "{text}"
         );
         assert!(
-            text.contains("pve-01  maintenance-on  1        pending"),
+            text.contains("pve-01  maintenance on  1        waiting"),
             "{text}"
         );
-        assert!(text.contains("  started\n"), "{text}");
-        assert!(text.contains("  stage power-off tier 1\n"), "{text}");
+        assert!(text.contains("  shutdown started\n"), "{text}");
+        assert!(text.contains("  stage: power off, tier 1\n"), "{text}");
+        assert!(!text.contains("shutdown-1/pve-01"), "{text}");
 
         let st = api::ShutdownStatusResponse {
             message: "ok".into(),
