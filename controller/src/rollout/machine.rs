@@ -226,8 +226,9 @@ impl Machine<'_> {
                         GateFailure {
                             gate: Gate::NodeReachable,
                             reason: format!(
-                                "{node} stopped reporting during its turn ({phase:?}); \
-                                 nothing proceeds on unknown state"
+                                "{node} stopped reporting during its turn ({}); \
+                                 nothing proceeds on unknown state",
+                                phase.name()
                             ),
                         },
                     );
@@ -415,7 +416,7 @@ impl Machine<'_> {
                     &name,
                     GateFailure {
                         gate: f.gate,
-                        reason: format!("{} during its turn ({phase:?})", f.reason),
+                        reason: format!("{} during its turn ({})", f.reason, phase.name()),
                     },
                 );
                 return false;

@@ -227,6 +227,26 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// The phase's stable name (as in the journal and the API): `ceph-unset`, `await-return`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Pending => "pending",
+            Phase::MaintenanceOn => "maintenance-on",
+            Phase::WaitGuests => "wait-guests",
+            Phase::AptUpdate => "apt-update",
+            Phase::Upgrade => "upgrade",
+            Phase::BootCheck => "boot-check",
+            Phase::BootRefresh => "boot-refresh",
+            Phase::CephNoout => "ceph-noout",
+            Phase::AwaitReturn => "await-return",
+            Phase::PostRebootGate => "post-reboot-gate",
+            Phase::CephUnset => "ceph-unset",
+            Phase::MaintenanceOff => "maintenance-off",
+            Phase::Done => "done",
+            Phase::Skipped => "skipped",
+        }
+    }
+
     /// The action this phase sends, if it is an action phase.
     pub fn action(self) -> Option<Action> {
         match self {

@@ -762,3 +762,25 @@ fn osd_nodes_reboot_inside_noout_and_the_last_one_back_unsets_it() {
     );
     assert!(sim.noout_unsets >= 1);
 }
+
+#[test]
+fn phase_names_are_the_serialized_names() {
+    for p in [
+        Phase::Pending,
+        Phase::MaintenanceOn,
+        Phase::WaitGuests,
+        Phase::AptUpdate,
+        Phase::Upgrade,
+        Phase::BootCheck,
+        Phase::BootRefresh,
+        Phase::CephNoout,
+        Phase::AwaitReturn,
+        Phase::PostRebootGate,
+        Phase::CephUnset,
+        Phase::MaintenanceOff,
+        Phase::Done,
+        Phase::Skipped,
+    ] {
+        assert_eq!(serde_json::to_value(p).unwrap(), p.name());
+    }
+}
