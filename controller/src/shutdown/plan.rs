@@ -424,10 +424,16 @@ impl Plan {
                 describe(&s.action)
             ));
         }
-        lines.push(format!(
-            "Each tier waits up to {} for its nodes to confirm and disconnect.",
-            human_ms(schedule.tier_ms)
-        ));
+        // The last tier is not waited for: the duration ends with its power-off.
+        lines.push(match self.tiers.len() {
+            0 | 1 => "One power-off tier: nothing waits between tiers.".to_owned(),
+            n => format!(
+                "Each of the first {} tiers waits up to {} for its nodes to confirm and \
+                 disconnect before the next tier.",
+                n - 1,
+                human_ms(schedule.tier_ms)
+            ),
+        });
         lines.push(format!(
             "Expected duration: at most {}",
             human_ms(schedule.expected_ms(self))

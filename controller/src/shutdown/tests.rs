@@ -397,6 +397,17 @@ fn summary_lists_every_step_and_the_budget() {
     assert!(text.contains("ceph-set-noout"));
     assert!(text.contains("power off tier 2"));
     assert!(text.contains("Expected duration: at most"));
+    let waits = plan.tiers.len() - 1;
+    assert!(
+        text.contains(&format!("Each of the first {waits} tiers waits up to")),
+        "{text}"
+    );
+    // One tier: nothing waits between tiers, so no tier wait is promised.
+    let mut one = plan.clone();
+    one.tiers = vec![one.tiers.concat()];
+    let text = one.summary().join("\n");
+    assert!(text.contains("One power-off tier: nothing waits"), "{text}");
+    assert!(!text.contains("waits up to"), "{text}");
 }
 
 #[test]
