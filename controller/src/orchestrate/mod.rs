@@ -345,7 +345,8 @@ impl<M: Machine> Driver<M> {
         tick: Duration,
     ) {
         self.recover();
-        let mut timer = tokio::time::interval(tick);
+        // The first tick comes one period after the start (recovery has just stepped).
+        let mut timer = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
