@@ -261,6 +261,16 @@ impl Controller {
             .expect("fleetward cli")
     }
 
+    /// `fleetward <args> --data-dir <dir>` in its text form (for commands with no JSON form).
+    pub fn cli_text(&self, args: &[&str]) -> Output {
+        Command::new(bin("fleetward"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(self.dir.path())
+            .output()
+            .expect("fleetward cli")
+    }
+
     /// `cli` that must succeed; returns its parsed JSON.
     pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
         let out = self.cli(args);

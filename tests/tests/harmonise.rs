@@ -255,8 +255,8 @@ fn drift_policy_history_metrics_and_report() {
     });
 
     // The document from reality: stable, and true about pve-03 and ESP sync.
-    let a = c.cli(&["report", "--format", "markdown"]);
-    let b = c.cli(&["report", "--format", "markdown"]);
+    let a = c.cli_text(&["report", "--format", "markdown"]);
+    let b = c.cli_text(&["report", "--format", "markdown"]);
     assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
     assert_eq!(a.stdout, b.stdout, "the report is not deterministic");
     let doc = String::from_utf8(a.stdout).unwrap();
