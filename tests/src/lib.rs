@@ -395,6 +395,8 @@ pub struct AgentRun {
     pub sim_reboot_secs: Option<f64>,
     /// `--sim-action-secs`: how long each simulated action takes.
     pub sim_action_secs: Option<f64>,
+    /// `--observe-only`: report, and refuse every action.
+    pub observe_only: bool,
 }
 
 impl AgentRun {
@@ -506,6 +508,9 @@ impl Agent {
             .arg(state)
             .arg("--root")
             .arg(root);
+        if run.observe_only {
+            cmd.arg("--observe-only");
+        }
         if run.simulate {
             cmd.arg("--simulate");
             if let Some(secs) = run.sim_reboot_secs {
