@@ -382,7 +382,8 @@ pub fn minimal_report(host: &str, boot_id: Option<String>) -> fleetward_proto::R
 }
 
 /// How [`Agent::run_with`] starts `fleetward-agent run`. `AgentRun::default()` is what
-/// [`Agent::run`] does: the real executor, inspect and heartbeat every second.
+/// [`Agent::run`] does: inspect and heartbeat every second, observe-only (a fixture root
+/// without `--simulate`: every action is refused).
 ///
 /// ```ignore
 /// let agent = Agent::run_with(name, root, state, AgentRun::default().simulate().sim_reboot_secs(0.2));
