@@ -76,9 +76,15 @@ enum Command {
     Run {
         #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
-        /// Inspect the tree under DIR instead of the live host.
+        /// Inspect the tree under DIR instead of the live host. Without --simulate, an agent
+        /// inspecting a tree other than / is observe-only: actions run only on what is
+        /// inspected.
         #[arg(long, value_name = "DIR", default_value = "/")]
         root: PathBuf,
+        /// Report, and refuse every action the controller sends (the report says so, and
+        /// the controller plans no action for this node): how to adopt fleetward cautiously.
+        #[arg(long)]
+        observe_only: bool,
         /// Re-inspect every SECS seconds.
         #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
         interval: u64,
@@ -94,7 +100,8 @@ enum Command {
         /// real action would change the node, and are logged to STATE_DIR/sim-actions.jsonl.
         /// A simulated reboot drops the session and reconnects after --sim-reboot-secs; a
         /// simulated power-off exits (status 0), and starting again on a powered-off tree
-        /// powers it on. Without --simulate, actions run the real commands on this node.
+        /// powers it on. Without --simulate, actions run the real commands on this node
+        /// (only when --root is /).
         #[arg(long)]
         simulate: bool,
         /// With --simulate: seconds a simulated reboot stays disconnected (fractions allowed).
@@ -171,6 +178,7 @@ fn main() -> ExitCode {
         Command::Run {
             state_dir,
             root,
+            observe_only,
             interval,
             heartbeat,
             wait_for_enrollment,
@@ -183,6 +191,7 @@ fn main() -> ExitCode {
                 root,
                 interval: Duration::from_secs(interval),
                 heartbeat: Duration::from_secs(heartbeat),
+                observe_only,
                 simulate: simulate.then(|| SimOptions {
                     reboot_delay: Duration::from_secs_f64(sim_reboot_secs),
                     action_duration: Duration::from_secs_f64(sim_action_secs),

@@ -202,6 +202,7 @@ impl Setup {
             root: self.root.clone(),
             interval: Duration::from_secs(3600),
             heartbeat: Duration::from_secs(1),
+            observe_only: false,
             simulate: Some(SimOptions {
                 reboot_delay: Duration::ZERO,
                 action_duration: Duration::ZERO,
@@ -466,6 +467,7 @@ async fn session_simulate_refuses_the_live_root() {
         root: PathBuf::from("/"),
         interval: Duration::from_secs(3600),
         heartbeat: Duration::from_secs(1),
+        observe_only: false,
         simulate: Some(SimOptions {
             reboot_delay: Duration::ZERO,
             action_duration: Duration::ZERO,

@@ -178,6 +178,7 @@ fn gate(g: Gate) -> api::RolloutGate {
         Gate::NewFindings => W::NewFindings,
         Gate::GuestsReturned => W::GuestsReturned,
         Gate::UnknownState => W::UnknownState,
+        Gate::ObserveOnly => W::ObserveOnly,
     }
 }
 

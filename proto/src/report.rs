@@ -117,6 +117,25 @@ pub struct Facts {
     /// Time sync, free space and what the package database says.
     #[serde(default)]
     pub system: SystemFacts,
+    /// How the reporting agent runs (set by `fleetward-agent run`, not by `inspect`).
+    #[serde(default, skip_serializing_if = "AgentFacts::is_default")]
+    pub agent: AgentFacts,
+}
+
+/// How the agent that sent the report runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentFacts {
+    /// The agent refuses every action: it inspects a tree other than `/` without
+    /// `--simulate`, or was started with `--observe-only`. The controller plans no action
+    /// for such a node.
+    #[serde(default)]
+    pub observe_only: bool,
+}
+
+impl AgentFacts {
+    pub fn is_default(&self) -> bool {
+        *self == AgentFacts::default()
+    }
 }
 
 /// Node-wide facts that belong to no single subsystem above.

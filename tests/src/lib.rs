@@ -392,7 +392,8 @@ pub fn minimal_report(host: &str, boot_id: Option<String>) -> fleetward_proto::R
 }
 
 /// How [`Agent::run_with`] starts `fleetward-agent run`. `AgentRun::default()` is what
-/// [`Agent::run`] does: the real executor, inspect and heartbeat every second.
+/// [`Agent::run`] does: inspect and heartbeat every second, observe-only (a fixture root
+/// without `--simulate`: every action is refused).
 ///
 /// ```ignore
 /// let agent = Agent::run_with(name, root, state, AgentRun::default().simulate().sim_reboot_secs(0.2));
@@ -405,6 +406,8 @@ pub struct AgentRun {
     pub sim_reboot_secs: Option<f64>,
     /// `--sim-action-secs`: how long each simulated action takes.
     pub sim_action_secs: Option<f64>,
+    /// `--observe-only`: report, and refuse every action.
+    pub observe_only: bool,
 }
 
 impl AgentRun {
@@ -516,6 +519,9 @@ impl Agent {
             .arg(state)
             .arg("--root")
             .arg(root);
+        if run.observe_only {
+            cmd.arg("--observe-only");
+        }
         if run.simulate {
             cmd.arg("--simulate");
             if let Some(secs) = run.sim_reboot_secs {

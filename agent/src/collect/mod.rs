@@ -204,6 +204,7 @@ pub fn collect_with_inputs(root: &Root) -> (Facts, Vec<String>) {
         ha,
         unreadable,
         system,
+        agent: Default::default(),
     };
     (facts, inputs)
 }

@@ -111,6 +111,35 @@ impl<E: Executor + ?Sized> Executor for Arc<E> {
     }
 }
 
+/// The executor of an observe-only agent: it refuses every action with `reason` and starts
+/// nothing. An agent runs it whenever what it inspects is not the machine it runs on (`--root
+/// DIR` without `--simulate`), or when asked to only observe (`--observe-only`).
+#[derive(Debug, Clone)]
+pub struct ObserveOnly {
+    reason: String,
+}
+
+impl ObserveOnly {
+    pub fn new(reason: impl Into<String>) -> Self {
+        ObserveOnly {
+            reason: reason.into(),
+        }
+    }
+
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
+impl Executor for ObserveOnly {
+    fn execute(&self, req: &ActionRequest, _out: &mut dyn FnMut(&str)) -> ActionOutcome {
+        ActionOutcome::refused(
+            &req.id,
+            format!("refusing {}: {}", req.action.name(), self.reason),
+        )
+    }
+}
+
 /// One remembered request: the action, and its outcome once it finished. An entry without
 /// an outcome was started and never finished (the agent died or the node rebooted).
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -9,12 +9,16 @@
 //! Commands:
 //! - `Refresh`: executed at most once (ids persisted in `commands.json`, [`SeenCommands`]).
 //! - `Action` (a node-changing [`crate::executor::Action`]): acknowledged at once, then queued (in order, at
-//!   most [`ACTION_QUEUE`] waiting) for a worker task that runs one action at a time on a
+//!   most [`ACTION_QUEUE`] waiting; an id already queued or running in this session is only
+//!   acknowledged, never queued twice nor answered "busy") for a worker task that runs one action at a time on a
 //!   blocking thread through [`Once`] (`actions.json`: a re-sent id gets the remembered
 //!   outcome with `replayed`, it is never executed twice). Output lines are streamed as
 //!   `CommandOutput` while it runs, then `CommandResult` (ok, output tail or reason, exit
 //!   code, replayed). Heartbeats, reports and refreshes go on meanwhile. After an action,
 //!   the node is inspected again and a report sent if it changed.
+//! - Observe-only ([`observe_only_reason`]: `--observe-only`, or `--root` other than `/`
+//!   without `--simulate`): every action is refused by [`ObserveOnly`], which starts
+//!   nothing, and every report says `facts.agent.observe_only`.
 //! - An action whose (not replayed) outcome is `reboot`: the result is sent, the session
 //!   closed, and the agent waits — with the real executor systemd stops it; with the
 //!   simulated one it reconnects after [`SimOptions::reboot_delay`] (the files already
@@ -27,7 +31,9 @@ use super::state::{Credentials, SeenCommands, StateDir};
 use super::{ControllerUrl, Error, CALL_TIMEOUT};
 use crate::executor::real::RealExecutor;
 use crate::executor::simulated::SimulatedExecutor;
-use crate::executor::{tail, ActionOutcome, ActionRequest, Executor, Once, OUTCOMES_FILE};
+use crate::executor::{
+    tail, ActionOutcome, ActionRequest, Executor, ObserveOnly, Once, OUTCOMES_FILE,
+};
 use crate::inspect::inspect;
 use crate::root::Root;
 use crate::runner::SystemRunner;
@@ -37,7 +43,7 @@ use fleetward_proto::api::agent_service_client::AgentServiceClient;
 use fleetward_proto::api::controller_message::Kind as In;
 use fleetward_proto::api::{command, AgentMessage, Command, ControllerMessage, RenewRequest};
 use fleetward_proto::Report;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -87,8 +93,36 @@ pub struct RunOptions {
     /// Send a heartbeat when nothing was sent for this long.
     pub heartbeat: Duration,
     /// `Some`: use the [`SimulatedExecutor`] on `root` (which must not be `/`), logging to
-    /// `<state_dir>/`[`SIM_ACTION_LOG`]; `None`: the [`RealExecutor`] with the system runner.
+    /// `<state_dir>/`[`SIM_ACTION_LOG`]; `None`: the [`RealExecutor`] with the system runner
+    /// when `root` is `/`, else observe-only (see [`observe_only_reason`]).
     pub simulate: Option<SimOptions>,
+    /// `--observe-only`: report, and refuse every action.
+    pub observe_only: bool,
+}
+
+/// Why the agent `opts` describe refuses every action, or `None` when it acts. The real
+/// executor changes the machine the agent runs on, so it runs only when that machine is
+/// what the agent inspects (`/`); an agent inspecting another tree without `--simulate`
+/// only observes. `--observe-only` gives the same anywhere.
+pub fn observe_only_reason(opts: &RunOptions) -> Option<String> {
+    if opts.observe_only {
+        return Some(
+            "this agent is observe-only (--observe-only): it reports and changes nothing".into(),
+        );
+    }
+    if opts.simulate.is_some() {
+        return None;
+    }
+    let live = opts
+        .root
+        .canonicalize()
+        .is_ok_and(|root| root == Path::new("/"));
+    (!live).then(|| {
+        format!(
+            "this agent is observe-only: it inspects {} (--root without --simulate), not the machine it runs on",
+            opts.root.display()
+        )
+    })
 }
 
 /// The executor every action of this agent goes through.
@@ -98,7 +132,22 @@ pub type SharedExecutor = Arc<Once<Box<dyn Executor>>>;
 /// simulated node that is powered off, this powers it on first (a new boot): that is how a
 /// simulated node is started again.
 pub fn open_executor(opts: &RunOptions, node: &str) -> Result<SharedExecutor, Error> {
+    open_executor_with(opts, node, || {
+        Box::new(RealExecutor::new(node, SystemRunner))
+    })
+}
+
+/// [`open_executor`], with `real` making the executor that changes this machine (called
+/// only when the agent inspects `/` and is neither simulated nor observe-only).
+pub fn open_executor_with(
+    opts: &RunOptions,
+    node: &str,
+    real: impl FnOnce() -> Box<dyn Executor>,
+) -> Result<SharedExecutor, Error> {
     let inner: Box<dyn Executor> = match &opts.simulate {
+        _ if opts.observe_only => Box::new(ObserveOnly::new(
+            observe_only_reason(opts).unwrap_or_default(),
+        )),
         Some(options) => {
             let root = opts.root.canonicalize().map_err(|source| Error::Io {
                 path: opts.root.clone(),
@@ -117,7 +166,10 @@ pub fn open_executor(opts: &RunOptions, node: &str) -> Result<SharedExecutor, Er
             }
             Box::new(sim)
         }
-        None => Box::new(RealExecutor::new(node, SystemRunner)),
+        None => match observe_only_reason(opts) {
+            Some(reason) => Box::new(ObserveOnly::new(reason)),
+            None => real(),
+        },
     };
     Ok(Arc::new(Once::open(
         opts.state_dir.join(OUTCOMES_FILE),
@@ -191,12 +243,17 @@ pub async fn run(opts: RunOptions, mut shutdown: watch::Receiver<bool>) -> Resul
     let state = StateDir::new(&opts.state_dir);
     let node = state.load()?.config.node_name;
     let executor = open_executor(&opts, &node)?;
+    let observe_only = observe_only_reason(&opts);
+    if let Some(reason) = &observe_only {
+        warn!("{reason}: every action will be refused");
+    }
     let mut agent = Agent {
         seen: state.seen_commands()?,
         state,
         root: Root::new(&opts.root),
         opts,
         renew_after: None,
+        observe_only: observe_only.is_some(),
         executor,
     };
     let mut backoff = Backoff::default();
@@ -290,6 +347,57 @@ struct Agent {
     seen: SeenCommands,
     renew_after: Option<Instant>,
     executor: SharedExecutor,
+    /// Every action is refused (the reason is in the executor's refusals).
+    observe_only: bool,
+}
+
+/// A session's action queue: the worker's channel and the ids queued or running, so that a
+/// re-sent id is acknowledged as in progress rather than queued twice.
+struct ActionQueue {
+    jobs: mpsc::Sender<ActionRequest>,
+    in_flight: HashSet<String>,
+}
+
+/// What [`ActionQueue::enqueue`] did with a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Enqueued {
+    Queued,
+    /// The same id is already queued or running: nothing was queued.
+    InProgress,
+    /// [`ACTION_QUEUE`] other actions are waiting: not queued.
+    Busy,
+    /// The worker is gone: not queued.
+    Stopped,
+}
+
+impl ActionQueue {
+    fn new(jobs: mpsc::Sender<ActionRequest>) -> Self {
+        ActionQueue {
+            jobs,
+            in_flight: HashSet::new(),
+        }
+    }
+
+    fn enqueue(&mut self, req: ActionRequest) -> Enqueued {
+        if self.in_flight.contains(&req.id) {
+            return Enqueued::InProgress;
+        }
+        let id = req.id.clone();
+        match self.jobs.try_send(req) {
+            Ok(()) => {
+                self.in_flight.insert(id);
+                Enqueued::Queued
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => Enqueued::Busy,
+            Err(mpsc::error::TrySendError::Closed(_)) => Enqueued::Stopped,
+        }
+    }
+
+    /// The worker finished `id`: a later send of it is a new request (answered from
+    /// [`Once`]'s record).
+    fn done(&mut self, id: &str) {
+        self.in_flight.remove(id);
+    }
 }
 
 /// From the action worker to the session loop.
@@ -448,11 +556,14 @@ impl Agent {
             }
             report
         };
-        match tokio::task::spawn_blocking(work).await {
+        let mut report = match tokio::task::spawn_blocking(work).await {
             Ok(report) => report,
             // Only a panic inside inspect gets here; inspect once more, in place.
             Err(_) => inspect(&self.root),
-        }
+        };
+        // The controller plans no action for a node whose agent would refuse it.
+        report.facts.agent.observe_only = self.observe_only;
+        report
     }
 
     /// One session, from connect to its end.
@@ -494,6 +605,7 @@ impl Agent {
         info!(controller = %url, node = %creds.config.node_name, "session open");
 
         let (jobs, jobs_rx) = mpsc::channel::<ActionRequest>(ACTION_QUEUE);
+        let mut queue = ActionQueue::new(jobs);
         let (events_tx, mut events) = mpsc::channel::<ActionEvent>(ACTION_EVENTS);
         let _worker = AbortOnDrop(tokio::spawn(action_worker(
             self.executor.clone(),
@@ -511,7 +623,7 @@ impl Agent {
                 msg = inbound.message() => match msg.map_err(Error::rpc("Session"))? {
                     Some(msg) => {
                         last_received = Instant::now();
-                        if let Some(ended) = self.handle(msg, &mut out, &jobs).await? {
+                        if let Some(ended) = self.handle(msg, &mut out, &mut queue).await? {
                             return Ok(ended);
                         }
                     }
@@ -528,6 +640,7 @@ impl Agent {
                         }
                     }
                     Some(ActionEvent::Done(outcome)) => {
+                        queue.done(&outcome.id);
                         out.action_result(&outcome)?;
                         if !outcome.replayed && (outcome.power_off || outcome.reboot) {
                             close(out, &mut inbound).await;
@@ -576,7 +689,7 @@ impl Agent {
         &mut self,
         msg: ControllerMessage,
         out: &mut Outbox,
-        jobs: &mpsc::Sender<ActionRequest>,
+        queue: &mut ActionQueue,
     ) -> Result<Option<Ended>, Error> {
         match msg.kind {
             Some(In::ReportAck(ack)) => match out.pending.remove(&ack.seq) {
@@ -595,7 +708,7 @@ impl Agent {
                 None => warn!(seq = ack.seq, "acknowledgement for a report never sent"),
             },
             Some(In::HeartbeatAck(ack)) => debug!(seq = ack.seq, "heartbeat acknowledged"),
-            Some(In::Command(cmd)) => self.command(cmd, out, jobs).await?,
+            Some(In::Command(cmd)) => self.command(cmd, out, queue).await?,
             Some(In::Close(close)) => return Ok(Some(Ended::Closed(close.reason))),
             None => debug!("ignoring a controller message of an unknown kind"),
         }
@@ -606,7 +719,7 @@ impl Agent {
         &mut self,
         cmd: Command,
         out: &mut Outbox,
-        jobs: &mpsc::Sender<ActionRequest>,
+        queue: &mut ActionQueue,
     ) -> Result<(), Error> {
         let id = cmd.command_id;
         if id.is_empty() {
@@ -625,17 +738,23 @@ impl Agent {
                     }
                 };
                 let name = req.action.name();
-                return match jobs.try_send(req) {
-                    Ok(()) => {
+                return match queue.enqueue(req) {
+                    Enqueued::Queued => {
                         info!(command_id = %id, action = name, "action queued");
                         Ok(())
                     }
-                    Err(mpsc::error::TrySendError::Full(_)) => out.result(
+                    // A re-send (a reconnect, a recovering controller): the acknowledgement
+                    // above says it is in progress; its one result follows when it is done.
+                    Enqueued::InProgress => {
+                        info!(command_id = %id, action = name, "action already queued or running; not queued again");
+                        Ok(())
+                    }
+                    Enqueued::Busy => out.result(
                         &id,
                         false,
                         format!("agent busy: {ACTION_QUEUE} actions already queued; not queued"),
                     ),
-                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                    Enqueued::Stopped => {
                         out.result(&id, false, "the action worker stopped; not queued")
                     }
                 };
@@ -731,6 +850,117 @@ mod tests {
         assert!(renewal_due(nb, na, t0 + 21 * day));
         assert!(renewal_due(nb, na, na + day), "expired");
         assert!(renewal_due(na, nb, t0), "nonsense validity");
+    }
+
+    fn action(id: &str) -> ActionRequest {
+        ActionRequest {
+            id: id.into(),
+            action: crate::executor::Action::Reboot,
+        }
+    }
+
+    #[test]
+    fn a_resent_action_is_in_progress_never_queued_twice_nor_busy() {
+        let (jobs, _rx) = mpsc::channel(ACTION_QUEUE);
+        let mut queue = ActionQueue::new(jobs);
+        let id = "rollout-1/pve-01/reboot/1";
+        assert_eq!(queue.enqueue(action(id)), Enqueued::Queued);
+        for _ in 0..40 {
+            assert_eq!(queue.enqueue(action(id)), Enqueued::InProgress);
+        }
+        for i in 1..ACTION_QUEUE {
+            assert_eq!(queue.enqueue(action(&format!("x/{i}"))), Enqueued::Queued);
+        }
+        // Only distinct actions fill the queue; a re-send of a queued one is still in progress.
+        assert_eq!(queue.enqueue(action("x/full")), Enqueued::Busy);
+        assert_eq!(queue.enqueue(action(id)), Enqueued::InProgress);
+        queue.done(id);
+        assert_eq!(
+            queue.enqueue(action(id)),
+            Enqueued::Busy,
+            "once done, a re-send is a new request (answered from the at-most-once record)"
+        );
+    }
+
+    /// A [`RecordingRunner`](crate::runner::testing::RecordingRunner) the test keeps a
+    /// handle on.
+    struct Shared(Arc<crate::runner::testing::RecordingRunner>);
+
+    impl crate::runner::CommandRunner for Shared {
+        fn run(
+            &self,
+            program: &str,
+            args: &[String],
+            env: &[(String, String)],
+            timeout: Duration,
+            out: &mut dyn FnMut(&str),
+        ) -> crate::runner::RunResult {
+            self.0.run(program, args, env, timeout, out)
+        }
+    }
+
+    fn opts(state: &Path, root: &Path, simulate: bool, observe_only: bool) -> RunOptions {
+        RunOptions {
+            state_dir: state.to_owned(),
+            root: root.to_owned(),
+            interval: Duration::from_secs(60),
+            heartbeat: Duration::from_secs(15),
+            simulate: simulate.then_some(SimOptions {
+                reboot_delay: Duration::ZERO,
+                action_duration: Duration::ZERO,
+            }),
+            observe_only,
+        }
+    }
+
+    #[test]
+    fn an_agent_acts_only_on_what_it_inspects() {
+        let state = tempfile::tempdir().unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let cases = [
+            (
+                opts(state.path(), root.path(), false, false),
+                "--root without --simulate",
+            ),
+            (
+                opts(state.path(), Path::new("/"), false, true),
+                "--observe-only",
+            ),
+            (
+                opts(state.path(), root.path(), true, true),
+                "--observe-only",
+            ),
+        ];
+        for (i, (o, why)) in cases.into_iter().enumerate() {
+            let reason = observe_only_reason(&o).expect("observe-only");
+            assert!(reason.contains(why), "{reason}");
+            let runner = Arc::new(crate::runner::testing::RecordingRunner::new());
+            let r = runner.clone();
+            let exec = open_executor_with(&o, "pve-01", move || {
+                Box::new(RealExecutor::new("pve-01", Shared(r)))
+            })
+            .unwrap();
+            let outcome = exec.execute(&action(&format!("op/pve-01/reboot/{i}")), &mut |_| {});
+            assert!(!outcome.ok && !outcome.reboot, "{outcome:?}");
+            assert!(
+                outcome.output.contains("observe-only"),
+                "{}",
+                outcome.output
+            );
+            assert!(runner.calls().is_empty(), "no process was started");
+        }
+        assert!(
+            !state.path().join(SIM_ACTION_LOG).exists(),
+            "the simulated executor did not run either"
+        );
+        let live = opts(state.path(), Path::new("/"), false, false);
+        assert_eq!(observe_only_reason(&live), None, "the live root acts");
+        let sim = opts(state.path(), root.path(), true, false);
+        assert_eq!(
+            observe_only_reason(&sim),
+            None,
+            "a simulated node acts on its tree"
+        );
     }
 
     #[test]

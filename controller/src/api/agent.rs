@@ -118,6 +118,9 @@ async fn drive_session(
                 .map_err(|_| Status::cancelled("session gone"))
         }
     };
+    // Only a session's first Hello announces it: a repeated one (a confused or hostile
+    // agent) must not make the drivers re-send what is outstanding again and again.
+    let mut greeted = false;
     loop {
         let msg = tokio::select! {
             m = inbound.message() => m,
@@ -140,7 +143,11 @@ async fn drive_session(
         };
         slot.heard(now_ms());
         match msg.kind {
+            Some(Kind::Hello(_)) if greeted => {
+                tracing::warn!(node, "ignoring a repeated Hello on the same session");
+            }
             Some(Kind::Hello(h)) => {
+                greeted = true;
                 ctl.record_hello(node, &h.agent_version, &h.boot_id)?;
                 ctl.publish(node, AgentEventKind::Connected { boot_id: h.boot_id });
             }

@@ -64,6 +64,7 @@ fn node_message(ctl: &Controller, rec: &NodeRecord, report: Option<&Report>) -> 
         cert_not_after_unix_ms: Some(rec.cert_not_after_ms as i64),
         revoked: rec.revoked,
         agent_version: rec.agent_version.clone().unwrap_or_default(),
+        observe_only: report.is_some_and(|r| r.facts.agent.observe_only),
     }
 }
 
@@ -490,6 +491,21 @@ impl OperatorService for OperatorApi {
         let caller = Caller::of(&req)?.clone();
         let r = req.into_inner();
         let plan = rollout_plan(ctl, &r)?;
+        let observe_only: Vec<&str> = plan
+            .nodes
+            .iter()
+            .filter(|n| {
+                ctl.latest(n)
+                    .is_some_and(|(r, _)| r.facts.agent.observe_only)
+            })
+            .map(String::as_str)
+            .collect();
+        if !observe_only.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "observe-only: {} (the agent refuses every action; leave such nodes out with --nodes)",
+                observe_only.join(", ")
+            )));
+        }
         let refused = crate::orchestrate::rollout::refused_guests(ctl, &plan.nodes);
         if !refused.is_empty() {
             return Err(Status::failed_precondition(format!(

@@ -254,7 +254,8 @@ fn state_text(n: &api::Node) -> String {
         SessionState::Offline => "offline",
         SessionState::Unspecified => "unknown",
     };
-    state.to_owned() + if n.revoked { ",revoked" } else { "" }
+    let observe = if n.observe_only { ",observe-only" } else { "" };
+    state.to_owned() + if n.revoked { ",revoked" } else { "" } + observe
 }
 
 fn severity_name(s: Severity) -> &'static str {
@@ -308,6 +309,7 @@ fn node_json(n: &api::Node, findings: &[api::Finding]) -> Value {
         "last_seen_unix_ms": n.last_seen_unix_ms,
         "agent_version": n.agent_version,
         "revoked": n.revoked,
+        "observe_only": n.observe_only,
         "cert_serial": n.cert_serial,
         "cert_not_after_unix_ms": n.cert_not_after_unix_ms,
         "finding_counts": {"info": c.info, "warning": c.warning, "error": c.error},
@@ -607,6 +609,7 @@ mod tests {
             } else {
                 String::new()
             },
+            observe_only: false,
         }
     }
 

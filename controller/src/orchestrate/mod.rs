@@ -22,6 +22,13 @@
 //! offline only when it is not back within [`OFFLINE_GRACE_MS`] (an agent restarted by its
 //! own package upgrade, a dropped connection); a node that reconnects gets `Recovered`.
 //!
+//! An ack or result counts only from the node its key names (`Key.node`, against the
+//! certificate the event came with); one from any other node is refused and audited
+//! (`<KIND>.ack-refused`, `<KIND>.result-refused`). A key its node acknowledged on its
+//! current session is not re-sent there (the agent has it queued or running); after that
+//! node reconnects, or when events were missed, outstanding keys are re-sent and the agent
+//! answers them from its at-most-once record.
+//!
 //! Operator requests that change something are audited by the driver, before the step.
 
 pub mod refresh;
@@ -314,6 +321,7 @@ pub fn spawn_with<M: Machine>(
         grace_until: None,
         offline_since: HashMap::new(),
         output: HashMap::new(),
+        acked: HashMap::new(),
     };
     tokio::spawn(d.run(events, rx, tick.max(Duration::from_millis(10))));
     Handle { tx }
@@ -331,6 +339,11 @@ struct Driver<M: Machine> {
     offline_since: HashMap<String, u64>,
     /// Recent output lines of running actions, per node.
     output: HashMap<String, VecDeque<String>>,
+    /// Per node, the outstanding keys its agent acknowledged on its current session: the
+    /// agent has them queued or running, so a re-send on that session is skipped. Forgotten
+    /// when the node's session changes (the agent's at-most-once record answers a re-send
+    /// on the new one) and when events were missed (a result may have been among them).
+    acked: HashMap<String, BTreeSet<Key>>,
     webhook: Option<String>,
     watch: watch::Sender<Option<M::Record>>,
 }
@@ -354,7 +367,10 @@ impl<M: Machine> Driver<M> {
                     Ok(ev) => self.on_agent_event(ev),
                     // Events were missed: the machines are level-triggered, one more look
                     // (and a re-send of what is outstanding) suffices.
-                    Err(broadcast::error::RecvError::Lagged(_)) => self.wake(Wake::Recovered),
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        self.acked.clear();
+                        self.wake(Wake::Recovered)
+                    }
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
                 _ = timer.tick() => self.on_tick(),
@@ -469,9 +485,11 @@ impl<M: Machine> Driver<M> {
             AgentEventKind::Report => Wake::NodeChanged { node },
             AgentEventKind::Connected { .. } => {
                 self.offline_since.remove(&node);
+                self.acked.remove(&node);
                 Wake::Recovered
             }
             AgentEventKind::Disconnected => {
+                self.acked.remove(&node);
                 // Unless a newer session replaced it, the machine hears of it after the
                 // grace (`on_tick`), or sees it offline on a later step once it is over.
                 if !self.ctl.is_online(&node) {
@@ -479,7 +497,12 @@ impl<M: Machine> Driver<M> {
                 }
                 return;
             }
-            AgentEventKind::CommandAck { .. } => return,
+            AgentEventKind::CommandAck { id } => {
+                if let Some(key) = self.outstanding_from(&node, &id, "ack") {
+                    self.acked.entry(node).or_default().insert(key);
+                }
+                return;
+            }
             AgentEventKind::CommandOutput { id, line } => {
                 tracing::debug!(kind = M::KIND, node = %node, command = %id, "{line}");
                 let lines = self.output.entry(node).or_default();
@@ -492,13 +515,12 @@ impl<M: Machine> Driver<M> {
             AgentEventKind::CommandResult {
                 id, ok, message, ..
             } => {
-                let key = self
-                    .active
-                    .as_ref()
-                    .and_then(|r| M::outstanding(r).into_iter().find(|k| k.to_string() == id));
-                let Some(key) = key else {
-                    return; // not ours, or an answer to an older attempt
+                let Some(key) = self.outstanding_from(&node, &id, "result") else {
+                    return;
                 };
+                if let Some(keys) = self.acked.get_mut(&node) {
+                    keys.remove(&key);
+                }
                 Wake::CommandResult {
                     key,
                     ok,
@@ -507,6 +529,30 @@ impl<M: Machine> Driver<M> {
             }
         };
         self.wake(wake);
+    }
+
+    /// The outstanding key `id` names, if `node` may answer it. An answer to a key of another
+    /// node (a certificate speaking for a node it is not) is refused and audited; `None`
+    /// also for ids that are not ours or answer an older attempt.
+    fn outstanding_from(&self, node: &str, id: &str, what: &str) -> Option<Key> {
+        let key = self
+            .active
+            .as_ref()
+            .and_then(|r| M::outstanding(r).into_iter().find(|k| k.to_string() == id))?;
+        if key.node == node {
+            return Some(key);
+        }
+        tracing::warn!(kind = M::KIND, node, command = %id, "refusing the {what} of a command for another node");
+        self.ctl.audit_event(
+            node,
+            &format!("{}.{what}-refused", M::KIND),
+            &key.operation,
+            format!(
+                "{node} sent the {what} of {id}, a command for {}: refused, the step is unaffected",
+                key.node
+            ),
+        );
+        None
     }
 
     fn on_request(&mut self, req: Request<M>) {
@@ -681,6 +727,12 @@ impl<M: Machine> Driver<M> {
         for e in effects {
             match e {
                 Effect::Send { key, node, action } => {
+                    if self.acked.get(&node).is_some_and(|k| k.contains(&key)) {
+                        // Queued or running on the node's current session: the agent sends
+                        // its result when it is done.
+                        tracing::debug!(kind = M::KIND, node = %node, command = %key, "acknowledged on this session; not re-sent");
+                        continue;
+                    }
                     let req = ActionRequest {
                         id: key.to_string(),
                         action,
@@ -838,6 +890,224 @@ mod tests {
             actions.iter().filter(|a| *a == "x.control").count(),
             2,
             "each control is audited before it is tried: {actions:?}"
+        );
+    }
+
+    /// A machine that sends one action per key and records the results it is woken with.
+    struct Echo;
+
+    #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+    struct EchoRecord {
+        id: String,
+        keys: Vec<Key>,
+        results: Vec<(Key, bool)>,
+        clock: u64,
+    }
+
+    #[derive(Debug, Clone)]
+    enum EchoEvent {
+        Send,
+        Result(Key, bool),
+    }
+
+    impl Machine for Echo {
+        const KIND: &'static str = "echo";
+        type Record = EchoRecord;
+        type Event = EchoEvent;
+        type View = ();
+        type Notice = String;
+
+        fn id(r: &EchoRecord) -> &str {
+            &r.id
+        }
+        fn created_ms(_: &EchoRecord) -> u64 {
+            0
+        }
+        fn finished(_: &EchoRecord) -> bool {
+            false
+        }
+        fn busy(_: &EchoRecord) -> String {
+            "busy".into()
+        }
+        fn clock(r: &mut EchoRecord) -> &mut u64 {
+            &mut r.clock
+        }
+        fn start(_: u64) -> EchoEvent {
+            EchoEvent::Send
+        }
+        fn wake(&self, _: &EchoRecord, w: Wake) -> Option<EchoEvent> {
+            match w {
+                Wake::Recovered => Some(EchoEvent::Send),
+                Wake::CommandResult { key, ok, .. } => Some(EchoEvent::Result(key, ok)),
+                _ => None,
+            }
+        }
+        fn outstanding(r: &EchoRecord) -> Vec<Key> {
+            let answered: Vec<&Key> = r.results.iter().map(|(k, _)| k).collect();
+            r.keys
+                .iter()
+                .filter(|k| !answered.contains(k))
+                .cloned()
+                .collect()
+        }
+        fn expected_online(&self, _: &EchoRecord, _: &Controller) -> Vec<String> {
+            Vec::new()
+        }
+        fn recover_grace_ms(&self, _: &EchoRecord) -> u64 {
+            0
+        }
+        fn view(&self, _: &EchoRecord, _: &Controller, _: &BTreeSet<String>) {}
+        fn step(
+            &self,
+            r: &EchoRecord,
+            ev: &EchoEvent,
+            _: &(),
+        ) -> (EchoRecord, Vec<Effect<String>>) {
+            let mut next = r.clone();
+            match ev {
+                EchoEvent::Send => {
+                    let sends = Self::outstanding(r)
+                        .into_iter()
+                        .map(|key| Effect::Send {
+                            node: key.node.clone(),
+                            key,
+                            action: AgentAction::Reboot,
+                        })
+                        .collect();
+                    (next, sends)
+                }
+                EchoEvent::Result(key, ok) => {
+                    next.results.push((key.clone(), *ok));
+                    (next, Vec::new())
+                }
+            }
+        }
+        fn audited(_: &String) -> bool {
+            false
+        }
+        fn refusal(_: &String) -> Option<&str> {
+            None
+        }
+    }
+
+    /// Command ids sent so far on a session.
+    fn sent<T>(rx: &mut mpsc::Receiver<Result<api::ControllerMessage, T>>) -> Vec<String> {
+        let mut ids = Vec::new();
+        while let Ok(Ok(msg)) = rx.try_recv() {
+            if let Some(api::controller_message::Kind::Command(c)) = msg.kind {
+                ids.push(c.command_id);
+            }
+        }
+        ids
+    }
+
+    /// Lets the driver task take in what was published.
+    async fn settle() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    #[tokio::test]
+    async fn acknowledged_actions_are_not_resent_and_only_their_node_may_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctl = controller(dir.path());
+        let (tx1, mut rx1) = mpsc::channel(256);
+        let (tx2, mut rx2) = mpsc::channel(256);
+        let _s1 = ctl.register("pve-01", tx1);
+        let _s2 = ctl.register("pve-02", tx2);
+        let journal = Arc::new(FailingJournal {
+            ctl: ctl.clone(),
+            fail: AtomicBool::new(false),
+        });
+        let h = spawn_with(ctl.clone(), Echo, Duration::from_secs(3600), journal);
+        let mut watch = h.watch().await.unwrap();
+        let k1 = Key::new("echo-1", "pve-01", "reboot", 1);
+        let k2 = Key::new("echo-1", "pve-02", "reboot", 1);
+        let record = EchoRecord {
+            id: "echo-1".into(),
+            keys: vec![k1.clone(), k2.clone()],
+            results: Vec::new(),
+            clock: 0,
+        };
+        h.start(record, None).await.unwrap();
+        assert_eq!(sent(&mut rx1), vec![k1.to_string()]);
+        assert_eq!(sent(&mut rx2), vec![k2.to_string()]);
+
+        // pve-01 acknowledges; pve-02 reconnects again and again: only pve-02's
+        // unacknowledged action is re-sent, never pve-01's (queued or running there).
+        ctl.publish("pve-01", AgentEventKind::CommandAck { id: k1.to_string() });
+        settle().await;
+        for _ in 0..40 {
+            ctl.publish(
+                "pve-02",
+                AgentEventKind::Connected {
+                    boot_id: "b".into(),
+                },
+            );
+        }
+        settle().await;
+        assert!(
+            sent(&mut rx1).is_empty(),
+            "pve-01's acknowledged action not re-sent"
+        );
+        assert_eq!(sent(&mut rx2).len(), 40);
+
+        // pve-02's certificate answers pve-01's step: refused, audited, the step unaffected.
+        ctl.publish(
+            "pve-02",
+            AgentEventKind::CommandResult {
+                id: k1.to_string(),
+                ok: false,
+                message: "forged".into(),
+                exit_code: Some(1),
+                replayed: false,
+            },
+        );
+        ctl.publish("pve-02", AgentEventKind::CommandAck { id: k1.to_string() });
+        settle().await;
+        assert!(watch
+            .borrow_and_update()
+            .as_ref()
+            .unwrap()
+            .results
+            .is_empty());
+        let audit = ctl.store().list_audit(10).unwrap();
+        let refused: Vec<_> = audit
+            .iter()
+            .filter(|a| a.action.ends_with("-refused"))
+            .collect();
+        assert_eq!(refused.len(), 2, "{audit:?}");
+        assert!(refused
+            .iter()
+            .all(|a| a.actor == "pve-02" && a.target == "echo-1"));
+        assert!(
+            refused[0].detail.contains("pve-01"),
+            "{}",
+            refused[0].detail
+        );
+
+        // A new session of pve-01: its agent's own record answers the re-send.
+        ctl.publish(
+            "pve-01",
+            AgentEventKind::Connected {
+                boot_id: "b".into(),
+            },
+        );
+        settle().await;
+        assert_eq!(sent(&mut rx1), vec![k1.to_string()]);
+        ctl.publish(
+            "pve-01",
+            AgentEventKind::CommandResult {
+                id: k1.to_string(),
+                ok: true,
+                message: String::new(),
+                exit_code: Some(0),
+                replayed: true,
+            },
+        );
+        settle().await;
+        assert_eq!(
+            watch.borrow_and_update().as_ref().unwrap().results,
+            vec![(k1, true)]
         );
     }
 

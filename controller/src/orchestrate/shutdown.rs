@@ -101,6 +101,7 @@ pub fn node_view(
         ceph_mon: f.ceph.as_ref().is_some_and(|c| c.monitor_here),
         ceph_osds: f.ceph.as_ref().is_some_and(|c| !c.osds_here.is_empty()),
         guests,
+        observe_only: f.agent.observe_only,
     }
 }
 

@@ -40,6 +40,19 @@ fn is_unsafe(code: &str) -> bool {
     })
 }
 
+/// The node's agent acts: an observe-only agent (`fleetward-agent run --observe-only`, or
+/// one inspecting a tree other than `/` without `--simulate`) refuses every action, so no
+/// rollout starts on it.
+pub fn acts(view: &ClusterView, node: &str) -> GateResult {
+    match view.nodes.get(node) {
+        Some(nv) if nv.observe_only => fail(
+            Gate::ObserveOnly,
+            format!("{node} is observe-only: its agent refuses every action (it runs with --observe-only, or inspects a tree other than / without --simulate)"),
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// Online, heard from recently, and has reported (a node that connected a moment ago and
 /// has not sent its report yet is unknown state, not a healthy member).
 fn fresh(nv: &NodeView, max_silence_ms: u64) -> bool {
@@ -195,14 +208,16 @@ pub fn esp_holds_next_kernel(view: &ClusterView, node: &str) -> GateResult {
     }
 }
 
-/// Before a node starts: it is reachable, the others are online, quorum survives without it
-/// (and without the nodes already `out`), no unsafe finding, Ceph healthy.
+/// Before a node starts: its agent acts (not observe-only), it is reachable, the others are
+/// online, quorum survives without it (and without the nodes already `out`), no unsafe
+/// finding, Ceph healthy.
 pub fn preflight(
     view: &ClusterView,
     node: &str,
     out: &BTreeSet<String>,
     max_silence_ms: u64,
 ) -> GateResult {
+    acts(view, node)?;
     node_reachable(view, node, max_silence_ms)?;
     others_online(view, node, out, max_silence_ms)?;
     quorum_margin(view, node, out)?;
@@ -358,5 +373,28 @@ mod tests {
             nv.error_findings.insert("apt.parse-error".into());
         }
         assert!(no_unsafe_findings(&view, "pve1").is_err());
+    }
+
+    #[test]
+    fn an_observe_only_node_fails_preflight_by_name() {
+        let votes = [("pve1", 1), ("pve2", 1), ("pve3", 1)];
+        let mut reports: Vec<Report> = votes.iter().map(|(n, _)| report(n, &votes, 3)).collect();
+        reports[0].facts.agent.observe_only = true;
+        let mut view = ClusterView::default();
+        for r in &reports {
+            let mut nv = node_view(Some(r), true, Some(0), 1);
+            nv.esp_holds_next_kernel = true;
+            view.nodes
+                .insert(r.facts.node.hostname.clone().unwrap_or_default(), nv);
+        }
+        let none = BTreeSet::new();
+        let err = preflight(&view, "pve1", &none, 60_000).unwrap_err();
+        assert_eq!(err.gate, Gate::ObserveOnly);
+        assert!(
+            err.reason.contains("pve1 is observe-only"),
+            "{}",
+            err.reason
+        );
+        assert!(preflight(&view, "pve2", &none, 60_000).is_ok());
     }
 }

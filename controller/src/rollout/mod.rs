@@ -356,6 +356,8 @@ pub enum Gate {
     GuestsReturned,
     /// The node's report lacks a fact the machine needs (boot id, next kernel).
     UnknownState,
+    /// The node's agent is observe-only: it would refuse every action.
+    ObserveOnly,
 }
 
 /// The rollout as a whole.
@@ -519,6 +521,9 @@ pub struct NodeView {
     /// VMIDs of the node's non-HA guests with `onboot`: the node itself starts them at boot.
     #[serde(default)]
     pub onboot_local_guests: BTreeSet<u32>,
+    /// The node's agent is observe-only (its report says so): it refuses every action.
+    #[serde(default)]
+    pub observe_only: bool,
 }
 
 /// The cluster as the driver sees it when it calls [`step`]: every cluster member, not

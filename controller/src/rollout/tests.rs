@@ -29,6 +29,7 @@ pub(super) fn healthy_node(name: &str, expected_votes: u32) -> NodeView {
         ceph_osds: false,
         running_guests: BTreeSet::new(),
         onboot_local_guests: BTreeSet::new(),
+        observe_only: false,
     }
 }
 

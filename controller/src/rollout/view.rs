@@ -12,6 +12,7 @@ use super::NodeView;
 /// - `esp_holds_next_kernel`: where proxmox-boot-tool keeps ESPs in sync (the ESP list
 ///   exists), every listed ESP is present and holds the next kernel; otherwise (GRUB reading
 ///   `/boot`) the next kernel is installed in `/boot`. Unknown next kernel → false.
+/// - `observe_only`: the agent says it refuses every action.
 /// - `ceph_healthy`: `None` without Ceph; health the agent cannot know (a real node, which
 ///   would need `ceph -s`) counts as **not** healthy: a rollout does not proceed on unknown
 ///   state.
@@ -29,6 +30,7 @@ pub fn node_view(
     };
     let Some(r) = report else { return nv };
     let f = &r.facts;
+    nv.observe_only = f.agent.observe_only;
     nv.boot_id = f.node.boot_id.clone();
     nv.running_kernel = f.node.running_kernel.clone();
     nv.next_kernel = f.boot.next_kernel.clone();

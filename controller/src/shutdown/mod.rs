@@ -124,6 +124,9 @@ pub struct NodeView {
     pub ceph_mon: bool,
     pub ceph_osds: bool,
     pub guests: Vec<GuestView>,
+    /// The node's agent is observe-only: it refuses every action, so no plan includes it.
+    #[serde(default)]
+    pub observe_only: bool,
 }
 
 /// The cluster for one call of [`step`]. A node missing from `nodes` counts as offline.

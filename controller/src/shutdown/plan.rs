@@ -29,6 +29,8 @@ pub enum PlanError {
     NotInTiers(String),
     #[error("the controller's host {0} must be alone in the last tier")]
     ControllerHostNotLast(String),
+    #[error("observe-only: {} (the agent refuses every action: no shutdown is planned with it)", .0.join(", "))]
+    ObserveOnly(Vec<String>),
 }
 
 /// One step of the shutdown as the plan shows it (and as the machine sends it).
@@ -226,6 +228,15 @@ impl Plan {
         }
         if !view.nodes.values().any(|n| n.online) {
             return Err(PlanError::NoOnlineNode);
+        }
+        let observe_only: Vec<String> = view
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.observe_only)
+            .map(|(name, _)| name.clone())
+            .collect();
+        if !observe_only.is_empty() {
+            return Err(PlanError::ObserveOnly(observe_only));
         }
         let host = config
             .controller_host
@@ -548,4 +559,21 @@ fn validate_tiers(
         }
     }
     Ok(tiers.to_vec())
+}
+
+#[cfg(test)]
+mod observe_only_tests {
+    use super::super::tests::five_nodes;
+    use super::*;
+
+    #[test]
+    fn a_plan_with_an_observe_only_node_is_refused_by_name() {
+        let mut view = five_nodes();
+        if let Some(n) = view.nodes.get_mut("pve2") {
+            n.observe_only = true;
+        }
+        let err = Plan::new("p", &view, &Config::default(), 0).unwrap_err();
+        assert_eq!(err, PlanError::ObserveOnly(vec!["pve2".into()]));
+        assert!(err.to_string().starts_with("observe-only: pve2"), "{err}");
+    }
 }

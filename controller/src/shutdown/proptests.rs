@@ -76,6 +76,7 @@ fn build(c: &Cluster, deadline_ms: Option<u64>) -> Result<(Plan, ShutdownView), 
                 ceph_mon: *mon,
                 ceph_osds: *osds,
                 guests,
+                observe_only: false,
             },
         );
     }

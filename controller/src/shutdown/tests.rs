@@ -33,6 +33,7 @@ pub(super) fn node(mon: bool, osds: bool, guests: Vec<GuestView>) -> NodeView {
         ceph_mon: mon,
         ceph_osds: osds,
         guests,
+        observe_only: false,
     }
 }
 
