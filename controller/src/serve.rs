@@ -111,6 +111,28 @@ pub fn load(dir: &DataDir, cfg: Config) -> Result<Loaded, ServeError> {
     })
 }
 
+/// The address `serve` actually listens on, recorded in the data directory (`listen.addr`,
+/// written atomically after binding) for clients that find the controller by `--data-dir`:
+/// a `--listen` override or port 0 makes it differ from the configuration's `listen`.
+/// Removed when dropped, i.e. when `serve` exits.
+pub struct ListenRecord(std::path::PathBuf);
+
+impl ListenRecord {
+    pub fn write(dir: &DataDir, addr: std::net::SocketAddr) -> std::io::Result<Self> {
+        let path = dir.listen_addr();
+        fleetward_pki::write_public(&path, &format!("{addr}\n"))?;
+        Ok(ListenRecord(path))
+    }
+}
+
+impl Drop for ListenRecord {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.0) {
+            tracing::warn!(path = %self.0.display(), error = %e, "cannot remove the listen address record");
+        }
+    }
+}
+
 /// A private key file is neither readable nor writable by group or others:
 /// `Err(Ok(mode))` if it is, `Err(Err(_))` if it cannot be inspected.
 fn check_private(path: &std::path::Path) -> Result<(), Result<u32, std::io::Error>> {

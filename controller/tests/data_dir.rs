@@ -67,3 +67,54 @@ fn init_refuses_a_bad_san_or_listen_before_writing_anything() {
         assert!(!d.exists(), "{what}: init wrote {}", d.display());
     }
 }
+
+#[test]
+fn serve_records_the_address_it_listens_on_for_data_dir_clients() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("data");
+    let out = fleetward(&["init", "--name", "lab"], &d);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // controller.toml says 0.0.0.0:7443; the override binds a free port instead.
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_fleetward"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&d)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let record = d.join("listen.addr");
+    let start = std::time::Instant::now();
+    while !record.exists() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "serve did not record its address"
+        );
+        if let Some(status) = serve.try_wait().unwrap() {
+            panic!("serve exited: {status}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let addr = std::fs::read_to_string(&record).unwrap();
+    assert!(
+        addr.starts_with("127.0.0.1:") && !addr.contains(":0\n"),
+        "{addr}"
+    );
+    let out = fleetward(&["nodes", "--output", "json"], &d);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let term = Command::new("kill")
+        .args(["-TERM", &serve.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    assert!(serve.wait().unwrap().success());
+    assert!(!record.exists(), "listen.addr outlived serve");
+}
