@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -187,6 +188,9 @@ impl Default for RolloutConfig {
     }
 }
 
+/// The shortest certificate lifetime `serve` accepts (agents renew at two thirds of it).
+pub const MIN_CERT_SECS: u64 = 60;
+
 fn default_listen() -> String {
     "0.0.0.0:7443".into()
 }
@@ -242,6 +246,31 @@ impl Config {
         Ok(cfg)
     }
 
+    /// Checks the certificate lifetimes before `serve` starts: each at least
+    /// [`MIN_CERT_SECS`], and none longer than `ca_remaining`, the CA's remaining validity
+    /// (a certificate cannot outlive the CA that signed it).
+    pub fn check_lifetimes(&self, ca_remaining: Duration) -> Result<(), String> {
+        for (key, secs) in [
+            ("agent_cert_secs", self.agent_cert_secs),
+            ("operator_cert_secs", self.operator_cert_secs),
+        ] {
+            if secs < MIN_CERT_SECS {
+                return Err(format!(
+                    "{key} = {secs} is too short: a certificate must live at least {MIN_CERT_SECS} s"
+                ));
+            }
+            if secs > ca_remaining.as_secs() {
+                return Err(format!(
+                    "{key} = {secs} is longer than the CA's remaining validity ({} s, {} days): \
+                     certificates would outlive the CA that signed them",
+                    ca_remaining.as_secs(),
+                    ca_remaining.as_secs() / 86_400
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The file `init` writes: every setting, commented.
     pub fn to_commented_toml(&self) -> String {
         format!(
@@ -287,6 +316,28 @@ impl Config {
 mod tests {
     use super::*;
     use crate::rollout::Timeouts;
+
+    #[test]
+    fn nonsensical_lifetimes_are_refused() {
+        let year = Duration::from_secs(365 * 86_400);
+        let ok = Config::new("lab", None);
+        assert_eq!(ok.check_lifetimes(10 * year), Ok(()));
+        let mut c = ok.clone();
+        c.agent_cert_secs = 0;
+        let e = c.check_lifetimes(10 * year).unwrap_err();
+        assert!(e.contains("agent_cert_secs = 0"), "{e}");
+        let mut c = ok.clone();
+        c.operator_cert_secs = 0;
+        let e = c.check_lifetimes(10 * year).unwrap_err();
+        assert!(e.contains("operator_cert_secs = 0"), "{e}");
+        let mut c = ok.clone();
+        c.agent_cert_secs = u64::MAX;
+        let e = c.check_lifetimes(10 * year).unwrap_err();
+        assert!(e.contains("remaining validity"), "{e}");
+        // The default operator lifetime does not fit a CA with a month left.
+        let e = ok.check_lifetimes(year / 12).unwrap_err();
+        assert!(e.contains("operator_cert_secs"), "{e}");
+    }
 
     #[test]
     fn init_output_parses_back() {

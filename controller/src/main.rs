@@ -194,7 +194,7 @@ fn serve_main(a: ServeArgs) -> anyhow::Result<()> {
         let loaded = serve::load(&dir, cfg)?;
         let listener = serve::bind(&listen).await?;
         let addr = listener.local_addr()?;
-        fleetward_pki::write_public(&dir.listen_addr(), &format!("{addr}\n"))?;
+        let _listening = serve::ListenRecord::write(&dir, addr)?;
         tracing::info!(%addr, data_dir = %dir.root().display(), "fleetward controller listening");
         serve::run(loaded, listener, shutdown_signal()).await?;
         Ok(())

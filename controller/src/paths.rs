@@ -5,7 +5,7 @@
 //! D/ca/ca.crt, D/ca/ca.key   the cluster CA (key 0600)
 //! D/server.crt, server.key   the controller's TLS identity (leaf + CA chain; key 0600)
 //! D/operators/NAME.crt/.key  operator identities; `init` creates `admin`
-//! D/listen.addr              the address `serve` actually bound (written at start-up)
+//! D/listen.addr              the address `serve` actually bound (written after binding, removed on exit)
 //! D/db/                      the sled database (only `store` touches it)
 //! D/db/fleetward-journal/    reports and fact changes: the report journal (`store::journal`)
 //! ```

@@ -41,6 +41,10 @@ pub enum ServeError {
     Policy(String),
     #[error("metrics_listen: {0}")]
     Metrics(String),
+    #[error("{path} is accessible by group or others (mode {mode:04o}); a private key must be readable by its owner only: run `chmod 600 {path}`")]
+    KeyMode { path: String, mode: u32 },
+    #[error("{0}; fix it in the configuration")]
+    Lifetime(String),
 }
 
 /// Everything `serve` needs from the data dir, loaded before binding.
@@ -59,10 +63,28 @@ pub fn load(dir: &DataDir, cfg: Config) -> Result<Loaded, ServeError> {
             source,
         })
     };
+    for key in [dir.server_key(), dir.ca_dir().join("ca.key")] {
+        check_private(&key).map_err(|e| match e {
+            Ok(mode) => ServeError::KeyMode {
+                path: key.display().to_string(),
+                mode,
+            },
+            Err(source) => ServeError::Read {
+                path: key.display().to_string(),
+                dir: dir.root().display().to_string(),
+                source,
+            },
+        })?;
+    }
     let cert = read(dir.server_cert())?;
     let key = read(dir.server_key())?;
     let ca_pem = read(dir.ca_cert())?;
     let ca = Ca::load(&dir.ca_dir())?;
+    let ca_remaining = fleetward_pki::not_after(ca.cert_der())?
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    cfg.check_lifetimes(ca_remaining)
+        .map_err(ServeError::Lifetime)?;
     let store = Store::open(dir.db())?;
     let tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(cert, key))
@@ -87,6 +109,40 @@ pub fn load(dir: &DataDir, cfg: Config) -> Result<Loaded, ServeError> {
         max_message,
         metrics,
     })
+}
+
+/// The address `serve` actually listens on, recorded in the data directory (`listen.addr`,
+/// written atomically after binding) for clients that find the controller by `--data-dir`:
+/// a `--listen` override or port 0 makes it differ from the configuration's `listen`.
+/// Removed when dropped, i.e. when `serve` exits.
+pub struct ListenRecord(std::path::PathBuf);
+
+impl ListenRecord {
+    pub fn write(dir: &DataDir, addr: std::net::SocketAddr) -> std::io::Result<Self> {
+        let path = dir.listen_addr();
+        fleetward_pki::write_public(&path, &format!("{addr}\n"))?;
+        Ok(ListenRecord(path))
+    }
+}
+
+impl Drop for ListenRecord {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.0) {
+            tracing::warn!(path = %self.0.display(), error = %e, "cannot remove the listen address record");
+        }
+    }
+}
+
+/// A private key file is neither readable nor writable by group or others:
+/// `Err(Ok(mode))` if it is, `Err(Err(_))` if it cannot be inspected.
+fn check_private(path: &std::path::Path) -> Result<(), Result<u32, std::io::Error>> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).map_err(Err)?.permissions().mode() & 0o7777;
+    if mode & 0o077 == 0 {
+        Ok(())
+    } else {
+        Err(Ok(mode))
+    }
 }
 
 pub async fn bind(addr: &str) -> Result<TcpListener, ServeError> {
@@ -193,4 +249,44 @@ pub async fn run(
     controller.store().flush()?;
     tracing::info!("database flushed; bye");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn load_err(dir: &DataDir, cfg: Config) -> String {
+        match load(dir, cfg) {
+            Ok(_) => panic!("load accepted it"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn serve_refuses_readable_keys_and_nonsensical_lifetimes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path().join("data"));
+        crate::init::init(&dir, "lab", None, &[]).unwrap();
+        let cfg = || Config::new("lab", None);
+        for key in [dir.ca_dir().join("ca.key"), dir.server_key()] {
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+            let e = load_err(&dir, cfg());
+            assert!(
+                e.contains(&format!("run `chmod 600 {}`", key.display())) && e.contains("0644"),
+                "{e}"
+            );
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let mut c = cfg();
+        c.agent_cert_secs = 0;
+        assert!(load_err(&dir, c).contains("agent_cert_secs = 0"));
+        let mut c = cfg();
+        c.operator_cert_secs = 0;
+        assert!(load_err(&dir, c).contains("operator_cert_secs = 0"));
+        let mut c = cfg();
+        c.agent_cert_secs = 20 * 365 * 86_400;
+        assert!(load_err(&dir, c).contains("remaining validity"));
+        assert!(load(&dir, cfg()).is_ok());
+    }
 }

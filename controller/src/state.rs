@@ -30,10 +30,25 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tonic::transport::CertificateDer;
 use tonic::{Request, Status};
 
-/// An internal error as a gRPC status (logged: the caller only sees the message).
+/// An internal error as a gRPC status. The full error goes to the log under a correlation
+/// id; the caller sees only a generic message with that id, never the error's text (which
+/// may name files, paths or other server internals).
 pub(crate) fn internal(e: impl std::fmt::Display) -> Status {
-    tracing::error!(error = %e, "internal error");
-    Status::internal(e.to_string())
+    let id = correlation_id();
+    tracing::error!(error = %e, error_id = %id, "internal error");
+    Status::internal(format!(
+        "internal error (error id {id}; see the controller log)"
+    ))
+}
+
+/// A short id unique within this controller's log: the process start time and a counter,
+/// so that ids from different runs do not collide either.
+fn correlation_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    static START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(now_ms);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{:x}-{n:x}", start % 0x1_0000_0000)
 }
 
 /// How long after a renewal the replaced certificate is still accepted, unless the new one
@@ -873,6 +888,17 @@ mod tests {
 
     fn flat(r: &Report) -> Arc<Flat> {
         Arc::new(Flat::pack(&fleet::flatten(&r.facts)))
+    }
+
+    #[test]
+    fn internal_errors_hide_their_text_behind_a_correlation_id() {
+        let a = internal("cannot write /var/lib/fleetward/db/segment-0042: No space left");
+        let b = internal("cannot write /var/lib/fleetward/db/segment-0042: No space left");
+        assert_eq!(a.code(), tonic::Code::Internal);
+        assert!(!a.message().contains("segment"), "{}", a.message());
+        assert!(!a.message().contains('/'), "{}", a.message());
+        assert!(a.message().contains("error id"), "{}", a.message());
+        assert_ne!(a.message(), b.message(), "each error gets its own id");
     }
 
     #[test]

@@ -71,6 +71,10 @@ pub enum Action {
 /// Margin on top of a guest's own shutdown timeout before the `qm`/`pct` process is killed.
 pub const GUEST_STOP_MARGIN: Duration = Duration::from_secs(60);
 
+/// The longest `timeout_secs` an action may ask for: a week. Far beyond any guest shutdown
+/// or HA migration, and small enough that every deadline computed from it stays in range.
+pub const MAX_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
+
 impl Action {
     /// The kebab-case name, as in the JSON tag.
     pub fn name(&self) -> &'static str {
@@ -103,7 +107,9 @@ impl Action {
             Action::AptDistUpgrade => s(3600),
             Action::BootRefresh => s(600),
             Action::CephSetNoout | Action::CephUnsetNoout => s(60),
-            Action::GuestStop { timeout_secs, .. } => s(*timeout_secs) + GUEST_STOP_MARGIN,
+            Action::GuestStop { timeout_secs, .. } => {
+                s(*timeout_secs).saturating_add(GUEST_STOP_MARGIN)
+            }
             Action::GuestStart { .. } => s(300),
             Action::GuestMigrate { .. } => s(3600),
             Action::HaDisarm | Action::HaArm => s(60),
@@ -111,11 +117,19 @@ impl Action {
         }
     }
 
-    /// Checks the arguments that end up on a command line: a VMID in Proxmox's range
-    /// (100..=999999999) and a node name that cannot be mistaken for an option.
+    /// Checks the arguments that end up on a command line or in a deadline: a VMID in
+    /// Proxmox's range (100..=999999999), a node name that cannot be mistaken for an
+    /// option, and a timeout of at most [`MAX_TIMEOUT_SECS`].
     pub fn validate(&self) -> Result<(), String> {
         match self {
-            Action::GuestStop { vmid, .. } | Action::GuestStart { vmid, .. } => valid_vmid(*vmid),
+            Action::GuestStop {
+                vmid, timeout_secs, ..
+            } => {
+                valid_vmid(*vmid)?;
+                valid_timeout(*timeout_secs)
+            }
+            Action::WaitGuestsMigrated { timeout_secs } => valid_timeout(*timeout_secs),
+            Action::GuestStart { vmid, .. } => valid_vmid(*vmid),
             Action::GuestMigrate { vmid, target, .. } => {
                 valid_vmid(*vmid)?;
                 valid_node_name(target)
@@ -130,6 +144,16 @@ fn valid_vmid(vmid: u32) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("invalid VMID {vmid} (expected 100..=999999999)"))
+    }
+}
+
+fn valid_timeout(secs: u64) -> Result<(), String> {
+    if secs <= MAX_TIMEOUT_SECS {
+        Ok(())
+    } else {
+        Err(format!(
+            "timeout_secs {secs} is too long (at most {MAX_TIMEOUT_SECS}, i.e. 7 days)"
+        ))
     }
 }
 
@@ -154,4 +178,33 @@ pub struct ActionRequest {
     /// Idempotency key: `operation/node/step/attempt`.
     pub id: String,
     pub action: Action,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absurd_timeouts_are_refused_and_never_overflow() {
+        let stop = |timeout_secs| Action::GuestStop {
+            vmid: 100,
+            kind: GuestKind::Qemu,
+            timeout_secs,
+            force: false,
+        };
+        let wait = |timeout_secs| Action::WaitGuestsMigrated { timeout_secs };
+        for a in [stop(u64::MAX), stop(u64::MAX - 59), wait(u64::MAX)] {
+            let e = a.validate().unwrap_err();
+            assert!(e.contains("timeout_secs") && e.contains("7 days"), "{e}");
+            // Even unvalidated, the timeout is a duration, not a panic.
+            let _ = a.default_timeout();
+        }
+        for a in [stop(MAX_TIMEOUT_SECS), wait(MAX_TIMEOUT_SECS), stop(0)] {
+            assert_eq!(a.validate(), Ok(()));
+        }
+        assert_eq!(
+            stop(MAX_TIMEOUT_SECS).default_timeout(),
+            Duration::from_secs(MAX_TIMEOUT_SECS) + GUEST_STOP_MARGIN
+        );
+    }
 }

@@ -443,6 +443,19 @@ mod tests {
         assert!(!exec.execute(&req(bad), &mut |_| {}).ok);
         let bad = Action::GuestStart { vmid: 7, kind: Lxc };
         assert!(!exec.execute(&req(bad), &mut |_| {}).ok);
+        // A timeout near u64::MAX is refused, not turned into an overflowing deadline.
+        let bad = Action::GuestStop {
+            vmid: 100,
+            kind: Qemu,
+            timeout_secs: u64::MAX,
+            force: false,
+        };
+        let o = exec.execute(&req(bad), &mut |_| {});
+        assert!(!o.ok && o.output.contains("timeout_secs"), "{}", o.output);
+        let bad = Action::WaitGuestsMigrated {
+            timeout_secs: u64::MAX,
+        };
+        assert!(!exec.execute(&req(bad), &mut |_| {}).ok);
         let weird = RealExecutor::new("-rf", RecordingRunner::new());
         assert!(!weird.execute(&req(Action::MaintenanceOn), &mut |_| {}).ok);
         assert!(weird.runner.calls().is_empty());

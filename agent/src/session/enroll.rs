@@ -12,7 +12,8 @@ use crate::root::Root;
 use fleetward_pki::{self as pki, Identity, Role};
 use fleetward_proto::api::agent_service_client::AgentServiceClient;
 use fleetward_proto::api::EnrollRequest;
-use std::path::PathBuf;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 use tokio::io::AsyncWriteExt;
@@ -94,6 +95,23 @@ pub async fn fetch_pinned_ca(url: &ControllerUrl, pin: &str) -> Result<Vec<u8>, 
     }
 }
 
+/// The state directory exists (created 0700 if missing) and a file can be written into it
+/// and renamed there, as saving the enrollment will.
+fn check_state_dir(dir: &Path) -> Result<(), Error> {
+    let err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| Error::Io { path, source }
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(err(dir))?;
+    let probe = dir.join(".enroll-probe");
+    pki::write_public(&probe, "").map_err(err(&probe))?;
+    std::fs::remove_file(&probe).map_err(err(&probe))
+}
+
 /// Enrolls this node; see the module docs.
 pub async fn enroll(opts: &EnrollOptions) -> Result<Enrolled, Error> {
     let url: ControllerUrl = opts.controller.parse()?;
@@ -103,11 +121,14 @@ pub async fn enroll(opts: &EnrollOptions) -> Result<Enrolled, Error> {
         return Err(Error::AlreadyEnrolled(opts.state_dir.clone()));
     }
     let identity = node_name(opts.name.as_deref(), &Root::new(&opts.root))?;
+    // Everything local is checked before the controller is contacted: once it accepts the
+    // token, the token is used up, so a failure after that point would waste it.
+    check_state_dir(&opts.state_dir)?;
+    let (key, csr_pem) = pki::generate_key_and_csr(&identity)?;
 
     let ca_der = fetch_pinned_ca(&url, &pin).await?;
     let ca_pem = pki::cert_pem_from_der(&ca_der);
 
-    let (key, csr_pem) = pki::generate_key_and_csr(&identity)?;
     let request = EnrollRequest {
         token: opts.token.clone(),
         node_name: identity.name.clone(),
@@ -248,6 +269,41 @@ mod tests {
         opts.force = true;
         opts.name = Some("Not A Name".into());
         assert!(matches!(enroll(&opts).await, Err(Error::Pki(_))));
+    }
+
+    #[tokio::test]
+    async fn enroll_checks_the_state_dir_before_contacting_the_controller() {
+        // A controller that would accept the token: any connection to it is a failure.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let dir = tempfile::tempdir().unwrap();
+        let not_a_dir = dir.path().join("state");
+        std::fs::write(&not_a_dir, "a file, not a directory").unwrap();
+        let opts = EnrollOptions {
+            controller: format!("https://127.0.0.1:{port}"),
+            token: "t".into(),
+            ca_sha256: "ab".repeat(32),
+            state_dir: not_a_dir.clone(),
+            name: Some("pve1".into()),
+            root: "/".into(),
+            force: false,
+        };
+        let err = enroll(&opts).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Io { path, .. } if path == &not_a_dir),
+            "{err}"
+        );
+        let accepted = timeout(Duration::from_millis(200), listener.accept()).await;
+        assert!(accepted.is_err(), "enroll connected to the controller");
+
+        // A usable directory is created 0700 and left without the probe.
+        let fresh = dir.path().join("new/state");
+        check_state_dir(&fresh).unwrap();
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&fresh).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o700);
+        assert_eq!(std::fs::read_dir(&fresh).unwrap().count(), 0);
     }
 
     #[test]
