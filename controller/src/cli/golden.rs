@@ -230,6 +230,31 @@ fn shutdown_status(kind: api::ShutdownStageKind) -> api::ShutdownStatusResponse 
     }
 }
 
+/// `power-event restored` during the guest stops: the shutdown stops and the guests it
+/// stopped are started again.
+fn power_restored(v: &View) -> String {
+    use api::ShutdownEventKind as E;
+    let mut st = shutdown_status(api::ShutdownStageKind::StopGuests);
+    let ev = |secs: i64, kind: E| api::ShutdownEvent {
+        time_unix_ms: T0 + secs * 1000,
+        kind: kind.into(),
+        up_reason: api::UpReason::PowerRestored.into(),
+        ..Default::default()
+    };
+    st.events.push(ev(70, E::Cancelled));
+    if let Some(s) = st.shutdown.as_mut() {
+        s.stage = stage(api::ShutdownStageKind::StartGuests, 0);
+        s.stage_deadline_unix_ms = None;
+        s.up_reason = api::UpReason::PowerRestored.into();
+        s.sent
+            .push(send("pve-01", "guest-start-101", api::SendOutcome::Pending));
+    }
+    st.message = "power restored: shutdown shutdown-1796637600000 stopped, restoring what it \
+                  stopped"
+        .into();
+    shutdown::render_status_at(&st, Format::Text, v)
+}
+
 fn finding(node: &str, sev: api::Severity, code: &str, msg: &str, path: &str) -> api::Finding {
     api::Finding {
         node: node.into(),
@@ -241,7 +266,264 @@ fn finding(node: &str, sev: api::Severity, code: &str, msg: &str, path: &str) ->
     }
 }
 
-/// Every fixture's text at `width`, by name.
+fn fleet_node(name: &str, online: bool, errors: u32, warnings: u32) -> api::Node {
+    api::Node {
+        name: name.into(),
+        last_seen_unix_ms: Some(T0 + 90_000),
+        session_state: if online {
+            api::SessionState::Online
+        } else {
+            api::SessionState::Offline
+        }
+        .into(),
+        finding_counts: Some(api::FindingCounts {
+            info: 2,
+            warning: warnings,
+            error: errors,
+        }),
+        cert_serial: "5f3a9c0e1b7d2468".into(),
+        cert_not_after_unix_ms: Some(T0 + 365 * 86_400_000),
+        revoked: false,
+        agent_version: "0.1.0".into(),
+        observe_only: false,
+    }
+}
+
+/// `nodes`: online, offline (last seen an hour earlier), observe-only, never connected.
+fn fleet() -> Vec<api::Node> {
+    let mut offline = fleet_node("pve-03", false, 0, 0);
+    offline.last_seen_unix_ms = Some(T0 - 3_600_000);
+    let mut observe = fleet_node("pve-04", true, 0, 1);
+    observe.observe_only = true;
+    let mut never = fleet_node("pve-05", false, 0, 0);
+    never.last_seen_unix_ms = None;
+    never.agent_version = String::new();
+    never.finding_counts = None;
+    vec![
+        fleet_node("pve-01", true, 1, 0),
+        fleet_node("pve-02", true, 0, 1),
+        offline,
+        observe,
+        never,
+    ]
+}
+
+/// `node show pve-01` with its latest report's findings.
+fn node_show() -> api::GetNodeResponse {
+    let report = fleetward_proto::Report {
+        schema_version: fleetward_proto::SCHEMA_VERSION,
+        facts: Default::default(),
+        findings: vec![
+            fleetward_proto::Finding {
+                code: "boot.esp-kernel-missing".into(),
+                severity: fleetward_proto::Severity::Error,
+                message: "ESP /dev/disk/by-uuid/4A1B-22CD does not hold kernel 6.14.11-1-pve \
+                          that proxmox-boot-tool is configured to sync; the next reboot may not \
+                          find it"
+                    .into(),
+                path: Some("/etc/kernel/proxmox-boot-uuids".into()),
+                line: None,
+            },
+            fleetward_proto::Finding {
+                code: "dns.search-mismatch".into(),
+                severity: fleetward_proto::Severity::Info,
+                message: "search domain differs from the bridge's dns-search".into(),
+                path: Some("/etc/resolv.conf".into()),
+                line: Some(2),
+            },
+        ],
+    };
+    api::GetNodeResponse {
+        node: Some(fleet_node("pve-01", true, 1, 0)),
+        report_json: Some(fleetward_proto::report_json_bytes(&report)),
+        report_received_unix_ms: Some(T0 + 60_000),
+    }
+}
+
+/// `token list`: open, bound and open, used, revoked, expired.
+fn token_list() -> Vec<api::TokenInfo> {
+    let token = |id: &str, node: Option<&str>, expires: i64, used, revoked| api::TokenInfo {
+        id: id.into(),
+        node_name: node.map(Into::into),
+        expires_at_unix_ms: T0 + expires,
+        used,
+        revoked,
+    };
+    vec![
+        token("9c1e4f2a", None, 3_600_000, false, false),
+        token("1b7d0e33", Some("pve-06"), 86_400_000, false, false),
+        token("4e5f6a7b", Some("pve-05"), -3_600_000, true, false),
+        token("77aa01c2", None, 3_600_000, false, true),
+        token("d00d2bad", Some("pve-07"), -60_000, false, false),
+    ]
+}
+
+fn audit_log() -> Vec<api::AuditEntry> {
+    let entry =
+        |secs: i64, actor: &str, action: &str, target: &str, detail: &str| api::AuditEntry {
+            time_unix_ms: T0 + secs * 1000,
+            actor: actor.into(),
+            action: action.into(),
+            target: target.into(),
+            detail: detail.into(),
+        };
+    vec![
+        entry(
+            -600,
+            "admin",
+            "token.create",
+            "9c1e4f2a",
+            "node any ttl 3600s",
+        ),
+        entry(-500, "pve-05", "node.enroll", "pve-05", ""),
+        entry(
+            0,
+            "admin",
+            "rollout.start",
+            "rollout-1796637600000",
+            "nodes pve-01, pve-02, pve-03; max unavailable 1; reboot if needed; the controller's \
+             own node pve-03 goes last",
+        ),
+        entry(
+            60,
+            "ups",
+            "shutdown.start",
+            "shutdown-1796637600000",
+            "UPS on battery",
+        ),
+    ]
+}
+
+fn diff_rows() -> Vec<api::DiffRow> {
+    let row = |key: &str, a: Option<&str>, b: Option<&str>| api::DiffRow {
+        key: key.into(),
+        a: a.map(Into::into),
+        b: b.map(Into::into),
+        differs: a != b,
+    };
+    vec![
+        row("apt.suite", Some("trixie"), Some("bookworm")),
+        row(
+            "kernel.running",
+            Some("6.14.11-1-pve"),
+            Some("6.8.12-4-pve"),
+        ),
+        row("ceph.osds", Some("2"), None),
+        row("boot.mode", Some("efi"), Some("efi")),
+        row(
+            "dns.search",
+            Some("lab.example.net"),
+            Some("lab.example.net"),
+        ),
+    ]
+}
+
+fn history_changes() -> Vec<api::FactChange> {
+    let change = |secs: i64, key: &str, old: Option<&str>, new: Option<&str>| api::FactChange {
+        time_unix_ms: T0 + secs * 1000,
+        key: key.into(),
+        old: old.map(Into::into),
+        new: new.map(Into::into),
+    };
+    vec![
+        change(-86_400, "ceph.osds", None, Some("2")),
+        change(-3_600, "apt.suite", Some("bookworm"), Some("trixie")),
+        change(
+            80,
+            "kernel.running",
+            Some("6.8.12-4-pve"),
+            Some("6.14.11-1-pve"),
+        ),
+    ]
+}
+
+/// `rollout list`: running, halted, completed.
+fn rollout_list() -> Vec<api::Rollout> {
+    [
+        api::RolloutState::Completed,
+        api::RolloutState::Halted,
+        api::RolloutState::Running,
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, state)| {
+        let mut r = rollout(state).rollout.unwrap();
+        let back = 86_400_000 * (2 - i as i64);
+        r.id = format!("rollout-{}", T0 - back);
+        r.created_unix_ms = T0 - back;
+        r
+    })
+    .collect()
+}
+
+/// `shutdown plan` from the controller's own planner: three nodes with guests in two
+/// startup orders, Ceph on every node, pve-03 the controller's host, a deadline.
+fn shutdown_plan() -> api::ShutdownPlanResponse {
+    use crate::shutdown::{Config, GuestView, NodeView, Plan, ShutdownView};
+    use fleetward_proto::action::GuestKind;
+    let guest = |vmid: u32, kind, order| GuestView {
+        vmid,
+        kind,
+        running: true,
+        onboot: true,
+        order,
+        up: None,
+        down: Some(60),
+        ha: false,
+    };
+    let node = |guests| NodeView {
+        online: true,
+        boot_id: Some("boot-0".into()),
+        quorate: Some(true),
+        ceph_mon: true,
+        ceph_osds: true,
+        guests,
+        observe_only: false,
+    };
+    let mut view = ShutdownView {
+        ha_disarm_supported: true,
+        ..Default::default()
+    };
+    view.nodes.insert(
+        "pve-01".into(),
+        node(vec![
+            guest(101, GuestKind::Qemu, Some(1)),
+            guest(111, GuestKind::Lxc, None),
+        ]),
+    );
+    view.nodes.insert(
+        "pve-02".into(),
+        node(vec![guest(102, GuestKind::Qemu, Some(2))]),
+    );
+    view.nodes.insert(
+        "pve-03".into(),
+        node(vec![guest(103, GuestKind::Lxc, Some(1))]),
+    );
+    let config = Config {
+        controller_host: Some("pve-03".into()),
+        deadline_ms: Some(u64::try_from(T0 + 1_800_000).unwrap()),
+        reason: Some("UPS on battery".into()),
+        ..Default::default()
+    };
+    let t0 = u64::try_from(T0).unwrap();
+    let plan = Plan::new("shutdown-1796637600000", &view, &config, t0).unwrap();
+    crate::wire::shutdown_plan_response(&plan)
+}
+
+/// Output that is not cut to the terminal: a pipe's, and the policy, a TOML document shown
+/// as it is so that `fleetward policy show > policy.toml` keeps it whole.
+fn verbatim(name: &str) -> bool {
+    name.ends_with("-piped") || name == "policy-show"
+}
+
+/// Every fixture's text at `width`, by name. Every text renderer of a `ClientCommand` is
+/// here: `policy reload` and `policy capture` print with the `policy show` renderer, `policy
+/// check` with the findings one; `rollout start`, `pause`, `resume`, `abort` and `skip`
+/// reply with the rollout status; `shutdown start` and `cancel`, and `power-event on-battery`
+/// and `restored`, reply with the shutdown status (`shutdown start --yes` after the plan).
+/// Without a renderer of their own, a fixed sentence or a document: `node refresh`, `node
+/// revoke`, `token revoke` (one line each, in `cli/mod.rs`), `operator issue` (the key and
+/// certificate PEM, or the paths it wrote) and `report` (the controller's Markdown).
 fn outputs(width: usize) -> Vec<(&'static str, String)> {
     use api::RolloutState as S;
     use api::ShutdownStageKind as K;
@@ -289,6 +571,21 @@ fn outputs(width: usize) -> Vec<(&'static str, String)> {
         }],
         blocked: vec![],
     };
+    // `rollout pause` replies with the status of the paused rollout.
+    let mut paused = rollout(S::Running);
+    if let Some(r) = paused.rollout.as_mut() {
+        r.state = S::Paused.into();
+    }
+    let token = api::CreateTokenResponse {
+        id: "9c1e4f2a".into(),
+        token: "c2f1d9a0e4b7c6d5a8f3e2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1".into(),
+        expires_at_unix_ms: T0 + 3_600_000,
+        ca_sha256: "3b8e0f6c2d9a4e1b7f5c8a0d3e6b9c2f4a7d0e3b6c9f2a5d8e1b4c7f0a3d6e9b".into(),
+    };
+    let policy = api::PolicyText {
+        path: "/etc/fleetward/policy.toml".into(),
+        toml: include_str!("../../../packaging/policy/seed.toml").into(),
+    };
     vec![
         ("rollout-running", status(S::Running)),
         ("rollout-halted", status(S::Halted)),
@@ -301,6 +598,11 @@ fn outputs(width: usize) -> Vec<(&'static str, String)> {
         ("shutdown-running", shut(K::StopGuests)),
         ("shutdown-down", shut(K::Down)),
         ("startup", shut(K::StartGuests)),
+        ("power-event-restored", power_restored(&v)),
+        (
+            "rollout-paused",
+            rollout::status_render(&paused, Format::Text, &v).unwrap(),
+        ),
         (
             "findings",
             output::findings_fit(&findings, Format::Text, Some(width)),
@@ -309,6 +611,37 @@ fn outputs(width: usize) -> Vec<(&'static str, String)> {
             "drift-without-policy",
             output::drift(&findings[1..], false, Format::Text, Some(width)),
         ),
+        ("nodes", output::nodes(&fleet(), &findings, Format::Text)),
+        (
+            "node-show",
+            output::node_detail_fit(&node_show(), Format::Text, Some(width)).unwrap(),
+        ),
+        (
+            "token-create",
+            output::token_created(&token, "https://pve-03.lab.example.net:7443", Format::Text),
+        ),
+        (
+            "token-list",
+            output::tokens(&token_list(), v.now_ms, Format::Text),
+        ),
+        (
+            "audit",
+            output::audit_fit(&audit_log(), Format::Text, Some(width)),
+        ),
+        (
+            "node-diff",
+            output::diff("pve-01", "pve-02", &diff_rows(), Format::Text),
+        ),
+        (
+            "node-history",
+            output::history(&history_changes(), Format::Text),
+        ),
+        ("policy-show", output::policy(&policy, Format::Text)),
+        (
+            "rollout-list",
+            rollout::list_out(&rollout_list(), Format::Text),
+        ),
+        ("shutdown-plan", shutdown::plan_text(&shutdown_plan(), &v)),
     ]
 }
 
@@ -329,7 +662,7 @@ fn text_output_reads_as_words_and_fits_the_terminal() {
                 ("a command id", text.contains("00/pve-0")),
                 (
                     "a line wider than the terminal",
-                    !name.ends_with("-piped") && text.lines().any(|l| l.chars().count() > width),
+                    !verbatim(name) && text.lines().any(|l| l.chars().count() > width),
                 ),
             ];
             for (what, bad) in checks {

@@ -490,7 +490,7 @@ async fn execute_env(
                 })
                 .await?;
             let (name, id) = (&a.name, &resp.get_ref().command_id);
-            let text = format!("asked {name} to refresh (command {id})");
+            let text = format!("asked {name} to refresh: a new report follows");
             output::done(text, json!({"node": name, "command_id": id}), fmt)
         }
         C::Node { cmd: N::Revoke(a) } => {

@@ -151,6 +151,10 @@ pub(crate) fn fit_table(
     if others + widest(flex) <= width {
         return table(header, &rows);
     }
+    if others + 20 > width {
+        // Too narrow for a table with a readable column `flex`: one line per row.
+        return narrow_rows(&rows, flex, width);
+    }
     // At least 20 columns for the message, even when that overflows a very narrow terminal.
     let room = width.saturating_sub(others).max(20);
     let mut wrapped = Vec::new();
@@ -347,6 +351,15 @@ pub(crate) fn nodes(nodes: &[api::Node], findings: &[api::Finding], fmt: Format)
 
 /// `node show`: the node, its findings, and (JSON only) the whole latest report.
 pub(crate) fn node_detail(resp: &api::GetNodeResponse, fmt: Format) -> serde_json::Result<String> {
+    node_detail_fit(resp, fmt, terminal_width())
+}
+
+/// [`node_detail`] with the findings' messages wrapped to `width` columns.
+pub(crate) fn node_detail_fit(
+    resp: &api::GetNodeResponse,
+    fmt: Format,
+    width: Option<usize>,
+) -> serde_json::Result<String> {
     let node = resp.node.clone().unwrap_or_default();
     let (report, findings) = match &resp.report_json {
         Some(bytes) => {
@@ -395,7 +408,7 @@ pub(crate) fn node_detail(resp: &api::GetNodeResponse, fmt: Format) -> serde_jso
             .map(|f| finding_row(f)[1..].to_vec())
             .collect();
         let header = ["SEVERITY", "CODE", "MESSAGE", "PATH:LINE"];
-        out = out + "\n" + &fit_table(&header, &rows, terminal_width(), 2);
+        out = out + "\n" + &fit_table(&header, &rows, width, 2);
     }
     Ok(out)
 }
@@ -434,11 +447,25 @@ pub(crate) fn findings_fit(findings: &[api::Finding], fmt: Format, width: Option
 /// Findings on a narrow terminal: "NODE SEVERITY CODE PATH:LINE", then the message
 /// indented and wrapped.
 fn findings_narrow(rows: &[Vec<String>], width: usize) -> String {
+    narrow_rows(rows, 3, width)
+}
+
+/// A table on a narrow terminal: each row's cells but column `flex` on one line, then
+/// `flex` (a message) indented and wrapped below it (nothing when it is empty).
+fn narrow_rows(rows: &[Vec<String>], flex: usize, width: usize) -> String {
     let mut out = String::new();
     for r in rows {
         let r: Vec<String> = r.iter().map(|c| clean(c)).collect();
-        let _ = writeln!(out, "{}  {}  {}  {}", r[0], r[1], r[2], r[4]);
-        for line in wrap(&r[3], width.saturating_sub(4).max(20)) {
+        let head: Vec<&str> = (0..r.len())
+            .filter(|&i| i != flex)
+            .map(|i| r[i].as_str())
+            .collect();
+        let _ = writeln!(out, "{}", head.join("  ").trim_end());
+        let message = r.get(flex).map(|m| m.trim()).unwrap_or_default();
+        if message.is_empty() {
+            continue;
+        }
+        for line in wrap(message, width.saturating_sub(4).max(20)) {
             let _ = writeln!(out, "    {line}");
         }
     }
@@ -476,8 +503,12 @@ pub(crate) fn token_created(t: &api::CreateTokenResponse, controller: &str, fmt:
         "fleetward-agent enroll --controller {controller} --token {token} --ca-sha256 {hex}"
     );
     let expires = rfc3339(t.expires_at_unix_ms);
+    // In text, one argument pair a line with shell continuations: the command stays
+    // copy-pastable and fits a terminal (the CA fingerprint alone is 64 characters).
     let text = format!(
-        "token:    {token}\nid:       {}\nexpires:  {expires}\n\nOn the node, run:\n  {command}",
+        "token:    {token}\nid:       {}\nexpires:  {expires}\n\nOn the node, run:\n  \
+         fleetward-agent enroll --controller {controller} \\\n    --token {token} \\\n    \
+         --ca-sha256 {hex}",
         t.id
     );
     let v = json!({"id": t.id, "token": token, "expires_at_unix_ms": t.expires_at_unix_ms,
@@ -513,6 +544,11 @@ pub(crate) fn tokens(tokens: &[api::TokenInfo], now_ms: i64, fmt: Format) -> Str
 }
 
 pub(crate) fn audit(entries: &[api::AuditEntry], fmt: Format) -> String {
+    audit_fit(entries, fmt, terminal_width())
+}
+
+/// [`audit`] with the DETAIL column wrapped to `width` columns.
+pub(crate) fn audit_fit(entries: &[api::AuditEntry], fmt: Format, width: Option<usize>) -> String {
     let json = |e: &api::AuditEntry| {
         json!({"time_unix_ms": e.time_unix_ms, "actor": e.actor, "action": e.action,
                "target": e.target, "detail": e.detail})
@@ -525,7 +561,7 @@ pub(crate) fn audit(entries: &[api::AuditEntry], fmt: Format) -> String {
     if fmt == Format::Text && !entries.is_empty() {
         // The detail (a reason, a node list) wraps to the terminal.
         let rows: Vec<Vec<String>> = entries.iter().map(row).collect();
-        return fit_table(&header, &rows, terminal_width(), 4);
+        return fit_table(&header, &rows, width, 4);
     }
     list(entries, fmt, json, (&header, row, "no audit entries"))
 }
@@ -806,8 +842,8 @@ mod tests {
             v,
             json!({"id": "t1", "token": "SECRET", "expires_at_unix_ms": 0, "ca_sha256": "ab12", "enroll_command": cmd})
         );
-        assert!(
-            token_created(&t, "https://ctl:7443", Format::Text).contains(&format!("\n  {cmd}\n"))
-        );
+        let text = token_created(&t, "https://ctl:7443", Format::Text);
+        let joined = text.replace(" \\\n    ", " ");
+        assert!(joined.contains(&format!("\n  {cmd}\n")), "{text}");
     }
 }

@@ -438,7 +438,7 @@ fn event_json(e: &api::RolloutEvent) -> Value {
 }
 
 /// `rollout list`.
-fn list_out(all: &[api::Rollout], fmt: Format) -> String {
+pub(crate) fn list_out(all: &[api::Rollout], fmt: Format) -> String {
     match fmt {
         Format::Json => json_string(&Value::Array(all.iter().map(rollout_json).collect())),
         Format::Text => {

@@ -139,12 +139,12 @@ pub(super) async fn shutdown(
             let resp = c.plan(plan_request(p)).await?.into_inner();
             Ok(Reply::ok(match fmt {
                 Format::Json => json_text(&plan_json(&resp)),
-                Format::Text => resp.summary.join("\n") + "\n",
+                Format::Text => plan_text(&resp, &View::here(false)),
             }))
         }
         ShutdownCmd::Start { plan, yes, watch } => {
             let resp = c.plan(plan_request(plan)).await?.into_inner();
-            let summary = resp.summary.join("\n") + "\n";
+            let summary = plan_text(&resp, &View::here(false));
             if !yes {
                 confirm(&summary)?;
             }
@@ -358,6 +358,35 @@ pub(super) async fn power_event(
     };
     let st = client(creds).await?.power_event(req).await?.into_inner();
     Ok(status_reply(&st, fmt))
+}
+
+/// The plan as text: the controller's summary lines fitted to the view's width. A step
+/// whose action does not fit continues under the ACTION column; other lines wrap.
+pub(crate) fn plan_text(resp: &api::ShutdownPlanResponse, view: &View) -> String {
+    let action_col = resp
+        .summary
+        .iter()
+        .find(|l| l.trim_start().starts_with('#'))
+        .and_then(|l| l.find("ACTION"));
+    let mut out = String::new();
+    for line in &resp.summary {
+        let step = action_col.and_then(|col| {
+            let head = line.get(..col)?;
+            let numbered = head.trim_start().starts_with(|c: char| c.is_ascii_digit());
+            numbered.then(|| (head, &line[col..], col))
+        });
+        match (view.width, step) {
+            (Some(w), Some((head, action, col))) if line.chars().count() > w && col + 20 <= w => {
+                let indent = format!("\n{}", " ".repeat(col));
+                out += head.trim_end();
+                out += &" ".repeat(col - head.trim_end().chars().count());
+                out += &output::wrap(action, w - col).join(&indent);
+            }
+            _ => out += &view.wrap_line(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 fn plan_request(p: &PlanArgs) -> api::ShutdownPlanRequest {
