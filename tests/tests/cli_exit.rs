@@ -3,7 +3,7 @@
 //! node, nothing there), 2 usage or configuration error, 3 controller unreachable. Errors
 //! are one line on stderr, without gRPC code names or debug formatting.
 
-use fleetward_tests::{bin, support, wait_for, Agent, Controller};
+use fleetward_tests::{bin, support, wait_for, Agent, AgentRun, Controller};
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -159,7 +159,8 @@ fn a_halted_rollout_and_a_refused_request_exit_1() {
     let dir = c.dir.path();
     let fixture = support::fixtures_dir().join("seed").join("pve-01");
     let (root, state) = Agent::enroll_fixture(&c, "pve-01", &fixture);
-    let agent = Agent::run("pve-01", root, state);
+    // A simulated agent: an observe-only one would have the rollout refused, not halted.
+    let agent = Agent::run_with("pve-01", root, state, AgentRun::default().simulate());
     wait_for("pve-01's report", Duration::from_secs(30), || {
         let v = c.cli_json(&["node", "show", "pve-01"]);
         (!v["report"].is_null()).then_some(())
