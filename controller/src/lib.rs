@@ -18,6 +18,8 @@ pub mod config;
 pub mod demo;
 pub mod events;
 pub mod fleet;
+#[cfg(test)]
+mod golden;
 pub mod ingest;
 pub mod init;
 pub mod metrics;

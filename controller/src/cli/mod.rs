@@ -13,12 +13,10 @@ macro_rules! config_err {
 }
 
 pub(crate) mod conn;
-#[cfg(test)]
-mod golden;
 pub(crate) mod live;
 pub(crate) mod output;
 pub mod rollout;
-mod shutdown;
+pub(crate) mod shutdown;
 pub(crate) mod words;
 
 use clap::{Args, Subcommand, ValueEnum};

@@ -5,9 +5,9 @@
 //! `controller/tests/golden/cli/`; `UPDATE_GOLDEN=1 cargo test -p fleetward-controller --lib
 //! golden` rewrites them after a deliberate change (review the diff).
 
-use super::live::Live;
-use super::output::{self, View};
-use super::{rollout, shutdown, Format};
+use crate::cli::live::Live;
+use crate::cli::output::{self, View};
+use crate::cli::{rollout, shutdown, Format};
 use fleetward_proto::api;
 
 /// 2026-12-07T10:00:00Z.
@@ -221,7 +221,7 @@ fn shutdown_status(kind: api::ShutdownStageKind) -> api::ShutdownStatusResponse 
     }
     let message = format!(
         "shutdown shutdown-1796637600000: {}",
-        super::words::stage(s.stage.as_ref())
+        crate::cli::words::stage(s.stage.as_ref())
     );
     api::ShutdownStatusResponse {
         message,
@@ -584,7 +584,7 @@ fn outputs(width: usize) -> Vec<(&'static str, String)> {
     };
     let policy = api::PolicyText {
         path: "/etc/fleetward/policy.toml".into(),
-        toml: include_str!("../../../packaging/policy/seed.toml").into(),
+        toml: include_str!("../../packaging/policy/seed.toml").into(),
     };
     vec![
         ("rollout-running", status(S::Running)),
