@@ -1,13 +1,13 @@
 //! Refreshing the package lists before a rollout is planned (`rollout plan
 //! --refresh-lists`): `apt-get update` on every node through its executor, then a fresh
 //! report from each, within one bound. A pure machine like [`crate::rollout`]: no I/O, no
-//! clock (time comes as [`Event::Tick`]); the driver journals each state before it sends.
+//! clock (time comes as [`Wake::Tick`]); the driver journals each state before it sends.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::operation::Key;
+use crate::operation::{Key, Wake};
 
 /// Where one node is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,17 +96,9 @@ pub enum Event {
     Start {
         now_ms: u64,
     },
-    Tick {
-        now_ms: u64,
-    },
-    CommandResult {
-        key: Key,
-        ok: bool,
-        output: String,
-    },
-    /// A node's report or session changed (level-triggered: the view says what).
-    NodeChanged,
-    Recovered,
+    /// The wake-ups every orchestration shares; which node changed does not matter (the
+    /// machine is level-triggered: the view says what).
+    Wake(Wake),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,8 +154,8 @@ pub fn step(state: &RefreshState, event: &Event, view: &View) -> (RefreshState, 
             resend(&s, &mut out);
             return (s, out);
         }
-        Event::Tick { now_ms } => s.now_ms = s.now_ms.max(*now_ms),
-        Event::CommandResult { key, ok, output } => {
+        Event::Wake(Wake::Tick { now_ms }) => s.now_ms = s.now_ms.max(*now_ms),
+        Event::Wake(Wake::CommandResult { key, ok, output }) => {
             let Some(n) = s
                 .nodes
                 .iter_mut()
@@ -182,8 +174,8 @@ pub fn step(state: &RefreshState, event: &Event, view: &View) -> (RefreshState, 
                 node: n.name.clone(),
             });
         }
-        Event::NodeChanged => {}
-        Event::Recovered => resend(&s, &mut out),
+        Event::Wake(Wake::NodeChanged { .. } | Wake::NodeOffline { .. }) => {}
+        Event::Wake(Wake::Recovered) => resend(&s, &mut out),
     }
     for n in &mut s.nodes {
         let seq = view.get(&n.name).map_or(0, |v| v.report_seq);
@@ -265,15 +257,17 @@ mod tests {
             ["refresh-1/a/apt-update/1", "refresh-1/b/apt-update/1"]
         );
         // A duplicate start and a recovery re-send the same keys, never new ones.
-        let (s, c) = step(&s, &Event::Recovered, &v);
+        let (s, c) = step(&s, &Event::Wake(Wake::Recovered), &v);
         assert_eq!(
             sent(&c),
             ["refresh-1/a/apt-update/1", "refresh-1/b/apt-update/1"]
         );
-        let ok = |n: &str| Event::CommandResult {
-            key: Key::new("refresh-1", n, "apt-update", 1),
-            ok: true,
-            output: String::new(),
+        let ok = |n: &str| {
+            Event::Wake(Wake::CommandResult {
+                key: Key::new("refresh-1", n, "apt-update", 1),
+                ok: true,
+                output: String::new(),
+            })
         };
         let (s, c) = step(&s, &ok("a"), &v);
         assert_eq!(sent(&c), ["refresh a"]);
@@ -282,13 +276,13 @@ mod tests {
         let (s, _) = step(&s, &ok("b"), &v);
         let (s, _) = step(
             &s,
-            &Event::NodeChanged,
+            &Event::Wake(Wake::NodeChanged { node: "b".into() }),
             &view(&[("a", true, 6), ("b", true, 7)]),
         );
         assert_eq!(s.status, Status::Running, "b's report is not newer yet");
         let (s, c) = step(
             &s,
-            &Event::NodeChanged,
+            &Event::Wake(Wake::NodeChanged { node: "b".into() }),
             &view(&[("a", true, 6), ("b", true, 8)]),
         );
         assert_eq!(s.status, Status::Done);
@@ -308,11 +302,11 @@ mod tests {
 
         let v = view(&[("a", true, 0)]);
         let (s, _) = step(&s, &Event::Start { now_ms: 1 }, &v);
-        let failed = Event::CommandResult {
+        let failed = Event::Wake(Wake::CommandResult {
             key: Key::new("refresh-1", "a", "apt-update", 1),
             ok: false,
             output: "E: boom".into(),
-        };
+        });
         let (f, _) = step(&s, &failed, &v);
         assert_eq!(
             f.status,
@@ -320,9 +314,9 @@ mod tests {
                 reason: "apt-get update failed on a: E: boom".into()
             }
         );
-        let (t, _) = step(&s, &Event::Tick { now_ms: 2000 }, &v);
+        let (t, _) = step(&s, &Event::Wake(Wake::Tick { now_ms: 2000 }), &v);
         assert!(matches!(t.status, Status::Failed { .. }));
-        let (again, c) = step(&t, &Event::Recovered, &v);
+        let (again, c) = step(&t, &Event::Wake(Wake::Recovered), &v);
         assert_eq!((again, c.len()), (t, 0), "finished: nothing more happens");
     }
 }

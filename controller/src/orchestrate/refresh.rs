@@ -52,12 +52,7 @@ impl Machine for RefreshMachine {
         Event::Start { now_ms }
     }
     fn wake(&self, _r: &RefreshState, w: Wake) -> Option<Event> {
-        Some(match w {
-            Wake::Tick { now_ms } => Event::Tick { now_ms },
-            Wake::NodeChanged { .. } | Wake::NodeOffline { .. } => Event::NodeChanged,
-            Wake::CommandResult { key, ok, output } => Event::CommandResult { key, ok, output },
-            Wake::Recovered => Event::Recovered,
-        })
+        Some(Event::Wake(w))
     }
     fn outstanding(r: &RefreshState) -> Vec<Key> {
         r.nodes
