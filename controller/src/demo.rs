@@ -510,6 +510,7 @@ async fn steps(
     let start = RolloutCmd::Start {
         sel: selection(),
         window: None,
+        refresh_lists: false,
         yes: true,
         watch: false,
         opts: copts.clone(),

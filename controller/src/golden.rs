@@ -566,11 +566,65 @@ fn outputs(width: usize) -> Vec<(&'static str, String)> {
             name: "pve-01".into(),
             position: 1,
             gate_ok: true,
-            steps: vec!["preflight gate".into(), "maintenance on".into()],
+            steps: vec![crate::rollout::NOTHING_TO_DO.into()],
+            skipped: true,
             ..Default::default()
         }],
         blocked: vec![],
     };
+    // Nothing to upgrade as of lists of unknown age: the node's cycle is still planned.
+    let mut stale = plan.clone();
+    stale.nodes[0].skipped = false;
+    stale.nodes[0].steps = [
+        "preflight gate",
+        "maintenance on (HA guests migrate away)",
+        "wait for HA guests to leave",
+        "apt-get update",
+        "apt-get dist-upgrade (0 packages)",
+        "maintenance off (HA guests return)",
+    ]
+    .map(String::from)
+    .to_vec();
+    stale.nodes[0].downtime_secs = 300;
+    // One node up to date (skipped), one with a kernel upgrade and an HA guest.
+    let mut mixed = plan.clone();
+    mixed.nodes.push(api::RolloutNodePlan {
+        name: "pve-02".into(),
+        position: 2,
+        gate_ok: true,
+        steps: [
+            "preflight gate",
+            "maintenance on (HA guests migrate away)",
+            "wait for HA guests to leave",
+            "apt-get update",
+            "apt-get dist-upgrade (2 packages)",
+            "reboot, wait for a new boot id",
+            "maintenance off (HA guests return)",
+        ]
+        .map(String::from)
+        .to_vec(),
+        packages: vec![
+            api::PackageUpgrade {
+                package: "proxmox-kernel-6.14.11-1-pve-signed".into(),
+                installed: "".into(),
+                candidate: "6.14.11-1".into(),
+            },
+            api::PackageUpgrade {
+                package: "proxmox-ve".into(),
+                installed: "9.0.0".into(),
+                candidate: "9.0.1".into(),
+            },
+        ],
+        reboot: true,
+        next_kernel: Some("6.14.11-1-pve".into()),
+        guests: vec![api::RolloutGuestPlan {
+            vmid: 101,
+            name: Some("web".into()),
+            what: "HA: migrates away with maintenance mode, returns after".into(),
+        }],
+        downtime_secs: 540,
+        ..Default::default()
+    });
     // `rollout pause` replies with the status of the paused rollout.
     let mut paused = rollout(S::Running);
     if let Some(r) = paused.rollout.as_mut() {
@@ -594,6 +648,8 @@ fn outputs(width: usize) -> Vec<(&'static str, String)> {
         ("rollout-watch-halted", live(S::Halted, true)),
         ("rollout-watch-halted-piped", live(S::Halted, false)),
         ("rollout-plan-nothing-to-upgrade", rollout::plan_text(&plan)),
+        ("rollout-plan-one-skipped", rollout::plan_text(&mixed)),
+        ("rollout-plan-stale-lists", rollout::plan_text(&stale)),
         ("shutdown-planned", shut(K::Planned)),
         ("shutdown-running", shut(K::StopGuests)),
         ("shutdown-down", shut(K::Down)),

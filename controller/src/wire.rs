@@ -347,6 +347,7 @@ pub fn rollout_plan(d: &DryRun) -> api::RolloutPlanResponse {
                     })
                     .collect(),
                 downtime_secs: n.downtime_secs,
+                skipped: n.skipped,
             })
             .collect(),
         blocked: d.blocked.clone(),

@@ -562,3 +562,50 @@ fn fifty_nodes_with_max_unavailable_five_never_exceed_five() {
     let shown = c.cli_json(&["node", "show", "node-37"]);
     assert_eq!(shown["report"]["facts"]["node"]["running_kernel"], NEW);
 }
+
+/// `rollout start --refresh-lists`: every node's lists are refreshed first; a node with
+/// nothing to upgrade then (pve-01, no pending upgrade) is left out — no maintenance, so no
+/// migration — while the others are upgraded; with nothing to do anywhere, nothing starts.
+#[test]
+fn start_with_fresh_lists_leaves_out_nodes_with_nothing_to_do() {
+    let c = controller();
+    let dir = support::fixtures_dir().join("seed").join("pve-01");
+    let (root, state) = Agent::enroll_fixture(&c, "pve-01", &dir);
+    let idle = Agent::run_with(
+        "pve-01",
+        root,
+        state,
+        AgentRun::default().sim_reboot_secs(0.3),
+    );
+    let busy: Vec<Agent> = ["pve-02", "pve-03"]
+        .iter()
+        .map(|n| node(&c, n, 0.3))
+        .collect();
+    wait_online(&c, &NODES);
+    let plan = c.cli_json(&["rollout", "plan", "--refresh-lists"]);
+    let skipped: Vec<bool> = plan["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["skipped"].as_bool().unwrap())
+        .collect();
+    assert_eq!(skipped, [true, false, false], "{plan:#}");
+    start(&c, &["--refresh-lists"]);
+    let s = wait_settled(&c, Duration::from_secs(90));
+    assert_eq!(state_word(&s), "completed", "{s:#}");
+    let maintenance = |a: &Agent| count(a, |x| matches!(x, Action::MaintenanceOn));
+    assert_eq!(maintenance(&idle), 0, "pve-01 had nothing to do");
+    assert!(count(&idle, |x| matches!(x, Action::AptUpdate)) >= 1);
+    for a in &busy {
+        assert_eq!(maintenance(a), 1);
+    }
+    // Now every node is up to date: `start --refresh-lists` starts nothing and says so.
+    let out = c.cli_text(&["rollout", "start", "--yes", "--refresh-lists"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(text.contains("no rollout started"), "{text}");
+    assert_eq!(
+        c.cli_json(&["rollout", "list"]).as_array().unwrap().len(),
+        1
+    );
+}

@@ -468,7 +468,7 @@ impl OperatorService for OperatorApi {
             let nodes = plan_nodes(ctl, &r.nodes)?;
             refresh_lists(ctl, &self.refreshes, &caller, &nodes).await?;
         }
-        let plan = rollout_plan(ctl, &r)?;
+        let plan = rollout_plan(ctl, &r, false)?;
         let view = crate::orchestrate::rollout::cluster_view(ctl, &Default::default());
         let latest: Vec<(String, Arc<Report>)> = plan
             .nodes
@@ -479,7 +479,7 @@ impl OperatorService for OperatorApi {
             .iter()
             .map(|(n, r)| (n.clone(), r.as_ref()))
             .collect();
-        let dry = crate::rollout::dry_run(&plan, &view, &reports);
+        let dry = crate::rollout::dry_run(&plan, &view, &reports, r.refresh_lists);
         Ok(Response::new(crate::wire::rollout_plan(&dry)))
     }
 
@@ -490,7 +490,11 @@ impl OperatorService for OperatorApi {
         let ctl = &self.ctl;
         let caller = Caller::of(&req)?.clone();
         let r = req.into_inner();
-        let plan = rollout_plan(ctl, &r)?;
+        if r.refresh_lists {
+            let nodes = plan_nodes(ctl, &r.nodes)?;
+            refresh_lists(ctl, &self.refreshes, &caller, &nodes).await?;
+        }
+        let plan = rollout_plan(ctl, &r, r.refresh_lists)?;
         let observe_only: Vec<&str> = plan
             .nodes
             .iter()
@@ -627,10 +631,29 @@ fn plan_nodes(ctl: &Controller, nodes: &[String]) -> Result<Vec<String>, Status>
     Ok(nodes.to_vec())
 }
 
-fn rollout_plan(ctl: &Controller, r: &api::RolloutRequest) -> Result<crate::rollout::Plan, Status> {
-    let nodes = plan_nodes(ctl, &r.nodes)?;
+/// The plan of `r`; with `skip_idle` (a start after its lists were refreshed) without
+/// the nodes that have nothing to do, refused when none has anything to do.
+fn rollout_plan(
+    ctl: &Controller,
+    r: &api::RolloutRequest,
+    skip_idle: bool,
+) -> Result<crate::rollout::Plan, Status> {
+    let mut nodes = plan_nodes(ctl, &r.nodes)?;
     let reboot = crate::wire::reboot_policy(r.reboot)
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    if skip_idle {
+        let view = crate::orchestrate::rollout::cluster_view(ctl, &Default::default());
+        nodes.retain(|n| {
+            let report = ctl.latest(n).map(|(r, _)| r);
+            crate::rollout::has_work(reboot, report.as_deref(), view.nodes.get(n))
+        });
+        if nodes.is_empty() {
+            return Err(Status::failed_precondition(
+                "nothing to do: no node has a package to upgrade or needs a reboot \
+                 (as of their last package lists; rollout plan --refresh-lists updates them)",
+            ));
+        }
+    }
     let id = format!("{ROLLOUT_PREFIX}{}", now_ms());
     let mut plan = crate::rollout::Plan::new(
         id,

@@ -64,6 +64,10 @@ pub enum RolloutCmd {
         /// Start nodes only inside this window, e.g. "Sat 02:00-05:00 Europe/Berlin".
         #[arg(long)]
         window: Option<String>,
+        /// Run `apt-get update` on the nodes first, then leave out each node with nothing
+        /// to upgrade and no reboot to do (none left: nothing is started, exit 0).
+        #[arg(long)]
+        refresh_lists: bool,
         /// Do not ask for confirmation.
         #[arg(long)]
         yes: bool,
@@ -160,18 +164,31 @@ pub(super) async fn execute(
         RolloutCmd::Start {
             sel,
             window,
+            refresh_lists,
             yes,
             watch,
             ..
         } => {
-            if !yes {
-                let resp = c.rollout_plan(request(sel)).await?.into_inner();
-                eprint!("{}", plan_text(&resp));
-                if !confirm("Start this rolling update?")? {
-                    return Err(CliError::Failed("not started".into()));
+            if *refresh_lists || !yes {
+                let mut req = request(sel);
+                req.refresh_lists = *refresh_lists;
+                let plan = c.rollout_plan(req).await?.into_inner();
+                if !plan.nodes.is_empty() && plan.nodes.iter().all(|n| n.skipped) {
+                    // Every node is up to date: done, and no rollout (no migration) starts.
+                    return Ok(Reply::ok(match fmt {
+                        Format::Json => json_string(&plan_json(&plan)),
+                        Format::Text => plan_text(&plan) + "no rollout started\n",
+                    }));
+                }
+                if !yes {
+                    eprint!("{}", plan_text(&plan));
+                    if !confirm("Start this rolling update?")? {
+                        return Err(CliError::Failed("not started".into()));
+                    }
                 }
             }
             let mut req = request(sel);
+            req.refresh_lists = *refresh_lists;
             req.window = window.clone().unwrap_or_default();
             let resp = c.rollout_start(req).await?.into_inner();
             match (&resp.rollout, watch) {
@@ -676,6 +693,7 @@ fn plan_json(d: &api::RolloutPlanResponse) -> Value {
                 "next_kernel": n.next_kernel,
                 "guests": guests,
                 "downtime_secs": n.downtime_secs,
+                "skipped": n.skipped,
             })
         })
         .collect();
@@ -686,11 +704,19 @@ fn plan_json(d: &api::RolloutPlanResponse) -> Value {
         "controller_host": d.controller_host,
         "nodes": nodes,
         "blocked": d.blocked,
+        "nothing_to_do": nothing_to_do(d),
     })
+}
+
+/// No selected node has a package to upgrade (as of its last lists) or a reboot to do.
+fn nothing_to_do(d: &api::RolloutPlanResponse) -> bool {
+    !d.nodes.is_empty() && d.nodes.iter().all(|n| n.packages.is_empty() && !n.reboot)
 }
 
 /// The dry run as text.
 pub fn plan_text(d: &api::RolloutPlanResponse) -> String {
+    let skipped = d.nodes.iter().filter(|n| n.skipped).count();
+    let fresh = d.nodes.iter().any(|n| n.skipped);
     let mut t = format!(
         "rolling update plan: {} node(s), max-unavailable {}, {}\n",
         d.nodes.len(),
@@ -700,11 +726,24 @@ pub fn plan_text(d: &api::RolloutPlanResponse) -> String {
     if let Some(h) = &d.controller_host {
         t += &format!("the controller's own node {h} goes last\n");
     }
-    if !d.nodes.is_empty() && d.nodes.iter().all(|n| n.packages.is_empty() && !n.reboot) {
-        t += "nothing to upgrade: no node has a package to upgrade or needs a reboot\n\
-              (as of their last package lists; --refresh-lists updates them first)\n";
+    if skipped > 0 && !nothing_to_do(d) {
+        t += &format!("{skipped} node(s) with nothing to do skipped: no migration, no reboot\n");
+    }
+    if nothing_to_do(d) && fresh {
+        t += "nothing to upgrade: no node has a package to upgrade or needs a reboot\n";
+    } else if nothing_to_do(d) {
+        t += "nothing to upgrade as of the nodes' last package lists; each node's turn\n\
+              still refreshes them and upgrades what they then offer (--refresh-lists:\n\
+              refresh now, and leave out the nodes with nothing to do)\n";
     }
     for n in &d.nodes {
+        if n.skipped {
+            t += &format!(
+                "\n{}. {}  skipped: nothing to upgrade, no reboot needed (guests untouched)\n",
+                n.position, n.name
+            );
+            continue;
+        }
         t += &format!(
             "\n{}. {}  gate: {}  reboot: {}  kernel after: {}  downtime ~{} min\n",
             n.position,
@@ -726,7 +765,12 @@ pub fn plan_text(d: &api::RolloutPlanResponse) -> String {
         } else {
             t += &format!("   packages ({}):\n", n.packages.len());
             for p in &n.packages {
-                t += &format!("     {} {} -> {}\n", p.package, p.installed, p.candidate);
+                let from = if p.installed.is_empty() {
+                    "(new)"
+                } else {
+                    &p.installed
+                };
+                t += &format!("     {} {from} -> {}\n", p.package, p.candidate);
             }
         }
         for g in &n.guests {
@@ -887,6 +931,7 @@ mod tests {
                     what: "keeps running".into(),
                 }],
                 downtime_secs: 61,
+                skipped: false,
             }],
             blocked: vec!["pve1".into()],
         };

@@ -5,7 +5,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use fleetward_proto::{GuestState, Report, Upgrade};
 use serde::{Deserialize, Serialize};
 
-use super::{gates, ClusterView, Plan, RebootPolicy};
+use super::{gates, ClusterView, NodeView, Plan, RebootPolicy};
+
+/// The plan of a node with nothing to do in fresh lists: skipped, its guests untouched.
+pub const NOTHING_TO_DO: &str =
+    "nothing to do: no package to upgrade, no reboot needed (skipped; guests untouched)";
 
 /// Rough durations behind the downtime estimate, in seconds (documented, not measured).
 pub const EST_MIGRATE_PER_HA_GUEST: u64 = 60;
@@ -35,6 +39,8 @@ pub struct NodePlan {
     pub guests: Vec<GuestPlan>,
     /// Rough: migrations + upgrade + reboot.
     pub downtime_secs: u64,
+    /// Left out of the rollout: nothing to upgrade in lists just refreshed, no reboot.
+    pub skipped: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,33 +51,52 @@ pub struct GuestPlan {
 }
 
 /// What `plan` would do to each node, given the view and the nodes' latest reports.
-pub fn dry_run(plan: &Plan, view: &ClusterView, reports: &BTreeMap<String, &Report>) -> DryRun {
+/// `lists_fresh`: the reports follow an `apt-get update` just done (`--refresh-lists`), so a
+/// node with nothing to do is skipped; with older lists its turn still refreshes them and
+/// upgrades what they then offer, so its maintenance cycle is planned.
+pub fn dry_run(
+    plan: &Plan,
+    view: &ClusterView,
+    reports: &BTreeMap<String, &Report>,
+    lists_fresh: bool,
+) -> DryRun {
     let silence = plan.timeouts.max_silence_ms;
     let mut nodes = Vec::new();
     let mut blocked = Vec::new();
     for (i, name) in plan.nodes.iter().enumerate() {
         let gate = gates::preflight(view, name, &BTreeSet::new(), silence).map_err(|f| f.reason);
+        let report = reports.get(name).copied();
+        let packages = report
+            .map(|r| r.facts.apt.upgradable.clone())
+            .unwrap_or_default();
+        let nv = view.nodes.get(name);
+        let reboot = reboots(plan.reboot_policy, report, nv);
+        if lists_fresh && packages.is_empty() && !reboot {
+            nodes.push(NodePlan {
+                name: name.clone(),
+                position: i + 1,
+                gate,
+                steps: vec![NOTHING_TO_DO.into()],
+                packages,
+                reboot,
+                next_kernel: nv.and_then(|n| n.next_kernel.clone()),
+                guests: Vec::new(),
+                downtime_secs: 0,
+                skipped: true,
+            });
+            continue;
+        }
         if gate.is_err() {
             blocked.push(name.clone());
         }
-        let report = reports.get(name);
-        let apt = report.map(|r| &r.facts.apt);
-        let packages = apt.map(|a| a.upgradable.clone()).unwrap_or_default();
-        let nv = view.nodes.get(name);
-        let reboot = match plan.reboot_policy {
-            RebootPolicy::Always => true,
-            RebootPolicy::Never => false,
-            RebootPolicy::IfNeeded => {
-                apt.is_some_and(|a| a.upgrade_needs_reboot) || nv.is_some_and(|n| n.needs_reboot)
-            }
-        };
         let mut steps = vec![
             "preflight gate".to_string(),
-            "maintenance-on (HA guests migrate away)".into(),
-            "wait-guests-migrated".into(),
-            "apt-update".into(),
-            format!("apt-dist-upgrade ({} packages)", packages.len()),
-            "boot check: every ESP holds the next kernel (one boot-refresh if not)".into(),
+            "maintenance on (HA guests migrate away)".into(),
+            "wait for HA guests to leave".into(),
+            "apt-get update".into(),
+            format!("apt-get dist-upgrade ({} packages)", packages.len()),
+            "boot check: every ESP holds the next kernel (one proxmox-boot-tool refresh if not)"
+                .into(),
         ];
         let osds = nv.is_some_and(|n| n.ceph_osds);
         if reboot && osds {
@@ -86,7 +111,7 @@ pub fn dry_run(plan: &Plan, view: &ClusterView, reports: &BTreeMap<String, &Repo
         if reboot && osds {
             steps.push("ceph osd unset noout (unless another node still holds it)".into());
         }
-        steps.push("maintenance-off (HA guests return)".into());
+        steps.push("maintenance off (HA guests return)".into());
         let guests: Vec<GuestPlan> = report
             .map(|r| r.facts.guests.as_slice())
             .unwrap_or_default()
@@ -119,6 +144,7 @@ pub fn dry_run(plan: &Plan, view: &ClusterView, reports: &BTreeMap<String, &Repo
             next_kernel,
             guests,
             downtime_secs,
+            skipped: false,
         });
     }
     DryRun {
@@ -126,6 +152,25 @@ pub fn dry_run(plan: &Plan, view: &ClusterView, reports: &BTreeMap<String, &Repo
         nodes,
         blocked,
     }
+}
+
+/// Whether the rollout reboots a node under `policy`: `if-needed` when its pending upgrade
+/// or its running kernel asks for it.
+fn reboots(policy: RebootPolicy, report: Option<&Report>, nv: Option<&NodeView>) -> bool {
+    match policy {
+        RebootPolicy::Always => true,
+        RebootPolicy::Never => false,
+        RebootPolicy::IfNeeded => {
+            report.is_some_and(|r| r.facts.apt.upgrade_needs_reboot)
+                || nv.is_some_and(|n| n.needs_reboot)
+        }
+    }
+}
+
+/// Whether a rollout has work on the node: a package to upgrade (as of its last package
+/// lists) or a reboot `policy` asks for. A node without work is left out of the rollout.
+pub fn has_work(policy: RebootPolicy, report: Option<&Report>, nv: Option<&NodeView>) -> bool {
+    report.is_some_and(|r| !r.facts.apt.upgradable.is_empty()) || reboots(policy, report, nv)
 }
 
 /// A kernel among the packages: `proxmox-kernel-<version>[-signed]` (or the older
@@ -162,6 +207,66 @@ mod tests {
             installed: "1".into(),
             candidate: "2".into(),
         }
+    }
+
+    /// A node with nothing to upgrade and no reboot is skipped: no maintenance (so no
+    /// migration), no downtime, not counted as blocked; a node with work keeps its cycle.
+    #[test]
+    fn a_node_with_nothing_to_do_is_skipped_without_migrations() {
+        use crate::rollout::tests::{healthy_view, names, plan};
+        let plan = plan(3, 1);
+        let mut view = healthy_view(&names(3));
+        // pve2's gate fails, but it has nothing to do: it is not where a rollout would halt.
+        let two = view.nodes.get_mut("pve2").unwrap();
+        two.error_findings.insert("boot.esp-kernel-missing".into());
+        let seed = || {
+            fleetward_proto::report_from_json(include_str!(
+                "../../../agent/tests/fixtures/seed/pve-01/expected.json"
+            ))
+            .expect("seed report")
+        };
+        let mut busy = seed();
+        busy.facts.apt.upgradable = vec![up("proxmox-ve")];
+        busy.facts.apt.upgrade_needs_reboot = false;
+        let mut idle = seed();
+        idle.facts.apt.upgradable.clear();
+        idle.facts.apt.upgrade_needs_reboot = false;
+        let reports = BTreeMap::from([
+            ("pve1".to_string(), &busy),
+            ("pve2".to_string(), &idle),
+            ("pve3".to_string(), &busy),
+        ]);
+        // Lists of unknown age: pve2's turn may still find upgrades, so its cycle is planned.
+        let stale = dry_run(&plan, &view, &reports, false);
+        assert!(!stale.nodes[1].skipped);
+        assert!(stale.nodes[1]
+            .steps
+            .iter()
+            .any(|s| s.starts_with("maintenance on")));
+        assert_eq!(stale.blocked, ["pve2"]);
+        let dry = dry_run(&plan, &view, &reports, true);
+        let (one, two) = (&dry.nodes[0], &dry.nodes[1]);
+        assert!(!one.skipped && two.skipped);
+        assert!(one.steps.iter().any(|s| s.starts_with("maintenance on")));
+        assert!(one.downtime_secs > 0);
+        assert_eq!(two.steps, [NOTHING_TO_DO]);
+        assert_eq!((two.downtime_secs, two.guests.len()), (0, 0));
+        assert!(dry.blocked.is_empty(), "{:?} {:?}", dry.blocked, one.gate);
+        let policy = RebootPolicy::IfNeeded;
+        assert!(has_work(policy, Some(&busy), view.nodes.get("pve1")));
+        assert!(!has_work(policy, Some(&idle), view.nodes.get("pve2")));
+        assert!(has_work(
+            RebootPolicy::Always,
+            Some(&idle),
+            view.nodes.get("pve2")
+        ));
+        view.nodes.get_mut("pve2").unwrap().needs_reboot = true;
+        assert!(has_work(policy, Some(&idle), view.nodes.get("pve2")));
+        assert!(!has_work(
+            RebootPolicy::Never,
+            Some(&idle),
+            view.nodes.get("pve2")
+        ));
     }
 
     #[test]

@@ -52,7 +52,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-pub use dry_run::{dry_run, DryRun, GuestPlan, NodePlan};
+pub use dry_run::{dry_run, has_work, DryRun, GuestPlan, NodePlan, NOTHING_TO_DO};
 pub use gates::{
     ceph_healthy, esp_holds_next_kernel, no_unsafe_findings, node_reachable, others_online,
     post_reboot, pre_reboot, preflight, quorum_margin, GateFailure, GateResult, UNSAFE_FINDINGS,
