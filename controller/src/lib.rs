@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod certs;
 #[cfg(test)]
 mod chaos;
 pub mod cli;
