@@ -24,6 +24,7 @@ mod golden;
 pub mod ingest;
 pub mod init;
 pub mod metrics;
+pub mod notify;
 pub mod operation;
 pub mod orchestrate;
 pub mod paths;

@@ -255,9 +255,12 @@ pub async fn run(
             },
         );
     tokio::pin!(server);
+    // Bound (by the caller) and about to accept: systemd's `Type=notify` start is done.
+    crate::notify::notify("READY=1\nSTATUS=serving");
     tokio::select! {
         r = &mut server => r?,
         () = shutdown => {
+            crate::notify::notify("STOPPING=1\nSTATUS=draining: closing agent sessions");
             tracing::info!(sessions = ctl.session_count(), "shutting down: closing agent sessions");
             ctl.close_all_sessions("controller shutting down");
             let _ = stopping_tx.send(true);
