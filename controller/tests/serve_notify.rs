@@ -2,7 +2,8 @@
 //! socket of this test. `serve --listen` on a port other than the configuration's says
 //! `READY=1` once it listens (and `listen.addr` names that port, so `fleetward --data-dir
 //! D nodes` reaches it), and `STOPPING=1` when SIGTERM starts the drain; it exits 0 and
-//! removes `listen.addr`.
+//! removes `listen.addr`. Before it starts, `server-cert renew` replaces the server
+//! certificate (`ca status` shows the new one) and the CLI, pinning the CA, still connects.
 
 use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
@@ -44,6 +45,39 @@ fn serve_notifies_ready_and_stopping_and_the_cli_finds_its_port() {
         String::from_utf8_lossy(&out.stderr)
     );
     let configured = std::fs::read_to_string(data.join("controller.toml")).unwrap();
+
+    // The server certificate renewed before the start: `ca status` shows the new one, and
+    // the CLI (which pins the CA) reaches the serve that uses it.
+    let status = || {
+        let out = Command::new(BIN)
+            .args(["ca", "status", "--output", "json", "--data-dir"])
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let before = status();
+    let renew = Command::new(BIN)
+        .args(["server-cert", "renew", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        renew.status.success(),
+        "{}",
+        String::from_utf8_lossy(&renew.stderr)
+    );
+    let after = status();
+    assert_eq!(after[0], before[0], "the CA is unchanged");
+    assert_ne!(after[1]["sha256"], before[1]["sha256"]);
+    assert_eq!(after[1]["names"], before[1]["names"]);
+    let sha = after[1]["sha256"].as_str().unwrap();
+    assert!(String::from_utf8_lossy(&renew.stdout).contains(sha));
 
     // A free port, not the configured one.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
