@@ -510,6 +510,34 @@ fn shutdown_plan() -> api::ShutdownPlanResponse {
     crate::wire::shutdown_plan_response(&plan)
 }
 
+/// `ca status` on a controller initialised at T0 with one `--san`.
+fn ca_status() -> Vec<crate::certs::CertStatus> {
+    let secs = T0 / 1000;
+    vec![
+        crate::certs::CertStatus {
+            certificate: "ca",
+            subject: "CN=fleetward CA lab".into(),
+            sha256: "3b8e0f6c2d9a4e1b7f5c8a0d3e6b9c2f4a7d0e3b6c9f2a5d8e1b4c7f0a3d6e9b".into(),
+            not_after_unix: secs + 3650 * 86_400,
+            days_left: 3650,
+            names: vec![],
+        },
+        crate::certs::CertStatus {
+            certificate: "server",
+            subject: "CN=controller".into(),
+            sha256: "9f1c2e3d4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0".into(),
+            not_after_unix: secs + 1825 * 86_400,
+            days_left: 1825,
+            names: vec![
+                "localhost".into(),
+                "pve-03.lab.example.net".into(),
+                "127.0.0.1".into(),
+                "::1".into(),
+            ],
+        },
+    ]
+}
+
 /// Output that is not cut to the terminal: a pipe's, and the policy, a TOML document shown
 /// as it is so that `fleetward policy show > policy.toml` keeps it whole.
 fn verbatim(name: &str) -> bool {
@@ -698,6 +726,10 @@ fn outputs(width: usize) -> Vec<(&'static str, String)> {
             rollout::list_out(&rollout_list(), Format::Text),
         ),
         ("shutdown-plan", shutdown::plan_text(&shutdown_plan(), &v)),
+        (
+            "ca-status",
+            crate::certs::render_status(&ca_status(), Format::Text),
+        ),
     ]
 }
 

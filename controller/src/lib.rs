@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod certs;
 #[cfg(test)]
 mod chaos;
 pub mod cli;
@@ -23,6 +24,7 @@ mod golden;
 pub mod ingest;
 pub mod init;
 pub mod metrics;
+pub mod notify;
 pub mod operation;
 pub mod orchestrate;
 pub mod paths;

@@ -40,8 +40,43 @@ enum Command {
     /// --workspace --bins`). Exit status: 0 the rolling update completed, 1 it did not or the
     /// demo failed, 130 interrupted.
     Demo(DemoArgs),
+    /// The controller's CA and server certificate (on the controller host, from the data dir).
+    Ca {
+        #[command(subcommand)]
+        cmd: CaCmd,
+    },
+    /// Re-issue the controller's server certificate (on the controller host).
+    ServerCert {
+        #[command(subcommand)]
+        cmd: ServerCertCmd,
+    },
     #[command(flatten)]
     Client(fleetward_controller::cli::ClientCommand),
+}
+
+#[derive(Subcommand)]
+enum CaCmd {
+    /// The CA and the server certificate: subject, SHA-256, not-after and days left, and
+    /// the server certificate's names. Reads the data directory; needs no running controller.
+    Status {
+        #[arg(long, env = "FLEETWARD_DATA_DIR", value_name = "DIR")]
+        data_dir: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = fleetward_controller::cli::Format::Text)]
+        output: fleetward_controller::cli::Format,
+    },
+}
+
+#[derive(Subcommand)]
+enum ServerCertCmd {
+    /// A new server key and certificate from the CA, with the same names (5 years, at most
+    /// the CA's remaining validity); written atomically (key 0600, certificate 0644).
+    /// Agents pin the CA, not the server certificate, so they are unaffected. A running
+    /// `serve` keeps the old one until it is restarted (`systemctl restart fleetward`).
+    Renew {
+        #[arg(long, env = "FLEETWARD_DATA_DIR", value_name = "DIR")]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -138,6 +173,40 @@ fn main() -> ExitCode {
             }
         }
         Command::Client(c) => fleetward_controller::cli::run(c),
+        Command::Ca {
+            cmd: CaCmd::Status { data_dir, output },
+        } => match fleetward_controller::certs::status(&DataDir::new(&data_dir)) {
+            Ok(certs) => {
+                print!(
+                    "{}",
+                    fleetward_controller::certs::render_status(&certs, output)
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("fleetward ca status: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::ServerCert {
+            cmd: ServerCertCmd::Renew { data_dir },
+        } => match fleetward_controller::certs::renew_server(&DataDir::new(&data_dir)) {
+            Ok(cert) => {
+                println!(
+                    "renewed {}: SHA-256 {}, {} days left, names {}",
+                    DataDir::new(&data_dir).server_cert().display(),
+                    cert.sha256,
+                    cert.days_left,
+                    cert.names.join(", ")
+                );
+                println!("restart the controller to use it: systemctl restart fleetward");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("fleetward server-cert renew: {e}");
+                ExitCode::from(1)
+            }
+        },
         Command::Demo(a) => {
             use fleetward_controller::demo::{self, DemoError, DemoOptions};
             let opts = DemoOptions {

@@ -67,6 +67,14 @@ pub struct NodeSnapshot {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FleetSnapshot {
     pub nodes: Vec<NodeSnapshot>,
+    /// The controller's own certificates: `(name, not-after as unix seconds)`, e.g.
+    /// `("ca", …)` and `("server", …)` (the server certificate `serve` uses).
+    pub certificates: Vec<(String, i64)>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertificateLabels {
+    certificate: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -108,6 +116,8 @@ const SEVERITIES: [Severity; 3] = [Severity::Info, Severity::Warning, Severity::
 /// - `fleetward_findings{node,code,severity}` — findings per code (only codes present);
 /// - `fleetward_node_drift_findings{node}` — pending drift findings;
 /// - `fleetward_build_info{version}` — always 1;
+/// - `fleetward_certificate_expiry_timestamp_seconds{certificate}` — when the controller's
+///   `ca` and `server` certificates expire (unix seconds);
 /// - `process_cpu_seconds`, `process_resident_memory_bytes`, `process_virtual_memory_bytes`,
 ///   `process_open_fds`, `process_max_fds`, `process_start_time_seconds` — see
 ///   [`ProcessStats`]; each is left out if `/proc` cannot tell it.
@@ -223,6 +233,20 @@ fn register_fleet(registry: &mut Registry, snapshot: &FleetSnapshot) {
         "fleetward_node_drift_findings",
         "Pending drift and policy findings the controller holds for the node",
         drift,
+    );
+
+    let expiry = Family::<CertificateLabels, Gauge>::default();
+    for (name, not_after) in &snapshot.certificates {
+        expiry
+            .get_or_create(&CertificateLabels {
+                certificate: name.clone(),
+            })
+            .set(*not_after);
+    }
+    registry.register(
+        "fleetward_certificate_expiry_timestamp_seconds",
+        "When the controller's certificate expires (ca: the cluster CA; server: its TLS certificate), unix seconds",
+        expiry,
     );
 }
 

@@ -53,6 +53,15 @@ pub struct Loaded {
     tls: ServerTlsConfig,
     max_message: usize,
     metrics: Option<std::net::SocketAddr>,
+    /// The CA's and the server certificate's not-after (unix seconds), for the metrics.
+    certificates: Vec<(String, i64)>,
+}
+
+fn unix_secs(t: std::time::SystemTime) -> i64 {
+    match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+    }
 }
 
 pub fn load(dir: &DataDir, cfg: Config) -> Result<Loaded, ServeError> {
@@ -80,7 +89,13 @@ pub fn load(dir: &DataDir, cfg: Config) -> Result<Loaded, ServeError> {
     let key = read(dir.server_key())?;
     let ca_pem = read(dir.ca_cert())?;
     let ca = Ca::load(&dir.ca_dir())?;
-    let ca_remaining = fleetward_pki::not_after(ca.cert_der())?
+    let ca_not_after = fleetward_pki::not_after(ca.cert_der())?;
+    let server_not_after = fleetward_pki::not_after(&fleetward_pki::ca_der_from_pem(&cert)?)?;
+    let certificates = vec![
+        ("ca".to_string(), unix_secs(ca_not_after)),
+        ("server".to_string(), unix_secs(server_not_after)),
+    ];
+    let ca_remaining = ca_not_after
         .duration_since(std::time::SystemTime::now())
         .unwrap_or_default();
     cfg.check_lifetimes(ca_remaining)
@@ -108,6 +123,7 @@ pub fn load(dir: &DataDir, cfg: Config) -> Result<Loaded, ServeError> {
         tls,
         max_message,
         metrics,
+        certificates,
     })
 }
 
@@ -166,6 +182,7 @@ pub async fn run(
         tls,
         max_message,
         metrics,
+        certificates,
     } = loaded;
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     // The rollout driver resumes an unfinished rollout from the store before serving.
@@ -179,7 +196,11 @@ pub async fn run(
         let ctl = controller.clone();
         let mut stop = stopping.clone();
         tokio::spawn(async move {
-            let snapshot = Arc::new(move || ctl.metrics_snapshot());
+            let snapshot = Arc::new(move || {
+                let mut snapshot = ctl.metrics_snapshot();
+                snapshot.certificates = certificates.clone();
+                snapshot
+            });
             let shutdown = async move {
                 let _ = stop.wait_for(|s| *s).await;
             };
@@ -234,9 +255,12 @@ pub async fn run(
             },
         );
     tokio::pin!(server);
+    // Bound (by the caller) and about to accept: systemd's `Type=notify` start is done.
+    crate::notify::notify("READY=1\nSTATUS=serving");
     tokio::select! {
         r = &mut server => r?,
         () = shutdown => {
+            crate::notify::notify("STOPPING=1\nSTATUS=draining: closing agent sessions");
             tracing::info!(sessions = ctl.session_count(), "shutting down: closing agent sessions");
             ctl.close_all_sessions("controller shutting down");
             let _ = stopping_tx.send(true);

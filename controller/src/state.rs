@@ -391,7 +391,10 @@ impl Controller {
                 }
             })
             .collect();
-        crate::metrics::FleetSnapshot { nodes }
+        crate::metrics::FleetSnapshot {
+            nodes,
+            ..Default::default()
+        }
     }
 
     /// drift.* over the fleet, plus policy.* against `policy` (default: the one in force).

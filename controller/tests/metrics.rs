@@ -49,6 +49,10 @@ fn fleet() -> FleetSnapshot {
                 drift_findings: 0,
             },
         ],
+        certificates: vec![
+            ("ca".into(), 2_096_000_000),
+            ("server".into(), 1_950_000_000),
+        ],
     }
 }
 
@@ -147,6 +151,8 @@ async fn metrics_endpoint_serves_valid_exposition() {
         "fleetward_node_findings{node=\"pve1\",severity=\"warning\"} 1",
         "fleetward_node_findings{node=\"pve2\",severity=\"error\"} 0",
         "fleetward_node_drift_findings{node=\"pve1\"} 2",
+        "fleetward_certificate_expiry_timestamp_seconds{certificate=\"ca\"} 2096000000",
+        "fleetward_certificate_expiry_timestamp_seconds{certificate=\"server\"} 1950000000",
         "# EOF",
     ] {
         assert!(
@@ -257,7 +263,21 @@ tests:
         values: '1x20'
       - series: 'fleetward_node_drift_findings{job="fleetward",instance="c:9464",node="pve1"}'
         values: '0x20'
+      - series: 'fleetward_certificate_expiry_timestamp_seconds{job="fleetward",instance="c:9464",certificate="server"}'
+        values: '864000x200'
+      - series: 'fleetward_certificate_expiry_timestamp_seconds{job="fleetward",instance="c:9464",certificate="ca"}'
+        values: '315360000x200'
     alert_rule_test:
+      - eval_time: 30m
+        alertname: FleetwardCertificateExpiresSoon
+        exp_alerts: []
+      - eval_time: 61m
+        alertname: FleetwardCertificateExpiresSoon
+        exp_alerts:
+          - exp_labels: {severity: warning, job: fleetward, instance: "c:9464", certificate: server}
+            exp_annotations:
+              summary: "the controller's server certificate expires in 9d 22h 59m 0s"
+              description: "The fleetward controller's server certificate expires in less than 30 days. For the server certificate run `fleetward server-cert renew` on the controller host and restart the controller; `fleetward ca status` shows both certificates."
       - eval_time: 10m
         alertname: FleetwardControllerDown
         exp_alerts: []

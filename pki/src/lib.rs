@@ -17,6 +17,7 @@
 mod ca;
 mod files;
 mod identity;
+mod info;
 mod pin;
 mod revocation;
 mod tls;
@@ -27,6 +28,7 @@ mod tests;
 pub use ca::{fingerprint_sha256, generate_key_and_csr, random_token, Ca, IssuedCert, KeyPairPem};
 pub use files::{write_private_key, write_public};
 pub use identity::{identity_from_der, not_after, not_before, serial_hex, Identity, Role};
+pub use info::{dns_and_ip_sans, subject};
 pub use pin::{
     cert_pem_from_der, client_config_pinned_fingerprint, normalize_fingerprint, PinnedCaVerifier,
 };

@@ -21,16 +21,23 @@
 //! the node's `last_seen_ms`, so a report does not rewrite the node record.
 //!
 //! All times are unix milliseconds passed in by the caller; the store reads no clock.
-//! Every mutating call flushes before returning, so an acknowledged write survives a SIGKILL
-//! (tested: without the flush, acked writes sit in sled's in-memory log buffer and are lost).
-//! Power loss is weaker for sled's part: on Linux sled 0.34's flush uses `sync_file_range`
-//! on its log rather than `fsync`, which syncs neither file metadata nor the drive cache; its
-//! background flusher `sync_all`s every 500 ms. The report journal uses `fdatasync`.
+//! **Durability:** every acknowledged write of sled's trees goes through ONE path,
+//! [`Store::durable`]: the write, sled's flush, then a real sync of the files sled wrote
+//! (`durable.rs`: `fdatasync` of its log and of new blob files, `fsync` of the directories),
+//! then the sync observer, then the return — so it survives a SIGKILL (tested: without the
+//! flush, acked writes sit in sled's in-memory log buffer and are lost) and a power loss
+//! (sled's own flush uses `sync_file_range` on Linux, which syncs neither metadata nor the
+//! drive cache). The only sled write that does not take it is [`Store::record_hello`]
+//! (agent version and boot id, said again at every session). The report journal uses
+//! `fdatasync` and syncs its directory when it creates a segment.
 //! Undecodable stored data yields [`StoreError::Corrupt`],
 //! never a panic.
 
 mod blobs;
+mod durable;
 mod journal;
+
+pub use durable::{SyncObserver, WriteClass};
 
 use fleetward_proto::{report_json_bytes, Report};
 pub use journal::{FactChange, ReportWrite, FACT_CHANGES_PER_NODE, HISTORY_PER_NODE};
@@ -69,6 +76,8 @@ pub enum StoreError {
     DuplicateToken(String),
     #[error("report bodies: {0}")]
     Blob(String),
+    #[error("database sync: {0}")]
+    Sync(#[from] std::io::Error),
 }
 
 impl From<JournalError> for StoreError {
@@ -244,6 +253,8 @@ pub struct OpEvent {
 
 pub struct Store {
     db: sled::Db,
+    /// sled's files, synced for real after its flush (see [`Store::durable`]).
+    files: durable::SledFiles,
     /// Reports and fact changes (see `journal.rs`).
     journal: ReportLog,
     operations: Tree,
@@ -389,8 +400,10 @@ impl Store {
                 path.join(OLD_REPORTS_DIR).display()
             );
         }
+        let files = durable::SledFiles::open(path)?;
         let journal = ReportLog::open(path.join(REPORTS_DIR), segment_max)?;
         Ok(Store {
+            files,
             journal,
             nodes: t("nodes")?,
             tokens: t("tokens")?,
@@ -408,18 +421,46 @@ impl Store {
         Ok(self.journal.compact()?)
     }
 
-    /// Writes sled's log buffers out and syncs them (see the module doc on durability).
+    /// Writes sled's log buffers out and makes them durable: sled's flush, then
+    /// `durable.rs`'s sync of its files (see the module doc on durability).
     pub fn flush(&self) -> Result<()> {
         self.db.flush()?;
+        self.files.sync()?;
         Ok(())
+    }
+
+    /// **The one durable write path**: runs `write` (changes to sled's trees), then makes
+    /// them durable ([`Store::flush`]), then tells the sync observer `class`, and only then
+    /// returns `write`'s result — so a caller that replies after this call replies after
+    /// the sync. A failed `write` changed nothing and is returned as is; a failed sync is
+    /// an error (the write must not be acknowledged). Every acknowledged write of security
+    /// state or orchestration goes through here, a new write class (a new tree) too.
+    pub fn durable<T, E: From<StoreError>>(
+        &self,
+        class: WriteClass,
+        write: impl FnOnce() -> Result<T, E>,
+    ) -> Result<T, E> {
+        let out = write()?;
+        self.flush()?;
+        self.files.synced(class);
+        Ok(out)
+    }
+
+    /// Sets (or with `None` removes) the function told of each durable write's class after
+    /// its sync and before it returns (see [`Store::durable`]); tests record with it that
+    /// every write is synced before it is acknowledged.
+    pub fn observe_syncs(&self, observer: Option<SyncObserver>) {
+        self.files.observe(observer);
     }
 
     // ---- nodes ----
 
     pub fn upsert_node(&self, node: &NodeRecord) -> Result<()> {
         check_node_name(&node.name)?;
-        self.nodes.insert(node.name.as_bytes(), encode(node))?;
-        self.flush()
+        self.durable(WriteClass::Node, || {
+            self.nodes.insert(node.name.as_bytes(), encode(node))?;
+            Ok(())
+        })
     }
 
     pub fn get_node(&self, name: &str) -> Result<Option<NodeRecord>> {
@@ -510,14 +551,16 @@ impl Store {
             used_ms: None,
             revoked: false,
         };
-        if self
-            .tokens
-            .compare_and_swap(rec.id.as_bytes(), None::<&[u8]>, Some(encode(&rec)))?
-            .is_err()
-        {
-            return Err(StoreError::DuplicateToken(rec.id));
-        }
-        self.flush()?;
+        self.durable(WriteClass::Token, || {
+            if self
+                .tokens
+                .compare_and_swap(rec.id.as_bytes(), None::<&[u8]>, Some(encode(&rec)))?
+                .is_err()
+            {
+                return Err(StoreError::DuplicateToken(rec.id.clone()));
+            }
+            Ok(())
+        })?;
         Ok(rec)
     }
 
@@ -547,26 +590,25 @@ impl Store {
     }
 
     /// In ONE transaction: reads token `id`, lets `f` check and change it, writes it back.
-    /// Then flushes, so e.g. a consumed token stays consumed across a crash.
+    /// Durable when it returns, so e.g. a consumed token stays consumed across a crash.
     fn update_token<E: From<StoreError>>(
         &self,
         id: &str,
         f: impl Fn(Option<TokenRecord>) -> Result<TokenRecord, E>,
     ) -> Result<TokenRecord, E> {
-        let rec = self
-            .tokens
-            .transaction(|tokens| {
-                let old = tokens
-                    .get(id.as_bytes())?
-                    .map(|raw| decode("tokens", id.as_bytes(), &raw));
-                let old = old.transpose().map_err(E::from).or_else(abort)?;
-                let rec = f(old).or_else(abort)?;
-                tokens.insert(id.as_bytes(), encode(&rec))?;
-                Ok(rec)
-            })
-            .map_err(tx_err)?;
-        self.flush()?;
-        Ok(rec)
+        self.durable(WriteClass::Token, || {
+            self.tokens
+                .transaction(|tokens| {
+                    let old = tokens
+                        .get(id.as_bytes())?
+                        .map(|raw| decode("tokens", id.as_bytes(), &raw));
+                    let old = old.transpose().map_err(E::from).or_else(abort)?;
+                    let rec = f(old).or_else(abort)?;
+                    tokens.insert(id.as_bytes(), encode(&rec))?;
+                    Ok(rec)
+                })
+                .map_err(tx_err)
+        })
     }
 
     // ---- node certificates ----
@@ -587,41 +629,42 @@ impl Store {
         let sha256 = sha256_hex(token_plaintext);
         let id = &sha256.as_bytes()[..12];
         let key = rec.name.as_bytes();
-        let out = (&self.tokens, &self.nodes, &self.revocations)
-            .transaction(|(tokens, nodes, revocations)| {
-                let token = tokens
-                    .get(id)?
-                    .map(|raw| decode::<TokenRecord>("tokens", id, &raw))
-                    .transpose()
-                    .map_err(TokenError::from)
-                    .or_else(abort)?;
-                let mut token = check_token(token, &sha256, &rec.name, now_ms).or_else(abort)?;
-                let previous = nodes
-                    .get(key)?
-                    .map(|raw| decode::<NodeRecord>("nodes", key, &raw))
-                    .transpose()
-                    .map_err(TokenError::from)
-                    .or_else(abort)?;
-                let mut new = rec.clone();
-                if let Some(prev) = &previous {
-                    if token.node.is_none() {
-                        return abort(TokenError::NodeEnrolled(rec.name.clone()));
+        self.durable(WriteClass::Enrollment, || {
+            (&self.tokens, &self.nodes, &self.revocations)
+                .transaction(|(tokens, nodes, revocations)| {
+                    let token = tokens
+                        .get(id)?
+                        .map(|raw| decode::<TokenRecord>("tokens", id, &raw))
+                        .transpose()
+                        .map_err(TokenError::from)
+                        .or_else(abort)?;
+                    let mut token =
+                        check_token(token, &sha256, &rec.name, now_ms).or_else(abort)?;
+                    let previous = nodes
+                        .get(key)?
+                        .map(|raw| decode::<NodeRecord>("nodes", key, &raw))
+                        .transpose()
+                        .map_err(TokenError::from)
+                        .or_else(abort)?;
+                    let mut new = rec.clone();
+                    if let Some(prev) = &previous {
+                        if token.node.is_none() {
+                            return abort(TokenError::NodeEnrolled(rec.name.clone()));
+                        }
+                        let old = prev.all_serials();
+                        revoke_in(revocations, &old)?;
+                        let mut serials = old;
+                        serials.extend(rec.all_serials());
+                        new.serials = serials;
+                        new.last_seen_ms = prev.last_seen_ms;
                     }
-                    let old = prev.all_serials();
-                    revoke_in(revocations, &old)?;
-                    let mut serials = old;
-                    serials.extend(rec.all_serials());
-                    new.serials = serials;
-                    new.last_seen_ms = prev.last_seen_ms;
-                }
-                token.used_ms = Some(now_ms);
-                tokens.insert(id, encode(&token))?;
-                nodes.insert(key, encode(&new))?;
-                Ok((token, previous))
-            })
-            .map_err(tx_err)?;
-        self.flush()?;
-        Ok(out)
+                    token.used_ms = Some(now_ms);
+                    tokens.insert(id, encode(&token))?;
+                    nodes.insert(key, encode(&new))?;
+                    Ok((token, previous))
+                })
+                .map_err(tx_err)
+        })
     }
 
     /// Records a renewal of node `name`'s certificate, in ONE transaction with the check
@@ -640,7 +683,7 @@ impl Store {
         now_ms: u64,
         overlap_until_ms: u64,
     ) -> Result<Renewal, SerialError> {
-        self.change_node(name, |old| {
+        self.change_node(name, Some(WriteClass::NodeCertificate), |old| {
             let mut rec = old.ok_or_else(|| SerialError::NotEnrolled(name.to_string()))?;
             let mut revoked = Vec::new();
             match serial_use(&rec, serial, now_ms)? {
@@ -668,7 +711,7 @@ impl Store {
     /// revoked and forgotten. Returns the retired serial (`None`: nothing to retire, or
     /// `serial` is not current).
     pub fn retire_previous(&self, name: &str, serial: &str) -> Result<Option<String>, SerialError> {
-        self.change_node(name, |old| {
+        self.change_node(name, Some(WriteClass::NodeCertificate), |old| {
             let Some(mut rec) = old.filter(|r| r.cert_serial == serial && !r.revoked) else {
                 return Ok((None, Vec::new(), None));
             };
@@ -683,7 +726,7 @@ impl Store {
     /// Revokes node `name` and every serial ever issued to it, in one transaction.
     /// Returns the revoked record.
     pub fn revoke_node(&self, name: &str) -> Result<NodeRecord, SerialError> {
-        self.change_node(name, |old| {
+        self.change_node(name, Some(WriteClass::NodeCertificate), |old| {
             let mut rec = old.ok_or_else(|| SerialError::NotEnrolled(name.to_string()))?;
             let serials = rec.all_serials();
             rec.serials = serials.clone();
@@ -695,14 +738,16 @@ impl Store {
     }
 
     /// Records what an enrolled, unrevoked node's agent said in its hello, changing nothing
-    /// else of the record (a renewal or revocation at the same time is kept).
+    /// else of the record (a renewal or revocation at the same time is kept). Flushed
+    /// (survives a crash of the process) but not synced: the agent says it again at every
+    /// session, and a sync per connecting agent would cost the 10,000-agent reconnect.
     pub fn record_hello(
         &self,
         name: &str,
         agent_version: &str,
         boot_id: &str,
     ) -> Result<NodeRecord, SerialError> {
-        self.change_node(name, |old| {
+        self.change_node(name, None, |old| {
             let mut rec = old.ok_or_else(|| SerialError::NotEnrolled(name.to_string()))?;
             if rec.revoked {
                 return Err(SerialError::Revoked(name.to_string()));
@@ -715,32 +760,42 @@ impl Store {
 
     /// In ONE transaction over nodes and revocations: reads node `name`, lets `f` decide
     /// the new record (`None`: unchanged), the serials to revoke and the result; writes
-    /// them. Then flushes.
+    /// them. Then durable as `class` ([`Store::durable`]), or with `None` only flushed to
+    /// the OS (see [`Store::record_hello`]).
     fn change_node<T, E: From<StoreError>>(
         &self,
         name: &str,
+        class: Option<WriteClass>,
         f: impl Fn(Option<NodeRecord>) -> Result<(Option<NodeRecord>, Vec<String>, T), E>,
     ) -> Result<T, E> {
         check_node_name(name)?;
         let key = name.as_bytes();
-        let out = (&self.nodes, &self.revocations)
-            .transaction(|(nodes, revocations)| {
-                let old = nodes
-                    .get(key)?
-                    .map(|raw| decode::<NodeRecord>("nodes", key, &raw))
-                    .transpose()
-                    .map_err(E::from)
-                    .or_else(abort)?;
-                let (new, revoke, out) = f(old).or_else(abort)?;
-                revoke_in(revocations, &revoke)?;
-                if let Some(new) = new {
-                    nodes.insert(key, encode(&new))?;
-                }
+        let write = || {
+            (&self.nodes, &self.revocations)
+                .transaction(|(nodes, revocations)| {
+                    let old = nodes
+                        .get(key)?
+                        .map(|raw| decode::<NodeRecord>("nodes", key, &raw))
+                        .transpose()
+                        .map_err(E::from)
+                        .or_else(abort)?;
+                    let (new, revoke, out) = f(old).or_else(abort)?;
+                    revoke_in(revocations, &revoke)?;
+                    if let Some(new) = new {
+                        nodes.insert(key, encode(&new))?;
+                    }
+                    Ok(out)
+                })
+                .map_err(tx_err)
+        };
+        match class {
+            Some(class) => self.durable(class, write),
+            None => {
+                let out = write()?;
+                self.db.flush().map_err(StoreError::Db)?;
                 Ok(out)
-            })
-            .map_err(tx_err)?;
-        self.flush()?;
-        Ok(out)
+            }
+        }
     }
 
     pub fn list_tokens(&self) -> Result<Vec<TokenRecord>> {
@@ -750,8 +805,10 @@ impl Store {
     // ---- certificate revocations ----
 
     pub fn revoke_serial(&self, serial: &str) -> Result<()> {
-        self.revocations.insert(serial.as_bytes(), &[])?;
-        self.flush()
+        self.durable(WriteClass::Revocation, || {
+            self.revocations.insert(serial.as_bytes(), &[])?;
+            Ok(())
+        })
     }
 
     pub fn is_revoked(&self, serial: &str) -> Result<bool> {
@@ -780,9 +837,11 @@ impl Store {
 
     /// Appends an entry to the append-only audit log, durably.
     pub fn append_audit(&self, entry: &AuditEntry) -> Result<()> {
-        let id = self.db.generate_id()?;
-        self.audit.insert(id.to_be_bytes(), encode(entry))?;
-        self.flush()
+        self.durable(WriteClass::Audit, || {
+            let id = self.db.generate_id()?;
+            self.audit.insert(id.to_be_bytes(), encode(entry))?;
+            Ok(())
+        })
     }
 
     /// Up to `limit` audit entries, newest first.
@@ -801,13 +860,15 @@ impl Store {
         events: &[OpEvent],
     ) -> Result<()> {
         check_node_name(id)?;
-        for e in events {
-            let mut key = events_prefix(id);
-            key.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
-            self.op_events.insert(key, encode(e))?;
-        }
-        self.operations.insert(id.as_bytes(), encode(state))?;
-        self.flush()
+        self.durable(WriteClass::Operation, || {
+            for e in events {
+                let mut key = events_prefix(id);
+                key.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
+                self.op_events.insert(key, encode(e))?;
+            }
+            self.operations.insert(id.as_bytes(), encode(state))?;
+            Ok(())
+        })
     }
 
     pub fn get_operation<T: DeserializeOwned>(&self, id: &str) -> Result<Option<T>> {
