@@ -186,6 +186,13 @@ fn examples(path: &str) -> &'static [&'static str] {
             "systemctl enable --now fleetward",
             "fleetward serve --data-dir /var/lib/fleetward --listen 127.0.0.1:7443",
         ],
+        "fleetward ca" | "fleetward ca status" => &[
+            "fleetward ca status --data-dir /var/lib/fleetward",
+            "fleetward ca status --data-dir /var/lib/fleetward --output json",
+        ],
+        "fleetward server-cert" | "fleetward server-cert renew" => &[
+            "fleetward server-cert renew --data-dir /var/lib/fleetward && systemctl restart fleetward",
+        ],
         "fleetward demo" => &["fleetward demo", "fleetward demo --speed 0.1 --keep"],
         "fleetward nodes" => &[
             "fleetward nodes",
