@@ -24,6 +24,7 @@ pub mod ingest;
 pub mod init;
 pub mod metrics;
 pub mod operation;
+pub mod operators;
 pub mod orchestrate;
 pub mod paths;
 pub mod refresh;

@@ -103,8 +103,10 @@ pub fn load(dir: &DataDir, cfg: Config) -> Result<Loaded, ServeError> {
         Some(path) => Some(crate::state::load_policy(path).map_err(ServeError::Policy)?),
         None => None,
     };
+    let controller = Controller::new(store, ca, cfg, policy)?;
+    crate::operators::adopt_operator_files(&controller, dir);
     Ok(Loaded {
-        controller: Controller::new(store, ca, cfg, policy)?,
+        controller,
         tls,
         max_message,
         metrics,

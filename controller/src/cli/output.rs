@@ -521,6 +521,47 @@ pub(crate) fn token_created(t: &api::CreateTokenResponse, controller: &str, fmt:
     done(text, v, fmt)
 }
 
+/// `operator list`: name, scope, expiry, state (valid, expired, revoked), serial.
+pub(crate) fn operators(ops: &[api::OperatorInfo], now_ms: i64, fmt: Format) -> String {
+    let state = |o: &api::OperatorInfo| {
+        if o.revoked {
+            "revoked"
+        } else if o.not_after_unix_ms > 0 && o.not_after_unix_ms <= now_ms {
+            "expired"
+        } else {
+            "valid"
+        }
+    };
+    let json = |o: &api::OperatorInfo| {
+        json!({"name": o.name, "scope": o.scope, "serial": o.serial,
+               "not_after_unix_ms": o.not_after_unix_ms, "issued_unix_ms": o.issued_unix_ms,
+               "revoked": o.revoked, "state": state(o)})
+    };
+    let row = |o: &api::OperatorInfo| {
+        let expires = match o.not_after_unix_ms {
+            0 => "unknown".to_string(),
+            t => rfc3339(t),
+        };
+        vec![
+            o.name.clone(),
+            o.scope.clone(),
+            expires,
+            state(o).into(),
+            o.serial.clone(),
+        ]
+    };
+    list(
+        ops,
+        fmt,
+        json,
+        (
+            &["NAME", "SCOPE", "EXPIRES", "STATE", "SERIAL"],
+            row,
+            "no operators registered",
+        ),
+    )
+}
+
 /// `token list`; a token past its expiry at `now_ms` shows as expired.
 pub(crate) fn tokens(tokens: &[api::TokenInfo], now_ms: i64, fmt: Format) -> String {
     let expired = |t: &api::TokenInfo| !t.used && t.expires_at_unix_ms <= now_ms;

@@ -12,6 +12,8 @@
 //! - `operations`: operation id (`rollout-…`, `shutdown-…`) → the operation's state machine
 //!   state as JSON (the write-ahead journal: written and flushed before any command it
 //!   implies is sent).
+//! - `operators`: operator name → `OperatorRecord` JSON (the registry of issued operator
+//!   certificates: scope, serials, expiry, revoked; see `operators.rs`).
 //! - `op_events`: operation id ‖ 0x00 ‖ `generate_id()` (u64 BE) → [`OpEvent`] JSON, the
 //!   operation's event log in append order.
 //!
@@ -31,9 +33,11 @@
 
 mod blobs;
 mod journal;
+mod operators;
 
 use fleetward_proto::{report_json_bytes, Report};
 pub use journal::{FactChange, ReportWrite, FACT_CHANGES_PER_NODE, HISTORY_PER_NODE};
+pub use operators::{OperatorError, OperatorRecord};
 use journal::{JournalError, ReportLog};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -252,6 +256,8 @@ pub struct Store {
     tokens: Tree,
     revocations: Tree,
     audit: Tree,
+    /// The operator registry (see `operators.rs`).
+    operators: Tree,
 }
 
 type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -398,6 +404,7 @@ impl Store {
             audit: t("audit")?,
             operations: t("operations")?,
             op_events: t("op_events")?,
+            operators: t("operators")?,
             db,
         })
     }
