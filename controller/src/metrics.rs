@@ -67,6 +67,23 @@ pub struct NodeSnapshot {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FleetSnapshot {
     pub nodes: Vec<NodeSnapshot>,
+    /// Unrevoked operator identities with a known expiry.
+    pub operators: Vec<OperatorSnapshot>,
+}
+
+/// One operator identity as the metrics see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OperatorSnapshot {
+    pub name: String,
+    pub scope: String,
+    /// When its current certificate expires, unix seconds.
+    pub not_after_secs: f64,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperatorLabels {
+    operator: String,
+    scope: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -107,6 +124,8 @@ const SEVERITIES: [Severity; 3] = [Severity::Info, Severity::Warning, Severity::
 ///   present (0 when none);
 /// - `fleetward_findings{node,code,severity}` — findings per code (only codes present);
 /// - `fleetward_node_drift_findings{node}` — pending drift findings;
+/// - `fleetward_operator_cert_expiry_timestamp_seconds{operator,scope}` — when each
+///   unrevoked operator's current certificate expires (unix seconds);
 /// - `fleetward_build_info{version}` — always 1;
 /// - `process_cpu_seconds`, `process_resident_memory_bytes`, `process_virtual_memory_bytes`,
 ///   `process_open_fds`, `process_max_fds`, `process_start_time_seconds` — see
@@ -141,6 +160,21 @@ fn register_fleet(registry: &mut Registry, snapshot: &FleetSnapshot) {
         "fleetward_nodes",
         "Number of nodes known to the controller",
         ConstGauge::new(snapshot.nodes.len() as i64),
+    );
+
+    let operator_expiry = Family::<OperatorLabels, FloatGauge>::default();
+    for o in &snapshot.operators {
+        operator_expiry
+            .get_or_create(&OperatorLabels {
+                operator: o.name.clone(),
+                scope: o.scope.clone(),
+            })
+            .set(o.not_after_secs);
+    }
+    registry.register(
+        "fleetward_operator_cert_expiry_timestamp_seconds",
+        "When the operator's current certificate expires, unix seconds",
+        operator_expiry,
     );
 
     let up = Family::<NodeLabels, Gauge>::default();

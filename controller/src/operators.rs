@@ -10,7 +10,9 @@ use crate::clock::{ms, now_ms};
 use crate::paths::DataDir;
 use crate::state::{internal, not_found, Caller, Controller, RENEW_OVERLAP_MS};
 use crate::store::{OperatorError, OperatorRecord};
-use fleetward_pki::{identity_from_der, not_after, scope_from_der, serial_hex, Identity, Role, Scope};
+use fleetward_pki::{
+    identity_from_der, not_after, scope_from_der, serial_hex, Identity, Role, Scope,
+};
 use std::time::Duration;
 use tonic::Status;
 
@@ -164,7 +166,10 @@ impl Controller {
     /// refused (every call is authorized, so a `--watch` loop ends at its next poll).
     /// The last admin cannot be revoked. Returns the revoked serials.
     pub(crate) fn revoke_operator(&self, actor: &str, name: &str) -> Result<Vec<String>, Status> {
-        let rec = self.store().revoke_operator(name).map_err(operator_status)?;
+        let rec = self
+            .store()
+            .revoke_operator(name)
+            .map_err(operator_status)?;
         let mut serials = rec.serials.clone();
         if !serials.contains(&rec.serial) {
             serials.push(rec.serial.clone());
@@ -219,9 +224,13 @@ pub fn adopt_operator_files(ctl: &Controller, dir: &DataDir) {
         let scope = scope.unwrap_or(Scope::Admin);
         let rec = OperatorRecord::new(&id.name, scope.as_str(), &serial, ms(exp), now_ms());
         match ctl.store().adopt_operator(&rec) {
-            Ok(true) => tracing::info!(operator = %id.name, %scope, path = %path.display(), "operator certificate registered"),
+            Ok(true) => {
+                tracing::info!(operator = %id.name, %scope, path = %path.display(), "operator certificate registered")
+            }
             Ok(false) => {}
-            Err(e) => tracing::warn!(error = %e, path = %path.display(), "cannot register an operator certificate"),
+            Err(e) => {
+                tracing::warn!(error = %e, path = %path.display(), "cannot register an operator certificate")
+            }
         }
     }
 }

@@ -395,7 +395,19 @@ impl Controller {
                 }
             })
             .collect();
-        crate::metrics::FleetSnapshot { nodes }
+        let operators = self
+            .store
+            .list_operators()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|o| !o.revoked && o.not_after_ms > 0)
+            .map(|o| crate::metrics::OperatorSnapshot {
+                name: o.name,
+                scope: o.scope,
+                not_after_secs: o.not_after_ms as f64 / 1000.0,
+            })
+            .collect();
+        crate::metrics::FleetSnapshot { nodes, operators }
     }
 
     /// drift.* over the fleet, plus policy.* against `policy` (default: the one in force).

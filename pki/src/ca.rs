@@ -1,7 +1,7 @@
 //! The cluster CA and certificate issuing.
 
-use crate::identity::{hex, is_ca, not_after, public_key_bits, serial_hex};
 use crate::identity::SCOPE_OU;
+use crate::identity::{hex, is_ca, not_after, public_key_bits, serial_hex};
 use crate::{write_private_key, write_public, Identity, PkiError, Role, Scope};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, CertifiedIssuer,

@@ -144,9 +144,7 @@ impl<S> Authorized<S> {
             .extensions()
             .get::<TlsConnectInfo<TcpConnectInfo>>()
             .and_then(|i| i.peer_certs());
-        let caller = self
-            .ctl
-            .authorize(certs.as_deref().map(|c| &c[..]), role)?;
+        let caller = self.ctl.authorize(certs.as_deref().map(|c| &c[..]), role)?;
         if let Some(min) = min_scope {
             let scope = caller.scope.unwrap_or(Scope::Admin);
             if scope < min {

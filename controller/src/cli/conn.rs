@@ -241,8 +241,8 @@ pub(crate) async fn channel(creds: &Creds) -> Result<Channel, CliError> {
     let not_after = fleetward_pki::ca_der_from_pem(&cert_pem)
         .ok()
         .and_then(|der| fleetward_pki::not_after(&der).ok());
-    if let Some(w) = not_after
-        .and_then(|t| expiry_warning(&creds.cert, t, std::time::SystemTime::now()))
+    if let Some(w) =
+        not_after.and_then(|t| expiry_warning(&creds.cert, t, std::time::SystemTime::now()))
     {
         WARNED.call_once(|| eprintln!("fleetward: {w}"));
     }

@@ -625,12 +625,13 @@ async fn execute_env(
         }
         C::Operator { cmd: O::Renew(_) } => renew_own(&mut c, &creds, fmt).await?,
         C::Operator {
-            cmd: O::Issue {
-                name,
-                scope,
-                write_config,
-                ..
-            },
+            cmd:
+                O::Issue {
+                    name,
+                    scope,
+                    write_config,
+                    ..
+                },
         } => {
             let identity =
                 Identity::new(Role::Operator, name.clone()).map_err(|e| config_err!("{e}"))?;

@@ -37,8 +37,8 @@ mod operators;
 
 use fleetward_proto::{report_json_bytes, Report};
 pub use journal::{FactChange, ReportWrite, FACT_CHANGES_PER_NODE, HISTORY_PER_NODE};
-pub use operators::{OperatorError, OperatorRecord};
 use journal::{JournalError, ReportLog};
+pub use operators::{OperatorError, OperatorRecord};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sled::transaction::{abort, TransactionError, TransactionalTree};
