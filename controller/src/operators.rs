@@ -234,3 +234,159 @@ pub fn adopt_operator_files(ctl: &Controller, dir: &DataDir) {
         }
     }
 }
+
+/// How long before expiry the controller renews the data directory's own operator
+/// certificate (`operators/admin.*`) itself.
+pub const LOCAL_RENEW_BEFORE: Duration = Duration::from_secs(14 * 24 * 3600);
+
+/// The local renewal on the controller host: when the data directory's first operator
+/// certificate (`operators/admin.crt`) expires within [`LOCAL_RENEW_BEFORE`] (or has
+/// expired), the controller, which holds the CA, issues a new key and certificate with the
+/// same name and scope, replaces both files (each written beside its target and renamed
+/// over it), records the renewal in the registry and audits it. Returns whether it renewed.
+/// Other operators renew through the API (`fleetward operator renew`).
+pub fn renew_local_admin(ctl: &Controller, dir: &DataDir) -> Result<bool, String> {
+    use crate::paths::FIRST_OPERATOR;
+    let (cert_path, key_path) = (
+        dir.operator_cert(FIRST_OPERATOR),
+        dir.operator_key(FIRST_OPERATOR),
+    );
+    let Ok(pem) = std::fs::read_to_string(&cert_path) else {
+        return Ok(false);
+    };
+    let der = fleetward_pki::ca_der_from_pem(&pem).map_err(|e| e.to_string())?;
+    let exp = not_after(&der).map_err(|e| e.to_string())?;
+    let left = exp
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    if left > LOCAL_RENEW_BEFORE {
+        return Ok(false);
+    }
+    let identity = identity_from_der(&der).map_err(|e| e.to_string())?;
+    let serial = serial_hex(&der).map_err(|e| e.to_string())?;
+    let scope = scope_from_der(&der)
+        .map_err(|e| e.to_string())?
+        .unwrap_or(Scope::Admin);
+    if identity.role != Role::Operator {
+        return Err(format!(
+            "{} is not an operator certificate",
+            cert_path.display()
+        ));
+    }
+    if let Some(rec) = ctl
+        .store()
+        .get_operator(&identity.name)
+        .map_err(|e| e.to_string())?
+    {
+        if rec.revoked || rec.serial != serial {
+            // Revoked or superseded: renewing it would bring it back.
+            return Ok(false);
+        }
+    }
+    let validity = Duration::from_secs(ctl.config().operator_cert_secs);
+    let (cert, key) = ctl
+        .ca()
+        .issue_operator(&identity, scope, validity)
+        .map_err(|e| e.to_string())?;
+    let now = now_ms();
+    let rec = OperatorRecord::new(&identity.name, scope.as_str(), &serial, ms(exp), now);
+    ctl.store()
+        .adopt_operator(&rec)
+        .map_err(|e| e.to_string())?;
+    ctl.store()
+        .renew_operator(
+            &identity.name,
+            &serial,
+            &cert.serial,
+            ms(cert.not_after),
+            now,
+            now,
+        )
+        .map_err(|e| e.to_string())?;
+    let beside = |p: &std::path::Path| {
+        let mut name = p.file_name().unwrap_or_default().to_os_string();
+        name.push(".new");
+        p.with_file_name(name)
+    };
+    let (key_new, cert_new) = (beside(&key_path), beside(&cert_path));
+    let io = |p: &std::path::Path| {
+        let p = p.display().to_string();
+        move |e: std::io::Error| format!("{p}: {e}")
+    };
+    fleetward_pki::write_private_key(&key_new, key.pem()).map_err(io(&key_new))?;
+    fleetward_pki::write_public(&cert_new, &cert.pem).map_err(io(&cert_new))?;
+    std::fs::rename(&key_new, &key_path).map_err(io(&key_path))?;
+    std::fs::rename(&cert_new, &cert_path).map_err(io(&cert_path))?;
+    ctl.audit_event(
+        "controller",
+        "operator.renew",
+        &identity.name,
+        format!(
+            "certificate {} scope {scope} replaces {serial} (renewed locally on the controller host)",
+            cert.serial
+        ),
+    );
+    tracing::info!(operator = %identity.name, path = %cert_path.display(), "operator certificate renewed locally");
+    Ok(true)
+}
+
+/// Runs [`renew_local_admin`] now and every 12 hours for as long as the controller lives.
+pub fn spawn_local_renewal(ctl: &std::sync::Arc<Controller>, dir: DataDir) {
+    let weak = std::sync::Arc::downgrade(ctl);
+    let _ = std::thread::Builder::new()
+        .name("operator-renew".into())
+        .spawn(move || loop {
+            let Some(ctl) = weak.upgrade() else { return };
+            if let Err(e) = renew_local_admin(&ctl, &dir) {
+                tracing::error!(error = %e, "cannot renew the data directory's operator certificate");
+            }
+            drop(ctl);
+            std::thread::sleep(Duration::from_secs(12 * 3600));
+        });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn the_controller_renews_its_own_admin_certificate_before_it_expires() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path().join("data"));
+        crate::init::init(&dir, "lab", None, &[]).unwrap();
+        let mut cfg = Config::load(&dir.config()).unwrap();
+        cfg.data_dir = Some(dir.root().to_path_buf());
+        let loaded = crate::serve::load(&dir, cfg).unwrap();
+        let ctl = loaded.controller.clone();
+        // 90 days left: nothing to do.
+        assert!(!renew_local_admin(&ctl, &dir).unwrap());
+        let admin = ctl.store().get_operator("admin").unwrap().expect("adopted");
+        assert_eq!(admin.scope, "admin");
+        // A certificate that expires in a day is replaced, files and registry.
+        let ca = fleetward_pki::Ca::load(&dir.ca_dir()).unwrap();
+        let id = Identity::new(Role::Operator, "admin").unwrap();
+        let (cert, _key) = ca
+            .issue(&id, Duration::from_secs(86_400), &[], &[])
+            .unwrap();
+        std::fs::write(dir.operator_cert("admin"), &cert.pem).unwrap();
+        // (as if the file had been renewed to this short-lived one before)
+        ctl.store()
+            .renew_operator("admin", &admin.serial, &cert.serial, 0, now_ms(), now_ms())
+            .unwrap();
+        assert!(renew_local_admin(&ctl, &dir).unwrap());
+        let pem = std::fs::read_to_string(dir.operator_cert("admin")).unwrap();
+        let der = fleetward_pki::ca_der_from_pem(&pem).unwrap();
+        let new_serial = serial_hex(&der).unwrap();
+        assert_ne!(new_serial, cert.serial);
+        let left = not_after(&der)
+            .unwrap()
+            .duration_since(std::time::SystemTime::now())
+            .unwrap();
+        assert!(left > Duration::from_secs(80 * 86_400), "{left:?}");
+        let rec = ctl.store().get_operator("admin").unwrap().unwrap();
+        assert_eq!(rec.serial, new_serial);
+        assert!(!rec.accepts(&cert.serial, now_ms() + 1));
+        assert!(!renew_local_admin(&ctl, &dir).unwrap(), "once is enough");
+    }
+}

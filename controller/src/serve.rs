@@ -105,6 +105,7 @@ pub fn load(dir: &DataDir, cfg: Config) -> Result<Loaded, ServeError> {
     };
     let controller = Controller::new(store, ca, cfg, policy)?;
     crate::operators::adopt_operator_files(&controller, dir);
+    crate::operators::spawn_local_renewal(&controller, dir.clone());
     Ok(Loaded {
         controller,
         tls,
