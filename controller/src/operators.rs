@@ -357,8 +357,10 @@ mod tests {
         crate::init::init(&dir, "lab", None, &[]).unwrap();
         let mut cfg = Config::load(&dir.config()).unwrap();
         cfg.data_dir = Some(dir.root().to_path_buf());
-        let loaded = crate::serve::load(&dir, cfg).unwrap();
-        let ctl = loaded.controller.clone();
+        let store = crate::store::Store::open(dir.db()).unwrap();
+        let ca = fleetward_pki::Ca::load(&dir.ca_dir()).unwrap();
+        let ctl = Controller::new(store, ca, cfg, None).unwrap();
+        adopt_operator_files(&ctl, &dir);
         // 90 days left: nothing to do.
         assert!(!renew_local_admin(&ctl, &dir).unwrap());
         let admin = ctl.store().get_operator("admin").unwrap().expect("adopted");
