@@ -47,14 +47,22 @@ enum Command {
         /// The controller, `https://HOST[:PORT]`.
         #[arg(long, value_name = "URL")]
         controller: String,
-        /// The one-time enrollment token.
+        /// The one-time enrollment token. Prefer the environment variable FLEETWARD_TOKEN
+        /// (what `fleetward token create` prints) or --token-file: a token given as this
+        /// argument is visible to every user of the node in `ps` while enroll runs.
         #[arg(
             long,
             value_name = "TOKEN",
             env = "FLEETWARD_TOKEN",
-            hide_env_values = true
+            hide_env_values = true,
+            required_unless_present = "token_file",
+            conflicts_with = "token_file"
         )]
-        token: String,
+        token: Option<String>,
+        /// Read the one-time enrollment token from this file (surrounding whitespace is
+        /// ignored).
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
         /// SHA-256 fingerprint of the controller's CA certificate (hex; colons allowed).
         #[arg(long = "ca-sha256", value_name = "HEX")]
         ca_sha256: String,
@@ -161,19 +169,22 @@ fn main() -> ExitCode {
         Command::Enroll {
             controller,
             token,
+            token_file,
             ca_sha256,
             name,
             state_dir,
             root,
             force,
-        } => exit(cmd_enroll(EnrollOptions {
-            controller,
-            token,
-            ca_sha256,
-            state_dir,
-            name,
-            root,
-            force,
+        } => exit(read_token(token, token_file.as_deref()).and_then(|token| {
+            cmd_enroll(EnrollOptions {
+                controller,
+                token,
+                ca_sha256,
+                state_dir,
+                name,
+                root,
+                force,
+            })
         })),
         Command::Run {
             state_dir,
@@ -283,6 +294,21 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?)
+}
+
+/// The enrollment token: from `--token`/`FLEETWARD_TOKEN`, or read from `--token-file`.
+fn read_token(token: Option<String>, file: Option<&std::path::Path>) -> anyhow::Result<String> {
+    let token = match (token, file) {
+        (Some(t), _) => t,
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .map_err(|e| anyhow::anyhow!("cannot read the token file {}: {e}", f.display()))?,
+        (None, None) => anyhow::bail!("no token: set FLEETWARD_TOKEN or pass --token-file"),
+    };
+    let token = token.trim();
+    if token.is_empty() {
+        anyhow::bail!("the enrollment token is empty");
+    }
+    Ok(token.to_string())
 }
 
 fn cmd_enroll(opts: EnrollOptions) -> anyhow::Result<()> {

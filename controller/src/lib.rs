@@ -26,6 +26,7 @@ pub mod init;
 pub mod metrics;
 pub mod notify;
 pub mod operation;
+pub mod operators;
 pub mod orchestrate;
 pub mod paths;
 pub mod refresh;

@@ -70,11 +70,28 @@ pub struct FleetSnapshot {
     /// The controller's own certificates: `(name, not-after as unix seconds)`, e.g.
     /// `("ca", …)` and `("server", …)` (the server certificate `serve` uses).
     pub certificates: Vec<(String, i64)>,
+    /// Unrevoked operator identities with a known expiry.
+    pub operators: Vec<OperatorSnapshot>,
+}
+
+/// One operator identity as the metrics see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OperatorSnapshot {
+    pub name: String,
+    pub scope: String,
+    /// When its current certificate expires, unix seconds.
+    pub not_after_secs: f64,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CertificateLabels {
     certificate: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperatorLabels {
+    operator: String,
+    scope: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -115,6 +132,8 @@ const SEVERITIES: [Severity; 3] = [Severity::Info, Severity::Warning, Severity::
 ///   present (0 when none);
 /// - `fleetward_findings{node,code,severity}` — findings per code (only codes present);
 /// - `fleetward_node_drift_findings{node}` — pending drift findings;
+/// - `fleetward_operator_cert_expiry_timestamp_seconds{operator,scope}` — when each
+///   unrevoked operator's current certificate expires (unix seconds);
 /// - `fleetward_build_info{version}` — always 1;
 /// - `fleetward_certificate_expiry_timestamp_seconds{certificate}` — when the controller's
 ///   `ca` and `server` certificates expire (unix seconds);
@@ -151,6 +170,21 @@ fn register_fleet(registry: &mut Registry, snapshot: &FleetSnapshot) {
         "fleetward_nodes",
         "Number of nodes known to the controller",
         ConstGauge::new(snapshot.nodes.len() as i64),
+    );
+
+    let operator_expiry = Family::<OperatorLabels, FloatGauge>::default();
+    for o in &snapshot.operators {
+        operator_expiry
+            .get_or_create(&OperatorLabels {
+                operator: o.name.clone(),
+                scope: o.scope.clone(),
+            })
+            .set(o.not_after_secs);
+    }
+    registry.register(
+        "fleetward_operator_cert_expiry_timestamp_seconds",
+        "When the operator's current certificate expires, unix seconds",
+        operator_expiry,
     );
 
     let up = Family::<NodeLabels, Gauge>::default();

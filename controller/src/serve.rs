@@ -118,8 +118,11 @@ pub fn load(dir: &DataDir, cfg: Config) -> Result<Loaded, ServeError> {
         Some(path) => Some(crate::state::load_policy(path).map_err(ServeError::Policy)?),
         None => None,
     };
+    let controller = Controller::new(store, ca, cfg, policy)?;
+    crate::operators::adopt_operator_files(&controller, dir);
+    crate::operators::spawn_local_renewal(&controller, dir.clone());
     Ok(Loaded {
-        controller: Controller::new(store, ca, cfg, policy)?,
+        controller,
         tls,
         max_message,
         metrics,

@@ -18,7 +18,9 @@ use crate::fleet::{self, NodeView, Policy};
 use crate::store::{
     AuditEntry, NodeRecord, SerialError, SerialUse, Store, StoreError, TokenError, TokenRecord,
 };
-use fleetward_pki::{identity_from_der, not_after, serial_hex, Ca, Identity, Role};
+use fleetward_pki::{
+    identity_from_der, not_after, scope_from_der, serial_hex, Ca, Identity, Role, Scope,
+};
 use fleetward_proto::api::{self, controller_message, ControllerMessage};
 use fleetward_proto::Report;
 use std::collections::{HashMap, HashSet};
@@ -75,6 +77,8 @@ pub(crate) fn not_found(what: &str, name: &str) -> Status {
 pub struct Caller {
     pub identity: Identity,
     pub serial: String,
+    /// An operator's scope (from its certificate; none there: admin). `None` for agents.
+    pub scope: Option<Scope>,
 }
 
 impl Caller {
@@ -391,8 +395,21 @@ impl Controller {
                 }
             })
             .collect();
+        let operators = self
+            .store
+            .list_operators()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|o| !o.revoked && o.not_after_ms > 0)
+            .map(|o| crate::metrics::OperatorSnapshot {
+                name: o.name,
+                scope: o.scope,
+                not_after_secs: o.not_after_ms as f64 / 1000.0,
+            })
+            .collect();
         crate::metrics::FleetSnapshot {
             nodes,
+            operators,
             ..Default::default()
         }
     }
@@ -497,10 +514,23 @@ impl Controller {
                 identity.role, role
             )));
         }
-        if role == Role::Agent {
-            self.bound_to_node(&identity.name, &serial)?;
+        let mut scope = None;
+        match role {
+            Role::Agent => self.bound_to_node(&identity.name, &serial)?,
+            Role::Operator => {
+                let carried = scope_from_der(der.as_ref()).map_err(|e| {
+                    Status::unauthenticated(format!("certificate carries no valid scope: {e}"))
+                })?;
+                self.operator_current(&identity.name, &serial)?;
+                scope = Some(carried.unwrap_or(Scope::Admin));
+            }
+            Role::Controller => {}
         }
-        Ok(Caller { identity, serial })
+        Ok(Caller {
+            identity,
+            serial,
+            scope,
+        })
     }
 
     /// An agent certificate counts only while its serial is bound to its node: the node's
@@ -668,7 +698,7 @@ impl Controller {
     }
 
     /// Signs a CSR for `identity`, valid `secs`: (certificate PEM, serial, expiry unix ms).
-    fn sign(
+    pub(crate) fn sign(
         &self,
         csr_pem: &str,
         identity: &Identity,
@@ -834,39 +864,6 @@ impl Controller {
             Err(e) => return Err(internal(e)),
         }
         self.audit(actor, "token.revoke", id, String::new())
-    }
-
-    /// A certificate for operator `name`: signed from `csr_pem`, or with a new key when
-    /// there is no CSR. Returns (certificate PEM, the new key's PEM if one was made).
-    pub(crate) fn issue_operator(
-        &self,
-        actor: &str,
-        name: &str,
-        csr_pem: Option<&str>,
-    ) -> Result<(String, Option<String>), Status> {
-        let identity = Identity::new(Role::Operator, name.to_string())
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let secs = self.cfg.operator_cert_secs;
-        let (cert_pem, key_pem, serial) = match csr_pem {
-            Some(csr) => {
-                let (pem, serial, _) = self.sign(csr, &identity, secs)?;
-                (pem, None, serial)
-            }
-            None => {
-                let (cert, key) = self
-                    .ca
-                    .issue(&identity, Duration::from_secs(secs), &[], &[])
-                    .map_err(internal)?;
-                (cert.pem, Some(key.pem().to_string()), cert.serial)
-            }
-        };
-        self.audit(
-            actor,
-            "operator.issue",
-            name,
-            format!("certificate {serial}"),
-        )?;
-        Ok((cert_pem, key_pem))
     }
 }
 

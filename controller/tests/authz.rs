@@ -5,7 +5,7 @@
 //! certificates are real ones from its CA.
 
 use fleetward_controller::{config::Config, init, paths::DataDir, serve};
-use fleetward_pki::{Ca, Identity, Role};
+use fleetward_pki::{Ca, Identity, Role, Scope};
 use prost::Message;
 use std::time::Duration;
 use tonic::codegen::http::uri::PathAndQuery;
@@ -98,6 +98,23 @@ impl Running {
             .expect("connect")
     }
 
+    /// A TLS channel with the client certificate and key given (PEM).
+    async fn channel_with(&self, cert: &str, key: &str) -> Channel {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.ca_pem))
+            .domain_name("localhost")
+            .identity(TlsIdentity::from_pem(cert, key));
+        Channel::from_shared(format!("https://{}", self.addr))
+            .expect("url")
+            .tls_config(tls)
+            .expect("tls")
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(10))
+            .connect()
+            .await
+            .expect("connect")
+    }
+
     async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -178,5 +195,99 @@ async fn every_rpc_refuses_the_wrong_role_and_a_missing_certificate() {
         .await
         .expect_err("unknown RPC");
     assert_eq!(err.code(), Code::Unimplemented);
+    c.stop().await;
+}
+
+/// The least scope each operator RPC needs, written out here independently of the
+/// controller's table. An operator RPC not listed here must be admin-only (the default
+/// for an RPC nobody classified).
+fn least_scope(path: &str) -> Scope {
+    let method = path.rsplit('/').next().unwrap_or_default();
+    let service = path.split('/').nth(1).unwrap_or_default();
+    match (service, method) {
+        (
+            "fleetward.v1.OperatorService",
+            "ListNodes" | "GetNode" | "ListFindings" | "ListAudit" | "ListDrift" | "NodeDiff"
+            | "NodeHistory" | "PolicyShow" | "PolicyCheck" | "PolicyCapture" | "RenderReport"
+            | "RolloutPlan" | "RolloutStatus" | "RolloutList" | "RenewOperator",
+        ) => Scope::Viewer,
+        ("fleetward.v1.ShutdownService", "Plan" | "Status") => Scope::Viewer,
+        ("fleetward.v1.ShutdownService", "PowerEvent") => Scope::Power,
+        (
+            "fleetward.v1.OperatorService",
+            "RefreshNode" | "PolicyReload" | "RolloutStart" | "RolloutControl",
+        ) => Scope::Operator,
+        ("fleetward.v1.ShutdownService", "Start" | "Cancel" | "Startup") => Scope::Operator,
+        _ => Scope::Admin,
+    }
+}
+
+/// Every operator RPC × every scope, over mutual TLS on loopback: a scope below the RPC's
+/// least scope is refused by the layer (PERMISSION_DENIED naming the scope it needs), one
+/// at or above it passes the layer (the handler may still refuse the empty request, but
+/// never for the caller's scope). The scoped certificates are issued through the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_operator_rpc_allows_exactly_the_scopes_it_should() {
+    let c = Running::start().await;
+    let admin = c.channel(Some(Role::Operator)).await; // no scope in it: an admin
+    let mut ops =
+        fleetward_proto::api::operator_service_client::OperatorServiceClient::new(admin.clone());
+    let mut by_scope = Vec::new();
+    for scope in Scope::ALL {
+        let name = format!("op-{scope}");
+        let issued = ops
+            .issue_operator(fleetward_proto::api::IssueOperatorRequest {
+                name: name.clone(),
+                csr_pem: None,
+                scope: scope.to_string(),
+            })
+            .await
+            .expect("issue a scoped operator")
+            .into_inner();
+        let der = fleetward_pki::ca_der_from_pem(&issued.cert_pem).expect("cert");
+        assert_eq!(fleetward_pki::scope_from_der(&der).unwrap(), Some(scope));
+        let key = issued.key_pem.expect("a key was made");
+        by_scope.push((scope, c.channel_with(&issued.cert_pem, &key).await));
+    }
+    // A scope is required, and must be one we know.
+    for bad in ["", "root"] {
+        let err = ops
+            .issue_operator(fleetward_proto::api::IssueOperatorRequest {
+                name: "nobody".into(),
+                csr_pem: None,
+                scope: bad.into(),
+            })
+            .await
+            .expect_err("no valid scope");
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    }
+
+    let mut checked = 0;
+    for (service, path) in proto_rpcs() {
+        if service == "fleetward.v1.AgentService" {
+            continue;
+        }
+        let least = least_scope(&path);
+        for (scope, ch) in &by_scope {
+            let result = call(ch, &path).await;
+            if *scope >= least {
+                if let Err(e) = &result {
+                    assert!(
+                        !e.message().contains("needs scope") && e.code() != Code::Unauthenticated,
+                        "{path} must allow scope {scope}: {e:?}"
+                    );
+                }
+            } else {
+                let e = result.expect_err(&format!("{path} must refuse scope {scope}"));
+                assert_eq!(e.code(), Code::PermissionDenied, "{path} {scope}: {e:?}");
+                assert!(
+                    e.message().contains(&format!("needs scope {least}")),
+                    "{path} {scope}: {e:?}"
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 4 * 30, "{checked} checks");
     c.stop().await;
 }

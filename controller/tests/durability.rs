@@ -165,6 +165,7 @@ async fn every_acknowledged_write_is_synced_before_its_reply() {
     op.issue_operator(IssueOperatorRequest {
         name: "ups".into(),
         csr_pem: None,
+        scope: "power".into(),
     })
     .await
     .unwrap();

@@ -4,7 +4,9 @@
 //! promtool comes from Debian's `prometheus` package (installed by `.ci/run`). Without it
 //! the promtool checks fail when `CI` is set and are skipped (with a note) otherwise.
 
-use fleetward_controller::metrics::{check_listen, serve, FleetSnapshot, NodeSnapshot};
+use fleetward_controller::metrics::{
+    check_listen, serve, FleetSnapshot, NodeSnapshot, OperatorSnapshot,
+};
 use fleetward_proto::Severity;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -53,6 +55,11 @@ fn fleet() -> FleetSnapshot {
             ("ca".into(), 2_096_000_000),
             ("server".into(), 1_950_000_000),
         ],
+        operators: vec![OperatorSnapshot {
+            name: "ups".into(),
+            scope: "power".into(),
+            not_after_secs: 1_800_000_000.0,
+        }],
     }
 }
 
@@ -141,6 +148,7 @@ async fn metrics_endpoint_serves_valid_exposition() {
     for line in [
         "fleetward_nodes 3",
         "fleetward_node_up{node=\"pve1\"} 1",
+        "fleetward_operator_cert_expiry_timestamp_seconds{operator=\"ups\",scope=\"power\"} 1800000000.0",
         "fleetward_node_up{node=\"pve3 \\\"old\\\"\\\\\"} 0",
         "fleetward_node_last_report_age_seconds{node=\"pve1\"} 12.5",
         "fleetward_node_reboot_required{node=\"pve1\"} 1",

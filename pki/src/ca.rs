@@ -1,7 +1,8 @@
 //! The cluster CA and certificate issuing.
 
+use crate::identity::SCOPE_OU;
 use crate::identity::{hex, is_ca, not_after, public_key_bits, serial_hex};
-use crate::{write_private_key, write_public, Identity, PkiError, Role};
+use crate::{write_private_key, write_public, Identity, PkiError, Role, Scope};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, CertifiedIssuer,
     DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
@@ -133,6 +134,24 @@ fn leaf_params(
     Ok(params)
 }
 
+/// A leaf for an operator, its scope in the subject's organizational unit.
+fn operator_params(
+    identity: &Identity,
+    scope: Scope,
+    validity: Duration,
+) -> Result<CertificateParams, PkiError> {
+    if identity.role != Role::Operator {
+        return Err(PkiError::InvalidIdentity(format!(
+            "{identity} is not an operator: only operator certificates carry a scope"
+        )));
+    }
+    let mut params = leaf_params(identity, validity, &[], &[])?;
+    params
+        .distinguished_name
+        .push(DnType::OrganizationalUnitName, format!("{SCOPE_OU}{scope}"));
+    Ok(params)
+}
+
 fn issued(cert: rcgen::Certificate) -> Result<IssuedCert, PkiError> {
     let der = cert.der().to_vec();
     Ok(IssuedCert {
@@ -244,6 +263,32 @@ impl Ca {
         let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)?;
         csr.params = leaf_params(identity, validity, &[], &[])?;
         issued(csr.signed_by(&self.issuer)?)
+    }
+
+    /// Signs a CSR for operator `identity` with `scope` in the certificate (see [`Scope`]);
+    /// like [`Ca::sign_csr`], only the CSR's public key is used.
+    pub fn sign_operator_csr(
+        &self,
+        csr_pem: &str,
+        identity: &Identity,
+        scope: Scope,
+        validity: Duration,
+    ) -> Result<IssuedCert, PkiError> {
+        let mut csr = CertificateSigningRequestParams::from_pem(csr_pem)?;
+        csr.params = operator_params(identity, scope, validity)?;
+        issued(csr.signed_by(&self.issuer)?)
+    }
+
+    /// Generates a key pair and issues an operator certificate with `scope` for it.
+    pub fn issue_operator(
+        &self,
+        identity: &Identity,
+        scope: Scope,
+        validity: Duration,
+    ) -> Result<(IssuedCert, KeyPairPem), PkiError> {
+        let key = KeyPair::generate()?;
+        let cert = operator_params(identity, scope, validity)?.signed_by(&key, &self.issuer)?;
+        Ok((issued(cert)?, KeyPairPem(key.serialize_pem())))
     }
 
     /// Generates a key pair and issues a certificate for it, with optional DNS/IP SANs

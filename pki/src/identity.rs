@@ -43,6 +43,75 @@ impl FromStr for Role {
     }
 }
 
+/// What an operator certificate may do, carried in the certificate itself as its subject's
+/// organizational unit `fleetward-scope:<scope>` (only the CA writes it: a CSR's subject is
+/// discarded). Ordered: each scope may do everything the ones below it may.
+/// An operator certificate without a scope (issued before scopes existed, e.g. by `init`)
+/// is `Admin`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scope {
+    /// Read-only.
+    Viewer,
+    /// Read-only, and power events (what a UPS hook needs).
+    Power,
+    /// Rollouts, shutdowns, refreshes, policy reloads, and everything `Power` may.
+    Operator,
+    /// Everything, including join tokens, node revocation and operator certificates.
+    Admin,
+}
+
+/// The organizational unit prefix that carries a [`Scope`].
+pub(crate) const SCOPE_OU: &str = "fleetward-scope:";
+
+impl Scope {
+    pub const ALL: [Scope; 4] = [Scope::Viewer, Scope::Power, Scope::Operator, Scope::Admin];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Viewer => "viewer",
+            Scope::Power => "power",
+            Scope::Operator => "operator",
+            Scope::Admin => "admin",
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Scope {
+    type Err = PkiError;
+    fn from_str(s: &str) -> Result<Self, PkiError> {
+        let scope = Scope::ALL.into_iter().find(|r| r.as_str() == s);
+        scope.ok_or_else(|| PkiError::InvalidScope(s.to_owned()))
+    }
+}
+
+/// The scope a certificate carries (`None`: it carries none; an operator certificate
+/// without one counts as `Admin`). More than one scope, or one we do not know, is an error.
+pub fn scope_from_der(cert_der: &[u8]) -> Result<Option<Scope>, PkiError> {
+    let cert = parse(cert_der)?;
+    let mut scopes = Vec::new();
+    for ou in cert.subject().iter_organizational_unit() {
+        let value = ou
+            .as_str()
+            .map_err(|e| PkiError::Certificate(format!("organizational unit: {e}")))?;
+        if let Some(scope) = value.strip_prefix(SCOPE_OU) {
+            scopes.push(scope.parse::<Scope>()?);
+        }
+    }
+    match scopes.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(*one)),
+        _ => Err(PkiError::InvalidIdentity(
+            "more than one fleetward scope".into(),
+        )),
+    }
+}
+
 /// A validated identity. `Display` gives the URI form `fleetward://<role>/<name>`, which
 /// `FromStr` parses back.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

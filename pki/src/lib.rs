@@ -27,7 +27,9 @@ mod tests;
 
 pub use ca::{fingerprint_sha256, generate_key_and_csr, random_token, Ca, IssuedCert, KeyPairPem};
 pub use files::{write_private_key, write_public};
-pub use identity::{identity_from_der, not_after, not_before, serial_hex, Identity, Role};
+pub use identity::{
+    identity_from_der, not_after, not_before, scope_from_der, serial_hex, Identity, Role, Scope,
+};
 pub use info::{dns_and_ip_sans, subject};
 pub use pin::{
     cert_pem_from_der, client_config_pinned_fingerprint, normalize_fingerprint, PinnedCaVerifier,
@@ -44,6 +46,8 @@ pub enum PkiError {
     InvalidName(String),
     #[error("invalid role {0:?}: expected agent, operator or controller")]
     InvalidRole(String),
+    #[error("invalid scope {0:?}: expected admin, operator, power or viewer")]
+    InvalidScope(String),
     #[error("invalid identity: {0}")]
     InvalidIdentity(String),
     #[error("cannot parse certificate: {0}")]

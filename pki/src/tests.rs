@@ -272,3 +272,33 @@ fn mutual_tls_handshake_in_memory() {
     )
     .unwrap();
 }
+
+#[test]
+fn operator_scopes_travel_in_the_certificate_and_a_csr_cannot_ask_for_one() {
+    let ca = Ca::generate("lab").unwrap();
+    let op = id(Role::Operator, "ups");
+    for scope in Scope::ALL {
+        let (cert, _) = ca.issue_operator(&op, scope, DAY).unwrap();
+        assert_eq!(scope_from_der(&cert.der).unwrap(), Some(scope));
+        assert_eq!(identity_from_der(&cert.der).unwrap(), op);
+        assert_eq!(scope.as_str().parse::<Scope>().unwrap(), scope);
+    }
+    // A CSR that names an admin scope in its subject gets the scope the CA decides.
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::OrganizationalUnitName, "fleetward-scope:admin");
+    params.subject_alt_names = vec![SanType::URI(op.to_string().try_into().unwrap())];
+    let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+    let cert = ca.sign_operator_csr(&csr, &op, Scope::Power, DAY).unwrap();
+    assert_eq!(scope_from_der(&cert.der).unwrap(), Some(Scope::Power));
+    let plain = ca.sign_csr(&csr, &op, DAY).unwrap();
+    assert_eq!(scope_from_der(&plain.der).unwrap(), None, "no scope: admin");
+    // Only operators carry a scope; a scope we do not know is an error.
+    let agent = id(Role::Agent, "pve1");
+    assert!(ca.issue_operator(&agent, Scope::Viewer, DAY).is_err());
+    assert!("root".parse::<Scope>().is_err());
+    assert!(Scope::Viewer < Scope::Power && Scope::Power < Scope::Operator);
+    assert!(Scope::Operator < Scope::Admin);
+}

@@ -470,8 +470,21 @@ impl Agent {
             cmd.contains(t["token"].as_str().unwrap())
                 && cmd.contains(t["ca_sha256"].as_str().unwrap())
         );
+        // The printed line: `FLEETWARD_TOKEN=… fleetward-agent enroll …` (the token in the
+        // environment, never in argv).
+        let mut words = cmd.split_whitespace();
+        let token = words
+            .next()
+            .and_then(|w| w.strip_prefix("FLEETWARD_TOKEN="))
+            .expect("the enroll line passes the token in FLEETWARD_TOKEN");
+        assert_eq!(words.next(), Some("fleetward-agent"), "{cmd}");
+        assert!(
+            !words.clone().any(|w| w.contains(token)),
+            "token in argv: {cmd}"
+        );
         let out = Command::new(bin("fleetward-agent"))
-            .args(cmd.split_whitespace().skip(1)) // the printed line, without "fleetward-agent"
+            .env("FLEETWARD_TOKEN", token)
+            .args(words)
             .arg("--state-dir")
             .arg(state.path())
             .arg("--root")

@@ -7,13 +7,22 @@ use serde_json::Value;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn enroll_command(c: &Controller, node: &str) -> Vec<String> {
+/// The printed enroll line as (the token from its `FLEETWARD_TOKEN=`, the arguments after
+/// `fleetward-agent`).
+fn enroll_command(c: &Controller, node: &str) -> (String, Vec<String>) {
     let t = c.cli_json(&["token", "create", "--node", node, "--ttl", "10m"]);
     let cmd = t["enroll_command"]
         .as_str()
         .expect("enroll_command")
         .to_string();
-    cmd.split_whitespace().skip(1).map(String::from).collect() // drop "fleetward-agent"
+    let mut words = cmd.split_whitespace();
+    let token = words
+        .next()
+        .and_then(|w| w.strip_prefix("FLEETWARD_TOKEN="))
+        .expect("the token is passed in the environment")
+        .to_string();
+    assert_eq!(words.next(), Some("fleetward-agent"));
+    (token, words.map(String::from).collect())
 }
 
 fn node<'a>(nodes: &'a Value, name: &str) -> &'a Value {
@@ -41,11 +50,12 @@ fn three_agents_enroll_report_refresh_and_revoke() {
     let c = Controller::start();
 
     // A wrong CA fingerprint: the agent refuses, and the token stays unused.
-    let mut args = enroll_command(&c, "pve-01");
+    let (token, mut args) = enroll_command(&c, "pve-01");
     let pin = args.iter().position(|a| a == "--ca-sha256").unwrap() + 1;
     args[pin] = "00".repeat(32);
     let state = tempfile::tempdir().unwrap();
     let out = Command::new(bin("fleetward-agent"))
+        .env("FLEETWARD_TOKEN", &token)
         .args(&args)
         .arg("--state-dir")
         .arg(state.path())

@@ -82,7 +82,7 @@ const CONTROLLER_RULES: &[Rule] = &[
         "the store is the bottom layer: it knows the database, not its users",
     ),
     Rule::Deny(
-        &["state", "ingest"],
+        &["state", "ingest", "operators"],
         &["api", "orchestrate", "cli", "serve"],
         "the shared state is below the drivers and the APIs that use it",
     ),

@@ -223,7 +223,7 @@ pub async fn wait_for_enrollment(
                 logged = true;
                 info!(
                     state_dir = %state_dir.display(),
-                    "not enrolled: run `fleetward-agent enroll --controller https://HOST:7443 --token TOKEN --ca-sha256 HEX` on this node (`fleetward token create` on the controller prints the line); waiting"
+                    "not enrolled: run `FLEETWARD_TOKEN=TOKEN fleetward-agent enroll --controller https://HOST:7443 --ca-sha256 HEX` on this node (`fleetward token create` on the controller prints the line); waiting"
                 );
                 notify::status("not enrolled: waiting for `fleetward-agent enroll`");
             }

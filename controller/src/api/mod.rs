@@ -2,7 +2,8 @@
 //! ([`agent`]), `OperatorService` ([`operator`]) and `ShutdownService` ([`shutdown`]).
 //!
 //! Authorization is a layer ([`Authorized`]), not a call each handler must remember: every
-//! RPC of every service is listed in [`RPCS`] with the role it requires; the layer looks the
+//! RPC of every service is listed in [`RPCS`] with the role it requires (for operator RPCs,
+//! the least operator scope: viewer < power < operator < admin); the layer looks the
 //! request's path up, refuses a path that is not listed, has
 //! [`Controller::authorize`](crate::state::Controller::authorize) decide on the client
 //! certificate, and puts the verified [`Caller`] into the request. The services can only be
@@ -18,7 +19,7 @@ pub use operator::OperatorApi;
 pub use shutdown::ShutdownApi;
 
 use crate::state::{Caller, Controller};
-use fleetward_pki::Role;
+use fleetward_pki::{Role, Scope};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -45,10 +46,23 @@ pub enum Access {
     Anyone,
     /// A client certificate of this role, not revoked.
     Role(Role),
+    /// An operator certificate, not revoked and current in the operator registry, whose
+    /// scope is at least this one (`viewer` < `power` < `operator` < `admin`).
+    Operator(Scope),
 }
 
 const AGENT: Access = Access::Role(Role::Agent);
-const OPERATOR: Access = Access::Role(Role::Operator);
+/// Read-only: every scope.
+const VIEWER: Access = Access::Operator(Scope::Viewer);
+/// Power events: `power`, `operator`, `admin`.
+const POWER: Access = Access::Operator(Scope::Power);
+/// Rollouts, shutdowns, refreshes, policy reloads: `operator`, `admin`.
+const OPERATE: Access = Access::Operator(Scope::Operator);
+/// Tokens, node revocation, operator identities: `admin` only.
+const ADMIN: Access = Access::Operator(Scope::Admin);
+/// An operator RPC nobody classified yet is for admins only.
+#[allow(dead_code)]
+const OPERATOR: Access = ADMIN;
 
 /// Every RPC the controller serves: (service, method, who may call it). The layer refuses
 /// whatever is not here, and a test checks this table against the services of the compiled
@@ -57,35 +71,39 @@ pub const RPCS: &[(&str, &str, Access)] = &[
     ("fleetward.v1.AgentService", "Enroll", Access::Anyone),
     ("fleetward.v1.AgentService", "Renew", AGENT),
     ("fleetward.v1.AgentService", "Session", AGENT),
-    ("fleetward.v1.OperatorService", "ListNodes", OPERATOR),
-    ("fleetward.v1.OperatorService", "GetNode", OPERATOR),
-    ("fleetward.v1.OperatorService", "ListFindings", OPERATOR),
-    ("fleetward.v1.OperatorService", "RefreshNode", OPERATOR),
-    ("fleetward.v1.OperatorService", "RevokeNode", OPERATOR),
-    ("fleetward.v1.OperatorService", "CreateToken", OPERATOR),
-    ("fleetward.v1.OperatorService", "ListTokens", OPERATOR),
-    ("fleetward.v1.OperatorService", "RevokeToken", OPERATOR),
-    ("fleetward.v1.OperatorService", "IssueOperator", OPERATOR),
-    ("fleetward.v1.OperatorService", "ListAudit", OPERATOR),
-    ("fleetward.v1.OperatorService", "ListDrift", OPERATOR),
-    ("fleetward.v1.OperatorService", "NodeDiff", OPERATOR),
-    ("fleetward.v1.OperatorService", "NodeHistory", OPERATOR),
-    ("fleetward.v1.OperatorService", "PolicyShow", OPERATOR),
-    ("fleetward.v1.OperatorService", "PolicyCheck", OPERATOR),
-    ("fleetward.v1.OperatorService", "PolicyReload", OPERATOR),
-    ("fleetward.v1.OperatorService", "PolicyCapture", OPERATOR),
-    ("fleetward.v1.OperatorService", "RenderReport", OPERATOR),
-    ("fleetward.v1.OperatorService", "RolloutPlan", OPERATOR),
-    ("fleetward.v1.OperatorService", "RolloutStart", OPERATOR),
-    ("fleetward.v1.OperatorService", "RolloutStatus", OPERATOR),
-    ("fleetward.v1.OperatorService", "RolloutControl", OPERATOR),
-    ("fleetward.v1.OperatorService", "RolloutList", OPERATOR),
-    ("fleetward.v1.ShutdownService", "Plan", OPERATOR),
-    ("fleetward.v1.ShutdownService", "Start", OPERATOR),
-    ("fleetward.v1.ShutdownService", "Status", OPERATOR),
-    ("fleetward.v1.ShutdownService", "Cancel", OPERATOR),
-    ("fleetward.v1.ShutdownService", "Startup", OPERATOR),
-    ("fleetward.v1.ShutdownService", "PowerEvent", OPERATOR),
+    ("fleetward.v1.OperatorService", "ListNodes", VIEWER),
+    ("fleetward.v1.OperatorService", "GetNode", VIEWER),
+    ("fleetward.v1.OperatorService", "ListFindings", VIEWER),
+    ("fleetward.v1.OperatorService", "RefreshNode", OPERATE),
+    ("fleetward.v1.OperatorService", "RevokeNode", ADMIN),
+    ("fleetward.v1.OperatorService", "CreateToken", ADMIN),
+    ("fleetward.v1.OperatorService", "ListTokens", ADMIN),
+    ("fleetward.v1.OperatorService", "RevokeToken", ADMIN),
+    ("fleetward.v1.OperatorService", "IssueOperator", ADMIN),
+    ("fleetward.v1.OperatorService", "ListAudit", VIEWER),
+    ("fleetward.v1.OperatorService", "ListDrift", VIEWER),
+    ("fleetward.v1.OperatorService", "NodeDiff", VIEWER),
+    ("fleetward.v1.OperatorService", "NodeHistory", VIEWER),
+    ("fleetward.v1.OperatorService", "PolicyShow", VIEWER),
+    ("fleetward.v1.OperatorService", "PolicyCheck", VIEWER),
+    ("fleetward.v1.OperatorService", "PolicyReload", OPERATE),
+    ("fleetward.v1.OperatorService", "PolicyCapture", VIEWER),
+    ("fleetward.v1.OperatorService", "RenderReport", VIEWER),
+    ("fleetward.v1.OperatorService", "RolloutPlan", VIEWER),
+    ("fleetward.v1.OperatorService", "RolloutStart", OPERATE),
+    ("fleetward.v1.OperatorService", "RolloutStatus", VIEWER),
+    ("fleetward.v1.OperatorService", "RolloutControl", OPERATE),
+    ("fleetward.v1.OperatorService", "RolloutList", VIEWER),
+    ("fleetward.v1.ShutdownService", "Plan", VIEWER),
+    ("fleetward.v1.ShutdownService", "Start", OPERATE),
+    ("fleetward.v1.ShutdownService", "Status", VIEWER),
+    ("fleetward.v1.ShutdownService", "Cancel", OPERATE),
+    ("fleetward.v1.ShutdownService", "Startup", OPERATE),
+    ("fleetward.v1.ShutdownService", "PowerEvent", POWER),
+    ("fleetward.v1.OperatorService", "ListOperators", ADMIN),
+    ("fleetward.v1.OperatorService", "RevokeOperator", ADMIN),
+    // Every operator renews its own certificate (the handler renews only the caller's).
+    ("fleetward.v1.OperatorService", "RenewOperator", VIEWER),
 ];
 
 /// Who may call the RPC at `path` (`/package.Service/Method`); `None` for an unknown one.
@@ -112,9 +130,10 @@ impl<S> Authorized<S> {
     /// call), or the status that refuses it.
     fn check<B>(&self, req: &http::Request<B>) -> Result<Option<Caller>, Status> {
         let path = req.uri().path();
-        let role = match access(path) {
+        let (role, min_scope) = match access(path) {
             Some(Access::Anyone) => return Ok(None),
-            Some(Access::Role(role)) => role,
+            Some(Access::Role(role)) => (role, None),
+            Some(Access::Operator(scope)) => (Role::Operator, Some(scope)),
             None => {
                 return Err(Status::unimplemented(format!(
                     "{path} is not an RPC of this controller"
@@ -125,9 +144,17 @@ impl<S> Authorized<S> {
             .extensions()
             .get::<TlsConnectInfo<TcpConnectInfo>>()
             .and_then(|i| i.peer_certs());
-        self.ctl
-            .authorize(certs.as_deref().map(|c| &c[..]), role)
-            .map(Some)
+        let caller = self.ctl.authorize(certs.as_deref().map(|c| &c[..]), role)?;
+        if let Some(min) = min_scope {
+            let scope = caller.scope.unwrap_or(Scope::Admin);
+            if scope < min {
+                return Err(Status::permission_denied(format!(
+                    "operator {} has scope {scope}; {path} needs scope {min} or above",
+                    caller.identity.name
+                )));
+            }
+        }
+        Ok(Some(caller))
     }
 }
 
@@ -230,7 +257,7 @@ mod tests {
         assert_eq!(access("/fleetward.v1.AgentService/Session"), Some(AGENT));
         assert_eq!(
             access("/fleetward.v1.ShutdownService/PowerEvent"),
-            Some(OPERATOR)
+            Some(POWER)
         );
         assert_eq!(access("/fleetward.v1.AgentService/Nope"), None);
         assert_eq!(access("fleetward.v1.AgentService/Enroll"), None);

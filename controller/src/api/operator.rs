@@ -262,13 +262,61 @@ impl OperatorService for OperatorApi {
     ) -> Result<Response<api::IssueOperatorResponse>, Status> {
         let caller = Caller::of(&req)?;
         let r = req.get_ref();
-        let (cert_pem, key_pem) =
-            self.ctl
-                .issue_operator(&caller.identity.name, &r.name, r.csr_pem.as_deref())?;
+        let (cert_pem, key_pem) = self.ctl.issue_operator(
+            &caller.identity.name,
+            &r.name,
+            &r.scope,
+            r.csr_pem.as_deref(),
+        )?;
         Ok(Response::new(api::IssueOperatorResponse {
             cert_pem,
             key_pem,
             ca_pem: self.ctl.ca().cert_pem().to_string(),
+        }))
+    }
+
+    async fn list_operators(
+        &self,
+        req: Request<api::ListOperatorsRequest>,
+    ) -> Result<Response<api::ListOperatorsResponse>, Status> {
+        Caller::of(&req)?;
+        let operators = self
+            .ctl
+            .operators()?
+            .into_iter()
+            .map(|o| api::OperatorInfo {
+                name: o.name,
+                scope: o.scope,
+                serial: o.serial,
+                not_after_unix_ms: o.not_after_ms as i64,
+                issued_unix_ms: o.issued_ms as i64,
+                revoked: o.revoked,
+            })
+            .collect();
+        Ok(Response::new(api::ListOperatorsResponse { operators }))
+    }
+
+    async fn revoke_operator(
+        &self,
+        req: Request<api::RevokeOperatorRequest>,
+    ) -> Result<Response<api::RevokeOperatorResponse>, Status> {
+        let caller = Caller::of(&req)?;
+        let serials = self
+            .ctl
+            .revoke_operator(&caller.identity.name, &req.get_ref().name)?;
+        Ok(Response::new(api::RevokeOperatorResponse { serials }))
+    }
+
+    async fn renew_operator(
+        &self,
+        req: Request<api::RenewOperatorRequest>,
+    ) -> Result<Response<api::RenewOperatorResponse>, Status> {
+        let caller = Caller::of(&req)?;
+        let (cert_pem, not_after_ms) = self.ctl.renew_operator(caller, &req.get_ref().csr_pem)?;
+        Ok(Response::new(api::RenewOperatorResponse {
+            cert_pem,
+            ca_pem: self.ctl.ca().cert_pem().to_string(),
+            not_after_unix_ms: not_after_ms as i64,
         }))
     }
 

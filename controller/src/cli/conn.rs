@@ -208,11 +208,47 @@ pub(crate) async fn connect(creds: &Creds) -> Result<OperatorServiceClient<Chann
     Ok(OperatorServiceClient::new(channel(creds).await?))
 }
 
-/// The mutual-TLS channel every service client of the CLI uses.
+/// The CLI warns on stderr when its own certificate expires within this time.
+pub(crate) const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
+
+/// The warning for a certificate at `path` that ends at `not_after`, if it ends within
+/// [`EXPIRY_WARNING`] of `now`.
+pub(crate) fn expiry_warning(
+    path: &Path,
+    not_after: std::time::SystemTime,
+    now: std::time::SystemTime,
+) -> Option<String> {
+    let when = super::output::rfc3339(crate::clock::ms(not_after) as i64);
+    match not_after.duration_since(now) {
+        Err(_) => Some(format!(
+            "warning: this client's certificate {} expired at {when}; an admin issues a new one              (`fleetward operator issue`)",
+            path.display()
+        )),
+        Ok(left) if left < EXPIRY_WARNING => Some(format!(
+            "warning: this client's certificate {} expires in {} days (at {when}); renew it now              with `fleetward operator renew`",
+            path.display(),
+            left.as_secs() / 86_400
+        )),
+        Ok(_) => None,
+    }
+}
+
+/// The mutual-TLS channel every service client of the CLI uses. Warns once per process
+/// on stderr when the client certificate expires soon.
 pub(crate) async fn channel(creds: &Creds) -> Result<Channel, CliError> {
+    let cert_pem = read(&creds.cert)?;
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    let not_after = fleetward_pki::ca_der_from_pem(&cert_pem)
+        .ok()
+        .and_then(|der| fleetward_pki::not_after(&der).ok());
+    if let Some(w) =
+        not_after.and_then(|t| expiry_warning(&creds.cert, t, std::time::SystemTime::now()))
+    {
+        WARNED.call_once(|| eprintln!("fleetward: {w}"));
+    }
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(read(&creds.ca)?))
-        .identity(Identity::from_pem(read(&creds.cert)?, read(&creds.key)?));
+        .identity(Identity::from_pem(cert_pem, read(&creds.key)?));
     let url = &creds.controller;
     let endpoint = Endpoint::from_shared(url.clone())
         .map_err(|e| config_err!("invalid controller URL {url:?}: {}", chain(&e)))?

@@ -215,11 +215,40 @@ pub enum TokenCmd {
     },
 }
 
+/// What an operator certificate may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ScopeArg {
+    /// Everything, including join tokens, node revocation and operator identities.
+    Admin,
+    /// Rollouts, shutdowns, refreshes, policy reloads, and everything power may.
+    Operator,
+    /// Power events (`power-event`) and everything viewer may: for UPS hooks.
+    Power,
+    /// Read-only.
+    Viewer,
+}
+
+impl ScopeArg {
+    fn as_str(self) -> &'static str {
+        match self {
+            ScopeArg::Admin => "admin",
+            ScopeArg::Operator => "operator",
+            ScopeArg::Power => "power",
+            ScopeArg::Viewer => "viewer",
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum OperatorCmd {
-    /// Issue an operator certificate for a key generated here (the key never leaves this machine).
+    /// Issue an operator certificate for a key generated here (the key never leaves this
+    /// machine), valid `operator_cert_secs` (default 90 days).
     Issue {
         name: String,
+        /// What it may do (required): admin (everything), operator (rollouts, shutdowns,
+        /// refresh, read), power (power-event and read), viewer (read-only).
+        #[arg(long, value_enum)]
+        scope: ScopeArg,
         /// Write NAME.key (0600), NAME.crt, ca.crt and cli.toml into this directory, e.g.
         /// ~/.config/fleetward. Without it, the key and certificate are printed.
         #[arg(long, value_name = "DIR")]
@@ -227,6 +256,18 @@ pub enum OperatorCmd {
         #[command(flatten)]
         opts: ClientOpts,
     },
+    /// Every operator identity: name, scope, serial, expiry, revoked.
+    List(OptsOnly),
+    /// Revoke every certificate of an operator: its calls are refused at once, and a
+    /// `--watch` it runs ends at its next poll.
+    Revoke {
+        name: String,
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+    /// Renew this client's own certificate before it expires (same name and scope): a new
+    /// key made here, the certificate and key files this client uses replaced.
+    Renew(OptsOnly),
 }
 
 impl ClientCommand {
@@ -254,8 +295,11 @@ impl ClientCommand {
                 cmd: T::Create { opts, .. } | T::Revoke { opts, .. },
             } => opts,
             C::Operator {
-                cmd: O::Issue { opts, .. },
+                cmd: O::Issue { opts, .. } | O::Revoke { opts, .. },
             } => opts,
+            C::Operator {
+                cmd: O::List(o) | O::Renew(o),
+            } => &o.opts,
             C::Rollout { cmd } => cmd.opts(),
             C::Shutdown { cmd } => cmd.opts(),
             C::PowerEvent { cmd } => cmd.opts(),
@@ -561,10 +605,33 @@ async fn execute_env(
             let v = json!({"token": id, "revoked": true});
             output::done(format!("revoked token {id}"), v, fmt)
         }
+        C::Operator { cmd: O::List(_) } => {
+            let resp = c.list_operators(api::ListOperatorsRequest {}).await?;
+            output::operators(&resp.get_ref().operators, output::now_ms(), fmt)
+        }
         C::Operator {
-            cmd: O::Issue {
-                name, write_config, ..
-            },
+            cmd: O::Revoke { name, .. },
+        } => {
+            let resp = c
+                .revoke_operator(api::RevokeOperatorRequest { name: name.clone() })
+                .await?
+                .into_inner();
+            let v = json!({"operator": name, "revoked": true, "serials": resp.serials});
+            let text = format!(
+                "revoked operator {name} ({} certificates)",
+                resp.serials.len()
+            );
+            output::done(text, v, fmt)
+        }
+        C::Operator { cmd: O::Renew(_) } => renew_own(&mut c, &creds, fmt).await?,
+        C::Operator {
+            cmd:
+                O::Issue {
+                    name,
+                    scope,
+                    write_config,
+                    ..
+                },
         } => {
             let identity =
                 Identity::new(Role::Operator, name.clone()).map_err(|e| config_err!("{e}"))?;
@@ -577,9 +644,11 @@ async fn execute_env(
             let req = api::IssueOperatorRequest {
                 name: name.clone(),
                 csr_pem: Some(csr),
+                scope: scope.as_str().to_string(),
             };
             let resp = c.issue_operator(req).await?.into_inner();
-            let mut v = json!({"name": name, "cert_pem": resp.cert_pem, "ca_pem": resp.ca_pem});
+            let mut v = json!({"name": name, "scope": scope.as_str(), "cert_pem": resp.cert_pem,
+                               "ca_pem": resp.ca_pem});
             let Some(f) = files else {
                 eprintln!(
                     "fleetward: issued {name}; its private key is printed only now: keep it 0600"
@@ -675,6 +744,51 @@ async fn execute_env(
         // Dispatched above, before the operator-service connection.
         C::Shutdown { .. } | C::Startup(_) | C::PowerEvent { .. } => String::new(),
     }))
+}
+
+/// `operator renew`: a new key and CSR made here for the identity of this client's
+/// certificate; the controller signs it (same scope); then the key and certificate files
+/// this client read are replaced (each written beside its target and renamed over it).
+async fn renew_own(
+    c: &mut OperatorServiceClient<tonic::transport::Channel>,
+    creds: &conn::Creds,
+    fmt: Format,
+) -> Result<String, CliError> {
+    let pem = conn::read(&creds.cert)?;
+    let der = fleetward_pki::ca_der_from_pem(&pem)
+        .map_err(|e| config_err!("{}: {e}", creds.cert.display()))?;
+    let identity = fleetward_pki::identity_from_der(&der)
+        .map_err(|e| config_err!("{}: {e}", creds.cert.display()))?;
+    let (key, csr) =
+        generate_key_and_csr(&identity).map_err(|e| CliError::Failed(e.to_string()))?;
+    let resp = c
+        .renew_operator(api::RenewOperatorRequest { csr_pem: csr })
+        .await?
+        .into_inner();
+    let fail = |p: &Path| {
+        let p = p.display().to_string();
+        move |e: std::io::Error| CliError::Failed(format!("cannot write {p}: {e}"))
+    };
+    let beside = |p: &Path| {
+        let mut name = p.file_name().unwrap_or_default().to_os_string();
+        name.push(".new");
+        p.with_file_name(name)
+    };
+    let (key_new, cert_new) = (beside(&creds.key), beside(&creds.cert));
+    fleetward_pki::write_private_key(&key_new, key.pem()).map_err(fail(&key_new))?;
+    fleetward_pki::write_public(&cert_new, &resp.cert_pem).map_err(fail(&cert_new))?;
+    std::fs::rename(&key_new, &creds.key).map_err(fail(&creds.key))?;
+    std::fs::rename(&cert_new, &creds.cert).map_err(fail(&creds.cert))?;
+    let until = output::rfc3339(resp.not_after_unix_ms);
+    let v = json!({"name": identity.name, "not_after_unix_ms": resp.not_after_unix_ms,
+                   "cert": creds.cert.display().to_string(), "key": creds.key.display().to_string()});
+    let text = format!(
+        "renewed operator certificate {} (valid until {until})\nwrote {}, {} (mode 0600)",
+        identity.name,
+        creds.cert.display(),
+        creds.key.display()
+    );
+    Ok(output::done(text, v, fmt))
 }
 
 /// The files `operator issue --write-config` writes.

@@ -499,21 +499,67 @@ pub(crate) fn drift(
 
 pub(crate) fn token_created(t: &api::CreateTokenResponse, controller: &str, fmt: Format) -> String {
     let (token, hex) = (&t.token, &t.ca_sha256);
+    // The token travels in the environment, not in argv: an argument is visible to every
+    // user of the node in `ps` (the agent also takes `--token-file`).
     let command = format!(
-        "fleetward-agent enroll --controller {controller} --token {token} --ca-sha256 {hex}"
+        "FLEETWARD_TOKEN={token} fleetward-agent enroll --controller {controller} --ca-sha256 {hex}"
     );
     let expires = rfc3339(t.expires_at_unix_ms);
     // In text, one argument pair a line with shell continuations: the command stays
-    // copy-pastable and fits a terminal (the CA fingerprint alone is 64 characters).
+    // copy-pastable and fits a terminal (the token and the CA fingerprint are 64
+    // characters each, so the token goes through a shell variable first).
     let text = format!(
-        "token:    {token}\nid:       {}\nexpires:  {expires}\n\nOn the node, run:\n  \
-         fleetward-agent enroll --controller {controller} \\\n    --token {token} \\\n    \
+        "token:    {token}\nid:       {}\nexpires:  {expires}\n\n\
+         On the node, run (the token goes through the environment, never argv):\n  \
+         token={token}\n  \
+         FLEETWARD_TOKEN=$token fleetward-agent enroll \\\n    --controller {controller} \\\n    \
          --ca-sha256 {hex}",
         t.id
     );
     let v = json!({"id": t.id, "token": token, "expires_at_unix_ms": t.expires_at_unix_ms,
                    "ca_sha256": hex, "enroll_command": command});
     done(text, v, fmt)
+}
+
+/// `operator list`: name, scope, expiry, state (valid, expired, revoked), serial.
+pub(crate) fn operators(ops: &[api::OperatorInfo], now_ms: i64, fmt: Format) -> String {
+    let state = |o: &api::OperatorInfo| {
+        if o.revoked {
+            "revoked"
+        } else if o.not_after_unix_ms > 0 && o.not_after_unix_ms <= now_ms {
+            "expired"
+        } else {
+            "valid"
+        }
+    };
+    let json = |o: &api::OperatorInfo| {
+        json!({"name": o.name, "scope": o.scope, "serial": o.serial,
+               "not_after_unix_ms": o.not_after_unix_ms, "issued_unix_ms": o.issued_unix_ms,
+               "revoked": o.revoked, "state": state(o)})
+    };
+    let row = |o: &api::OperatorInfo| {
+        let expires = match o.not_after_unix_ms {
+            0 => "unknown".to_string(),
+            t => rfc3339(t),
+        };
+        vec![
+            o.name.clone(),
+            o.scope.clone(),
+            expires,
+            state(o).into(),
+            o.serial.clone(),
+        ]
+    };
+    list(
+        ops,
+        fmt,
+        json,
+        (
+            &["NAME", "SCOPE", "EXPIRES", "STATE", "SERIAL"],
+            row,
+            "no operators registered",
+        ),
+    )
 }
 
 /// `token list`; a token past its expiry at `now_ms` shows as expired.
@@ -837,13 +883,17 @@ mod tests {
         let v: Value =
             serde_json::from_str(&token_created(&t, "https://ctl:7443", Format::Json)).unwrap();
         let cmd =
-            "fleetward-agent enroll --controller https://ctl:7443 --token SECRET --ca-sha256 ab12";
+            "FLEETWARD_TOKEN=SECRET fleetward-agent enroll --controller https://ctl:7443 --ca-sha256 ab12";
         assert_eq!(
             v,
             json!({"id": "t1", "token": "SECRET", "expires_at_unix_ms": 0, "ca_sha256": "ab12", "enroll_command": cmd})
         );
         let text = token_created(&t, "https://ctl:7443", Format::Text);
-        let joined = text.replace(" \\\n    ", " ");
-        assert!(joined.contains(&format!("\n  {cmd}\n")), "{text}");
+        let joined = text.replace(" \\\n    ", " ").replace(
+            "\n  token=SECRET\n  FLEETWARD_TOKEN=$token ",
+            "\n  FLEETWARD_TOKEN=SECRET ",
+        );
+        assert!(joined.trim_end().ends_with(&format!("\n  {cmd}")), "{text}");
+        assert!(!text.contains("--token"), "{text}");
     }
 }

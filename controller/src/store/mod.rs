@@ -12,6 +12,8 @@
 //! - `operations`: operation id (`rollout-…`, `shutdown-…`) → the operation's state machine
 //!   state as JSON (the write-ahead journal: written and flushed before any command it
 //!   implies is sent).
+//! - `operators`: operator name → `OperatorRecord` JSON (the registry of issued operator
+//!   certificates: scope, serials, expiry, revoked; see `operators.rs`).
 //! - `op_events`: operation id ‖ 0x00 ‖ `generate_id()` (u64 BE) → [`OpEvent`] JSON, the
 //!   operation's event log in append order.
 //!
@@ -36,12 +38,14 @@
 mod blobs;
 mod durable;
 mod journal;
+mod operators;
 
 pub use durable::{SyncObserver, WriteClass};
 
 use fleetward_proto::{report_json_bytes, Report};
 pub use journal::{FactChange, ReportWrite, FACT_CHANGES_PER_NODE, HISTORY_PER_NODE};
 use journal::{JournalError, ReportLog};
+pub use operators::{OperatorError, OperatorRecord};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sled::transaction::{abort, TransactionError, TransactionalTree};
@@ -263,6 +267,8 @@ pub struct Store {
     tokens: Tree,
     revocations: Tree,
     audit: Tree,
+    /// The operator registry (see `operators.rs`).
+    operators: Tree,
 }
 
 type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -411,6 +417,7 @@ impl Store {
             audit: t("audit")?,
             operations: t("operations")?,
             op_events: t("op_events")?,
+            operators: t("operators")?,
             db,
         })
     }
