@@ -224,11 +224,17 @@ fn examples(path: &str) -> &'static [&'static str] {
         ],
         "fleetward token list" => &["fleetward token list", "fleetward token list --output json"],
         "fleetward token revoke" => &["fleetward token list", "fleetward token revoke 9c1e4f2a"],
-        "fleetward operator" => &["fleetward operator issue alice --write-config ~alice/.config/fleetward"],
-        "fleetward operator issue" => &[
-            "fleetward operator issue alice --write-config ~alice/.config/fleetward",
-            "fleetward operator issue ci --output json > ci-identity.json",
+        "fleetward operator" => &[
+            "fleetward operator issue alice --scope operator --write-config ~alice/.config/fleetward",
+            "fleetward operator list",
         ],
+        "fleetward operator issue" => &[
+            "fleetward operator issue alice --scope operator --write-config ~alice/.config/fleetward",
+            "fleetward operator issue ups --scope power --write-config /etc/nut/fleetward",
+        ],
+        "fleetward operator list" => &["fleetward operator list", "fleetward operator list --output json"],
+        "fleetward operator revoke" => &["fleetward operator revoke alice"],
+        "fleetward operator renew" => &["fleetward operator renew"],
         "fleetward policy" => &[
             "fleetward policy capture --from pve-01 > /etc/fleetward/policy.toml",
             "fleetward policy reload",
@@ -271,7 +277,7 @@ fn examples(path: &str) -> &'static [&'static str] {
         "fleetward power-event restored" => &["fleetward power-event restored"],
         "fleetward-agent" => &[
             "fleetward-agent inspect",
-            "fleetward-agent enroll --controller https://ctl.example.org:7443 --token TOKEN --ca-sha256 HEX",
+            "FLEETWARD_TOKEN=TOKEN fleetward-agent enroll --controller https://ctl.example.org:7443 --ca-sha256 HEX",
         ],
         "fleetward-agent inspect" => &[
             "fleetward-agent inspect",
@@ -280,8 +286,8 @@ fn examples(path: &str) -> &'static [&'static str] {
             "fleetward-agent inspect --probe --probe-name download.proxmox.com",
         ],
         "fleetward-agent enroll" => &[
-            "fleetward-agent enroll --controller https://ctl.example.org:7443 --token TOKEN --ca-sha256 HEX",
-            "fleetward-agent enroll --force --controller https://ctl.example.org:7443 --token TOKEN --ca-sha256 HEX",
+            "FLEETWARD_TOKEN=TOKEN fleetward-agent enroll --controller https://ctl.example.org:7443 --ca-sha256 HEX",
+            "fleetward-agent enroll --token-file /root/token --force --controller https://ctl.example.org:7443 --ca-sha256 HEX",
         ],
         "fleetward-agent run" => &[
             "systemctl enable --now fleetward-agent",
@@ -321,6 +327,9 @@ The log filter (default: info). \fBrun\fR logs to the journal when started by sy
 .TP
 .B NOTIFY_SOCKET
 Set by systemd: \fBrun\fR sends READY=1 once the controller acknowledged its first report.
+.TP
+.B FLEETWARD_TOKEN
+\fBenroll\fR's one-time token, kept out of the process list (as \fB\-\-token\-file\fR; \fB\-\-token\fR is visible in \fBps\fR).
 .TP
 .B FLEETWARD_AGENT_ARGS
 Extra arguments of the service's \fBrun\fR (for example \fB\-\-observe\-only\fR), set in \fI/etc/fleetward/agent.env\fR.
