@@ -22,6 +22,7 @@ pub mod fleet;
 mod golden;
 pub mod ingest;
 pub mod init;
+pub mod listen;
 pub mod metrics;
 pub mod operation;
 pub mod orchestrate;
