@@ -329,3 +329,198 @@ async fn below_the_free_space_threshold_reports_are_refused_unavailable() {
     assert!(status.message().contains("min_free_bytes"), "{status:?}");
     assert!(c.log().contains("refusing reports"), "logged once");
 }
+
+/// utime + stime of `pid`, in clock ticks (USER_HZ, 100 on Linux).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    // After the comm: state is field 3, utime 14 and stime 15 (1-based, man 5 proc).
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+/// Opens a TCP connection from `source` to `addr`, optionally sends `first`, and returns a
+/// task that resolves, once the controller closes it, to how long it stayed open.
+async fn hold(
+    source: std::net::IpAddr,
+    addr: std::net::SocketAddr,
+    first: &'static [u8],
+) -> tokio::task::JoinHandle<Duration> {
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.bind((source, 0).into()).expect("bind source");
+    let mut s = sock.connect(addr).await.expect("connect");
+    let opened = Instant::now();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        if !first.is_empty() {
+            let _ = s.write_all(first).await;
+        }
+        let mut buf = [0u8; 512];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return opened.elapsed(),
+                Ok(_) => {}
+            }
+        }
+    })
+}
+
+/// The first bytes of a TLS ClientHello record announcing 512 bytes, and nothing more.
+const PARTIAL_HELLO: &[u8] = &[
+    0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_half_handshaken_connections_are_closed_and_the_accept_loop_backs_off() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    if hard < 5000 {
+        eprintln!("SKIPPED: the hard limit of open files ({hard}) is below the 5,000 sockets this test needs");
+        return;
+    }
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("raise our open-file limit");
+    const TIMEOUT: Duration = Duration::from_millis(1000);
+    let c = Controller::start_with_toml(
+        &[],
+        "[connections]\ntls_handshake_timeout_ms = 1000\n[ingest]\nmin_free_bytes = 0\n",
+    );
+    let addr: std::net::SocketAddr = c.addr.parse().expect("addr");
+    let pid = c.pid().expect("pid");
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let acks = Arc::new(AtomicU64::new(0));
+    let mut reporters = Vec::new();
+    for name in ["pve-a", "pve-b", "pve-c"] {
+        let creds = enroll(&c, name).await;
+        reporters.push(
+            steady(
+                &c,
+                name,
+                creds,
+                Duration::from_millis(300),
+                acks.clone(),
+                stop.clone(),
+            )
+            .await,
+        );
+    }
+    let ip = |last: u8| std::net::IpAddr::from([127, 0, 0, last]);
+
+    // 3,000 idle connections (300 from each of ten addresses) and 200 that send the
+    // start of a ClientHello, then nothing.
+    let mut idle = Vec::new();
+    for i in 0..3000u32 {
+        idle.push(hold(ip(10 + (i % 10) as u8), addr, b"").await);
+    }
+    for _ in 0..200 {
+        idle.push(hold(ip(20), addr, PARTIAL_HELLO).await);
+    }
+    // Beyond the per-address cap of unverified connections (512): closed at once.
+    let mut over = Vec::new();
+    for _ in 0..600 {
+        over.push(hold(ip(30), addr, b"").await);
+    }
+    // Meanwhile the agents report and an operator is answered.
+    let acks_before = acks.load(Ordering::Relaxed);
+    let cli = {
+        let (bin, dir) = (
+            fleetward_tests::bin("fleetward"),
+            c.dir.path().to_path_buf(),
+        );
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(bin)
+                .args(["nodes", "--data-dir"])
+                .arg(dir)
+                .output()
+                .expect("fleetward nodes")
+        })
+    };
+    let out = tokio::time::timeout(Duration::from_secs(10), cli)
+        .await
+        .expect("`fleetward nodes` answers while the connections are held")
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("pve-a"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut open_for = Vec::new();
+    for t in idle {
+        open_for.push(
+            tokio::time::timeout(Duration::from_secs(10), t)
+                .await
+                .expect("an idle connection was not closed")
+                .unwrap(),
+        );
+    }
+    let (min, max) = (
+        *open_for.iter().min().unwrap(),
+        *open_for.iter().max().unwrap(),
+    );
+    assert!(
+        min >= TIMEOUT - Duration::from_millis(150) && max <= TIMEOUT + Duration::from_secs(3),
+        "idle connections closed after {min:?}..{max:?}, the handshake timeout is {TIMEOUT:?}"
+    );
+    let mut quick = 0;
+    for t in over {
+        if t.await.unwrap() < TIMEOUT / 2 {
+            quick += 1;
+        }
+    }
+    assert!(
+        (88..=100).contains(&quick),
+        "{quick} of 600 from one address closed at once (the cap is 512)"
+    );
+    assert!(
+        acks.load(Ordering::Relaxed) >= acks_before + 6,
+        "the agents kept reporting"
+    );
+
+    // With `ulimit -n 256`, 400 idle connections exhaust the controller's descriptors:
+    // the accept loop backs off (little CPU) and recovers when the timeouts close them.
+    let st = std::process::Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), "--nofile=256:256"])
+        .status()
+        .expect("prlimit");
+    assert!(st.success(), "prlimit failed");
+    let mut idle = Vec::new();
+    for i in 0..400u32 {
+        idle.push(hold(ip(40 + (i % 2) as u8), addr, b"").await);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (t0, cpu0) = (Instant::now(), cpu_ticks(pid));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let used = (cpu_ticks(pid) - cpu0) as f64 / 100.0 / t0.elapsed().as_secs_f64();
+    assert!(
+        used < 0.2,
+        "the controller used {:.0} % CPU while out of descriptors",
+        used * 100.0
+    );
+    for t in idle {
+        tokio::time::timeout(Duration::from_secs(20), t)
+            .await
+            .expect("recovered: every idle connection was accepted and closed")
+            .unwrap();
+    }
+    let log = c.log();
+    assert!(log.contains("backing off"), "the backoff is logged");
+    let out = tokio::task::spawn_blocking({
+        let (bin, dir) = (
+            fleetward_tests::bin("fleetward"),
+            c.dir.path().to_path_buf(),
+        );
+        move || {
+            std::process::Command::new(bin)
+                .args(["nodes", "--data-dir"])
+                .arg(dir)
+                .output()
+                .expect("fleetward nodes")
+        }
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "new connections are accepted again");
+    let _ = stop_tx.send(true);
+    for r in reporters {
+        r.await.expect("the agents kept reporting throughout");
+    }
+}
