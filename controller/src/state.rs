@@ -431,7 +431,19 @@ impl Controller {
                 }
             })
             .collect();
-        crate::metrics::FleetSnapshot { nodes }
+        let c = &self.ingest_counters;
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let ingest = crate::metrics::IngestSnapshot {
+            data_dir_free_bytes: self.store.free_bytes().ok(),
+            min_free_bytes: self.cfg.ingest.min_free_bytes,
+            refused: vec![
+                ("size", n(&c.refused_size)),
+                ("rate", n(&c.refused_rate)),
+                ("disk", n(&c.refused_disk)),
+            ],
+            unchanged: n(&c.unchanged),
+        };
+        crate::metrics::FleetSnapshot { nodes, ingest }
     }
 
     /// drift.* over the fleet, plus policy.* against `policy` (default: the one in force).
