@@ -472,6 +472,32 @@ mod tests {
     }
 
     #[test]
+    fn limit_sections_parse_with_defaults_and_refuse_unknown_keys() {
+        let base = Config::new("t", None).to_commented_toml();
+        let c = Config::parse(
+            Path::new("x"),
+            &(base.clone()
+                + "[connections]\ntls_handshake_timeout_ms = 1500\n[ingest]\nmin_free_bytes = 0\n"),
+        )
+        .unwrap();
+        assert_eq!(c.connections.tls_handshake_timeout_ms, 1500);
+        assert_eq!(
+            c.connections.max_connections,
+            ConnectionLimits::default().max_connections
+        );
+        assert_eq!(c.ingest.min_free_bytes, 0);
+        assert_eq!(c.ingest.max_report_bytes, 1024 * 1024);
+        for bad in [
+            "[connections]\nhandshake_timeout = 5\n",
+            "[ingest]\nmax_report_size = 5\n",
+        ] {
+            let e = Config::parse(Path::new("x"), &(base.clone() + bad)).unwrap_err();
+            let what = bad.lines().nth(1).unwrap().split(' ').next().unwrap();
+            assert!(e.to_string().contains(what), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn errors_name_the_file() {
         let e =
             Config::parse(Path::new("/etc/fleetward/controller.toml"), "name = 3\n").unwrap_err();

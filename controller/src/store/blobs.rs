@@ -198,7 +198,7 @@ impl BlobLog {
             path: self.dir.clone(),
             source: std::io::Error::from(e),
         })?;
-        Ok(u64::from(st.blocks_available()).saturating_mul(u64::from(st.fragment_size())))
+        Ok(st.blocks_available().saturating_mul(st.fragment_size()))
     }
 
     /// Calls `f` with every record of every segment, oldest segment first, in file order.
