@@ -61,6 +61,12 @@ pub struct Config {
     pub rollout: RolloutConfig,
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+    /// Limits on connections (TLS handshake, caps, keepalive).
+    #[serde(default)]
+    pub connections: ConnectionLimits,
+    /// Limits on report ingestion (size, rate, disk).
+    #[serde(default)]
+    pub ingest: IngestLimits,
 }
 
 /// Coordinated shutdown and startup (`fleetward shutdown`, `startup`, `power-event`).
@@ -224,6 +230,8 @@ impl Config {
             webhook: None,
             rollout: RolloutConfig::default(),
             shutdown: ShutdownConfig::default(),
+            connections: ConnectionLimits::default(),
+            ingest: IngestLimits::default(),
         }
     }
 
@@ -301,7 +309,15 @@ impl Config {
              # [shutdown]\n\
              # tiers = [[\"pve-04\", \"pve-05\"], [\"pve-02\", \"pve-03\"], [\"pve-01\"]]\n\
              # ha_mode = \"auto\"   # or \"disarm\" (pve-ha-manager >= 5.1.3), \"maintenance\"\n\
-             # tier_wait_ms = 300000\n",
+             # tier_wait_ms = 300000\n\
+             # Limits; the defaults need no tuning (see the README).\n\
+             # [connections]\n\
+             # tls_handshake_timeout_ms = 10000\n\
+             # max_connections = 20000\n\
+             # max_unverified_per_ip = 512\n\
+             # [ingest]\n\
+             # max_report_bytes = 1048576\n\
+             # min_free_bytes = 536870912\n",
             self.name,
             self.listen,
             self.agent_cert_secs,
@@ -309,6 +325,84 @@ impl Config {
             self.max_message_bytes,
             self.stale_secs
         )
+    }
+}
+
+/// `[connections]`: what a connection may hold of the controller (see `listen.rs`). The
+/// defaults need no tuning: they admit the 10,000-agent load benchmark with room to spare
+/// and close what never completes a handshake.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectionLimits {
+    /// A TLS handshake not finished this long after the connection was accepted is closed.
+    pub tls_handshake_timeout_ms: u64,
+    /// Connections open at once (handshaking or serving); at the cap the controller stops
+    /// accepting until one closes. Also bounded by the process's file descriptor limit.
+    pub max_connections: usize,
+    /// Connections per source address that have not completed a handshake with a client
+    /// certificate from the CA (handshaking, enrolling, health checks); more are closed at
+    /// once.
+    pub max_unverified_per_ip: usize,
+    /// A connection that completed its handshake without a client certificate (enrollment,
+    /// health checks) is closed this long after it was accepted.
+    pub unverified_lifetime_ms: u64,
+    /// TCP keepalive: idle time before the first probe (probes every 10 s after it).
+    pub tcp_keepalive_ms: u64,
+    /// HTTP/2 pings on an idle connection, and how long to wait for the answer.
+    pub http2_keepalive_interval_ms: u64,
+    pub http2_keepalive_timeout_ms: u64,
+    /// Concurrent HTTP/2 streams (calls) per connection.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            tls_handshake_timeout_ms: 10_000,
+            max_connections: 20_000,
+            max_unverified_per_ip: 512,
+            unverified_lifetime_ms: 60_000,
+            tcp_keepalive_ms: 60_000,
+            http2_keepalive_interval_ms: 30_000,
+            http2_keepalive_timeout_ms: 20_000,
+            max_concurrent_streams: 128,
+        }
+    }
+}
+
+/// `[ingest]`: what one node's reports may cost (see `ingest.rs`). A normal agent (a
+/// report per inspection interval, on change and after each action) stays far below the
+/// rate; a report over a limit is refused (RESOURCE_EXHAUSTED) and not stored.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestLimits {
+    /// Largest report JSON accepted (the seed report is about 11 KB).
+    pub max_report_bytes: usize,
+    /// Per node: reports per minute on average, and how many may come at once.
+    pub reports_per_min: u32,
+    pub report_burst: u32,
+    /// Per node: report bytes per minute on average, and how many may come at once.
+    pub report_bytes_per_min: u64,
+    pub report_burst_bytes: u64,
+    /// Below this much free space on the data directory's file system reports are refused
+    /// (UNAVAILABLE; the agent keeps its report and retries).
+    pub min_free_bytes: u64,
+    /// The report journal is compacted after this many bytes written, besides every
+    /// minute.
+    pub compact_after_bytes: u64,
+}
+
+impl Default for IngestLimits {
+    fn default() -> Self {
+        IngestLimits {
+            max_report_bytes: 1024 * 1024,
+            reports_per_min: 30,
+            report_burst: 60,
+            report_bytes_per_min: 8 * 1024 * 1024,
+            report_burst_bytes: 16 * 1024 * 1024,
+            min_free_bytes: 512 * 1024 * 1024,
+            compact_after_bytes: 64 * 1024 * 1024,
+        }
     }
 }
 
@@ -370,6 +464,32 @@ mod tests {
             "[rollout]\nreboot_timeout_secs = 60\n",
             "[shutdown]\ntier_wait = 5\n",
             "[rollout]\ntick_ms = \"fast\"\n",
+        ] {
+            let e = Config::parse(Path::new("x"), &(base.clone() + bad)).unwrap_err();
+            let what = bad.lines().nth(1).unwrap().split(' ').next().unwrap();
+            assert!(e.to_string().contains(what), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn limit_sections_parse_with_defaults_and_refuse_unknown_keys() {
+        let base = Config::new("t", None).to_commented_toml();
+        let c = Config::parse(
+            Path::new("x"),
+            &(base.clone()
+                + "[connections]\ntls_handshake_timeout_ms = 1500\n[ingest]\nmin_free_bytes = 0\n"),
+        )
+        .unwrap();
+        assert_eq!(c.connections.tls_handshake_timeout_ms, 1500);
+        assert_eq!(
+            c.connections.max_connections,
+            ConnectionLimits::default().max_connections
+        );
+        assert_eq!(c.ingest.min_free_bytes, 0);
+        assert_eq!(c.ingest.max_report_bytes, 1024 * 1024);
+        for bad in [
+            "[connections]\nhandshake_timeout = 5\n",
+            "[ingest]\nmax_report_size = 5\n",
         ] {
             let e = Config::parse(Path::new("x"), &(base.clone() + bad)).unwrap_err();
             let what = bad.lines().nth(1).unwrap().split(' ').next().unwrap();

@@ -23,6 +23,7 @@ pub mod fleet;
 mod golden;
 pub mod ingest;
 pub mod init;
+pub mod listen;
 pub mod metrics;
 pub mod notify;
 pub mod operation;

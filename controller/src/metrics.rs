@@ -72,6 +72,8 @@ pub struct FleetSnapshot {
     pub certificates: Vec<(String, i64)>,
     /// Unrevoked operator identities with a known expiry.
     pub operators: Vec<OperatorSnapshot>,
+    /// Report ingestion's limits (`[ingest]`).
+    pub ingest: IngestSnapshot,
 }
 
 /// One operator identity as the metrics see it.
@@ -92,6 +94,24 @@ struct CertificateLabels {
 struct OperatorLabels {
     operator: String,
     scope: String,
+}
+
+/// What report ingestion refused, and the free space its disk guard watches.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct IngestSnapshot {
+    /// Free bytes on the data directory's file system (`None`: could not tell).
+    pub data_dir_free_bytes: Option<u64>,
+    /// `min_free_bytes`: below it reports are refused.
+    pub min_free_bytes: u64,
+    /// Reports refused since the start, by reason (`size`, `rate`, `disk`).
+    pub refused: Vec<(&'static str, u64)>,
+    /// Reports identical to the node's latest, acknowledged without storing them again.
+    pub unchanged: u64,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -137,12 +157,18 @@ const SEVERITIES: [Severity; 3] = [Severity::Info, Severity::Warning, Severity::
 /// - `fleetward_build_info{version}` — always 1;
 /// - `fleetward_certificate_expiry_timestamp_seconds{certificate}` — when the controller's
 ///   `ca` and `server` certificates expire (unix seconds);
+/// - `fleetward_data_dir_free_bytes`, `fleetward_data_dir_min_free_bytes` — free space on
+///   the data directory's file system (absent if unknown) and the threshold below which
+///   reports are refused;
+/// - `fleetward_reports_refused{reason}` (`size`, `rate`, `disk`) and
+///   `fleetward_reports_unchanged` — counts since the start;
 /// - `process_cpu_seconds`, `process_resident_memory_bytes`, `process_virtual_memory_bytes`,
 ///   `process_open_fds`, `process_max_fds`, `process_start_time_seconds` — see
 ///   [`ProcessStats`]; each is left out if `/proc` cannot tell it.
 pub fn render(snapshot: &FleetSnapshot) -> String {
     let mut registry = Registry::default();
     register_fleet(&mut registry, snapshot);
+    register_ingest(&mut registry, &snapshot.ingest);
     if let Some(stats) = ProcessStats::read() {
         stats.register(&mut registry);
     }
@@ -151,6 +177,42 @@ pub fn render(snapshot: &FleetSnapshot) -> String {
     prometheus_client::encoding::text::encode(&mut out, &registry)
         .expect("encoding metrics into a String");
     out
+}
+
+fn register_ingest(registry: &mut Registry, i: &IngestSnapshot) {
+    let int = |v: u64| ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
+    if let Some(free) = i.data_dir_free_bytes {
+        registry.register(
+            "fleetward_data_dir_free_bytes",
+            "Free bytes on the file system of the controller's data directory",
+            int(free),
+        );
+    }
+    registry.register(
+        "fleetward_data_dir_min_free_bytes",
+        "Below this many free bytes on the data directory reports are refused (min_free_bytes)",
+        int(i.min_free_bytes),
+    );
+    // Gauges that only grow (reset at a restart): `promtool check metrics` reads the
+    // Prometheus text format, where OpenMetrics counters lose their help text.
+    let refused = Family::<ReasonLabels, Gauge>::default();
+    for (reason, n) in &i.refused {
+        refused
+            .get_or_create(&ReasonLabels {
+                reason: (*reason).to_string(),
+            })
+            .set(i64::try_from(*n).unwrap_or(i64::MAX));
+    }
+    registry.register(
+        "fleetward_reports_refused",
+        "Reports refused since the start, by reason (size, rate, disk)",
+        refused,
+    );
+    registry.register(
+        "fleetward_reports_unchanged",
+        "Reports identical to the node's latest, acknowledged without storing them again",
+        int(i.unchanged),
+    );
 }
 
 fn register_fleet(registry: &mut Registry, snapshot: &FleetSnapshot) {

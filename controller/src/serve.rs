@@ -14,7 +14,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -35,6 +35,8 @@ pub enum ServeError {
     },
     #[error("TLS or transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("the server's TLS configuration: {0}")]
+    Tls(String),
     #[error("server reflection: {0}")]
     Reflection(String),
     #[error("{0} (fix the file, or remove `policy` from the configuration)")]
@@ -50,7 +52,8 @@ pub enum ServeError {
 /// Everything `serve` needs from the data dir, loaded before binding.
 pub struct Loaded {
     pub controller: Arc<Controller>,
-    tls: ServerTlsConfig,
+    tls: Arc<rustls::ServerConfig>,
+    limits: crate::config::ConnectionLimits,
     max_message: usize,
     metrics: Option<std::net::SocketAddr>,
     /// The CA's and the server certificate's not-after (unix seconds), for the metrics.
@@ -101,11 +104,11 @@ pub fn load(dir: &DataDir, cfg: Config) -> Result<Loaded, ServeError> {
     cfg.check_lifetimes(ca_remaining)
         .map_err(ServeError::Lifetime)?;
     let store = Store::open(dir.db())?;
-    let tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(cert, key))
-        .client_ca_root(Certificate::from_pem(ca_pem))
-        // Enrollment has no client certificate yet; every other call is refused without one.
-        .client_auth_optional(true);
+    // Enrollment has no client certificate yet; every other call is refused without one.
+    let ca_der = fleetward_pki::ca_der_from_pem(&ca_pem)?;
+    let tls = fleetward_pki::server_config_client_optional(&ca_der, &cert, &key)
+        .map_err(|e| ServeError::Tls(e.to_string()))?;
+    let limits = cfg.connections.clone();
     let max_message = cfg.max_message_bytes;
     let metrics = match &cfg.metrics_listen {
         Some(addr) => Some(
@@ -123,7 +126,8 @@ pub fn load(dir: &DataDir, cfg: Config) -> Result<Loaded, ServeError> {
     crate::operators::spawn_local_renewal(&controller, dir.clone());
     Ok(Loaded {
         controller,
-        tls,
+        tls: Arc::new(tls),
+        limits,
         max_message,
         metrics,
         certificates,
@@ -183,6 +187,7 @@ pub async fn run(
     let Loaded {
         controller,
         tls,
+        limits,
         max_message,
         metrics,
         certificates,
@@ -242,21 +247,21 @@ pub async fn run(
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let ctl = controller.clone();
+    let ms = Duration::from_millis;
     let server = Server::builder()
-        .tls_config(tls)?
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_interval(Some(ms(limits.http2_keepalive_interval_ms)))
+        .http2_keepalive_timeout(Some(ms(limits.http2_keepalive_timeout_ms)))
+        .max_concurrent_streams(Some(limits.max_concurrent_streams))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(agent)
         .add_service(operator)
         .add_service(shutdown_api)
+        // The accept loop and TLS handshakes with their limits (`listen`); it also turns
         // Nagle off: small acks must not wait for a delayed ACK (40 ms stalls otherwise).
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            async move {
-                let _ = stop_rx.await;
-            },
-        );
+        .serve_with_incoming_shutdown(crate::listen::incoming(listener, tls, limits), async move {
+            let _ = stop_rx.await;
+        });
     tokio::pin!(server);
     // Bound (by the caller) and about to accept: systemd's `Type=notify` start is done.
     crate::notify::notify("READY=1\nSTATUS=serving");

@@ -119,6 +119,30 @@ pub(crate) struct NodeSlot {
     state: Mutex<NodeState>,
     /// Unix ms of the last message on any of the node's sessions; 0 = none since start.
     heard_ms: AtomicU64,
+    /// What ingestion keeps per node: its rate budget and the latest report's digest.
+    pub(crate) intake: Mutex<Intake>,
+}
+
+/// Counts of what ingestion refused or did not store again (for metrics): `ingest` counts, `metrics` shows.
+#[derive(Debug, Default)]
+pub struct IngestCounters {
+    pub refused_size: AtomicU64,
+    pub refused_rate: AtomicU64,
+    pub refused_disk: AtomicU64,
+    pub unchanged: AtomicU64,
+}
+
+/// Per node, for ingestion's limits (`ingest.rs` decides with it).
+#[derive(Debug, Default)]
+pub(crate) struct Intake {
+    /// SHA-256 of the canonical bytes of the node's latest stored report (none after a
+    /// start until its first report).
+    pub digest: Option<[u8; 32]>,
+    /// Token buckets: reports and bytes left, and when they were last refilled (unix ms;
+    /// 0 = never, i.e. full).
+    pub reports: f64,
+    pub bytes: f64,
+    pub refilled_ms: u64,
 }
 
 #[derive(Default)]
@@ -140,6 +164,7 @@ impl NodeSlot {
         NodeSlot {
             state: Mutex::new(state),
             heard_ms: AtomicU64::new(0),
+            intake: Mutex::new(Intake::default()),
         }
     }
 
@@ -171,6 +196,7 @@ pub struct Controller {
     policy: RwLock<Option<Arc<LoadedPolicy>>>,
     /// Session events for the orchestration drivers.
     events: broadcast::Sender<AgentEvent>,
+    ingest_counters: IngestCounters,
 }
 
 /// The policy in force and where it came from.
@@ -220,15 +246,28 @@ impl Controller {
             nodes.insert(rec.name, Arc::new(NodeSlot::new(state)));
         }
         let store = Arc::new(store);
-        // Report-body compaction, off the ingestion path; ends with the store.
+        // Report-body compaction, off the ingestion path; ends with the store. Every minute,
+        // and as soon as `compact_after_bytes` were written since the last one (so a
+        // flood of reports cannot grow the journal for a minute unchecked).
         let weak = Arc::downgrade(&store);
+        let after_bytes = cfg.ingest.compact_after_bytes.max(1);
         let _ = std::thread::Builder::new()
             .name("compact".into())
-            .spawn(move || loop {
-                std::thread::sleep(Duration::from_secs(60));
-                let Some(store) = weak.upgrade() else { return };
-                if let Err(e) = store.compact() {
-                    tracing::error!(error = %e, "compacting report bodies failed");
+            .spawn(move || {
+                let (mut last, mut written) = (std::time::Instant::now(), 0);
+                loop {
+                    std::thread::sleep(Duration::from_millis(250));
+                    let Some(store) = weak.upgrade() else { return };
+                    let now_written = store.journal_written();
+                    if last.elapsed() < Duration::from_secs(60)
+                        && now_written.saturating_sub(written) < after_bytes
+                    {
+                        continue;
+                    }
+                    (last, written) = (std::time::Instant::now(), now_written);
+                    if let Err(e) = store.compact() {
+                        tracing::error!(error = %e, "compacting report bodies failed");
+                    }
                 }
             });
         Ok(Arc::new(Controller {
@@ -239,6 +278,7 @@ impl Controller {
             counter: AtomicU64::new(0),
             policy: RwLock::new(policy.map(Arc::new)),
             events: broadcast::channel(EVENTS_CAPACITY).0,
+            ingest_counters: IngestCounters::default(),
         }))
     }
 
@@ -407,9 +447,22 @@ impl Controller {
                 not_after_secs: o.not_after_ms as f64 / 1000.0,
             })
             .collect();
+        let c = &self.ingest_counters;
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let ingest = crate::metrics::IngestSnapshot {
+            data_dir_free_bytes: self.store.free_bytes().ok(),
+            min_free_bytes: self.cfg.ingest.min_free_bytes,
+            refused: vec![
+                ("size", n(&c.refused_size)),
+                ("rate", n(&c.refused_rate)),
+                ("disk", n(&c.refused_disk)),
+            ],
+            unchanged: n(&c.unchanged),
+        };
         crate::metrics::FleetSnapshot {
             nodes,
             operators,
+            ingest,
             ..Default::default()
         }
     }
@@ -456,6 +509,18 @@ impl Controller {
         state.seq = seq;
         state.report = Some(report);
         state.flat = Some(flat);
+    }
+
+    /// What ingestion refused or did not store again since the start.
+    pub fn ingest_counters(&self) -> &IngestCounters {
+        &self.ingest_counters
+    }
+
+    /// Records an unchanged report (stored as such at `seq`): the latest report stays,
+    /// its seq moves on.
+    pub(crate) fn commit_unchanged(&self, slot: &NodeSlot, seq: u64) {
+        let mut state = slot.lock();
+        state.seq = state.seq.max(seq);
     }
 
     /// The node's latest report (parsed) and its store seq.

@@ -5,7 +5,7 @@
 //! the promtool checks fail when `CI` is set and are skipped (with a note) otherwise.
 
 use fleetward_controller::metrics::{
-    check_listen, serve, FleetSnapshot, NodeSnapshot, OperatorSnapshot,
+    check_listen, serve, FleetSnapshot, IngestSnapshot, NodeSnapshot, OperatorSnapshot,
 };
 use fleetward_proto::Severity;
 use std::io::Write;
@@ -60,6 +60,12 @@ fn fleet() -> FleetSnapshot {
             scope: "power".into(),
             not_after_secs: 1_800_000_000.0,
         }],
+        ingest: IngestSnapshot {
+            data_dir_free_bytes: Some(10 << 30),
+            min_free_bytes: 512 << 20,
+            refused: vec![("size", 1), ("rate", 280), ("disk", 0)],
+            unchanged: 7,
+        },
     }
 }
 
@@ -161,6 +167,10 @@ async fn metrics_endpoint_serves_valid_exposition() {
         "fleetward_node_drift_findings{node=\"pve1\"} 2",
         "fleetward_certificate_expiry_timestamp_seconds{certificate=\"ca\"} 2096000000",
         "fleetward_certificate_expiry_timestamp_seconds{certificate=\"server\"} 1950000000",
+        "fleetward_data_dir_free_bytes 10737418240",
+        "fleetward_data_dir_min_free_bytes 536870912",
+        "fleetward_reports_refused{reason=\"rate\"} 280",
+        "fleetward_reports_unchanged 7",
         "# EOF",
     ] {
         assert!(
@@ -309,6 +319,34 @@ tests:
             exp_annotations:
               summary: "pve1 has 2 error finding(s)"
               description: "The latest report of node pve1 has had findings of severity \"error\" (broken now, or will break on the next update or reboot) for 15 minutes. See fleetward_findings{node=\"pve1\",severity=\"error\"} for the codes, or run `fleetward node show pve1`."
+  - interval: 1m
+    input_series:
+      - series: 'up{job="fleetward",instance="c:9464"}'
+        values: '1x20'
+      - series: 'fleetward_data_dir_free_bytes{job="fleetward",instance="c:9464"}'
+        values: '900000000x20'
+      - series: 'fleetward_data_dir_min_free_bytes{job="fleetward",instance="c:9464"}'
+        values: '536870912x20'
+      - series: 'fleetward_reports_refused{job="fleetward",instance="c:9464",reason="rate"}'
+        values: '0 0 0 5 10 10 10 10 10 10 10 10 10 10 10 10 10 10 10 10'
+    alert_rule_test:
+      - eval_time: 10m
+        alertname: FleetwardDataDirLowSpace
+        exp_alerts:
+          - exp_labels: {severity: warning, job: fleetward, instance: "c:9464"}
+            exp_annotations:
+              summary: "fleetward's data directory has 858.3Mi free"
+              description: "Below 512Mi free (min_free_bytes) the controller refuses reports (UNAVAILABLE). Free space on the file system of the controller's data directory, or raise the threshold's margin."
+      - eval_time: 10m
+        alertname: FleetwardDataDirFull
+        exp_alerts: []
+      - eval_time: 5m
+        alertname: FleetwardReportsRefused
+        exp_alerts:
+          - exp_labels: {severity: warning, job: fleetward, instance: "c:9464", reason: rate}
+            exp_annotations:
+              summary: "fleetward refuses reports (rate)"
+              description: "The controller refused 10 report(s) in the last 15 minutes for reason rate (size: over max_report_bytes, rate: a node over its report rate, disk: below min_free_bytes). The controller log names the nodes."
   - interval: 1m
     input_series: []
     alert_rule_test:

@@ -35,7 +35,10 @@ pub use pin::{
     cert_pem_from_der, client_config_pinned_fingerprint, normalize_fingerprint, PinnedCaVerifier,
 };
 pub use revocation::RevocationSet;
-pub use tls::{ca_der_from_pem, client_config, client_config_pinned_ca, server_config};
+pub use tls::{
+    ca_der_from_pem, client_config, client_config_pinned_ca, server_config,
+    server_config_client_optional,
+};
 
 use std::path::PathBuf;
 

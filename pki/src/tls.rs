@@ -68,6 +68,27 @@ pub fn server_config(
     Ok(config)
 }
 
+/// Like [`server_config`], but a client may connect without a certificate (enrollment,
+/// health checks); one it presents must still chain to the CA. The controller's server
+/// config: its authorization layer requires a certificate for every call but `Enroll`.
+pub fn server_config_client_optional(
+    ca_der: &[u8],
+    server_cert_chain_pem: &str,
+    server_key_pem: &str,
+) -> Result<ServerConfig, PkiError> {
+    let provider = provider();
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots(ca_der)?, provider.clone())
+        .allow_unauthenticated()
+        .build()?;
+    let (chain, key) = chain_and_key(server_cert_chain_pem, server_key_pem)?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(config)
+}
+
 /// A client config presenting `client_cert_pem` and trusting only the CA. ALPN `h2`.
 pub fn client_config(
     ca_der: &[u8],

@@ -59,6 +59,12 @@ pub struct Controller {
     in_process: Option<InProcess>,
 }
 
+/// `controller.toml` text lifting the per-node report rate limit, for tests and benchmarks
+/// whose nodes report as fast as they can (see `[ingest]` in the README).
+pub const NO_RATE_LIMIT: &str =
+    "[ingest]\nreports_per_min = 1000000000\nreport_burst = 1000000000\n\
+     report_bytes_per_min = 1000000000000000\nreport_burst_bytes = 1000000000000000\n";
+
 /// `serve` on its own thread and runtime in this process.
 struct InProcess {
     server: std::sync::Arc<fleetward_controller::state::Controller>,

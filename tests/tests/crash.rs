@@ -48,7 +48,9 @@ async fn reporter(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_sigkill() {
-    let mut ctl = Controller::start();
+    // Each node sends reports as fast as acks come back, far beyond a real agent's rate: the
+    // per-node rate limit (`[ingest]`) is lifted for this test.
+    let mut ctl = Controller::start_with_toml(&[], fleetward_tests::NO_RATE_LIMIT);
     let mut creds = Vec::new();
     for name in ["pve-01", "pve-02", "pve-03"] {
         let tok = ctl.token(Some(name), 600).await;

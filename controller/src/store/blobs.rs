@@ -191,6 +191,16 @@ impl BlobLog {
         cur.file.sync_data().map_err(io(&self.path(cur.id)))
     }
 
+    /// Free bytes available to an unprivileged writer on the segments' file system
+    /// (`statvfs`: available blocks times the fragment size).
+    pub fn free_bytes(&self) -> Result<u64> {
+        let st = nix::sys::statvfs::statvfs(&self.dir).map_err(|e| BlobError::Io {
+            path: self.dir.clone(),
+            source: std::io::Error::from(e),
+        })?;
+        Ok(st.blocks_available().saturating_mul(st.fragment_size()))
+    }
+
     /// Calls `f` with every record of every segment, oldest segment first, in file order.
     /// A record that fails its checksum is reported through `damaged` (file and offset) and
     /// skipped. A record that does not frame (its length runs past the end of the file), or

@@ -8,10 +8,14 @@
 //! per report; it was most of the ingestion CPU. Here a batch of reports is one `write(2)`
 //! and one `fdatasync`, and nothing else.
 //!
-//! Record payload: `kind (u8: 1 report, 2 fact changes) ‖ seq (u64 BE) ‖ received_ms
+//! Record payload: `kind (u8: 1 report, 2 fact changes, 3 unchanged) ‖ seq (u64 BE) ‖ received_ms
 //! (u64 BE) ‖ node length (u16 BE) ‖ node ‖ body`, where a report's body is its canonical
 //! JSON as a size-prepended LZ4 block and a change batch's body is a JSON array of
-//! [`FactChange`]. A record is self-describing, so the index is a cache of the journal.
+//! [`FactChange`]. An unchanged report (the same canonical bytes as the node's latest) is
+//! a record without a body: it gives the latest report a new seq and receive time (what
+//! the machines' "a report newer than" and `last_seen` need) without storing it again;
+//! only the newest such record of a node is kept. A record is self-describing, so the
+//! index is a cache of the journal.
 //!
 //! Invariants: a seq is handed out once and grows with every report, across restarts (the
 //! next seq is one past the largest in the journal; a node's latest record is always kept,
@@ -39,9 +43,23 @@ pub const FACT_CHANGES_PER_NODE: usize = 1000;
 pub struct ReportWrite<'a> {
     pub node: &'a str,
     pub received_ms: u64,
-    /// The report's canonical JSON.
+    /// The report's canonical JSON; empty for a report identical to the node's latest
+    /// ([`ReportWrite::unchanged`]).
     pub json: &'a [u8],
     pub changes: &'a [FactChange],
+}
+
+impl<'a> ReportWrite<'a> {
+    /// A report with the same canonical bytes as the node's latest: journaled as a
+    /// record without a body.
+    pub fn unchanged(node: &'a str, received_ms: u64) -> Self {
+        ReportWrite {
+            node,
+            received_ms,
+            json: &[],
+            changes: &[],
+        }
+    }
 }
 
 /// One change of one fact of a node (`key` as in `fleet::flatten`).
@@ -55,6 +73,7 @@ pub struct FactChange {
 
 const KIND_REPORT: u8 = 1;
 const KIND_CHANGES: u8 = 2;
+const KIND_SAME: u8 = 3;
 const HEADER: usize = 1 + 8 + 8 + 2;
 
 /// What can go wrong in the journal.
@@ -135,12 +154,22 @@ struct NodeIndex {
     /// Change batches with their number of changes.
     changes: VecDeque<(Entry, usize)>,
     change_total: usize,
+    /// The newest unchanged-report record after the latest report, if any.
+    same: Option<Entry>,
 }
 
 impl NodeIndex {
     /// Adds a record; returns the records that fell out of the bounds.
     fn push(&mut self, kind: u8, e: Entry, count: usize, dropped: &mut Vec<BlobRef>) {
-        if kind == KIND_REPORT {
+        if kind == KIND_SAME {
+            match self.reports.back() {
+                Some(latest) if latest.seq < e.seq => {
+                    dropped.extend(self.same.replace(e).map(|old| old.at));
+                }
+                _ => dropped.push(e.at),
+            }
+        } else if kind == KIND_REPORT {
+            dropped.extend(self.same.take().map(|old| old.at));
             self.reports.push_back(e);
             while self.reports.len() > HISTORY_PER_NODE {
                 dropped.extend(self.reports.pop_front().map(|e| e.at));
@@ -163,12 +192,21 @@ impl NodeIndex {
         self.reports
             .iter()
             .chain(self.changes.iter().map(|(e, _)| e))
+            .chain(self.same.iter())
     }
 
     fn entries_mut(&mut self) -> impl Iterator<Item = &mut Entry> {
         self.reports
             .iter_mut()
             .chain(self.changes.iter_mut().map(|(e, _)| e))
+            .chain(self.same.iter_mut())
+    }
+
+    /// Seq and receive time of the latest report, counting unchanged ones.
+    fn latest(&self) -> Option<(u64, u64)> {
+        self.same
+            .or_else(|| self.reports.back().copied())
+            .map(|e| (e.seq, e.received_ms))
     }
 }
 
@@ -176,6 +214,8 @@ pub struct ReportLog {
     blobs: BlobLog,
     index: Mutex<HashMap<String, NodeIndex>>,
     next_seq: AtomicU64,
+    /// Bytes appended since open (compaction is also triggered by this).
+    written: AtomicU64,
     /// Shared: reading records. Exclusive: deleting segment files (see the module doc).
     gc: RwLock<()>,
 }
@@ -207,7 +247,7 @@ impl ReportLog {
                         return;
                     };
                     let count = match h.kind {
-                        KIND_REPORT => 0,
+                        KIND_REPORT | KIND_SAME => 0,
                         KIND_CHANGES => {
                             serde_json::from_slice::<Vec<FactChange>>(body).map_or(0, |c| c.len())
                         }
@@ -260,6 +300,7 @@ impl ReportLog {
             blobs,
             index: Mutex::new(index),
             next_seq: AtomicU64::new(max_seq + 1),
+            written: AtomicU64::new(0),
             gc: RwLock::new(()),
         };
         log.compact()?;
@@ -284,6 +325,13 @@ impl ReportLog {
                 received_ms: w.received_ms,
                 node: w.node,
             };
+            if w.json.is_empty() {
+                h.kind = KIND_SAME;
+                payloads.push(encode_record(&h, &[])?);
+                meta.push((w.node, KIND_SAME, seq, w.received_ms, 0));
+                seqs.push(seq);
+                continue;
+            }
             payloads.push(encode_record(&h, &lz4_flex::compress_prepend_size(w.json))?);
             meta.push((w.node, KIND_REPORT, seq, w.received_ms, 0));
             if !w.changes.is_empty() {
@@ -295,6 +343,9 @@ impl ReportLog {
             seqs.push(seq);
         }
         let slices: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+        let bytes: usize = slices.iter().map(|s| s.len() + 8).sum();
+        self.written
+            .fetch_add(u64::try_from(bytes).unwrap_or(u64::MAX), Ordering::Relaxed);
         let refs = self.blobs.append(&slices).map_err(blob_err)?;
         if let Err(e) = self.blobs.sync() {
             for at in refs {
@@ -328,11 +379,19 @@ impl ReportLog {
         Ok(seqs)
     }
 
-    /// The seq and receive time of the node's latest report.
+    /// The seq and receive time of the node's latest report (an unchanged one counts).
     pub fn latest(&self, node: &str) -> Option<(u64, u64)> {
-        let index = self.lock_index();
-        let e = index.get(node)?.reports.back()?;
-        Some((e.seq, e.received_ms))
+        self.lock_index().get(node)?.latest()
+    }
+
+    /// Bytes appended since the journal was opened.
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
+    }
+
+    /// Free bytes (for an unprivileged writer) on the journal's file system.
+    pub fn free_bytes(&self) -> Result<u64> {
+        self.blobs.free_bytes().map_err(blob_err)
     }
 
     /// Reads the records `pick` selects from the node's index (oldest first).
@@ -368,12 +427,18 @@ impl ReportLog {
         Ok((e.seq, e.received_ms, report))
     }
 
-    /// The node's latest report as `(seq, received_ms, report)`.
+    /// The node's latest report as `(seq, received_ms, report)`; after unchanged reports,
+    /// the body of the last stored one with the seq and time of the newest unchanged one.
     pub fn latest_report(&self, node: &str) -> Result<Option<(u64, u64, Report)>> {
         let pick = |n: &NodeIndex| n.reports.back().copied().into_iter().collect();
+        let latest = self.latest(node);
         Ok(self
             .read(node, pick, |e, b| Self::report(node, e, b))?
-            .pop())
+            .pop()
+            .map(|(seq, received, r)| match latest {
+                Some((s, t)) if s > seq => (s, t, r),
+                _ => (seq, received, r),
+            }))
     }
 
     /// The node's kept reports as `(seq, received_ms, report)`, oldest first.
@@ -510,6 +575,45 @@ mod tests {
         .unwrap();
         r.facts.node.boot_id = Some(tag.into());
         fleetward_proto::report_json_bytes(&r)
+    }
+
+    #[test]
+    fn an_unchanged_report_moves_the_seq_without_a_body_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = seed_json("a");
+        let log = ReportLog::open(dir.path(), super::super::blobs::SEGMENT_MAX).unwrap();
+        let first = log.append(&[write("n", &a, &[])]).unwrap()[0];
+        let before = log.written();
+        let same = log
+            .append(&[
+                ReportWrite::unchanged("n", 9),
+                ReportWrite::unchanged("n", 10),
+            ])
+            .unwrap();
+        assert!(same[0] > first && same[1] > same[0]);
+        // A header and the blob framing, no body.
+        assert!(
+            log.written() - before < 2 * 64,
+            "{}",
+            log.written() - before
+        );
+        assert_eq!(log.latest("n"), Some((same[1], 10)));
+        let (seq, received, r) = log.latest_report("n").unwrap().unwrap();
+        assert_eq!((seq, received), (same[1], 10));
+        assert_eq!(fleetward_proto::report_json_bytes(&r), a);
+        assert_eq!(log.history("n").unwrap().len(), 1, "not stored again");
+        // A node without a report: nothing to repeat, the record is not indexed.
+        log.append(&[ReportWrite::unchanged("m", 1)]).unwrap();
+        assert_eq!(log.latest("m"), None);
+        drop(log);
+        let log = ReportLog::open(dir.path(), super::super::blobs::SEGMENT_MAX).unwrap();
+        assert_eq!(log.latest("n"), Some((same[1], 10)));
+        assert_eq!(log.latest("m"), None);
+        // A new report replaces it; seqs keep growing.
+        let next = log.append(&[write("n", &a, &[])]).unwrap()[0];
+        assert!(next > same[1]);
+        assert_eq!(log.latest("n"), Some((next, 5)));
+        assert_eq!(log.history("n").unwrap().len(), 2);
     }
 
     #[test]

@@ -428,6 +428,17 @@ impl Store {
         Ok(self.journal.compact()?)
     }
 
+    /// Bytes the report journal appended since the store was opened (compaction is also
+    /// triggered by this, not only by time).
+    pub fn journal_written(&self) -> u64 {
+        self.journal.written()
+    }
+
+    /// Free bytes on the file system of the report journal (the data directory's).
+    pub fn free_bytes(&self) -> Result<u64> {
+        Ok(self.journal.free_bytes()?)
+    }
+
     /// Writes sled's log buffers out and makes them durable: sled's flush, then
     /// `durable.rs`'s sync of its files (see the module doc on durability).
     pub fn flush(&self) -> Result<()> {
