@@ -20,6 +20,7 @@ pub mod events;
 pub mod fleet;
 #[cfg(test)]
 mod golden;
+pub mod host;
 pub mod ingest;
 pub mod init;
 pub mod metrics;

@@ -167,6 +167,10 @@ pub struct Controller {
     policy: RwLock<Option<Arc<LoadedPolicy>>>,
     /// Session events for the orchestration drivers.
     events: broadcast::Sender<AgentEvent>,
+    /// Which operation holds the controller (one at a time, whatever its kind).
+    operations: crate::operation::Operations,
+    /// Who the controller's own host is (hostname, addresses), to find `host_node`.
+    host: RwLock<crate::host::HostIdentity>,
 }
 
 /// The policy in force and where it came from.
@@ -235,6 +239,8 @@ impl Controller {
             counter: AtomicU64::new(0),
             policy: RwLock::new(policy.map(Arc::new)),
             events: broadcast::channel(EVENTS_CAPACITY).0,
+            operations: crate::operation::Operations::default(),
+            host: RwLock::new(crate::host::HostIdentity::default()),
         }))
     }
 
@@ -358,6 +364,13 @@ impl Controller {
         out
     }
 
+    /// `node.left-in-maintenance`: HA maintenance or Ceph `noout` that no operation holds.
+    pub fn left_in_maintenance(&self) -> Vec<fleet::FleetFinding> {
+        let fleet = self.fleet();
+        let views = NodeView::of(&fleet);
+        fleet::left::left_in_maintenance(&views, self.operations.held().is_some())
+    }
+
     /// What the Prometheus endpoint shows, now.
     pub fn metrics_snapshot(&self) -> crate::metrics::FleetSnapshot {
         let now = now_ms();
@@ -454,6 +467,20 @@ impl Controller {
 
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// Which operation holds the controller (the drivers' one exclusivity decision).
+    pub fn operations(&self) -> &crate::operation::Operations {
+        &self.operations
+    }
+
+    /// The controller's own host as found at start (`host::lookup`), or as a test set it.
+    pub fn host_identity(&self) -> crate::host::HostIdentity {
+        self.host.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set_host_identity(&self, id: crate::host::HostIdentity) {
+        *self.host.write().unwrap_or_else(|e| e.into_inner()) = id;
     }
 
     pub fn store(&self) -> &Store {

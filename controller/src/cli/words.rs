@@ -164,6 +164,8 @@ pub(crate) fn rollout_event(e: &api::RolloutEvent) -> String {
         K::Aborted => "aborted".into(),
         K::Completed => "completed".into(),
         K::Refused => reason("refused a request".into()),
+        K::Restoring => reason("aborting: bringing back the started nodes".into()),
+        K::Restored => "every started node is back (maintenance off, noout unset)".into(),
     }
 }
 
@@ -214,6 +216,7 @@ pub(crate) fn shutdown_event(e: &api::ShutdownEvent, verbose: bool) -> String {
             format!("{node}: guests not started: {}", vmids.join(", "))
         }
         K::Finished => "finished".into(),
+        K::Preempted => "preempted another operation".into(),
     };
     for t in [&e.reason, &e.output] {
         if !t.is_empty() {
