@@ -1167,4 +1167,80 @@ mod tests {
         )
         .await;
     }
+
+    #[tokio::test]
+    async fn one_operation_at_a_time_whatever_its_kind() {
+        use crate::shutdown::{NodeView, ShutdownView};
+        let dir = tempfile::tempdir().unwrap();
+        let ctl = controller(dir.path());
+        let rollouts = spawn(
+            ctl.clone(),
+            RolloutMachine::new(Config::new("t", None).rollout),
+            Duration::from_secs(3600),
+        );
+        let shutdowns = spawn(
+            ctl.clone(),
+            ShutdownMachine::new(1000),
+            Duration::from_secs(3600),
+        );
+        let plan = crate::rollout::Plan::new(
+            "rollout-1",
+            vec!["pve-01".into()],
+            1,
+            None,
+            Default::default(),
+        )
+        .unwrap();
+        rollouts
+            .start(Rollout::new(plan, None, "op".into()), None)
+            .await
+            .unwrap();
+        let mut view = ShutdownView::default();
+        view.nodes.insert(
+            "pve-01".into(),
+            NodeView {
+                online: true,
+                ..NodeView::default()
+            },
+        );
+        let cfg = crate::shutdown::Config::default();
+        let plan = crate::shutdown::Plan::new("shutdown-2", &view, &cfg, 0).unwrap();
+        let err = shutdowns
+            .start(
+                Shutdown::new(plan.clone(), "op".into()),
+                audit("shutdown.start"),
+            )
+            .await
+            .unwrap_err();
+        let DriverError::Refused(why) = err else {
+            panic!("{err:?}");
+        };
+        assert!(
+            why.contains("cannot start a shutdown")
+                && why.contains("rollout rollout-1")
+                && why.contains("fleetward rollout abort"),
+            "{why}"
+        );
+        assert!(
+            !ctl.store()
+                .list_audit(10)
+                .unwrap()
+                .iter()
+                .any(|a| a.action == "shutdown.start"),
+            "a refused start leaves no audit entry"
+        );
+        rollouts
+            .control(None, crate::rollout::Event::Abort, None)
+            .await
+            .unwrap();
+        assert!(
+            ctl.operations().held().is_none(),
+            "an aborted rollout frees it"
+        );
+        shutdowns
+            .start(Shutdown::new(plan, "op".into()), None)
+            .await
+            .unwrap();
+        assert_eq!(ctl.operations().held().unwrap().id, "shutdown-2");
+    }
 }
