@@ -515,6 +515,8 @@ fn plan_json(resp: &api::ShutdownPlanResponse) -> Value {
             "created_unix_ms": p.created_unix_ms,
             "deadline_unix_ms": p.deadline_unix_ms,
             "controller_host": p.controller_host,
+            "controller_host_note": p.controller_host_note,
+            "controller_host_unknown": p.controller_host_unknown,
             "ha": {
                 "mode": enum_name(p.ha_mode().as_str_name(), "HA_MODE_"),
                 "nodes": p.ha_nodes,
