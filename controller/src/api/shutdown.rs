@@ -76,7 +76,7 @@ fn build_plan(
 
 /// The plan as the API shows it, with the controller's host said (in capitals when
 /// unknown) right under the title.
-fn plan_response(plan: &Plan, host: &HostNode) -> api::ShutdownPlanResponse {
+pub(crate) fn plan_response(plan: &Plan, host: &HostNode) -> api::ShutdownPlanResponse {
     let mut resp = crate::wire::shutdown_plan_response(plan);
     let at = resp.summary.len().min(1);
     resp.summary.insert(at, host.describe());

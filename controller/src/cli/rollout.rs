@@ -642,12 +642,12 @@ pub(crate) fn headline(r: &api::Rollout) -> String {
     );
     if let Some(h) = &r.halt {
         if r.state() == api::RolloutState::Halted {
-            text += &format!(
-                " at {} by gate {}: {}",
-                h.node,
-                words::gate(h.gate()),
-                h.reason
-            );
+            let at = if h.node.is_empty() {
+                String::new()
+            } else {
+                format!(" at {}", h.node)
+            };
+            text += &format!("{at} by gate {}: {}", words::gate(h.gate()), h.reason);
         }
     }
     text

@@ -158,6 +158,7 @@ pub(crate) fn rollout_event(e: &api::RolloutEvent) -> String {
         K::Phase => format!("{node}: {}", phase(e.phase())),
         K::NodeDone => format!("{node}: done"),
         K::Skipped => format!("{node}: skipped by an operator"),
+        K::Halted if node.is_empty() => reason(format!("halted by gate {}", gate(e.gate()))),
         K::Halted => reason(format!("halted at {node} by gate {}", gate(e.gate()))),
         K::Paused => "paused".into(),
         K::Resumed => "resumed".into(),
