@@ -173,10 +173,10 @@ The same for every operator command:
 Done, or healthy.
 .TP
 .B 1
-The thing asked about is not OK: a halted or aborted rollout, a refused request (skip, resume, cancel), an unknown node, error findings for \fBfindings\fR, a startup that did not bring everything back; or the controller failed.
+The thing asked about is not OK: a halted or aborted rollout, a refused request (skip, resume, cancel; a rollout, shutdown or list refresh while another operation runs; a shutdown whose controller host is unknown, without \fB\-\-yes\-host\-unknown\fR), an unknown node, error findings for \fBfindings\fR, a startup that did not bring everything back; or the controller failed.
 .TP
 .B 2
-Usage or configuration error.
+Usage or configuration error (also \fBrollout abort\fR without \fB\-\-yes\fR when stdin is not a terminal).
 .TP
 .B 3
 The controller could not be reached or did not answer.
@@ -201,6 +201,9 @@ The width text tables and live views fit (default: the terminal's).
 .TP
 .B RUST_LOG
 The log filter of \fBserve\fR (default: info).
+.TP
+.B FLEETWARD_TEST_HOSTNAME
+Tests only: the hostname \fBserve\fR believes it has when it finds the node it runs on (\fBhost_node\fR unset). Never set it on a real controller.
 .SH FILES
 .TP
 .I /etc/fleetward/controller.toml

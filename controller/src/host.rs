@@ -1,9 +1,10 @@
 //! Which cluster node the controller runs on (`host_node`): configured, or found by
 //! comparing the controller's own hostname and addresses ([`HostIdentity`]) with what each
 //! node reports (`facts.node.hostname`, `facts.dns.hosts.local_addresses`). The decision
-//! is the pure [`find`]; the real lookup ([`lookup`]) is the binary's edge, and tests set
-//! the identity on the controller instead (`Controller::set_host_identity`, or
-//! `FLEETWARD_TEST_HOSTNAME` for the end-to-end harness).
+//! is the pure [`find`] (`Controller::host_node` feeds it the configuration and the latest
+//! reports); the real lookup ([`lookup`]) is the binary's edge, and tests set the identity
+//! on the controller instead (`Controller::set_host_identity`, or `FLEETWARD_TEST_HOSTNAME`
+//! for the end-to-end harness). A leaf: it imports nothing of the crate.
 //!
 //! The controller's host is powered off last and alone, and rolled last: a wrong guess
 //! would power the controller off before the nodes it still has to shut down. So the
@@ -180,40 +181,6 @@ pub fn lookup(listen: Option<IpAddr>) -> HostIdentity {
     addresses.sort();
     addresses.dedup();
     HostIdentity::new(hostname.as_deref(), addresses)
-}
-
-/// The nodes' identities from their latest reports (every enrolled, not revoked node).
-pub fn node_identities(ctl: &crate::state::Controller) -> Vec<NodeIdentity> {
-    ctl.store()
-        .list_nodes()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|r| !r.revoked)
-        .map(|r| {
-            let report = ctl.latest(&r.name).map(|(r, _)| r);
-            let f = report.as_ref().map(|r| &r.facts);
-            NodeIdentity {
-                hostname: f.and_then(|f| f.node.hostname.clone()),
-                addresses: f
-                    .map(|f| f.dns.hosts.local_addresses.clone())
-                    .unwrap_or_default(),
-                addresses_complete: f.is_some_and(|f| f.dns.hosts.local_addresses_complete),
-                name: r.name,
-            }
-        })
-        .collect()
-}
-
-/// Where the controller runs now, as [`find`] decides it from the configuration, the
-/// controller's identity and the nodes' reports.
-pub fn host_node(ctl: &crate::state::Controller) -> HostNode {
-    let cfg = ctl.config();
-    find(
-        cfg.host_node.as_deref(),
-        cfg.host_outside_cluster,
-        &ctl.host_identity(),
-        &node_identities(ctl),
-    )
 }
 
 #[cfg(test)]

@@ -483,6 +483,36 @@ impl Controller {
         *self.host.write().unwrap_or_else(|e| e.into_inner()) = id;
     }
 
+    /// Where the controller runs now, as `host::find` decides it from the configuration,
+    /// the controller's identity and every enrolled, not revoked node's latest report.
+    pub fn host_node(&self) -> crate::host::HostNode {
+        let nodes: Vec<crate::host::NodeIdentity> = self
+            .store
+            .list_nodes()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| !r.revoked)
+            .map(|r| {
+                let report = self.latest(&r.name).map(|(r, _)| r);
+                let f = report.as_ref().map(|r| &r.facts);
+                crate::host::NodeIdentity {
+                    hostname: f.and_then(|f| f.node.hostname.clone()),
+                    addresses: f
+                        .map(|f| f.dns.hosts.local_addresses.clone())
+                        .unwrap_or_default(),
+                    addresses_complete: f.is_some_and(|f| f.dns.hosts.local_addresses_complete),
+                    name: r.name,
+                }
+            })
+            .collect();
+        crate::host::find(
+            self.cfg.host_node.as_deref(),
+            self.cfg.host_outside_cluster,
+            &self.host_identity(),
+            &nodes,
+        )
+    }
+
     pub fn store(&self) -> &Store {
         &self.store
     }

@@ -643,7 +643,7 @@ fn rollout_plan(ctl: &Controller, r: &api::RolloutRequest) -> Result<crate::roll
         id,
         nodes,
         r.max_unavailable.max(1) as usize,
-        crate::host::host_node(ctl).node().map(str::to_owned),
+        ctl.host_node().node().map(str::to_owned),
         reboot,
     )
     .map_err(|e| Status::invalid_argument(e.to_string()))?;

@@ -66,7 +66,7 @@ fn build_plan(
     let deadline_ms =
         (deadline_secs > 0).then(|| now.saturating_add(deadline_secs.saturating_mul(1000)));
     let mut config = driver::plan_config(ctl.config(), reason, deadline_ms);
-    let host = crate::host::host_node(ctl);
+    let host = ctl.host_node();
     config.controller_host = host.node().map(str::to_owned);
     let view = driver::view(ctl);
     let plan = Plan::new(format!("{SHUTDOWN_PREFIX}{now}"), &view, &config, now)

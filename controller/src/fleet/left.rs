@@ -67,10 +67,12 @@ mod tests {
             healthy: None,
         };
         a.ceph = Some(noout.clone());
-        let mut b = Facts::default();
-        b.ceph = Some(noout);
-        let mut c = Facts::default();
-        c.ha.maintenance = None; // unknown is not "in maintenance"
+        let b = Facts {
+            ceph: Some(noout),
+            ..Facts::default()
+        };
+        // Unknown is not "in maintenance".
+        let c = Facts::default();
         let views = [
             NodeView {
                 name: "pve-02",
