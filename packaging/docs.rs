@@ -260,10 +260,14 @@ fn examples(path: &str) -> &'static [&'static str] {
         "fleetward rollout pause" => &["fleetward rollout pause"],
         "fleetward rollout resume" => &["fleetward rollout resume --id rollout-20261207-0200"],
         "fleetward rollout skip" => &["fleetward rollout skip pve-03"],
-        "fleetward rollout abort" => &["fleetward rollout abort"],
+        "fleetward rollout abort" => &[
+            "fleetward rollout abort --restore",
+            "fleetward rollout abort --yes && fleetward findings",
+        ],
         "fleetward shutdown" | "fleetward shutdown start" => &[
             "fleetward shutdown plan --deadline 10m",
             "fleetward shutdown start --reason maintenance --watch",
+            "fleetward shutdown start --preempt --yes --reason \"UPS on battery\"",
         ],
         "fleetward shutdown plan" => &["fleetward shutdown plan --deadline 15m --reason \"UPS test\""],
         "fleetward shutdown status" => &["fleetward shutdown status --watch"],
@@ -362,10 +366,10 @@ The same for every operator command:
 Done, or healthy.
 .TP
 .B 1
-The thing asked about is not OK: a halted or aborted rollout, a refused request (skip, resume, cancel), an unknown node, error findings for \fBfindings\fR, a startup that did not bring everything back; or the controller failed.
+The thing asked about is not OK: a halted or aborted rollout, a refused request (skip, resume, cancel; a rollout, shutdown or list refresh while another operation runs; a shutdown whose controller host is unknown, without \fB\-\-yes\-host\-unknown\fR), an unknown node, error findings for \fBfindings\fR, a startup that did not bring everything back; or the controller failed.
 .TP
 .B 2
-Usage or configuration error.
+Usage or configuration error (also \fBrollout abort\fR without \fB\-\-yes\fR when stdin is not a terminal).
 .TP
 .B 3
 The controller could not be reached or did not answer.
@@ -390,6 +394,9 @@ The width text tables and live views fit (default: the terminal's).
 .TP
 .B RUST_LOG
 The log filter of \fBserve\fR (default: info).
+.TP
+.B FLEETWARD_TEST_HOSTNAME
+Tests only: the hostname \fBserve\fR believes it has when it finds the node it runs on (\fBhost_node\fR unset). Never set it on a real controller.
 .SH FILES
 .TP
 .I /etc/fleetward/controller.toml

@@ -54,6 +54,11 @@ pub struct Config {
     /// shutdown powers it off last.
     #[serde(default)]
     pub host_node: Option<String>,
+    /// The controller runs on no cluster node: with `host_node` unset and no node matching
+    /// the controller's hostname or addresses, a shutdown starts without
+    /// `--yes-host-unknown`.
+    #[serde(default)]
+    pub host_outside_cluster: bool,
     /// Rollout and shutdown events are POSTed here as JSON (plain `http://` only).
     #[serde(default)]
     pub webhook: Option<String>,
@@ -91,6 +96,9 @@ pub struct ShutdownConfig {
     pub recover_grace_ms: u64,
     /// How often the driver re-evaluates (bounds, deadline); keep well under `safety_ms`.
     pub tick_ms: u64,
+    /// A shutdown that preempts a rollout (`--preempt`, `power-event on-battery`) waits at
+    /// most this long for the rollout's in-flight actions to reach their result.
+    pub preempt_wait_ms: u64,
     /// The machine's waits and bounds.
     #[serde(flatten)]
     pub timing: crate::shutdown::Timing,
@@ -112,6 +120,7 @@ impl Default for ShutdownConfig {
             ha_mode: HaMode::Auto,
             recover_grace_ms: 60_000,
             tick_ms: 1000,
+            preempt_wait_ms: 300_000,
             timing: crate::shutdown::Timing::default(),
         }
     }
@@ -126,6 +135,7 @@ impl TryFrom<toml::Table> for ShutdownConfig {
             ha_mode: take(&mut t, "ha_mode")?.unwrap_or(d.ha_mode),
             recover_grace_ms: take(&mut t, "recover_grace_ms")?.unwrap_or(d.recover_grace_ms),
             tick_ms: take(&mut t, "tick_ms")?.unwrap_or(d.tick_ms),
+            preempt_wait_ms: take(&mut t, "preempt_wait_ms")?.unwrap_or(d.preempt_wait_ms),
             timing: t.try_into().map_err(|e: toml::de::Error| e.to_string())?,
         })
     }
@@ -227,6 +237,7 @@ impl Config {
             metrics_listen: None,
             metrics_allow_remote: false,
             host_node: None,
+            host_outside_cluster: false,
             webhook: None,
             rollout: RolloutConfig::default(),
             shutdown: ShutdownConfig::default(),
@@ -300,7 +311,8 @@ impl Config {
              # Prometheus metrics over plain HTTP (off by default; loopback only).\n\
              # metrics_listen = \"127.0.0.1:9464\"\n\
              # The Proxmox node this controller runs on (rollouts take it last).\n\
-             # host_node = \"pve-01\"\n\
+             # host_node = \"pve-01\"   # found from hostname/addresses when unset\n\
+             # host_outside_cluster = true   # the controller runs on no cluster node\n\
              # Rollout/shutdown events POSTed as JSON (plain http).\n\
              # webhook = \"http://127.0.0.1:8080/fleetward\"\n\
              # [rollout]\n\

@@ -552,6 +552,60 @@ fn verbatim(name: &str) -> bool {
 /// Without a renderer of their own, a fixed sentence or a document: `node refresh`, `node
 /// revoke`, `token revoke` (one line each, in `cli/mod.rs`), `operator issue` (the key and
 /// certificate PEM, or the paths it wrote) and `report` (the controller's Markdown).
+/// An aborted rollout: preempted by a shutdown (pve-02 left in its upgrade's maintenance),
+/// or brought back by `abort --restore`.
+fn aborted(restored: bool) -> api::RolloutStatusResponse {
+    use api::RolloutEventKind as K;
+    use api::RolloutPhase as P;
+    let mut resp = rollout(api::RolloutState::Running);
+    let r = resp.rollout.as_mut().unwrap();
+    r.state = api::RolloutState::Aborted.into();
+    r.nodes[1].waiting_for = None;
+    r.nodes[1].deadline_unix_ms = None;
+    resp.output.clear();
+    if restored {
+        r.nodes[1].phase = P::Done.into();
+        let mut e = event(70, K::Restoring, "", P::Unspecified);
+        e.reason = "pve-02".into();
+        resp.events.push(e);
+        resp.events
+            .push(event(80, K::Phase, "pve-02", P::MaintenanceOff));
+        resp.events.push(event(85, K::Restored, "", P::Unspecified));
+    } else {
+        let mut e = event(70, K::Halted, "", P::Unspecified);
+        e.gate = api::RolloutGate::Preempted.into();
+        e.reason = "preempted by a shutdown started by admin: nothing new is sent; in-flight \
+                    actions settle, then the rollout is aborted"
+            .into();
+        resp.events.push(e);
+    }
+    resp.events.push(event(90, K::Aborted, "", P::Unspecified));
+    resp
+}
+
+/// `shutdown plan` when the controller cannot tell which node it runs on.
+fn shutdown_plan_host_unknown() -> api::ShutdownPlanResponse {
+    use crate::shutdown::{Config, NodeView, Plan, ShutdownView};
+    let mut view = ShutdownView::default();
+    for n in ["pve-01", "pve-02"] {
+        view.nodes.insert(
+            n.into(),
+            NodeView {
+                online: true,
+                ..NodeView::default()
+            },
+        );
+    }
+    let t0 = u64::try_from(T0).unwrap();
+    let plan = Plan::new("shutdown-1796637600000", &view, &Config::default(), t0).unwrap();
+    let host = crate::host::HostNode::Unknown(
+        "no node matches the controller's hostname or addresses, and pve-02 did not report \
+         every address"
+            .into(),
+    );
+    crate::api::shutdown::plan_response(&plan, &host)
+}
+
 fn outputs(width: usize) -> Vec<(&'static str, String)> {
     use api::RolloutState as S;
     use api::ShutdownStageKind as K;
@@ -729,6 +783,18 @@ fn outputs(width: usize) -> Vec<(&'static str, String)> {
         (
             "ca-status",
             crate::certs::render_status(&ca_status(), Format::Text),
+        ),
+        (
+            "rollout-preempted",
+            rollout::status_render(&aborted(false), Format::Text, &v).unwrap(),
+        ),
+        (
+            "rollout-restored",
+            rollout::status_render(&aborted(true), Format::Text, &v).unwrap(),
+        ),
+        (
+            "shutdown-plan-host-unknown",
+            shutdown::plan_text(&shutdown_plan_host_unknown(), &v),
         ),
     ]
 }

@@ -21,6 +21,7 @@ pub mod events;
 pub mod fleet;
 #[cfg(test)]
 mod golden;
+pub mod host;
 pub mod ingest;
 pub mod init;
 pub mod listen;

@@ -59,3 +59,106 @@ pub enum Wake {
     /// re-send what is outstanding, under the same keys.
     Recovered,
 }
+
+/// The one decision of which operation may run: at most one operation (rollout, shutdown
+/// or list refresh) is active at a time, whatever its kind. Each driver holds its active,
+/// unfinished operation here and releases it when it finishes; a start claims it first, and
+/// is refused while any other operation holds it, with that operation's own words on what
+/// runs and how to stop it.
+#[derive(Debug, Default)]
+pub struct Operations {
+    held: std::sync::Mutex<Option<Held>>,
+}
+
+/// The operation that holds the controller, and how an operator stops it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    pub kind: &'static str,
+    pub id: String,
+    /// What it is doing and how to stop it, e.g. `rollout rollout-1 is not finished
+    /// (running): abort it first (`fleetward rollout abort`)`.
+    pub busy: String,
+}
+
+impl Operations {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Held>> {
+        // A poisoned lock still holds a consistent `Option`.
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Claims the controller for a new `kind` operation `id`; refused while another
+    /// operation (of any kind) holds it.
+    pub fn claim(&self, kind: &'static str, id: &str, busy: String) -> Result<(), String> {
+        let mut held = self.lock();
+        if let Some(h) = held.as_ref().filter(|h| h.id != id) {
+            return Err(format!(
+                "cannot start a {kind}: one operation at a time, and {}",
+                h.busy
+            ));
+        }
+        *held = Some(Held {
+            kind,
+            id: id.to_string(),
+            busy,
+        });
+        Ok(())
+    }
+
+    /// Records that `id` (resumed after a restart, or stepped) still holds the controller,
+    /// with its current words. A second unfinished operation found at a restart (journals
+    /// of an older release) does not replace the first.
+    pub fn hold(&self, kind: &'static str, id: &str, busy: String) {
+        let mut held = self.lock();
+        if held.as_ref().is_some_and(|h| h.id != id) {
+            tracing::warn!(kind, id, "another operation already holds the controller");
+            return;
+        }
+        *held = Some(Held {
+            kind,
+            id: id.to_string(),
+            busy,
+        });
+    }
+
+    /// `id` finished (or its start failed): the controller is free.
+    pub fn release(&self, id: &str) {
+        let mut held = self.lock();
+        if held.as_ref().is_some_and(|h| h.id == id) {
+            *held = None;
+        }
+    }
+
+    /// The operation holding the controller, if any.
+    pub fn held(&self) -> Option<Held> {
+        self.lock().clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_operation_at_a_time_whatever_its_kind() {
+        let ops = Operations::default();
+        ops.claim("rollout", "rollout-1", "rollout rollout-1 runs".into())
+            .unwrap();
+        let e = ops
+            .claim("shutdown", "shutdown-2", String::new())
+            .unwrap_err();
+        assert!(e.contains("cannot start a shutdown") && e.contains("rollout rollout-1 runs"));
+        let e = ops
+            .claim("rollout", "rollout-3", String::new())
+            .unwrap_err();
+        assert!(e.contains("rollout rollout-1 runs"), "{e}");
+        ops.hold("rollout", "rollout-1", "halted".into());
+        assert_eq!(ops.held().unwrap().busy, "halted");
+        ops.hold("refresh", "refresh-9", String::new());
+        assert_eq!(ops.held().unwrap().id, "rollout-1", "not replaced");
+        ops.release("refresh-9");
+        assert!(ops.held().is_some(), "only the holder releases");
+        ops.release("rollout-1");
+        assert!(ops.held().is_none());
+        ops.claim("shutdown", "shutdown-2", String::new()).unwrap();
+    }
+}

@@ -121,7 +121,14 @@ pub fn load(dir: &DataDir, cfg: Config) -> Result<Loaded, ServeError> {
         Some(path) => Some(crate::state::load_policy(path).map_err(ServeError::Policy)?),
         None => None,
     };
+    let listen_ip = cfg
+        .listen
+        .parse::<std::net::SocketAddr>()
+        .ok()
+        .map(|a| a.ip());
     let controller = Controller::new(store, ca, cfg, policy)?;
+    // The binary's edge: who the controller's host is (`host::find` decides the node).
+    controller.set_host_identity(crate::host::lookup(listen_ip));
     crate::operators::adopt_operator_files(&controller, dir);
     crate::operators::spawn_local_renewal(&controller, dir.clone());
     Ok(Loaded {
@@ -242,8 +249,9 @@ pub async fn run(
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
     // Each API behind the authorization layer (the only way `api` builds them).
     let agent = AgentApi::server(controller.clone(), max_message);
+    let shutdown_api =
+        ShutdownApi::server(controller.clone(), shutdowns, rollouts.clone(), max_message);
     let operator = OperatorApi::server(controller.clone(), rollouts, refreshes, max_message);
-    let shutdown_api = ShutdownApi::server(controller.clone(), shutdowns, max_message);
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let ctl = controller.clone();

@@ -197,6 +197,10 @@ pub struct Controller {
     /// Session events for the orchestration drivers.
     events: broadcast::Sender<AgentEvent>,
     ingest_counters: IngestCounters,
+    /// Which operation holds the controller (one at a time, whatever its kind).
+    operations: crate::operation::Operations,
+    /// Who the controller's own host is (hostname, addresses), to find `host_node`.
+    host: RwLock<crate::host::HostIdentity>,
 }
 
 /// The policy in force and where it came from.
@@ -279,6 +283,8 @@ impl Controller {
             policy: RwLock::new(policy.map(Arc::new)),
             events: broadcast::channel(EVENTS_CAPACITY).0,
             ingest_counters: IngestCounters::default(),
+            operations: crate::operation::Operations::default(),
+            host: RwLock::new(crate::host::HostIdentity::default()),
         }))
     }
 
@@ -400,6 +406,13 @@ impl Controller {
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
+    }
+
+    /// `node.left-in-maintenance`: HA maintenance or Ceph `noout` that no operation holds.
+    pub fn left_in_maintenance(&self) -> Vec<fleet::FleetFinding> {
+        let fleet = self.fleet();
+        let views = NodeView::of(&fleet);
+        fleet::left::left_in_maintenance(&views, self.operations.held().is_some())
     }
 
     /// What the Prometheus endpoint shows, now.
@@ -539,6 +552,50 @@ impl Controller {
 
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// Which operation holds the controller (the drivers' one exclusivity decision).
+    pub fn operations(&self) -> &crate::operation::Operations {
+        &self.operations
+    }
+
+    /// The controller's own host as found at start (`host::lookup`), or as a test set it.
+    pub fn host_identity(&self) -> crate::host::HostIdentity {
+        self.host.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set_host_identity(&self, id: crate::host::HostIdentity) {
+        *self.host.write().unwrap_or_else(|e| e.into_inner()) = id;
+    }
+
+    /// Where the controller runs now, as `host::find` decides it from the configuration,
+    /// the controller's identity and every enrolled, not revoked node's latest report.
+    pub fn host_node(&self) -> crate::host::HostNode {
+        let nodes: Vec<crate::host::NodeIdentity> = self
+            .store
+            .list_nodes()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| !r.revoked)
+            .map(|r| {
+                let report = self.latest(&r.name).map(|(r, _)| r);
+                let f = report.as_ref().map(|r| &r.facts);
+                crate::host::NodeIdentity {
+                    hostname: f.and_then(|f| f.node.hostname.clone()),
+                    addresses: f
+                        .map(|f| f.dns.hosts.local_addresses.clone())
+                        .unwrap_or_default(),
+                    addresses_complete: f.is_some_and(|f| f.dns.hosts.local_addresses_complete),
+                    name: r.name,
+                }
+            })
+            .collect();
+        crate::host::find(
+            self.cfg.host_node.as_deref(),
+            self.cfg.host_outside_cluster,
+            &self.host_identity(),
+            &nodes,
+        )
     }
 
     pub fn store(&self) -> &Store {

@@ -179,6 +179,7 @@ fn gate(g: Gate) -> api::RolloutGate {
         Gate::GuestsReturned => W::GuestsReturned,
         Gate::UnknownState => W::UnknownState,
         Gate::ObserveOnly => W::ObserveOnly,
+        Gate::Preempted => W::Preempted,
     }
 }
 
@@ -280,6 +281,11 @@ pub fn rollout_event(e: &OpEvent) -> api::RolloutEvent {
             out.reason = reason;
             (K::Refused, None)
         }
+        N::Restoring { nodes } => {
+            out.reason = nodes.join(", ");
+            (K::Restoring, None)
+        }
+        N::Restored => (K::Restored, None),
     };
     out.kind = kind.into();
     out.node = node.unwrap_or_default();
@@ -425,6 +431,12 @@ pub fn shutdown_plan(p: &Plan) -> api::ShutdownPlan {
         HaPlan::Maintenance { nodes } => (api::HaMode::Maintenance, nodes.clone()),
     };
     api::ShutdownPlan {
+        controller_host_note: p
+            .controller_host
+            .as_ref()
+            .map(|h| format!("Controller host: {h}"))
+            .unwrap_or_default(),
+        controller_host_unknown: false,
         id: p.id.clone(),
         reason: p.reason.clone(),
         created_unix_ms: unix_ms(p.created_ms),
@@ -586,6 +598,10 @@ pub fn shutdown_event(e: &OpEvent) -> api::ShutdownEvent {
             K::GuestsNotStarted
         }
         N::Finished => K::Finished,
+        N::Preempted { detail } => {
+            out.reason = detail;
+            K::Preempted
+        }
     };
     out.kind = kind.into();
     out
@@ -711,6 +727,9 @@ mod tests {
                 vmids: vec![101, 102],
             },
             N::Finished,
+            N::Preempted {
+                detail: "rollout-1".into(),
+            },
         ];
         let mut kinds = std::collections::BTreeSet::new();
         for n in &notices {
@@ -878,6 +897,7 @@ mod tests {
             state,
             created_ms: 3,
             actor: "admin".into(),
+            preempted: None,
         };
         let events = [op(&shutdown::Notice::Started { forced: false })];
         let resp = shutdown_status(Some((&s, &events)), "started".into());

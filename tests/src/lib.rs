@@ -202,7 +202,12 @@ impl Controller {
             .append(true)
             .open(self.dir.path().join("serve.log"))
             .expect("log file");
-        let child = Command::new(bin("fleetward"))
+        let mut cmd = Command::new(bin("fleetward"));
+        // The controller's own hostname, as a test decides it (`set_test_hostname`).
+        if let Ok(h) = std::fs::read_to_string(self.dir.path().join("test-hostname")) {
+            cmd.env("FLEETWARD_TEST_HOSTNAME", h.trim());
+        }
+        let child = cmd
             .args(["serve", "--listen", &listen, "--data-dir"])
             .arg(self.dir.path())
             .env("RUST_LOG", "info")
@@ -216,6 +221,12 @@ impl Controller {
             let a = a.trim().to_string();
             std::net::TcpStream::connect(&a).ok().map(|_| a)
         });
+    }
+
+    /// The hostname the controller believes it has from its next (re)start on
+    /// (`FLEETWARD_TEST_HOSTNAME`): it then runs "on" the node reporting that hostname.
+    pub fn set_test_hostname(&self, hostname: &str) {
+        std::fs::write(self.dir.path().join("test-hostname"), hostname).expect("test-hostname");
     }
 
     pub fn pid(&self) -> Option<u32> {

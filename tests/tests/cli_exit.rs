@@ -75,6 +75,8 @@ fn every_command_exits_by_the_same_rules() {
         (&["rollout", "status"], 1),
         (&["rollout", "skip", "pve-99"], 1),
         (&["rollout", "resume"], 1),
+        (&["rollout", "abort", "--yes"], 1),
+        (&["rollout", "abort", "--yes", "--restore"], 1),
         (&["rollout", "plan", "--nodes", "pve-99"], 1),
         (&["shutdown", "status"], 1),
         (&["shutdown", "plan"], 1),
@@ -87,6 +89,8 @@ fn every_command_exits_by_the_same_rules() {
         (&["report", "--output", "json"], 2),
         (&["report", "--format", "html"], 2),
         (&["rollout", "status", "--bogus"], 2),
+        // Abort asks; without a terminal and without --yes nobody can answer.
+        (&["rollout", "abort"], 2),
         (
             &["policy", "check", "--file", "/nonexistent/policy.toml"],
             2,
@@ -186,7 +190,17 @@ fn a_halted_rollout_and_a_refused_request_exit_1() {
             (&["rollout", "skip", "pve-99"], 1),
             (&["rollout", "plan"], 0),
             (&["nodes"], 0),
+            // One operation at a time: the halted rollout refuses another start.
+            (&["rollout", "start", "--yes"], 1),
+            (&["shutdown", "start", "--yes"], 1),
+            (&["rollout", "abort"], 2),
         ],
+    );
+    let out = run(dir, &["rollout", "start", "--yes"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("one operation at a time") && stderr.contains("fleetward rollout abort"),
+        "the refusal names what runs and how to stop it: {stderr}"
     );
     let out = run(dir, &["rollout", "skip", "pve-99"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -198,7 +212,7 @@ fn a_halted_rollout_and_a_refused_request_exit_1() {
     check(
         dir,
         &[
-            (&["rollout", "abort"], 0),
+            (&["rollout", "abort", "--yes"], 0),
             (&["rollout", "status"], 1),
             (&["rollout", "resume"], 1),
         ],

@@ -526,7 +526,9 @@ ha_mode = "disarm"
 action_ms = 60000
 tier_wait_ms = 10000
 default_guest_timeout_secs = 30"#;
-    let mut cl = Cluster::start(&[], config, |n, root| {
+    // No host_node: the controller runs on none of these nodes.
+    let outside = ("# host_outside_cluster", "true");
+    let mut cl = Cluster::start(&[outside], config, |n, root| {
         if n == "pve-03" {
             let p = root.join("var/lib/fleetward-sim/guests.json");
             let text = std::fs::read_to_string(&p)

@@ -160,6 +160,7 @@ impl OperatorService for OperatorApi {
         findings.extend(
             ctl.fleet_findings(None)
                 .iter()
+                .chain(&ctl.left_in_maintenance())
                 .filter(|f| {
                     f.finding.severity >= min && r.node.as_ref().is_none_or(|n| *n == f.node)
                 })
@@ -609,8 +610,14 @@ impl OperatorService for OperatorApi {
         let ctl = &self.ctl;
         let caller = Caller::of(&req)?.clone();
         let r = req.into_inner();
-        let event = crate::wire::control_event(r.verb, r.node)
+        let mut event = crate::wire::control_event(r.verb, r.node)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if r.restore {
+            if event != crate::rollout::Event::Abort {
+                return Err(Status::invalid_argument("restore goes with abort only"));
+            }
+            event = crate::rollout::Event::AbortRestore;
+        }
         let audit = Audit {
             actor: caller.identity.name.clone(),
             action: "rollout.control".into(),
@@ -707,7 +714,7 @@ fn rollout_plan(
         id,
         nodes,
         r.max_unavailable.max(1) as usize,
-        ctl.config().host_node.clone(),
+        ctl.host_node().node().map(str::to_owned),
         reboot,
     )
     .map_err(|e| Status::invalid_argument(e.to_string()))?;

@@ -12,6 +12,8 @@ use tonic::{Request, Response, Status};
 
 use super::{driver_status, internal, Authorized};
 use crate::clock::now_ms;
+use crate::host::HostNode;
+use crate::orchestrate::rollout::Rollouts;
 use crate::orchestrate::shutdown::{
     self as driver, stage_word, Shutdown, Shutdowns, SHUTDOWN_PREFIX,
 };
@@ -23,6 +25,8 @@ use crate::state::{Caller, Controller};
 pub struct ShutdownApi {
     ctl: Arc<Controller>,
     shutdowns: Shutdowns,
+    /// For a preempting start (`--preempt`, `power-event on-battery`).
+    rollouts: Rollouts,
 }
 
 impl ShutdownApi {
@@ -31,11 +35,13 @@ impl ShutdownApi {
     pub fn server(
         ctl: Arc<Controller>,
         shutdowns: Shutdowns,
+        rollouts: Rollouts,
         max_message: usize,
     ) -> Authorized<ShutdownServiceServer<ShutdownApi>> {
         let api = ShutdownApi {
             ctl: ctl.clone(),
             shutdowns,
+            rollouts,
         };
         Authorized::new(
             ctl,
@@ -49,19 +55,36 @@ fn ups_reason(runtime_secs: u64) -> String {
     format!("UPS on battery (runtime {runtime_secs} s)")
 }
 
-/// Builds the plan for the cluster as it is now.
+/// Builds the plan for the cluster as it is now, with where the controller runs (its
+/// node, when known, is powered off last and alone).
 fn build_plan(
     ctl: &Controller,
     reason: Option<String>,
     deadline_secs: u64,
-) -> Result<Plan, Status> {
+) -> Result<(Plan, HostNode), Status> {
     let now = now_ms();
     let deadline_ms =
         (deadline_secs > 0).then(|| now.saturating_add(deadline_secs.saturating_mul(1000)));
-    let config = driver::plan_config(ctl.config(), reason, deadline_ms);
+    let mut config = driver::plan_config(ctl.config(), reason, deadline_ms);
+    let host = ctl.host_node();
+    config.controller_host = host.node().map(str::to_owned);
     let view = driver::view(ctl);
-    Plan::new(format!("{SHUTDOWN_PREFIX}{now}"), &view, &config, now)
-        .map_err(|e| Status::failed_precondition(format!("cannot plan a shutdown: {e}")))
+    let plan = Plan::new(format!("{SHUTDOWN_PREFIX}{now}"), &view, &config, now)
+        .map_err(|e| Status::failed_precondition(format!("cannot plan a shutdown: {e}")))?;
+    Ok((plan, host))
+}
+
+/// The plan as the API shows it, with the controller's host said (in capitals when
+/// unknown) right under the title.
+pub(crate) fn plan_response(plan: &Plan, host: &HostNode) -> api::ShutdownPlanResponse {
+    let mut resp = crate::wire::shutdown_plan_response(plan);
+    let at = resp.summary.len().min(1);
+    resp.summary.insert(at, host.describe());
+    if let Some(p) = resp.plan.as_mut() {
+        p.controller_host_note = host.describe();
+        p.controller_host_unknown = matches!(host, HostNode::Unknown(_));
+    }
+    resp
 }
 
 /// The same steps, ignoring what depends on the moment (guest-stop timeouts cut by a
@@ -124,8 +147,10 @@ async fn start(
     plan: Plan,
     actor: &str,
     detail: String,
+    preempted: Option<String>,
 ) -> Result<Shutdown, Status> {
-    let record = Shutdown::new(plan, actor.to_string());
+    let mut record = Shutdown::new(plan, actor.to_string());
+    record.preempted = preempted;
     let audit = audit(actor, "shutdown.start", detail);
     let (s, _) = shutdowns
         .start(record, audit)
@@ -162,8 +187,8 @@ impl ShutdownService for ShutdownApi {
         let ctl = &self.ctl;
         Caller::of(&req)?;
         let r = req.into_inner();
-        let plan = build_plan(ctl, reason_of(&r.reason), r.deadline_secs)?;
-        Ok(Response::new(crate::wire::shutdown_plan_response(&plan)))
+        let (plan, host) = build_plan(ctl, reason_of(&r.reason), r.deadline_secs)?;
+        Ok(Response::new(plan_response(&plan, &host)))
     }
 
     async fn start(
@@ -173,7 +198,28 @@ impl ShutdownService for ShutdownApi {
         let ctl = &self.ctl;
         let caller = Caller::of(&req)?.clone();
         let r = req.into_inner();
-        let plan = build_plan(ctl, reason_of(&r.reason), r.deadline_secs)?;
+        let actor = caller.identity.name.clone();
+        // One operation at a time: without --preempt a running operation refuses the
+        // start (the driver's claim, with its words); with it the rollout is stopped first.
+        let preempted = if r.preempt {
+            let by = format!("a shutdown started by {actor}");
+            crate::orchestrate::preempt::preempt(ctl, &self.rollouts, &actor, &by)
+                .await
+                .map_err(driver_status)?
+        } else {
+            None
+        };
+        let (plan, host) = build_plan(ctl, reason_of(&r.reason), r.deadline_secs)?;
+        if let HostNode::Unknown(why) = &host {
+            if !r.yes_host_unknown {
+                return Err(Status::failed_precondition(format!(
+                    "the controller cannot tell which node it runs on ({why}): it could be \
+                     powered off before the others; set host_node (or host_outside_cluster \
+                     = true) in controller.toml, or pass --yes-host-unknown; nothing was \
+                     started"
+                )));
+            }
+        }
         if let Some(reviewed) = &r.reviewed {
             let reviewed = crate::wire::reviewed_steps(reviewed)
                 .map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -188,9 +234,11 @@ impl ShutdownService for ShutdownApi {
             "reason": plan.reason,
             "deadline_secs": r.deadline_secs,
             "tiers": plan.tiers,
+            "controller_host": host.describe(),
+            "preempted": preempted,
         })
         .to_string();
-        let s = start(&self.shutdowns, plan, &caller.identity.name, detail).await?;
+        let s = start(&self.shutdowns, plan, &actor, detail, preempted).await?;
         status(ctl, Some(&s), format!("shutdown {} started", s.id()))
     }
 
@@ -300,9 +348,19 @@ impl ShutdownService for ShutdownApi {
                     );
                     return status(ctl, Some(&s), msg);
                 }
-                let plan = build_plan(ctl, Some(ups_reason(r.runtime_secs)), r.runtime_secs)?;
-                let detail = ups_reason(r.runtime_secs);
-                let s = start(&self.shutdowns, plan, &caller.identity.name, detail).await?;
+                // Power loss outranks maintenance: a running rollout is preempted.
+                let actor = caller.identity.name.clone();
+                let by = format!("a power event ({})", ups_reason(r.runtime_secs));
+                let preempted =
+                    crate::orchestrate::preempt::preempt(ctl, &self.rollouts, &actor, &by)
+                        .await
+                        .map_err(driver_status)?;
+                // The UPS does not wait for a person: an unknown controller host is said
+                // in the plan and the audit log, not refused.
+                let (plan, host) =
+                    build_plan(ctl, Some(ups_reason(r.runtime_secs)), r.runtime_secs)?;
+                let detail = format!("{}; {}", ups_reason(r.runtime_secs), host.describe());
+                let s = start(&self.shutdowns, plan, &actor, detail, preempted).await?;
                 let msg = format!(
                     "shutdown {} started: the last node is due off within {} s",
                     s.id(),

@@ -97,8 +97,20 @@ pub enum RolloutCmd {
     Pause(IdOpts),
     /// Continue a paused or halted rollout (re-runs the step that stopped).
     Resume(IdOpts),
-    /// Stop for good; started nodes are left where they are for a person.
-    Abort(IdOpts),
+    /// Stop for good (asks first, unless --yes). Started nodes are left where they are
+    /// (the status names them) unless --restore brings them back.
+    Abort {
+        /// Do not ask for confirmation (required when stdin is not a terminal).
+        #[arg(long)]
+        yes: bool,
+        /// Bring the nodes the rollout started back first: `ceph osd unset noout` (if it
+        /// set it) and maintenance off, each observed; an action in flight (an upgrade)
+        /// is waited for, never interrupted.
+        #[arg(long)]
+        restore: bool,
+        #[command(flatten)]
+        id: IdOpts,
+    },
     /// Leave out a node that has not started (audited).
     Skip {
         node: String,
@@ -128,8 +140,8 @@ impl RolloutCmd {
             | RolloutCmd::Start { opts, .. }
             | RolloutCmd::Status { opts, .. }
             | RolloutCmd::List { opts } => opts,
-            RolloutCmd::Pause(i) | RolloutCmd::Resume(i) | RolloutCmd::Abort(i) => &i.opts,
-            RolloutCmd::Skip { id, .. } => &id.opts,
+            RolloutCmd::Pause(i) | RolloutCmd::Resume(i) => &i.opts,
+            RolloutCmd::Skip { id, .. } | RolloutCmd::Abort { id, .. } => &id.opts,
         }
     }
 }
@@ -212,7 +224,18 @@ pub(super) async fn execute(
         }
         RolloutCmd::Pause(i) => control(c, i, api::ControlVerb::Pause, "", fmt).await?,
         RolloutCmd::Resume(i) => control(c, i, api::ControlVerb::Resume, "", fmt).await?,
-        RolloutCmd::Abort(i) => control(c, i, api::ControlVerb::Abort, "", fmt).await?,
+        RolloutCmd::Abort { yes, restore, id } => {
+            if !yes {
+                confirm_abort(*restore)?;
+            }
+            let req = api::RolloutControlRequest {
+                id: id.id.clone().unwrap_or_default(),
+                verb: api::ControlVerb::Abort.into(),
+                node: String::new(),
+                restore: *restore,
+            };
+            control_req(c, req, fmt).await?
+        }
         RolloutCmd::Skip { node, id } => control(c, id, api::ControlVerb::Skip, node, fmt).await?,
         RolloutCmd::List { .. } => {
             let resp = c
@@ -231,16 +254,49 @@ async fn control(
     node: &str,
     fmt: Format,
 ) -> Result<Reply, CliError> {
+    let req = api::RolloutControlRequest {
+        id: i.id.clone().unwrap_or_default(),
+        verb: verb.into(),
+        node: node.into(),
+        restore: false,
+    };
+    control_req(c, req, fmt).await
+}
+
+/// `rollout abort` without `--yes`: asks on a terminal; without one it refuses (exit 2),
+/// since nobody could answer.
+fn confirm_abort(restore: bool) -> Result<(), CliError> {
+    use std::io::IsTerminal;
+    if !std::io::stdin().is_terminal() {
+        return Err(CliError::Config(
+            "rollout abort needs confirmation and stdin is not a terminal: pass --yes".into(),
+        ));
+    }
+    let question = if restore {
+        "Abort the rollout and bring its started nodes back (noout unset, maintenance off)?"
+    } else {
+        "Abort the rollout? Started nodes stay where they are (in maintenance, perhaps \
+         under noout) until a person brings them back; --restore does it."
+    };
+    if confirm(question)? {
+        Ok(())
+    } else {
+        Err(CliError::Failed(
+            "not confirmed: nothing was aborted".into(),
+        ))
+    }
+}
+
+async fn control_req(
+    c: &mut OperatorServiceClient<Channel>,
+    req: api::RolloutControlRequest,
+    fmt: Format,
+) -> Result<Reply, CliError> {
+    let verb = req.verb();
+    let node = req.node.clone();
     // A refused request (skip of a started node, resume of a finished rollout) comes back
     // as an error with the reason; an accepted one is done, whatever state it leaves.
-    let resp = c
-        .rollout_control(api::RolloutControlRequest {
-            id: i.id.clone().unwrap_or_default(),
-            verb: verb.into(),
-            node: node.into(),
-        })
-        .await?
-        .into_inner();
+    let resp = c.rollout_control(req).await?.into_inner();
     // The controller ignores a request that cannot apply to the rollout's state (resume an
     // aborted rollout): that is a refusal too, not a status with exit 0.
     if let Some(r) = &resp.rollout {
@@ -429,7 +485,26 @@ fn rollout_json(r: &api::Rollout) -> Value {
         "updated_unix_ms": r.updated_unix_ms,
         "actor": r.actor,
         "nodes": nodes,
+        "left_changed": left_changed(r),
     })
+}
+
+/// Nodes an aborted rollout started and did not finish: left in maintenance (perhaps
+/// under noout) for a person.
+fn left_changed(r: &api::Rollout) -> Vec<String> {
+    if r.state() != api::RolloutState::Aborted {
+        return Vec::new();
+    }
+    r.nodes
+        .iter()
+        .filter(|n| {
+            !matches!(
+                n.phase(),
+                api::RolloutPhase::Pending | api::RolloutPhase::Done | api::RolloutPhase::Skipped
+            )
+        })
+        .map(|n| n.name.clone())
+        .collect()
 }
 
 /// An event as JSON: `{time_unix_ms, event, …the fields its kind uses}`.
@@ -535,6 +610,17 @@ pub(crate) fn status_render(
             text.push('\n');
         }
     }
+    let left = left_changed(r);
+    if !left.is_empty() {
+        text += &view.wrap_line(&format!(
+            "LEFT CHANGED: {} (started and not finished: in HA maintenance, perhaps under \
+             Ceph noout); bring them back by hand (`ha-manager crm-command node-maintenance \
+             disable NODE`, `ceph osd unset noout`) — `fleetward findings` shows \
+             node.left-in-maintenance until they are",
+            left.join(", ")
+        ));
+        text.push('\n');
+    }
     if r.state() == api::RolloutState::Halted {
         text += &view.wrap_line(
             "next: fix the cause, then `fleetward rollout resume` (re-runs the step that \
@@ -573,12 +659,12 @@ pub(crate) fn headline(r: &api::Rollout) -> String {
     );
     if let Some(h) = &r.halt {
         if r.state() == api::RolloutState::Halted {
-            text += &format!(
-                " at {} by gate {}: {}",
-                h.node,
-                words::gate(h.gate()),
-                h.reason
-            );
+            let at = if h.node.is_empty() {
+                String::new()
+            } else {
+                format!(" at {}", h.node)
+            };
+            text += &format!("{at} by gate {}: {}", words::gate(h.gate()), h.reason);
         }
     }
     text

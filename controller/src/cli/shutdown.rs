@@ -30,6 +30,16 @@ pub enum ShutdownCmd {
         /// Then follow its progress as `status --watch` does.
         #[arg(long)]
         watch: bool,
+        /// A running rollout does not refuse the start: it stops sending, its in-flight
+        /// actions settle (bounded by `[shutdown] preempt_wait_ms`), it is aborted, and the
+        /// shutdown is planned from the cluster as it is then (the plan shown before may
+        /// differ).
+        #[arg(long)]
+        preempt: bool,
+        /// Start although the controller cannot tell which node it runs on (the plan says
+        /// CONTROLLER HOST UNKNOWN): that node may be powered off before the others.
+        #[arg(long)]
+        yes_host_unknown: bool,
     },
     /// Where the newest shutdown is: stage, every action sent and its outcome, events.
     Status {
@@ -142,16 +152,27 @@ pub(super) async fn shutdown(
                 Format::Text => plan_text(&resp, &View::here(false)),
             }))
         }
-        ShutdownCmd::Start { plan, yes, watch } => {
+        ShutdownCmd::Start {
+            plan,
+            yes,
+            watch,
+            preempt,
+            yes_host_unknown,
+        } => {
             let resp = c.plan(plan_request(plan)).await?.into_inner();
             let summary = plan_text(&resp, &View::here(false));
             if !yes {
                 confirm(&summary)?;
             }
             let mut req = plan_request(plan);
-            req.reviewed = Some(api::ReviewedSteps {
-                steps: resp.plan.map(|p| p.steps).unwrap_or_default(),
-            });
+            req.preempt = *preempt;
+            req.yes_host_unknown = *yes_host_unknown;
+            // A preempting start plans from the cluster as it is once the rollout stopped.
+            if !preempt {
+                req.reviewed = Some(api::ReviewedSteps {
+                    steps: resp.plan.map(|p| p.steps).unwrap_or_default(),
+                });
+            }
             let st = c.start(req).await?.into_inner();
             if *watch {
                 return watch_shutdown(&mut c, fmt, false, false).await;
@@ -394,6 +415,8 @@ fn plan_request(p: &PlanArgs) -> api::ShutdownPlanRequest {
         reason: p.reason.clone().unwrap_or_default(),
         deadline_secs: p.deadline.unwrap_or(0),
         reviewed: None,
+        preempt: false,
+        yes_host_unknown: false,
     }
 }
 
@@ -492,6 +515,8 @@ fn plan_json(resp: &api::ShutdownPlanResponse) -> Value {
             "created_unix_ms": p.created_unix_ms,
             "deadline_unix_ms": p.deadline_unix_ms,
             "controller_host": p.controller_host,
+            "controller_host_note": p.controller_host_note,
+            "controller_host_unknown": p.controller_host_unknown,
             "ha": {
                 "mode": enum_name(p.ha_mode().as_str_name(), "HA_MODE_"),
                 "nodes": p.ha_nodes,

@@ -158,12 +158,15 @@ pub(crate) fn rollout_event(e: &api::RolloutEvent) -> String {
         K::Phase => format!("{node}: {}", phase(e.phase())),
         K::NodeDone => format!("{node}: done"),
         K::Skipped => format!("{node}: skipped by an operator"),
+        K::Halted if node.is_empty() => reason(format!("halted by gate {}", gate(e.gate()))),
         K::Halted => reason(format!("halted at {node} by gate {}", gate(e.gate()))),
         K::Paused => "paused".into(),
         K::Resumed => "resumed".into(),
         K::Aborted => "aborted".into(),
         K::Completed => "completed".into(),
         K::Refused => reason("refused a request".into()),
+        K::Restoring => reason("aborting: bringing back the started nodes".into()),
+        K::Restored => "every started node is back (maintenance off, noout unset)".into(),
     }
 }
 
@@ -214,6 +217,7 @@ pub(crate) fn shutdown_event(e: &api::ShutdownEvent, verbose: bool) -> String {
             format!("{node}: guests not started: {}", vmids.join(", "))
         }
         K::Finished => "finished".into(),
+        K::Preempted => "preempted another operation".into(),
     };
     for t in [&e.reason, &e.output] {
         if !t.is_empty() {

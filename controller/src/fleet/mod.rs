@@ -8,11 +8,14 @@
 //!   compare two of them.
 //! - [`drift`](mod@drift): nodes compared with each other — the majority is the reference.
 //! - [`policy`]: nodes compared with the operator's desired state (a TOML file in git).
+//! - [`left`]: `node.left-in-maintenance`, HA maintenance or Ceph `noout` that no operation
+//!   holds.
 //!
 //! Drift and policy never look at identities (hostname, IPs, boot ids, ESP volume ids) or at
 //! Secure Boot *Setup Mode*: the seed cluster differs in exactly those, legitimately.
 
 pub mod drift;
+pub mod left;
 pub mod normalize;
 pub mod policy;
 pub mod report;

@@ -31,6 +31,7 @@
 //!
 //! Operator requests that change something are audited by the driver, before the step.
 
+pub mod preempt;
 pub mod refresh;
 pub mod rollout;
 pub mod shutdown;
@@ -95,7 +96,8 @@ pub trait Machine: Send + 'static {
     fn created_ms(r: &Self::Record) -> u64;
     /// Nothing more happens without a new start.
     fn finished(r: &Self::Record) -> bool;
-    /// Why a new start is refused while `r` is not finished.
+    /// What `r` is doing and how an operator stops it: the reason a start of any
+    /// operation is refused while `r` is not finished.
     fn busy(r: &Self::Record) -> String;
     /// The record's clock (the latest tick it saw): a step that only moved it is not
     /// written to the journal.
@@ -169,7 +171,7 @@ type Reply<T> = oneshot::Sender<Result<T, DriverError>>;
 
 /// What the operator API asks a driver.
 pub enum Request<M: Machine> {
-    /// Start `record` (refused while another operation of this kind is not finished).
+    /// Start `record` (refused while another operation of any kind is not finished).
     Start {
         record: Box<M::Record>,
         audit: Option<Audit>,
@@ -406,6 +408,7 @@ impl<M: Machine> Driver<M> {
             tracing::info!(id = %M::id(&r), "resuming {} after restart", M::KIND);
             let grace = self.machine.recover_grace_ms(&r);
             self.watch.send_replace(Some(r.clone()));
+            self.ctl.operations().hold(M::KIND, M::id(&r), M::busy(&r));
             self.active = Some(r);
             self.grace_until = Some(now_ms().saturating_add(grace));
             self.check_grace();
@@ -595,10 +598,17 @@ impl<M: Machine> Driver<M> {
         record: M::Record,
         audit: Option<Audit>,
     ) -> Result<(M::Record, Vec<M::Notice>), DriverError> {
-        if let Some(r) = self.active.as_ref().filter(|r| !M::finished(r)) {
-            return Err(DriverError::Refused(M::busy(r)));
+        // The one exclusivity decision: no start while any operation, of any kind, holds
+        // the controller (`operation::Operations`).
+        let id = M::id(&record).to_string();
+        self.ctl
+            .operations()
+            .claim(M::KIND, &id, M::busy(&record))
+            .map_err(DriverError::Refused)?;
+        if let Err(e) = self.audit(audit.as_ref(), &id) {
+            self.ctl.operations().release(&id);
+            return Err(e);
         }
-        self.audit(audit.as_ref(), M::id(&record))?;
         let previous = self.active.replace(record);
         match self.step(M::start(now_ms())) {
             Ok(notices) => {
@@ -609,6 +619,7 @@ impl<M: Machine> Driver<M> {
             }
             Err(e) => {
                 self.active = previous;
+                self.ctl.operations().release(&id);
                 Err(e)
             }
         }
@@ -722,6 +733,11 @@ impl<M: Machine> Driver<M> {
             }
         }
         let id = M::id(&next).to_string();
+        if M::finished(&next) {
+            self.ctl.operations().release(&id);
+        } else {
+            self.ctl.operations().hold(M::KIND, &id, M::busy(&next));
+        }
         self.watch.send_replace(Some(next.clone()));
         self.active = Some(next);
         for e in effects {
@@ -1150,5 +1166,81 @@ mod tests {
             |s| s.state.stage != Stage::Planned && s.state.up_reason.is_some(),
         )
         .await;
+    }
+
+    #[tokio::test]
+    async fn one_operation_at_a_time_whatever_its_kind() {
+        use crate::shutdown::{NodeView, ShutdownView};
+        let dir = tempfile::tempdir().unwrap();
+        let ctl = controller(dir.path());
+        let rollouts = spawn(
+            ctl.clone(),
+            RolloutMachine::new(Config::new("t", None).rollout),
+            Duration::from_secs(3600),
+        );
+        let shutdowns = spawn(
+            ctl.clone(),
+            ShutdownMachine::new(1000),
+            Duration::from_secs(3600),
+        );
+        let plan = crate::rollout::Plan::new(
+            "rollout-1",
+            vec!["pve-01".into()],
+            1,
+            None,
+            Default::default(),
+        )
+        .unwrap();
+        rollouts
+            .start(Rollout::new(plan, None, "op".into()), None)
+            .await
+            .unwrap();
+        let mut view = ShutdownView::default();
+        view.nodes.insert(
+            "pve-01".into(),
+            NodeView {
+                online: true,
+                ..NodeView::default()
+            },
+        );
+        let cfg = crate::shutdown::Config::default();
+        let plan = crate::shutdown::Plan::new("shutdown-2", &view, &cfg, 0).unwrap();
+        let err = shutdowns
+            .start(
+                Shutdown::new(plan.clone(), "op".into()),
+                audit("shutdown.start"),
+            )
+            .await
+            .unwrap_err();
+        let DriverError::Refused(why) = err else {
+            panic!("{err:?}");
+        };
+        assert!(
+            why.contains("cannot start a shutdown")
+                && why.contains("rollout rollout-1")
+                && why.contains("fleetward rollout abort"),
+            "{why}"
+        );
+        assert!(
+            !ctl.store()
+                .list_audit(10)
+                .unwrap()
+                .iter()
+                .any(|a| a.action == "shutdown.start"),
+            "a refused start leaves no audit entry"
+        );
+        rollouts
+            .control(None, crate::rollout::Event::Abort, None)
+            .await
+            .unwrap();
+        assert!(
+            ctl.operations().held().is_none(),
+            "an aborted rollout frees it"
+        );
+        shutdowns
+            .start(Shutdown::new(plan, "op".into()), None)
+            .await
+            .unwrap();
+        assert_eq!(ctl.operations().held().unwrap().id, "shutdown-2");
     }
 }

@@ -41,7 +41,8 @@ impl Machine for RefreshMachine {
     }
     fn busy(r: &RefreshState) -> String {
         format!(
-            "package lists are being refreshed ({}); try again when it ends",
+            "the package list refresh {} is running; it ends by itself (each node's `apt-get \
+             update` is bounded): try again when it has",
             r.id
         )
     }

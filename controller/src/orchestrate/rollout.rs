@@ -155,7 +155,9 @@ impl Machine for RolloutMachine {
     }
     fn busy(r: &Rollout) -> String {
         format!(
-            "rollout {} is not finished ({}); abort it first",
+            "rollout {} is not finished ({}): stop it with `fleetward rollout abort` \
+             (`--restore` brings its nodes back), or preempt it with `fleetward shutdown \
+             start --preempt`",
             r.id(),
             status_word(&r.state.status)
         )

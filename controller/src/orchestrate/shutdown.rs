@@ -39,6 +39,10 @@ pub struct Shutdown {
     pub created_ms: u64,
     /// Who started it (operator name, or `ups` for a power event).
     pub actor: String,
+    /// The operation this shutdown preempted, and how its in-flight actions ended: the
+    /// start writes it into the shutdown's event log (`preempted`).
+    #[serde(default)]
+    pub preempted: Option<String>,
 }
 
 impl Shutdown {
@@ -47,6 +51,7 @@ impl Shutdown {
             state: ShutdownState::new(plan),
             created_ms: now_ms(),
             actor,
+            preempted: None,
         }
     }
 
@@ -273,8 +278,15 @@ impl Machine for ShutdownMachine {
         view: &ShutdownView,
     ) -> (Shutdown, Vec<Effect<Notice>>) {
         let (state, commands) = shutdown::step(&s.state, ev, view);
-        let effects = commands
+        let preempted = match (ev, &s.preempted) {
+            (Event::Start { .. }, Some(detail)) => Some(Command::Notify(Notice::Preempted {
+                detail: detail.clone(),
+            })),
+            _ => None,
+        };
+        let effects = preempted
             .into_iter()
+            .chain(commands)
             .map(|c| match c {
                 Command::SendAction { key, node, action } => Effect::Send { key, node, action },
                 Command::Notify(n) => Effect::Notify(n),

@@ -241,6 +241,18 @@ impl Machine<'_> {
                 }
             }
             Event::Resume => {
+                if let Status::Halted {
+                    gate: Gate::Preempted,
+                    ..
+                } = &self.s.status
+                {
+                    self.notify(Notice::Refused {
+                        reason: "a shutdown preempted this rollout; it cannot be resumed \
+                                 (start a new rollout after the shutdown)"
+                            .into(),
+                    });
+                    return;
+                }
                 if matches!(self.s.status, Status::Paused | Status::Halted { .. }) {
                     self.s.status = Status::Running;
                     for idx in 0..self.s.nodes.len() {
@@ -265,6 +277,38 @@ impl Machine<'_> {
                 if !matches!(self.s.status, Status::Aborted | Status::Completed) {
                     self.s.status = Status::Aborted;
                     self.notify(Notice::Aborted);
+                }
+            }
+            Event::Preempt { by } => {
+                if !matches!(self.s.status, Status::Aborted | Status::Completed) {
+                    let reason = format!(
+                        "preempted by {by}: nothing new is sent; in-flight actions settle, \
+                         then the rollout is aborted"
+                    );
+                    self.s.status = Status::Halted {
+                        node: String::new(),
+                        gate: Gate::Preempted,
+                        reason: reason.clone(),
+                    };
+                    self.notify(Notice::Halted {
+                        node: String::new(),
+                        gate: Gate::Preempted,
+                        reason,
+                    });
+                }
+            }
+            Event::AbortRestore => {
+                let open = !matches!(self.s.status, Status::Aborted | Status::Completed);
+                if open && !self.s.restoring {
+                    self.s.restoring = true;
+                    // Active again, so the restore steps are sent; no node starts.
+                    self.s.status = Status::Paused;
+                    for n in self.s.nodes.iter_mut().filter(|n| n.phase.in_flight()) {
+                        n.deadline_ms = None;
+                    }
+                    let nodes = self.s.in_flight().map(|n| n.name.clone()).collect();
+                    self.notify(Notice::Restoring { nodes });
+                    self.resend_outstanding();
                 }
             }
             Event::Skip { node } => {
@@ -343,6 +387,14 @@ impl Machine<'_> {
                 }
             }
         }
+        if self.s.restoring {
+            if self.s.in_flight().next().is_none() {
+                self.s.status = Status::Aborted;
+                self.notify(Notice::Restored);
+                self.notify(Notice::Aborted);
+            }
+            return;
+        }
         if self.s.status == Status::Running {
             self.start_nodes();
         }
@@ -392,6 +444,39 @@ impl Machine<'_> {
         }
     }
 
+    /// Whether a node other than `idx` holds Ceph `noout` for its own reboot (between its
+    /// `ceph osd set noout` and its own unset).
+    fn others_hold_noout(&self, idx: usize) -> bool {
+        let view = self.view;
+        self.s.nodes.iter().enumerate().any(|(i, o)| {
+            i != idx
+                && matches!(
+                    o.phase,
+                    Phase::CephNoout | Phase::AwaitReturn | Phase::PostRebootGate
+                )
+                && view.nodes.get(&o.name).is_some_and(|v| v.ceph_osds)
+        })
+    }
+
+    /// While restoring (`abort --restore`): where a started node goes instead of its next
+    /// step. A node with an action in flight (or a reboot under way) keeps waiting for it:
+    /// dpkg is never interrupted. One that set `noout` unsets it (unless another node
+    /// still holds it, as in the normal path), every other goes to maintenance off.
+    fn restore_phase(&self, idx: usize) -> Option<Phase> {
+        let n = &self.s.nodes[idx];
+        if !self.s.restoring || n.pending.is_some() {
+            return None;
+        }
+        let osds = self.view.nodes.get(&n.name).is_some_and(|v| v.ceph_osds);
+        Some(match n.phase {
+            Phase::AwaitReturn | Phase::PostRebootGate if osds && !self.others_hold_noout(idx) => {
+                Phase::CephUnset
+            }
+            Phase::CephUnset => Phase::CephUnset,
+            _ => Phase::MaintenanceOff,
+        })
+    }
+
     fn advance_node(&mut self, idx: usize) {
         for _ in 0..MAX_PHASES_PER_STEP {
             if !self.active() || !self.advance_once(idx) {
@@ -407,6 +492,10 @@ impl Machine<'_> {
         let phase = self.s.nodes[idx].phase;
         if !phase.in_flight() {
             return false;
+        }
+        if let Some(next) = self.restore_phase(idx).filter(|p| *p != phase) {
+            self.enter(idx, next);
+            return true;
         }
         let silence = self.s.plan.timeouts.max_silence_ms;
         // Offline is expected only while waiting for the reboot.

@@ -358,6 +358,9 @@ pub enum Gate {
     UnknownState,
     /// The node's agent is observe-only: it would refuse every action.
     ObserveOnly,
+    /// A shutdown preempted the rollout: nothing new is sent (power loss outranks
+    /// maintenance); the driver lets in-flight actions settle, then aborts it.
+    Preempted,
 }
 
 /// The rollout as a whole.
@@ -388,6 +391,10 @@ pub struct RolloutState {
     pub nodes: Vec<NodeState>,
     /// The latest time seen in a `Tick` (never goes back).
     pub now_ms: u64,
+    /// `abort --restore`: no node starts; started nodes go straight to `ceph osd unset
+    /// noout` (if they set it) and maintenance off, each observed; then `Aborted`.
+    #[serde(default)]
+    pub restoring: bool,
 }
 
 impl RolloutState {
@@ -398,7 +405,17 @@ impl RolloutState {
             status: Status::Planned,
             nodes,
             now_ms: 0,
+            restoring: false,
         }
+    }
+
+    /// Nodes the rollout started and did not finish: left in maintenance (and perhaps
+    /// under `noout`) when it is aborted without `--restore`.
+    pub fn left_changed(&self) -> Vec<String> {
+        if self.status != Status::Aborted {
+            return Vec::new();
+        }
+        self.in_flight().map(|n| n.name.clone()).collect()
     }
 
     /// Nodes started and not finished, in plan order.
@@ -441,6 +458,14 @@ pub enum Event {
     /// The driver restarted from the journal (or an agent reconnected): re-send what is
     /// outstanding, with the same keys.
     Recovered,
+    /// A shutdown preempts the rollout: halted (gate `preempted`), nothing new is sent,
+    /// results of in-flight actions are still taken in; a resume is refused.
+    Preempt {
+        by: String,
+    },
+    /// `abort --restore`: bring the started nodes back (noout unset, maintenance off),
+    /// then `Aborted`.
+    AbortRestore,
 }
 
 /// What the driver must do, after persisting the new state.
@@ -487,6 +512,12 @@ pub enum Notice {
     Refused {
         reason: String,
     },
+    /// `abort --restore` began: these nodes are being brought back.
+    Restoring {
+        nodes: Vec<String>,
+    },
+    /// Every node `abort --restore` brought back is out of maintenance (noout unset).
+    Restored,
 }
 
 /// What the driver knows about one node, from its latest report and its session.

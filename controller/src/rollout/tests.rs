@@ -785,3 +785,116 @@ fn phase_names_are_the_serialized_names() {
         assert_eq!(serde_json::to_value(p).unwrap(), p.name());
     }
 }
+
+/// The actions a step sent, as `node/action`.
+fn sent_actions(cmds: &[Command]) -> Vec<String> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::SendAction { node, action, .. } => Some(format!("{node}/{}", action.as_str())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn ok_result(s: &RolloutState, node: &str) -> Event {
+    let key = s.node(node).unwrap().pending.as_ref().unwrap().key.clone();
+    Event::CommandResult {
+        key,
+        ok: true,
+        output: String::new(),
+    }
+}
+
+#[test]
+fn a_preempted_rollout_sends_nothing_new_takes_results_in_and_cannot_resume() {
+    let view = healthy_view(&names(3));
+    let s = RolloutState::new(plan(3, 1));
+    let (s, cmds) = step(&s, &Event::Start, &view);
+    assert_eq!(sent_actions(&cmds), vec!["pve1/maintenance-on"]);
+    let by = "a shutdown started by op".to_string();
+    let (s, cmds) = step(&s, &Event::Preempt { by }, &view);
+    assert!(sent_actions(&cmds).is_empty());
+    assert!(matches!(
+        &s.status,
+        Status::Halted {
+            gate: Gate::Preempted,
+            ..
+        }
+    ));
+    // The in-flight action answers: taken in, and nothing follows it.
+    let (s, cmds) = step(&s, &ok_result(&s, "pve1"), &view);
+    assert!(sent_actions(&cmds).is_empty(), "{cmds:?}");
+    assert_eq!(s.node("pve1").unwrap().phase, Phase::WaitGuests);
+    assert!(s.node("pve1").unwrap().pending.is_none());
+    for ev in [
+        Event::Tick {
+            now_ms: u64::MAX / 2,
+        },
+        Event::Recovered,
+    ] {
+        let (_, cmds) = step(&s, &ev, &view);
+        assert!(sent_actions(&cmds).is_empty(), "{ev:?}: {cmds:?}");
+    }
+    let (s, cmds) = step(&s, &Event::Resume, &view);
+    assert!(cmds
+        .iter()
+        .any(|c| matches!(c, Command::Notify(Notice::Refused { .. }))));
+    assert!(sent_actions(&cmds).is_empty());
+    let (s, _) = step(&s, &Event::Abort, &view);
+    assert_eq!(s.status, Status::Aborted);
+    assert_eq!(s.left_changed(), vec!["pve1".to_string()]);
+}
+
+#[test]
+fn abort_restore_waits_for_the_action_in_flight_then_brings_the_node_back() {
+    let view = healthy_view(&names(3));
+    let s = RolloutState::new(plan(3, 1));
+    let (s, _) = step(&s, &Event::Start, &view);
+    let (s, cmds) = step(&s, &ok_result(&s, "pve1"), &view);
+    assert_eq!(sent_actions(&cmds), vec!["pve1/wait-guests-migrated"]);
+    let (s, cmds) = step(&s, &Event::AbortRestore, &view);
+    assert_eq!(
+        sent_actions(&cmds),
+        vec!["pve1/wait-guests-migrated"],
+        "the action in flight is waited for (re-sent under its key, nothing new)"
+    );
+    assert!(cmds.iter().any(|c| matches!(
+        c,
+        Command::Notify(Notice::Restoring { nodes }) if nodes == &vec!["pve1".to_string()]
+    )));
+    let (s, cmds) = step(&s, &ok_result(&s, "pve1"), &view);
+    assert_eq!(sent_actions(&cmds), vec!["pve1/maintenance-off"]);
+    let (s, cmds) = step(&s, &ok_result(&s, "pve1"), &view);
+    assert!(
+        sent_actions(&cmds).is_empty(),
+        "pve2 never starts: {cmds:?}"
+    );
+    assert_eq!(s.status, Status::Aborted);
+    assert!(s.left_changed().is_empty());
+    assert_eq!(s.node("pve2").unwrap().phase, Phase::Pending);
+    assert!(cmds
+        .iter()
+        .any(|c| matches!(c, Command::Notify(Notice::Restored))));
+}
+
+#[test]
+fn abort_restore_unsets_the_noout_a_node_set_before_maintenance_off() {
+    let mut view = healthy_view(&names(3));
+    view.nodes.get_mut("pve1").unwrap().ceph_osds = true;
+    let s = RolloutState::new(plan(3, 1));
+    let (mut s, _) = step(&s, &Event::Start, &view);
+    // Between its `ceph osd set noout` and the reboot, halted there.
+    s.nodes[0].phase = Phase::AwaitReturn;
+    s.nodes[0].pending = None;
+    s.status = Status::Halted {
+        node: "pve1".into(),
+        gate: Gate::Quorum,
+        reason: "test".into(),
+    };
+    let (s, cmds) = step(&s, &Event::AbortRestore, &view);
+    assert_eq!(sent_actions(&cmds), vec!["pve1/ceph-unset-noout"]);
+    let (s, cmds) = step(&s, &ok_result(&s, "pve1"), &view);
+    assert_eq!(sent_actions(&cmds), vec!["pve1/maintenance-off"]);
+    let (s, _) = step(&s, &ok_result(&s, "pve1"), &view);
+    assert_eq!(s.status, Status::Aborted);
+}

@@ -498,4 +498,9 @@ pub enum Notice {
         vmids: Vec<u32>,
     },
     Finished,
+    /// This shutdown preempted another operation (power loss outranks maintenance):
+    /// which, and how its in-flight actions ended. Written by the driver at the start.
+    Preempted {
+        detail: String,
+    },
 }
