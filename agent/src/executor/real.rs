@@ -42,7 +42,7 @@ use super::{
     Simulation, OUTPUT_MAX,
 };
 use crate::parse::apt_sim;
-use crate::runner::{CommandRunner, RunResult};
+use crate::runner::CommandRunner;
 use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
@@ -543,6 +543,7 @@ mod tests {
     use super::*;
     use crate::executor::GuestKind::{Lxc, Qemu};
     use crate::runner::testing::{Call, RecordingRunner};
+    use crate::runner::RunResult;
 
     fn req(action: Action) -> ActionRequest {
         ActionRequest {
