@@ -28,6 +28,20 @@ pub struct NodePlan {
     pub gate: Result<(), String>,
     pub steps: Vec<String>,
     pub packages: Vec<Upgrade>,
+    /// `packages` is apt's own transaction (`apt-get -s dist-upgrade` on the node), NEW
+    /// packages included (with an empty `installed`); false: the node's package lists
+    /// compared with dpkg's status (apt was not asked: observe-only, or an older agent).
+    #[serde(default)]
+    pub from_apt: bool,
+    /// Packages the upgrade removes (apt's transaction), `name version`.
+    #[serde(default)]
+    pub removed: Vec<String>,
+    /// Packages apt keeps back.
+    #[serde(default)]
+    pub kept_back: Vec<String>,
+    /// apt was asked and could not say what the upgrade does.
+    #[serde(default)]
+    pub apt_error: Option<String>,
     pub reboot: bool,
     /// The kernel the node boots after the upgrade: a new kernel among the packages, else
     /// the next kernel the node reports now.
@@ -56,13 +70,39 @@ pub fn dry_run(plan: &Plan, view: &ClusterView, reports: &BTreeMap<String, &Repo
         }
         let report = reports.get(name);
         let apt = report.map(|r| &r.facts.apt);
-        let packages = apt.map(|a| a.upgradable.clone()).unwrap_or_default();
+        let tx = apt.and_then(|a| a.transaction.as_ref());
+        // apt's transaction when the agent asked apt; else what the lists offer.
+        let packages: Vec<Upgrade> = match tx {
+            Some(t) => t.upgrades.iter().chain(&t.new).cloned().collect(),
+            None => apt.map(|a| a.upgradable.clone()).unwrap_or_default(),
+        };
+        let removed: Vec<String> = tx
+            .map(|t| {
+                t.removed
+                    .iter()
+                    .map(|r| match &r.version {
+                        Some(v) => format!("{} {v}", r.package),
+                        None => r.package.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let kept_back = tx.map(|t| t.kept_back.clone()).unwrap_or_default();
+        let apt_error = apt.and_then(|a| a.transaction_error.clone());
         let nv = view.nodes.get(name);
         let reboot = match plan.reboot_policy {
             RebootPolicy::Always => true,
             RebootPolicy::Never => false,
             RebootPolicy::IfNeeded => {
-                apt.is_some_and(|a| a.upgrade_needs_reboot) || nv.is_some_and(|n| n.needs_reboot)
+                let tx_reboot = tx.is_some_and(|t| {
+                    t.upgrades
+                        .iter()
+                        .chain(&t.new)
+                        .any(|u| fleetward_proto::upgrade_needs_reboot(&u.package))
+                });
+                apt.is_some_and(|a| a.upgrade_needs_reboot)
+                    || tx_reboot
+                    || nv.is_some_and(|n| n.needs_reboot)
             }
         };
         let mut steps = vec![
@@ -70,7 +110,16 @@ pub fn dry_run(plan: &Plan, view: &ClusterView, reports: &BTreeMap<String, &Repo
             "maintenance-on (HA guests migrate away)".into(),
             "wait-guests-migrated".into(),
             "apt-update".into(),
-            format!("apt-dist-upgrade ({} packages)", packages.len()),
+            match tx {
+                Some(t) => format!(
+                    "apt-dist-upgrade ({} upgraded, {} new, {} removed, {} kept back; apt's transaction, asked again right before)",
+                    t.upgrades.len(),
+                    t.new.len(),
+                    t.removed.len(),
+                    t.kept_back.len()
+                ),
+                None => format!("apt-dist-upgrade ({} packages)", packages.len()),
+            },
             "boot check: every ESP holds the next kernel (one boot-refresh if not)".into(),
         ];
         let osds = nv.is_some_and(|n| n.ceph_osds);
@@ -108,13 +157,25 @@ pub fn dry_run(plan: &Plan, view: &ClusterView, reports: &BTreeMap<String, &Repo
         let ha = guests.iter().filter(|g| g.what.starts_with("HA")).count() as u64;
         let downtime_secs =
             ha * EST_MIGRATE_PER_HA_GUEST + EST_UPGRADE + if reboot { EST_REBOOT } else { 0 };
-        let next_kernel = new_kernel(&packages).or_else(|| nv.and_then(|n| n.next_kernel.clone()));
+        // apt's transaction knows the kernel that boots after it (pins respected); without
+        // it, a new kernel among the upgradable packages, else the node's next kernel now.
+        let next_kernel = match tx {
+            Some(t) => t
+                .kernel_after
+                .clone()
+                .or_else(|| nv.and_then(|n| n.next_kernel.clone())),
+            None => new_kernel(&packages).or_else(|| nv.and_then(|n| n.next_kernel.clone())),
+        };
         nodes.push(NodePlan {
             name: name.clone(),
             position: i + 1,
             gate,
             steps,
             packages,
+            from_apt: tx.is_some(),
+            removed,
+            kept_back,
+            apt_error,
             reboot,
             next_kernel,
             guests,
