@@ -28,13 +28,14 @@ pub fn inspect_with_probe(root: &Root, resolver: &dyn Resolve, names: &[String])
 /// read-only: `inspect` itself starts no process) to `report`, and judges it
 /// (`upgrade.removes-protected`, `upgrade.held-back`): the transaction with the kernel that
 /// boots after it, or why apt could not say.
-pub fn with_transaction(report: &mut Report, answer: Result<crate::parse::apt_sim::Simulation, String>) {
+pub fn with_transaction(
+    report: &mut Report,
+    answer: Result<crate::parse::apt_sim::Simulation, String>,
+) {
     match answer {
         Ok(sim) => {
-            report.facts.apt.transaction = Some(crate::parse::apt_sim::transaction(
-                &report.facts.boot,
-                sim,
-            ));
+            report.facts.apt.transaction =
+                Some(crate::parse::apt_sim::transaction(&report.facts.boot, sim));
             report.facts.apt.transaction_error = None;
         }
         Err(e) => {

@@ -73,7 +73,9 @@ fn dist_upgrade_survives_an_agent_sigkill_and_completes_once() {
         "pve-01",
         root,
         state,
-        AgentRun::default().sim_reboot_secs(0.2).sim_action_secs(3.0),
+        AgentRun::default()
+            .sim_reboot_secs(0.2)
+            .sim_action_secs(3.0),
     );
     wait_event(&mut rx, "pve-01", "Connected", |k| {
         matches!(k, AgentEventKind::Connected { .. }).then_some(())

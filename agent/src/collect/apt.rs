@@ -65,9 +65,9 @@ pub(super) fn apt(r: &mut Reader, installed: &[Installed]) -> AptFacts {
         entries
             .filter(|e| e.types.iter().any(|t| t == "deb"))
             .flat_map(|e| {
-                e.uris.iter().flat_map(move |u| {
-                    e.suites.iter().map(move |s| packages::list_prefix(u, s))
-                })
+                e.uris
+                    .iter()
+                    .flat_map(move |u| e.suites.iter().map(move |s| packages::list_prefix(u, s)))
             })
             .collect()
     };

@@ -23,10 +23,10 @@ pub mod unit;
 
 pub use crate::runner::{tail, OutputTail, OUTPUT_MAX};
 
+pub use crate::parse::apt_sim::Simulation;
 pub use fleetward_proto::action::{
     valid_node_name, Action, ActionRequest, GuestKind, GUEST_STOP_MARGIN,
 };
-pub use crate::parse::apt_sim::Simulation;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::fs;

@@ -167,12 +167,14 @@ impl<R: CommandRunner> RealExecutor<R> {
     pub fn simulate_now(&self) -> Result<Simulation, String> {
         let cl = Self::simulate_command();
         let mut text = String::new();
-        let r = self.runner.run(&cl.program, &cl.args, &cl.env, cl.timeout, &mut |l| {
-            if text.len() < SIMULATE_OUTPUT_MAX {
-                text.push_str(l);
-                text.push('\n');
-            }
-        });
+        let r = self
+            .runner
+            .run(&cl.program, &cl.args, &cl.env, cl.timeout, &mut |l| {
+                if text.len() < SIMULATE_OUTPUT_MAX {
+                    text.push_str(l);
+                    text.push('\n');
+                }
+            });
         if !r.success() {
             let why = r.spawn_error.clone().unwrap_or_else(|| {
                 format!(
@@ -191,7 +193,11 @@ impl<R: CommandRunner> RealExecutor<R> {
     /// The real `apt-dist-upgrade`: apt is asked once more right before it, and a
     /// transaction that would remove a protected package (`upgrade.removes-protected`) or
     /// that apt cannot compute is refused: nothing runs.
-    fn checked_dist_upgrade(&self, req: &ActionRequest, out: &mut dyn FnMut(&str)) -> Option<ActionOutcome> {
+    fn checked_dist_upgrade(
+        &self,
+        req: &ActionRequest,
+        out: &mut dyn FnMut(&str),
+    ) -> Option<ActionOutcome> {
         match self.simulate_now() {
             Err(e) => Some(ActionOutcome::refused(
                 &req.id,
@@ -279,7 +285,9 @@ impl<R: CommandRunner> RealExecutor<R> {
     /// The unit's own output lines from the journal, passed to `out`; as text.
     fn journal(&self, unit_name: &str, out: &mut dyn FnMut(&str)) -> String {
         let j = unit::journal_command(unit_name);
-        let r = self.runner.run(&j.program, &j.args, &j.env, j.timeout, &mut |_| {});
+        let r = self
+            .runner
+            .run(&j.program, &j.args, &j.env, j.timeout, &mut |_| {});
         let mut text = String::new();
         for line in unit::command_lines(&r.output) {
             out(line);
@@ -477,9 +485,13 @@ impl<R: CommandRunner> Executor for RealExecutor<R> {
         let mut said = false;
         loop {
             let show = unit::show_command(&unit_name);
-            let r = self
-                .runner
-                .run(&show.program, &show.args, &show.env, show.timeout, &mut |_| {});
+            let r = self.runner.run(
+                &show.program,
+                &show.args,
+                &show.env,
+                show.timeout,
+                &mut |_| {},
+            );
             if !r.success() {
                 return None;
             }
@@ -678,7 +690,12 @@ mod tests {
                 "--wait".into(),
                 "--quiet".into(),
             ];
-            args.extend(expected.env.iter().map(|(k, v)| format!("--setenv={k}={v}")));
+            args.extend(
+                expected
+                    .env
+                    .iter()
+                    .map(|(k, v)| format!("--setenv={k}={v}")),
+            );
             args.push("--".into());
             args.push(expected.program.clone());
             args.extend(expected.args.iter().cloned());
@@ -879,7 +896,9 @@ mod tests {
         ]);
         let once = Once::open(&path, real).unwrap();
         let mut lines = Vec::new();
-        let o = once.execute(&req(Action::AptDistUpgrade), &mut |l| lines.push(l.to_owned()));
+        let o = once.execute(&req(Action::AptDistUpgrade), &mut |l| {
+            lines.push(l.to_owned())
+        });
         assert!(o.ok && o.replayed && o.exit_code == Some(0), "{o:?}");
         assert!(o.output.contains("Setting up pve-manager"));
         let calls = once.inner().runner.take_calls();
@@ -920,7 +939,10 @@ mod tests {
         ]);
         let once = Once::open(&path, real).unwrap();
         let o = once.execute(&req(Action::AptUpdate), &mut |_| {});
-        assert!(!o.ok && o.exit_code == Some(100) && o.output.contains("Failed to fetch"), "{o:?}");
+        assert!(
+            !o.ok && o.exit_code == Some(100) && o.output.contains("Failed to fetch"),
+            "{o:?}"
+        );
         // Nothing known about the unit (journal gone): outcome unknown, not run again.
         std::fs::write(
             &path,
@@ -935,7 +957,13 @@ mod tests {
         let once = Once::open(&path, real).unwrap();
         let o = once.execute(&req(Action::AptUpdate), &mut |_| {});
         assert!(!o.ok && o.output.contains("outcome unknown"), "{o:?}");
-        let programs: Vec<String> = once.inner().runner.calls().into_iter().map(|c| c.program).collect();
+        let programs: Vec<String> = once
+            .inner()
+            .runner
+            .calls()
+            .into_iter()
+            .map(|c| c.program)
+            .collect();
         assert_eq!(programs, ["systemctl", "journalctl"]);
     }
 }

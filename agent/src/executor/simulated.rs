@@ -24,7 +24,20 @@
 //!   package or `proxmox-default-kernel` installed (as every real node has), or when
 //!   `pending.json` lists a reboot package such as `proxmox-ve`. Without `pending.json` the
 //!   list is empty (nothing new). Other `*_Packages` files are left alone.
-//! - **apt-dist-upgrade**: applies `pending.json`: the kernel's `/boot/vmlinuz-K`,
+//! - **apt's simulation** (`Executor::simulate_upgrade`, what `apt-get -s dist-upgrade`
+//!   prints on a real node): the transaction `planned` computes from `pending.json` (the
+//!   mirror, as after the rollout's `apt-update`) and dpkg's status — installed packages that
+//!   change version, NEW packages (the pending kernel's image package), `remove` entries
+//!   that are installed, `held` packages kept back. The dist-upgrade below applies the same
+//!   `planned` transaction, so the plan and the upgrade agree. Modelled on apt's
+//!   `pkgSimulate` (`apt-pkg/algorithms.cc`) output.
+//! - **units**: every action runs as a simulated transient unit
+//!   (`units/<unit>.json`, [`crate::simformat::SimUnit`]): written at its start, completed
+//!   with its result. An agent killed meanwhile finds it through `Executor::recover` and lets
+//!   it go on to its end (applied once), as the real unit would without the agent.
+//! - **apt-dist-upgrade**: asks the simulation first and refuses a protected removal
+//!   (`upgrade.removes-protected`); then applies `pending.json` (without held packages,
+//!   removing the `remove` packages that are installed): the kernel's `/boot/vmlinuz-K`,
 //!   `initrd.img-K` and `config-K`, its package `proxmox-kernel-K-signed`, and every listed
 //!   package are added to or updated in `/var/lib/dpkg/status` (the kernel's meta packages
 //!   too, where installed); then `pending.json` is removed (a second upgrade installs
@@ -53,11 +66,11 @@ use super::{
 };
 use super::{unit, Simulation};
 use crate::parse::{apt_sim, boot_tool::DEFAULT_ESP_LIST as ESP_LIST, control, version};
-use fleetward_proto::{Removal, Upgrade};
 use crate::simformat::{
-    GuestState, Pending, SimGuest, SimUnit, UNITS, CEPH_NOOUT, ESP_SYNCED, GUESTS, HA_DISARMED, MAINTENANCE,
-    PENDING, POWERED_OFF, REFRESH_FAILS, SIM_DIR, SIM_LISTS_FILE,
+    GuestState, Pending, SimGuest, SimUnit, CEPH_NOOUT, ESP_SYNCED, GUESTS, HA_DISARMED,
+    MAINTENANCE, PENDING, POWERED_OFF, REFRESH_FAILS, SIM_DIR, SIM_LISTS_FILE, UNITS,
 };
+use fleetward_proto::{Removal, Upgrade};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fs;
@@ -772,7 +785,9 @@ enum GuestChange {
 
 impl SimulatedExecutor {
     fn unit_path(&self, id: &str) -> Result<PathBuf, String> {
-        Ok(self.sim(UNITS).join(format!("{}.json", unit::unit_name(id)?)))
+        Ok(self
+            .sim(UNITS)
+            .join(format!("{}.json", unit::unit_name(id)?)))
     }
 
     fn save_unit(&self, u: &SimUnit) -> Result<(), String> {
@@ -784,7 +799,12 @@ impl SimulatedExecutor {
     /// recorded when it starts, the action takes its duration (counted from `started_ms`,
     /// so a unit resumed after an agent restart only waits for what is left) and is applied
     /// once, then the unit records its result.
-    fn run_unit(&self, req: &ActionRequest, started_ms: u64, out: &mut dyn FnMut(&str)) -> ActionOutcome {
+    fn run_unit(
+        &self,
+        req: &ActionRequest,
+        started_ms: u64,
+        out: &mut dyn FnMut(&str),
+    ) -> ActionOutcome {
         let mut tail = OutputTail::new(OUTPUT_MAX - 256);
         let mut unit = SimUnit {
             id: req.id.clone(),
@@ -1226,7 +1246,13 @@ mod tests {
         let ups: Vec<(&str, &str, &str)> = sim
             .upgrades
             .iter()
-            .map(|u| (u.package.as_str(), u.installed.as_str(), u.candidate.as_str()))
+            .map(|u| {
+                (
+                    u.package.as_str(),
+                    u.installed.as_str(),
+                    u.candidate.as_str(),
+                )
+            })
             .collect();
         assert_eq!(ups, [("pve-manager", "9.0.11", "9.0.15")]);
         let new: Vec<&str> = sim.new.iter().map(|u| u.package.as_str()).collect();
@@ -1272,7 +1298,10 @@ mod tests {
         assert!(sim.upgrades.is_empty());
         let before = read(&exec, "/var/lib/dpkg/status");
         let o = run(&exec, "u", Action::AptDistUpgrade);
-        assert!(!o.ok && o.output.contains("upgrade.removes-protected"), "{o:?}");
+        assert!(
+            !o.ok && o.output.contains("upgrade.removes-protected"),
+            "{o:?}"
+        );
         assert_eq!(read(&exec, "/var/lib/dpkg/status"), before);
         // Without the protected package, the removal happens.
         fs::write(

@@ -264,7 +264,11 @@ mod tests {
         let failed = parse_show("LoadState=loaded\nActiveState=failed\nResult=exit-code\nExecMainCode=1\nExecMainStatus=100\n");
         assert!(matches!(
             judge(&failed, ""),
-            Found::Finished { ok: false, exit_code: Some(100), .. }
+            Found::Finished {
+                ok: false,
+                exit_code: Some(100),
+                ..
+            }
         ));
         let gone = parse_show("LoadState=not-found\nActiveState=inactive\nResult=success\n");
         assert_eq!(judge(&gone, ""), Found::Unknown);
@@ -273,17 +277,28 @@ mod tests {
                        fleetward-x.service: Consumed 41.2s CPU time.\n";
         assert!(matches!(
             judge(&gone, journal),
-            Found::Finished { ok: true, exit_code: Some(0), .. }
+            Found::Finished {
+                ok: true,
+                exit_code: Some(0),
+                ..
+            }
         ));
         assert_eq!(
             command_lines(journal).collect::<Vec<_>>(),
-            ["Reading package lists...", "Setting up pve-manager (9.0.13) ..."]
+            [
+                "Reading package lists...",
+                "Setting up pve-manager (9.0.13) ..."
+            ]
         );
         let bad = "fleetward-x.service: Main process exited, code=exited, status=100/n/a\n\
                    fleetward-x.service: Failed with result 'exit-code'.\n";
         assert!(matches!(
             judge(&gone, bad),
-            Found::Finished { ok: false, exit_code: Some(100), .. }
+            Found::Finished {
+                ok: false,
+                exit_code: Some(100),
+                ..
+            }
         ));
     }
 

@@ -139,7 +139,11 @@ fn inst(rest: &str) -> Option<(String, Option<String>, String)> {
     if package.is_empty() || candidate.is_empty() {
         return None;
     }
-    Some((package, installed.filter(|v| !v.is_empty()), candidate.to_owned()))
+    Some((
+        package,
+        installed.filter(|v| !v.is_empty()),
+        candidate.to_owned(),
+    ))
 }
 
 /// The kernel release a kernel image package installs: `proxmox-kernel-6.14.11-1-pve-signed`
@@ -217,8 +221,7 @@ pub fn protected_removals(removed: &[Removal], running_kernel: Option<&str>) -> 
                 "a Proxmox VE core package"
             } else if r.essential {
                 "an essential package"
-            } else if running_kernel.is_some()
-                && kernel_release(name).as_deref() == running_kernel
+            } else if running_kernel.is_some() && kernel_release(name).as_deref() == running_kernel
             {
                 "the running kernel's package"
             } else {
@@ -257,10 +260,7 @@ Conf proxmox-default-kernel (2.0.1 Proxmox:9.0/stable [all])\n";
     #[test]
     fn apt_sim_parses_upgrades_new_removed_and_kept_back() {
         let s = parse(MIXED);
-        assert_eq!(
-            s.upgrades,
-            [up("proxmox-default-kernel", "2.0.0", "2.0.1")]
-        );
+        assert_eq!(s.upgrades, [up("proxmox-default-kernel", "2.0.0", "2.0.1")]);
         assert_eq!(
             s.new,
             [up("proxmox-kernel-6.14.11-1-pve-signed", "", "6.14.11-1")]
@@ -287,7 +287,10 @@ Conf proxmox-default-kernel (2.0.1 Proxmox:9.0/stable [all])\n";
             ("proxmox-kernel-6.14.11-1-pve", Some("6.14.11-1-pve")),
             ("pve-kernel-5.15.158-2-pve", Some("5.15.158-2-pve")),
             ("linux-image-6.1.0-28-amd64", Some("6.1.0-28-amd64")),
-            ("linux-image-6.1.0-28-amd64-unsigned", Some("6.1.0-28-amd64")),
+            (
+                "linux-image-6.1.0-28-amd64-unsigned",
+                Some("6.1.0-28-amd64"),
+            ),
             ("proxmox-kernel-6.14", None),
             ("proxmox-kernel-helper", None),
             ("proxmox-default-kernel", None),
@@ -319,12 +322,18 @@ Conf proxmox-default-kernel (2.0.1 Proxmox:9.0/stable [all])\n";
             }],
             ..Simulation::default()
         };
-        assert_eq!(kernel_after(&pinned, &gone).as_deref(), Some("6.14.8-2-pve"));
+        assert_eq!(
+            kernel_after(&pinned, &gone).as_deref(),
+            Some("6.14.8-2-pve")
+        );
         assert_eq!(
             protected_removals(&gone.removed, Some("6.8.12-4-pve")),
             ["proxmox-kernel-6.8.12-4-pve-signed (the running kernel's package)"]
         );
-        assert_eq!(kernel_after(&BootFacts::default(), &Simulation::default()), None);
+        assert_eq!(
+            kernel_after(&BootFacts::default(), &Simulation::default()),
+            None
+        );
     }
 
     fn name() -> impl Strategy<Value = String> {
@@ -419,9 +428,11 @@ mod fixtures {
             s.upgrades[0],
             up_("base-files", "12.4+deb12u11", "12.4+deb12u14")
         );
-        assert!(s
-            .upgrades
-            .contains(&up_("login", "1:4.13+dfsg1-1+deb12u1", "1:4.13+dfsg1-1+deb12u2")));
+        assert!(s.upgrades.contains(&up_(
+            "login",
+            "1:4.13+dfsg1-1+deb12u1",
+            "1:4.13+dfsg1-1+deb12u2"
+        )));
 
         let s = parse(&fixture("install-new.txt"));
         assert_eq!(s.new, [up_("sl", "", "5.02-1+b1")]);

@@ -316,10 +316,8 @@ fn transaction(f: &Facts, out: &mut Findings) {
     let Some(t) = &f.apt.transaction else {
         return;
     };
-    let protected = crate::parse::apt_sim::protected_removals(
-        &t.removed,
-        f.node.running_kernel.as_deref(),
-    );
+    let protected =
+        crate::parse::apt_sim::protected_removals(&t.removed, f.node.running_kernel.as_deref());
     if !protected.is_empty() {
         out.push(
             "upgrade.removes-protected",

@@ -743,7 +743,11 @@ pub fn plan_text(d: &api::RolloutPlanResponse) -> String {
             }
         }
         if !n.removed.is_empty() {
-            t += &format!("   REMOVED ({}): {}\n", n.removed.len(), n.removed.join(", "));
+            t += &format!(
+                "   REMOVED ({}): {}\n",
+                n.removed.len(),
+                n.removed.join(", ")
+            );
         }
         if !n.kept_back.is_empty() {
             t += &format!(
