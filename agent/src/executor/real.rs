@@ -136,8 +136,11 @@ pub struct RealExecutor<R: CommandRunner> {
     /// between two looks at a still running unit after a restart.
     pub poll_interval: Duration,
     /// The last simulation with the modification times of [`APT_STATE`] it was made at.
-    simulated: Mutex<Option<(Vec<Option<SystemTime>>, Result<Simulation, String>)>>,
+    simulated: Mutex<Option<Cached>>,
 }
+
+/// apt's last answer and the modification times of [`APT_STATE`] it was given at.
+type Cached = (Vec<Option<SystemTime>>, Result<Simulation, String>);
 
 fn apt_state() -> Vec<Option<SystemTime>> {
     APT_STATE

@@ -101,6 +101,9 @@ fn kernel_packages(k: &str) -> Vec<(String, String)> {
     out
 }
 
+/// A planned transaction: packages installed or upgraded (name, version), packages removed.
+type Planned = (Vec<(String, String)>, Vec<String>);
+
 /// One line of the action log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogEntry {
@@ -390,7 +393,7 @@ impl SimulatedExecutor {
         &self,
         pending: &Pending,
         installed: &[control::Installed],
-    ) -> Result<(Vec<(String, String)>, Vec<String>), String> {
+    ) -> Result<Planned, String> {
         let mut packages: Vec<(String, String)> = pending
             .packages
             .iter()

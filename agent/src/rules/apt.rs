@@ -290,26 +290,6 @@ pub(super) fn check(f: &Facts, out: &mut Findings) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn uris_and_suites() {
-        assert_eq!(
-            normalize_uri("HTTP://Deb.Debian.org/debian/"),
-            "http://deb.debian.org/debian"
-        );
-        assert_eq!(
-            host("http://user@download.proxmox.com/debian/pve"),
-            "download.proxmox.com"
-        );
-        assert_eq!(base_suite("trixie-security"), "trixie");
-        assert_eq!(base_suite("bookworm-proposed-updates"), "bookworm");
-        assert_eq!(base_suite("trixie/updates"), "trixie");
-    }
-}
-
 /// `upgrade.removes-protected` and `upgrade.held-back`, from apt's own simulation of the
 /// next dist-upgrade (present only when the agent asked apt; see `AptFacts::transaction`).
 fn transaction(f: &Facts, out: &mut Findings) {
@@ -338,5 +318,25 @@ fn transaction(f: &Facts, out: &mut Findings) {
                 t.kept_back.join(", ")
             ),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uris_and_suites() {
+        assert_eq!(
+            normalize_uri("HTTP://Deb.Debian.org/debian/"),
+            "http://deb.debian.org/debian"
+        );
+        assert_eq!(
+            host("http://user@download.proxmox.com/debian/pve"),
+            "download.proxmox.com"
+        );
+        assert_eq!(base_suite("trixie-security"), "trixie");
+        assert_eq!(base_suite("bookworm-proposed-updates"), "bookworm");
+        assert_eq!(base_suite("trixie/updates"), "trixie");
     }
 }
