@@ -160,3 +160,47 @@ fn on_a_debian_host_inspect_agrees_with_apt_get_simulate() {
         sim.kept_back.len()
     );
 }
+
+/// apt's transaction in a report: the removal of proxmox-ve is an error finding (the rollout
+/// refuses the node), packages kept back an info; the kernel after it is the NEW kernel.
+#[test]
+fn the_transaction_is_judged() {
+    use fleetward_proto::Severity;
+    let fixture = support::fixtures_dir().join("scenarios/upgrades-pending");
+    let root = support::build(&fixture);
+    let mut report = inspect(&Root::new(root.path()));
+    assert!(
+        report.facts.apt.transaction.is_none(),
+        "inspect asks no apt"
+    );
+    let text = "The following packages have been kept back:\n  pve-manager\n\
+                Remv proxmox-ve [9.0.0]\n\
+                Inst proxmox-kernel-6.14.11-1-pve-signed (6.14.11-1 Proxmox:9.0/stable [amd64])\n";
+    fleetward_agent::inspect::with_transaction(&mut report, Ok(apt_sim::parse(text)));
+    let codes: Vec<(&str, Severity)> = report
+        .findings
+        .iter()
+        .filter(|f| f.code.starts_with("upgrade."))
+        .map(|f| (f.code.as_str(), f.severity))
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            ("upgrade.removes-protected", Severity::Error),
+            ("upgrade.held-back", Severity::Info)
+        ]
+    );
+    let t = report.facts.apt.transaction.as_ref().unwrap();
+    assert_eq!(t.kernel_after.as_deref(), Some("6.14.11-1-pve"));
+    // apt failing: no transaction, the reason kept, no upgrade finding.
+    fleetward_agent::inspect::with_transaction(&mut report, Err("exit 100".into()));
+    assert!(report.facts.apt.transaction.is_none());
+    assert_eq!(
+        report.facts.apt.transaction_error.as_deref(),
+        Some("exit 100")
+    );
+    assert!(!report
+        .findings
+        .iter()
+        .any(|f| f.code.starts_with("upgrade.")));
+}

@@ -241,4 +241,53 @@ mod tests {
         );
         assert_eq!(new_kernel(&[up("proxmox-ve")]), None);
     }
+
+    /// With apt's transaction in the report, the plan lists its upgrades and NEW packages,
+    /// its removals and kept-back packages, and the kernel after it; without, the lists.
+    #[test]
+    fn the_plan_follows_apts_transaction() {
+        use fleetward_proto::{AptTransaction, Removal, SCHEMA_VERSION};
+        let plan = crate::rollout::tests::plan(1, 1);
+        let view = crate::rollout::tests::healthy_view(&plan.nodes);
+        let mut report = Report {
+            schema_version: SCHEMA_VERSION,
+            facts: Default::default(),
+            findings: vec![],
+        };
+        report.facts.apt.upgradable = vec![up("pve-manager")];
+        let reports = |r: &Report| BTreeMap::from([("pve1".to_string(), r.clone())]);
+        let one = |d: &DryRun| d.nodes[0].clone();
+        let by_ref = |m: &BTreeMap<String, Report>| -> BTreeMap<String, &Report> {
+            m.iter().map(|(k, v)| (k.clone(), v)).collect()
+        };
+        let m = reports(&report);
+        let lists = one(&dry_run(&plan, &view, &by_ref(&m)));
+        assert!(!lists.from_apt);
+        assert_eq!(lists.packages, [up("pve-manager")]);
+        assert_eq!(lists.next_kernel.as_deref(), Some("6.8.12-1-pve"));
+
+        report.facts.apt.transaction = Some(AptTransaction {
+            upgrades: vec![up("pve-manager")],
+            new: vec![Upgrade {
+                package: "proxmox-kernel-6.14.11-1-pve-signed".into(),
+                installed: String::new(),
+                candidate: "6.14.11-1".into(),
+            }],
+            removed: vec![Removal {
+                package: "proxmox-ve".into(),
+                version: Some("9.0.0".into()),
+                essential: false,
+            }],
+            kept_back: vec!["pve-firmware".into()],
+            kernel_after: Some("6.14.11-1-pve".into()),
+        });
+        let m = reports(&report);
+        let tx = one(&dry_run(&plan, &view, &by_ref(&m)));
+        assert!(tx.from_apt);
+        assert_eq!(tx.packages.len(), 2);
+        assert_eq!(tx.removed, ["proxmox-ve 9.0.0"]);
+        assert_eq!(tx.kept_back, ["pve-firmware"]);
+        assert_eq!(tx.next_kernel.as_deref(), Some("6.14.11-1-pve"));
+        assert!(tx.reboot, "a new kernel needs a reboot");
+    }
 }
