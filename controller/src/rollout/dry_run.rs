@@ -244,6 +244,10 @@ mod tests {
 
     /// With apt's transaction in the report, the plan lists its upgrades and NEW packages,
     /// its removals and kept-back packages, and the kernel after it; without, the lists.
+    fn by_ref(m: &BTreeMap<String, Report>) -> BTreeMap<String, &Report> {
+        m.iter().map(|(k, v)| (k.clone(), v)).collect()
+    }
+
     #[test]
     fn the_plan_follows_apts_transaction() {
         use fleetward_proto::{AptTransaction, Removal, SCHEMA_VERSION};
@@ -257,9 +261,6 @@ mod tests {
         report.facts.apt.upgradable = vec![up("pve-manager")];
         let reports = |r: &Report| BTreeMap::from([("pve1".to_string(), r.clone())]);
         let one = |d: &DryRun| d.nodes[0].clone();
-        let by_ref = |m: &BTreeMap<String, Report>| -> BTreeMap<String, &Report> {
-            m.iter().map(|(k, v)| (k.clone(), v)).collect()
-        };
         let m = reports(&report);
         let lists = one(&dry_run(&plan, &view, &by_ref(&m)));
         assert!(!lists.from_apt);
