@@ -223,7 +223,7 @@ pub fn tail(s: String, max: usize) -> String {
 }
 
 /// Collects output lines, keeping roughly the last `max` bytes.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct OutputTail {
     max: usize,
     buf: String,

@@ -11,7 +11,8 @@
 //! | [`HA_DISARMED`] | HA is disarmed (freeze) |
 //! | [`POWERED_OFF`] | the node powered off; the simulated executor's `power_on` boots it again |
 //! | [`GUESTS`] | the node's guests: `[{vmid, kind, state, onboot, order, ha, location}]` ([`SimGuest`]) |
-//! | [`PENDING`] | what the next dist-upgrade installs: `{"packages": [{"package", "version"}], "kernel": "6.14.11-1-pve"}` ([`Pending`]) |
+//! | [`PENDING`] | what the next dist-upgrade installs: `{"packages": [{"package", "version"}], "kernel": "6.14.11-1-pve", "remove": [...], "held": [...]}` ([`Pending`]) |
+//! | [`UNITS`] | the simulated transient units of actions (`units/<unit>.json`, [`SimUnit`]): what outlives an agent killed mid-action |
 //! | [`REFRESH_FAILS`] | if present, boot-refresh fails (to test the ESP gate) |
 //! | [`ESP_SYNCED`] | JSON list of the kernels the last successful boot-refresh put on the ESPs |
 //!
@@ -44,6 +45,8 @@ pub const REFRESH_FAILS: &str = "refresh-fails";
 pub const GUESTS: &str = "guests.json";
 /// What the next dist-upgrade installs ([`Pending`], JSON).
 pub const PENDING: &str = "pending.json";
+/// Directory of the simulated transient units ([`SimUnit`] per file).
+pub const UNITS: &str = "units";
 /// The kernels the last boot-refresh synced (JSON list of releases).
 pub const ESP_SYNCED: &str = "esp-synced";
 /// Free space of the file systems a fixture claims (`<path> <bytes>` per line): a fixture
@@ -103,6 +106,14 @@ pub struct Pending {
     /// A new kernel's release, e.g. `6.14.11-1-pve`.
     #[serde(default)]
     pub kernel: Option<String>,
+    /// Packages the upgrade removes, where installed (a repository mistake that makes
+    /// apt remove `proxmox-ve`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+    /// Packages of `packages` that are held (`apt-mark hold`): apt keeps them back and the
+    /// upgrade leaves them alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub held: Vec<String>,
 }
 
 /// One package of [`Pending`] at the version the upgrade installs.
@@ -110,6 +121,21 @@ pub struct Pending {
 pub struct PendingPackage {
     pub package: String,
     pub version: String,
+}
+
+/// A simulated action's transient unit: written when the action starts, completed when it
+/// ends. An agent killed meanwhile finds it on restart and completes it (the real unit would
+/// have gone on without the agent), so the action is applied once and its result is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SimUnit {
+    pub id: String,
+    pub action: fleetward_proto::action::Action,
+    pub started_ms: u64,
+    /// `None` while it runs.
+    #[serde(default)]
+    pub ok: Option<bool>,
+    #[serde(default)]
+    pub output: String,
 }
 
 #[cfg(test)]

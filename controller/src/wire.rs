@@ -354,6 +354,10 @@ pub fn rollout_plan(d: &DryRun) -> api::RolloutPlanResponse {
                     .collect(),
                 downtime_secs: n.downtime_secs,
                 skipped: n.skipped,
+                packages_from_apt: n.from_apt,
+                removed: n.removed.clone(),
+                kept_back: n.kept_back.clone(),
+                apt_error: n.apt_error.clone(),
             })
             .collect(),
         blocked: d.blocked.clone(),

@@ -433,6 +433,51 @@ pub struct AptFacts {
     /// [`upgrade_needs_reboot`]).
     #[serde(default)]
     pub upgrade_needs_reboot: bool,
+    /// What apt itself says the next `dist-upgrade` does (`apt-get -s dist-upgrade`, asked
+    /// read-only by `fleetward-agent run`; see [`AptTransaction`]). `None` when apt was not
+    /// asked: `inspect` starts no process, and fixture roots and observe-only agents are
+    /// never simulated against the build machine's apt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transaction: Option<AptTransaction>,
+    /// apt was asked and failed (exit status and the tail of its output): what the upgrade
+    /// would do is unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transaction_error: Option<String>,
+}
+
+/// The exact transaction of the next `apt-get dist-upgrade`, as apt's simulation prints it
+/// (pins, holds and dependencies included): unlike `upgradable`, it names packages the
+/// upgrade installs new (a new kernel ABI) and removes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AptTransaction {
+    /// Installed packages that change version (`Inst PKG [OLD] (NEW ...)`), in apt's order.
+    #[serde(default)]
+    pub upgrades: Vec<Upgrade>,
+    /// Packages installed new (`Inst PKG (NEW ...)`): `installed` is empty.
+    #[serde(default)]
+    pub new: Vec<Upgrade>,
+    /// Packages removed (`Remv PKG [OLD]`, `Purg ...`).
+    #[serde(default)]
+    pub removed: Vec<Removal>,
+    /// Packages apt keeps back (held, or not upgradable without other changes).
+    #[serde(default)]
+    pub kept_back: Vec<String>,
+    /// The kernel release that boots after this transaction: the pinned kernel while it
+    /// stays installed, else the newest kernel installed after it.
+    #[serde(default)]
+    pub kernel_after: Option<String>,
+}
+
+/// A package the transaction removes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Removal {
+    pub package: String,
+    /// The installed version, when apt names it.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// apt warns that it is an essential package.
+    #[serde(default)]
+    pub essential: bool,
 }
 
 /// An installed package and the higher version apt's package lists offer for it.

@@ -91,6 +91,26 @@ fn demo_rolls_three_simulated_nodes_to_the_new_kernel_and_cleans_up() {
     ] {
         assert!(out.contains(section), "missing {section:?} in:\n{out}");
     }
+    // The plan is apt's transaction: each node's "kernel after" is the kernel it then
+    // boots, and the NEW kernel package it installs is listed.
+    let plan_start = out.find("== The plan").unwrap();
+    let plan = &out[plan_start..];
+    let plan = &plan[..plan[3..].find("\n== ").map_or(plan.len(), |i| i + 3)];
+    for node in ["pve-01", "pve-02", "pve-03"] {
+        let header = plan
+            .lines()
+            .find(|l| l.contains(&format!(". {node}  gate:")))
+            .unwrap_or_else(|| panic!("no plan line for {node} in:\n{plan}"));
+        assert!(
+            header.contains(&format!("kernel after: {NEW_KERNEL}")),
+            "{header}\n{plan}"
+        );
+    }
+    assert!(
+        plan.contains(&format!("proxmox-kernel-{NEW_KERNEL}-signed NEW ")),
+        "the NEW kernel package is not in the plan:\n{plan}"
+    );
+    assert!(plan.contains("apt's transaction"), "{plan}");
     // The kernel table: every node before on the old kernel, now on the new one, rebooted.
     for node in ["pve-01", "pve-02", "pve-03"] {
         let row = out

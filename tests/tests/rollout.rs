@@ -60,7 +60,10 @@ fn node_from(c: &Controller, name: &str, fixture: &Path, reboot_secs: f64) -> Ag
     let (root, state) = Agent::enroll_fixture(c, name, fixture);
     let sim = root.path().join("var/lib/fleetward-sim");
     std::fs::create_dir_all(&sim).unwrap();
-    std::fs::write(sim.join("pending.json"), pending()).unwrap();
+    // A fixture may bring its own pending upgrade.
+    if !sim.join("pending.json").exists() {
+        std::fs::write(sim.join("pending.json"), pending()).unwrap();
+    }
     Agent::run_with(
         name,
         root,
@@ -364,6 +367,53 @@ fn esp_without_the_new_kernel_halts_before_the_reboot() {
     assert_eq!(count(a, |x| *x == Action::Reboot), 0, "no reboot");
     assert_eq!(read(a, "/proc/sys/kernel/osrelease"), OLD_KERNEL);
     assert!(log(&agents[0]).is_empty(), "the next node is untouched");
+}
+
+/// apt's transaction would remove proxmox-ve on pve-01 (a repository mistake): the plan
+/// shows the removal and the failing gate, and the rollout halts at pve-01's preflight with
+/// `upgrade.removes-protected` before touching anything.
+#[test]
+fn an_upgrade_that_would_remove_proxmox_ve_halts_at_preflight() {
+    let c = controller();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/removes-proxmox-ve-pve-01");
+    let agents = [
+        node_from(&c, "pve-01", &fixture, 0.3),
+        node(&c, "pve-02", 0.3),
+        node(&c, "pve-03", 0.3),
+    ];
+    wait_online(&c, &NODES);
+    wait_for("pve-01's transaction", Duration::from_secs(20), || {
+        let r = c.cli_json(&["node", "show", "pve-01"]);
+        let removed = &r["report"]["facts"]["apt"]["transaction"]["removed"];
+        (removed[0]["package"] == "proxmox-ve").then_some(())
+    });
+    let plan = cli_any(&c, &["rollout", "plan"]);
+    let p1 = plan["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "pve-01")
+        .unwrap()
+        .clone();
+    assert_eq!(p1["gate_ok"], false, "{p1:#}");
+    assert!(
+        p1["gate_failure"]
+            .as_str()
+            .unwrap()
+            .contains("upgrade.removes-protected"),
+        "{p1:#}"
+    );
+    assert_eq!(p1["removed"][0], "proxmox-ve 9.0.0", "{p1:#}");
+    start(&c, &["--nodes", "pve-01,pve-02"]);
+    let s = wait_settled(&c, Duration::from_secs(30));
+    assert_eq!(
+        halted(&s),
+        ("pve-01".into(), "unsafe-findings".into()),
+        "{s:#}"
+    );
+    for a in &agents {
+        assert!(log(a).is_empty(), "{} was touched", a.name);
+    }
 }
 
 #[test]

@@ -16,11 +16,6 @@ const LIST_MAX_DECODED: usize = 512 * 1024 * 1024;
 
 pub(super) fn apt(r: &mut Reader, installed: &[Installed]) -> AptFacts {
     let mut facts = AptFacts::default();
-    (facts.upgradable, facts.unreadable_lists) = upgradable(r, installed);
-    facts.upgrade_needs_reboot = facts
-        .upgradable
-        .iter()
-        .any(|u| upgrade_needs_reboot(&u.package));
     let mut files: Vec<(String, AptFileFormat, Option<String>)> = Vec::new();
     if r.root.exists(SOURCES_LIST) {
         files.push((SOURCES_LIST.to_string(), AptFileFormat::OneLine, None));
@@ -64,6 +59,35 @@ pub(super) fn apt(r: &mut Reader, installed: &[Installed]) -> AptFacts {
             size,
         });
     }
+    // Lists left behind by a source that is now disabled (or in a file apt ignores) are not
+    // read by apt; lists of no known source are kept (they may come from elsewhere).
+    let prefixes = |entries: &mut dyn Iterator<Item = &AptEntry>| -> Vec<String> {
+        entries
+            .filter(|e| e.types.iter().any(|t| t == "deb"))
+            .flat_map(|e| {
+                e.uris
+                    .iter()
+                    .flat_map(move |u| e.suites.iter().map(move |s| packages::list_prefix(u, s)))
+            })
+            .collect()
+    };
+    let enabled = prefixes(&mut facts.entries.iter().filter(|e| e.enabled));
+    let dropped = prefixes(
+        &mut facts
+            .entries
+            .iter()
+            .filter(|e| !e.enabled)
+            .chain(&facts.ignored_entries),
+    );
+    let apt_skips = |name: &str| {
+        dropped.iter().any(|p| name.starts_with(p.as_str()))
+            && !enabled.iter().any(|p| name.starts_with(p.as_str()))
+    };
+    (facts.upgradable, facts.unreadable_lists) = upgradable(r, installed, &apt_skips);
+    facts.upgrade_needs_reboot = facts
+        .upgradable
+        .iter()
+        .any(|u| upgrade_needs_reboot(&u.package));
     facts
 }
 
@@ -76,6 +100,7 @@ pub(super) fn apt(r: &mut Reader, installed: &[Installed]) -> AptFacts {
 fn upgradable(
     r: &mut Reader,
     installed: &[Installed],
+    apt_skips: &dyn Fn(&str) -> bool,
 ) -> (Vec<fleetward_proto::Upgrade>, Vec<String>) {
     let mut unreadable_lists = Vec::new();
     if installed.is_empty() {
@@ -95,6 +120,9 @@ fn upgradable(
         let Some(compression) = compressed::by_name(&name) else {
             continue;
         };
+        if apt_skips(&name) {
+            continue;
+        }
         let path = format!("{LISTS_DIR}/{name}");
         if r.root.is_dir(&path) {
             continue;

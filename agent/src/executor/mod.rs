@@ -19,9 +19,11 @@
 
 pub mod real;
 pub mod simulated;
+pub mod unit;
 
 pub use crate::runner::{tail, OutputTail, OUTPUT_MAX};
 
+pub use crate::parse::apt_sim::Simulation;
 pub use fleetward_proto::action::{
     valid_node_name, Action, ActionRequest, GuestKind, GUEST_STOP_MARGIN,
 };
@@ -71,6 +73,10 @@ pub struct ActionOutcome {
     /// Returned by [`Once`] from its record; the action was not executed again.
     #[serde(default)]
     pub replayed: bool,
+    /// The action passed its timeout and still runs (in its own unit, left alone, never
+    /// signalled): not an outcome [`Once`] records, so a re-sent request looks again.
+    #[serde(default)]
+    pub still_running: bool,
 }
 
 impl ActionOutcome {
@@ -83,6 +89,7 @@ impl ActionOutcome {
             reboot: false,
             power_off: false,
             replayed: false,
+            still_running: false,
         }
     }
 
@@ -97,17 +104,43 @@ impl ActionOutcome {
 /// to the controller); the outcome carries the tail. Never panics on any request.
 pub trait Executor: Send + Sync {
     fn execute(&self, req: &ActionRequest, out: &mut dyn FnMut(&str)) -> ActionOutcome;
+
+    /// What the next `apt-dist-upgrade` would do, asked read-only (the real executor runs
+    /// `apt-get -s dist-upgrade`; the simulated one answers from its fixture world). `None`:
+    /// this executor does not ask (observe-only: it starts no process). `Err`: apt failed.
+    fn simulate_upgrade(&self) -> Option<Result<Simulation, String>> {
+        None
+    }
+
+    /// Finds the outcome of `req`, started before the agent restarted and never recorded
+    /// (the real executor asks systemd about the action's unit, waiting while it still
+    /// runs, bounded by the action's timeout). `None`: this executor cannot tell.
+    fn recover(&self, _req: &ActionRequest, _out: &mut dyn FnMut(&str)) -> Option<ActionOutcome> {
+        None
+    }
 }
 
 impl<E: Executor + ?Sized> Executor for Box<E> {
     fn execute(&self, req: &ActionRequest, out: &mut dyn FnMut(&str)) -> ActionOutcome {
         (**self).execute(req, out)
     }
+    fn simulate_upgrade(&self) -> Option<Result<Simulation, String>> {
+        (**self).simulate_upgrade()
+    }
+    fn recover(&self, req: &ActionRequest, out: &mut dyn FnMut(&str)) -> Option<ActionOutcome> {
+        (**self).recover(req, out)
+    }
 }
 
 impl<E: Executor + ?Sized> Executor for Arc<E> {
     fn execute(&self, req: &ActionRequest, out: &mut dyn FnMut(&str)) -> ActionOutcome {
         (**self).execute(req, out)
+    }
+    fn simulate_upgrade(&self) -> Option<Result<Simulation, String>> {
+        (**self).simulate_upgrade()
+    }
+    fn recover(&self, req: &ActionRequest, out: &mut dyn FnMut(&str)) -> Option<ActionOutcome> {
+        (**self).recover(req, out)
     }
 }
 
@@ -298,6 +331,12 @@ fn replay(entry: &Entry, req: &ActionRequest) -> ActionOutcome {
 }
 
 impl<E: Executor> Executor for Once<E> {
+    /// Read-only: not recorded, and not behind the lock that serialises actions (apt's
+    /// simulation takes no lock, so it may run beside a running action).
+    fn simulate_upgrade(&self) -> Option<Result<Simulation, String>> {
+        self.inner.simulate_upgrade()
+    }
+
     fn execute(&self, req: &ActionRequest, out: &mut dyn FnMut(&str)) -> ActionOutcome {
         if req.id.trim().is_empty() {
             return ActionOutcome::refused(&req.id, "refusing an action without an id");
@@ -306,6 +345,30 @@ impl<E: Executor> Executor for Once<E> {
         // duplicate arriving meanwhile waits and then gets the recorded outcome.
         let mut store = self.lock();
         if let Some(entry) = store.get(&req.id) {
+            let interrupted = entry.outcome.is_none()
+                && entry.action == req.action
+                && !matches!(entry.action, Action::Reboot | Action::PowerOff);
+            if interrupted {
+                // Started before the agent restarted: its real outcome, if the executor can
+                // still find it (the action may have gone on without us).
+                if let Some(found) = self.inner.recover(req, out) {
+                    if !found.still_running {
+                        if let Some(e) = store.entries.iter_mut().rev().find(|e| e.id == req.id) {
+                            e.outcome = Some(ActionOutcome {
+                                output: tail(found.output.clone(), STORED_OUTPUT_MAX),
+                                ..found.clone()
+                            });
+                        }
+                        if let Err(e) = store.save() {
+                            tracing::warn!(id = %req.id, error = %e, "cannot record the action's outcome");
+                        }
+                    }
+                    return ActionOutcome {
+                        replayed: true,
+                        ..found
+                    };
+                }
+            }
             return replay(entry, req);
         }
         store.entries.push_back(Entry {
@@ -322,6 +385,10 @@ impl<E: Executor> Executor for Once<E> {
             );
         }
         let outcome = self.inner.execute(req, out);
+        if outcome.still_running {
+            // Not an outcome: the entry stays "started", and a re-send looks again.
+            return outcome;
+        }
         if let Some(entry) = store.entries.iter_mut().rev().find(|e| e.id == req.id) {
             entry.outcome = Some(ActionOutcome {
                 output: tail(outcome.output.clone(), STORED_OUTPUT_MAX),

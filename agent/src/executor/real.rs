@@ -16,6 +16,17 @@
 //! | ha-disarm / ha-arm | `ha-manager crm-command disarm-ha freeze` / `ha-manager crm-command arm-ha` | | 60 s |
 //! | reboot / power-off | `systemctl reboot` / `systemctl poweroff` | | 60 s |
 //!
+//! Every command above runs as its own transient systemd unit
+//! (`systemd-run --unit=fleetward-<key> … --wait`, see [`super::unit`]): it outlives the agent
+//! and its sandbox, is never signalled at its timeout (reported "still running" instead), and
+//! is found again by its key after an agent restart ([`Executor::recover`]). Read-only
+//! queries (`ha-manager status`, apt's simulation) run directly.
+//!
+//! apt is the oracle for upgrades: [`RealExecutor::simulate_command`] (`LC_ALL=C apt-get -s
+//! -o Debug::NoLocking=1 dist-upgrade`, 120 s) gives the transaction for reports (cached
+//! while dpkg's status, the lists and apt's configuration are unchanged), and runs again right
+//! before `apt-dist-upgrade`, which is refused when apt would remove a protected package.
+//!
 //! Programs are found through `PATH` (the agent's systemd unit has the standard one). No
 //! shell is involved: every argument is one `argv` entry, and node names and VMIDs are
 //! validated before they reach a command line ([`Action::validate`]).
@@ -25,13 +36,32 @@
 //! other than `stopped`, `ignored`, `disabled` or `error` (services in those states do not
 //! run, and nothing would move them).
 
+use super::unit::{self, Found};
 use super::{
     valid_node_name, Action, ActionOutcome, ActionRequest, Executor, GuestKind, OutputTail,
-    OUTPUT_MAX,
+    Simulation, OUTPUT_MAX,
 };
-use crate::runner::{CommandRunner, RunResult};
+use crate::parse::apt_sim;
+use crate::runner::CommandRunner;
+use std::sync::Mutex;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
+
+/// How long apt's read-only simulation may take.
+pub const SIMULATE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Most output of apt's simulation kept for parsing (a major-release upgrade prints a few
+/// hundred KB).
+const SIMULATE_OUTPUT_MAX: usize = 16 << 20;
+/// What apt's answer depends on: while none of these changed, the last simulation holds.
+const APT_STATE: &[&str] = &[
+    "/var/lib/dpkg/status",
+    "/var/lib/apt/lists",
+    "/etc/apt/sources.list",
+    "/etc/apt/sources.list.d",
+    "/etc/apt/preferences",
+    "/etc/apt/preferences.d",
+    "/etc/apt/apt.conf.d",
+];
 
 /// How long one `ha-manager status` poll may take.
 pub const HA_STATUS_TIMEOUT: Duration = Duration::from_secs(30);
@@ -102,8 +132,21 @@ pub fn ha_services_on(status: &str, node: &str) -> Vec<String> {
 pub struct RealExecutor<R: CommandRunner> {
     pub node: String,
     pub runner: R,
-    /// Pause between two `ha-manager status` polls ([`HA_POLL_INTERVAL`] by default).
+    /// Pause between two `ha-manager status` polls ([`HA_POLL_INTERVAL`] by default), and
+    /// between two looks at a still running unit after a restart.
     pub poll_interval: Duration,
+    /// The last simulation with the modification times of [`APT_STATE`] it was made at.
+    simulated: Mutex<Option<Cached>>,
+}
+
+/// apt's last answer and the modification times of [`APT_STATE`] it was given at.
+type Cached = (Vec<Option<SystemTime>>, Result<Simulation, String>);
+
+fn apt_state() -> Vec<Option<SystemTime>> {
+    APT_STATE
+        .iter()
+        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .collect()
 }
 
 impl<R: CommandRunner> RealExecutor<R> {
@@ -112,7 +155,149 @@ impl<R: CommandRunner> RealExecutor<R> {
             node: node.into(),
             runner,
             poll_interval: HA_POLL_INTERVAL,
+            simulated: Mutex::new(None),
         }
+    }
+
+    /// apt's read-only simulation: `LC_ALL=C apt-get -s -o Debug::NoLocking=1 dist-upgrade`
+    /// (no lock, so it may run beside anything; not in a unit: it changes nothing).
+    pub fn simulate_command() -> CommandLine {
+        CommandLine::new("apt-get", apt_sim::SIMULATE_ARGS, SIMULATE_TIMEOUT)
+            .env(&[("LC_ALL", "C")])
+    }
+
+    /// Runs apt's simulation now and parses it.
+    pub fn simulate_now(&self) -> Result<Simulation, String> {
+        let cl = Self::simulate_command();
+        let mut text = String::new();
+        let r = self
+            .runner
+            .run(&cl.program, &cl.args, &cl.env, cl.timeout, &mut |l| {
+                if text.len() < SIMULATE_OUTPUT_MAX {
+                    text.push_str(l);
+                    text.push('\n');
+                }
+            });
+        if !r.success() {
+            let why = r.spawn_error.clone().unwrap_or_else(|| {
+                format!(
+                    "exit {:?}{}",
+                    r.exit_code,
+                    if r.timed_out { ", timed out" } else { "" }
+                )
+            });
+            let last: Vec<&str> = r.output.lines().rev().take(5).collect();
+            let last: Vec<&str> = last.into_iter().rev().collect();
+            return Err(format!("`{cl}` failed ({why}): {}", last.join(" / ")));
+        }
+        Ok(apt_sim::parse(&text))
+    }
+
+    /// The real `apt-dist-upgrade`: apt is asked once more right before it, and a
+    /// transaction that would remove a protected package (`upgrade.removes-protected`) or
+    /// that apt cannot compute is refused: nothing runs.
+    fn checked_dist_upgrade(
+        &self,
+        req: &ActionRequest,
+        out: &mut dyn FnMut(&str),
+    ) -> Option<ActionOutcome> {
+        match self.simulate_now() {
+            Err(e) => Some(ActionOutcome::refused(
+                &req.id,
+                format!("refusing apt-dist-upgrade: apt's simulation failed: {e}"),
+            )),
+            Ok(sim) => {
+                let running = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                    .ok()
+                    .map(|s| s.trim().to_owned());
+                let bad = apt_sim::protected_removals(&sim.removed, running.as_deref());
+                if !bad.is_empty() {
+                    return Some(ActionOutcome::refused(
+                        &req.id,
+                        format!(
+                            "refusing apt-dist-upgrade (upgrade.removes-protected): apt would remove {}",
+                            bad.join(", ")
+                        ),
+                    ));
+                }
+                out(&format!(
+                    "apt's simulation: {} upgraded, {} newly installed, {} to remove, {} kept back",
+                    sim.upgrades.len(),
+                    sim.new.len(),
+                    sim.removed.len(),
+                    sim.kept_back.len()
+                ));
+                None
+            }
+        }
+    }
+
+    /// `cl` as the transient unit of `req` (see [`unit`]): the outcome, with the unit's
+    /// journal as output; at the timeout, "still running" and the unit left alone.
+    fn run_in_unit(
+        &self,
+        req: &ActionRequest,
+        cl: &CommandLine,
+        out: &mut dyn FnMut(&str),
+    ) -> ActionOutcome {
+        let unit_name = match unit::unit_name(&req.id) {
+            Ok(u) => u,
+            Err(e) => return ActionOutcome::refused(&req.id, e),
+        };
+        let wrapped = unit::wrap(&unit_name, req.action.name(), &req.id, cl);
+        let header = format!("+ {cl}");
+        out(&header);
+        out(&format!("  (as transient unit {unit_name})"));
+        let r = self.runner.run(
+            &wrapped.program,
+            &wrapped.args,
+            &wrapped.env,
+            wrapped.timeout,
+            out,
+        );
+        let mut text = format!("{header}\n{}", r.output);
+        if let Some(e) = &r.spawn_error {
+            out(e);
+            text.push_str(e);
+            text.push('\n');
+            return ActionOutcome::new(&req.id, false, text, None);
+        }
+        if r.timed_out {
+            let msg = format!(
+                "{} still running after {}s in unit {unit_name}: left alone (never signalled); \
+                 see `systemctl status {unit_name}`",
+                req.action.name(),
+                cl.timeout.as_secs()
+            );
+            out(&msg);
+            text.push_str(&msg);
+            return ActionOutcome {
+                still_running: true,
+                ..ActionOutcome::new(&req.id, false, text, None)
+            };
+        }
+        text.push_str(&self.journal(&unit_name, out));
+        let ok = r.success();
+        ActionOutcome {
+            reboot: ok && req.action == Action::Reboot,
+            power_off: ok && req.action == Action::PowerOff,
+            ..ActionOutcome::new(&req.id, ok, text, r.exit_code)
+        }
+    }
+
+    /// The unit's own output lines from the journal, passed to `out`; as text.
+    fn journal(&self, unit_name: &str, out: &mut dyn FnMut(&str)) -> String {
+        let j = unit::journal_command(unit_name);
+        let r = self
+            .runner
+            .run(&j.program, &j.args, &j.env, j.timeout, &mut |_| {});
+        let mut text = String::new();
+        for line in unit::command_lines(&r.output) {
+            out(line);
+            text.push_str(line);
+            text.push('\n');
+        }
+        text
     }
 
     /// The command line of an action; `None` for `wait-guests-migrated`, which polls
@@ -189,21 +374,6 @@ impl<R: CommandRunner> RealExecutor<R> {
     /// One poll of `wait-guests-migrated`.
     pub fn ha_status_command(&self) -> CommandLine {
         CommandLine::new("ha-manager", &["status"], HA_STATUS_TIMEOUT)
-    }
-
-    fn run(&self, cl: &CommandLine, out: &mut dyn FnMut(&str)) -> (RunResult, String) {
-        let header = format!("+ {cl}");
-        out(&header);
-        let r = self
-            .runner
-            .run(&cl.program, &cl.args, &cl.env, cl.timeout, out);
-        let mut text = format!("{header}\n{}", r.output);
-        if let Some(e) = &r.spawn_error {
-            out(e);
-            text.push_str(e);
-            text.push('\n');
-        }
-        (r, text)
     }
 
     fn wait_guests_migrated(
@@ -287,12 +457,98 @@ impl<R: CommandRunner> Executor for RealExecutor<R> {
             };
             return self.wait_guests_migrated(req, secs, out);
         };
-        let (r, text) = self.run(&cl, out);
-        let ok = r.success();
-        ActionOutcome {
-            reboot: ok && req.action == Action::Reboot,
-            power_off: ok && req.action == Action::PowerOff,
-            ..ActionOutcome::new(&req.id, ok, text, r.exit_code)
+        if req.action == Action::AptDistUpgrade {
+            if let Some(refused) = self.checked_dist_upgrade(req, out) {
+                return refused;
+            }
+        }
+        self.run_in_unit(req, &cl, out)
+    }
+
+    fn simulate_upgrade(&self) -> Option<Result<Simulation, String>> {
+        let key = apt_state();
+        let mut cache = self.simulated.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((k, r)) = cache.as_ref() {
+            if *k == key && key.iter().any(Option::is_some) {
+                return Some(r.clone());
+            }
+        }
+        let r = self.simulate_now();
+        *cache = Some((key, r.clone()));
+        Some(r)
+    }
+
+    /// After a restart: the action's unit, by its name. While it runs, wait (bounded by
+    /// the action's timeout, then "still running"); once it ended, its result and journal.
+    fn recover(&self, req: &ActionRequest, out: &mut dyn FnMut(&str)) -> Option<ActionOutcome> {
+        self.command_line(&req.action)?;
+        let unit_name = unit::unit_name(&req.id).ok()?;
+        let start = Instant::now();
+        let bound = req.action.default_timeout();
+        let mut said = false;
+        loop {
+            let show = unit::show_command(&unit_name);
+            let r = self.runner.run(
+                &show.program,
+                &show.args,
+                &show.env,
+                show.timeout,
+                &mut |_| {},
+            );
+            if !r.success() {
+                return None;
+            }
+            let state = unit::parse_show(&r.output);
+            let running = matches!(unit::judge(&state, ""), Found::Running);
+            let journal = if running {
+                String::new()
+            } else {
+                let j = unit::journal_command(&unit_name);
+                self.runner
+                    .run(&j.program, &j.args, &j.env, j.timeout, &mut |_| {})
+                    .output
+            };
+            match unit::judge(&state, &journal) {
+                Found::Unknown => return None,
+                Found::Running => {
+                    if !said {
+                        out(&format!(
+                            "{} was started before the agent restarted and still runs in unit {unit_name}: waiting for it",
+                            req.action.name()
+                        ));
+                        said = true;
+                    }
+                    if start.elapsed() + self.poll_interval >= bound {
+                        let msg = format!(
+                            "{} still running in unit {unit_name} after the agent restarted: left alone (never signalled)",
+                            req.action.name()
+                        );
+                        out(&msg);
+                        return Some(ActionOutcome {
+                            still_running: true,
+                            ..ActionOutcome::new(&req.id, false, msg, None)
+                        });
+                    }
+                    thread::sleep(self.poll_interval);
+                }
+                Found::Finished { ok, exit_code, why } => {
+                    let mut text = format!(
+                        "{} was started before the agent restarted; found its unit {unit_name}: {why}\n",
+                        req.action.name()
+                    );
+                    out(text.trim_end());
+                    for line in unit::command_lines(&journal) {
+                        out(line);
+                        text.push_str(line);
+                        text.push('\n');
+                    }
+                    return Some(ActionOutcome {
+                        reboot: ok && req.action == Action::Reboot,
+                        power_off: ok && req.action == Action::PowerOff,
+                        ..ActionOutcome::new(&req.id, ok, text, exit_code)
+                    });
+                }
+            }
         }
     }
 }
@@ -302,6 +558,7 @@ mod tests {
     use super::*;
     use crate::executor::GuestKind::{Lxc, Qemu};
     use crate::runner::testing::{Call, RecordingRunner};
+    use crate::runner::RunResult;
 
     fn req(action: Action) -> ActionRequest {
         ActionRequest {
@@ -319,6 +576,30 @@ mod tests {
                 .map(|(k, v)| ((*k).into(), (*v).into()))
                 .collect(),
             timeout: Duration::from_secs(secs),
+        }
+    }
+
+    fn simulate_call() -> Call {
+        call(
+            "apt-get",
+            "-s -o Debug::NoLocking=1 dist-upgrade",
+            &[("LC_ALL", "C")],
+            120,
+        )
+    }
+
+    fn journal_call(unit: &str) -> Call {
+        Call {
+            program: "journalctl".into(),
+            args: vec![
+                format!("--unit={unit}"),
+                "--output=cat".into(),
+                "--no-pager".into(),
+                "--quiet".into(),
+                "--lines=400".into(),
+            ],
+            env: vec![("LC_ALL".into(), "C".into())],
+            timeout: Duration::from_secs(30),
         }
     }
 
@@ -390,6 +671,7 @@ mod tests {
             (Action::PowerOff, call("systemctl", "poweroff", &[], 60)),
         ];
         let exec = RealExecutor::new("pve-01", RecordingRunner::new());
+        let unit = "fleetward-op-pve\\x2d01-step-1.service";
         for (action, expected) in table {
             let mut lines = Vec::new();
             let o = exec.execute(&req(action.clone()), &mut |l| lines.push(l.to_owned()));
@@ -398,10 +680,40 @@ mod tests {
             assert_eq!(o.reboot, action == Action::Reboot);
             assert_eq!(o.power_off, action == Action::PowerOff);
             assert_eq!(action.default_timeout(), expected.timeout);
-            assert_eq!(exec.runner.take_calls(), [expected], "{action:?}");
-            // The first streamed line shows what runs.
+            // Each runs as its own transient unit, its environment passed with --setenv;
+            // then the unit's journal gives its output. apt-dist-upgrade asks apt first.
+            let mut want = Vec::new();
+            if action == Action::AptDistUpgrade {
+                want.push(simulate_call());
+            }
+            let mut args = vec![
+                format!("--unit={unit}"),
+                format!("--description=fleetward {} op/pve-01/step/1", action.name()),
+                "--service-type=exec".into(),
+                "--wait".into(),
+                "--quiet".into(),
+            ];
+            args.extend(
+                expected
+                    .env
+                    .iter()
+                    .map(|(k, v)| format!("--setenv={k}={v}")),
+            );
+            args.push("--".into());
+            args.push(expected.program.clone());
+            args.extend(expected.args.iter().cloned());
+            want.push(Call {
+                program: "systemd-run".into(),
+                args,
+                env: vec![],
+                timeout: expected.timeout,
+            });
+            want.push(journal_call(unit));
+            assert_eq!(exec.runner.take_calls(), want, "{action:?}");
+            // The first streamed line (after apt's answer) shows what runs.
+            let first = usize::from(action == Action::AptDistUpgrade);
             assert_eq!(
-                lines[0],
+                lines[first],
                 format!("+ {}", exec.command_line(&action).unwrap())
             );
         }
@@ -417,8 +729,10 @@ mod tests {
     #[test]
     fn executor_real_failures_and_bad_arguments() {
         let exec = RealExecutor::new("pve-01", RecordingRunner::new());
-        exec.runner
-            .script([RunResult::exited(100, "E: Could not get lock")]);
+        exec.runner.script([
+            RunResult::exited(0, ""),
+            RunResult::exited(100, "E: Could not get lock"),
+        ]);
         let mut lines = Vec::new();
         let o = exec.execute(&req(Action::AptDistUpgrade), &mut |l| {
             lines.push(l.to_owned())
@@ -459,7 +773,8 @@ mod tests {
         let weird = RealExecutor::new("-rf", RecordingRunner::new());
         assert!(!weird.execute(&req(Action::MaintenanceOn), &mut |_| {}).ok);
         assert!(weird.runner.calls().is_empty());
-        assert_eq!(exec.runner.calls().len(), 2);
+        // simulate + unit + journal, then the reboot's unit (timed out: no journal).
+        assert_eq!(exec.runner.calls().len(), 4);
     }
 
     const HA_BUSY: &str = "quorum OK\n\
@@ -510,5 +825,148 @@ mod tests {
         );
         assert!(!o.ok && o.output.contains("timed out"), "{o:?}");
         assert_eq!(exec.runner.take_calls().len(), 1);
+    }
+
+    /// apt is asked right before the upgrade; a transaction that would remove proxmox-ve
+    /// is refused and nothing is started.
+    #[test]
+    fn executor_real_dist_upgrade_refuses_protected_removals() {
+        let exec = RealExecutor::new("pve-01", RecordingRunner::new());
+        exec.runner.script([RunResult::exited(
+            0,
+            "The following packages will be REMOVED:\n  proxmox-ve\nRemv proxmox-ve [9.0.0]\n",
+        )]);
+        let o = exec.execute(&req(Action::AptDistUpgrade), &mut |_| {});
+        assert!(!o.ok && o.exit_code.is_none(), "{o:?}");
+        assert!(o.output.contains("upgrade.removes-protected") && o.output.contains("proxmox-ve"));
+        assert_eq!(exec.runner.take_calls(), [simulate_call()]);
+        // apt failing is no answer: refused too.
+        exec.runner
+            .script([RunResult::exited(100, "E: Unable to correct problems")]);
+        let o = exec.execute(&req(Action::AptDistUpgrade), &mut |_| {});
+        assert!(!o.ok && o.output.contains("Unable to correct"), "{o:?}");
+        assert_eq!(exec.runner.take_calls().len(), 1);
+        // The read-only simulation for reports: parsed, and cached while apt's state is
+        // unchanged.
+        exec.runner.script([RunResult::exited(
+            0,
+            "Inst pve-manager [9.0.11] (9.0.13 Proxmox:9.0/stable [amd64])\n",
+        )]);
+        let sim = exec.simulate_upgrade().unwrap().unwrap();
+        assert_eq!(sim.upgrades.len(), 1);
+        assert_eq!(exec.runner.take_calls(), [simulate_call()]);
+    }
+
+    /// A dist-upgrade past its timeout: the unit is left alone (no stop, no kill: the only
+    /// calls are systemd-run itself), the outcome says "still running" and is not recorded;
+    /// after a restart the re-sent key finds the unit, waits for it, and reports its result
+    /// without running it again.
+    #[test]
+    fn executor_real_timed_out_unit_is_left_alone_and_found_again() {
+        use crate::executor::Once;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("actions.json");
+        let mut real = RealExecutor::new("pve-01", RecordingRunner::new());
+        real.poll_interval = Duration::ZERO;
+        real.runner.script([
+            RunResult::exited(0, ""),
+            RunResult {
+                timed_out: true,
+                output: "Setting up pve-manager (9.0.13) ...\n".into(),
+                ..Default::default()
+            },
+        ]);
+        let once = Once::open(&path, real).unwrap();
+        let o = once.execute(&req(Action::AptDistUpgrade), &mut |_| {});
+        assert!(!o.ok && o.still_running, "{o:?}");
+        assert!(o.output.contains("still running") && o.output.contains("never signalled"));
+        let calls = once.inner().runner.take_calls();
+        assert_eq!(calls.len(), 2, "{calls:?}");
+        assert_eq!(calls[1].program, "systemd-run");
+        assert!(once.recorded("op/pve-01/step/1").is_none());
+
+        // The agent restarts; the controller re-sends the same key.
+        drop(once);
+        let mut real = RealExecutor::new("pve-01", RecordingRunner::new());
+        real.poll_interval = Duration::ZERO;
+        real.runner.script([
+            RunResult::exited(0, "LoadState=loaded\nActiveState=active\nSubState=running\n"),
+            RunResult::exited(0, "LoadState=not-found\nActiveState=inactive\nResult=success\n"),
+            RunResult::exited(
+                0,
+                "Setting up pve-manager (9.0.13) ...\nfleetward-x.service: Deactivated successfully.\n",
+            ),
+        ]);
+        let once = Once::open(&path, real).unwrap();
+        let mut lines = Vec::new();
+        let o = once.execute(&req(Action::AptDistUpgrade), &mut |l| {
+            lines.push(l.to_owned())
+        });
+        assert!(o.ok && o.replayed && o.exit_code == Some(0), "{o:?}");
+        assert!(o.output.contains("Setting up pve-manager"));
+        let calls = once.inner().runner.take_calls();
+        let programs: Vec<&str> = calls.iter().map(|c| c.program.as_str()).collect();
+        assert_eq!(programs, ["systemctl", "systemctl", "journalctl"]);
+        assert_eq!(
+            calls[0].args,
+            [
+                "show",
+                "fleetward-op-pve\\x2d01-step-1.service",
+                "--property=LoadState,ActiveState,SubState,Result,ExecMainCode,ExecMainStatus"
+            ]
+        );
+        // Recorded now: a third send replays it without asking systemd.
+        let again = once.execute(&req(Action::AptDistUpgrade), &mut |_| {});
+        assert!(again.ok && again.replayed);
+        assert!(once.inner().runner.take_calls().is_empty());
+    }
+
+    /// A unit that failed while the agent was away: its exit status comes back.
+    #[test]
+    fn executor_real_failed_unit_is_reported_after_restart() {
+        use crate::executor::Once;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("actions.json");
+        std::fs::write(
+            &path,
+            r#"[{"id":"op/pve-01/step/1","action":{"action":"apt-update"},"outcome":null}]"#,
+        )
+        .unwrap();
+        let real = RealExecutor::new("pve-01", RecordingRunner::new());
+        real.runner.script([
+            RunResult::exited(
+                0,
+                "LoadState=loaded\nActiveState=failed\nResult=exit-code\nExecMainCode=1\nExecMainStatus=100\n",
+            ),
+            RunResult::exited(0, "E: Failed to fetch\n"),
+        ]);
+        let once = Once::open(&path, real).unwrap();
+        let o = once.execute(&req(Action::AptUpdate), &mut |_| {});
+        assert!(
+            !o.ok && o.exit_code == Some(100) && o.output.contains("Failed to fetch"),
+            "{o:?}"
+        );
+        // Nothing known about the unit (journal gone): outcome unknown, not run again.
+        std::fs::write(
+            &path,
+            r#"[{"id":"op/pve-01/step/1","action":{"action":"apt-update"},"outcome":null}]"#,
+        )
+        .unwrap();
+        let real = RealExecutor::new("pve-01", RecordingRunner::new());
+        real.runner.script([
+            RunResult::exited(0, "LoadState=not-found\nActiveState=inactive\n"),
+            RunResult::exited(0, ""),
+        ]);
+        let once = Once::open(&path, real).unwrap();
+        let o = once.execute(&req(Action::AptUpdate), &mut |_| {});
+        assert!(!o.ok && o.output.contains("outcome unknown"), "{o:?}");
+        let programs: Vec<String> = once
+            .inner()
+            .runner
+            .calls()
+            .into_iter()
+            .map(|c| c.program)
+            .collect();
+        assert_eq!(programs, ["systemctl", "journalctl"]);
     }
 }

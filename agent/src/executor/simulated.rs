@@ -24,7 +24,20 @@
 //!   package or `proxmox-default-kernel` installed (as every real node has), or when
 //!   `pending.json` lists a reboot package such as `proxmox-ve`. Without `pending.json` the
 //!   list is empty (nothing new). Other `*_Packages` files are left alone.
-//! - **apt-dist-upgrade**: applies `pending.json`: the kernel's `/boot/vmlinuz-K`,
+//! - **apt's simulation** (`Executor::simulate_upgrade`, what `apt-get -s dist-upgrade`
+//!   prints on a real node): the transaction `planned` computes from `pending.json` (the
+//!   mirror, as after the rollout's `apt-update`) and dpkg's status — installed packages that
+//!   change version, NEW packages (the pending kernel's image package), `remove` entries
+//!   that are installed, `held` packages kept back. The dist-upgrade below applies the same
+//!   `planned` transaction, so the plan and the upgrade agree. Modelled on apt's
+//!   `pkgSimulate` (`apt-pkg/algorithms.cc`) output.
+//! - **units**: every action runs as a simulated transient unit
+//!   (`units/<unit>.json`, [`crate::simformat::SimUnit`]): written at its start, completed
+//!   with its result. An agent killed meanwhile finds it through `Executor::recover` and lets
+//!   it go on to its end (applied once), as the real unit would without the agent.
+//! - **apt-dist-upgrade**: asks the simulation first and refuses a protected removal
+//!   (`upgrade.removes-protected`); then applies `pending.json` (without held packages,
+//!   removing the `remove` packages that are installed): the kernel's `/boot/vmlinuz-K`,
 //!   `initrd.img-K` and `config-K`, its package `proxmox-kernel-K-signed`, and every listed
 //!   package are added to or updated in `/var/lib/dpkg/status` (the kernel's meta packages
 //!   too, where installed); then `pending.json` is removed (a second upgrade installs
@@ -51,11 +64,13 @@ use super::{
     under, valid_node_name, Action, ActionOutcome, ActionRequest, Executor, ExecutorError,
     GuestKind, OutputTail, OUTPUT_MAX,
 };
-use crate::parse::{boot_tool::DEFAULT_ESP_LIST as ESP_LIST, control, version};
+use super::{unit, Simulation};
+use crate::parse::{apt_sim, boot_tool::DEFAULT_ESP_LIST as ESP_LIST, control, version};
 use crate::simformat::{
-    GuestState, Pending, SimGuest, CEPH_NOOUT, ESP_SYNCED, GUESTS, HA_DISARMED, MAINTENANCE,
-    PENDING, POWERED_OFF, REFRESH_FAILS, SIM_DIR, SIM_LISTS_FILE,
+    GuestState, Pending, SimGuest, SimUnit, CEPH_NOOUT, ESP_SYNCED, GUESTS, HA_DISARMED,
+    MAINTENANCE, PENDING, POWERED_OFF, REFRESH_FAILS, SIM_DIR, SIM_LISTS_FILE, UNITS,
 };
+use fleetward_proto::{Removal, Upgrade};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fs;
@@ -85,6 +100,9 @@ fn kernel_packages(k: &str) -> Vec<(String, String)> {
     out.push(("proxmox-default-kernel".to_owned(), v));
     out
 }
+
+/// A planned transaction: packages installed or upgraded (name, version), packages removed.
+type Planned = (Vec<(String, String)>, Vec<String>);
 
 /// One line of the action log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -195,6 +213,18 @@ fn set_field(stanza: &mut control::Stanza, key: &str, value: &str) {
         Some((_, v)) => *v = value.to_owned(),
         None => stanza.push((key.to_owned(), value.to_owned())),
     }
+}
+
+/// `status` without the packages `names`.
+pub fn dpkg_remove(status: &str, names: &[String]) -> String {
+    let stanzas: Vec<control::Stanza> = control::stanzas(status)
+        .into_iter()
+        .filter(|s| !control::field(s, "Package").is_some_and(|p| names.iter().any(|n| n == p)))
+        .collect();
+    if names.is_empty() {
+        return status.to_owned();
+    }
+    write_stanzas(&stanzas)
 }
 
 /// `status` with `packages` (name, version) installed or upgraded.
@@ -353,26 +383,115 @@ impl SimulatedExecutor {
         Ok(())
     }
 
-    fn dist_upgrade(&self, say: Say) -> Result<(), String> {
-        let pending_path = self.sim(PENDING);
-        let pending: Pending = match fs::read(&pending_path) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map_err(|e| format!("{}: {e}", pending_path.display()))?,
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                say("0 upgraded, 0 newly installed".into());
-                return Ok(());
-            }
-            Err(e) => return Err(format!("{}: {e}", pending_path.display())),
-        };
+    /// The transaction the next dist-upgrade performs, as the real apt would compute it
+    /// after the rollout's `apt-update` (`pending.json` is the mirror): the packages it
+    /// installs or upgrades, with versions (held packages kept back; the pending kernel's
+    /// image package, NEW, and its meta packages where installed), and the installed
+    /// packages it removes. The one source of both [`Executor::simulate_upgrade`]'s answer
+    /// and `dist_upgrade`, so the plan and the upgrade agree.
+    fn planned(
+        &self,
+        pending: &Pending,
+        installed: &[control::Installed],
+    ) -> Result<Planned, String> {
         let mut packages: Vec<(String, String)> = pending
             .packages
             .iter()
+            .filter(|p| !pending.held.contains(&p.package))
             .map(|p| (p.package.clone(), p.version.clone()))
             .collect();
         if let Some(k) = &pending.kernel {
-            if k.is_empty() || k.contains(['/', '\0']) || k.starts_with('.') {
+            if k.is_empty() || k.contains(['/', '\0', '\n']) || k.starts_with('.') {
                 return Err(format!("pending.json: invalid kernel release {k:?}"));
             }
+            for (i, (name, v)) in kernel_packages(k).into_iter().enumerate() {
+                // The image package is new; meta packages move where installed.
+                let wanted = i == 0 || installed.iter().any(|p| p.name == name);
+                if wanted && !packages.iter().any(|(n, _)| *n == name) {
+                    packages.push((name, v));
+                }
+            }
+        }
+        let removed = pending
+            .remove
+            .iter()
+            .filter(|r| installed.iter().any(|p| p.name == **r))
+            .cloned()
+            .collect();
+        Ok((packages, removed))
+    }
+
+    fn dpkg_status(&self) -> Result<String, String> {
+        let status_path = self.path("/var/lib/dpkg/status");
+        match fs::read_to_string(&status_path) {
+            Ok(t) => Ok(t),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(String::new()),
+            Err(e) => Err(format!("{}: {e}", status_path.display())),
+        }
+    }
+
+    /// What apt's simulation would print for this node now (see [`Self::planned`]).
+    pub fn simulation(&self) -> Result<Simulation, String> {
+        let Some(pending) = self.pending()? else {
+            return Ok(Simulation::default());
+        };
+        let installed = control::dpkg_installed(&self.dpkg_status()?);
+        let (packages, removed) = self.planned(&pending, &installed)?;
+        let mut sim = Simulation::default();
+        for (name, v) in packages {
+            match installed.iter().find(|p| p.name == name) {
+                Some(p) if p.version == v => {}
+                Some(p) => sim.upgrades.push(Upgrade {
+                    package: name,
+                    installed: p.version.clone(),
+                    candidate: v,
+                }),
+                None => sim.new.push(Upgrade {
+                    package: name,
+                    installed: String::new(),
+                    candidate: v,
+                }),
+            }
+        }
+        for name in removed {
+            let version = installed
+                .iter()
+                .find(|p| p.name == name)
+                .map(|p| p.version.clone());
+            sim.removed.push(Removal {
+                package: name,
+                version,
+                essential: false,
+            });
+        }
+        sim.kept_back = pending
+            .held
+            .iter()
+            .filter(|h| installed.iter().any(|p| p.name == **h))
+            .cloned()
+            .collect();
+        Ok(sim)
+    }
+
+    fn dist_upgrade(&self, say: Say) -> Result<(), String> {
+        let Some(pending) = self.pending()? else {
+            say("0 upgraded, 0 newly installed".into());
+            return Ok(());
+        };
+        // As the real executor: apt is asked right before, and protected removals refused.
+        let sim = self.simulation()?;
+        let running = self.first_line("/proc/sys/kernel/osrelease");
+        let bad = apt_sim::protected_removals(&sim.removed, running.as_deref());
+        if !bad.is_empty() {
+            return Err(format!(
+                "refusing apt-dist-upgrade (upgrade.removes-protected): apt would remove {}",
+                bad.join(", ")
+            ));
+        }
+        let status = self.dpkg_status()?;
+        let installed = control::dpkg_installed(&status);
+        let (packages, removed) = self.planned(&pending, &installed)?;
+        if let Some(k) = &pending.kernel {
             for (prefix, what) in [
                 ("vmlinuz", "kernel image"),
                 ("initrd.img", "initramfs"),
@@ -382,10 +501,6 @@ impl SimulatedExecutor {
                 self.write(&path, &format!("simulated {what} {k}\n"))?;
             }
             say(format!("installed kernel {k} into /boot"));
-            let pkg = format!("proxmox-kernel-{k}-signed");
-            if !packages.iter().any(|(n, _)| *n == pkg) {
-                packages.push((pkg, kernel_version(k)));
-            }
             if self.path(ESP_LIST).exists() {
                 say(format!(
                     "ESP sync is configured: the kernel hook would copy {k} to the ESPs \
@@ -393,29 +508,23 @@ impl SimulatedExecutor {
                 ));
             }
         }
-        let status_path = self.path("/var/lib/dpkg/status");
-        let status = match fs::read_to_string(&status_path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(format!("{}: {e}", status_path.display())),
-        };
-        if let Some(k) = &pending.kernel {
-            // The kernel's meta packages move with it, where installed (as apt would).
-            let installed = control::dpkg_installed(&status);
-            for (name, v) in kernel_packages(k).into_iter().skip(1) {
-                if installed.iter().any(|p| p.name == name)
-                    && !packages.iter().any(|(n, _)| *n == name)
-                {
-                    packages.push((name, v));
-                }
-            }
+        let status = dpkg_remove(&dpkg_install(&status, &packages), &removed);
+        self.write(&self.path("/var/lib/dpkg/status"), &status)?;
+        for n in &removed {
+            say(format!("Removing {n} ..."));
         }
-        self.write(&status_path, &dpkg_install(&status, &packages))?;
         for (n, v) in &packages {
             say(format!("Setting up {n} ({v}) ..."));
         }
-        say(format!("{} upgraded or newly installed", packages.len()));
-        self.remove(&pending_path)?;
+        for h in &sim.kept_back {
+            say(format!("{h} kept back (held)"));
+        }
+        say(format!(
+            "{} upgraded or newly installed, {} removed",
+            packages.len(),
+            removed.len()
+        ));
+        self.remove(&self.sim(PENDING))?;
         Ok(())
     }
 
@@ -677,17 +786,48 @@ enum GuestChange {
     Migrate(String),
 }
 
-impl Executor for SimulatedExecutor {
-    fn execute(&self, req: &ActionRequest, out: &mut dyn FnMut(&str)) -> ActionOutcome {
-        let started_ms = now_ms();
+impl SimulatedExecutor {
+    fn unit_path(&self, id: &str) -> Result<PathBuf, String> {
+        Ok(self
+            .sim(UNITS)
+            .join(format!("{}.json", unit::unit_name(id)?)))
+    }
+
+    fn save_unit(&self, u: &SimUnit) -> Result<(), String> {
+        let json = serde_json::to_string(u).map_err(|e| e.to_string())?;
+        self.write(&self.unit_path(&u.id)?, &json)
+    }
+
+    /// Runs `req` as its simulated unit (see [`crate::simformat::SimUnit`]): the unit is
+    /// recorded when it starts, the action takes its duration (counted from `started_ms`,
+    /// so a unit resumed after an agent restart only waits for what is left) and is applied
+    /// once, then the unit records its result.
+    fn run_unit(
+        &self,
+        req: &ActionRequest,
+        started_ms: u64,
+        out: &mut dyn FnMut(&str),
+    ) -> ActionOutcome {
         let mut tail = OutputTail::new(OUTPUT_MAX - 256);
+        let mut unit = SimUnit {
+            id: req.id.clone(),
+            action: req.action.clone(),
+            started_ms,
+            ok: None,
+            output: String::new(),
+        };
+        let unit_saved = self.save_unit(&unit);
         let ok = {
             let mut say = |line: String| {
                 out(&line);
                 tail.push_line(&line);
             };
+            if let Err(e) = &unit_saved {
+                say(format!("warning: cannot record the simulated unit: {e}"));
+            }
             say(format!("simulated {} on {}", req.action.name(), self.node));
-            std::thread::sleep(self.duration);
+            let elapsed = std::time::Duration::from_millis(now_ms().saturating_sub(started_ms));
+            std::thread::sleep(self.duration.saturating_sub(elapsed));
             let result = self.apply(&req.action, &mut say);
             if let Err(e) = &result {
                 say(format!("error: {e}"));
@@ -706,10 +846,61 @@ impl Executor for SimulatedExecutor {
             }
             ok
         };
+        unit.ok = Some(ok);
+        unit.output = tail.clone().finish();
+        // A reboot or power-off ends the world the unit lived in; nothing to keep.
+        if !matches!(req.action, Action::Reboot | Action::PowerOff) {
+            if let Err(e) = self.save_unit(&unit) {
+                out(&format!("warning: cannot record the simulated unit: {e}"));
+            }
+        }
         ActionOutcome {
             reboot: ok && req.action == Action::Reboot,
             power_off: ok && req.action == Action::PowerOff,
             ..ActionOutcome::new(&req.id, ok, tail.finish(), Some(if ok { 0 } else { 1 }))
+        }
+    }
+}
+
+impl Executor for SimulatedExecutor {
+    fn execute(&self, req: &ActionRequest, out: &mut dyn FnMut(&str)) -> ActionOutcome {
+        self.run_unit(req, now_ms(), out)
+    }
+
+    fn simulate_upgrade(&self) -> Option<Result<Simulation, String>> {
+        Some(self.simulation())
+    }
+
+    /// The simulated unit of `req`: finished → its recorded result; still "running" (the
+    /// agent was killed during it) → it goes on to its end now, applied once; none → the
+    /// action never started here (`None`: outcome unknown).
+    fn recover(&self, req: &ActionRequest, out: &mut dyn FnMut(&str)) -> Option<ActionOutcome> {
+        let path = self.unit_path(&req.id).ok()?;
+        let unit: SimUnit = serde_json::from_slice(&fs::read(&path).ok()?).ok()?;
+        if unit.action != req.action {
+            return None;
+        }
+        match unit.ok {
+            Some(ok) => {
+                out(&format!(
+                    "{} was started before the agent restarted; its unit finished: {}",
+                    req.action.name(),
+                    if ok { "ok" } else { "failed" }
+                ));
+                Some(ActionOutcome::new(
+                    &req.id,
+                    ok,
+                    unit.output,
+                    Some(if ok { 0 } else { 1 }),
+                ))
+            }
+            None => {
+                out(&format!(
+                    "{} was started before the agent restarted and its unit still runs: waiting for it",
+                    req.action.name()
+                ));
+                Some(self.run_unit(req, unit.started_ms, out))
+            }
         }
     }
 }
@@ -1047,5 +1238,117 @@ mod tests {
                 .count(),
             1
         );
+    }
+
+    /// apt's simulated answer names exactly what the upgrade then installs: upgrades with
+    /// their old versions, the NEW kernel package, and nothing else.
+    #[test]
+    fn executor_sim_simulation_matches_the_upgrade() {
+        let (_tmp, exec) = tiny_node();
+        let sim = exec.simulate_upgrade().unwrap().unwrap();
+        let ups: Vec<(&str, &str, &str)> = sim
+            .upgrades
+            .iter()
+            .map(|u| {
+                (
+                    u.package.as_str(),
+                    u.installed.as_str(),
+                    u.candidate.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(ups, [("pve-manager", "9.0.11", "9.0.15")]);
+        let new: Vec<&str> = sim.new.iter().map(|u| u.package.as_str()).collect();
+        assert_eq!(new, ["libnew1", "proxmox-kernel-6.14.11-1-pve-signed"]);
+        assert!(sim.removed.is_empty() && sim.kept_back.is_empty());
+        let boot = fleetward_proto::BootFacts {
+            installed_kernels: vec!["6.14.8-2-pve".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            apt_sim::kernel_after(&boot, &sim).as_deref(),
+            Some("6.14.11-1-pve")
+        );
+        assert!(run(&exec, "u", Action::AptDistUpgrade).ok);
+        let installed = control::dpkg_installed(&read(&exec, "/var/lib/dpkg/status"));
+        for u in sim.upgrades.iter().chain(&sim.new) {
+            assert!(
+                installed
+                    .iter()
+                    .any(|p| p.name == u.package && p.version == u.candidate),
+                "{u:?} not installed"
+            );
+        }
+        // Nothing pending any more: apt would do nothing.
+        assert_eq!(exec.simulation().unwrap(), Simulation::default());
+    }
+
+    /// A repository mistake: the upgrade would remove proxmox-ve. apt's answer says so, and
+    /// the upgrade itself refuses (nothing changes); held packages are kept back.
+    #[test]
+    fn executor_sim_protected_removal_and_held_packages() {
+        let (_tmp, exec) = tiny_node();
+        fs::write(
+            exec.sim("pending.json"),
+            r#"{"packages": [{"package": "pve-manager", "version": "9.0.15"}],
+                "remove": ["pve-manager", "not-installed"], "held": ["pve-manager"]}"#,
+        )
+        .unwrap();
+        let sim = exec.simulation().unwrap();
+        assert_eq!(sim.removed.len(), 1);
+        assert_eq!(sim.removed[0].package, "pve-manager");
+        assert_eq!(sim.kept_back, ["pve-manager"]);
+        assert!(sim.upgrades.is_empty());
+        let before = read(&exec, "/var/lib/dpkg/status");
+        let o = run(&exec, "u", Action::AptDistUpgrade);
+        assert!(
+            !o.ok && o.output.contains("upgrade.removes-protected"),
+            "{o:?}"
+        );
+        assert_eq!(read(&exec, "/var/lib/dpkg/status"), before);
+        // Without the protected package, the removal happens.
+        fs::write(
+            exec.sim("pending.json"),
+            r#"{"remove": ["proxmox-kernel-6.14.8-2-pve-signed"]}"#,
+        )
+        .unwrap();
+        fs::write(exec.path("/proc/sys/kernel/osrelease"), "6.8.12-4-pve\n").unwrap();
+        assert!(run(&exec, "v", Action::AptDistUpgrade).ok);
+        assert!(!read(&exec, "/var/lib/dpkg/status").contains("proxmox-kernel-6.14.8-2-pve-signed"));
+    }
+
+    /// The agent killed during a simulated action: its unit is found on restart and goes on
+    /// to its end, applied once; a finished unit gives its recorded result.
+    #[test]
+    fn executor_sim_unit_outlives_the_agent() {
+        let (_tmp, exec) = tiny_node();
+        let req = ActionRequest {
+            id: "roll/pve-01/upgrade/1".into(),
+            action: Action::AptDistUpgrade,
+        };
+        // What an agent killed mid-action leaves: the unit started, no result.
+        let unit = SimUnit {
+            id: req.id.clone(),
+            action: req.action.clone(),
+            started_ms: now_ms(),
+            ok: None,
+            output: String::new(),
+        };
+        exec.save_unit(&unit).unwrap();
+        let o = exec.recover(&req, &mut |_| {}).unwrap();
+        assert!(o.ok, "{o:?}");
+        let log = read_log(&exec.log).unwrap();
+        assert_eq!(log.len(), 1);
+        assert!(read(&exec, "/var/lib/dpkg/status").contains("6.14.11-1"));
+        // Asked again: the recorded result, nothing applied again.
+        let again = exec.recover(&req, &mut |_| {}).unwrap();
+        assert!(again.ok);
+        assert_eq!(read_log(&exec.log).unwrap().len(), 1);
+        // Another key never started here: unknown.
+        let other = ActionRequest {
+            id: "roll/pve-01/upgrade/2".into(),
+            action: Action::AptDistUpgrade,
+        };
+        assert!(exec.recover(&other, &mut |_| {}).is_none());
     }
 }

@@ -2,6 +2,7 @@
 //! any of them panic (each has a property test saying so).
 
 pub mod apt;
+pub mod apt_sim;
 pub mod boot_tool;
 pub mod cluster;
 pub mod compressed;

@@ -108,6 +108,37 @@ pub fn upgradable(
     out
 }
 
+/// The file-name prefix of the lists apt downloads for `uri` and `suite` under
+/// `/var/lib/apt/lists` (apt's `URItoFileName`, `apt-pkg/contrib/strutl.cc`: the scheme and
+/// credentials dropped, the characters `\|{}[]<>"^~_=!@#$%^&*`, spaces and non-ASCII quoted
+/// as `%xx`, then `/` → `_`). `…/dists/SUITE/` for a suite, `URI/SUITE` for a flat repository
+/// (a suite ending in `/`).
+pub fn list_prefix(uri: &str, suite: &str) -> String {
+    let rest = uri.split_once("://").map_or(uri, |(_, r)| r);
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+    let mut full = format!("{host}/{path}");
+    if !full.ends_with('/') {
+        full.push('/');
+    }
+    if suite.ends_with('/') {
+        full.push_str(suite.trim_start_matches('/'));
+    } else {
+        full.push_str(&format!("dists/{suite}/"));
+    }
+    let mut out = String::new();
+    for b in full.bytes() {
+        if b <= 0x20 || b >= 0x7f || br#"\|{}[]<>"^~_=!@#$%&*"#.contains(&b) {
+            out.push_str(&format!("%{b:02x}"));
+        } else if b == b'/' {
+            out.push('_');
+        } else {
+            out.push(b as char);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,5 +277,30 @@ mod tests {
             let installed = [inst("a", "1", "amd64")];
             let _ = upgradable(&installed, got);
         }
+    }
+}
+
+#[cfg(test)]
+mod list_prefix_tests {
+    use super::list_prefix;
+
+    #[test]
+    fn list_prefixes_follow_apt_uri_to_file_name() {
+        assert_eq!(
+            list_prefix("http://deb.debian.org/debian/", "bookworm"),
+            "deb.debian.org_debian_dists_bookworm_"
+        );
+        assert_eq!(
+            list_prefix("https://deb.nodesource.com/node_20.x", "nodistro"),
+            "deb.nodesource.com_node%5f20.x_dists_nodistro_"
+        );
+        assert_eq!(
+            list_prefix("https://user:pw@example.org:8443/pve", "trixie"),
+            "example.org:8443_pve_dists_trixie_"
+        );
+        assert_eq!(
+            list_prefix("http://example.org/flat", "./"),
+            "example.org_flat_._"
+        );
     }
 }

@@ -74,6 +74,7 @@ pub fn targets(e: &AptEntry) -> Vec<(String, String, String, String)> {
 
 pub(super) fn check(f: &Facts, out: &mut Findings) {
     let apt = &f.apt;
+    transaction(f, out);
     for e in &apt.errors {
         out.push("apt.parse-error", Error, e.message.clone())
             .at(&e.path, Some(e.line));
@@ -286,6 +287,37 @@ pub(super) fn check(f: &Facts, out: &mut Findings) {
             }
             _ => {}
         }
+    }
+}
+
+/// `upgrade.removes-protected` and `upgrade.held-back`, from apt's own simulation of the
+/// next dist-upgrade (present only when the agent asked apt; see `AptFacts::transaction`).
+fn transaction(f: &Facts, out: &mut Findings) {
+    let Some(t) = &f.apt.transaction else {
+        return;
+    };
+    let protected =
+        crate::parse::apt_sim::protected_removals(&t.removed, f.node.running_kernel.as_deref());
+    if !protected.is_empty() {
+        out.push(
+            "upgrade.removes-protected",
+            Error,
+            format!(
+                "apt-get dist-upgrade would remove {}: a rollout refuses this node (check the package sources)",
+                protected.join(", ")
+            ),
+        );
+    }
+    if !t.kept_back.is_empty() {
+        out.push(
+            "upgrade.held-back",
+            Info,
+            format!(
+                "apt keeps {} package(s) back (held, or not upgradable without other changes); the node will not be fully upgraded: {}",
+                t.kept_back.len(),
+                t.kept_back.join(", ")
+            ),
+        );
     }
 }
 

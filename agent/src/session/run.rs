@@ -549,10 +549,17 @@ impl Agent {
         // On the live system (not a fixture tree, not simulated), Ceph health is only known
         // by asking Ceph: a read-only `ceph health` (the rollout's Ceph gate needs it).
         let live = self.opts.simulate.is_none() && self.opts.root == std::path::Path::new("/");
+        let executor = self.executor.clone();
         let work = move || {
             let mut report = inspect(&root);
             if live {
                 crate::probe::ceph_health(&mut report, &SystemRunner);
+            }
+            // apt is the oracle for upgrades: its read-only simulation, through the executor
+            // (real: `apt-get -s dist-upgrade` on `/`; simulated: the fixture world;
+            // observe-only: not asked, it starts no process).
+            if let Some(answer) = executor.simulate_upgrade() {
+                crate::inspect::with_transaction(&mut report, answer);
             }
             report
         };

@@ -780,6 +780,10 @@ fn plan_json(d: &api::RolloutPlanResponse) -> Value {
                 "guests": guests,
                 "downtime_secs": n.downtime_secs,
                 "skipped": n.skipped,
+                "packages_from_apt": n.packages_from_apt,
+                "removed": n.removed,
+                "kept_back": n.kept_back,
+                "apt_error": n.apt_error,
             })
         })
         .collect();
@@ -846,18 +850,39 @@ pub fn plan_text(d: &api::RolloutPlanResponse) -> String {
         for s in &n.steps {
             t += &format!("   - {s}\n");
         }
-        if n.packages.is_empty() {
-            t += "   packages: none to upgrade (as of the node's last package lists)\n";
+        let source = if n.packages_from_apt {
+            "apt's transaction"
         } else {
-            t += &format!("   packages ({}):\n", n.packages.len());
+            "the node's last package lists"
+        };
+        if n.packages.is_empty() {
+            t += &format!("   packages: none to upgrade (as of {source})\n");
+        } else {
+            t += &format!("   packages ({}, {source}):\n", n.packages.len());
             for p in &n.packages {
-                let from = if p.installed.is_empty() {
-                    "(new)"
+                if p.installed.is_empty() {
+                    t += &format!("     {} NEW {}\n", p.package, p.candidate);
                 } else {
-                    &p.installed
-                };
-                t += &format!("     {} {from} -> {}\n", p.package, p.candidate);
+                    t += &format!("     {} {} -> {}\n", p.package, p.installed, p.candidate);
+                }
             }
+        }
+        if !n.removed.is_empty() {
+            t += &format!(
+                "   REMOVED ({}): {}\n",
+                n.removed.len(),
+                n.removed.join(", ")
+            );
+        }
+        if !n.kept_back.is_empty() {
+            t += &format!(
+                "   kept back ({}): {}\n",
+                n.kept_back.len(),
+                n.kept_back.join(", ")
+            );
+        }
+        if let Some(e) = &n.apt_error {
+            t += &format!("   apt could not say what the upgrade does: {e}\n");
         }
         for g in &n.guests {
             t += &format!(
@@ -1017,7 +1042,7 @@ mod tests {
                     what: "keeps running".into(),
                 }],
                 downtime_secs: 61,
-                skipped: false,
+                ..Default::default()
             }],
             blocked: vec!["pve1".into()],
         };

@@ -32,6 +32,20 @@ pub struct NodePlan {
     pub gate: Result<(), String>,
     pub steps: Vec<String>,
     pub packages: Vec<Upgrade>,
+    /// `packages` is apt's own transaction (`apt-get -s dist-upgrade` on the node), NEW
+    /// packages included (with an empty `installed`); false: the node's package lists
+    /// compared with dpkg's status (apt was not asked: observe-only, or an older agent).
+    #[serde(default)]
+    pub from_apt: bool,
+    /// Packages the upgrade removes (apt's transaction), `name version`.
+    #[serde(default)]
+    pub removed: Vec<String>,
+    /// Packages apt keeps back.
+    #[serde(default)]
+    pub kept_back: Vec<String>,
+    /// apt was asked and could not say what the upgrade does.
+    #[serde(default)]
+    pub apt_error: Option<String>,
     pub reboot: bool,
     /// The kernel the node boots after the upgrade: a new kernel among the packages, else
     /// the next kernel the node reports now.
@@ -66,18 +80,35 @@ pub fn dry_run(
     for (i, name) in plan.nodes.iter().enumerate() {
         let gate = gates::preflight(view, name, &BTreeSet::new(), silence).map_err(|f| f.reason);
         let report = reports.get(name).copied();
-        let packages = report
-            .map(|r| r.facts.apt.upgradable.clone())
+        let apt = report.map(|r| &r.facts.apt);
+        let tx = apt.and_then(|a| a.transaction.as_ref());
+        let packages = packages_of(report);
+        let removed: Vec<String> = tx
+            .map(|t| {
+                t.removed
+                    .iter()
+                    .map(|r| match &r.version {
+                        Some(v) => format!("{} {v}", r.package),
+                        None => r.package.clone(),
+                    })
+                    .collect()
+            })
             .unwrap_or_default();
+        let kept_back = tx.map(|t| t.kept_back.clone()).unwrap_or_default();
+        let apt_error = apt.and_then(|a| a.transaction_error.clone());
         let nv = view.nodes.get(name);
         let reboot = reboots(plan.reboot_policy, report, nv);
-        if lists_fresh && packages.is_empty() && !reboot {
+        if lists_fresh && packages.is_empty() && removed.is_empty() && !reboot {
             nodes.push(NodePlan {
                 name: name.clone(),
                 position: i + 1,
                 gate,
                 steps: vec![NOTHING_TO_DO.into()],
                 packages,
+                from_apt: tx.is_some(),
+                removed,
+                kept_back,
+                apt_error,
                 reboot,
                 next_kernel: nv.and_then(|n| n.next_kernel.clone()),
                 guests: Vec::new(),
@@ -94,7 +125,17 @@ pub fn dry_run(
             "maintenance on (HA guests migrate away)".into(),
             "wait for HA guests to leave".into(),
             "apt-get update".into(),
-            format!("apt-get dist-upgrade ({} packages)", packages.len()),
+            match tx {
+                Some(t) => format!(
+                    "apt-get dist-upgrade ({} upgraded, {} new, {} removed, {} kept back; \
+                     apt's transaction, asked again right before)",
+                    t.upgrades.len(),
+                    t.new.len(),
+                    t.removed.len(),
+                    t.kept_back.len()
+                ),
+                None => format!("apt-get dist-upgrade ({} packages)", packages.len()),
+            },
             "boot check: every ESP holds the next kernel (one proxmox-boot-tool refresh if not)"
                 .into(),
         ];
@@ -133,13 +174,25 @@ pub fn dry_run(
         let ha = guests.iter().filter(|g| g.what.starts_with("HA")).count() as u64;
         let downtime_secs =
             ha * EST_MIGRATE_PER_HA_GUEST + EST_UPGRADE + if reboot { EST_REBOOT } else { 0 };
-        let next_kernel = new_kernel(&packages).or_else(|| nv.and_then(|n| n.next_kernel.clone()));
+        // apt's transaction knows the kernel that boots after it (pins respected); without
+        // it, a new kernel among the upgradable packages, else the node's next kernel now.
+        let next_kernel = match tx {
+            Some(t) => t
+                .kernel_after
+                .clone()
+                .or_else(|| nv.and_then(|n| n.next_kernel.clone())),
+            None => new_kernel(&packages).or_else(|| nv.and_then(|n| n.next_kernel.clone())),
+        };
         nodes.push(NodePlan {
             name: name.clone(),
             position: i + 1,
             gate,
             steps,
             packages,
+            from_apt: tx.is_some(),
+            removed,
+            kept_back,
+            apt_error,
             reboot,
             next_kernel,
             guests,
@@ -161,16 +214,38 @@ fn reboots(policy: RebootPolicy, report: Option<&Report>, nv: Option<&NodeView>)
         RebootPolicy::Always => true,
         RebootPolicy::Never => false,
         RebootPolicy::IfNeeded => {
+            let tx_reboot = report
+                .and_then(|r| r.facts.apt.transaction.as_ref())
+                .is_some_and(|t| {
+                    t.upgrades
+                        .iter()
+                        .chain(&t.new)
+                        .any(|u| fleetward_proto::upgrade_needs_reboot(&u.package))
+                });
             report.is_some_and(|r| r.facts.apt.upgrade_needs_reboot)
+                || tx_reboot
                 || nv.is_some_and(|n| n.needs_reboot)
         }
     }
 }
 
-/// Whether a rollout has work on the node: a package to upgrade (as of its last package
-/// lists) or a reboot `policy` asks for. A node without work is left out of the rollout.
+/// What the upgrade installs: apt's transaction (upgrades and NEW packages) when the
+/// agent asked apt, else what the node's lists offer against dpkg's status.
+fn packages_of(report: Option<&Report>) -> Vec<Upgrade> {
+    let apt = report.map(|r| &r.facts.apt);
+    match apt.and_then(|a| a.transaction.as_ref()) {
+        Some(t) => t.upgrades.iter().chain(&t.new).cloned().collect(),
+        None => apt.map(|a| a.upgradable.clone()).unwrap_or_default(),
+    }
+}
+
+/// Whether a rollout has work on the node: a package to upgrade or remove (as of its last
+/// package lists) or a reboot `policy` asks for. A node without work is left out.
 pub fn has_work(policy: RebootPolicy, report: Option<&Report>, nv: Option<&NodeView>) -> bool {
-    report.is_some_and(|r| !r.facts.apt.upgradable.is_empty()) || reboots(policy, report, nv)
+    let removes = report
+        .and_then(|r| r.facts.apt.transaction.as_ref())
+        .is_some_and(|t| !t.removed.is_empty());
+    !packages_of(report).is_empty() || removes || reboots(policy, report, nv)
 }
 
 /// A kernel among the packages: `proxmox-kernel-<version>[-signed]` (or the older
@@ -284,5 +359,55 @@ mod tests {
             Some("5.15.158-2-pve")
         );
         assert_eq!(new_kernel(&[up("proxmox-ve")]), None);
+    }
+
+    /// With apt's transaction in the report, the plan lists its upgrades and NEW packages,
+    /// its removals and kept-back packages, and the kernel after it; without, the lists.
+    fn by_ref(m: &BTreeMap<String, Report>) -> BTreeMap<String, &Report> {
+        m.iter().map(|(k, v)| (k.clone(), v)).collect()
+    }
+
+    #[test]
+    fn the_plan_follows_apts_transaction() {
+        use fleetward_proto::{AptTransaction, Removal, SCHEMA_VERSION};
+        let plan = crate::rollout::tests::plan(1, 1);
+        let view = crate::rollout::tests::healthy_view(&plan.nodes);
+        let mut report = Report {
+            schema_version: SCHEMA_VERSION,
+            facts: Default::default(),
+            findings: vec![],
+        };
+        report.facts.apt.upgradable = vec![up("pve-manager")];
+        let reports = |r: &Report| BTreeMap::from([("pve1".to_string(), r.clone())]);
+        let one = |d: &DryRun| d.nodes[0].clone();
+        let m = reports(&report);
+        let lists = one(&dry_run(&plan, &view, &by_ref(&m), false));
+        assert!(!lists.from_apt);
+        assert_eq!(lists.packages, [up("pve-manager")]);
+        assert_eq!(lists.next_kernel.as_deref(), Some("6.8.12-1-pve"));
+
+        report.facts.apt.transaction = Some(AptTransaction {
+            upgrades: vec![up("pve-manager")],
+            new: vec![Upgrade {
+                package: "proxmox-kernel-6.14.11-1-pve-signed".into(),
+                installed: String::new(),
+                candidate: "6.14.11-1".into(),
+            }],
+            removed: vec![Removal {
+                package: "proxmox-ve".into(),
+                version: Some("9.0.0".into()),
+                essential: false,
+            }],
+            kept_back: vec!["pve-firmware".into()],
+            kernel_after: Some("6.14.11-1-pve".into()),
+        });
+        let m = reports(&report);
+        let tx = one(&dry_run(&plan, &view, &by_ref(&m), false));
+        assert!(tx.from_apt);
+        assert_eq!(tx.packages.len(), 2);
+        assert_eq!(tx.removed, ["proxmox-ve 9.0.0"]);
+        assert_eq!(tx.kept_back, ["pve-firmware"]);
+        assert_eq!(tx.next_kernel.as_deref(), Some("6.14.11-1-pve"));
+        assert!(tx.reboot, "a new kernel needs a reboot");
     }
 }

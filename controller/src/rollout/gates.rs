@@ -31,6 +31,9 @@ pub const UNSAFE_FINDINGS: &[&str] = &[
     "boot.kernel-hook-missing",
     "apt.parse-error",
     "apt.suite-mismatch",
+    // apt's own simulation says the upgrade would remove proxmox-ve (or another core,
+    // essential or running-kernel package): the node is refused at preflight.
+    "upgrade.removes-protected",
 ];
 
 fn is_unsafe(code: &str) -> bool {
