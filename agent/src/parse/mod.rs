@@ -13,4 +13,5 @@ pub mod lines;
 pub mod net;
 pub mod packages;
 pub mod pve;
+pub mod running;
 pub mod version;
