@@ -134,14 +134,14 @@ mod tests {
 
     #[test]
     fn qemu_cmdline_must_name_the_vm_pidfile() {
-        let ok = b"/usr/bin/kvm\0-id\0100\0-name\0web-01\0-pidfile\0/var/run/qemu-server/100.pid\0-daemonize\0";
+        let ok = b"/usr/bin/kvm\0-id\x00100\0-name\0web-01\0-pidfile\0/var/run/qemu-server/100.pid\0-daemonize\0";
         assert!(qemu_cmdline_is_vm(ok, 100));
         assert!(!qemu_cmdline_is_vm(ok, 101), "another VM's pid file");
         let sys = b"/usr/bin/qemu-system-x86_64\0-pidfile\0/run/qemu-server/7.pid\0";
         assert!(qemu_cmdline_is_vm(sys, 7));
         let reused = b"/usr/sbin/sshd\0-D\0-pidfile\0/var/run/qemu-server/100.pid\0";
         assert!(!qemu_cmdline_is_vm(reused, 100), "not a QEMU binary");
-        let no_pidfile = b"/usr/bin/kvm\0-id\0100\0";
+        let no_pidfile = b"/usr/bin/kvm\0-id\x00100\0";
         assert!(!qemu_cmdline_is_vm(no_pidfile, 100));
         assert!(!qemu_cmdline_is_vm(b"", 100));
     }
