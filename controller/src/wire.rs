@@ -541,9 +541,11 @@ pub fn shutdown_event(e: &OpEvent) -> api::ShutdownEvent {
         N::MovedOn {
             stage: s,
             abandoned,
+            unobserved,
         } => {
             out.stage = Some(stage(s));
             out.command_ids = abandoned;
+            out.reason = unobserved.join("; ");
             K::MovedOn
         }
         N::ActionFailed {
@@ -681,6 +683,7 @@ mod tests {
             N::MovedOn {
                 stage: Stage::StopGuests { group: 0 },
                 abandoned: vec!["s/pve1/guest-stop-100/1".into()],
+                unobserved: vec!["pve1: guest 100 not observed stopped".into()],
             },
             N::ActionFailed {
                 key: "s/pve1/power-off/1".into(),
@@ -825,6 +828,7 @@ mod tests {
                         up: None,
                         down: None,
                         ha: false,
+                        unknown: false,
                     }],
                     ..NodeView::default()
                 },
