@@ -544,24 +544,17 @@ impl Machine<'_> {
         true
     }
 
-    /// The action's effect is observed in the node's (or, for cluster-wide flags, the
-    /// cluster's) latest report: a stopped guest reads stopped (or left the node), a started
-    /// one running, HA maintenance/disarm and `noout` read as requested. A flag that no
-    /// online node's report can tell (`None` everywhere) cannot be observed: the answer
-    /// alone settles it then.
+    /// The action's effect is observed in the latest report of the node that carried it
+    /// out: a stopped guest reads stopped (or left the node), a started one running, HA
+    /// maintenance/disarm and `noout` read as requested (the cluster-wide flags come from
+    /// cluster-wide sources — `/etc/pve/ha/*`, the OSD map — so that node sees them). A flag
+    /// the node's report cannot tell (`None`) cannot be observed: the answer alone settles
+    /// it then.
     fn observed(&self, node: &str, action: &Action) -> bool {
         let nv = self.view.nodes.get(node);
         let guest = |vmid: u32| nv.and_then(|n| n.guests.iter().find(|g| g.vmid == vmid));
-        let flag = |get: fn(&super::NodeView) -> Option<bool>, want: bool| {
-            let known: Vec<bool> = self
-                .view
-                .nodes
-                .values()
-                .filter(|n| n.online)
-                .filter_map(get)
-                .collect();
-            known.is_empty() || known.iter().all(|v| *v == want)
-        };
+        let flag =
+            |get: fn(&super::NodeView) -> Option<bool>, want: bool| nv.and_then(get) != Some(!want);
         match action {
             Action::GuestStop { vmid, .. } => match guest(*vmid) {
                 Some(g) => !g.running && !g.unknown,
