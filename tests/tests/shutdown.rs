@@ -519,9 +519,18 @@ fn startup_after_power_returns_in_random_order_waits_for_osd_nodes_and_reports_t
         .filter(|g| g["node"] != "pve-05" && (g["running"] == true || g["onboot"] == true))
         .map(|g| format!("{}/guest-start-{}", g["node"].as_str().unwrap(), g["vmid"]))
         .collect();
+    // The simulated boot (pve-guests.service) already started the `onboot` guests: the
+    // startup starts only the guests it observes not running (issue 13), never one twice.
+    let want_started: BTreeSet<String> = plan["plan"]["guests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|g| g["node"] != "pve-05" && g["running"] == true && g["onboot"] != true)
+        .map(|g| format!("{}/guest-start-{}", g["node"].as_str().unwrap(), g["vmid"]))
+        .collect();
     let got: BTreeSet<String> = starts.iter().map(|e| log_step(e)).collect();
-    assert_eq!(got, want);
-    assert_eq!(starts.len(), want.len(), "a guest started twice");
+    assert_eq!(got, want_started);
+    assert_eq!(starts.len(), want_started.len(), "a guest started twice");
     for n in ["pve-01", "pve-02", "pve-03", "pve-04"] {
         for g in cl.guests(n) {
             let should = want.contains(&format!("{n}/guest-start-{}", g["vmid"]));

@@ -35,7 +35,8 @@
 //!   `/etc/kernel/proxmox-boot-pin`; else the newest `/boot/vmlinuz-*`) becomes
 //!   `/proc/sys/kernel/osrelease`, `/proc/sys/kernel/random/boot_id` gets a new random id,
 //!   `/run/reboot-required` goes away, and guests come back per `onboot` (HA guests that ran
-//!   are restarted by HA). The outcome has `reboot: true`: the session layer drops the
+//!   are restarted by HA): `pve-guests.service` runs pve-manager's `startall`
+//!   (`PVE/API2/Nodes.pm`) at boot, so a later `qm start` of such a guest finds it running. The outcome has `reboot: true`: the session layer drops the
 //!   connection, waits, and reconnects — the file changes are already done.
 //! - **power-off**: `powered-off` marker, every local guest stopped, outcome `power_off: true`.
 //! - **ceph-set/unset-noout**, **ha-disarm/arm**: the marker files.
