@@ -318,10 +318,7 @@ impl Machine<'_> {
                 }
             }
             // Proxmox only queued the request: done when the reports show the effect.
-            Action::MaintenanceOn
-            | Action::MaintenanceOff
-            | Action::CephSetNoout
-            | Action::CephUnsetNoout => {
+            Action::MaintenanceOn | Action::MaintenanceOff => {
                 if let Some(p) = self.s.nodes[idx].pending.as_mut() {
                     p.acked = true;
                 }
@@ -330,6 +327,8 @@ impl Machine<'_> {
                 }
             }
             Action::WaitGuestsMigrated => self.enter(idx, Phase::AptUpdate),
+            Action::CephSetNoout => self.enter(idx, Phase::AwaitReturn),
+            Action::CephUnsetNoout => self.enter(idx, Phase::MaintenanceOff),
             Action::AptUpdate => self.enter(idx, Phase::Upgrade),
             Action::AptDistUpgrade => {
                 self.s.nodes[idx].refresh_attempted = false;
@@ -339,16 +338,15 @@ impl Machine<'_> {
         }
     }
 
-    /// The effect of an answered flag action shows in the node's latest report: HA
-    /// maintenance (`/etc/pve/ha/manager_status`) or Ceph's `noout` reads as requested. A
-    /// report that cannot tell (`None`) cannot be observed: the answer settles it then.
+    /// The effect of an answered maintenance action shows in the node's latest report: HA
+    /// maintenance (`/etc/pve/ha/manager_status`) reads as requested. A report that cannot
+    /// tell (`None`) cannot be observed: the answer settles it then. (`noout` in a rollout
+    /// still settles on the answer.)
     fn effect_observed(&self, idx: usize, action: Action) -> bool {
         let nv = self.view.nodes.get(&self.s.nodes[idx].name);
         let (value, want) = match action {
             Action::MaintenanceOn => (nv.and_then(|n| n.ha_maintenance), true),
             Action::MaintenanceOff => (nv.and_then(|n| n.ha_maintenance), false),
-            Action::CephSetNoout => (nv.and_then(|n| n.noout), true),
-            Action::CephUnsetNoout => (nv.and_then(|n| n.noout), false),
             _ => return true,
         };
         value != Some(!want)
@@ -357,8 +355,6 @@ impl Machine<'_> {
     fn effect_done(&mut self, idx: usize, action: Action) {
         match action {
             Action::MaintenanceOn => self.enter(idx, Phase::WaitGuests),
-            Action::CephSetNoout => self.enter(idx, Phase::AwaitReturn),
-            Action::CephUnsetNoout => self.enter(idx, Phase::MaintenanceOff),
             Action::MaintenanceOff => self.enter(idx, Phase::Done),
             _ => {}
         }
