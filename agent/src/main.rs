@@ -118,6 +118,11 @@ enum Command {
         /// With --simulate: seconds each simulated action takes (fractions allowed).
         #[arg(long, value_name = "SECS", default_value_t = 0.0, requires = "simulate", value_parser = sim_secs)]
         sim_action_secs: f64,
+        /// With --simulate: HA is asynchronous, as on a real cluster: an HA guest's stop or
+        /// start only queues a request that takes effect this many seconds later, and
+        /// ha-disarm drops pending requests (fractions allowed). Without it HA acts at once.
+        #[arg(long, value_name = "SECS", requires = "simulate", value_parser = sim_secs)]
+        sim_ha_delay_secs: Option<f64>,
     },
     /// Build a simulated node's root tree from a test fixture (for `run --simulate` and
     /// `fleetward demo`; not for real nodes).
@@ -196,6 +201,7 @@ fn main() -> ExitCode {
             simulate,
             sim_reboot_secs,
             sim_action_secs,
+            sim_ha_delay_secs,
         } => exit(cmd_run(
             RunOptions {
                 state_dir,
@@ -206,6 +212,7 @@ fn main() -> ExitCode {
                 simulate: simulate.then(|| SimOptions {
                     reboot_delay: Duration::from_secs_f64(sim_reboot_secs),
                     action_duration: Duration::from_secs_f64(sim_action_secs),
+                    ha_delay: sim_ha_delay_secs.map(Duration::from_secs_f64),
                 }),
             },
             wait_for_enrollment,

@@ -15,6 +15,8 @@
 //! | [`UNITS`] | the simulated transient units of actions (`units/<unit>.json`, [`SimUnit`]): what outlives an agent killed mid-action |
 //! | [`REFRESH_FAILS`] | if present, boot-refresh fails (to test the ESP gate) |
 //! | [`ESP_SYNCED`] | JSON list of the kernels the last successful boot-refresh put on the ESPs |
+//! | [`HA_REQUESTS`] | HA requests queued for the cluster manager and not yet applied ([`HaRequest`] list) |
+//! | [`HA_CRM_IGNORES`] | if present, the simulated HA manager ignores every request |
 //!
 //! Marker files (maintenance, Ceph, HA, power) mean "set" by existing; their content (the
 //! node name) is informational.
@@ -49,6 +51,10 @@ pub const PENDING: &str = "pending.json";
 pub const UNITS: &str = "units";
 /// The kernels the last boot-refresh synced (JSON list of releases).
 pub const ESP_SYNCED: &str = "esp-synced";
+/// HA requests not yet applied ([`HaRequest`] list, JSON).
+pub const HA_REQUESTS: &str = "ha-requests.json";
+/// Marker: the simulated HA manager ignores requests.
+pub const HA_CRM_IGNORES: &str = "ha-crm-ignores";
 /// Free space of the file systems a fixture claims (`<path> <bytes>` per line): a fixture
 /// root has no file system of its own to ask.
 pub const FREE_SPACE: &str = "free-space";
@@ -96,6 +102,16 @@ impl SimGuest {
         };
         format!("{prefix}:{}", self.vmid)
     }
+}
+
+/// A requested state queued for the simulated HA cluster manager.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaRequest {
+    pub id: String,
+    pub vmid: u32,
+    pub kind: GuestKind,
+    /// `running` (requested `started`) or `stopped`.
+    pub state: GuestState,
 }
 
 /// `pending.json`: what the next dist-upgrade installs.

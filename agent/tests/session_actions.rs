@@ -206,6 +206,7 @@ impl Setup {
             simulate: Some(SimOptions {
                 reboot_delay: Duration::ZERO,
                 action_duration: Duration::ZERO,
+                ha_delay: None,
             }),
         };
         let (stop, shutdown) = watch::channel(false);
@@ -471,6 +472,7 @@ async fn session_simulate_refuses_the_live_root() {
         simulate: Some(SimOptions {
             reboot_delay: Duration::ZERO,
             action_duration: Duration::ZERO,
+            ha_delay: None,
         }),
     };
     let (_stop, shutdown) = watch::channel(false);

@@ -470,6 +470,7 @@ fn shutdown_plan() -> api::ShutdownPlanResponse {
         up: None,
         down: Some(60),
         ha: false,
+        unknown: false,
     };
     let node = |guests| NodeView {
         online: true,
@@ -479,6 +480,7 @@ fn shutdown_plan() -> api::ShutdownPlanResponse {
         ceph_osds: true,
         guests,
         observe_only: false,
+        ..NodeView::default()
     };
     let mut view = ShutdownView {
         ha_disarm_supported: true,

@@ -558,9 +558,11 @@ pub fn shutdown_event(e: &OpEvent) -> api::ShutdownEvent {
         N::MovedOn {
             stage: s,
             abandoned,
+            unobserved,
         } => {
             out.stage = Some(stage(s));
             out.command_ids = abandoned;
+            out.reason = unobserved.join("; ");
             K::MovedOn
         }
         N::ActionFailed {
@@ -702,6 +704,7 @@ mod tests {
             N::MovedOn {
                 stage: Stage::StopGuests { group: 0 },
                 abandoned: vec!["s/pve1/guest-stop-100/1".into()],
+                unobserved: vec!["pve1: guest 100 not observed stopped".into()],
             },
             N::ActionFailed {
                 key: "s/pve1/power-off/1".into(),
@@ -849,6 +852,7 @@ mod tests {
                         up: None,
                         down: None,
                         ha: false,
+                        unknown: false,
                     }],
                     ..NodeView::default()
                 },

@@ -425,6 +425,8 @@ pub struct AgentRun {
     pub sim_action_secs: Option<f64>,
     /// `--observe-only`: report, and refuse every action.
     pub observe_only: bool,
+    /// `--sim-ha-delay-secs`: HA requests take effect this long after the command.
+    pub sim_ha_delay_secs: Option<f64>,
 }
 
 impl AgentRun {
@@ -438,6 +440,14 @@ impl AgentRun {
     pub fn sim_reboot_secs(mut self, secs: f64) -> Self {
         self.simulate = true;
         self.sim_reboot_secs = Some(secs);
+        self
+    }
+
+    /// HA is asynchronous: HA guests' stop/start requests take effect `secs` later
+    /// (implies `simulate`).
+    pub fn sim_ha_delay_secs(mut self, secs: f64) -> Self {
+        self.simulate = true;
+        self.sim_ha_delay_secs = Some(secs);
         self
     }
 
@@ -559,6 +569,9 @@ impl Agent {
             }
             if let Some(secs) = run.sim_action_secs {
                 cmd.arg(format!("--sim-action-secs={secs}"));
+            }
+            if let Some(secs) = run.sim_ha_delay_secs {
+                cmd.arg(format!("--sim-ha-delay-secs={secs}"));
             }
         }
         cmd.env("RUST_LOG", "info")

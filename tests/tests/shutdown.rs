@@ -109,6 +109,21 @@ impl Cluster {
         shutdown_toml: &str,
         prepare: impl Fn(&str, &std::path::Path),
     ) -> Cluster {
+        Self::start_run(
+            settings,
+            shutdown_toml,
+            prepare,
+            AgentRun::default().simulate(),
+        )
+    }
+
+    /// [`Cluster::start`] with the agents run as `run` says.
+    fn start_run(
+        settings: &[(&str, &str)],
+        shutdown_toml: &str,
+        prepare: impl Fn(&str, &std::path::Path),
+        run: AgentRun,
+    ) -> Cluster {
         let c = Controller::start_with_toml(
             settings,
             &format!("[shutdown]\ntick_ms = 100\n{shutdown_toml}\n"),
@@ -126,7 +141,7 @@ impl Cluster {
                 .unwrap();
                 expected_guests += guests.as_array().unwrap().len();
                 let (root, state) = Agent::enroll_root(&c, n, root);
-                Agent::run_with(n, root, state, AgentRun::default().simulate())
+                Agent::run_with(n, root, state, run.clone())
             })
             .collect();
         let cl = Cluster { c, agents };
@@ -504,9 +519,18 @@ fn startup_after_power_returns_in_random_order_waits_for_osd_nodes_and_reports_t
         .filter(|g| g["node"] != "pve-05" && (g["running"] == true || g["onboot"] == true))
         .map(|g| format!("{}/guest-start-{}", g["node"].as_str().unwrap(), g["vmid"]))
         .collect();
+    // The simulated boot (pve-guests.service) already started the `onboot` guests: the
+    // startup starts only the guests it observes not running (issue 13), never one twice.
+    let want_started: BTreeSet<String> = plan["plan"]["guests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|g| g["node"] != "pve-05" && g["running"] == true && g["onboot"] != true)
+        .map(|g| format!("{}/guest-start-{}", g["node"].as_str().unwrap(), g["vmid"]))
+        .collect();
     let got: BTreeSet<String> = starts.iter().map(|e| log_step(e)).collect();
-    assert_eq!(got, want);
-    assert_eq!(starts.len(), want.len(), "a guest started twice");
+    assert_eq!(got, want_started);
+    assert_eq!(starts.len(), want_started.len(), "a guest started twice");
     for n in ["pve-01", "pve-02", "pve-03", "pve-04"] {
         for g in cl.guests(n) {
             let should = want.contains(&format!("{n}/guest-start-{}", g["vmid"]));
@@ -732,4 +756,135 @@ fn controller_killed_mid_shutdown_resumes_the_same_plan_without_repeating_action
     // The store holds this one shutdown.
     let again = cl.status();
     assert_eq!(again["shutdown"]["id"], id.as_str());
+}
+
+/// HA is asynchronous (issue 13): an HA guest's stop exits 0 and the guest stops 1.5 s later.
+/// The shutdown waits for every stop to be observed before it disarms HA (which would drop
+/// a pending stop), so no stage moves on, no HA request is lost, and no node is powered off
+/// while one of its guests runs.
+#[test]
+fn ha_guest_stops_are_done_when_observed_not_when_the_command_returns() {
+    let delay_ms = 1500;
+    let mut cl = Cluster::start_run(
+        &[HOST],
+        &tiered_config(),
+        |_, _| {},
+        AgentRun::default().sim_ha_delay_secs(delay_ms as f64 / 1000.0),
+    );
+    let plan = cl.plan(&[]);
+    assert_eq!(plan["plan"]["ha"]["mode"], "disarm");
+    let ha: BTreeSet<String> = plan["plan"]["guests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|g| g["ha"] == true && g["running"] == true)
+        .map(|g| format!("{}/guest-stop-{}", g["node"].as_str().unwrap(), g["vmid"]))
+        .collect();
+    assert!(ha.len() >= 4, "{ha:?}");
+    cl.c.cli_json(&["shutdown", "start", "--yes"]);
+    let st = cl.wait_stage("down");
+    let ev = events(&st);
+    assert!(!ev.iter().any(|e| e["event"] == "moved-on"), "{ev:?}");
+    cl.wait_exited(&NODES);
+    let log = cl.logs();
+    let last_ha_stop = log
+        .iter()
+        .filter(|e| ha.contains(&log_step(e)))
+        .map(|e| e.finished_ms)
+        .max()
+        .unwrap();
+    let disarm = log
+        .iter()
+        .find(|e| e.action == Action::HaDisarm)
+        .expect("ha-disarm ran");
+    assert!(
+        disarm.started_ms >= last_ha_stop + delay_ms - 200,
+        "HA disarmed at {} while an HA stop queued at {last_ha_stop} was pending",
+        disarm.started_ms
+    );
+    for n in NODES {
+        assert!(
+            cl.read(n, "/var/lib/fleetward-sim/ha-requests.json")
+                .is_none(),
+            "{n}: an HA request was left pending"
+        );
+    }
+}
+
+/// A cluster manager that ignores the stop requests of pve-02's HA guests: the stops exit 0
+/// and the guests keep running. The guest-stop groups wait until their bound, then move on
+/// naming the guests still running (in `shutdown status`); the shutdown still completes
+/// (the node's own power-off stops them, after the forced stop's bound passed).
+#[test]
+fn ignored_ha_stops_move_on_at_the_bound_with_the_reason_in_status() {
+    let config = format!(
+        "{TIERS}\naction_ms = 5000\ntier_wait_ms = 10000\ndefault_guest_timeout_secs = 1\n\
+         guest_margin_ms = 1000\n"
+    );
+    let mut cl = Cluster::start_run(
+        &[HOST],
+        &config,
+        |n, root| {
+            if n == "pve-02" {
+                std::fs::write(root.join("var/lib/fleetward-sim/ha-crm-ignores"), "").unwrap();
+            }
+            // Short `down=` timeouts, so a group's bound is a few seconds.
+            let dir = root.join(format!("etc/pve/nodes/{n}"));
+            for kind in ["qemu-server", "lxc"] {
+                for e in std::fs::read_dir(dir.join(kind))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    let text = std::fs::read_to_string(e.path()).unwrap();
+                    let text = text
+                        .replace("down=180", "down=1")
+                        .replace("down=60", "down=1");
+                    std::fs::write(e.path(), text).unwrap();
+                }
+            }
+        },
+        AgentRun::default().sim_ha_delay_secs(0.2),
+    );
+    cl.c.cli_json(&["shutdown", "start", "--yes"]);
+    let st = cl.wait_stage("down");
+    let ev = events(&st);
+    let reasons: Vec<&str> = ev
+        .iter()
+        .filter(|e| e["event"] == "moved-on")
+        .filter_map(|e| e["reason"].as_str())
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("pve-02: guest 102 still running")),
+        "{ev:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("pve-02: guest 201 still running")),
+        "{ev:?}"
+    );
+    assert!(
+        !reasons
+            .iter()
+            .any(|r| r.contains("pve-01") || r.contains("pve-03")),
+        "only pve-02's guests were unobserved: {reasons:?}"
+    );
+    cl.wait_exited(&NODES);
+    // Powered off after the stop was sent (forced) and its bound passed; the power-off
+    // stopped what still ran.
+    let log = cl.logs();
+    let stop = log
+        .iter()
+        .find(|e| log_step(e) == "pve-02/guest-stop-102")
+        .unwrap();
+    let off = log
+        .iter()
+        .find(|e| log_step(e) == "pve-02/power-off")
+        .unwrap();
+    assert!(matches!(stop.action, Action::GuestStop { force: true, .. }));
+    assert!(off.started_ms > stop.finished_ms + 1000);
+    assert!(cl.guests("pve-02").iter().all(|g| g["state"] != "running"));
 }

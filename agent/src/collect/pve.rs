@@ -4,13 +4,16 @@
 //! - Guests: this node's configurations in `/etc/pve/nodes/<hostname>/qemu-server/<vmid>.conf`
 //!   and `.../lxc/<vmid>.conf` (current section only), HA membership from
 //!   `/etc/pve/ha/resources.cfg`.
-//! - Whether a guest runs, on a real node (**heuristics**, no process is started):
+//! - Whether a guest runs, on a real node, as Proxmox VE decides it (no process is started;
+//!   `parse::running` names the upstream functions):
 //!   - QEMU: `/run/qemu-server/<vmid>.pid` (Debian's `/var/run` is a link to `/run`) names a
-//!     pid that has a `/proc/<pid>` directory. A pid reused by another process after a
-//!     crash would read as running; qemu-server itself also compares the command line.
-//!   - LXC: the container's cgroup `/sys/fs/cgroup/lxc/<vmid>` exists (cgroup v2, PVE 7+).
-//!   - `unknown` when the root has no live `/proc` (no `/proc/1`) or no cgroup v2 file
-//!     system (`/sys/fs/cgroup/cgroup.controllers`), as in a fixture tree.
+//!     pid whose `/proc/<pid>/cmdline` is a QEMU binary started with that pid file, and
+//!     whose `/proc/<pid>/stat` is not a zombie. A reused pid reads as stopped.
+//!   - LXC: the container's abstract command socket `@/var/lib/lxc/<vmid>/command` is
+//!     listed in `/proc/net/unix`. Cgroup directories are not read: stale ones are often
+//!     left behind after a stop.
+//!   - `unknown` when the root has no live `/proc` (no `/proc/1`, or for containers no
+//!     `/proc/net/unix`), as in a fixture tree.
 //! - A simulated node (`/var/lib/fleetward-sim/` exists; see `simformat`): its
 //!   `guests.json` is the node's runtime: the state (`running`, `stopped`, `migrated`) and
 //!   `location` written there override the heuristics. Guests listed there without a
@@ -25,8 +28,8 @@
 //! A line that cannot be parsed is an unreadable fact with its file and line; the rest of
 //! the file still counts.
 
-use super::Reader;
-use crate::parse::pve;
+use super::{Input, Reader};
+use crate::parse::{pve, running};
 use crate::simformat::{
     sim_path, GuestState as SimState, CEPH_NOOUT, CEPH_UNHEALTHY, GUESTS, HA_DISARMED, MAINTENANCE,
     SIM_DIR,
@@ -35,13 +38,14 @@ use fleetward_proto::action::GuestKind;
 use fleetward_proto::{
     CephFacts, ClusterFacts, DnsFacts, GuestFacts, GuestState, HaFacts, NodeFacts,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 const RESOURCES: &str = "/etc/pve/ha/resources.cfg";
 const DATACENTER: &str = "/etc/pve/datacenter.cfg";
 const MANAGER_STATUS: &str = "/etc/pve/ha/manager_status";
 const CEPH_CONF: &str = "/etc/pve/ceph.conf";
 const OSD_DIR: &str = "/var/lib/ceph/osd";
+const PROC_NET_UNIX: &str = "/proc/net/unix";
 
 /// Guests, Ceph and HA facts of the node under the reader's root.
 pub(super) fn pve(
@@ -93,6 +97,7 @@ fn guests(
     resources: &pve::HaResources,
 ) -> Vec<GuestFacts> {
     let mut out: BTreeMap<u32, GuestFacts> = BTreeMap::new();
+    let mut lxc_active = None;
     if let Some(host) = host {
         for (kind, sub) in [(GuestKind::Qemu, "qemu-server"), (GuestKind::Lxc, "lxc")] {
             let dir = format!("/etc/pve/nodes/{host}/{sub}");
@@ -109,7 +114,7 @@ fn guests(
                 for e in &conf.errors {
                     r.unreadable_line(&path, e.line, &e.message);
                 }
-                let state = runtime_state(r, kind, vmid);
+                let state = runtime_state(r, kind, vmid, &mut lxc_active);
                 out.insert(
                     vmid,
                     GuestFacts {
@@ -174,8 +179,14 @@ fn simulated_guests(
     }
 }
 
-/// Whether a guest runs on a real node (heuristics; see the module docs).
-fn runtime_state(r: &mut Reader, kind: GuestKind, vmid: u32) -> GuestState {
+/// Whether a guest runs on a real node, decided as Proxmox VE decides it (see
+/// `parse::running` for the upstream functions followed).
+fn runtime_state(
+    r: &mut Reader,
+    kind: GuestKind,
+    vmid: u32,
+    lxc_active: &mut Option<Option<BTreeSet<u32>>>,
+) -> GuestState {
     let running = |yes: bool| {
         if yes {
             GuestState::Running
@@ -183,31 +194,61 @@ fn runtime_state(r: &mut Reader, kind: GuestKind, vmid: u32) -> GuestState {
             GuestState::Stopped
         }
     };
+    if !r.root.is_dir("/proc/1") {
+        return GuestState::Unknown;
+    }
     match kind {
         GuestKind::Qemu => {
-            if !r.root.is_dir("/proc/1") {
-                return GuestState::Unknown;
-            }
             let pidfile = format!("/run/qemu-server/{vmid}.pid");
             if !r.root.exists(&pidfile) {
                 return GuestState::Stopped;
             }
-            let Some(text) = r.text(&pidfile) else {
+            let text = match r.input(&pidfile) {
+                Input::Missing => return GuestState::Stopped,
+                Input::Unreadable => return GuestState::Unknown,
+                Input::Read(t) => t,
+            };
+            let Some(pid) = running::qemu_pidfile(&text) else {
+                r.unreadable_line(&pidfile, 1, "not a process id");
                 return GuestState::Unknown;
             };
-            match text.trim().parse::<u32>() {
-                Ok(pid) => running(r.root.is_dir(&format!("/proc/{pid}"))),
-                Err(_) => {
-                    r.unreadable_line(&pidfile, 1, "not a process id");
-                    GuestState::Unknown
-                }
+            let cmdline_path = format!("/proc/{pid}/cmdline");
+            if !r.root.exists(&cmdline_path) {
+                // No such process: a pid file left behind.
+                return GuestState::Stopped;
+            }
+            let cmdline = match r.bytes_input(&cmdline_path) {
+                // No such process: a pid file left behind.
+                Input::Missing => return GuestState::Stopped,
+                Input::Unreadable => return GuestState::Unknown,
+                Input::Read(b) => b,
+            };
+            if !running::qemu_cmdline_is_vm(&cmdline, vmid) {
+                // The pid was reused by another process.
+                return GuestState::Stopped;
+            }
+            let stat_path = format!("/proc/{pid}/stat");
+            match r.input(&stat_path) {
+                Input::Missing => GuestState::Stopped,
+                Input::Unreadable => GuestState::Unknown,
+                Input::Read(stat) => match running::proc_stat_running(&stat) {
+                    Some(yes) => running(yes),
+                    None => {
+                        r.unreadable_line(&stat_path, 1, "not a process status line");
+                        GuestState::Unknown
+                    }
+                },
             }
         }
         GuestKind::Lxc => {
-            if !r.root.exists("/sys/fs/cgroup/cgroup.controllers") {
-                return GuestState::Unknown;
+            let active = lxc_active.get_or_insert_with(|| match r.input(PROC_NET_UNIX) {
+                Input::Read(text) => Some(running::lxc_active(&text)),
+                Input::Missing | Input::Unreadable => None,
+            });
+            match active {
+                Some(set) => running(set.contains(&vmid)),
+                None => GuestState::Unknown,
             }
-            running(r.root.is_dir(&format!("/sys/fs/cgroup/lxc/{vmid}")))
         }
     }
 }

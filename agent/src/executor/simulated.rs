@@ -48,11 +48,30 @@
 //!   `/etc/kernel/proxmox-boot-pin`; else the newest `/boot/vmlinuz-*`) becomes
 //!   `/proc/sys/kernel/osrelease`, `/proc/sys/kernel/random/boot_id` gets a new random id,
 //!   `/run/reboot-required` goes away, and guests come back per `onboot` (HA guests that ran
-//!   are restarted by HA). The outcome has `reboot: true`: the session layer drops the
+//!   are restarted by HA): `pve-guests.service` runs pve-manager's `startall`
+//!   (`PVE/API2/Nodes.pm`) at boot, so a later `qm start` of such a guest finds it running. The outcome has `reboot: true`: the session layer drops the
 //!   connection, waits, and reconnects — the file changes are already done.
 //! - **power-off**: `powered-off` marker, every local guest stopped, outcome `power_off: true`.
 //! - **ceph-set/unset-noout**, **ha-disarm/arm**: the marker files.
 //! - **guest-stop/start/migrate**: `guests.json` (`migrated` with `location: TARGET`).
+//!
+//! **HA is asynchronous** when the executor has an HA delay ([`SimulatedExecutor::with_ha_delay`],
+//! `run --simulate --sim-ha-delay-secs S`; without one, HA guests change at once as above):
+//! - `qm shutdown`/`pct shutdown` and `qm start`/`pct start` of an **HA-managed** guest only
+//!   queue a request and exit 0 (qemu-server `src/PVE/API2/Qemu.pm` `vm_shutdown` /
+//!   `vm_start`, pve-container `src/PVE/API2/LXC/Status.pm` `vm_shutdown` / `vm_start`:
+//!   for an HA resource they run `ha-manager crm-command stop` or set the requested state
+//!   and return; `--forceStop` is ignored). The request is written to
+//!   [`HA_REQUESTS`] and takes effect on the cluster manager's round `S` seconds later
+//!   (pve-ha-manager `src/PVE/HA/Manager.pm` `update_crm_commands`, then `manage`).
+//! - `ha-disarm` (`disarm-ha freeze`) **drops** every pending request (pve-ha-manager
+//!   `src/PVE/HA/Manager.pm`, the disarm handling of `update_crm_commands`/`manage`
+//!   discards queued commands while it freezes services): a stop queued just before is
+//!   lost, and the guest keeps running.
+//! - With the marker [`HA_CRM_IGNORES`] the CRM ignores every request (as `Manager.pm` does
+//!   for a node that is not `online` or when HA is already disarmed): requests stay
+//!   queued and never take effect.
+//! - A powered-off node applies nothing.
 //!
 //! **ESPs are never modified.** The simulation cannot sensibly rewrite the FAT images the
 //! ESP facts come from, so the fixture decides what the ESPs hold: a scenario where the ESP
@@ -67,8 +86,9 @@ use super::{
 use super::{unit, Simulation};
 use crate::parse::{apt_sim, boot_tool::DEFAULT_ESP_LIST as ESP_LIST, control, version};
 use crate::simformat::{
-    GuestState, Pending, SimGuest, SimUnit, CEPH_NOOUT, ESP_SYNCED, GUESTS, HA_DISARMED,
-    MAINTENANCE, PENDING, POWERED_OFF, REFRESH_FAILS, SIM_DIR, SIM_LISTS_FILE, UNITS,
+    GuestState, HaRequest, Pending, SimGuest, SimUnit, CEPH_NOOUT, ESP_SYNCED, GUESTS,
+    HA_CRM_IGNORES, HA_DISARMED, HA_REQUESTS, MAINTENANCE, PENDING, POWERED_OFF, REFRESH_FAILS,
+    SIM_DIR, SIM_LISTS_FILE, UNITS,
 };
 use fleetward_proto::{Removal, Upgrade};
 use serde::{Deserialize, Serialize};
@@ -77,6 +97,12 @@ use std::fs;
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// Serializes changes of a simulated node's files between the action being executed and the
+/// simulated HA cluster manager applying a queued request (both read-modify-write
+/// `guests.json`).
+static SIM_FILES: Mutex<()> = Mutex::new(());
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The package version of kernel release `k` (`6.14.11-1-pve` -> `6.14.11-1`).
@@ -149,6 +175,9 @@ pub struct SimulatedExecutor {
     /// How long each action takes (a real upgrade or migration takes minutes; demos and
     /// crash tests need actions that last long enough to be watched or interrupted).
     pub duration: std::time::Duration,
+    /// `Some`: HA is asynchronous — HA guests' stop/start requests take effect this long
+    /// after the command returned (see the module docs).
+    pub ha_delay: Option<std::time::Duration>,
 }
 
 type Say<'a> = &'a mut dyn FnMut(String);
@@ -269,7 +298,98 @@ impl SimulatedExecutor {
             root: root.into(),
             log: log.into(),
             duration: std::time::Duration::ZERO,
+            ha_delay: None,
         }
+    }
+
+    /// HA requests take effect `d` after the command that queued them returned.
+    pub fn with_ha_delay(mut self, d: std::time::Duration) -> Self {
+        self.ha_delay = Some(d);
+        self
+    }
+
+    /// The queued HA requests (none if the file is missing).
+    pub fn ha_requests(&self) -> Result<Vec<HaRequest>, String> {
+        let path = self.sim(HA_REQUESTS);
+        match fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", path.display())),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        }
+    }
+
+    fn save_ha_requests(&self, reqs: &[HaRequest]) -> Result<(), String> {
+        if reqs.is_empty() {
+            self.remove(&self.sim(HA_REQUESTS))?;
+            return Ok(());
+        }
+        let json = serde_json::to_string_pretty(reqs).map_err(|e| e.to_string())?;
+        self.write(&self.sim(HA_REQUESTS), &json)
+    }
+
+    /// Queues an HA request for `sid` (`started`/`stopped`) and has the simulated cluster
+    /// manager apply it after `delay`, unless it was dropped (disarm) or is ignored.
+    fn queue_ha_request(
+        &self,
+        g: &SimGuest,
+        state: GuestState,
+        delay: std::time::Duration,
+        say: Say,
+    ) -> Result<(), String> {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let id = format!(
+            "{}-{}-{}",
+            now_ms(),
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut reqs = self.ha_requests()?;
+        reqs.push(HaRequest {
+            id: id.clone(),
+            vmid: g.vmid,
+            kind: g.kind,
+            state,
+        });
+        self.save_ha_requests(&reqs)?;
+        let word = if state == GuestState::Running {
+            "started"
+        } else {
+            "stopped"
+        };
+        say(format!(
+            "{} is HA-managed: requested state '{word}' queued for the HA manager",
+            g.sid()
+        ));
+        let me = self.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            let _guard = SIM_FILES.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = me.apply_ha_request(&id) {
+                tracing::warn!(error = %e, "simulated HA manager could not apply a request");
+            }
+        });
+        Ok(())
+    }
+
+    /// The simulated CRM's round for request `id` (called with [`SIM_FILES`] held).
+    fn apply_ha_request(&self, id: &str) -> Result<(), String> {
+        if self.sim(HA_CRM_IGNORES).exists() || self.powered_off() {
+            return Ok(()); // ignored: stays queued (or the node is off)
+        }
+        let mut reqs = self.ha_requests()?;
+        let Some(pos) = reqs.iter().position(|r| r.id == id) else {
+            return Ok(()); // dropped (disarm) meanwhile
+        };
+        let req = reqs.remove(pos);
+        let mut guests = self.guests()?;
+        if let Some(g) = guests
+            .iter_mut()
+            .find(|g| g.vmid == req.vmid && g.kind == req.kind && g.state != GuestState::Migrated)
+        {
+            g.state = req.state;
+            self.save_guests(&guests)?;
+        }
+        self.save_ha_requests(&reqs)
     }
 
     /// Each action takes `d` before it acts.
@@ -691,6 +811,17 @@ impl SimulatedExecutor {
             return Err(format!("{} is not on {}", g.sid(), self.node));
         }
         let sid = g.sid();
+        if let (true, Some(delay)) = (g.ha, self.ha_delay) {
+            let want = match change {
+                GuestChange::Stop { .. } => Some(GuestState::Stopped),
+                GuestChange::Start => Some(GuestState::Running),
+                GuestChange::Migrate(_) => None,
+            };
+            if let Some(want) = want {
+                let g = g.clone();
+                return self.queue_ha_request(&g, want, delay, say);
+            }
+        }
         match change {
             GuestChange::Stop { force } => {
                 say(match (g.state, force) {
@@ -748,7 +879,17 @@ impl SimulatedExecutor {
             Action::BootRefresh => self.boot_refresh(say),
             Action::CephSetNoout => self.marker(CEPH_NOOUT, true, say),
             Action::CephUnsetNoout => self.marker(CEPH_NOOUT, false, say),
-            Action::HaDisarm => self.marker(HA_DISARMED, true, say),
+            Action::HaDisarm => {
+                let dropped = self.ha_requests()?;
+                if !dropped.is_empty() {
+                    say(format!(
+                        "disarm-ha freeze: {} pending HA request(s) discarded",
+                        dropped.len()
+                    ));
+                    self.save_ha_requests(&[])?;
+                }
+                self.marker(HA_DISARMED, true, say)
+            }
             Action::HaArm => self.marker(HA_DISARMED, false, say),
             Action::GuestStop {
                 vmid, kind, force, ..
@@ -828,7 +969,10 @@ impl SimulatedExecutor {
             say(format!("simulated {} on {}", req.action.name(), self.node));
             let elapsed = std::time::Duration::from_millis(now_ms().saturating_sub(started_ms));
             std::thread::sleep(self.duration.saturating_sub(elapsed));
-            let result = self.apply(&req.action, &mut say);
+            let result = {
+                let _guard = SIM_FILES.lock().unwrap_or_else(|p| p.into_inner());
+                self.apply(&req.action, &mut say)
+            };
             if let Err(e) = &result {
                 say(format!("error: {e}"));
             }
@@ -1067,6 +1211,82 @@ mod tests {
         )
         .unwrap();
         assert!(!run(&exec, "u4", Action::AptUpdate).ok);
+    }
+
+    /// Waits (bounded) until `f` holds.
+    fn eventually(what: &str, f: impl Fn() -> bool) {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !f() {
+            assert!(std::time::Instant::now() < end, "never: {what}");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn executor_sim_ha_requests_take_effect_later_and_disarm_drops_them() {
+        let (_tmp, exec) = tiny_node();
+        let exec = exec.with_ha_delay(std::time::Duration::from_millis(300));
+        let state = |exec: &SimulatedExecutor, vmid: u32| {
+            exec.guests()
+                .unwrap()
+                .into_iter()
+                .find(|g| g.vmid == vmid)
+                .unwrap()
+                .state
+        };
+        let stop = |vmid, kind| Action::GuestStop {
+            vmid,
+            kind,
+            timeout_secs: 60,
+            force: true,
+        };
+        // HA guest: exit 0 first, the guest stops later.
+        let o = run(&exec, "s", stop(100, GuestKind::Qemu));
+        assert!(o.ok, "{o:?}");
+        assert!(o.output.contains("queued"), "{}", o.output);
+        assert_eq!(state(&exec, 100), GuestState::Running);
+        assert_eq!(exec.ha_requests().unwrap().len(), 1);
+        eventually("HA stopped vm:100", || {
+            state(&exec, 100) == GuestState::Stopped
+        });
+        assert!(exec.ha_requests().unwrap().is_empty());
+        // A non-HA guest stops synchronously, as before.
+        assert!(run(&exec, "c", stop(200, GuestKind::Lxc)).ok);
+        assert_eq!(state(&exec, 200), GuestState::Stopped);
+
+        // disarm-ha freeze drops a request queued just before: the guest never starts.
+        assert!(
+            run(
+                &exec,
+                "st",
+                Action::GuestStart {
+                    vmid: 100,
+                    kind: GuestKind::Qemu
+                }
+            )
+            .ok
+        );
+        let o = run(&exec, "d", Action::HaDisarm);
+        assert!(o.output.contains("discarded"), "{}", o.output);
+        std::thread::sleep(std::time::Duration::from_millis(600));
+        assert_eq!(state(&exec, 100), GuestState::Stopped);
+
+        // A CRM that ignores requests: queued, never applied.
+        fs::write(exec.sim(HA_CRM_IGNORES), "").unwrap();
+        assert!(
+            run(
+                &exec,
+                "st2",
+                Action::GuestStart {
+                    vmid: 100,
+                    kind: GuestKind::Qemu
+                }
+            )
+            .ok
+        );
+        std::thread::sleep(std::time::Duration::from_millis(600));
+        assert_eq!(state(&exec, 100), GuestState::Stopped);
+        assert_eq!(exec.ha_requests().unwrap().len(), 1);
     }
 
     #[test]

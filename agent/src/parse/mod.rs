@@ -14,4 +14,5 @@ pub mod lines;
 pub mod net;
 pub mod packages;
 pub mod pve;
+pub mod running;
 pub mod version;

@@ -81,6 +81,9 @@ pub struct SimOptions {
     pub reboot_delay: Duration,
     /// How long each simulated action takes.
     pub action_duration: Duration,
+    /// `Some`: HA requests take effect this long after the command (see
+    /// `executor::simulated`); `None`: at once.
+    pub ha_delay: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -158,8 +161,11 @@ pub fn open_executor_with(
                     "--simulate needs --root DIR (a fixture tree): refusing to simulate onto the live system".into(),
                 ));
             }
-            let sim = SimulatedExecutor::new(node, root, opts.state_dir.join(SIM_ACTION_LOG))
+            let mut sim = SimulatedExecutor::new(node, root, opts.state_dir.join(SIM_ACTION_LOG))
                 .with_duration(options.action_duration);
+            if let Some(d) = options.ha_delay {
+                sim = sim.with_ha_delay(d);
+            }
             if sim.powered_off() {
                 info!(root = %sim.root.display(), "simulated node was powered off: powering it on");
                 sim.power_on()?;
@@ -915,6 +921,7 @@ mod tests {
             simulate: simulate.then_some(SimOptions {
                 reboot_delay: Duration::ZERO,
                 action_duration: Duration::ZERO,
+                ha_delay: None,
             }),
             observe_only,
         }

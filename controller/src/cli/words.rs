@@ -182,6 +182,12 @@ pub(crate) fn shutdown_event(e: &api::ShutdownEvent, verbose: bool) -> String {
         }
         K::Started => "shutdown started".into(),
         K::Stage => format!("stage: {}", stage(e.stage.as_ref())),
+        K::MovedOn if !e.reason.is_empty() => format!(
+            "{} ran out of time: moved on without {} answer(s); not observed: {}",
+            stage(e.stage.as_ref()),
+            e.command_ids.len(),
+            e.reason
+        ),
         K::MovedOn => format!(
             "{} ran out of time: moved on without {} answer(s)",
             stage(e.stage.as_ref()),

@@ -91,6 +91,7 @@ pub fn node_view(
             vmid: g.vmid,
             kind: g.kind,
             running: g.state == GuestState::Running,
+            unknown: g.state == GuestState::Unknown,
             onboot: g.onboot,
             order: g.order,
             up: g.up.map(u64::from),
@@ -107,6 +108,10 @@ pub fn node_view(
         ceph_osds: f.ceph.as_ref().is_some_and(|c| !c.osds_here.is_empty()),
         guests,
         observe_only: f.agent.observe_only,
+        reported: true,
+        ha_maintenance: f.ha.maintenance,
+        ha_disarmed: f.ha.disarmed,
+        noout: f.ceph.as_ref().and_then(|c| c.noout),
     }
 }
 

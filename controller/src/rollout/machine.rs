@@ -361,17 +361,46 @@ impl Machine<'_> {
                     p.acked = true;
                 }
             }
-            Action::MaintenanceOn => self.enter(idx, Phase::WaitGuests),
+            // Proxmox only queued the request: done when the reports show the effect.
+            Action::MaintenanceOn | Action::MaintenanceOff => {
+                if let Some(p) = self.s.nodes[idx].pending.as_mut() {
+                    p.acked = true;
+                }
+                if self.effect_observed(idx, action) {
+                    self.effect_done(idx, action);
+                }
+            }
             Action::WaitGuestsMigrated => self.enter(idx, Phase::AptUpdate),
+            Action::CephSetNoout => self.enter(idx, Phase::AwaitReturn),
+            Action::CephUnsetNoout => self.enter(idx, Phase::MaintenanceOff),
             Action::AptUpdate => self.enter(idx, Phase::Upgrade),
             Action::AptDistUpgrade => {
                 self.s.nodes[idx].refresh_attempted = false;
                 self.enter_boot_check(idx);
             }
             Action::BootRefresh => self.enter_boot_check(idx),
-            Action::CephSetNoout => self.enter(idx, Phase::AwaitReturn),
-            Action::CephUnsetNoout => self.enter(idx, Phase::MaintenanceOff),
+        }
+    }
+
+    /// The effect of an answered maintenance action shows in the node's latest report: HA
+    /// maintenance (`/etc/pve/ha/manager_status`) reads as requested. A report that cannot
+    /// tell (`None`) cannot be observed: the answer settles it then. (`noout` in a rollout
+    /// still settles on the answer.)
+    fn effect_observed(&self, idx: usize, action: Action) -> bool {
+        let nv = self.view.nodes.get(&self.s.nodes[idx].name);
+        let (value, want) = match action {
+            Action::MaintenanceOn => (nv.and_then(|n| n.ha_maintenance), true),
+            Action::MaintenanceOff => (nv.and_then(|n| n.ha_maintenance), false),
+            _ => return true,
+        };
+        value != Some(!want)
+    }
+
+    fn effect_done(&mut self, idx: usize, action: Action) {
+        match action {
+            Action::MaintenanceOn => self.enter(idx, Phase::WaitGuests),
             Action::MaintenanceOff => self.enter(idx, Phase::Done),
+            _ => {}
         }
     }
 
@@ -526,7 +555,24 @@ impl Machine<'_> {
                 let Some(action) = phase.action() else {
                     return false;
                 };
-                if self.s.nodes[idx].pending.is_none() {
+                let answered = self.s.nodes[idx].pending.as_ref().is_some_and(|p| p.acked);
+                if answered && self.effect_observed(idx, action) {
+                    self.effect_done(idx, action);
+                    return true;
+                }
+                if answered && self.overdue(idx) {
+                    self.halt(
+                        &name,
+                        GateFailure {
+                            gate: Gate::CommandTimeout,
+                            reason: format!(
+                                "{} on {name} answered ok but its effect was never observed \
+                                 (the node's report does not show it)",
+                                action.as_str()
+                            ),
+                        },
+                    );
+                } else if self.s.nodes[idx].pending.is_none() {
                     self.send(idx, action);
                 } else if self.overdue(idx) {
                     self.halt(

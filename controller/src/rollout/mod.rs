@@ -555,6 +555,12 @@ pub struct NodeView {
     /// The node's agent is observe-only (its report says so): it refuses every action.
     #[serde(default)]
     pub observe_only: bool,
+    /// The node's HA maintenance state as its report reads it; `None`: not known.
+    #[serde(default)]
+    pub ha_maintenance: Option<bool>,
+    /// Ceph's `noout` flag as the node's report reads it; `None`: not known.
+    #[serde(default)]
+    pub noout: Option<bool>,
 }
 
 /// The cluster as the driver sees it when it calls [`step`]: every cluster member, not

@@ -30,6 +30,8 @@ pub(super) fn healthy_node(name: &str, expected_votes: u32) -> NodeView {
         running_guests: BTreeSet::new(),
         onboot_local_guests: BTreeSet::new(),
         observe_only: false,
+        ha_maintenance: None,
+        noout: None,
     }
 }
 
@@ -82,6 +84,8 @@ pub(super) struct Sim {
     pub noout_unsets: usize,
     /// Calls of `step`.
     pub steps: usize,
+    /// Nodes whose HA manager ignores maintenance requests (answered ok, never entered).
+    pub maintenance_ignored: BTreeSet<String>,
 }
 
 impl Sim {
@@ -102,6 +106,7 @@ impl Sim {
             noout_holders: BTreeSet::new(),
             noout_unsets: 0,
             steps: 0,
+            maintenance_ignored: BTreeSet::new(),
         }
     }
 
@@ -149,6 +154,23 @@ impl Sim {
         }
     }
 
+    /// A node whose report tells HA maintenance reports the new state.
+    fn report_maintenance(&mut self, node: &str, on: bool) {
+        let known = self
+            .view
+            .nodes
+            .get(node)
+            .is_some_and(|nv| nv.ha_maintenance.is_some());
+        if known {
+            if let Some(nv) = self.bump(node) {
+                nv.ha_maintenance = Some(on);
+            }
+            self.queue.push_back(Event::NodeChanged {
+                node: node.to_owned(),
+            });
+        }
+    }
+
     fn execute(&mut self, node: &str, action: Action) {
         let (esp_up, esp_ref) = (self.esp_ok_after_upgrade, self.esp_ok_after_refresh);
         let lost = self.lost_on_reboot.contains(node);
@@ -156,9 +178,13 @@ impl Sim {
             Action::MaintenanceOn => {
                 self.in_maintenance.insert(node.to_owned());
                 self.max_in_maintenance = self.max_in_maintenance.max(self.in_maintenance.len());
+                if !self.maintenance_ignored.contains(node) {
+                    self.report_maintenance(node, true);
+                }
             }
             Action::MaintenanceOff => {
                 self.in_maintenance.remove(node);
+                self.report_maintenance(node, false);
             }
             Action::AptDistUpgrade => {
                 if let Some(nv) = self.bump(node) {
@@ -897,4 +923,41 @@ fn abort_restore_unsets_the_noout_a_node_set_before_maintenance_off() {
     assert_eq!(sent_actions(&cmds), vec!["pve1/maintenance-off"]);
     let (s, _) = step(&s, &ok_result(&s, "pve1"), &view);
     assert_eq!(s.status, Status::Aborted);
+}
+
+/// `ha-manager crm-command node-maintenance enable` exits 0 and only queues the request: the
+/// node is in maintenance when its report says so. Observed: the rollout goes on; never
+/// observed: it halts at the phase's bound, naming node, step and reason.
+#[test]
+fn maintenance_is_done_when_the_report_shows_it() {
+    let mut view = healthy_view(&names(3));
+    for nv in view.nodes.values_mut() {
+        nv.ha_maintenance = Some(false);
+    }
+    let mut sim = Sim::new(plan(3, 1), view.clone());
+    sim.run(1_000);
+    assert_eq!(
+        sim.state.status,
+        Status::Completed,
+        "{:?}",
+        sim.state.status
+    );
+    assert!(sim
+        .view
+        .nodes
+        .values()
+        .all(|n| n.ha_maintenance == Some(false)));
+
+    let mut sim = Sim::new(plan(3, 1), view);
+    sim.maintenance_ignored.insert("pve1".into());
+    sim.run(1_000);
+    assert_eq!(halted(&sim.state), Some(("pve1", Gate::CommandTimeout)));
+    let Status::Halted { reason, .. } = &sim.state.status else {
+        unreachable!()
+    };
+    assert!(reason.contains("never observed"), "{reason}");
+    assert!(sim
+        .actions_for("pve1", Action::WaitGuestsMigrated)
+        .is_empty());
+    assert!(sim.actions_for("pve2", Action::MaintenanceOn).is_empty());
 }

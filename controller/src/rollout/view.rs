@@ -31,6 +31,8 @@ pub fn node_view(
     let Some(r) = report else { return nv };
     let f = &r.facts;
     nv.observe_only = f.agent.observe_only;
+    nv.ha_maintenance = f.ha.maintenance;
+    nv.noout = f.ceph.as_ref().and_then(|c| c.noout);
     nv.boot_id = f.node.boot_id.clone();
     nv.running_kernel = f.node.running_kernel.clone();
     nv.next_kernel = f.boot.next_kernel.clone();

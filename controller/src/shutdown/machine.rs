@@ -408,6 +408,17 @@ impl Machine<'_> {
                 let mut not_started: std::collections::BTreeMap<String, Vec<u32>> =
                     std::collections::BTreeMap::new();
                 for guest in g.guests {
+                    let running = self
+                        .view
+                        .nodes
+                        .get(&guest.node)
+                        .and_then(|n| n.guests.iter().find(|v| v.vmid == guest.vmid))
+                        .is_some_and(|v| v.running);
+                    if running {
+                        // Observed running already (e.g. `pve-guests` started it at boot):
+                        // a second start is not sent.
+                        continue;
+                    }
                     if self.view.online(&guest.node) {
                         t.push((
                             guest.node.clone(),
@@ -509,7 +520,8 @@ impl Machine<'_> {
                 return false;
             };
             match s.outcome {
-                Outcome::Ok => *action != Action::PowerOff || !self.view.online(node),
+                Outcome::Ok if *action == Action::PowerOff => !self.view.online(node),
+                Outcome::Ok => self.observed(node, action),
                 Outcome::Failed => s.key.attempt >= MAX_ATTEMPTS,
                 Outcome::Pending | Outcome::Abandoned => false,
             }
@@ -530,6 +542,51 @@ impl Machine<'_> {
             return self.s.now_ms >= hold;
         }
         true
+    }
+
+    /// The action's effect is observed in the latest report of the node that carried it
+    /// out: a stopped guest reads stopped (or left the node), a started one running, HA
+    /// maintenance/disarm and `noout` read as requested (the cluster-wide flags come from
+    /// cluster-wide sources — `/etc/pve/ha/*`, the OSD map — so that node sees them). A flag
+    /// the node's report cannot tell (`None`) cannot be observed: the answer alone settles
+    /// it then.
+    fn observed(&self, node: &str, action: &Action) -> bool {
+        let nv = self.view.nodes.get(node);
+        let guest = |vmid: u32| nv.and_then(|n| n.guests.iter().find(|g| g.vmid == vmid));
+        let flag =
+            |get: fn(&super::NodeView) -> Option<bool>, want: bool| nv.and_then(get) != Some(!want);
+        match action {
+            Action::GuestStop { vmid, .. } => match guest(*vmid) {
+                Some(g) => !g.running && !g.unknown,
+                // Not on the node any more (HA moved it), or nothing reported to compare.
+                None => true,
+            },
+            Action::GuestStart { vmid, .. } => guest(*vmid).is_none_or(|g| g.running),
+            Action::MaintenanceOn => nv.and_then(|n| n.ha_maintenance) != Some(false),
+            Action::MaintenanceOff => nv.and_then(|n| n.ha_maintenance) != Some(true),
+            Action::HaDisarm => flag(|n| n.ha_disarmed, true),
+            Action::HaArm => flag(|n| n.ha_disarmed, false),
+            Action::CephSetNoout => flag(|n| n.noout, true),
+            Action::CephUnsetNoout => flag(|n| n.noout, false),
+            _ => true,
+        }
+    }
+
+    /// The current stage's actions that answered ok but whose effect is not observed.
+    fn unobserved(&self) -> Vec<String> {
+        self.s
+            .stage_targets
+            .iter()
+            .filter(|(node, action)| {
+                *action != Action::PowerOff
+                    && self
+                        .s
+                        .last_sent(node, &step_name(action))
+                        .is_some_and(|s| s.outcome == Outcome::Ok)
+                    && !self.observed(node, action)
+            })
+            .map(|(node, action)| format!("{node}: {}", unobserved_words(action)))
+            .collect()
     }
 
     fn advance(&mut self) {
@@ -578,13 +635,32 @@ impl Machine<'_> {
                     if !late || nobody {
                         return;
                     }
+                    let unobserved = self.unobserved();
                     let abandoned = self.abandon_pending();
-                    self.notify(Notice::MovedOn { stage, abandoned });
+                    self.notify(Notice::MovedOn {
+                        stage,
+                        abandoned,
+                        unobserved,
+                    });
                     let next = self.next(stage);
                     self.enter(next);
                 }
             }
         }
+    }
+}
+
+fn unobserved_words(action: &Action) -> String {
+    match action {
+        Action::GuestStop { vmid, .. } => format!("guest {vmid} still running"),
+        Action::GuestStart { vmid, .. } => format!("guest {vmid} not running"),
+        Action::MaintenanceOn => "HA maintenance not entered".into(),
+        Action::MaintenanceOff => "HA maintenance not left".into(),
+        Action::HaDisarm => "HA not disarmed".into(),
+        Action::HaArm => "HA not armed".into(),
+        Action::CephSetNoout => "noout not set".into(),
+        Action::CephUnsetNoout => "noout still set".into(),
+        other => format!("{} not observed", other.name()),
     }
 }
 

@@ -110,6 +110,10 @@ pub struct GuestView {
     pub down: Option<u64>,
     /// Managed by HA.
     pub ha: bool,
+    /// The agent cannot tell whether it runs (then it is observed neither running nor
+    /// stopped).
+    #[serde(default)]
+    pub unknown: bool,
 }
 
 /// One node as the driver sees it.
@@ -127,6 +131,18 @@ pub struct NodeView {
     /// The node's agent is observe-only: it refuses every action, so no plan includes it.
     #[serde(default)]
     pub observe_only: bool,
+    /// The node has sent a report (its guest list is known).
+    #[serde(default)]
+    pub reported: bool,
+    /// The node's HA maintenance state as its report reads it; `None`: not known.
+    #[serde(default)]
+    pub ha_maintenance: Option<bool>,
+    /// HA disarmed cluster-wide as this node's report reads it; `None`: not known.
+    #[serde(default)]
+    pub ha_disarmed: Option<bool>,
+    /// Ceph's `noout` flag as this node's report reads it; `None`: not known.
+    #[serde(default)]
+    pub noout: Option<bool>,
 }
 
 /// The cluster for one call of [`step`]. A node missing from `nodes` counts as offline.
@@ -465,6 +481,10 @@ pub enum Notice {
     MovedOn {
         stage: Stage,
         abandoned: Vec<String>,
+        /// Actions that answered ok whose effect was never observed (e.g. `pve-01: guest
+        /// 101 still running`).
+        #[serde(default)]
+        unobserved: Vec<String>,
     },
     ActionFailed {
         key: String,

@@ -8,6 +8,9 @@ use super::*;
 
 pub(super) const T0: u64 = 1_000_000;
 
+/// A node's view of one cluster flag.
+type FlagOf = fn(&mut NodeView) -> &mut Option<bool>;
+
 pub(super) fn guest(vmid: u32, order: Option<u32>, onboot: bool) -> GuestView {
     GuestView {
         vmid,
@@ -22,6 +25,7 @@ pub(super) fn guest(vmid: u32, order: Option<u32>, onboot: bool) -> GuestView {
         up: None,
         down: Some(60),
         ha: false,
+        unknown: false,
     }
 }
 
@@ -34,6 +38,7 @@ pub(super) fn node(mon: bool, osds: bool, guests: Vec<GuestView>) -> NodeView {
         ceph_osds: osds,
         guests,
         observe_only: false,
+        ..NodeView::default()
     }
 }
 
@@ -100,6 +105,9 @@ pub(super) struct Sim {
     /// Power-offs answer at once but the node disconnects only at [`Sim::finish_power_off`].
     pub slow_power_off: bool,
     pub going_down: BTreeSet<String>,
+    /// Steps that answer ok but whose effect never shows in the view (Proxmox queued the
+    /// request and nothing happened, e.g. HA ignored it).
+    pub no_effect: BTreeSet<String>,
 }
 
 impl Sim {
@@ -117,6 +125,7 @@ impl Sim {
             fail_next: false,
             slow_power_off: false,
             going_down: BTreeSet::new(),
+            no_effect: BTreeSet::new(),
         }
     }
 
@@ -149,9 +158,37 @@ impl Sim {
             return;
         }
         self.log.push((self.now_ms, node.clone(), action.clone()));
+        if self.no_effect.contains(&key.step) {
+            return;
+        }
+        // Flags that the reports can tell change on every node that tells them.
+        let flag: Option<(FlagOf, bool)> = match action {
+            Action::HaDisarm => Some((|n| &mut n.ha_disarmed, true)),
+            Action::HaArm => Some((|n| &mut n.ha_disarmed, false)),
+            Action::CephSetNoout => Some((|n| &mut n.noout, true)),
+            Action::CephUnsetNoout => Some((|n| &mut n.noout, false)),
+            _ => None,
+        };
+        if let Some((get, value)) = flag {
+            for nv in self.view.nodes.values_mut() {
+                let f = get(nv);
+                if f.is_some() {
+                    *f = Some(value);
+                }
+            }
+        }
         let Some(nv) = self.view.nodes.get_mut(node) else {
             return;
         };
+        match action {
+            Action::MaintenanceOn if nv.ha_maintenance.is_some() => {
+                nv.ha_maintenance = Some(true);
+            }
+            Action::MaintenanceOff if nv.ha_maintenance.is_some() => {
+                nv.ha_maintenance = Some(false);
+            }
+            _ => {}
+        }
         match action {
             Action::GuestStop { vmid, .. } => {
                 if let Some(g) = nv.guests.iter_mut().find(|g| g.vmid == *vmid) {
@@ -598,7 +635,8 @@ fn power_restored_during_guest_stops_restarts_only_what_was_stopped() {
         .filter(|(_, a)| matches!(a, Action::GuestStart { .. }))
         .filter_map(|(_, a)| vmid_of(a))
         .collect();
-    assert_eq!(started, vec![301, 102, 401]);
+    // 301's stop never answered and it is observed running: it is not started again.
+    assert_eq!(started, vec![102, 401]);
     // Neither HA nor noout was touched, so neither is restored.
     assert!(!sends
         .iter()
@@ -987,4 +1025,102 @@ fn a_node_back_during_its_tier_is_powered_off_before_the_next_tier() {
         sim.deliver(&ev);
     }
     assert_eq!(sim.state.stage, Stage::PowerOff { tier: 1 });
+}
+
+/// A guest stop answers ok (Proxmox only queued the HA request) but the guest keeps running:
+/// the group waits for the stop to be observed, HA is not touched meanwhile, and at the
+/// group's bound the shutdown moves on saying which guest still runs.
+#[test]
+fn a_stop_that_answers_ok_is_done_only_when_the_guest_is_observed_stopped() {
+    let view = five_nodes();
+    let mut sim = Sim::new(plan_for(&view, &Config::default()), view);
+    sim.no_effect.insert("guest-stop-301".into());
+    sim.deliver(&Event::Start { now_ms: T0 });
+    sim.run(5_000, |_| false);
+    let group = sim.state.stage;
+    assert!(matches!(group, Stage::StopGuests { .. }), "{group:?}");
+    assert!(sim
+        .sends()
+        .iter()
+        .any(|(_, a)| matches!(a, Action::GuestStop { vmid: 301, .. })));
+    // Answered ok, still running: the stage holds.
+    sim.run(30_000, |_| false);
+    assert_eq!(sim.state.stage, group);
+    assert!(!sim.sends().iter().any(|(_, a)| matches!(
+        a,
+        Action::HaDisarm | Action::MaintenanceOn | Action::PowerOff
+    )));
+    // The guest stops later: observed, the shutdown goes on at once.
+    for nv in sim.view.nodes.values_mut() {
+        for g in nv.guests.iter_mut().filter(|g| g.vmid == 301) {
+            g.running = false;
+        }
+    }
+    sim.deliver(&Event::NodeChanged {
+        node: "pve3".into(),
+    });
+    assert_ne!(sim.state.stage, group);
+    assert!(!sim
+        .notices()
+        .iter()
+        .any(|n| matches!(n, Notice::MovedOn { .. })));
+
+    // Never observed: the bound moves on, and the notice names the guest.
+    let view = five_nodes();
+    let mut sim = Sim::new(plan_for(&view, &Config::default()), view);
+    sim.no_effect.insert("guest-stop-301".into());
+    sim.deliver(&Event::Start { now_ms: T0 });
+    sim.run(3_600_000, |s| s.stage == Stage::Down);
+    let moved: Vec<&Vec<String>> = sim
+        .notices()
+        .into_iter()
+        .filter_map(|n| match n {
+            Notice::MovedOn { unobserved, .. } => Some(unobserved),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    assert!(
+        moved[0]
+            .iter()
+            .any(|u| u.ends_with("guest 301 still running")),
+        "{moved:?}"
+    );
+}
+
+/// A flag the reports can tell (`noout`, HA disarm) is done when observed; a request the
+/// cluster ignores moves on at the bound with the reason.
+#[test]
+fn flags_are_done_when_observed() {
+    let mut view = five_nodes();
+    view.ha_disarm_supported = true;
+    for nv in view.nodes.values_mut() {
+        nv.ha_disarmed = Some(false);
+        nv.noout = Some(false);
+    }
+    let mut sim = Sim::new(plan_for(&view, &Config::default()), view.clone());
+    sim.deliver(&Event::Start { now_ms: T0 });
+    sim.run(3_600_000, |s| s.stage == Stage::Down);
+    assert!(!sim
+        .notices()
+        .iter()
+        .any(|n| matches!(n, Notice::MovedOn { .. })));
+
+    let mut sim = Sim::new(plan_for(&view, &Config::default()), view);
+    sim.no_effect.insert("ceph-set-noout".into());
+    sim.deliver(&Event::Start { now_ms: T0 });
+    sim.run(3_600_000, |s| s.stage == Stage::Down);
+    let moved: Vec<(Stage, Vec<String>)> = sim
+        .notices()
+        .into_iter()
+        .filter_map(|n| match n {
+            Notice::MovedOn {
+                stage, unobserved, ..
+            } => Some((*stage, unobserved.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    assert_eq!(moved[0].0, Stage::SetNoout);
+    assert!(moved[0].1[0].ends_with("noout not set"), "{moved:?}");
 }
