@@ -491,18 +491,51 @@ impl Machine<'_> {
             .is_some_and(|h| p.tiers.get(tier).is_some_and(|t| t.contains(h)))
     }
 
-    /// A node of the current power-off tier that was offline when the tier began and is back
-    /// now gets its power-off too: the tier is not down while it is up.
-    fn top_up_tier(&mut self) {
+    /// A node of the current power-off tier, or of an earlier one, that was offline when its
+    /// tier began and is back now gets its power-off too: its tier is not down while it is
+    /// up. Tier by tier: a node is held while an earlier tier is not down (every node off,
+    /// as in [`Self::settled`]), unless `release` (the stage's bound passed, so every earlier
+    /// tier's bound did too). Returns whether a node is held: the stage is not settled then.
+    /// Not in the controller's host's tier: its power-off is the last one.
+    fn top_up_tier(&mut self, release: bool) -> bool {
         let Stage::PowerOff { tier } = self.s.stage else {
-            return;
+            return false;
         };
-        let nodes = self.s.plan.tiers.get(tier).cloned().unwrap_or_default();
-        for n in nodes {
-            if self.view.online(&n) && self.s.last_sent(&n, "power-off").is_none() {
-                self.s.stage_targets.push((n.clone(), Action::PowerOff));
-                self.send(&n, Action::PowerOff);
+        if self.own_tier(tier) {
+            return false;
+        }
+        let tiers: Vec<Vec<String>> = self.s.plan.tiers.iter().take(tier + 1).cloned().collect();
+        let mut clear = true;
+        let mut held = false;
+        for nodes in tiers {
+            for n in &nodes {
+                if self.view.online(n) && self.s.last_sent(n, "power-off").is_none() {
+                    if clear || release {
+                        self.s.stage_targets.push((n.clone(), Action::PowerOff));
+                        self.send(n, Action::PowerOff);
+                    } else {
+                        held = true;
+                    }
+                }
             }
+            clear = clear && nodes.iter().all(|n| self.node_off(n));
+        }
+        held
+    }
+
+    /// The node is off as far as the next tier is concerned: offline without a power-off,
+    /// confirmed and offline, given up after [`MAX_ATTEMPTS`], or abandoned (its stage moved
+    /// on at its bound, which is past its tier's bound: bounds grow tier by tier).
+    fn node_off(&self, node: &str) -> bool {
+        let online = self.view.online(node);
+        match self.s.last_sent(node, "power-off") {
+            None => !online,
+            Some(s) => match s.outcome {
+                Outcome::Ok => !online,
+                Outcome::Failed => s.key.attempt >= MAX_ATTEMPTS,
+                Outcome::Abandoned => true,
+                Outcome::Pending => false,
+            },
         }
     }
 
@@ -621,8 +654,8 @@ impl Machine<'_> {
                     self.enter(next);
                 }
                 _ => {
-                    self.top_up_tier();
-                    if self.settled() {
+                    let held = self.top_up_tier(false);
+                    if !held && self.settled() {
                         let next = self.next(stage);
                         self.enter(next);
                         continue;
@@ -642,6 +675,7 @@ impl Machine<'_> {
                         abandoned,
                         unobserved,
                     });
+                    self.top_up_tier(true);
                     let next = self.next(stage);
                     self.enter(next);
                 }

@@ -39,6 +39,9 @@
 //! longest (first match walking the tiers from the last one), which is also where the
 //! restore finds it. Power-off tiers: explicit ([`Config::tiers`]) or, by default, nodes
 //! without a Ceph monitor, then monitor nodes, then the controller's own host alone.
+//! A node offline when its tier began that comes back later gets its power-off in whatever
+//! power-off stage it returns (the next stage waits for it); a returning node of a later
+//! tier is held until every earlier tier is down again, or until the current stage's bound.
 //!
 //! # Time, the deadline, and why timeouts move on here
 //!

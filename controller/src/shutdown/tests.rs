@@ -1124,3 +1124,71 @@ fn flags_are_done_when_observed() {
     assert_eq!(moved[0].0, Stage::SetNoout);
     assert!(moved[0].1[0].ends_with("noout not set"), "{moved:?}");
 }
+
+/// Found by the property test: a node offline during its tier and back once the next tier
+/// began gets its power-off, and a node of the next tier back after it waits until it is
+/// off (tier k+1 only after tier k is down).
+fn back_after_its_tier() -> Sim {
+    let view = five_nodes();
+    let mut sim = Sim::new(plan_for(&view, &Config::default()), view);
+    assert_eq!(sim.state.plan.tiers[0], ["pve1", "pve2", "pve3"]);
+    assert_eq!(sim.state.plan.tiers[1], ["pve4", "pve5"]);
+    sim.slow_power_off = true;
+    sim.deliver(&Event::Start { now_ms: T0 });
+    for n in ["pve3", "pve5"] {
+        if let Some(nv) = sim.view.nodes.get_mut(n) {
+            nv.online = false;
+        }
+    }
+    sim.run(3_600_000, |s| s.stage == Stage::PowerOff { tier: 0 });
+    while let Some(ev) = sim.finish_power_off(0) {
+        sim.deliver(&ev);
+    }
+    sim.run(60_000, |s| s.stage == Stage::PowerOff { tier: 1 });
+    assert_eq!(sim.state.stage, Stage::PowerOff { tier: 1 });
+    bring_online(&mut sim, "pve3");
+    bring_online(&mut sim, "pve5");
+    sim.run(10_000, |_| false);
+    let off = |sim: &Sim, node: &str| {
+        sim.log
+            .iter()
+            .any(|(_, n, a)| n == node && *a == Action::PowerOff)
+    };
+    assert!(off(&sim, "pve3"), "pve3 is back: its tier is not down");
+    assert!(!off(&sim, "pve5"), "pve5 waits for tier 0");
+    sim
+}
+
+#[test]
+fn a_node_of_a_later_tier_waits_for_a_node_back_in_an_earlier_one() {
+    let mut sim = back_after_its_tier();
+    // pve3 goes off (pve3 sorts before pve4 among the nodes going down).
+    let ev = sim.finish_power_off(0);
+    assert_eq!(
+        ev,
+        Some(Event::NodeChanged {
+            node: "pve3".into()
+        })
+    );
+    if let Some(ev) = ev {
+        sim.deliver(&ev);
+    }
+    sim.run(10_000, |_| false);
+    assert!(sim
+        .log
+        .iter()
+        .any(|(_, n, a)| n == "pve5" && *a == Action::PowerOff));
+    assert_eq!(sim.state.stage, Stage::PowerOff { tier: 1 }, "pve5 is up");
+}
+
+#[test]
+fn a_held_node_gets_its_power_off_at_the_tier_bound() {
+    let mut sim = back_after_its_tier();
+    // pve3 never goes offline: at tier 1's bound pve5 is powered off all the same.
+    sim.run(3_600_000, is_down);
+    assert_eq!(sim.state.stage, Stage::Down);
+    assert!(sim
+        .log
+        .iter()
+        .any(|(_, n, a)| n == "pve5" && *a == Action::PowerOff));
+}
