@@ -135,9 +135,9 @@ pub struct IngestCounters {
 /// Per node, for ingestion's limits (`ingest.rs` decides with it).
 #[derive(Debug, Default)]
 pub(crate) struct Intake {
-    /// SHA-256 of the canonical bytes of the node's latest stored report (none after a
+    /// XXH3-128 of the canonical bytes of the node's latest stored report (none after a
     /// start until its first report).
-    pub digest: Option<[u8; 32]>,
+    pub digest: Option<u128>,
     /// Token buckets: reports and bytes left, and when they were last refilled (unix ms;
     /// 0 = never, i.e. full).
     pub reports: f64,
