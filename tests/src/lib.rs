@@ -638,3 +638,32 @@ impl Drop for Agent {
         let _ = self.child.wait();
     }
 }
+
+/// The next event of `node` from the in-process controller's stream that `pick` accepts
+/// (events of other kinds are skipped; a lagging receiver skips what it missed), waiting at
+/// most `wait`.
+pub fn wait_event<T>(
+    rx: &mut tokio::sync::broadcast::Receiver<fleetward_controller::events::AgentEvent>,
+    node: &str,
+    what: &str,
+    wait: Duration,
+    mut pick: impl FnMut(&fleetward_controller::events::AgentEventKind) -> Option<T>,
+) -> T {
+    use tokio::sync::broadcast::error::TryRecvError;
+    let start = std::time::Instant::now();
+    loop {
+        match rx.try_recv() {
+            Ok(e) if e.node == node => {
+                if let Some(v) = pick(&e.kind) {
+                    return v;
+                }
+            }
+            Ok(_) | Err(TryRecvError::Lagged(_)) => {}
+            Err(TryRecvError::Empty) => {
+                assert!(start.elapsed() < wait, "timed out waiting for {what}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("event stream: {e}"),
+        }
+    }
+}

@@ -6,34 +6,19 @@ use fleetward_controller::events::{AgentEvent, AgentEventKind};
 use fleetward_proto::action::{Action, ActionRequest};
 use fleetward_proto::api::Command;
 use fleetward_tests::{Agent, Controller};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::broadcast;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// The next event of `node` that `pick` accepts; events of other kinds are skipped.
+/// [`fleetward_tests::wait_event`] with this file's bound.
 fn wait_event<T>(
     rx: &mut broadcast::Receiver<AgentEvent>,
     node: &str,
     what: &str,
-    mut pick: impl FnMut(&AgentEventKind) -> Option<T>,
+    pick: impl FnMut(&AgentEventKind) -> Option<T>,
 ) -> T {
-    let start = Instant::now();
-    loop {
-        match rx.try_recv() {
-            Ok(e) if e.node == node => {
-                if let Some(v) = pick(&e.kind) {
-                    return v;
-                }
-            }
-            Ok(_) => {}
-            Err(broadcast::error::TryRecvError::Empty) => {
-                assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => panic!("event stream: {e}"),
-        }
-    }
+    fleetward_tests::wait_event(rx, node, what, WAIT, pick)
 }
 
 /// A command's result event: ok, message, exit code, replayed.

@@ -12,29 +12,14 @@ use tokio::sync::broadcast;
 
 const WAIT: Duration = Duration::from_secs(40);
 
+/// [`fleetward_tests::wait_event`] with this file's bound.
 fn wait_event<T>(
     rx: &mut broadcast::Receiver<AgentEvent>,
     node: &str,
     what: &str,
-    mut pick: impl FnMut(&AgentEventKind) -> Option<T>,
+    pick: impl FnMut(&AgentEventKind) -> Option<T>,
 ) -> T {
-    let start = Instant::now();
-    loop {
-        match rx.try_recv() {
-            Ok(e) if e.node == node => {
-                if let Some(v) = pick(&e.kind) {
-                    return v;
-                }
-            }
-            Ok(_) => {}
-            Err(broadcast::error::TryRecvError::Empty) => {
-                assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(broadcast::error::TryRecvError::Lagged(_)) => {}
-            Err(e) => panic!("event stream: {e}"),
-        }
-    }
+    fleetward_tests::wait_event(rx, node, what, WAIT, pick)
 }
 
 fn result_of(rx: &mut broadcast::Receiver<AgentEvent>, id: &str) -> (bool, String, bool) {
