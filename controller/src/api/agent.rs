@@ -52,7 +52,9 @@ impl AgentService for AgentApi {
         req: Request<api::EnrollRequest>,
     ) -> Result<Response<api::EnrollResponse>, Status> {
         let r = req.into_inner();
-        let cert_pem = self.ctl.enroll(&r.token, &r.node_name, &r.csr_pem)?;
+        let ctl = self.ctl.clone();
+        let cert_pem =
+            super::blocking(move || ctl.enroll(&r.token, &r.node_name, &r.csr_pem)).await?;
         Ok(Response::new(api::EnrollResponse {
             cert_pem,
             ca_pem: self.ctl.ca().cert_pem().to_string(),
@@ -63,7 +65,10 @@ impl AgentService for AgentApi {
         &self,
         req: Request<api::RenewRequest>,
     ) -> Result<Response<api::RenewResponse>, Status> {
-        let cert_pem = self.ctl.renew(Caller::of(&req)?, &req.get_ref().csr_pem)?;
+        let caller = Caller::of(&req)?.clone();
+        let ctl = self.ctl.clone();
+        let csr = req.into_inner().csr_pem;
+        let cert_pem = super::blocking(move || ctl.renew(&caller, &csr)).await?;
         Ok(Response::new(api::RenewResponse { cert_pem }))
     }
 

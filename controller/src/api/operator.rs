@@ -212,11 +212,12 @@ impl OperatorService for OperatorApi {
         &self,
         req: Request<api::CreateTokenRequest>,
     ) -> Result<Response<api::CreateTokenResponse>, Status> {
-        let caller = Caller::of(&req)?;
-        let r = req.get_ref();
+        let name = Caller::of(&req)?.identity.name.clone();
+        let r = req.into_inner();
+        let ctl = self.ctl.clone();
         let (rec, token) =
-            self.ctl
-                .create_token(&caller.identity.name, r.node_name.as_deref(), r.ttl_seconds)?;
+            super::blocking(move || ctl.create_token(&name, r.node_name.as_deref(), r.ttl_seconds))
+                .await?;
         Ok(Response::new(api::CreateTokenResponse {
             id: rec.id,
             token,

@@ -259,6 +259,8 @@ pub struct Store {
     db: sled::Db,
     /// sled's files, synced for real after its flush (see [`Store::durable`]).
     files: durable::SledFiles,
+    /// Durable writes made at the same time share their sync.
+    group: durable::GroupCommit,
     /// Reports and fact changes (see `journal.rs`).
     journal: ReportLog,
     operations: Tree,
@@ -410,6 +412,7 @@ impl Store {
         let journal = ReportLog::open(path.join(REPORTS_DIR), segment_max)?;
         Ok(Store {
             files,
+            group: durable::GroupCommit::default(),
             journal,
             nodes: t("nodes")?,
             tokens: t("tokens")?,
@@ -441,10 +444,13 @@ impl Store {
 
     /// Writes sled's log buffers out and makes them durable: sled's flush, then
     /// `durable.rs`'s sync of its files (see the module doc on durability).
+    /// Concurrent callers share one sync ([`durable::GroupCommit`]).
     pub fn flush(&self) -> Result<()> {
-        self.db.flush()?;
-        self.files.sync()?;
-        Ok(())
+        self.group.sync(|| -> Result<()> {
+            self.db.flush()?;
+            self.files.sync()?;
+            Ok(())
+        })
     }
 
     /// **The one durable write path**: runs `write` (changes to sled's trees), then makes
