@@ -186,7 +186,7 @@ impl Ingest {
         ctl.speaks_for(node, &report)?;
         ctl.node_enrolled(node)?;
         // Stored as re-serialised (unknown fields dropped), not as received.
-        let json = fleetward_proto::report_json_bytes(&report);
+        let json = fleetward_proto::report_json_bytes_sized(&report, r.report_json.len());
         // XXH3-128, not a cryptographic hash: it only tells a node's report from its own
         // previous one (a node that forged a collision would only hide its own change), and
         // SHA-256 of the ~11 KB cost more than a quarter of a report's ingestion.

@@ -133,7 +133,9 @@ impl Template {
         let mut r = seed.clone();
         r.facts.node.hostname = Some(node.to_string());
         r.facts.node.boot_id = Some(BOOT_PLACEHOLDER.to_string());
-        let bytes = fleetward_proto::report_json_bytes(&r);
+        // The indented form, as agents sent it before the wire became compact: the
+        // benchmark's payload stays the same across versions.
+        let bytes = fleetward_proto::report_to_json(&r).into_bytes();
         let boot_at = bytes
             .windows(BOOT_PLACEHOLDER.len())
             .position(|w| w == BOOT_PLACEHOLDER.as_bytes())
