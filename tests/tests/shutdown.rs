@@ -300,6 +300,82 @@ fn assert_follows_plan(steps: &[Value], log: &[LogEntry]) {
     }
 }
 
+/// No node was powered off while the simulation still ran one of its guests (the agents'
+/// logs name what ran when each power-off began), unless a forced stop of that guest was
+/// sent and its bound passed before the power-off (issue 13).
+fn assert_no_power_off_over_running_guests(log: &[LogEntry]) {
+    for off in log.iter().filter(|e| e.action == Action::PowerOff) {
+        for sid in &off.running_guests {
+            let vmid: u32 = sid.split(':').nth(1).and_then(|v| v.parse().ok()).unwrap();
+            let stop = log.iter().find(|e| {
+                e.node == off.node
+                    && matches!(e.action, Action::GuestStop { vmid: v, force: true, .. } if v == vmid)
+            });
+            let Some(stop) = stop else {
+                panic!(
+                    "{} powered off while {sid} ran, without a forced stop",
+                    off.node
+                );
+            };
+            let Action::GuestStop { timeout_secs, .. } = stop.action else {
+                unreachable!()
+            };
+            assert!(
+                off.started_ms >= stop.started_ms + u64::from(timeout_secs) * 1000,
+                "{} powered off while {sid} ran, before its forced stop's bound passed",
+                off.node
+            );
+        }
+    }
+}
+
+/// pve-02's container 202 was stopped by the admin before the shutdown, and its last run
+/// left its cgroup behind (issue 13): Proxmox reads it stopped (no command socket), and so
+/// must we — a stale cgroup read as "running" would have the shutdown stop it and the
+/// cancel or startup start it.
+fn stale_cgroup(node: &str, root: &std::path::Path) {
+    if node == "pve-02" {
+        let cg = root.join("sys/fs/cgroup/lxc/202");
+        std::fs::create_dir_all(&cg).unwrap();
+        std::fs::write(cg.join("cgroup.procs"), "").unwrap();
+    }
+}
+
+/// Container 202 (see [`stale_cgroup`]) was never stopped nor started, still has its stale
+/// cgroup unless pve-02 booted since, and its node's latest report reads it stopped.
+fn assert_stale_container_left_alone(cl: &Cluster, log: &[LogEntry]) {
+    let touched: Vec<String> = log
+        .iter()
+        .filter(|e| e.node == "pve-02")
+        .filter(|e| {
+            matches!(
+                e.action,
+                Action::GuestStop { vmid: 202, .. } | Action::GuestStart { vmid: 202, .. }
+            )
+        })
+        .map(log_step)
+        .collect();
+    assert!(
+        touched.is_empty(),
+        "the stopped container was acted on: {touched:?}"
+    );
+    let g = cl
+        .guests("pve-02")
+        .into_iter()
+        .find(|g| g["vmid"] == 202)
+        .unwrap();
+    assert_eq!(g["state"], "stopped", "{g}");
+    let report = cl.c.cli_json(&["node", "show", "pve-02"]);
+    let seen = report["report"]["facts"]["guests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["vmid"] == 202)
+        .cloned()
+        .unwrap();
+    assert_eq!(seen["state"], "stopped", "{seen}");
+}
+
 fn events(status: &Value) -> Vec<Value> {
     status["events"].as_array().unwrap().clone()
 }
@@ -342,6 +418,7 @@ fn shutdown_of_five_nodes_follows_the_plan_tier_by_tier_with_the_host_last() {
 
     let log = cl.logs();
     assert_follows_plan(&steps, &log);
+    assert_no_power_off_over_running_guests(&log);
     // The keys the agents executed are the plan's operation's, first attempts.
     assert!(log
         .iter()
@@ -412,12 +489,23 @@ fn shutdown_of_five_nodes_follows_the_plan_tier_by_tier_with_the_host_last() {
 
 #[test]
 fn startup_after_power_returns_in_random_order_waits_for_osd_nodes_and_reports_the_missing_one() {
-    let mut cl = Cluster::start(&[HOST], &tiered_config(), |_, _| {});
+    let mut cl = Cluster::start(&[HOST], &tiered_config(), stale_cgroup);
     let plan = cl.plan(&[]);
+    // The stale cgroup does not make the stopped container run.
+    let ct = plan["plan"]["guests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["node"] == "pve-02" && g["vmid"] == 202)
+        .cloned()
+        .unwrap();
+    assert_eq!(ct["running"], false, "{ct}");
+    assert!(cl.agent("pve-02").path("/sys/fs/cgroup/lxc/202").is_dir());
     cl.c.cli_json(&["shutdown", "start", "--yes"]);
     cl.wait_stage("down");
     cl.wait_exited(&NODES);
     let shutdown_actions = cl.logs().len();
+    assert_no_power_off_over_running_guests(&cl.logs());
     // The controller went down with its host (the last node) and comes back with it.
     cl.c.kill();
     cl.c.restart();
@@ -519,13 +607,18 @@ fn startup_after_power_returns_in_random_order_waits_for_osd_nodes_and_reports_t
         .filter(|g| g["node"] != "pve-05" && (g["running"] == true || g["onboot"] == true))
         .map(|g| format!("{}/guest-start-{}", g["node"].as_str().unwrap(), g["vmid"]))
         .collect();
-    // The simulated boot (pve-guests.service) already started the `onboot` guests: the
+    // The simulated boot (pve-guests.service) already started the `onboot` guests that HA
+    // does not manage (HA keeps the ones the shutdown stopped through it stopped): the
     // startup starts only the guests it observes not running (issue 13), never one twice.
     let want_started: BTreeSet<String> = plan["plan"]["guests"]
         .as_array()
         .unwrap()
         .iter()
-        .filter(|g| g["node"] != "pve-05" && g["running"] == true && g["onboot"] != true)
+        .filter(|g| {
+            g["node"] != "pve-05"
+                && g["running"] == true
+                && (g["onboot"] != true || g["ha"] == true)
+        })
         .map(|g| format!("{}/guest-start-{}", g["node"].as_str().unwrap(), g["vmid"]))
         .collect();
     let got: BTreeSet<String> = starts.iter().map(|e| log_step(e)).collect();
@@ -537,6 +630,8 @@ fn startup_after_power_returns_in_random_order_waits_for_osd_nodes_and_reports_t
             assert_eq!(g["state"] == "running", should, "{n}: {g}");
         }
     }
+    assert!(!want_started.is_empty() && want_started.len() < want.len());
+    assert_stale_container_left_alone(&cl, &cl.logs());
 }
 
 #[test]
@@ -553,6 +648,7 @@ default_guest_timeout_secs = 30"#;
     // No host_node: the controller runs on none of these nodes.
     let outside = ("# host_outside_cluster", "true");
     let mut cl = Cluster::start(&[outside], config, |n, root| {
+        stale_cgroup(n, root);
         if n == "pve-03" {
             let p = root.join("var/lib/fleetward-sim/guests.json");
             let text = std::fs::read_to_string(&p)
@@ -635,6 +731,7 @@ default_guest_timeout_secs = 30"#;
             .count();
         assert_eq!((stops, starts), (1, 1), "{node}/{vmid}");
     }
+    assert_stale_container_left_alone(&cl, &log);
 
     // A second shutdown, cancelled once a node is off: refused, and it goes on.
     cl.c.cli_json(&["shutdown", "start", "--yes"]);
@@ -651,6 +748,9 @@ default_guest_timeout_secs = 30"#;
     );
     cl.wait_stage("down");
     cl.wait_exited(&NODES);
+    let log = cl.logs();
+    assert_no_power_off_over_running_guests(&log);
+    assert_stale_container_left_alone(&cl, &log);
 }
 
 #[test]
@@ -681,6 +781,7 @@ fn deadline_too_short_for_graceful_waits_forces_and_powers_off_before_it() {
     cl.wait_exited(&["pve-01", "pve-02", "pve-03", "pve-05"]);
 
     let log = cl.logs();
+    assert_no_power_off_over_running_guests(&log);
     let offs: Vec<&LogEntry> = log
         .iter()
         .filter(|e| e.action == Action::PowerOff)
@@ -747,6 +848,7 @@ fn controller_killed_mid_shutdown_resumes_the_same_plan_without_repeating_action
     cl.wait_exited(&NODES);
     let log = cl.logs();
     assert_follows_plan(&steps, &log);
+    assert_no_power_off_over_running_guests(&log);
     let mut seen = BTreeSet::new();
     for e in &log {
         assert!(seen.insert(log_step(e)), "done twice: {}", log_step(e));
@@ -787,6 +889,11 @@ fn ha_guest_stops_are_done_when_observed_not_when_the_command_returns() {
     assert!(!ev.iter().any(|e| e["event"] == "moved-on"), "{ev:?}");
     cl.wait_exited(&NODES);
     let log = cl.logs();
+    assert_no_power_off_over_running_guests(&log);
+    assert!(log
+        .iter()
+        .filter(|e| e.action == Action::PowerOff)
+        .all(|e| e.running_guests.is_empty()));
     let last_ha_stop = log
         .iter()
         .filter(|e| ha.contains(&log_step(e)))
@@ -886,5 +993,9 @@ fn ignored_ha_stops_move_on_at_the_bound_with_the_reason_in_status() {
         .unwrap();
     assert!(matches!(stop.action, Action::GuestStop { force: true, .. }));
     assert!(off.started_ms > stop.finished_ms + 1000);
+    // The simulation still ran them when the power-off began: allowed only because the
+    // forced stops were sent and their bounds passed.
+    assert!(off.running_guests.iter().any(|g| g == "vm:102"), "{off:?}");
+    assert_no_power_off_over_running_guests(&log);
     assert!(cl.guests("pve-02").iter().all(|g| g["state"] != "running"));
 }
