@@ -321,7 +321,7 @@ fn assert_no_power_off_over_running_guests(log: &[LogEntry]) {
                 unreachable!()
             };
             assert!(
-                off.started_ms >= stop.started_ms + u64::from(timeout_secs) * 1000,
+                off.started_ms >= stop.started_ms + timeout_secs * 1000,
                 "{} powered off while {sid} ran, before its forced stop's bound passed",
                 off.node
             );
