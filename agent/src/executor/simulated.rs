@@ -68,7 +68,12 @@
 //!   `check_running` asks the command socket). `collect` then decides from those files
 //!   (`parse::running`), not from `guests.json`.
 //! - **ceph-set/unset-noout**, **ha-disarm/arm**: the marker files.
-//! - **guest-stop/start/migrate**: `guests.json` (`migrated` with `location: TARGET`).
+//! - **guest-stop/start/migrate**: `guests.json` (`migrated` with `location: TARGET`). As
+//!   Proxmox, starting a running non-HA guest fails ("VM N already running", qemu-server
+//!   `src/PVE/QemuServer.pm` `vm_start_nolock`; "CT N already running", pve-container
+//!   `src/PVE/API2/LXC/Status.pm` `vm_start`), and so does shutting down a stopped
+//!   container ("CT N not running", `vm_shutdown` there), so a double start shows in the
+//!   action log as a failure.
 //!
 //! **HA is asynchronous** when the executor has an HA delay ([`SimulatedExecutor::with_ha_delay`],
 //! `run --simulate --sim-ha-delay-secs S`; without one, HA guests change at once as above):
@@ -1067,6 +1072,25 @@ impl SimulatedExecutor {
                 return self.queue_ha_request(&g, want, delay, say);
             }
         }
+        // Proxmox refuses to start a running guest and to shut down a stopped container
+        // (qemu-server `src/PVE/QemuServer.pm` `vm_start_nolock`: "VM N already running";
+        // pve-container `src/PVE/API2/LXC/Status.pm` `vm_start` / `vm_shutdown`: "CT N
+        // already running" / "CT N not running"). HA-managed guests only get a requested
+        // state, which is no error.
+        if !g.ha {
+            match (&change, g.kind, g.state) {
+                (GuestChange::Start, GuestKind::Qemu, GuestState::Running) => {
+                    return Err(format!("VM {vmid} already running"));
+                }
+                (GuestChange::Start, GuestKind::Lxc, GuestState::Running) => {
+                    return Err(format!("CT {vmid} already running"));
+                }
+                (GuestChange::Stop { .. }, GuestKind::Lxc, GuestState::Stopped) => {
+                    return Err(format!("CT {vmid} not running"));
+                }
+                _ => {}
+            }
+        }
         match change {
             GuestChange::Stop { force } => {
                 say(match (g.state, force) {
@@ -1612,9 +1636,27 @@ mod tests {
             vmid: 200,
             kind: GuestKind::Lxc,
         };
-        assert!(run(&exec, "st", start).ok);
+        assert!(run(&exec, "st", start.clone()).ok);
         assert!(exec.path("/sys/fs/cgroup/lxc/200").is_dir());
         assert_eq!(inspected(&exec, 200), Seen::Running);
+        // As Proxmox: a second start fails, and so does shutting down a stopped container.
+        let again = run(&exec, "st2", start);
+        assert!(
+            !again.ok && again.output.contains("CT 200 already running"),
+            "{again:?}"
+        );
+        let stop = Action::GuestStop {
+            vmid: 200,
+            kind: GuestKind::Lxc,
+            timeout_secs: 60,
+            force: false,
+        };
+        assert!(run(&exec, "s3", stop.clone()).ok);
+        let again = run(&exec, "s4", stop);
+        assert!(
+            !again.ok && again.output.contains("CT 200 not running"),
+            "{again:?}"
+        );
     }
 
     #[test]
