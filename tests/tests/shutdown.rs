@@ -8,8 +8,9 @@
 //! and the fixture roots. Timings are scaled down through `[shutdown]` in the
 //! configuration. Nothing here runs a real node-changing command.
 
-use fleetward_agent::executor::simulated::{read_log, LogEntry};
-use fleetward_proto::action::Action;
+use fleetward_agent::executor::simulated::{read_log, LogEntry, SimulatedExecutor};
+use fleetward_agent::executor::Executor;
+use fleetward_proto::action::{Action, ActionRequest, GuestKind};
 use fleetward_tests::{support, wait_for, Agent, AgentRun, Controller};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -341,17 +342,21 @@ fn stale_cgroup(node: &str, root: &std::path::Path) {
     }
 }
 
-/// Container 202 (see [`stale_cgroup`]) was never stopped nor started, still has its stale
-/// cgroup unless pve-02 booted since, and its node's latest report reads it stopped.
+/// Container 202 (see [`stale_cgroup`]) was never stopped nor started, and its node's
+/// latest report reads it stopped.
 fn assert_stale_container_left_alone(cl: &Cluster, log: &[LogEntry]) {
+    assert_container_left_alone(cl, log, "pve-02", 202);
+}
+
+/// Container `vmid` of `node` was never stopped nor started by the controller, the
+/// simulation has it stopped, and the node's latest report reads it stopped.
+fn assert_container_left_alone(cl: &Cluster, log: &[LogEntry], node: &str, vmid: u32) {
     let touched: Vec<String> = log
         .iter()
-        .filter(|e| e.node == "pve-02")
-        .filter(|e| {
-            matches!(
-                e.action,
-                Action::GuestStop { vmid: 202, .. } | Action::GuestStart { vmid: 202, .. }
-            )
+        .filter(|e| e.node == node)
+        .filter(|e| match e.action {
+            Action::GuestStop { vmid: v, .. } | Action::GuestStart { vmid: v, .. } => v == vmid,
+            _ => false,
         })
         .map(log_step)
         .collect();
@@ -360,20 +365,52 @@ fn assert_stale_container_left_alone(cl: &Cluster, log: &[LogEntry]) {
         "the stopped container was acted on: {touched:?}"
     );
     let g = cl
-        .guests("pve-02")
+        .guests(node)
         .into_iter()
-        .find(|g| g["vmid"] == 202)
+        .find(|g| g["vmid"] == vmid)
         .unwrap();
     assert_eq!(g["state"], "stopped", "{g}");
-    let report = cl.c.cli_json(&["node", "show", "pve-02"]);
+    let report = cl.c.cli_json(&["node", "show", node]);
     let seen = report["report"]["facts"]["guests"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|g| g["vmid"] == 202)
+        .find(|g| g["vmid"] == vmid)
         .cloned()
         .unwrap();
     assert_eq!(seen["state"], "stopped", "{seen}");
+}
+
+/// The admin shuts container `vmid` of `node` down (`pct shutdown`) through a simulated
+/// executor of their own: it ran, so its cgroup stays behind. Returns once the node's
+/// report (after a refresh) reads it stopped.
+fn admin_stops_container(cl: &Cluster, node: &str, vmid: u32, log_dir: &std::path::Path) {
+    let a = cl.agents.iter().find(|a| a.name == node).unwrap();
+    let cgroup = a.path(&format!("/sys/fs/cgroup/lxc/{vmid}"));
+    assert!(cgroup.is_dir(), "a running container has its cgroup");
+    let admin = SimulatedExecutor::new(node, a.path("/"), log_dir.join("admin.jsonl"));
+    let req = ActionRequest {
+        id: format!("admin/{node}/pct-shutdown-{vmid}/1"),
+        action: Action::GuestStop {
+            vmid,
+            kind: GuestKind::Lxc,
+            timeout_secs: 60,
+            force: false,
+        },
+    };
+    let out = admin.execute(&req, &mut |_| {});
+    assert!(out.ok, "{out:?}");
+    assert!(cgroup.is_dir(), "the cgroup stays behind");
+    let refreshed = cl.c.cli(&["node", "refresh", node]);
+    assert!(refreshed.status.success(), "{refreshed:?}");
+    wait_for("the report of the stopped container", WAIT, || {
+        let plan = cl.plan(&[]);
+        plan["plan"]["guests"]
+            .as_array()?
+            .iter()
+            .any(|g| g["node"] == node && g["vmid"] == vmid && g["running"] == false)
+            .then_some(())
+    });
 }
 
 fn events(status: &Value) -> Vec<Value> {
@@ -657,6 +694,10 @@ default_guest_timeout_secs = 30"#;
             std::fs::write(p, text).unwrap();
         }
     });
+    // pve-01's container 200 (onboot) ran until the admin shut it down just now; only its
+    // cgroup is left. The shutdown and the cancel must leave it stopped.
+    let admin_log = tempfile::tempdir().unwrap();
+    admin_stops_container(&cl, "pve-01", 200, admin_log.path());
     let plan = cl.plan(&[]);
     assert_eq!(plan["plan"]["noout"], "pve-03");
     assert_eq!(plan["plan"]["ha"]["nodes"], serde_json::json!(["pve-05"]));
@@ -732,6 +773,8 @@ default_guest_timeout_secs = 30"#;
         assert_eq!((stops, starts), (1, 1), "{node}/{vmid}");
     }
     assert_stale_container_left_alone(&cl, &log);
+    assert_container_left_alone(&cl, &log, "pve-01", 200);
+    assert!(cl.agent("pve-01").path("/sys/fs/cgroup/lxc/200").is_dir());
 
     // A second shutdown, cancelled once a node is off: refused, and it goes on.
     cl.c.cli_json(&["shutdown", "start", "--yes"]);
@@ -751,6 +794,7 @@ default_guest_timeout_secs = 30"#;
     let log = cl.logs();
     assert_no_power_off_over_running_guests(&log);
     assert_stale_container_left_alone(&cl, &log);
+    assert_container_left_alone(&cl, &log, "pve-01", 200);
 }
 
 #[test]
