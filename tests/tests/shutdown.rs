@@ -904,17 +904,32 @@ fn controller_killed_mid_shutdown_resumes_the_same_plan_without_repeating_action
     assert_eq!(again["shutdown"]["id"], id.as_str());
 }
 
-/// HA is asynchronous (issue 13): an HA guest's stop exits 0 and the guest stops 1.5 s later.
+/// HA is asynchronous (issue 13): an HA guest's stop exits 0 and the guest stops 0.4 s later.
 /// The shutdown waits for every stop to be observed before it disarms HA (which would drop
 /// a pending stop), so no stage moves on, no HA request is lost, and no node is powered off
-/// while one of its guests runs.
+/// while one of its guests runs. At the startup, the HA guests (left to HA by pve-guests,
+/// and stopped through HA) are started by the startup, each start observed before the next
+/// order group begins.
 #[test]
 fn ha_guest_stops_are_done_when_observed_not_when_the_command_returns() {
-    let delay_ms = 1500;
+    let delay_ms = 400;
     let mut cl = Cluster::start_run(
         &[HOST],
         &tiered_config(),
-        |_, _| {},
+        |n, root| {
+            // No `up=` delays: the startup's groups wait only for their starts observed.
+            let dir = root.join(format!("etc/pve/nodes/{n}"));
+            for kind in ["qemu-server", "lxc"] {
+                for e in std::fs::read_dir(dir.join(kind))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    let text = std::fs::read_to_string(e.path()).unwrap();
+                    std::fs::write(e.path(), text.replace("up=1", "up=0")).unwrap();
+                }
+            }
+        },
         AgentRun::default().sim_ha_delay_secs(delay_ms as f64 / 1000.0),
     );
     let plan = cl.plan(&[]);
@@ -958,6 +973,65 @@ fn ha_guest_stops_are_done_when_observed_not_when_the_command_returns() {
             cl.read(n, "/var/lib/fleetward-sim/ha-requests.json")
                 .is_none(),
             "{n}: an HA request was left pending"
+        );
+    }
+
+    // Power returns. pve-guests leaves HA guests to HA, which keeps the ones stopped
+    // through it stopped: the startup starts them, each start exits 0 at once and the
+    // guest runs `delay_ms` later; the next order group waits until it is observed.
+    let before = cl.logs().len();
+    for n in NODES {
+        cl.agent(n).restart();
+    }
+    cl.c.cli_json(&["startup"]);
+    let done = cl.wait_stage("finished");
+    assert!(
+        !events(&done).iter().any(|e| e["event"] == "moved-on"),
+        "{done:#}"
+    );
+    let log = cl.logs();
+    let starts: Vec<&LogEntry> = log[before..]
+        .iter()
+        .filter(|e| matches!(e.action, Action::GuestStart { .. }))
+        .collect();
+    assert!(starts.iter().all(|e| e.ok), "{starts:?}");
+    let started: BTreeSet<String> = starts.iter().map(|e| log_step(e)).collect();
+    let want: BTreeSet<String> = ha
+        .iter()
+        .map(|s| s.replace("guest-stop", "guest-start"))
+        .collect();
+    assert_eq!(started, want, "exactly the HA guests, once each");
+    assert_eq!(starts.len(), want.len());
+    let order_of: BTreeMap<String, Option<u64>> = plan["plan"]["guests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                format!("{}/guest-start-{}", g["node"].as_str().unwrap(), g["vmid"]),
+                g["order"].as_u64(),
+            )
+        })
+        .collect();
+    for a in &starts {
+        for b in &starts {
+            if order_of[&log_step(a)] < order_of[&log_step(b)] {
+                assert!(
+                    b.started_ms >= a.finished_ms + delay_ms - 100,
+                    "{} began before {}'s start was observed",
+                    log_step(b),
+                    log_step(a)
+                );
+            }
+        }
+    }
+    for n in NODES {
+        assert!(
+            cl.guests(n)
+                .iter()
+                .all(|g| g["state"] == "running" || g["onboot"] != true),
+            "{n}: {:?}",
+            cl.guests(n)
         );
     }
 }
