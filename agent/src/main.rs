@@ -119,8 +119,9 @@ enum Command {
         #[arg(long, value_name = "SECS", default_value_t = 0.0, requires = "simulate", value_parser = sim_secs)]
         sim_action_secs: f64,
         /// With --simulate: HA is asynchronous, as on a real cluster: an HA guest's stop or
-        /// start only queues a request that takes effect this many seconds later, and
-        /// ha-disarm drops pending requests (fractions allowed). Without it HA acts at once.
+        /// start, and node maintenance on/off, only queue a request that takes effect this
+        /// many seconds later, and ha-disarm drops pending requests (fractions allowed).
+        /// Without it HA acts at once.
         #[arg(long, value_name = "SECS", requires = "simulate", value_parser = sim_secs)]
         sim_ha_delay_secs: Option<f64>,
     },

@@ -10,13 +10,23 @@
 //! | [`CEPH_UNHEALTHY`] | Ceph reports a problem besides `noout` (fixtures set it; no action does) |
 //! | [`HA_DISARMED`] | HA is disarmed (freeze) |
 //! | [`POWERED_OFF`] | the node powered off; the simulated executor's `power_on` boots it again |
-//! | [`GUESTS`] | the node's guests: `[{vmid, kind, state, onboot, order, ha, location}]` ([`SimGuest`]) |
+//! | [`GUESTS`] | the node's guests: `[{vmid, kind, state, onboot, order, ha, location, ha_stopped}]` ([`SimGuest`]) |
 //! | [`PENDING`] | what the next dist-upgrade installs: `{"packages": [{"package", "version"}], "kernel": "6.14.11-1-pve", "remove": [...], "held": [...]}` ([`Pending`]) |
 //! | [`UNITS`] | the simulated transient units of actions (`units/<unit>.json`, [`SimUnit`]): what outlives an agent killed mid-action |
 //! | [`REFRESH_FAILS`] | if present, boot-refresh fails (to test the ESP gate) |
 //! | [`ESP_SYNCED`] | JSON list of the kernels the last successful boot-refresh put on the ESPs |
 //! | [`HA_REQUESTS`] | HA requests queued for the cluster manager and not yet applied ([`HaRequest`] list) |
 //! | [`HA_CRM_IGNORES`] | if present, the simulated HA manager ignores every request |
+//!
+//! Besides these, the simulated executor keeps the node's **runtime files** where a real
+//! node has them, so `collect` decides whether a guest runs from the same sources as on a
+//! real node (`parse::running`): `/proc/1/stat` (a live `/proc`), `/proc/net/unix` (the
+//! abstract command socket `@/var/lib/lxc/<vmid>/command` of each running container),
+//! `/sys/fs/cgroup/lxc/<vmid>/` (created when a container starts and **left behind when it
+//! stops**, as pve-container's `src/PVE/LXC.pm` notes above `check_running`), and for each
+//! running VM `/run/qemu-server/<vmid>.pid` naming a pid whose `/proc/<pid>/cmdline` is that
+//! VM's QEMU ([`qemu_pid`], [`qemu_cmdline`]). `guests.json` stays the simulation's model;
+//! the runtime files are written from it on every change.
 //!
 //! Marker files (maintenance, Ceph, HA, power) mean "set" by existing; their content (the
 //! node name) is informational.
@@ -59,6 +69,42 @@ pub const HA_CRM_IGNORES: &str = "ha-crm-ignores";
 /// root has no file system of its own to ask.
 pub const FREE_SPACE: &str = "free-space";
 
+/// The runtime file listing unix sockets (the simulation owns it on a simulated node).
+pub const PROC_NET_UNIX: &str = "/proc/net/unix";
+/// The header line of [`PROC_NET_UNIX`].
+pub const PROC_NET_UNIX_HEADER: &str = "Num       RefCount Protocol Flags    Type St Inode Path";
+/// Where LXC's cgroups live (`<dir>/<vmid>`, cgroup v2 as on Proxmox VE 7 and later).
+pub const LXC_CGROUP_DIR: &str = "/sys/fs/cgroup/lxc";
+/// qemu-server's pid file directory (`<dir>/<vmid>.pid`).
+pub const QEMU_PID_DIR: &str = "/run/qemu-server";
+
+/// The pid the simulation gives VM `vmid`'s QEMU process (stable, above the kernel's
+/// reserved low pids).
+pub fn qemu_pid(vmid: u32) -> u64 {
+    100_000 + u64::from(vmid)
+}
+
+/// `/proc/<pid>/cmdline` of VM `vmid`'s QEMU process as qemu-server starts it (NUL-separated;
+/// `-pidfile` names the VM's pid file, which is what `parse::running` checks).
+pub fn qemu_cmdline(vmid: u32) -> Vec<u8> {
+    let args = [
+        "/usr/bin/kvm".to_owned(),
+        "-id".to_owned(),
+        vmid.to_string(),
+        "-name".to_owned(),
+        format!("vm{vmid},debug-threads=on"),
+        "-pidfile".to_owned(),
+        format!("/var/run/qemu-server/{vmid}.pid"),
+        "-daemonize".to_owned(),
+    ];
+    let mut out = Vec::new();
+    for a in args {
+        out.extend_from_slice(a.as_bytes());
+        out.push(0);
+    }
+    out
+}
+
 /// The node path of the simulation file `name` (`/var/lib/fleetward-sim/<name>`).
 pub fn sim_path(name: &str) -> String {
     format!("{SIM_DIR}/{name}")
@@ -81,6 +127,10 @@ pub struct SimGuest {
     /// Where a migrated guest went (`None` for HA guests moved by maintenance mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
+    /// An HA guest whose requested state is `stopped` (it was stopped through HA); HA
+    /// starts the others again when the node boots. Unused for non-HA guests.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ha_stopped: bool,
 }
 
 /// Whether a simulated guest runs, is stopped, or left the node.
@@ -112,6 +162,11 @@ pub struct HaRequest {
     pub kind: GuestKind,
     /// `running` (requested `started`) or `stopped`.
     pub state: GuestState,
+    /// `Some`: not a guest's request but `ha-manager crm-command node-maintenance
+    /// enable` (`true`) or `disable` (`false`) for this node; `vmid`, `kind` and `state`
+    /// are then unused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<bool>,
 }
 
 /// `pending.json`: what the next dist-upgrade installs.

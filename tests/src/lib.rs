@@ -443,7 +443,8 @@ impl AgentRun {
         self
     }
 
-    /// HA is asynchronous: HA guests' stop/start requests take effect `secs` later
+    /// HA is asynchronous: HA guests' stop/start requests and node maintenance on/off
+    /// take effect `secs` later
     /// (implies `simulate`).
     pub fn sim_ha_delay_secs(mut self, secs: f64) -> Self {
         self.simulate = true;

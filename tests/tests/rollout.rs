@@ -335,6 +335,80 @@ fn three_simulated_nodes_roll_to_the_new_kernel_one_at_a_time() {
     }
 }
 
+/// HA is asynchronous (issue 13): `maintenance-on`/`-off` only queue the command for the
+/// cluster manager and exit 0; the node's HA state changes half a second later. The driver
+/// waits for the effect before it moves a node on; on pve-02 the CRM ignores the command,
+/// and the rollout halts at the bound (`action_ms`) naming node, step and reason.
+#[test]
+fn async_node_maintenance_is_waited_for_and_an_ignoring_crm_halts_at_the_bound() {
+    let delay_ms: u32 = 500;
+    let c = controller_with(
+        "host_node = \"pve-03\"\n\n[rollout]\naction_ms = 2500\nrefresh_ms = 20000\n\
+         reboot_ms = 6000\npost_reboot_ms = 20000\nmax_silence_ms = 10000\ntick_ms = 100\n",
+    );
+    let agents: Vec<Agent> = NODES
+        .iter()
+        .map(|n| {
+            let fixture = support::fixtures_dir().join("seed").join(n);
+            let (root, state) = Agent::enroll_fixture(&c, n, &fixture);
+            let sim = root.path().join("var/lib/fleetward-sim");
+            std::fs::write(sim.join("pending.json"), pending()).unwrap();
+            if *n == "pve-02" {
+                std::fs::write(sim.join("ha-crm-ignores"), "").unwrap();
+            }
+            let run = AgentRun::default()
+                .sim_reboot_secs(0.3)
+                .sim_ha_delay_secs(f64::from(delay_ms) / 1000.0);
+            Agent::run_with(n, root, state, run)
+        })
+        .collect();
+    wait_online(&c, &NODES);
+    start(&c, &[]);
+    let s = wait_settled(&c, Duration::from_secs(60));
+    assert_eq!(halted(&s), ("pve-02".into(), "command-timeout".into()));
+    let reason = s["rollout"]["halt"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("maintenance-on on pve-02 answered ok but its effect was never observed"),
+        "{reason}"
+    );
+
+    // pve-01: each maintenance command answered at once, and the node moved on only once
+    // its effect showed, the CRM's delay later.
+    let l1 = log(&agents[0]);
+    let names: Vec<&str> = l1.iter().map(|e| e.action.name()).collect();
+    let at = |name: &str| l1.iter().position(|e| e.action.name() == name).unwrap();
+    let (on, wait) = (&l1[at("maintenance-on")], &l1[at("wait-guests-migrated")]);
+    assert!(
+        on.ok && on.finished_ms + 100 < on.started_ms + u64::from(delay_ms),
+        "{on:?}"
+    );
+    assert!(
+        wait.started_ms >= on.finished_ms + u64::from(delay_ms) - 50,
+        "the next step began before maintenance showed: {names:?}"
+    );
+    assert_eq!(*names.last().unwrap(), "maintenance-off", "{names:?}");
+    assert!(!agents[0]
+        .path("/var/lib/fleetward-sim/maintenance")
+        .exists());
+    let off = l1.last().unwrap();
+    // pve-02 started only once pve-01's maintenance-off showed.
+    let l2 = log(&agents[1]);
+    let names2: Vec<&str> = l2.iter().map(|e| e.action.name()).collect();
+    assert_eq!(
+        names2,
+        ["maintenance-on"],
+        "nothing after the unobserved step"
+    );
+    assert!(l2[0].ok && l2[0].started_ms >= off.finished_ms + u64::from(delay_ms) - 50);
+    // Its command is still queued, and the node never entered maintenance.
+    assert!(!agents[1]
+        .path("/var/lib/fleetward-sim/maintenance")
+        .exists());
+    let queued = read(&agents[1], "/var/lib/fleetward-sim/ha-requests.json");
+    assert!(queued.contains("\"maintenance\": true"), "{queued}");
+    assert!(log(&agents[2]).is_empty(), "pve-03 never started");
+}
+
 #[test]
 fn esp_without_the_new_kernel_halts_before_the_reboot() {
     let c = controller();

@@ -8,8 +8,9 @@
 //! and the fixture roots. Timings are scaled down through `[shutdown]` in the
 //! configuration. Nothing here runs a real node-changing command.
 
-use fleetward_agent::executor::simulated::{read_log, LogEntry};
-use fleetward_proto::action::Action;
+use fleetward_agent::executor::simulated::{read_log, LogEntry, SimulatedExecutor};
+use fleetward_agent::executor::Executor;
+use fleetward_proto::action::{Action, ActionRequest, GuestKind};
 use fleetward_tests::{support, wait_for, Agent, AgentRun, Controller};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -300,6 +301,118 @@ fn assert_follows_plan(steps: &[Value], log: &[LogEntry]) {
     }
 }
 
+/// No node was powered off while the simulation still ran one of its guests (the agents'
+/// logs name what ran when each power-off began), unless a forced stop of that guest was
+/// sent and its bound passed before the power-off (issue 13).
+fn assert_no_power_off_over_running_guests(log: &[LogEntry]) {
+    for off in log.iter().filter(|e| e.action == Action::PowerOff) {
+        for sid in &off.running_guests {
+            let vmid: u32 = sid.split(':').nth(1).and_then(|v| v.parse().ok()).unwrap();
+            let stop = log.iter().find(|e| {
+                e.node == off.node
+                    && matches!(e.action, Action::GuestStop { vmid: v, force: true, .. } if v == vmid)
+            });
+            let Some(stop) = stop else {
+                panic!(
+                    "{} powered off while {sid} ran, without a forced stop",
+                    off.node
+                );
+            };
+            let Action::GuestStop { timeout_secs, .. } = stop.action else {
+                unreachable!()
+            };
+            assert!(
+                off.started_ms >= stop.started_ms + timeout_secs * 1000,
+                "{} powered off while {sid} ran, before its forced stop's bound passed",
+                off.node
+            );
+        }
+    }
+}
+
+/// pve-02's container 202 was stopped by the admin before the shutdown, and its last run
+/// left its cgroup behind (issue 13): Proxmox reads it stopped (no command socket), and so
+/// must we — a stale cgroup read as "running" would have the shutdown stop it and the
+/// cancel or startup start it.
+fn stale_cgroup(node: &str, root: &std::path::Path) {
+    if node == "pve-02" {
+        let cg = root.join("sys/fs/cgroup/lxc/202");
+        std::fs::create_dir_all(&cg).unwrap();
+        std::fs::write(cg.join("cgroup.procs"), "").unwrap();
+    }
+}
+
+/// Container 202 (see [`stale_cgroup`]) was never stopped nor started, and its node's
+/// latest report reads it stopped.
+fn assert_stale_container_left_alone(cl: &Cluster, log: &[LogEntry]) {
+    assert_container_left_alone(cl, log, "pve-02", 202);
+}
+
+/// Container `vmid` of `node` was never stopped nor started by the controller, the
+/// simulation has it stopped, and the node's latest report reads it stopped.
+fn assert_container_left_alone(cl: &Cluster, log: &[LogEntry], node: &str, vmid: u32) {
+    let touched: Vec<String> = log
+        .iter()
+        .filter(|e| e.node == node)
+        .filter(|e| match e.action {
+            Action::GuestStop { vmid: v, .. } | Action::GuestStart { vmid: v, .. } => v == vmid,
+            _ => false,
+        })
+        .map(log_step)
+        .collect();
+    assert!(
+        touched.is_empty(),
+        "the stopped container was acted on: {touched:?}"
+    );
+    let g = cl
+        .guests(node)
+        .into_iter()
+        .find(|g| g["vmid"] == vmid)
+        .unwrap();
+    assert_eq!(g["state"], "stopped", "{g}");
+    let report = cl.c.cli_json(&["node", "show", node]);
+    let seen = report["report"]["facts"]["guests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["vmid"] == vmid)
+        .cloned()
+        .unwrap();
+    assert_eq!(seen["state"], "stopped", "{seen}");
+}
+
+/// The admin shuts container `vmid` of `node` down (`pct shutdown`) through a simulated
+/// executor of their own: it ran, so its cgroup stays behind. Returns once the node's
+/// report (after a refresh) reads it stopped.
+fn admin_stops_container(cl: &Cluster, node: &str, vmid: u32, log_dir: &std::path::Path) {
+    let a = cl.agents.iter().find(|a| a.name == node).unwrap();
+    let cgroup = a.path(&format!("/sys/fs/cgroup/lxc/{vmid}"));
+    assert!(cgroup.is_dir(), "a running container has its cgroup");
+    let admin = SimulatedExecutor::new(node, a.path("/"), log_dir.join("admin.jsonl"));
+    let req = ActionRequest {
+        id: format!("admin/{node}/pct-shutdown-{vmid}/1"),
+        action: Action::GuestStop {
+            vmid,
+            kind: GuestKind::Lxc,
+            timeout_secs: 60,
+            force: false,
+        },
+    };
+    let out = admin.execute(&req, &mut |_| {});
+    assert!(out.ok, "{out:?}");
+    assert!(cgroup.is_dir(), "the cgroup stays behind");
+    let refreshed = cl.c.cli(&["node", "refresh", node]);
+    assert!(refreshed.status.success(), "{refreshed:?}");
+    wait_for("the report of the stopped container", WAIT, || {
+        let plan = cl.plan(&[]);
+        plan["plan"]["guests"]
+            .as_array()?
+            .iter()
+            .any(|g| g["node"] == node && g["vmid"] == vmid && g["running"] == false)
+            .then_some(())
+    });
+}
+
 fn events(status: &Value) -> Vec<Value> {
     status["events"].as_array().unwrap().clone()
 }
@@ -342,6 +455,7 @@ fn shutdown_of_five_nodes_follows_the_plan_tier_by_tier_with_the_host_last() {
 
     let log = cl.logs();
     assert_follows_plan(&steps, &log);
+    assert_no_power_off_over_running_guests(&log);
     // The keys the agents executed are the plan's operation's, first attempts.
     assert!(log
         .iter()
@@ -412,12 +526,23 @@ fn shutdown_of_five_nodes_follows_the_plan_tier_by_tier_with_the_host_last() {
 
 #[test]
 fn startup_after_power_returns_in_random_order_waits_for_osd_nodes_and_reports_the_missing_one() {
-    let mut cl = Cluster::start(&[HOST], &tiered_config(), |_, _| {});
+    let mut cl = Cluster::start(&[HOST], &tiered_config(), stale_cgroup);
     let plan = cl.plan(&[]);
+    // The stale cgroup does not make the stopped container run.
+    let ct = plan["plan"]["guests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["node"] == "pve-02" && g["vmid"] == 202)
+        .cloned()
+        .unwrap();
+    assert_eq!(ct["running"], false, "{ct}");
+    assert!(cl.agent("pve-02").path("/sys/fs/cgroup/lxc/202").is_dir());
     cl.c.cli_json(&["shutdown", "start", "--yes"]);
     cl.wait_stage("down");
     cl.wait_exited(&NODES);
     let shutdown_actions = cl.logs().len();
+    assert_no_power_off_over_running_guests(&cl.logs());
     // The controller went down with its host (the last node) and comes back with it.
     cl.c.kill();
     cl.c.restart();
@@ -519,13 +644,18 @@ fn startup_after_power_returns_in_random_order_waits_for_osd_nodes_and_reports_t
         .filter(|g| g["node"] != "pve-05" && (g["running"] == true || g["onboot"] == true))
         .map(|g| format!("{}/guest-start-{}", g["node"].as_str().unwrap(), g["vmid"]))
         .collect();
-    // The simulated boot (pve-guests.service) already started the `onboot` guests: the
+    // The simulated boot (pve-guests.service) already started the `onboot` guests that HA
+    // does not manage (HA keeps the ones the shutdown stopped through it stopped): the
     // startup starts only the guests it observes not running (issue 13), never one twice.
     let want_started: BTreeSet<String> = plan["plan"]["guests"]
         .as_array()
         .unwrap()
         .iter()
-        .filter(|g| g["node"] != "pve-05" && g["running"] == true && g["onboot"] != true)
+        .filter(|g| {
+            g["node"] != "pve-05"
+                && g["running"] == true
+                && (g["onboot"] != true || g["ha"] == true)
+        })
         .map(|g| format!("{}/guest-start-{}", g["node"].as_str().unwrap(), g["vmid"]))
         .collect();
     let got: BTreeSet<String> = starts.iter().map(|e| log_step(e)).collect();
@@ -537,6 +667,8 @@ fn startup_after_power_returns_in_random_order_waits_for_osd_nodes_and_reports_t
             assert_eq!(g["state"] == "running", should, "{n}: {g}");
         }
     }
+    assert!(!want_started.is_empty() && want_started.len() < want.len());
+    assert_stale_container_left_alone(&cl, &cl.logs());
 }
 
 #[test]
@@ -553,6 +685,7 @@ default_guest_timeout_secs = 30"#;
     // No host_node: the controller runs on none of these nodes.
     let outside = ("# host_outside_cluster", "true");
     let mut cl = Cluster::start(&[outside], config, |n, root| {
+        stale_cgroup(n, root);
         if n == "pve-03" {
             let p = root.join("var/lib/fleetward-sim/guests.json");
             let text = std::fs::read_to_string(&p)
@@ -561,6 +694,10 @@ default_guest_timeout_secs = 30"#;
             std::fs::write(p, text).unwrap();
         }
     });
+    // pve-01's container 200 (onboot) ran until the admin shut it down just now; only its
+    // cgroup is left. The shutdown and the cancel must leave it stopped.
+    let admin_log = tempfile::tempdir().unwrap();
+    admin_stops_container(&cl, "pve-01", 200, admin_log.path());
     let plan = cl.plan(&[]);
     assert_eq!(plan["plan"]["noout"], "pve-03");
     assert_eq!(plan["plan"]["ha"]["nodes"], serde_json::json!(["pve-05"]));
@@ -635,6 +772,9 @@ default_guest_timeout_secs = 30"#;
             .count();
         assert_eq!((stops, starts), (1, 1), "{node}/{vmid}");
     }
+    assert_stale_container_left_alone(&cl, &log);
+    assert_container_left_alone(&cl, &log, "pve-01", 200);
+    assert!(cl.agent("pve-01").path("/sys/fs/cgroup/lxc/200").is_dir());
 
     // A second shutdown, cancelled once a node is off: refused, and it goes on.
     cl.c.cli_json(&["shutdown", "start", "--yes"]);
@@ -651,6 +791,10 @@ default_guest_timeout_secs = 30"#;
     );
     cl.wait_stage("down");
     cl.wait_exited(&NODES);
+    let log = cl.logs();
+    assert_no_power_off_over_running_guests(&log);
+    assert_stale_container_left_alone(&cl, &log);
+    assert_container_left_alone(&cl, &log, "pve-01", 200);
 }
 
 #[test]
@@ -681,6 +825,7 @@ fn deadline_too_short_for_graceful_waits_forces_and_powers_off_before_it() {
     cl.wait_exited(&["pve-01", "pve-02", "pve-03", "pve-05"]);
 
     let log = cl.logs();
+    assert_no_power_off_over_running_guests(&log);
     let offs: Vec<&LogEntry> = log
         .iter()
         .filter(|e| e.action == Action::PowerOff)
@@ -747,6 +892,7 @@ fn controller_killed_mid_shutdown_resumes_the_same_plan_without_repeating_action
     cl.wait_exited(&NODES);
     let log = cl.logs();
     assert_follows_plan(&steps, &log);
+    assert_no_power_off_over_running_guests(&log);
     let mut seen = BTreeSet::new();
     for e in &log {
         assert!(seen.insert(log_step(e)), "done twice: {}", log_step(e));
@@ -758,17 +904,32 @@ fn controller_killed_mid_shutdown_resumes_the_same_plan_without_repeating_action
     assert_eq!(again["shutdown"]["id"], id.as_str());
 }
 
-/// HA is asynchronous (issue 13): an HA guest's stop exits 0 and the guest stops 1.5 s later.
+/// HA is asynchronous (issue 13): an HA guest's stop exits 0 and the guest stops 0.4 s later.
 /// The shutdown waits for every stop to be observed before it disarms HA (which would drop
 /// a pending stop), so no stage moves on, no HA request is lost, and no node is powered off
-/// while one of its guests runs.
+/// while one of its guests runs. At the startup, the HA guests (left to HA by pve-guests,
+/// and stopped through HA) are started by the startup, each start observed before the next
+/// order group begins.
 #[test]
 fn ha_guest_stops_are_done_when_observed_not_when_the_command_returns() {
-    let delay_ms = 1500;
+    let delay_ms = 400;
     let mut cl = Cluster::start_run(
         &[HOST],
         &tiered_config(),
-        |_, _| {},
+        |n, root| {
+            // No `up=` delays: the startup's groups wait only for their starts observed.
+            let dir = root.join(format!("etc/pve/nodes/{n}"));
+            for kind in ["qemu-server", "lxc"] {
+                for e in std::fs::read_dir(dir.join(kind))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    let text = std::fs::read_to_string(e.path()).unwrap();
+                    std::fs::write(e.path(), text.replace("up=1", "up=0")).unwrap();
+                }
+            }
+        },
         AgentRun::default().sim_ha_delay_secs(delay_ms as f64 / 1000.0),
     );
     let plan = cl.plan(&[]);
@@ -787,6 +948,11 @@ fn ha_guest_stops_are_done_when_observed_not_when_the_command_returns() {
     assert!(!ev.iter().any(|e| e["event"] == "moved-on"), "{ev:?}");
     cl.wait_exited(&NODES);
     let log = cl.logs();
+    assert_no_power_off_over_running_guests(&log);
+    assert!(log
+        .iter()
+        .filter(|e| e.action == Action::PowerOff)
+        .all(|e| e.running_guests.is_empty()));
     let last_ha_stop = log
         .iter()
         .filter(|e| ha.contains(&log_step(e)))
@@ -807,6 +973,65 @@ fn ha_guest_stops_are_done_when_observed_not_when_the_command_returns() {
             cl.read(n, "/var/lib/fleetward-sim/ha-requests.json")
                 .is_none(),
             "{n}: an HA request was left pending"
+        );
+    }
+
+    // Power returns. pve-guests leaves HA guests to HA, which keeps the ones stopped
+    // through it stopped: the startup starts them, each start exits 0 at once and the
+    // guest runs `delay_ms` later; the next order group waits until it is observed.
+    let before = cl.logs().len();
+    for n in NODES {
+        cl.agent(n).restart();
+    }
+    cl.c.cli_json(&["startup"]);
+    let done = cl.wait_stage("finished");
+    assert!(
+        !events(&done).iter().any(|e| e["event"] == "moved-on"),
+        "{done:#}"
+    );
+    let log = cl.logs();
+    let starts: Vec<&LogEntry> = log[before..]
+        .iter()
+        .filter(|e| matches!(e.action, Action::GuestStart { .. }))
+        .collect();
+    assert!(starts.iter().all(|e| e.ok), "{starts:?}");
+    let started: BTreeSet<String> = starts.iter().map(|e| log_step(e)).collect();
+    let want: BTreeSet<String> = ha
+        .iter()
+        .map(|s| s.replace("guest-stop", "guest-start"))
+        .collect();
+    assert_eq!(started, want, "exactly the HA guests, once each");
+    assert_eq!(starts.len(), want.len());
+    let order_of: BTreeMap<String, Option<u64>> = plan["plan"]["guests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                format!("{}/guest-start-{}", g["node"].as_str().unwrap(), g["vmid"]),
+                g["order"].as_u64(),
+            )
+        })
+        .collect();
+    for a in &starts {
+        for b in &starts {
+            if order_of[&log_step(a)] < order_of[&log_step(b)] {
+                assert!(
+                    b.started_ms >= a.finished_ms + delay_ms - 100,
+                    "{} began before {}'s start was observed",
+                    log_step(b),
+                    log_step(a)
+                );
+            }
+        }
+    }
+    for n in NODES {
+        assert!(
+            cl.guests(n)
+                .iter()
+                .all(|g| g["state"] == "running" || g["onboot"] != true),
+            "{n}: {:?}",
+            cl.guests(n)
         );
     }
 }
@@ -886,5 +1111,9 @@ fn ignored_ha_stops_move_on_at_the_bound_with_the_reason_in_status() {
         .unwrap();
     assert!(matches!(stop.action, Action::GuestStop { force: true, .. }));
     assert!(off.started_ms > stop.finished_ms + 1000);
+    // The simulation still ran them when the power-off began: allowed only because the
+    // forced stops were sent and their bounds passed.
+    assert!(off.running_guests.iter().any(|g| g == "vm:102"), "{off:?}");
+    assert_no_power_off_over_running_guests(&log);
     assert!(cl.guests("pve-02").iter().all(|g| g["state"] != "running"));
 }

@@ -15,9 +15,13 @@
 //!   - `unknown` when the root has no live `/proc` (no `/proc/1`, or for containers no
 //!     `/proc/net/unix`), as in a fixture tree.
 //! - A simulated node (`/var/lib/fleetward-sim/` exists; see `simformat`): its
-//!   `guests.json` is the node's runtime: the state (`running`, `stopped`, `migrated`) and
-//!   `location` written there override the heuristics. Guests listed there without a
-//!   configuration file are reported from `guests.json` alone. Marker files give Ceph's
+//!   `guests.json` lists the node's guests; a guest `migrated` there (with its `location`)
+//!   has left the node. Whether the others run is read from the runtime files the
+//!   simulated executor keeps (`/proc/net/unix`, QEMU pid files and processes, stale LXC
+//!   cgroups included) exactly as on a real node; only a simulated root without a live
+//!   `/proc` (a fixture the executor has not touched) takes the state from `guests.json`.
+//!   Guests listed there without a configuration file are reported from `guests.json`
+//!   alone. Marker files give Ceph's
 //!   `noout` (`ceph-noout`) and health (`ceph-unhealthy`), HA maintenance (`maintenance`) and
 //!   disarm (`ha-disarmed`); on a real node these stay unknown unless a file says so.
 //! - Ceph: `/etc/pve/ceph.conf` (`[mon.<hostname>]`, `mon_host`), OSD directories
@@ -135,7 +139,7 @@ fn guests(
         }
     }
     if sim {
-        simulated_guests(r, resources, &mut out);
+        simulated_guests(r, resources, &mut out, &mut lxc_active);
     }
     out.into_values().collect()
 }
@@ -145,7 +149,9 @@ fn simulated_guests(
     r: &mut Reader,
     resources: &pve::HaResources,
     out: &mut BTreeMap<u32, GuestFacts>,
+    lxc_active: &mut Option<Option<BTreeSet<u32>>>,
 ) {
+    let live = r.root.is_dir("/proc/1");
     let path = sim_path(GUESTS);
     let Some(text) = r.text(&path) else { return };
     let sim = match pve::sim_guests(&text) {
@@ -157,9 +163,13 @@ fn simulated_guests(
     };
     for g in sim {
         let state = match g.state {
+            SimState::Migrated => GuestState::Migrated,
+            _ if live => match out.get(&g.vmid) {
+                Some(f) if f.kind == g.kind => f.state,
+                _ => runtime_state(r, g.kind, g.vmid, lxc_active),
+            },
             SimState::Running => GuestState::Running,
             SimState::Stopped => GuestState::Stopped,
-            SimState::Migrated => GuestState::Migrated,
         };
         let facts = out.entry(g.vmid).or_insert_with(|| GuestFacts {
             vmid: g.vmid,

@@ -47,13 +47,33 @@
 //! - **reboot**: the next kernel (`/etc/kernel/next-boot-pin`, consumed; else
 //!   `/etc/kernel/proxmox-boot-pin`; else the newest `/boot/vmlinuz-*`) becomes
 //!   `/proc/sys/kernel/osrelease`, `/proc/sys/kernel/random/boot_id` gets a new random id,
-//!   `/run/reboot-required` goes away, and guests come back per `onboot` (HA guests that ran
-//!   are restarted by HA): `pve-guests.service` runs pve-manager's `startall`
-//!   (`PVE/API2/Nodes.pm`) at boot, so a later `qm start` of such a guest finds it running. The outcome has `reboot: true`: the session layer drops the
-//!   connection, waits, and reconnects — the file changes are already done.
-//! - **power-off**: `powered-off` marker, every local guest stopped, outcome `power_off: true`.
+//!   `/run/reboot-required` goes away, the runtime files of the last boot (pid files,
+//!   processes, LXC cgroups) are gone, HA guests that ran are restarted by HA, and
+//!   `pve-guests.service` starts the `onboot` guests: pve-manager `PVE/API2/Nodes.pm`
+//!   `startall`/`get_start_stop_list` (`services/pve-guests.service` runs it at boot) —
+//!   `onboot` and `startup: order=,up=` read from the guest's configuration as startall
+//!   does (`guests.json` when there is none), HA-managed guests left out, ascending order
+//!   then VMID, already running ones skipped, `up=` delays named but not waited. So a later
+//!   `qm start` of such a guest finds it running. The outcome has `reboot: true`: the
+//!   session layer drops the connection, waits, and reconnects — the file changes are
+//!   already done.
+//! - **power-off**: `powered-off` marker, every local guest stopped (LXC cgroups stay
+//!   behind until the next boot), outcome `power_off: true`; the log entry names the
+//!   guests that still ran when it began ([`LogEntry::running_guests`]).
+//! - **runtime files**: every change of `guests.json` rewrites what a real node's
+//!   inspector reads to tell whether a guest runs (see [`crate::simformat`]): the command
+//!   sockets in `/proc/net/unix`, QEMU pid files and processes, and LXC cgroups — which
+//!   **stay behind after a container stops** (pve-container `src/PVE/LXC.pm`, the comment
+//!   in `check_running` and `src/lxc-pve-prestart-hook`: cgroups are often left over, so
+//!   `check_running` asks the command socket). `collect` then decides from those files
+//!   (`parse::running`), not from `guests.json`.
 //! - **ceph-set/unset-noout**, **ha-disarm/arm**: the marker files.
-//! - **guest-stop/start/migrate**: `guests.json` (`migrated` with `location: TARGET`).
+//! - **guest-stop/start/migrate**: `guests.json` (`migrated` with `location: TARGET`). As
+//!   Proxmox, starting a running non-HA guest fails ("VM N already running", qemu-server
+//!   `src/PVE/QemuServer.pm` `vm_start_nolock`; "CT N already running", pve-container
+//!   `src/PVE/API2/LXC/Status.pm` `vm_start`), and so does shutting down a stopped
+//!   container ("CT N not running", `vm_shutdown` there), so a double start shows in the
+//!   action log as a failure.
 //!
 //! **HA is asynchronous** when the executor has an HA delay ([`SimulatedExecutor::with_ha_delay`],
 //! `run --simulate --sim-ha-delay-secs S`; without one, HA guests change at once as above):
@@ -71,6 +91,12 @@
 //! - With the marker [`HA_CRM_IGNORES`] the CRM ignores every request (as `Manager.pm` does
 //!   for a node that is not `online` or when HA is already disarmed): requests stay
 //!   queued and never take effect.
+//! - `ha-manager crm-command node-maintenance enable|disable` (**maintenance-on/off**) only
+//!   queues the command and exits 0 (pve-ha-manager `src/PVE/CLI/ha_manager.pm`
+//!   `node-maintenance-set`); `S` seconds later the CRM sets or clears the node's
+//!   maintenance request and the HA guests leave or come back (`src/PVE/HA/Manager.pm`
+//!   `update_crm_commands`, `next_state_started`). Enabling is ignored (consumed, no
+//!   effect) while HA is disarmed, as `update_crm_commands` does.
 //! - A powered-off node applies nothing.
 //!
 //! **ESPs are never modified.** The simulation cannot sensibly rewrite the FAT images the
@@ -84,10 +110,11 @@ use super::{
     GuestKind, OutputTail, OUTPUT_MAX,
 };
 use super::{unit, Simulation};
-use crate::parse::{apt_sim, boot_tool::DEFAULT_ESP_LIST as ESP_LIST, control, version};
+use crate::parse::{apt_sim, boot_tool::DEFAULT_ESP_LIST as ESP_LIST, control, pve, version};
 use crate::simformat::{
-    GuestState, HaRequest, Pending, SimGuest, SimUnit, CEPH_NOOUT, ESP_SYNCED, GUESTS,
-    HA_CRM_IGNORES, HA_DISARMED, HA_REQUESTS, MAINTENANCE, PENDING, POWERED_OFF, REFRESH_FAILS,
+    qemu_cmdline, qemu_pid, GuestState, HaRequest, Pending, SimGuest, SimUnit, CEPH_NOOUT,
+    ESP_SYNCED, GUESTS, HA_CRM_IGNORES, HA_DISARMED, HA_REQUESTS, LXC_CGROUP_DIR, MAINTENANCE,
+    PENDING, POWERED_OFF, PROC_NET_UNIX, PROC_NET_UNIX_HEADER, QEMU_PID_DIR, REFRESH_FAILS,
     SIM_DIR, SIM_LISTS_FILE, UNITS,
 };
 use fleetward_proto::{Removal, Upgrade};
@@ -140,6 +167,10 @@ pub struct LogEntry {
     pub id: String,
     pub action: Action,
     pub ok: bool,
+    /// For `power-off`: the guests (`vm:100`, `ct:200`) the simulation still ran when the
+    /// power-off began (the power-off then stopped them). Tests judge a shutdown by it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub running_guests: Vec<String>,
 }
 
 /// Reads an action log (missing file: empty). Lines that do not parse are an error.
@@ -349,6 +380,7 @@ impl SimulatedExecutor {
             vmid: g.vmid,
             kind: g.kind,
             state,
+            maintenance: None,
         });
         self.save_ha_requests(&reqs)?;
         let word = if state == GuestState::Running {
@@ -360,6 +392,47 @@ impl SimulatedExecutor {
             "{} is HA-managed: requested state '{word}' queued for the HA manager",
             g.sid()
         ));
+        self.apply_later(id, delay);
+        Ok(())
+    }
+
+    /// Queues `ha-manager crm-command node-maintenance enable|disable` for this node: the
+    /// command exits 0 at once and the cluster manager acts on its next round, `delay` later
+    /// (pve-ha-manager `src/PVE/CLI/ha_manager.pm` `node-maintenance-set` only queues the
+    /// CRM command; `src/PVE/HA/Manager.pm` `update_crm_commands` applies it).
+    fn queue_maintenance(
+        &self,
+        on: bool,
+        delay: std::time::Duration,
+        say: Say,
+    ) -> Result<(), String> {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let id = format!(
+            "{}-{}-m{}",
+            now_ms(),
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut reqs = self.ha_requests()?;
+        reqs.push(HaRequest {
+            id: id.clone(),
+            vmid: 0,
+            kind: GuestKind::Qemu,
+            state: GuestState::Stopped,
+            maintenance: Some(on),
+        });
+        self.save_ha_requests(&reqs)?;
+        say(format!(
+            "crm-command {}-node-maintenance {} queued for the HA manager",
+            if on { "enable" } else { "disable" },
+            self.node
+        ));
+        self.apply_later(id, delay);
+        Ok(())
+    }
+
+    /// The simulated cluster manager's round for request `id`, `delay` from now.
+    fn apply_later(&self, id: String, delay: std::time::Duration) {
         let me = self.clone();
         std::thread::spawn(move || {
             std::thread::sleep(delay);
@@ -368,7 +441,6 @@ impl SimulatedExecutor {
                 tracing::warn!(error = %e, "simulated HA manager could not apply a request");
             }
         });
-        Ok(())
     }
 
     /// The simulated CRM's round for request `id` (called with [`SIM_FILES`] held).
@@ -381,15 +453,31 @@ impl SimulatedExecutor {
             return Ok(()); // dropped (disarm) meanwhile
         };
         let req = reqs.remove(pos);
+        if let Some(on) = req.maintenance {
+            // `update_crm_commands`: enabling maintenance is ignored while HA is disarmed
+            // (consumed, logged, no effect); otherwise the node's request is set or cleared
+            // and the services move (`next_state_started` migrates them off a node in
+            // maintenance, back to it when it leaves).
+            self.save_ha_requests(&reqs)?;
+            if on && self.sim(HA_DISARMED).exists() {
+                tracing::info!(node = %self.node, "simulated HA manager: ignoring maintenance command, HA is disarmed");
+                return Ok(());
+            }
+            return self.maintenance(on, &mut |_| {});
+        }
+        // The request leaves the queue first, then takes effect (an observer that sees the
+        // effect never sees the request still pending).
+        self.save_ha_requests(&reqs)?;
         let mut guests = self.guests()?;
         if let Some(g) = guests
             .iter_mut()
             .find(|g| g.vmid == req.vmid && g.kind == req.kind && g.state != GuestState::Migrated)
         {
             g.state = req.state;
+            g.ha_stopped = req.state == GuestState::Stopped;
             self.save_guests(&guests)?;
         }
-        self.save_ha_requests(&reqs)
+        Ok(())
     }
 
     /// Each action takes `d` before it acts.
@@ -407,11 +495,22 @@ impl SimulatedExecutor {
         self.path(SIM_DIR).join(name)
     }
 
+    /// Writes `text` to `path` atomically (a temporary file renamed over it), so `collect`
+    /// reading the node meanwhile sees the old or the new file, never a half-written one.
     fn write(&self, path: &Path, text: &str) -> Result<(), String> {
+        static TMP: AtomicU64 = AtomicU64::new(0);
         if let Some(dir) = path.parent() {
             io(dir, fs::create_dir_all(dir))?;
         }
-        io(path, fs::write(path, text))
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(format!(
+            ".tmp-{}-{}",
+            std::process::id(),
+            TMP.fetch_add(1, Ordering::Relaxed)
+        ));
+        let tmp = PathBuf::from(tmp);
+        io(&tmp, fs::write(&tmp, text))?;
+        io(path, fs::rename(&tmp, path))
     }
 
     fn remove(&self, path: &Path) -> Result<bool, String> {
@@ -443,7 +542,100 @@ impl SimulatedExecutor {
 
     fn save_guests(&self, guests: &[SimGuest]) -> Result<(), String> {
         let json = serde_json::to_string_pretty(guests).map_err(|e| e.to_string())?;
-        self.write(&self.sim(GUESTS), &json)
+        self.write(&self.sim(GUESTS), &json)?;
+        self.write_runtime(guests)
+    }
+
+    /// Writes the runtime files of `guests.json` (see the module docs) when the node has
+    /// simulated guests; a root without `guests.json` is left alone. Called when a
+    /// simulated agent starts, so a fixture's runtime follows its `guests.json`.
+    pub fn sync_runtime(&self) -> Result<(), ExecutorError> {
+        if !self.sim(GUESTS).exists() {
+            return Ok(());
+        }
+        self.guests()
+            .and_then(|g| self.write_runtime(&g))
+            .map_err(|message| ExecutorError::Format {
+                path: self.root.clone(),
+                message,
+            })
+    }
+
+    /// The node's runtime files from `guests`: what `collect` reads on a real node to tell
+    /// whether a guest runs (`parse::running`). A running container has its abstract
+    /// command socket in `/proc/net/unix` and a cgroup; a stopped one has no socket, and
+    /// its cgroup directory, once created, **stays behind** (empty) until the next boot —
+    /// pve-container `src/PVE/LXC.pm` decides by the socket in `check_running` because
+    /// cgroups are often left behind after a stop (the comment there and
+    /// `src/lxc-pve-prestart-hook`). A running VM has qemu-server's pid file naming a
+    /// process whose command line is that VM's QEMU (`PVE/QemuServer/Helpers.pm`
+    /// `vm_running_locally`); a stopped VM has neither.
+    fn write_runtime(&self, guests: &[SimGuest]) -> Result<(), String> {
+        self.write(
+            &self.path("/proc/1/stat"),
+            "1 (systemd) S 0 1 1 0 -1 4194560\n",
+        )?;
+        let mut unix = format!("{PROC_NET_UNIX_HEADER}\n");
+        for g in guests {
+            let running = g.state == GuestState::Running;
+            match g.kind {
+                GuestKind::Lxc => {
+                    let cgroup = self.path(&format!("{LXC_CGROUP_DIR}/{}", g.vmid));
+                    let procs = cgroup.join("cgroup.procs");
+                    if running {
+                        unix.push_str(&format!(
+                            "0000000000000000: 00000002 00000000 00010000 0001 01 {} @/var/lib/lxc/{}/command\n",
+                            200_000 + u64::from(g.vmid),
+                            g.vmid
+                        ));
+                        self.write(&procs, &format!("{}\n", qemu_pid(g.vmid)))?;
+                    } else if cgroup.is_dir() {
+                        self.write(&procs, "")?; // left behind, empty
+                    }
+                }
+                GuestKind::Qemu => {
+                    let pid = qemu_pid(g.vmid);
+                    let pidfile = self.path(&format!("{QEMU_PID_DIR}/{}.pid", g.vmid));
+                    let proc_dir = self.path(&format!("/proc/{pid}"));
+                    if running {
+                        self.write(&pidfile, &format!("{pid}\n"))?;
+                        io(&proc_dir, fs::create_dir_all(&proc_dir))?;
+                        let cmdline = proc_dir.join("cmdline");
+                        io(&cmdline, fs::write(&cmdline, qemu_cmdline(g.vmid)))?;
+                        self.write(&proc_dir.join("stat"), &format!("{pid} (kvm) S 1 {pid}\n"))?;
+                    } else {
+                        self.remove(&pidfile)?;
+                        match fs::remove_dir_all(&proc_dir) {
+                            Ok(()) => {}
+                            Err(e) if e.kind() == ErrorKind::NotFound => {}
+                            Err(e) => return Err(format!("{}: {e}", proc_dir.display())),
+                        }
+                    }
+                }
+            }
+        }
+        self.write(&self.path(PROC_NET_UNIX), &unix)
+    }
+
+    /// What pve-guests' `startall` reads of guest `g`: `onboot` and `startup` from its
+    /// configuration on this node (`/etc/pve/nodes/<node>/{qemu-server,lxc}/<vmid>.conf`),
+    /// else from `guests.json` (`order`, no `up`).
+    fn boot_settings(&self, g: &SimGuest) -> (bool, Option<u32>, Option<u32>) {
+        let sub = match g.kind {
+            GuestKind::Qemu => "qemu-server",
+            GuestKind::Lxc => "lxc",
+        };
+        let path = self.path(&format!(
+            "/etc/pve/nodes/{}/{sub}/{}.conf",
+            self.node, g.vmid
+        ));
+        match fs::read_to_string(path) {
+            Ok(text) => {
+                let c = pve::guest_conf(&text);
+                (c.onboot, c.startup.order, c.startup.up)
+            }
+            Err(_) => (g.onboot, g.order, None),
+        }
     }
 
     fn installed_kernels(&self) -> Vec<String> {
@@ -744,29 +936,78 @@ impl SimulatedExecutor {
         self.remove(&self.path("/run/reboot-required"))?;
         self.remove(&self.sim(POWERED_OFF))?;
         say(format!("booted kernel {next}, boot id {boot_id}"));
+        // A fresh boot: no process, no pid file and no cgroup of the last boot is left.
+        for dir in [LXC_CGROUP_DIR, QEMU_PID_DIR] {
+            let dir = self.path(dir);
+            match fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(format!("{}: {e}", dir.display())),
+            }
+        }
         let mut guests = self.guests()?;
-        let mut started = Vec::new();
+        if guests.is_empty() {
+            return Ok(());
+        }
+        let mut ha_started = Vec::new();
         for g in guests
             .iter_mut()
             .filter(|g| g.state != GuestState::Migrated)
         {
-            let ha_restart = g.ha && g.state == GuestState::Running;
-            g.state = if g.onboot || ha_restart {
-                started.push((g.order.unwrap_or(u32::MAX), g.sid()));
-                GuestState::Running
-            } else {
-                GuestState::Stopped
-            };
+            // HA starts its guests itself, by their requested state (`started` unless
+            // stopped through HA), not pve-guests.
+            let ha_restart = g.ha && !g.ha_stopped;
+            g.state = GuestState::Stopped;
+            if ha_restart {
+                g.state = GuestState::Running;
+                ha_started.push(g.sid());
+            }
         }
-        if !guests.is_empty() {
-            self.save_guests(&guests)?;
+        if !ha_started.is_empty() {
+            say(format!("started by HA: {}", ha_started.join(", ")));
         }
-        started.sort();
+        self.startall(&mut guests, say);
+        self.save_guests(&guests)
+    }
+
+    /// `pve-guests.service` at boot: pve-manager `PVE/API2/Nodes.pm` `startall` (through
+    /// `get_start_stop_list`): guests with `onboot` set, **HA-managed guests left out** (HA
+    /// starts those), ascending `startup: order=` (unordered last), then by VMID; a guest
+    /// already running is skipped (`check_running`), and after each start startall waits
+    /// its `up=` delay. The simulated boot is instantaneous: the order is kept, the delays
+    /// are named in the output but not waited, and every start is done before the agent's
+    /// first report of the new boot. (Not modelled: on a real node `fleetward-agent.service`
+    /// is not ordered after the oneshot `pve-guests.service`, so its first report may come
+    /// while startall still works through its `up=` delays.)
+    fn startall(&self, guests: &mut [SimGuest], say: Say) {
+        let mut list: Vec<(u32, u32, Option<u32>, usize)> = guests
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| !g.ha && g.state != GuestState::Migrated)
+            .filter_map(|(i, g)| {
+                let (onboot, order, up) = self.boot_settings(g);
+                onboot.then_some((order.unwrap_or(u32::MAX), g.vmid, up, i))
+            })
+            .collect();
+        list.sort_unstable();
+        let mut started = Vec::new();
+        for (_, _, up, i) in list {
+            let g = &mut guests[i];
+            if g.state == GuestState::Running {
+                continue;
+            }
+            g.state = GuestState::Running;
+            started.push(match up {
+                Some(s) if s > 0 => format!("{} (up={s}, not waited)", g.sid()),
+                _ => g.sid(),
+            });
+        }
         if !started.is_empty() {
-            let ids: Vec<_> = started.into_iter().map(|(_, s)| s).collect();
-            say(format!("started at boot: {}", ids.join(", ")));
+            say(format!(
+                "pve-guests startall: started {}",
+                started.join(", ")
+            ));
         }
-        Ok(())
     }
 
     /// The node was powered off (`power-off` ran and no boot since).
@@ -781,6 +1022,16 @@ impl SimulatedExecutor {
                 path: self.root.clone(),
                 message,
             })
+    }
+
+    /// The guests this node runs now (`vm:100`, `ct:200`).
+    pub fn running_guests(&self) -> Vec<String> {
+        self.guests()
+            .unwrap_or_default()
+            .iter()
+            .filter(|g| g.state == GuestState::Running)
+            .map(SimGuest::sid)
+            .collect()
     }
 
     fn power_off(&self, say: Say) -> Result<(), String> {
@@ -822,6 +1073,25 @@ impl SimulatedExecutor {
                 return self.queue_ha_request(&g, want, delay, say);
             }
         }
+        // Proxmox refuses to start a running guest and to shut down a stopped container
+        // (qemu-server `src/PVE/QemuServer.pm` `vm_start_nolock`: "VM N already running";
+        // pve-container `src/PVE/API2/LXC/Status.pm` `vm_start` / `vm_shutdown`: "CT N
+        // already running" / "CT N not running"). HA-managed guests only get a requested
+        // state, which is no error.
+        if !g.ha {
+            match (&change, g.kind, g.state) {
+                (GuestChange::Start, GuestKind::Qemu, GuestState::Running) => {
+                    return Err(format!("VM {vmid} already running"));
+                }
+                (GuestChange::Start, GuestKind::Lxc, GuestState::Running) => {
+                    return Err(format!("CT {vmid} already running"));
+                }
+                (GuestChange::Stop { .. }, GuestKind::Lxc, GuestState::Stopped) => {
+                    return Err(format!("CT {vmid} not running"));
+                }
+                _ => {}
+            }
+        }
         match change {
             GuestChange::Stop { force } => {
                 say(match (g.state, force) {
@@ -830,6 +1100,7 @@ impl SimulatedExecutor {
                     _ => format!("{sid} shut down"),
                 });
                 g.state = GuestState::Stopped;
+                g.ha_stopped = g.ha;
             }
             GuestChange::Start => {
                 say(match g.state {
@@ -837,6 +1108,7 @@ impl SimulatedExecutor {
                     _ => format!("{sid} started"),
                 });
                 g.state = GuestState::Running;
+                g.ha_stopped = false;
             }
             GuestChange::Migrate(target) => {
                 if target == self.node {
@@ -854,8 +1126,13 @@ impl SimulatedExecutor {
         valid_node_name(&self.node)?;
         action.validate()?;
         match action {
-            Action::MaintenanceOn => self.maintenance(true, say),
-            Action::MaintenanceOff => self.maintenance(false, say),
+            Action::MaintenanceOn | Action::MaintenanceOff => {
+                let on = *action == Action::MaintenanceOn;
+                match self.ha_delay {
+                    Some(delay) => self.queue_maintenance(on, delay, say),
+                    None => self.maintenance(on, say),
+                }
+            }
             Action::WaitGuestsMigrated { .. } => {
                 let left: Vec<String> = self
                     .guests()?
@@ -969,8 +1246,12 @@ impl SimulatedExecutor {
             say(format!("simulated {} on {}", req.action.name(), self.node));
             let elapsed = std::time::Duration::from_millis(now_ms().saturating_sub(started_ms));
             std::thread::sleep(self.duration.saturating_sub(elapsed));
+            let mut running_guests = Vec::new();
             let result = {
                 let _guard = SIM_FILES.lock().unwrap_or_else(|p| p.into_inner());
+                if req.action == Action::PowerOff {
+                    running_guests = self.running_guests();
+                }
                 self.apply(&req.action, &mut say)
             };
             if let Err(e) = &result {
@@ -984,6 +1265,7 @@ impl SimulatedExecutor {
                 id: req.id.clone(),
                 action: req.action.clone(),
                 ok,
+                running_guests,
             };
             if let Err(e) = self.append_log(&entry) {
                 say(format!("warning: cannot append to the action log: {e}"));
@@ -1287,6 +1569,175 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(600));
         assert_eq!(state(&exec, 100), GuestState::Stopped);
         assert_eq!(exec.ha_requests().unwrap().len(), 1);
+    }
+
+    /// Whether `inspect` on the node's root reads guest `vmid` as running.
+    fn inspected(exec: &SimulatedExecutor, vmid: u32) -> fleetward_proto::GuestState {
+        crate::inspect::inspect(&crate::root::Root::new(&exec.root))
+            .facts
+            .guests
+            .into_iter()
+            .find(|g| g.vmid == vmid)
+            .unwrap()
+            .state
+    }
+
+    #[test]
+    fn executor_sim_runtime_files_decide_running_and_lxc_cgroups_stay_behind() {
+        use fleetward_proto::GuestState as Seen;
+        let (_tmp, exec) = tiny_node();
+        // A fixture the executor never touched: guests.json decides.
+        assert!(!exec.path("/proc/1").exists());
+        assert_eq!(inspected(&exec, 200), Seen::Running);
+        exec.sync_runtime().unwrap();
+        let unix = read(&exec, "/proc/net/unix");
+        assert!(unix.contains("@/var/lib/lxc/200/command"), "{unix}");
+        assert_eq!(read(&exec, "/run/qemu-server/100.pid"), "100100\n");
+        assert_eq!(inspected(&exec, 100), Seen::Running);
+        assert_eq!(inspected(&exec, 200), Seen::Running);
+
+        let stop = Action::GuestStop {
+            vmid: 200,
+            kind: GuestKind::Lxc,
+            timeout_secs: 60,
+            force: false,
+        };
+        assert!(run(&exec, "s", stop).ok);
+        // The socket is gone; the cgroup stays behind (empty), and does not count.
+        assert!(!read(&exec, "/proc/net/unix").contains("/200/command"));
+        assert!(exec.path("/sys/fs/cgroup/lxc/200").is_dir());
+        assert_eq!(read(&exec, "/sys/fs/cgroup/lxc/200/cgroup.procs"), "");
+        assert_eq!(inspected(&exec, 200), Seen::Stopped);
+        // Even guests.json claiming otherwise (a stale model) does not make it run: the
+        // inspector reads the runtime files.
+        let text = read(&exec, "/var/lib/fleetward-sim/guests.json");
+        fs::write(exec.sim(GUESTS), text.replace("\"stopped\"", "\"running\"")).unwrap();
+        assert_eq!(inspected(&exec, 200), Seen::Stopped);
+        fs::write(exec.sim(GUESTS), text).unwrap();
+
+        // A stopped VM: no pid file, no process.
+        let stop_vm = Action::GuestStop {
+            vmid: 100,
+            kind: GuestKind::Qemu,
+            timeout_secs: 60,
+            force: false,
+        };
+        assert!(run(&exec, "s2", stop_vm).ok);
+        assert!(!exec.path("/run/qemu-server/100.pid").exists());
+        assert!(!exec.path("/proc/100100").exists());
+        assert_eq!(inspected(&exec, 100), Seen::Stopped);
+
+        // A new boot has no cgroup of the last one; the non-onboot container stays stopped,
+        // and the HA guest stopped through HA stays stopped.
+        assert!(run(&exec, "r", Action::Reboot).ok);
+        assert!(!exec.path("/sys/fs/cgroup/lxc/200").exists());
+        assert_eq!(inspected(&exec, 200), Seen::Stopped);
+        assert_eq!(inspected(&exec, 100), Seen::Stopped);
+        let start = Action::GuestStart {
+            vmid: 200,
+            kind: GuestKind::Lxc,
+        };
+        assert!(run(&exec, "st", start.clone()).ok);
+        assert!(exec.path("/sys/fs/cgroup/lxc/200").is_dir());
+        assert_eq!(inspected(&exec, 200), Seen::Running);
+        // As Proxmox: a second start fails, and so does shutting down a stopped container.
+        let again = run(&exec, "st2", start);
+        assert!(
+            !again.ok && again.output.contains("CT 200 already running"),
+            "{again:?}"
+        );
+        let stop = Action::GuestStop {
+            vmid: 200,
+            kind: GuestKind::Lxc,
+            timeout_secs: 60,
+            force: false,
+        };
+        assert!(run(&exec, "s3", stop.clone()).ok);
+        let again = run(&exec, "s4", stop);
+        assert!(
+            !again.ok && again.output.contains("CT 200 not running"),
+            "{again:?}"
+        );
+    }
+
+    #[test]
+    fn executor_sim_power_off_names_the_guests_it_found_running() {
+        let (_tmp, exec) = tiny_node();
+        assert!(run(&exec, "p", Action::PowerOff).ok);
+        let log = read_log(&exec.log).unwrap();
+        assert_eq!(log[0].running_guests, ["vm:100", "ct:200"]);
+        exec.power_on().unwrap();
+        // HA restarts its guest (requested state started); 200 is not onboot.
+        assert_eq!(exec.running_guests(), ["vm:100"]);
+    }
+
+    #[test]
+    fn executor_sim_pve_guests_starts_onboot_guests_by_order_without_ha_ones() {
+        let (_tmp, exec) = tiny_node();
+        fs::write(
+            exec.sim(GUESTS),
+            r#"[{"vmid": 100, "kind": "qemu", "state": "running", "onboot": true, "order": 1, "ha": true, "ha_stopped": true},
+                {"vmid": 101, "kind": "qemu", "state": "running", "onboot": false},
+                {"vmid": 102, "kind": "qemu", "state": "stopped", "onboot": true, "order": 5},
+                {"vmid": 200, "kind": "lxc", "state": "running", "onboot": false},
+                {"vmid": 201, "kind": "lxc", "state": "stopped", "onboot": false}]"#,
+        )
+        .unwrap();
+        // 101's configuration says onboot with order 2 and an up delay: it wins over
+        // guests.json, as startall reads the configuration.
+        let conf = exec.path("/etc/pve/nodes/pve-01/qemu-server/101.conf");
+        fs::create_dir_all(conf.parent().unwrap()).unwrap();
+        fs::write(&conf, "onboot: 1\nstartup: up=30,order=2\n").unwrap();
+        let ct = exec.path("/etc/pve/nodes/pve-01/lxc/201.conf");
+        fs::create_dir_all(ct.parent().unwrap()).unwrap();
+        fs::write(&ct, "onboot: 1\nstartup: 1\n").unwrap();
+        let o = run(&exec, "r", Action::Reboot);
+        assert!(o.ok, "{o:?}");
+        assert!(
+            o.output.contains(
+                "pve-guests startall: started ct:201, vm:101 (up=30, not waited), vm:102"
+            ),
+            "{}",
+            o.output
+        );
+        let running = exec.running_guests();
+        assert_eq!(
+            running,
+            ["vm:101", "vm:102", "ct:201"],
+            "HA's 100 stays stopped"
+        );
+    }
+
+    #[test]
+    fn executor_sim_node_maintenance_takes_effect_later_or_never() {
+        let (_tmp, exec) = tiny_node();
+        let exec = exec.with_ha_delay(std::time::Duration::from_millis(200));
+        let o = run(&exec, "m", Action::MaintenanceOn);
+        assert!(o.ok && o.output.contains("queued"), "{o:?}");
+        assert!(!exec.sim(MAINTENANCE).exists(), "exit 0 before the effect");
+        eventually("maintenance applied", || exec.sim(MAINTENANCE).exists());
+        eventually("vm:100 left", || {
+            exec.guests().unwrap()[0].state == GuestState::Migrated
+        });
+        assert!(run(&exec, "m2", Action::MaintenanceOff).ok);
+        eventually("maintenance cleared", || !exec.sim(MAINTENANCE).exists());
+        eventually("vm:100 back", || {
+            exec.guests().unwrap()[0].state == GuestState::Running
+        });
+        // Disarmed HA ignores enabling maintenance: consumed, no effect.
+        assert!(run(&exec, "d", Action::HaDisarm).ok);
+        assert!(run(&exec, "m3", Action::MaintenanceOn).ok);
+        eventually("command consumed", || {
+            exec.ha_requests().unwrap().is_empty()
+        });
+        assert!(!exec.sim(MAINTENANCE).exists());
+        assert!(run(&exec, "a", Action::HaArm).ok);
+        // A CRM that ignores requests: queued for ever.
+        fs::write(exec.sim(HA_CRM_IGNORES), "").unwrap();
+        assert!(run(&exec, "m4", Action::MaintenanceOn).ok);
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        assert!(!exec.sim(MAINTENANCE).exists());
+        assert_eq!(exec.ha_requests().unwrap()[0].maintenance, Some(true));
     }
 
     #[test]

@@ -170,6 +170,8 @@ pub fn open_executor_with(
                 info!(root = %sim.root.display(), "simulated node was powered off: powering it on");
                 sim.power_on()?;
             }
+            // The node's runtime files (sockets, pid files, cgroups) follow guests.json.
+            sim.sync_runtime()?;
             Box::new(sim)
         }
         None => match observe_only_reason(opts) {
