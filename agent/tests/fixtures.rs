@@ -352,7 +352,10 @@ fn guests_on_a_real_node() {
     // ct:201 is `state ignored`: HA does not manage it.
     let ct = facts.guests.iter().find(|g| g.vmid == 201).unwrap();
     assert!(!ct.ha && ct.ha_ignored);
-    assert!(facts.guests.iter().any(|g| g.vmid == 100 && g.ha && !g.ha_ignored));
+    assert!(facts
+        .guests
+        .iter()
+        .any(|g| g.vmid == 100 && g.ha && !g.ha_ignored));
     assert_eq!(facts.ha.resources, 5);
     assert_eq!(facts.ha.shutdown_policy.as_deref(), Some("migrate"));
     assert!(facts.unreadable.is_empty(), "{:?}", facts.unreadable);

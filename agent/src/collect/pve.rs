@@ -354,7 +354,10 @@ fn simulated_lrm_watchdog(r: &mut Reader) -> Option<bool> {
         "active" => Some(true),
         "released" => Some(false),
         other => {
-            r.unreadable(&path, format!("`{other}` is neither `active` nor `released`"));
+            r.unreadable(
+                &path,
+                format!("`{other}` is neither `active` nor `released`"),
+            );
             None
         }
     }

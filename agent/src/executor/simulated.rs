@@ -1367,7 +1367,9 @@ mod tests {
         let o = run(&exec, "d2", Action::HaDisarm);
         assert!(o.ok && o.output.contains("next round"), "{}", o.output);
         assert_eq!(watchdog(), Some(true));
-        eventually("the LRM released its watchdog", || watchdog() == Some(false));
+        eventually("the LRM released its watchdog", || {
+            watchdog() == Some(false)
+        });
         // Re-armed before the round: the watchdog stays held.
         assert!(run(&exec, "a2", Action::HaArm).ok);
         assert!(run(&exec, "d3", Action::HaDisarm).ok);

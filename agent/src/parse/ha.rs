@@ -240,7 +240,11 @@ mod tests {
         // pve-01: vm:100 frozen (not active), vm:102 migrating away (active on both ends).
         assert_eq!(ms.active_services("pve-01"), 1);
         assert_eq!(ms.active_services("pve-02"), 0, "error is not active");
-        assert_eq!(ms.active_services("pve-03"), 2, "started here, and a migration target");
+        assert_eq!(
+            ms.active_services("pve-03"),
+            2,
+            "started here, and a migration target"
+        );
     }
 
     fn lrm(state: &str, t: u64) -> LrmStatus {
@@ -268,8 +272,14 @@ mod tests {
             "the watchdog stays open and expires"
         );
         let m = lrm("maintenance", t);
-        assert_eq!(lrm_holds_watchdog(&m, Some(&ms), "pve-03", None), Some(true));
-        assert_eq!(lrm_holds_watchdog(&m, Some(&ms), "pve-02", None), Some(false));
+        assert_eq!(
+            lrm_holds_watchdog(&m, Some(&ms), "pve-03", None),
+            Some(true)
+        );
+        assert_eq!(
+            lrm_holds_watchdog(&m, Some(&ms), "pve-02", None),
+            Some(false)
+        );
         assert_eq!(lrm_holds_watchdog(&m, None, "pve-02", None), None);
         assert_eq!(
             lrm_holds_watchdog(&lrm("startup", t), None, "pve-01", None),

@@ -164,8 +164,7 @@ pub fn ha_resources(text: &str) -> HaResources {
         if raw.starts_with([' ', '\t']) {
             // A property of the current section: `state ignored` is the one read.
             let mut kv = raw.split_whitespace();
-            if let (Some(vmid), Some("state"), Some("ignored")) = (current, kv.next(), kv.next())
-            {
+            if let (Some(vmid), Some("state"), Some("ignored")) = (current, kv.next(), kv.next()) {
                 if !r.ignored.contains(&vmid) {
                     r.ignored.push(vmid);
                 }
