@@ -87,6 +87,8 @@
 //!    `PowerOff` is emitted at a time ≤ the deadline.
 //! 5. `Recovered` re-emits only keys already emitted; a (node, step) gets a new key only
 //!    after its previous key failed explicitly.
+//! 6. The first `PowerOff` is emitted only when no online node of the tiers reports its HA
+//!    resource manager holding its watchdog, unless the wait's bound passed.
 
 mod machine;
 mod plan;
