@@ -181,6 +181,7 @@ fn gate(g: Gate) -> api::RolloutGate {
         Gate::UnknownState => W::UnknownState,
         Gate::ObserveOnly => W::ObserveOnly,
         Gate::Preempted => W::Preempted,
+        Gate::HaResourceError => W::HaResourceError,
     }
 }
 
