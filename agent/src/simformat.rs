@@ -17,6 +17,7 @@
 //! | [`ESP_SYNCED`] | JSON list of the kernels the last successful boot-refresh put on the ESPs |
 //! | [`HA_REQUESTS`] | HA requests queued for the cluster manager and not yet applied ([`HaRequest`] list) |
 //! | [`HA_CRM_IGNORES`] | if present, the simulated HA manager ignores every request |
+//! | [`LRM_WATCHDOG`] | this node's HA resource manager (LRM) and its watchdog: `active` (held) or `released`; absent: not modelled (unknown) |
 //!
 //! Besides these, the simulated executor keeps the node's **runtime files** where a real
 //! node has them, so `collect` decides whether a guest runs from the same sources as on a
@@ -65,6 +66,11 @@ pub const ESP_SYNCED: &str = "esp-synced";
 pub const HA_REQUESTS: &str = "ha-requests.json";
 /// Marker: the simulated HA manager ignores requests.
 pub const HA_CRM_IGNORES: &str = "ha-crm-ignores";
+/// This node's simulated LRM watchdog: `active` (held) or `released`. Fixtures write
+/// `active` where an LRM holds its watchdog; `ha-disarm` and `maintenance-on` release it one
+/// HA round later, `ha-arm` and `maintenance-off` take it again (pve-ha-manager
+/// `src/PVE/HA/LRM.pm` `work`).
+pub const LRM_WATCHDOG: &str = "lrm-watchdog";
 /// Free space of the file systems a fixture claims (`<path> <bytes>` per line): a fixture
 /// root has no file system of its own to ask.
 pub const FREE_SPACE: &str = "free-space";

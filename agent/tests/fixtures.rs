@@ -344,7 +344,18 @@ fn guests_on_a_real_node() {
     assert_eq!(ceph.osds_here, [0, 1]);
     assert_eq!((ceph.noout, ceph.healthy), (None, None));
     assert_eq!(facts.ha.maintenance, Some(true));
-    assert_eq!(facts.ha.disarmed, None);
+    // manager_status: `disarm.state` is `disarmed`; vm:101 failed (`error`); pve-01's LRM
+    // went back to `wait_for_agent_lock` in mode `disarm`: its watchdog is released.
+    assert_eq!(facts.ha.disarmed, Some(true));
+    assert_eq!(facts.ha.error_resources, ["vm:101"]);
+    assert_eq!(facts.ha.lrm_watchdog, Some(false));
+    // ct:201 is `state ignored`: HA does not manage it.
+    let ct = facts.guests.iter().find(|g| g.vmid == 201).unwrap();
+    assert!(!ct.ha && ct.ha_ignored);
+    assert!(facts
+        .guests
+        .iter()
+        .any(|g| g.vmid == 100 && g.ha && !g.ha_ignored));
     assert_eq!(facts.ha.resources, 5);
     assert_eq!(facts.ha.shutdown_policy.as_deref(), Some("migrate"));
     assert!(facts.unreadable.is_empty(), "{:?}", facts.unreadable);

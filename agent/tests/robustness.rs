@@ -425,6 +425,12 @@ fn never_in_a_fixture(node: &str) -> Option<&'static str> {
              proxmox-kernel-helper.list (garbled here) and the foreign owner's list",
         );
     }
+    if node.starts_with("/etc/pve/nodes/") && node.ends_with("/lrm_status") {
+        return Some(
+            "each node reads its own LRM status: the same read and parser as pve-01's \
+             (garbled in the guests-real-node scenario)",
+        );
+    }
     if node.starts_with("/dev/disk/by-uuid/") {
         return Some(
             "an ESP listed without a device (boot.esp-uuid-missing): its absence is that \

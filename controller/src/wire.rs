@@ -96,6 +96,7 @@ fn stage_from_wire(s: &api::ShutdownStage) -> Option<Stage> {
         K::StopGuests => Stage::StopGuests { group: index },
         K::DisarmHa => Stage::DisarmHa,
         K::SetNoout => Stage::SetNoout,
+        K::AwaitWatchdogs => Stage::AwaitWatchdogs,
         K::PowerOff => Stage::PowerOff { tier: index },
         K::Down => Stage::Down,
         K::AwaitNodes => Stage::AwaitNodes,
@@ -180,6 +181,7 @@ fn gate(g: Gate) -> api::RolloutGate {
         Gate::UnknownState => W::UnknownState,
         Gate::ObserveOnly => W::ObserveOnly,
         Gate::Preempted => W::Preempted,
+        Gate::HaResourceError => W::HaResourceError,
     }
 }
 
@@ -376,6 +378,7 @@ pub fn stage(s: Stage) -> api::ShutdownStage {
         Stage::StopGuests { group } => (K::StopGuests, group),
         Stage::DisarmHa => (K::DisarmHa, 0),
         Stage::SetNoout => (K::SetNoout, 0),
+        Stage::AwaitWatchdogs => (K::AwaitWatchdogs, 0),
         Stage::PowerOff { tier } => (K::PowerOff, tier),
         Stage::Down => (K::Down, 0),
         Stage::AwaitNodes => (K::AwaitNodes, 0),
@@ -603,6 +606,10 @@ pub fn shutdown_event(e: &OpEvent) -> api::ShutdownEvent {
             out.vmids = vmids;
             K::GuestsNotStarted
         }
+        N::WatchdogsUnobservable { nodes } => {
+            out.nodes = nodes;
+            K::WatchdogsUnobservable
+        }
         N::Finished => K::Finished,
         N::Preempted { detail } => {
             out.reason = detail;
@@ -736,6 +743,9 @@ mod tests {
             N::Finished,
             N::Preempted {
                 detail: "rollout-1".into(),
+            },
+            N::WatchdogsUnobservable {
+                nodes: vec!["pve2".into()],
             },
         ];
         let mut kinds = std::collections::BTreeSet::new();

@@ -191,7 +191,9 @@ pub struct GuestFacts {
     /// `startup: down=S`: shutdown timeout in seconds.
     #[serde(default)]
     pub down: Option<u32>,
-    /// Listed in `/etc/pve/ha/resources.cfg` (`vm: VMID` / `ct: VMID`).
+    /// Managed by HA: listed in `/etc/pve/ha/resources.cfg` (`vm: VMID` / `ct: VMID`) with
+    /// a requested state other than `ignored` (an ignored resource behaves as if HA did not
+    /// manage it: see `ha_ignored`).
     #[serde(default)]
     pub ha: bool,
     #[serde(default)]
@@ -204,6 +206,11 @@ pub struct GuestFacts {
     /// `None` when the guest is known only from the simulation's `guests.json`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<String>,
+    /// An HA resource whose requested state is `ignored` (`state ignored`): HA will not
+    /// move, stop or start it (pve-ha-manager `src/PVE/HA/Config.pm`
+    /// `service_check_ha_state`), so it counts as a non-HA guest (`ha` is false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ha_ignored: bool,
 }
 
 /// Whether a guest runs.
@@ -249,6 +256,15 @@ pub struct HaFacts {
     /// then uses `conditional`).
     #[serde(default)]
     pub shutdown_policy: Option<String>,
+    /// This node's local resource manager (LRM) still holds its watchdog, from
+    /// `/etc/pve/nodes/<node>/lrm_status` (and `manager_status` for the node's active
+    /// services in maintenance); `None` when not known (no or no current status).
+    #[serde(default)]
+    pub lrm_watchdog: Option<bool>,
+    /// HA resources in state `error` on this node (`manager_status`'s
+    /// `service_status.<sid>.state`), e.g. `vm:101`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub error_resources: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -733,3 +733,62 @@ fn start_with_fresh_lists_leaves_out_nodes_with_nothing_to_do() {
         1
     );
 }
+
+/// pve-01's HA manager holds vm:101 in state `error` and vm:100 is `state ignored`
+/// (issue 13): the plan lists vm:100 as a non-HA guest HA will not move, and the rollout
+/// halts at pve-01's wait for migration naming vm:101 (HA would never move it; the reboot
+/// would stop it unannounced). Nothing is upgraded.
+#[test]
+fn an_ha_resource_in_error_halts_at_the_wait_and_an_ignored_one_is_planned_as_non_ha() {
+    let c = controller();
+    let dir = support::fixtures_dir().join("seed/pve-01");
+    let (root, state) = Agent::enroll_fixture(&c, "pve-01", &dir);
+    let p = |rel: &str| root.path().join(rel);
+    let sim = p("var/lib/fleetward-sim");
+    std::fs::write(sim.join("pending.json"), pending()).unwrap();
+    let resources = std::fs::read_to_string(p("etc/pve/ha/resources.cfg"))
+        .unwrap()
+        .replacen("vm: 100\n\tstate started", "vm: 100\n\tstate ignored", 1);
+    assert!(resources.contains("state ignored"));
+    std::fs::write(p("etc/pve/ha/resources.cfg"), resources).unwrap();
+    std::fs::write(
+        p("etc/pve/ha/manager_status"),
+        r#"{"master_node":"pve-02","node_status":{"pve-01":"online","pve-02":"online",
+            "pve-03":"online"},"service_status":{"vm:101":{"node":"pve-01","state":"error",
+            "uid":"x"}},"timestamp":1764100000}"#,
+    )
+    .unwrap();
+    let one = Agent::run_with(
+        "pve-01",
+        root,
+        state,
+        AgentRun::default().sim_reboot_secs(0.3),
+    );
+    let _others = [node(&c, "pve-02", 0.3), node(&c, "pve-03", 0.3)];
+    wait_online(&c, &NODES);
+    let plan = c.cli_json(&["rollout", "plan", "--nodes", "pve-01"]);
+    let text = plan.to_string();
+
+    assert!(
+        text.contains("non-HA (HA resource in state ignored: HA will not move it)"),
+        "{plan:#}"
+    );
+    start(&c, &["--nodes", "pve-01"]);
+    let s = wait_settled(&c, Duration::from_secs(30));
+    assert_eq!(
+        halted(&s),
+        ("pve-01".into(), "ha-resource-error".into()),
+        "{s:#}"
+    );
+    let reason = s["rollout"]["halt"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("vm:101") && reason.contains("state error"),
+        "{reason}"
+    );
+    assert_eq!(
+        count(&one, |x| *x == Action::AptUpdate),
+        0,
+        "nothing upgraded"
+    );
+    assert_eq!(count(&one, |x| *x == Action::MaintenanceOn), 1);
+}

@@ -1117,3 +1117,78 @@ fn ignored_ha_stops_move_on_at_the_bound_with_the_reason_in_status() {
     assert_no_power_off_over_running_guests(&log);
     assert!(cl.guests("pve-02").iter().all(|g| g["state"] != "running"));
 }
+
+/// The HA resource managers release their watchdogs asynchronously after `disarm-ha`
+/// (issue 13): pve-01's LRM (the node that gets the disarm) releases it one HA round after
+/// the disarm exits 0, and the first power-off waits for that; pve-04's LRM never sees the
+/// disarm (the simulation has no shared `/etc/pve`) and keeps its watchdog, so the wait moves
+/// on at its bound naming pve-04; the nodes that do not model an LRM are named as not
+/// observable.
+#[test]
+fn the_first_power_off_waits_for_the_lrm_watchdogs() {
+    let delay_ms = 1000;
+    let config = format!("{TIERS}\naction_ms = 2000\ntier_wait_ms = 10000\n");
+    let mut cl = Cluster::start_run(
+        &[HOST],
+        &config,
+        |n, root| {
+            if n == "pve-01" || n == "pve-04" {
+                std::fs::write(root.join("var/lib/fleetward-sim/lrm-watchdog"), "active\n")
+                    .unwrap();
+            }
+        },
+        AgentRun::default().sim_ha_delay_secs(delay_ms as f64 / 1000.0),
+    );
+    let plan = cl.plan(&[]);
+    assert_eq!(
+        plan["plan"]["ha"]["nodes"],
+        serde_json::json!(["pve-01"]),
+        "{plan}"
+    );
+    let text = cl.c.cli(&["shutdown", "plan"]);
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains("release its watchdog"),
+        "{text:?}"
+    );
+    cl.c.cli_json(&["shutdown", "start", "--yes"]);
+    let st = cl.wait_stage("down");
+    let ev = events(&st);
+    let moved: Vec<&Value> = ev.iter().filter(|e| e["event"] == "moved-on").collect();
+    assert_eq!(moved.len(), 1, "{ev:?}");
+    assert_eq!(moved[0]["stage"]["stage"], "await-watchdogs", "{ev:?}");
+    assert_eq!(
+        moved[0]["reason"], "pve-04: HA resource manager still holds its watchdog",
+        "{ev:?}"
+    );
+    let unobservable: Vec<&Value> = ev
+        .iter()
+        .filter(|e| e["event"] == "watchdogs-unobservable")
+        .collect();
+    assert_eq!(unobservable.len(), 1, "{ev:?}");
+    assert_eq!(
+        unobservable[0]["nodes"],
+        serde_json::json!(["pve-05", "pve-02", "pve-03"]),
+        "{ev:?}"
+    );
+    cl.wait_exited(&NODES);
+    assert_eq!(
+        cl.read("pve-01", "/var/lib/fleetward-sim/lrm-watchdog")
+            .as_deref(),
+        Some("released\n")
+    );
+    let log = cl.logs();
+    let disarm = log
+        .iter()
+        .find(|e| e.action == Action::HaDisarm)
+        .expect("ha-disarm ran");
+    let first_off = log
+        .iter()
+        .find(|e| e.action == Action::PowerOff)
+        .expect("a power-off");
+    // Not before pve-01's release (one HA round) nor before the wait's bound (pve-04).
+    assert!(
+        first_off.started_ms >= disarm.finished_ms + 2000,
+        "first power-off {} ms after the disarm",
+        first_off.started_ms - disarm.finished_ms
+    );
+}

@@ -26,17 +26,22 @@
 //!   disarm (`ha-disarmed`); on a real node these stay unknown unless a file says so.
 //! - Ceph: `/etc/pve/ceph.conf` (`[mon.<hostname>]`, `mon_host`), OSD directories
 //!   `/var/lib/ceph/osd/ceph-<id>` (only their existence is read).
-//! - HA: `/etc/pve/ha/resources.cfg`, `/etc/pve/datacenter.cfg` (`ha: shutdown_policy=`),
-//!   `/etc/pve/ha/manager_status` (`node_status.<node> == "maintenance"`).
+//! - HA: `/etc/pve/ha/resources.cfg` (`state ignored` resources count as not HA-managed),
+//!   `/etc/pve/datacenter.cfg` (`ha: shutdown_policy=`), `/etc/pve/ha/manager_status`
+//!   (`node_status.<node> == "maintenance"`, `disarm.state == "disarmed"`, services in
+//!   state `error` on this node), `/etc/pve/nodes/<node>/lrm_status` (whether this node's
+//!   LRM holds its watchdog; `parse::ha` names the upstream functions). On a simulated
+//!   node the marker `lrm-watchdog` (`active`/`released`) gives the LRM's watchdog when it
+//!   exists.
 //!
 //! A line that cannot be parsed is an unreadable fact with its file and line; the rest of
 //! the file still counts.
 
 use super::{Input, Reader};
-use crate::parse::{pve, running};
+use crate::parse::{ha, pve, running};
 use crate::simformat::{
-    sim_path, GuestState as SimState, CEPH_NOOUT, CEPH_UNHEALTHY, GUESTS, HA_DISARMED, MAINTENANCE,
-    SIM_DIR,
+    sim_path, GuestState as SimState, CEPH_NOOUT, CEPH_UNHEALTHY, GUESTS, HA_DISARMED,
+    LRM_WATCHDOG, MAINTENANCE, SIM_DIR,
 };
 use fleetward_proto::action::GuestKind;
 use fleetward_proto::{
@@ -129,10 +134,11 @@ fn guests(
                         order: conf.startup.order,
                         up: conf.startup.up,
                         down: conf.startup.down,
-                        ha: resources.contains(vmid),
+                        ha: resources.manages(vmid),
                         state,
                         location: None,
                         config: Some(path),
+                        ha_ignored: resources.is_ignored(vmid),
                     },
                 );
             }
@@ -179,10 +185,11 @@ fn simulated_guests(
             order: g.order,
             up: None,
             down: None,
-            ha: g.ha || resources.contains(g.vmid),
+            ha: (g.ha || resources.contains(g.vmid)) && !resources.is_ignored(g.vmid),
             state,
             location: None,
             config: None,
+            ha_ignored: resources.is_ignored(g.vmid),
         });
         facts.state = state;
         facts.location = g.location;
@@ -305,24 +312,84 @@ fn ceph(r: &mut Reader, host: Option<&str>, addresses: &[&str], sim: bool) -> Op
 
 fn ha(r: &mut Reader, host: Option<&str>, sim: bool, resources: &pve::HaResources) -> HaFacts {
     let shutdown_policy = r.text(DATACENTER).and_then(|t| pve::shutdown_policy(&t));
+    let status_text = r.text(MANAGER_STATUS);
+    let manager = status_text
+        .as_deref()
+        .and_then(|text| match ha::manager_status(text) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                r.unreadable(MANAGER_STATUS, e);
+                None
+            }
+        });
     let maintenance = if sim {
         Some(marker(r, MAINTENANCE))
     } else {
-        match (host, r.text(MANAGER_STATUS)) {
-            (Some(h), Some(text)) => match pve::manager_status_maintenance(&text, h) {
-                Ok(m) => m,
-                Err(e) => {
-                    r.unreadable(MANAGER_STATUS, e);
-                    None
-                }
-            },
+        match (host, manager.as_ref()) {
+            (Some(h), Some(m)) => m.node_status.get(h).map(|s| s == "maintenance"),
             _ => None,
         }
     };
+    let disarmed = if sim {
+        Some(marker(r, HA_DISARMED))
+    } else {
+        manager.as_ref().and_then(ha::ManagerStatus::disarmed)
+    };
+    let error_resources = match (host, manager.as_ref()) {
+        (Some(h), Some(m)) => m.error_services(h),
+        _ => Vec::new(),
+    };
+    let lrm_watchdog = match (sim, simulated_lrm_watchdog(r)) {
+        (true, Some(held)) => Some(held),
+        _ => host.and_then(|h| lrm_watchdog(r, h, manager.as_ref())),
+    };
     HaFacts {
         maintenance,
-        disarmed: sim.then(|| marker(r, HA_DISARMED)),
+        disarmed,
         resources: u32::try_from(resources.sids.len()).unwrap_or(u32::MAX),
         shutdown_policy,
+        lrm_watchdog,
+        error_resources,
     }
+}
+
+/// The simulated LRM's watchdog ([`LRM_WATCHDOG`]: `active` holds it, `released` does not);
+/// `None` without the file.
+fn simulated_lrm_watchdog(r: &mut Reader) -> Option<bool> {
+    let path = sim_path(LRM_WATCHDOG);
+    if !r.root.exists(&path) {
+        return None;
+    }
+    match r.text(&path)?.trim() {
+        "active" => Some(true),
+        "released" => Some(false),
+        other => {
+            r.unreadable(
+                &path,
+                format!("`{other}` is neither `active` nor `released`"),
+            );
+            None
+        }
+    }
+}
+
+/// Whether this node's LRM holds its watchdog, from its `lrm_status` (`parse::ha`). On the
+/// live system the status must be current (`parse::ha::STALE_SECS`); a fixture tree is a
+/// snapshot and is taken as it is.
+fn lrm_watchdog(r: &mut Reader, host: &str, manager: Option<&ha::ManagerStatus>) -> Option<bool> {
+    let path = format!("/etc/pve/nodes/{host}/lrm_status");
+    let text = r.text(&path)?;
+    let lrm = match ha::lrm_status(&text) {
+        Ok(l) => l,
+        Err(e) => {
+            r.unreadable(&path, e);
+            return None;
+        }
+    };
+    let now = r.root.is_host().then(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    });
+    ha::lrm_holds_watchdog(&lrm, manager, host, now)
 }

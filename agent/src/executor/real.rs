@@ -128,6 +128,24 @@ pub fn ha_services_on(status: &str, node: &str) -> Vec<String> {
         .collect()
 }
 
+/// HA services in `ha-manager status` output in state `error` on `node`: HA neither moves
+/// nor stops a failed resource (pve-ha-manager `src/PVE/HA/Manager.pm`, the `error` state
+/// is left only by an operator), so waiting for it to leave is pointless.
+pub fn ha_services_in_error(status: &str, node: &str) -> Vec<String> {
+    status
+        .lines()
+        .filter_map(|line| {
+            let rest = line.trim().strip_prefix("service ")?;
+            let (sid, rest) = rest.trim().split_once(' ')?;
+            let inner = rest.trim().strip_prefix('(')?.strip_suffix(')')?;
+            let mut parts = inner.split(',').map(str::trim);
+            let on = parts.next()?;
+            let state = parts.next().unwrap_or("");
+            (on == node && state == "error").then(|| sid.to_owned())
+        })
+        .collect()
+}
+
 /// The real executor for node `node`.
 pub struct RealExecutor<R: CommandRunner> {
     pub node: String,
@@ -403,6 +421,18 @@ impl<R: CommandRunner> RealExecutor<R> {
                 &mut |_| {},
             );
             let waiting = if r.success() {
+                let failed = ha_services_in_error(&r.output, &self.node);
+                if !failed.is_empty() {
+                    say(
+                        format!(
+                            "HA resource(s) in state error on {}: {} (HA will not move them)",
+                            self.node,
+                            failed.join(", ")
+                        ),
+                        out,
+                    );
+                    return ActionOutcome::new(&req.id, false, log.finish(), None);
+                }
                 let left = ha_services_on(&r.output, &self.node);
                 if left.is_empty() {
                     say(format!("no HA service left on {}", self.node), out);
@@ -784,13 +814,16 @@ mod tests {
         service ct:200 (pve-01, stopped)\n\
         service vm:100 (pve-01, migrate)\n\
         service vm:101 (pve-02, started)\n\
-        service vm:1010 (pve-010, started)\n";
+        service vm:1010 (pve-010, started)\n\
+        service vm:102 (pve-02, error)\n";
 
     #[test]
     fn executor_real_ha_status_parse() {
         assert_eq!(ha_services_on(HA_BUSY, "pve-01"), ["vm:100"]);
         assert_eq!(ha_services_on(HA_BUSY, "pve-02"), ["vm:101"]);
         assert!(ha_services_on(HA_BUSY, "pve-03").is_empty());
+        assert_eq!(ha_services_in_error(HA_BUSY, "pve-02"), ["vm:102"]);
+        assert!(ha_services_in_error(HA_BUSY, "pve-01").is_empty());
         assert!(ha_services_on("service (\nservice x\n(((", "pve-01").is_empty());
     }
 
@@ -824,6 +857,21 @@ mod tests {
             &mut |_| {},
         );
         assert!(!o.ok && o.output.contains("timed out"), "{o:?}");
+        assert_eq!(exec.runner.take_calls().len(), 1);
+    }
+
+    /// A resource in HA state `error` on the node fails the wait at once, naming it.
+    #[test]
+    fn executor_real_wait_fails_on_an_ha_resource_in_error() {
+        let mut exec = RealExecutor::new("pve-02", RecordingRunner::new());
+        exec.poll_interval = Duration::ZERO;
+        exec.runner.script([RunResult::exited(0, HA_BUSY)]);
+        let o = exec.execute(
+            &req(Action::WaitGuestsMigrated { timeout_secs: 600 }),
+            &mut |_| {},
+        );
+        assert!(!o.ok && o.output.contains("vm:102"), "{o:?}");
+        assert!(o.output.contains("state error"), "{o:?}");
         assert_eq!(exec.runner.take_calls().len(), 1);
     }
 

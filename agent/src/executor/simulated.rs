@@ -67,7 +67,13 @@
 //!   in `check_running` and `src/lxc-pve-prestart-hook`: cgroups are often left over, so
 //!   `check_running` asks the command socket). `collect` then decides from those files
 //!   (`parse::running`), not from `guests.json`.
-//! - **ceph-set/unset-noout**, **ha-disarm/arm**: the marker files.
+//! - **ceph-set/unset-noout**, **ha-disarm/arm**: the marker files. Where a fixture models
+//!   the node's HA resource manager ([`LRM_WATCHDOG`] exists), `ha-disarm` has it release
+//!   its watchdog one HA delay later (at once without a delay), if HA is still disarmed
+//!   then, and `ha-arm` has it take the watchdog again (pve-ha-manager
+//!   `src/PVE/HA/LRM.pm` `work`: the LRM gives up its watchdog asynchronously, on its own
+//!   round after it sees the disarm). The simulated cluster has no shared `/etc/pve`: only
+//!   the node that received `ha-disarm` sees it, so only its LRM releases.
 //! - **guest-stop/start/migrate**: `guests.json` (`migrated` with `location: TARGET`). As
 //!   Proxmox, starting a running non-HA guest fails ("VM N already running", qemu-server
 //!   `src/PVE/QemuServer.pm` `vm_start_nolock`; "CT N already running", pve-container
@@ -113,9 +119,9 @@ use super::{unit, Simulation};
 use crate::parse::{apt_sim, boot_tool::DEFAULT_ESP_LIST as ESP_LIST, control, pve, version};
 use crate::simformat::{
     qemu_cmdline, qemu_pid, GuestState, HaRequest, Pending, SimGuest, SimUnit, CEPH_NOOUT,
-    ESP_SYNCED, GUESTS, HA_CRM_IGNORES, HA_DISARMED, HA_REQUESTS, LXC_CGROUP_DIR, MAINTENANCE,
-    PENDING, POWERED_OFF, PROC_NET_UNIX, PROC_NET_UNIX_HEADER, QEMU_PID_DIR, REFRESH_FAILS,
-    SIM_DIR, SIM_LISTS_FILE, UNITS,
+    ESP_SYNCED, GUESTS, HA_CRM_IGNORES, HA_DISARMED, HA_REQUESTS, LRM_WATCHDOG, LXC_CGROUP_DIR,
+    MAINTENANCE, PENDING, POWERED_OFF, PROC_NET_UNIX, PROC_NET_UNIX_HEADER, QEMU_PID_DIR,
+    REFRESH_FAILS, SIM_DIR, SIM_LISTS_FILE, UNITS,
 };
 use fleetward_proto::{Removal, Upgrade};
 use serde::{Deserialize, Serialize};
@@ -669,6 +675,46 @@ impl SimulatedExecutor {
         Ok(())
     }
 
+    /// The simulated LRM's watchdog ([`LRM_WATCHDOG`], only where a fixture models it):
+    /// after `ha-disarm` the LRM releases it on its next round, one HA delay later (at once
+    /// without a delay) and only if HA is still disarmed then; after `ha-arm` it takes it
+    /// again. pve-ha-manager `src/PVE/HA/LRM.pm` `work`: an `active` LRM whose mode became
+    /// `disarm` releases its agent lock and closes its watchdog once no worker runs.
+    fn lrm_watchdog(&self, hold: bool, say: Say) -> Result<(), String> {
+        let path = self.sim(LRM_WATCHDOG);
+        if !path.exists() {
+            return Ok(());
+        }
+        if hold {
+            say("LRM: watchdog active".into());
+            return self.write(&path, "active\n");
+        }
+        let release = |me: &SimulatedExecutor| -> Result<(), String> {
+            if me.sim(HA_DISARMED).exists() && !me.powered_off() {
+                me.write(&me.sim(LRM_WATCHDOG), "released\n")?;
+            }
+            Ok(())
+        };
+        match self.ha_delay {
+            None => {
+                say("LRM: watchdog released".into());
+                release(self)
+            }
+            Some(delay) => {
+                say("LRM: releases its watchdog on its next round".into());
+                let me = self.clone();
+                std::thread::spawn(move || {
+                    std::thread::sleep(delay);
+                    let _guard = SIM_FILES.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Err(e) = release(&me) {
+                        tracing::warn!(error = %e, "simulated LRM could not release its watchdog");
+                    }
+                });
+                Ok(())
+            }
+        }
+    }
+
     fn maintenance(&self, on: bool, say: Say) -> Result<(), String> {
         self.marker(MAINTENANCE, on, say)?;
         let mut guests = self.guests()?;
@@ -1165,9 +1211,13 @@ impl SimulatedExecutor {
                     ));
                     self.save_ha_requests(&[])?;
                 }
-                self.marker(HA_DISARMED, true, say)
+                self.marker(HA_DISARMED, true, say)?;
+                self.lrm_watchdog(false, say)
             }
-            Action::HaArm => self.marker(HA_DISARMED, false, say),
+            Action::HaArm => {
+                self.marker(HA_DISARMED, false, say)?;
+                self.lrm_watchdog(true, say)
+            }
             Action::GuestStop {
                 vmid, kind, force, ..
             } => self.guest(*vmid, *kind, say, GuestChange::Stop { force: *force }),
@@ -1738,6 +1788,48 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(500));
         assert!(!exec.sim(MAINTENANCE).exists());
         assert_eq!(exec.ha_requests().unwrap()[0].maintenance, Some(true));
+    }
+
+    #[test]
+    fn executor_sim_lrm_releases_its_watchdog_after_disarm() {
+        let (tmp, exec) = tiny_node();
+        let watchdog = || {
+            crate::inspect::inspect(&crate::root::Root::new(tmp.path().join("root")))
+                .facts
+                .ha
+                .lrm_watchdog
+        };
+        // Not modelled: unknown, and disarm leaves it so.
+        assert_eq!(watchdog(), None);
+        assert!(run(&exec, "d0", Action::HaDisarm).ok);
+        assert!(!exec.sim(LRM_WATCHDOG).exists());
+        assert!(run(&exec, "a0", Action::HaArm).ok);
+
+        fs::write(exec.sim(LRM_WATCHDOG), "active\n").unwrap();
+        assert_eq!(watchdog(), Some(true));
+        // Without an HA delay the release is immediate.
+        assert!(run(&exec, "d1", Action::HaDisarm).ok);
+        assert_eq!(watchdog(), Some(false));
+        assert!(run(&exec, "a1", Action::HaArm).ok);
+        assert_eq!(watchdog(), Some(true));
+
+        // With one: exit 0 first, the watchdog is released a round later.
+        let exec = exec.with_ha_delay(std::time::Duration::from_millis(200));
+        let o = run(&exec, "d2", Action::HaDisarm);
+        assert!(o.ok && o.output.contains("next round"), "{}", o.output);
+        assert_eq!(watchdog(), Some(true));
+        eventually("the LRM released its watchdog", || {
+            watchdog() == Some(false)
+        });
+        // Re-armed before the round: the watchdog stays held.
+        assert!(run(&exec, "a2", Action::HaArm).ok);
+        assert!(run(&exec, "d3", Action::HaDisarm).ok);
+        assert!(run(&exec, "a3", Action::HaArm).ok);
+        std::thread::sleep(std::time::Duration::from_millis(400));
+        assert_eq!(watchdog(), Some(true));
+
+        fs::write(exec.sim(LRM_WATCHDOG), "sideways\n").unwrap();
+        assert_eq!(watchdog(), None, "a bad marker is unknown");
     }
 
     #[test]

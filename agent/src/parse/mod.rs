@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod compressed;
 pub mod control;
 pub mod efivar;
+pub mod ha;
 pub mod interfaces;
 pub mod kv;
 pub mod lines;

@@ -127,6 +127,12 @@ pub struct HaResources {
     /// The guests among them.
     pub guests: Vec<(GuestKind, u32)>,
     pub errors: Vec<LineError>,
+    /// Guests whose requested state is `ignored` (`state ignored` below the section): HA
+    /// treats them as unmanaged (pve-ha-manager `src/PVE/HA/Config.pm`,
+    /// `service_check_ha_state`: "ignored service behave as if they were not managed by
+    /// HA"), and its manager drops them from its service status (`src/PVE/HA/Manager.pm`,
+    /// `manage`).
+    pub ignored: Vec<u32>,
 }
 
 impl HaResources {
@@ -135,17 +141,37 @@ impl HaResources {
     pub fn contains(&self, vmid: u32) -> bool {
         self.guests.iter().any(|(_, v)| *v == vmid)
     }
+
+    /// Whether a guest is an HA resource with requested state `ignored`.
+    pub fn is_ignored(&self, vmid: u32) -> bool {
+        self.ignored.contains(&vmid)
+    }
+
+    /// Whether HA manages a guest: listed and not `ignored`.
+    pub fn manages(&self, vmid: u32) -> bool {
+        self.contains(vmid) && !self.is_ignored(vmid)
+    }
 }
 
 pub fn ha_resources(text: &str) -> HaResources {
     let mut r = HaResources::default();
+    // The guest whose section the property lines below belong to.
+    let mut current: Option<u32> = None;
     for (i, raw) in text.lines().enumerate() {
         if raw.trim().is_empty() || raw.trim_start().starts_with('#') {
             continue;
         }
         if raw.starts_with([' ', '\t']) {
-            continue; // a property of the current section
+            // A property of the current section: `state ignored` is the one read.
+            let mut kv = raw.split_whitespace();
+            if let (Some(vmid), Some("state"), Some("ignored")) = (current, kv.next(), kv.next()) {
+                if !r.ignored.contains(&vmid) {
+                    r.ignored.push(vmid);
+                }
+            }
+            continue;
         }
+        current = None;
         let Some((kind, id)) = raw.split_once(':') else {
             r.errors
                 .push(err(i, format!("`{}` is not `type: id`", raw.trim())));
@@ -158,7 +184,10 @@ pub fn ha_resources(text: &str) -> HaResources {
             _ => None,
         };
         match (guest, id.parse::<u32>()) {
-            (Some(g), Ok(vmid)) => r.guests.push((g, vmid)),
+            (Some(g), Ok(vmid)) => {
+                r.guests.push((g, vmid));
+                current = Some(vmid);
+            }
             (Some(_), Err(_)) => {
                 r.errors.push(err(i, format!("`{kind}: {id}`: not a VMID")));
                 continue;
@@ -349,6 +378,15 @@ mod tests {
         assert!(r.contains(100) && r.contains(201) && !r.contains(101));
         assert_eq!(r.errors.len(), 1);
         assert_eq!(r.errors[0].line, 8);
+        assert!(r.ignored.is_empty() && r.manages(100));
+    }
+
+    #[test]
+    fn ha_resources_ignored() {
+        let r = ha_resources("vm: 100\n\tstate ignored\nct: 201\n\tstate started\nvm: 102\n");
+        assert_eq!(r.ignored, [100]);
+        assert!(r.contains(100) && r.is_ignored(100) && !r.manages(100));
+        assert!(r.manages(201) && r.manages(102));
     }
 
     #[test]

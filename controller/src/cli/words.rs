@@ -109,6 +109,7 @@ pub(crate) fn stage(s: Option<&api::ShutdownStage>) -> String {
         K::StopGuests => format!("stop guests, group {n}"),
         K::DisarmHa => "disarm HA".into(),
         K::SetNoout => "set Ceph noout".into(),
+        K::AwaitWatchdogs => "wait for the HA watchdogs to be released".into(),
         K::PowerOff => format!("power off, tier {n}"),
         K::Down => "down".into(),
         K::AwaitNodes => "wait for the nodes and quorum".into(),
@@ -224,6 +225,9 @@ pub(crate) fn shutdown_event(e: &api::ShutdownEvent, verbose: bool) -> String {
         }
         K::Finished => "finished".into(),
         K::Preempted => "preempted another operation".into(),
+        K::WatchdogsUnobservable => {
+            format!("HA watchdog not observable on {nodes}: not waited for")
+        }
     };
     for t in [&e.reason, &e.output] {
         if !t.is_empty() {

@@ -119,7 +119,13 @@ pub fn refused_guests(ctl: &Controller, nodes: &[String]) -> Vec<String> {
                 .guests
                 .iter()
                 .filter(|g| !g.ha && g.state == fleetward_proto::GuestState::Running)
-                .map(|g| g.vmid.to_string())
+                .map(|g| {
+                    if g.ha_ignored {
+                        format!("{} (HA resource in state ignored)", g.vmid)
+                    } else {
+                        g.vmid.to_string()
+                    }
+                })
                 .collect();
             (!ids.is_empty()).then(|| format!("{n} runs non-HA guests {}", ids.join(", ")))
         })

@@ -112,6 +112,7 @@ pub fn node_view(
         ha_maintenance: f.ha.maintenance,
         ha_disarmed: f.ha.disarmed,
         noout: f.ceph.as_ref().and_then(|c| c.noout),
+        lrm_watchdog: f.ha.lrm_watchdog,
     }
 }
 
@@ -181,12 +182,14 @@ pub fn expected_nodes(s: &ShutdownState) -> Vec<String> {
         .filter(|n| !plan.offline.contains(n));
     match s.stage {
         Stage::Planned | Stage::Down | Stage::AwaitNodes | Stage::Finished => Vec::new(),
-        Stage::StopGuests { .. } | Stage::DisarmHa | Stage::SetNoout | Stage::PowerOff { .. } => {
-            members
-                .filter(|n| s.last_sent(n, "power-off").is_none())
-                .cloned()
-                .collect()
-        }
+        Stage::StopGuests { .. }
+        | Stage::DisarmHa
+        | Stage::SetNoout
+        | Stage::AwaitWatchdogs
+        | Stage::PowerOff { .. } => members
+            .filter(|n| s.last_sent(n, "power-off").is_none())
+            .cloned()
+            .collect(),
         Stage::UnsetNoout | Stage::ArmHa | Stage::StartGuests { .. } => members
             .filter(|n| !s.missing.contains(*n))
             .filter(|n| {
@@ -322,6 +325,7 @@ pub fn stage_word(s: Stage) -> String {
         Stage::StopGuests { group } => format!("stop-guests {}", group + 1),
         Stage::DisarmHa => "disarm-ha".into(),
         Stage::SetNoout => "set-noout".into(),
+        Stage::AwaitWatchdogs => "await-watchdogs".into(),
         Stage::PowerOff { tier } => format!("power-off tier {}", tier + 1),
         Stage::Down => "down".into(),
         Stage::AwaitNodes => "await-nodes".into(),
@@ -368,6 +372,7 @@ mod tests {
             state,
             location: None,
             config: None,
+            ha_ignored: false,
         };
         r.facts.guests = vec![
             guest(100, GuestState::Running),

@@ -161,12 +161,27 @@ pub fn dry_run(
             .map(|g| GuestPlan {
                 vmid: g.vmid,
                 name: g.name.clone(),
-                what: match (g.ha, reboot, g.onboot) {
-                    (true, _, _) => "HA: migrates away with maintenance mode, returns after".into(),
-                    (false, false, _) => "keeps running (no reboot)".into(),
-                    (false, true, true) => "shut down by the reboot, started again on boot".into(),
-                    (false, true, false) => {
-                        "shut down by the reboot, STAYS STOPPED (no onboot)".into()
+                what: {
+                    let what: String = match (g.ha, reboot, g.onboot) {
+                        (true, _, _) => {
+                            "HA: migrates away with maintenance mode, returns after".into()
+                        }
+                        (false, false, _) => "keeps running (no reboot)".into(),
+                        (false, true, true) => {
+                            "shut down by the reboot, started again on boot".into()
+                        }
+                        (false, true, false) => {
+                            "shut down by the reboot, STAYS STOPPED (no onboot)".into()
+                        }
+                    };
+                    // An `ignored` HA resource is a guest HA will not move (pve-ha-manager
+                    // `src/PVE/HA/Config.pm` `service_check_ha_state`): a non-HA guest.
+                    if g.ha_ignored {
+                        format!(
+                            "non-HA (HA resource in state ignored: HA will not move it): {what}"
+                        )
+                    } else {
+                        what
                     }
                 },
             })
@@ -409,5 +424,63 @@ mod tests {
         assert_eq!(tx.kept_back, ["pve-firmware"]);
         assert_eq!(tx.next_kernel.as_deref(), Some("6.14.11-1-pve"));
         assert!(tx.reboot, "a new kernel needs a reboot");
+    }
+
+    /// An HA resource in state `ignored` is a guest HA will not move: the plan lists it as
+    /// a non-HA guest (what the reboot does to it), not as one that migrates away.
+    #[test]
+    fn an_ignored_ha_resource_is_planned_as_a_non_ha_guest() {
+        use fleetward_proto::action::GuestKind;
+        use fleetward_proto::{GuestFacts, GuestState, SCHEMA_VERSION};
+        let plan = crate::rollout::tests::plan(1, 1);
+        let mut view = crate::rollout::tests::healthy_view(&plan.nodes);
+        view.nodes.get_mut("pve1").unwrap().needs_reboot = true;
+        let guest = |vmid, ha, ha_ignored, onboot| GuestFacts {
+            vmid,
+            kind: GuestKind::Qemu,
+            name: None,
+            onboot,
+            order: None,
+            up: None,
+            down: None,
+            ha,
+            state: GuestState::Running,
+            location: None,
+            config: None,
+            ha_ignored,
+        };
+        let mut report = Report {
+            schema_version: SCHEMA_VERSION,
+            facts: Default::default(),
+            findings: vec![],
+        };
+        report.facts.apt.upgradable = vec![up("pve-manager")];
+        report.facts.guests = vec![
+            guest(100, true, false, true),
+            guest(101, false, true, false),
+            guest(102, false, false, true),
+        ];
+        let m = BTreeMap::from([("pve1".to_string(), report)]);
+        let dry = dry_run(&plan, &view, &by_ref(&m), false);
+        let what: Vec<(u32, &str)> = dry.nodes[0]
+            .guests
+            .iter()
+            .map(|g| (g.vmid, g.what.as_str()))
+            .collect();
+        assert_eq!(
+            what,
+            [
+                (
+                    100,
+                    "HA: migrates away with maintenance mode, returns after"
+                ),
+                (
+                    101,
+                    "non-HA (HA resource in state ignored: HA will not move it): shut down \
+                     by the reboot, STAYS STOPPED (no onboot)"
+                ),
+                (102, "shut down by the reboot, started again on boot"),
+            ]
+        );
     }
 }

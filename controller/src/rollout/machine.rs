@@ -370,7 +370,11 @@ impl Machine<'_> {
                     self.effect_done(idx, action);
                 }
             }
-            Action::WaitGuestsMigrated => self.enter(idx, Phase::AptUpdate),
+            Action::WaitGuestsMigrated => {
+                if !self.ha_error_halt(idx) {
+                    self.enter(idx, Phase::AptUpdate);
+                }
+            }
             Action::CephSetNoout => self.enter(idx, Phase::AwaitReturn),
             Action::CephUnsetNoout => self.enter(idx, Phase::MaintenanceOff),
             Action::AptUpdate => self.enter(idx, Phase::Upgrade),
@@ -380,6 +384,37 @@ impl Machine<'_> {
             }
             Action::BootRefresh => self.enter_boot_check(idx),
         }
+    }
+
+    /// At the wait for migration, an HA resource in state `error` on the node halts the
+    /// rollout, naming it: HA does not move a failed resource, so the reboot would stop it
+    /// unannounced. `ignored` resources are not HA-managed: the agent reports them as
+    /// non-HA guests, governed by `non_ha_guests`. Returns whether it halted.
+    fn ha_error_halt(&mut self, idx: usize) -> bool {
+        let name = self.s.nodes[idx].name.clone();
+        let errors = self
+            .view
+            .nodes
+            .get(&name)
+            .map(|n| n.ha_errors.clone())
+            .unwrap_or_default();
+        if errors.is_empty() {
+            return false;
+        }
+        self.halt(
+            &name,
+            GateFailure {
+                gate: Gate::HaResourceError,
+                reason: format!(
+                    "HA resource{} {} on {name} in state error: HA will not move {}; clear \
+                     the error (ha-manager set SID --state disabled, then started) and resume",
+                    if errors.len() == 1 { "" } else { "s" },
+                    errors.join(", "),
+                    if errors.len() == 1 { "it" } else { "them" },
+                ),
+            },
+        );
+        true
     }
 
     /// The effect of an answered maintenance action shows in the node's latest report: HA
@@ -543,6 +578,10 @@ impl Machine<'_> {
         let Some(nv) = self.view.nodes.get(&name) else {
             return false; // AwaitReturn on a node absent from the view: keep waiting
         };
+        if phase == Phase::WaitGuests && !nv.ha_errors.is_empty() {
+            self.ha_error_halt(idx);
+            return false;
+        }
         match phase {
             Phase::MaintenanceOn
             | Phase::WaitGuests

@@ -361,6 +361,11 @@ pub enum Gate {
     /// A shutdown preempted the rollout: nothing new is sent (power loss outranks
     /// maintenance); the driver lets in-flight actions settle, then aborts it.
     Preempted,
+    /// At the wait for migration: an HA resource on the node is in state `error`, which HA
+    /// neither moves nor stops (pve-ha-manager `src/PVE/HA/Manager.pm`: a service in
+    /// `error` stays where it is until an operator clears it), so the reboot would take it
+    /// down unannounced.
+    HaResourceError,
 }
 
 /// The rollout as a whole.
@@ -561,6 +566,9 @@ pub struct NodeView {
     /// Ceph's `noout` flag as the node's report reads it; `None`: not known.
     #[serde(default)]
     pub noout: Option<bool>,
+    /// HA resources in state `error` on the node (`vm:101`), from its report.
+    #[serde(default)]
+    pub ha_errors: Vec<String>,
 }
 
 /// The cluster as the driver sees it when it calls [`step`]: every cluster member, not

@@ -32,6 +32,7 @@ pub(super) fn healthy_node(name: &str, expected_votes: u32) -> NodeView {
         observe_only: false,
         ha_maintenance: None,
         noout: None,
+        ha_errors: Vec::new(),
     }
 }
 
@@ -960,4 +961,38 @@ fn maintenance_is_done_when_the_report_shows_it() {
         .actions_for("pve1", Action::WaitGuestsMigrated)
         .is_empty());
     assert!(sim.actions_for("pve2", Action::MaintenanceOn).is_empty());
+}
+
+/// An HA resource in state `error` on the node halts the rollout at the wait for migration,
+/// naming it: HA will not move it, so the reboot would stop it unannounced. The rest of the
+/// cluster is not touched.
+#[test]
+fn an_ha_resource_in_error_halts_at_the_wait_naming_it() {
+    let mut view = healthy_view(&names(3));
+    view.nodes.get_mut("pve1").unwrap().ha_errors = vec!["vm:101".into()];
+    let mut sim = Sim::new(plan(3, 1), view);
+    sim.run(1_000);
+    assert_eq!(halted(&sim.state), Some(("pve1", Gate::HaResourceError)));
+    let Status::Halted { reason, .. } = &sim.state.status else {
+        unreachable!()
+    };
+    assert!(
+        reason.contains("vm:101") && reason.contains("state error"),
+        "{reason}"
+    );
+    assert_eq!(sim.state.node("pve1").unwrap().phase, Phase::WaitGuests);
+    assert!(sim.actions_for("pve1", Action::AptUpdate).is_empty());
+    assert!(sim.actions_for("pve2", Action::MaintenanceOn).is_empty());
+
+    // The error appears while the wait runs: its answer does not move the node on either.
+    let mut view = healthy_view(&names(3));
+    let s = RolloutState::new(plan(3, 1));
+    let (s, cmds) = step(&s, &Event::Start, &view);
+    assert_eq!(sent_actions(&cmds), vec!["pve1/maintenance-on"]);
+    let (s, cmds) = step(&s, &ok_result(&s, "pve1"), &view);
+    assert_eq!(sent_actions(&cmds), vec!["pve1/wait-guests-migrated"]);
+    view.nodes.get_mut("pve1").unwrap().ha_errors = vec!["ct:200".into(), "vm:101".into()];
+    let (s, _) = step(&s, &ok_result(&s, "pve1"), &view);
+    assert_eq!(halted(&s), Some(("pve1", Gate::HaResourceError)));
+    assert_eq!(s.node("pve1").unwrap().phase, Phase::WaitGuests);
 }

@@ -32,6 +32,7 @@ pub fn node_view(
     let f = &r.facts;
     nv.observe_only = f.agent.observe_only;
     nv.ha_maintenance = f.ha.maintenance;
+    nv.ha_errors = f.ha.error_resources.clone();
     nv.noout = f.ceph.as_ref().and_then(|c| c.noout);
     nv.boot_id = f.node.boot_id.clone();
     nv.running_kernel = f.node.running_kernel.clone();

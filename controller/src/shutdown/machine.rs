@@ -237,6 +237,9 @@ impl Machine<'_> {
         if p.noout.is_some() {
             seq.push(Stage::SetNoout);
         }
+        if !p.tiers.is_empty() {
+            seq.push(Stage::AwaitWatchdogs);
+        }
         seq.extend((0..p.tiers.len()).map(|tier| Stage::PowerOff { tier }));
         seq.push(Stage::Down);
         if stage.is_shutdown() {
@@ -436,8 +439,42 @@ impl Machine<'_> {
                 }
                 t
             }
+            Stage::AwaitWatchdogs => {
+                let nodes: Vec<String> = self
+                    .watchdog_nodes()
+                    .into_iter()
+                    .filter(|n| {
+                        self.view
+                            .nodes
+                            .get(n)
+                            .and_then(|v| v.lrm_watchdog)
+                            .is_none()
+                    })
+                    .collect();
+                if !nodes.is_empty() {
+                    self.notify(Notice::WatchdogsUnobservable { nodes });
+                }
+                Vec::new()
+            }
             Stage::Planned | Stage::Down | Stage::AwaitNodes | Stage::Finished => Vec::new(),
         }
+    }
+
+    /// The nodes whose LRM watchdog the shutdown waits for: every node of the tiers that is
+    /// online (an offline one gets no power-off).
+    fn watchdog_nodes(&self) -> Vec<String> {
+        self.plan_nodes()
+            .filter(|n| self.view.online(n))
+            .cloned()
+            .collect()
+    }
+
+    /// Nodes to be powered off whose report says their LRM still holds its watchdog.
+    fn watchdogs_held(&self) -> Vec<String> {
+        self.watchdog_nodes()
+            .into_iter()
+            .filter(|n| self.view.nodes.get(n).and_then(|v| v.lrm_watchdog) == Some(true))
+            .collect()
     }
 
     fn bound_for(&self, stage: Stage) -> Option<u64> {
@@ -452,6 +489,8 @@ impl Machine<'_> {
             Stage::StopGuests { group } => capped(self.group_budget(group).0, sch.guests_end_ms),
             Stage::DisarmHa => capped(sch.flag_ms, sch.ha_end_ms),
             Stage::SetNoout => capped(sch.flag_ms, sch.noout_end_ms),
+            // Ends when the first tier is due (no budget of its own: it only waits).
+            Stage::AwaitWatchdogs => capped(sch.flag_ms, sch.noout_end_ms.or(sch.ha_end_ms)),
             Stage::PowerOff { tier } => capped(sch.tier_ms, sch.tier_end_ms.get(tier).copied()),
             Stage::AwaitNodes => capped(t.startup_wait_ms, None),
             Stage::UnsetNoout | Stage::ArmHa => capped(t.action_ms, None),
@@ -562,6 +601,9 @@ impl Machine<'_> {
         if !all {
             return false;
         }
+        if stage == Stage::AwaitWatchdogs {
+            return self.watchdogs_held().is_empty();
+        }
         if let Stage::StartGuests { group } = stage {
             let hold = match self.s.hold_until_ms {
                 Some(h) => h,
@@ -607,6 +649,13 @@ impl Machine<'_> {
 
     /// The current stage's actions that answered ok but whose effect is not observed.
     fn unobserved(&self) -> Vec<String> {
+        if self.s.stage == Stage::AwaitWatchdogs {
+            return self
+                .watchdogs_held()
+                .into_iter()
+                .map(|n| format!("{n}: HA resource manager still holds its watchdog"))
+                .collect();
+        }
         self.s
             .stage_targets
             .iter()

@@ -14,7 +14,8 @@
 //!
 //! # Stages
 //!
-//! Shutdown: `Planned → StopGuests{group} … → DisarmHa → SetNoout → PowerOff{tier} … → Down`.
+//! Shutdown: `Planned → StopGuests{group} … → DisarmHa → SetNoout → AwaitWatchdogs →
+//! PowerOff{tier} … → Down`.
 //! Bring-up, after [`Event::StartUp`] in `Down` (the *startup*) or after [`Event::Cancel`] /
 //! [`Event::PowerRestored`] before the point of no return (the *restore*):
 //! `[AwaitNodes (startup only)] → UnsetNoout → ArmHa → StartGuests{group} … → Finished`.
@@ -35,7 +36,14 @@
 //! value (or [`Timing::default_guest_timeout_secs`]), then force. HA: one cluster-wide
 //! `HaDisarm` when every node supports it ([`ShutdownView::ha_disarm_supported`]), else
 //! `MaintenanceOn` on every node. Ceph: one `CephSetNoout` (only `noout`, as Proxmox
-//! documents) when any node runs Ceph. Cluster-wide actions go to the node that stays up
+//! documents) when any node runs Ceph. Then, before the first power-off, `AwaitWatchdogs`
+//! waits until every online node of the tiers reports its HA resource manager (LRM) no
+//! longer holding its watchdog ([`NodeView::lrm_watchdog`]): pve-ha-manager's LRM releases
+//! it asynchronously after the disarm (`src/PVE/HA/LRM.pm` `work`), and a node whose LRM
+//! still holds it when quorum goes can self-fence (hard reset) instead of powering off. A
+//! node whose report cannot tell is not waited for, and the stage says so
+//! ([`Notice::WatchdogsUnobservable`]); at its bound (a flag stage's, ending when the first
+//! tier is due) the stage moves on naming the nodes still holding one. Cluster-wide actions go to the node that stays up
 //! longest (first match walking the tiers from the last one), which is also where the
 //! restore finds it. Power-off tiers: explicit ([`Config::tiers`]) or, by default, nodes
 //! without a Ceph monitor, then monitor nodes, then the controller's own host alone.
@@ -79,6 +87,8 @@
 //!    `PowerOff` is emitted at a time ≤ the deadline.
 //! 5. `Recovered` re-emits only keys already emitted; a (node, step) gets a new key only
 //!    after its previous key failed explicitly.
+//! 6. The first `PowerOff` is emitted only when no online node of the tiers reports its HA
+//!    resource manager holding its watchdog, unless the wait's bound passed.
 
 mod machine;
 mod plan;
@@ -146,6 +156,10 @@ pub struct NodeView {
     /// Ceph's `noout` flag as this node's report reads it; `None`: not known.
     #[serde(default)]
     pub noout: Option<bool>,
+    /// The node's HA resource manager (LRM) still holds its watchdog, as its report reads
+    /// it (`/etc/pve/nodes/<node>/lrm_status`); `None`: not known.
+    #[serde(default)]
+    pub lrm_watchdog: Option<bool>,
 }
 
 /// The cluster for one call of [`step`]. A node missing from `nodes` counts as offline.
@@ -298,6 +312,9 @@ pub enum Stage {
     },
     DisarmHa,
     SetNoout,
+    /// Before the first power-off: every node to be powered off reports that its HA
+    /// resource manager released its watchdog (bounded; nothing is sent).
+    AwaitWatchdogs,
     PowerOff {
         tier: usize,
     },
@@ -322,6 +339,7 @@ impl Stage {
                 | Stage::StopGuests { .. }
                 | Stage::DisarmHa
                 | Stage::SetNoout
+                | Stage::AwaitWatchdogs
                 | Stage::PowerOff { .. }
         )
     }
@@ -519,6 +537,12 @@ pub enum Notice {
     GuestsNotStarted {
         node: String,
         vmids: Vec<u32>,
+    },
+    /// Entering [`Stage::AwaitWatchdogs`]: these online nodes' reports cannot tell whether
+    /// their HA resource manager holds its watchdog ("not observable on this node"); they
+    /// are not waited for.
+    WatchdogsUnobservable {
+        nodes: Vec<String>,
     },
     Finished,
     /// This shutdown preempted another operation (power loss outranks maintenance):

@@ -157,7 +157,8 @@ impl Schedule {
     /// How long the shutdown takes at most (until the last power-off is sent).
     pub fn expected_ms(&self, plan: &Plan) -> u64 {
         let waits = plan.tiers.len().saturating_sub(1) as u64;
-        let flags = 1 + u64::from(plan.noout.is_some());
+        // HA, noout, and the wait for the HA watchdogs before the first tier.
+        let flags = 2 + u64::from(plan.noout.is_some());
         let sum = self
             .guest_ms
             .saturating_add(flags.saturating_mul(self.flag_ms))
@@ -433,6 +434,14 @@ impl Plan {
                 self.stage_label(s.stage),
                 s.node,
                 describe(&s.action)
+            ));
+        }
+        if !self.tiers.is_empty() {
+            lines.push(format!(
+                "Before the first power-off: waits up to {} for every node's HA resource \
+                 manager to release its watchdog (one still held can self-fence the node \
+                 instead of powering it off).",
+                human_ms(schedule.flag_ms)
             ));
         }
         // The last tier is not waited for: the duration ends with its power-off.

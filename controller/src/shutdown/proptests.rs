@@ -20,6 +20,11 @@ struct Cluster {
     nodes: Vec<(bool, bool, Vec<GuestSpec>)>,
     controller: Option<usize>,
     disarm: bool,
+    /// Per node (by index, cycled): its LRM's watchdog as reported, and whether it never
+    /// releases it.
+    watchdogs: Vec<(Option<bool>, bool)>,
+    /// How long an LRM takes to release its watchdog after the disarm reached it.
+    release_ms: u64,
 }
 
 fn cluster() -> impl Strategy<Value = Cluster> {
@@ -33,13 +38,20 @@ fn cluster() -> impl Strategy<Value = Cluster> {
         prop::collection::vec(node, 2..6),
         prop::option::of(0usize..6),
         any::<bool>(),
+        prop::collection::vec(
+            (prop::option::of(any::<bool>()), prop::bool::weighted(0.1)),
+            1..6,
+        ),
+        0u64..200_000,
     )
-        .prop_map(|(nodes, controller, disarm)| {
+        .prop_map(|(nodes, controller, disarm, watchdogs, release_ms)| {
             let controller = controller.filter(|c| *c < nodes.len());
             Cluster {
                 nodes,
                 controller,
                 disarm,
+                watchdogs,
+                release_ms,
             }
         })
 }
@@ -78,6 +90,7 @@ fn build(c: &Cluster, deadline_ms: Option<u64>) -> Result<(Plan, ShutdownView), 
                 ceph_osds: *osds,
                 guests,
                 observe_only: false,
+                lrm_watchdog: c.watchdogs[i % c.watchdogs.len()].0,
                 ..NodeView::default()
             },
         );
@@ -168,6 +181,12 @@ struct Checker {
     host_off: bool,
     /// Keys of sends seen.
     power_offs: BTreeSet<Key>,
+    /// The bound of the wait for the HA watchdogs as last seen.
+    watchdog_deadline: Option<u64>,
+    /// The wait for the HA watchdogs moved on at its bound.
+    watchdog_moved_on: bool,
+    /// A power-off was emitted.
+    any_off: bool,
 }
 
 impl Checker {
@@ -182,6 +201,17 @@ impl Checker {
         let view = &sim.view;
         let plan = &post.plan;
         let tier_of = |n: &str| plan.tiers.iter().position(|t| t.iter().any(|x| x == n));
+        if cmds.iter().any(|c| {
+            matches!(
+                c,
+                Command::Notify(Notice::MovedOn {
+                    stage: Stage::AwaitWatchdogs,
+                    ..
+                })
+            )
+        }) {
+            self.watchdog_moved_on = true;
+        }
         for c in cmds {
             let Command::SendAction { key, node, action } = c else {
                 continue;
@@ -189,6 +219,26 @@ impl Checker {
             let new = self.power_offs.insert(key.clone());
             if *action != Action::PowerOff || !new || key.attempt != 1 {
                 continue;
+            }
+            // (6) The first power-off only once no node to be powered off (online) reports
+            // its HA resource manager holding its watchdog, or the wait's bound passed.
+            if !std::mem::replace(&mut self.any_off, true) {
+                let held: Vec<&String> = plan
+                    .tiers
+                    .iter()
+                    .flatten()
+                    .filter(|n| {
+                        view.nodes
+                            .get(*n)
+                            .is_some_and(|v| v.online && v.lrm_watchdog == Some(true))
+                    })
+                    .collect();
+                let timed_out = self.watchdog_moved_on
+                    || self.watchdog_deadline.is_some_and(|d| post.now_ms >= d);
+                prop_assert!(
+                    held.is_empty() || timed_out,
+                    "first power-off ({node}) while {held:?} hold their HA watchdogs"
+                );
             }
             let host = plan.controller_host.as_deref();
             // (2) the controller's host last: nothing new after it.
@@ -236,7 +286,20 @@ impl Checker {
                 self.tier_deadline.insert(tier, d);
             }
         }
+        if post.stage == Stage::AwaitWatchdogs {
+            self.watchdog_deadline = post.stage_deadline_ms;
+        }
         Ok(())
+    }
+}
+
+/// The cluster's LRMs: release delay and the nodes that never release.
+fn with_lrms(sim: &mut Sim, c: &Cluster, names: &[String]) {
+    sim.lrm_release_ms = c.release_ms;
+    for (i, n) in names.iter().enumerate() {
+        if c.watchdogs[i % c.watchdogs.len()].1 {
+            sim.lrm_keeps.insert(n.clone());
+        }
     }
 }
 
@@ -245,6 +308,7 @@ fn run(c: &Cluster, ops: &[Op]) -> Result<Sim, TestCaseError> {
     let names: Vec<String> = view.nodes.keys().cloned().collect();
     let mut sim = Sim::new(plan, view);
     sim.slow_power_off = true;
+    with_lrms(&mut sim, c, &names);
     let mut checker = Checker::default();
     let mut h = Harness::new(Box::new(
         move |sim: &Sim,
@@ -270,6 +334,9 @@ fn run(c: &Cluster, ops: &[Op]) -> Result<Sim, TestCaseError> {
             Op::FailNext => sim.fail_next = true,
             Op::Tick(d) => {
                 sim.now_ms += d;
+                for ev in sim.apply_releases() {
+                    h.deliver(&mut sim, ev)?;
+                }
                 let ev = Event::Tick { now_ms: sim.now_ms };
                 h.deliver(&mut sim, ev)?;
             }
@@ -355,7 +422,9 @@ fn run_deadline(c: &Cluster, slack_ms: u64, hang: &[bool]) -> Result<(), TestCas
     let min = t.safety_ms + waits * t.min_tier_wait_ms + flags * t.min_action_ms;
     let deadline = T0 + min + slack_ms;
     let (plan, view) = build(c, Some(deadline))?;
+    let names: Vec<String> = view.nodes.keys().cloned().collect();
     let mut sim = Sim::new(plan.clone(), view);
+    with_lrms(&mut sim, c, &names);
     for (g, h) in plan.guests.iter().zip(hang.iter().cycle()) {
         if *h {
             sim.hang.insert(format!("guest-stop-{}", g.vmid));

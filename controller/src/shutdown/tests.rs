@@ -108,6 +108,13 @@ pub(super) struct Sim {
     /// Steps that answer ok but whose effect never shows in the view (Proxmox queued the
     /// request and nothing happened, e.g. HA ignored it).
     pub no_effect: BTreeSet<String>,
+    /// How long a node's HA resource manager takes to release its watchdog after the disarm
+    /// (or its maintenance mode) reached it.
+    pub lrm_release_ms: u64,
+    /// Nodes whose LRM never releases its watchdog.
+    pub lrm_keeps: BTreeSet<String>,
+    /// Watchdog releases due: (time, node).
+    pub releases: Vec<(u64, String)>,
 }
 
 impl Sim {
@@ -126,6 +133,37 @@ impl Sim {
             slow_power_off: false,
             going_down: BTreeSet::new(),
             no_effect: BTreeSet::new(),
+            lrm_release_ms: 0,
+            lrm_keeps: BTreeSet::new(),
+            releases: Vec::new(),
+        }
+    }
+
+    /// The LRMs whose release is due let go of their watchdogs; returns the wake-ups.
+    pub fn apply_releases(&mut self) -> Vec<Event> {
+        let now = self.now_ms;
+        let (due, later): (Vec<_>, Vec<_>) = self.releases.drain(..).partition(|(t, _)| *t <= now);
+        self.releases = later;
+        let mut out = Vec::new();
+        for (_, node) in due {
+            if let Some(nv) = self.view.nodes.get_mut(&node) {
+                if nv.lrm_watchdog == Some(true) {
+                    nv.lrm_watchdog = Some(false);
+                    out.push(Event::NodeChanged { node });
+                }
+            }
+        }
+        out
+    }
+
+    /// HA disarm (every node) or maintenance (`node`) reached the LRMs: each that holds
+    /// its watchdog releases it `lrm_release_ms` later (LRM.pm `work`).
+    fn schedule_releases(&mut self, nodes: Vec<String>) {
+        for n in nodes {
+            let holds = self.view.nodes.get(&n).and_then(|v| v.lrm_watchdog) == Some(true);
+            if holds && !self.lrm_keeps.contains(&n) {
+                self.releases.push((self.now_ms + self.lrm_release_ms, n));
+            }
         }
     }
 
@@ -169,6 +207,14 @@ impl Sim {
             Action::CephUnsetNoout => Some((|n| &mut n.noout, false)),
             _ => None,
         };
+        match action {
+            Action::HaDisarm => {
+                let all: Vec<String> = self.view.nodes.keys().cloned().collect();
+                self.schedule_releases(all);
+            }
+            Action::MaintenanceOn => self.schedule_releases(vec![node.clone()]),
+            _ => {}
+        }
         if let Some((get, value)) = flag {
             for nv in self.view.nodes.values_mut() {
                 let f = get(nv);
@@ -242,6 +288,8 @@ impl Sim {
     pub fn run(&mut self, max_ms: u64, until: impl Fn(&ShutdownState) -> bool) {
         let end = self.now_ms + max_ms;
         while !until(&self.state) && self.now_ms < end {
+            let woken = self.apply_releases();
+            self.queue.extend(woken);
             if let Some(ev) = self.queue.pop_front() {
                 self.deliver(&ev);
             } else {
@@ -428,8 +476,13 @@ fn summary_lists_every_step_and_the_budget() {
         "{text}"
     );
     assert!(text.contains("Deadline: none"));
-    // Header + deadline + table header + one line per step + two budget lines.
-    assert_eq!(lines.len(), 3 + plan.steps().len() + 2, "{text}");
+    // Header + deadline + table header + one line per step + the watchdog wait + two
+    // budget lines.
+    assert_eq!(lines.len(), 3 + plan.steps().len() + 3, "{text}");
+    assert!(
+        text.contains("Before the first power-off: waits up to 2 min 0 s for every node's HA"),
+        "{text}"
+    );
     assert!(text.contains("stop guests (unordered)"));
     assert!(text.contains("pct 301 shutdown, timeout 60 s then force"));
     assert!(text.contains("ceph-set-noout"));
@@ -445,13 +498,14 @@ fn summary_lists_every_step_and_the_budget() {
     one.tiers = vec![one.tiers.concat()];
     let text = one.summary().join("\n");
     assert!(text.contains("One power-off tier: nothing waits"), "{text}");
-    assert!(!text.contains("waits up to"), "{text}");
+    assert!(!text.contains("tiers waits up to"), "{text}");
 }
 
 #[test]
 fn schedule_arithmetic_graceful_and_forced() {
     let view = five_nodes();
-    // Graceful: 4 groups × (60 s + 15 s) = 300 s; 2 flags × 120 s; 1 wait × 300 s = 840 s.
+    // Graceful: 4 groups × (60 s + 15 s) = 300 s; 2 flags × 120 s and the watchdog wait
+    // 120 s; 1 wait × 300 s = 960 s.
     let plan = plan_for(&view, &Config::default());
     let s = Schedule::compute(&plan, T0);
     assert!(!s.forced && s.fits);
@@ -459,7 +513,7 @@ fn schedule_arithmetic_graceful_and_forced() {
         (s.guest_ms, s.flag_ms, s.tier_ms),
         (300_000, 120_000, 300_000)
     );
-    assert_eq!(s.expected_ms(&plan), 840_000);
+    assert_eq!(s.expected_ms(&plan), 960_000);
     assert_eq!(s.guests_end_ms, None);
 
     // Enough time: graceful, ends anchored at deadline - safety.
@@ -1191,4 +1245,148 @@ fn a_held_node_gets_its_power_off_at_the_tier_bound() {
         .log
         .iter()
         .any(|(_, n, a)| n == "pve5" && *a == Action::PowerOff));
+}
+
+/// Before the first power-off every node's HA resource manager must have released its
+/// watchdog (it is released asynchronously after the disarm): the shutdown waits for it.
+#[test]
+fn power_off_waits_for_the_lrm_watchdogs() {
+    let mut view = five_nodes();
+    for nv in view.nodes.values_mut() {
+        nv.lrm_watchdog = Some(true);
+    }
+    let mut sim = Sim::new(plan_for(&view, &Config::default()), view);
+    sim.lrm_release_ms = 20_000;
+    sim.deliver(&Event::Start { now_ms: T0 });
+    sim.run(3_600_000, |s| s.stage == Stage::AwaitWatchdogs);
+    assert_eq!(sim.state.stage, Stage::AwaitWatchdogs);
+    let entered = sim.now_ms;
+    sim.run(3_600_000, |s| matches!(s.stage, Stage::PowerOff { .. }));
+    assert_eq!(sim.state.stage, Stage::PowerOff { tier: 0 });
+    let first_off = sim
+        .log
+        .iter()
+        .find(|(_, _, a)| *a == Action::PowerOff)
+        .map(|(t, _, _)| *t)
+        .unwrap();
+    let disarmed = sim
+        .log
+        .iter()
+        .find(|(_, _, a)| *a == Action::HaDisarm)
+        .map(|(t, _, _)| *t)
+        .unwrap();
+    assert!(
+        first_off >= disarmed + 20_000,
+        "power-off {first_off} before the watchdogs went ({disarmed} + 20 s)"
+    );
+    assert!(first_off >= entered);
+    assert!(sim
+        .view
+        .nodes
+        .values()
+        .all(|n| n.lrm_watchdog == Some(false)));
+    assert!(!sim.notices().iter().any(|n| matches!(
+        n,
+        Notice::MovedOn { .. } | Notice::WatchdogsUnobservable { .. }
+    )));
+}
+
+/// An LRM that keeps its watchdog: at the stage's bound the shutdown moves on and says which
+/// node still holds one.
+#[test]
+fn a_held_watchdog_moves_on_at_the_bound_naming_the_node() {
+    let mut view = five_nodes();
+    for nv in view.nodes.values_mut() {
+        nv.lrm_watchdog = Some(true);
+    }
+    let mut sim = Sim::new(plan_for(&view, &Config::default()), view);
+    sim.lrm_keeps.insert("pve2".into());
+    sim.deliver(&Event::Start { now_ms: T0 });
+    sim.run(3_600_000, |s| s.stage == Stage::AwaitWatchdogs);
+    let entered = sim.now_ms;
+    let bound = sim.state.stage_deadline_ms.unwrap();
+    assert_eq!(bound, entered + Timing::default().action_ms);
+    sim.run(3_600_000, |s| matches!(s.stage, Stage::PowerOff { .. }));
+    assert!(sim.now_ms >= bound);
+    let moved: Vec<(Stage, Vec<String>)> = sim
+        .notices()
+        .into_iter()
+        .filter_map(|n| match n {
+            Notice::MovedOn {
+                stage, unobserved, ..
+            } => Some((*stage, unobserved.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        moved,
+        [(
+            Stage::AwaitWatchdogs,
+            vec!["pve2: HA resource manager still holds its watchdog".to_owned()]
+        )]
+    );
+    sim.run(3_600_000, is_down);
+    assert_eq!(sim.state.stage, Stage::Down);
+}
+
+/// Nodes whose reports cannot tell are not waited for (as before), and the stage says so;
+/// a node already offline is not waited for either.
+#[test]
+fn unobservable_watchdogs_are_named_and_not_waited_for() {
+    let mut view = five_nodes();
+    for (i, nv) in view.nodes.values_mut().enumerate() {
+        nv.lrm_watchdog = if i < 2 { None } else { Some(false) };
+    }
+    if let Some(nv) = view.nodes.get_mut("pve5") {
+        nv.lrm_watchdog = Some(true);
+    }
+    let mut sim = Sim::new(plan_for(&view, &Config::default()), view);
+    sim.lrm_keeps.insert("pve5".into());
+    sim.deliver(&Event::Start { now_ms: T0 });
+    sim.run(3_600_000, |s| s.stage == Stage::AwaitWatchdogs);
+    assert_eq!(
+        sim.state.stage,
+        Stage::AwaitWatchdogs,
+        "pve5 holds its watchdog"
+    );
+    if let Some(nv) = sim.view.nodes.get_mut("pve5") {
+        nv.online = false;
+    }
+    let at = sim.now_ms;
+    sim.run(3_600_000, |s| matches!(s.stage, Stage::PowerOff { .. }));
+    assert!(
+        sim.now_ms <= at + 1_000,
+        "nothing to wait for: {} ms, {:?}",
+        sim.now_ms - at,
+        sim.state.stage
+    );
+    let unobservable: Vec<&Vec<String>> = sim
+        .notices()
+        .into_iter()
+        .filter_map(|n| match n {
+            Notice::WatchdogsUnobservable { nodes } => Some(nodes),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(unobservable, [&vec!["pve1".to_owned(), "pve2".to_owned()]]);
+}
+
+/// With HA maintenance instead of disarm, each node's LRM releases its watchdog once its
+/// maintenance mode reached it.
+#[test]
+fn maintenance_mode_releases_watchdogs_node_by_node() {
+    let mut view = five_nodes();
+    view.ha_disarm_supported = false;
+    for nv in view.nodes.values_mut() {
+        nv.lrm_watchdog = Some(true);
+    }
+    let mut sim = Sim::new(plan_for(&view, &Config::default()), view);
+    sim.lrm_release_ms = 5_000;
+    sim.deliver(&Event::Start { now_ms: T0 });
+    sim.run(3_600_000, |s| matches!(s.stage, Stage::PowerOff { .. }));
+    assert_eq!(sim.state.stage, Stage::PowerOff { tier: 0 });
+    assert!(!sim
+        .notices()
+        .iter()
+        .any(|n| matches!(n, Notice::MovedOn { .. })));
 }
