@@ -1022,9 +1022,9 @@ impl SimulatedExecutor {
     /// already running is skipped (`check_running`), and after each start startall waits
     /// its `up=` delay. The simulated boot is instantaneous: the order is kept, the delays
     /// are named in the output but not waited, and every start is done before the agent's
-    /// first report of the new boot. (Not modelled: on a real node `fleetward-agent.service`
-    /// is not ordered after the oneshot `pve-guests.service`, so its first report may come
-    /// while startall still works through its `up=` delays.)
+    /// first report of the new boot — as on a real node, where `fleetward-agent.service` is
+    /// ordered after the oneshot `pve-guests.service` (packaging/systemd), so its first
+    /// report comes after startall has worked through its `up=` delays.
     fn startall(&self, guests: &mut [SimGuest], say: Say) {
         let mut list: Vec<(u32, u32, Option<u32>, usize)> = guests
             .iter()
