@@ -510,6 +510,47 @@ mod tests {
         ));
     }
 
+    /// The block cache returns the device's bytes for any mix of seeks and read sizes
+    /// (within a block, across blocks, larger than a block), and an error past the end.
+    #[test]
+    fn cached_reads_are_the_device_bytes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("dev");
+        let bytes: Vec<u8> = (0..50_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let mut disk = ReadOnly::new(File::open(&path).unwrap());
+        let mut pos = 0u64;
+        for (i, len) in [3usize, 11, 4096, 1, 8191, 32, 20_000, 5, 4095, 2]
+            .iter()
+            .cycle()
+            .take(60)
+            .enumerate()
+        {
+            pos = match i % 4 {
+                0 => disk
+                    .seek(SeekFrom::Start((i as u64 * 7919) % 49_000))
+                    .unwrap(),
+                1 => disk.seek(SeekFrom::Current(-3)).unwrap(),
+                2 => disk
+                    .seek(SeekFrom::End(-(*len as i64).min(40_000)))
+                    .unwrap(),
+                _ if pos < 49_000 => pos,
+                _ => disk.seek(SeekFrom::Start(100)).unwrap(),
+            };
+            let mut buf = vec![0; *len];
+            let n = disk.read(&mut buf).unwrap();
+            assert!(n > 0 && n <= *len);
+            assert_eq!(buf[..n], bytes[pos as usize..pos as usize + n], "at {pos}");
+            pos += n as u64;
+        }
+        disk.seek(SeekFrom::Start(49_990)).unwrap();
+        let mut buf = [0; 64];
+        disk.read_exact(&mut buf[..10]).unwrap();
+        assert_eq!(buf[..10], bytes[49_990..]);
+        assert!(disk.read(&mut buf).is_err(), "past the end");
+        assert!(disk.seek(SeekFrom::Current(-60_000)).is_err());
+    }
+
     #[test]
     fn reading_never_writes_even_a_dirty_fat32() {
         let (_t, img) = image(&systemd_boot("i"), "1234-5678", 40 * 1024);

@@ -364,4 +364,77 @@ mod tests {
             FileRead::Unreadable(_)
         ));
     }
+
+    /// Every kind of path, through a root with and without the lookup cache: the same
+    /// answers (the cache and the shortcuts under a missing or non-directory component
+    /// change how many `lstat`s are made, never what is found).
+    #[test]
+    fn the_lookup_cache_changes_no_answer() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for sub in ["etc/pve/nodes/n1", "run/real", "usr/lib"] {
+            fs::create_dir_all(d.join(sub)).unwrap();
+        }
+        fs::write(d.join("etc/hosts"), "127.0.0.1 localhost\n").unwrap();
+        fs::write(d.join("etc/pve/nodes/n1/a.conf"), "a\n").unwrap();
+        fs::write(d.join("run/real/file"), "real\n").unwrap();
+        fs::write(d.join("etc/binary"), [0xff, 0x00]).unwrap();
+        symlink("/run/real", d.join("etc/abs")).unwrap();
+        symlink("../run/real/file", d.join("etc/rel")).unwrap();
+        symlink("nodes/n1", d.join("etc/pve/local")).unwrap();
+        symlink("/../../run/./real/", d.join("etc/up")).unwrap();
+        symlink("/loop2", d.join("loop1")).unwrap();
+        symlink("/loop1", d.join("loop2")).unwrap();
+        symlink("/nowhere/at/all", d.join("etc/dangling")).unwrap();
+        let paths = [
+            "/",
+            "/etc",
+            "/etc/hosts",
+            "/etc/hosts/x",
+            "/etc/hosts/../hosts",
+            "/etc/missing/../hosts",
+            "/etc/missing/deeper/../../hosts",
+            "/etc/abs/file",
+            "/etc/abs/../abs/file",
+            "/etc/rel",
+            "/etc/pve/local/a.conf",
+            "/etc/pve/local/../n1",
+            "/etc/up/file",
+            "/loop1",
+            "/loop1/x",
+            "/etc/dangling",
+            "/etc/dangling/x",
+            "/etc/binary",
+            "/../../etc/hosts",
+            "/usr/lib",
+            "/usr/lib/none",
+            "/etc/pve/nodes",
+        ];
+        let plain = Root::new(d);
+        let cached = plain.with_lookup_cache();
+        for _ in 0..2 {
+            for p in paths {
+                assert_eq!(plain.resolve(p), cached.resolve(p), "{p}");
+                assert_eq!(plain.read_text(p), cached.read_text(p), "{p}");
+                assert_eq!(plain.exists(p), cached.exists(p), "{p}");
+                assert_eq!(plain.is_dir(p), cached.is_dir(p), "{p}");
+                assert_eq!(plain.file_size(p), cached.file_size(p), "{p}");
+                assert_eq!(plain.list_dir(p), cached.list_dir(p), "{p}");
+                assert_eq!(plain.read_link(p), cached.read_link(p), "{p}");
+            }
+        }
+        assert_eq!(plain.read_text("/etc/rel"), FileRead::Text("real\n".into()));
+        assert_eq!(
+            plain.read_text("/etc/up/file"),
+            FileRead::Text("real\n".into())
+        );
+        assert!(
+            matches!(plain.read_text("/etc/hosts/x"), FileRead::Unreadable(r) if r.contains("Not a directory"))
+        );
+        assert_eq!(
+            plain.read_text("/etc/missing/../hosts"),
+            plain.read_text("/etc/hosts")
+        );
+    }
 }
