@@ -19,7 +19,10 @@ struct Cli {
     command: Command,
 }
 
+// Each subcommand's arguments are built only when it is the one given (or for help and
+// the documents): `inspect` is timed as a whole process.
 #[derive(Subcommand)]
+#[command(defer = true)]
 enum Command {
     /// Inspect this node (boot stack, ESPs, APT sources, resolver, quorum) and print a report.
     ///
