@@ -34,27 +34,40 @@ fn main() {
     let (median, p95) = summary(times);
     println!("inspect --root seed/pve-03, in-process: median {median:.3} ms, p95 {p95:.3} ms ({runs} runs)");
 
-    let exe = env!("CARGO_BIN_EXE_fleetward-agent");
-    let runs = 100;
-    let times: Vec<Duration> = (0..runs)
-        .map(|_| {
+    // FLEETWARD_BENCH_COMPARE=/path/to/another/fleetward-agent: time that build too, the two
+    // run alternately (before/after figures in one sitting on a shared machine).
+    let other = std::env::var_os("FLEETWARD_BENCH_COMPARE").map(std::path::PathBuf::from);
+    let exes: Vec<(String, std::path::PathBuf)> = std::iter::once((
+        "this build".to_string(),
+        std::path::PathBuf::from(env!("CARGO_BIN_EXE_fleetward-agent")),
+    ))
+    .chain(other.map(|p| (p.display().to_string(), p)))
+    .collect();
+    let runs = 500;
+    let mut times: Vec<Vec<Duration>> = vec![Vec::with_capacity(runs); exes.len()];
+    for _ in 0..runs {
+        for ((_, exe), times) in exes.iter().zip(&mut times) {
             let t = Instant::now();
             let out = Command::new(exe)
                 .args(["inspect", "--format", "json", "--root"])
                 .arg(root_dir.path())
                 .output()
                 .expect("run fleetward-agent");
-            let elapsed = t.elapsed();
+            times.push(t.elapsed());
             assert!(out.status.code().is_some_and(|c| c <= 1), "{out:?}");
-            elapsed
-        })
-        .collect();
-    let (median, p95) = summary(times);
+        }
+    }
     let peak_kib = getrusage(UsageWho::RUSAGE_CHILDREN)
         .expect("getrusage")
         .max_rss();
+    for ((name, _), times) in exes.iter().zip(times) {
+        let (median, p95) = summary(times);
+        println!(
+            "fleetward-agent inspect --root seed/pve-03 --format json, whole process ({name}): median {median:.3} ms, p95 {p95:.3} ms ({runs} runs)"
+        );
+    }
     println!(
-        "fleetward-agent inspect --root seed/pve-03 --format json, whole process: median {median:.3} ms, p95 {p95:.3} ms ({runs} runs), peak RSS {:.1} MiB",
+        "peak RSS of those processes {:.1} MiB",
         peak_kib as f64 / 1024.0
     );
 }

@@ -165,6 +165,8 @@ pub fn collect(root: &Root) -> Facts {
 
 /// [`collect`], and every file path it tried to read (in order, each once): the inputs.
 pub fn collect_with_inputs(root: &Root) -> (Facts, Vec<String>) {
+    // Each directory on the way to a file (`/etc`, `/etc/pve`) is looked at once.
+    let root = &root.with_lookup_cache();
     let mut r = Reader::new(root);
     let status = r.input("/var/lib/dpkg/status");
     let packages_unknown = status.is_unreadable();
