@@ -52,7 +52,18 @@
 //!   (`PVE/API2/Nodes.pm`) at boot, so a later `qm start` of such a guest finds it running. The outcome has `reboot: true`: the session layer drops the
 //!   connection, waits, and reconnects — the file changes are already done.
 //! - **power-off**: `powered-off` marker, every local guest stopped, outcome `power_off: true`.
-//! - **ceph-set/unset-noout**, **ha-disarm/arm**: the marker files.
+//! - **ceph-set/unset-noout**, **ha-disarm/arm**: the marker files. The noout actions
+//!   answer with the flag as the marker then reads (`ActionOutcome::ceph`), as the real
+//!   executor's read-only `ceph osd dump` probe does.
+//! - **OSDs come back some seconds after the node** when the executor has an OSD delay
+//!   ([`SimulatedExecutor::with_osd_delay`], `run --simulate --sim-osd-delay-secs S`): a
+//!   boot writes [`OSDS_DOWN`] with the time the node's OSDs start, and until then `inspect`
+//!   reads them down (and still in: `noout` keeps them in). On a real node the
+//!   `ceph-osd@<id>` systemd units (ceph `systemd/ceph-osd@.service`) start after boot, and
+//!   the OSD map marks each OSD up only once it has booted and reported to the monitors
+//!   (ceph `src/osd/OSD.cc`, `OSD::start_boot`). Proxmox's own procedure (pve-docs
+//!   `pveceph.adoc`, section "Shutdown {pve} + Ceph HCI Cluster", `[[pveceph_shutdown]]`)
+//!   confirms that all Ceph services are up and running before `ceph osd unset noout`.
 //! - **guest-stop/start/migrate**: `guests.json` (`migrated` with `location: TARGET`).
 //!
 //! **HA is asynchronous** when the executor has an HA delay ([`SimulatedExecutor::with_ha_delay`],
@@ -87,8 +98,8 @@ use super::{unit, Simulation};
 use crate::parse::{apt_sim, boot_tool::DEFAULT_ESP_LIST as ESP_LIST, control, version};
 use crate::simformat::{
     GuestState, HaRequest, Pending, SimGuest, SimUnit, CEPH_NOOUT, ESP_SYNCED, GUESTS,
-    HA_CRM_IGNORES, HA_DISARMED, HA_REQUESTS, MAINTENANCE, PENDING, POWERED_OFF, REFRESH_FAILS,
-    SIM_DIR, SIM_LISTS_FILE, UNITS,
+    HA_CRM_IGNORES, HA_DISARMED, HA_REQUESTS, MAINTENANCE, OSDS_DOWN, PENDING, POWERED_OFF,
+    REFRESH_FAILS, SIM_DIR, SIM_LISTS_FILE, UNITS,
 };
 use fleetward_proto::{Removal, Upgrade};
 use serde::{Deserialize, Serialize};
@@ -178,6 +189,8 @@ pub struct SimulatedExecutor {
     /// `Some`: HA is asynchronous — HA guests' stop/start requests take effect this long
     /// after the command returned (see the module docs).
     pub ha_delay: Option<std::time::Duration>,
+    /// `Some`: after a boot the node's OSDs read down this long (see the module docs).
+    pub osd_delay: Option<std::time::Duration>,
 }
 
 type Say<'a> = &'a mut dyn FnMut(String);
@@ -299,7 +312,14 @@ impl SimulatedExecutor {
             log: log.into(),
             duration: std::time::Duration::ZERO,
             ha_delay: None,
+            osd_delay: None,
         }
+    }
+
+    /// After a boot the node's OSDs read down for `d` (the `osds-down` marker).
+    pub fn with_osd_delay(mut self, d: std::time::Duration) -> Self {
+        self.osd_delay = Some(d);
+        self
     }
 
     /// HA requests take effect `d` after the command that queued them returned.
@@ -744,6 +764,18 @@ impl SimulatedExecutor {
         self.remove(&self.path("/run/reboot-required"))?;
         self.remove(&self.sim(POWERED_OFF))?;
         say(format!("booted kernel {next}, boot id {boot_id}"));
+        match self.osd_delay.filter(|d| !d.is_zero()) {
+            // The ceph-osd units start after the node is up: down (still in) until then.
+            Some(d) if self.path("/var/lib/ceph/osd").is_dir() => {
+                let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+                let until = now_ms().saturating_add(ms);
+                self.write(&self.sim(OSDS_DOWN), &format!("{until}\n"))?;
+                say(format!("Ceph OSDs start in {:.1} s", d.as_secs_f64()));
+            }
+            _ => {
+                self.remove(&self.sim(OSDS_DOWN))?;
+            }
+        }
         let mut guests = self.guests()?;
         let mut started = Vec::new();
         for g in guests

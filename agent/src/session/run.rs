@@ -84,6 +84,9 @@ pub struct SimOptions {
     /// `Some`: HA requests take effect this long after the command (see
     /// `executor::simulated`); `None`: at once.
     pub ha_delay: Option<Duration>,
+    /// After a simulated boot the node's OSDs read down this long (see
+    /// `executor::simulated`); `None`: up at once.
+    pub osd_delay: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -165,6 +168,9 @@ pub fn open_executor_with(
                 .with_duration(options.action_duration);
             if let Some(d) = options.ha_delay {
                 sim = sim.with_ha_delay(d);
+            }
+            if let Some(d) = options.osd_delay {
+                sim = sim.with_osd_delay(d);
             }
             if sim.powered_off() {
                 info!(root = %sim.root.display(), "simulated node was powered off: powering it on");
@@ -922,6 +928,7 @@ mod tests {
                 reboot_delay: Duration::ZERO,
                 action_duration: Duration::ZERO,
                 ha_delay: None,
+                osd_delay: None,
             }),
             observe_only,
         }

@@ -351,6 +351,7 @@ mod tests {
             osds_here: vec![3],
             noout: None,
             healthy: None,
+            osds: None,
         });
         r.facts.ha = HaFacts {
             disarmed,

@@ -361,8 +361,12 @@ impl Machine<'_> {
                     p.acked = true;
                 }
             }
-            // Proxmox only queued the request: done when the reports show the effect.
-            Action::MaintenanceOn | Action::MaintenanceOff => {
+            // Proxmox only queued the request (maintenance), or the flag is the OSD map's
+            // (noout): done when the reports show the effect.
+            Action::MaintenanceOn
+            | Action::MaintenanceOff
+            | Action::CephSetNoout
+            | Action::CephUnsetNoout => {
                 if let Some(p) = self.s.nodes[idx].pending.as_mut() {
                     p.acked = true;
                 }
@@ -371,8 +375,6 @@ impl Machine<'_> {
                 }
             }
             Action::WaitGuestsMigrated => self.enter(idx, Phase::AptUpdate),
-            Action::CephSetNoout => self.enter(idx, Phase::AwaitReturn),
-            Action::CephUnsetNoout => self.enter(idx, Phase::MaintenanceOff),
             Action::AptUpdate => self.enter(idx, Phase::Upgrade),
             Action::AptDistUpgrade => {
                 self.s.nodes[idx].refresh_attempted = false;
@@ -382,15 +384,17 @@ impl Machine<'_> {
         }
     }
 
-    /// The effect of an answered maintenance action shows in the node's latest report: HA
-    /// maintenance (`/etc/pve/ha/manager_status`) reads as requested. A report that cannot
-    /// tell (`None`) cannot be observed: the answer settles it then. (`noout` in a rollout
-    /// still settles on the answer.)
+    /// The effect of an answered flag action shows in the node's latest report: HA
+    /// maintenance (`/etc/pve/ha/manager_status`) or Ceph's `noout` (the OSD map's flags)
+    /// reads as requested. A report that cannot tell (`None`) cannot be observed: the
+    /// answer settles it then.
     fn effect_observed(&self, idx: usize, action: Action) -> bool {
         let nv = self.view.nodes.get(&self.s.nodes[idx].name);
         let (value, want) = match action {
             Action::MaintenanceOn => (nv.and_then(|n| n.ha_maintenance), true),
             Action::MaintenanceOff => (nv.and_then(|n| n.ha_maintenance), false),
+            Action::CephSetNoout => (nv.and_then(|n| n.noout), true),
+            Action::CephUnsetNoout => (nv.and_then(|n| n.noout), false),
             _ => return true,
         };
         value != Some(!want)
@@ -399,9 +403,24 @@ impl Machine<'_> {
     fn effect_done(&mut self, idx: usize, action: Action) {
         match action {
             Action::MaintenanceOn => self.enter(idx, Phase::WaitGuests),
+            Action::CephSetNoout => self.enter(idx, Phase::AwaitReturn),
+            Action::CephUnsetNoout => self.enter(idx, Phase::MaintenanceOff),
             Action::MaintenanceOff => self.enter(idx, Phase::Done),
             _ => {}
         }
+    }
+
+    /// Nodes whose report says some OSD is down or out (as Proxmox's Ceph procedure asks,
+    /// `noout` is unset only once every OSD is back up and in; pve-docs `pveceph.adoc`,
+    /// `[[pveceph_shutdown]]`), with their counts. A report that cannot tell does not hold
+    /// the unset back.
+    fn osds_not_up_in(&self) -> Vec<String> {
+        let view = self.view;
+        view.nodes
+            .iter()
+            .filter(|(_, v)| v.osds_up_in == Some(false))
+            .map(|(n, _)| n.clone())
+            .collect()
     }
 
     fn advance(&mut self) {
@@ -556,6 +575,25 @@ impl Machine<'_> {
                     return false;
                 };
                 let answered = self.s.nodes[idx].pending.as_ref().is_some_and(|p| p.acked);
+                if phase == Phase::CephUnset && self.s.nodes[idx].pending.is_none() {
+                    let down = self.osds_not_up_in();
+                    if !down.is_empty() {
+                        if self.overdue(idx) {
+                            self.halt(
+                                &name,
+                                GateFailure {
+                                    gate: Gate::Ceph,
+                                    reason: format!(
+                                        "OSDs not all up and in on {} after {name}'s turn; \
+                                         noout stays set",
+                                        down.join(", ")
+                                    ),
+                                },
+                            );
+                        }
+                        return false;
+                    }
+                }
                 if answered && self.effect_observed(idx, action) {
                     self.effect_done(idx, action);
                     return true;

@@ -561,6 +561,10 @@ pub struct NodeView {
     /// Ceph's `noout` flag as the node's report reads it; `None`: not known.
     #[serde(default)]
     pub noout: Option<bool>,
+    /// Every OSD the node's report counts is up and in (a live node counts the cluster's
+    /// OSD map, a simulated one its own OSDs); `None`: not known.
+    #[serde(default)]
+    pub osds_up_in: Option<bool>,
 }
 
 /// The cluster as the driver sees it when it calls [`step`]: every cluster member, not
