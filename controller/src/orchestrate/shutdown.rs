@@ -112,6 +112,7 @@ pub fn node_view(
         ha_maintenance: f.ha.maintenance,
         ha_disarmed: f.ha.disarmed,
         noout: f.ceph.as_ref().and_then(|c| c.noout),
+        osds_up_in: f.ceph.as_ref().and_then(|c| c.osds).map(|o| o.all_up_in()),
     }
 }
 
