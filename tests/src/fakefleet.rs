@@ -302,6 +302,7 @@ pub async fn run_node(
                         message: String::new(),
                         exit_code: Some(0),
                         replayed,
+                        ceph: None,
                     };
                     if req.action == Action::MaintenanceOff {
                         fleet.sent.lock().unwrap().push((

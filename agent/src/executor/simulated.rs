@@ -95,6 +95,7 @@ use super::{
     GuestKind, OutputTail, OUTPUT_MAX,
 };
 use super::{unit, Simulation};
+use crate::parse::ceph::OsdMap;
 use crate::parse::{apt_sim, boot_tool::DEFAULT_ESP_LIST as ESP_LIST, control, version};
 use crate::simformat::{
     GuestState, HaRequest, Pending, SimGuest, SimUnit, CEPH_NOOUT, ESP_SYNCED, GUESTS,
@@ -1030,10 +1031,42 @@ impl SimulatedExecutor {
                 out(&format!("warning: cannot record the simulated unit: {e}"));
             }
         }
+        let noout_action = matches!(req.action, Action::CephSetNoout | Action::CephUnsetNoout);
         ActionOutcome {
             reboot: ok && req.action == Action::Reboot,
             power_off: ok && req.action == Action::PowerOff,
+            ceph: (ok && noout_action).then(|| self.osd_map()),
             ..ActionOutcome::new(&req.id, ok, tail.finish(), Some(if ok { 0 } else { 1 }))
+        }
+    }
+
+    /// The simulated OSD map as the real executor's `ceph osd dump` probe would read it:
+    /// `noout` from its marker, this node's OSDs (`/var/lib/ceph/osd/ceph-<id>`) up unless
+    /// the `osds-down` marker's time has not passed, and in.
+    pub fn osd_map(&self) -> OsdMap {
+        let total = fs::read_dir(self.path("/var/lib/ceph/osd"))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| {
+                        e.file_name()
+                            .to_str()
+                            .and_then(|n| n.strip_prefix("ceph-"))
+                            .is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
+                    })
+                    .count()
+            })
+            .unwrap_or(0);
+        let total = u32::try_from(total).unwrap_or(u32::MAX);
+        let down = fs::read_to_string(self.sim(OSDS_DOWN))
+            .ok()
+            .is_some_and(|t| crate::simformat::osds_down(&t, now_ms()));
+        OsdMap {
+            noout: self.sim(CEPH_NOOUT).exists(),
+            osds: fleetward_proto::OsdCounts {
+                total,
+                up: if down { 0 } else { total },
+                inside: total,
+            },
         }
     }
 }
@@ -1407,9 +1440,11 @@ mod tests {
         fs::write(exec.sim("refresh-fails"), "").unwrap();
         assert!(!run(&exec, "b3", Action::BootRefresh).ok);
 
-        assert!(run(&exec, "n", Action::CephSetNoout).ok);
+        let set = run(&exec, "n", Action::CephSetNoout);
+        assert!(set.ok && set.ceph.is_some_and(|m| m.noout), "{set:?}");
         assert!(exec.sim("ceph-noout").exists());
-        assert!(run(&exec, "n2", Action::CephUnsetNoout).ok);
+        let unset = run(&exec, "n2", Action::CephUnsetNoout);
+        assert!(unset.ok && unset.ceph.is_some_and(|m| !m.noout), "{unset:?}");
         assert!(!exec.sim("ceph-noout").exists());
         assert!(run(&exec, "h", Action::HaDisarm).ok);
         assert!(exec.sim("ha-disarmed").exists());
@@ -1602,5 +1637,36 @@ mod tests {
             action: Action::AptDistUpgrade,
         };
         assert!(exec.recover(&other, &mut |_| {}).is_none());
+    }
+
+    /// OSDs come back some seconds after the node: a boot with an OSD delay marks this
+    /// node's OSDs down (still in) until then, and `inspect` reads them so; without a delay
+    /// they are up at once.
+    #[test]
+    fn executor_sim_osds_come_back_after_the_boot() {
+        let (_tmp, exec) = tiny_node();
+        for id in ["ceph-0", "ceph-1"] {
+            fs::create_dir_all(exec.path("/var/lib/ceph/osd").join(id)).unwrap();
+        }
+        assert_eq!(exec.osd_map().osds.up, 2);
+        let exec = exec.with_osd_delay(std::time::Duration::from_secs(3600));
+        assert!(run(&exec, "r1", Action::Reboot).ok);
+        let m = exec.osd_map();
+        assert_eq!((m.osds.total, m.osds.up, m.osds.inside), (2, 0, 2));
+        let until: u64 = fs::read_to_string(exec.sim(OSDS_DOWN))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(until > now_ms() + 3_000_000);
+        // Its time passed: up.
+        fs::write(exec.sim(OSDS_DOWN), format!("{}\n", now_ms() - 1)).unwrap();
+        assert!(exec.osd_map().osds.all_up_in());
+        // A boot without a delay: up at once.
+        let mut exec = exec;
+        exec.osd_delay = None;
+        assert!(run(&exec, "r2", Action::Reboot).ok);
+        assert!(!exec.sim(OSDS_DOWN).exists());
+        assert!(exec.osd_map().osds.all_up_in());
     }
 }

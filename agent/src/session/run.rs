@@ -541,6 +541,7 @@ impl Outbox {
             message: message.into(),
             exit_code: None,
             replayed: false,
+            ceph: None,
         }))
     }
 
@@ -551,6 +552,12 @@ impl Outbox {
             message: tail(o.output.clone(), RESULT_MESSAGE_MAX),
             exit_code: o.exit_code,
             replayed: o.replayed,
+            ceph: o.ceph.map(|m| agent_message::CephObserved {
+                noout: m.noout,
+                osds_total: m.osds.total,
+                osds_up: m.osds.up,
+                osds_in: m.osds.inside,
+            }),
         }))
     }
 }
@@ -566,6 +573,7 @@ impl Agent {
             let mut report = inspect(&root);
             if live {
                 crate::probe::ceph_health(&mut report, &SystemRunner);
+                crate::probe::ceph_osd_map(&mut report, &SystemRunner);
             }
             // apt is the oracle for upgrades: its read-only simulation, through the executor
             // (real: `apt-get -s dist-upgrade` on `/`; simulated: the fixture world;

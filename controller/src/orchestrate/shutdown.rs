@@ -145,8 +145,13 @@ pub fn view(ctl: &Controller) -> ShutdownView {
         let online = ctl.is_online(&rec.name);
         let report = ctl.latest(&rec.name).map(|(r, _)| r);
         let boot = online.then(|| rec.boot_id.clone()).flatten();
-        view.nodes
-            .insert(rec.name.clone(), node_view(report.as_deref(), online, boot));
+        let mut nv = node_view(report.as_deref(), online, boot);
+        // Where the report cannot tell `noout`, the OSD map the agent read after its noout
+        // action (its OSD counts are not used: read before a reboot, they would be stale).
+        if let Some(p) = ctl.ceph_probe(&rec.name) {
+            nv.noout = nv.noout.or(Some(p.noout));
+        }
+        view.nodes.insert(rec.name.clone(), nv);
         if online {
             latest.push(report);
         }
