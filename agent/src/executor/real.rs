@@ -1072,7 +1072,9 @@ mod tests {
             RunResult::exited(0, &fixture), // ceph osd dump: noout set
         ]);
         let mut lines = Vec::new();
-        let o = exec.execute(&req(Action::CephSetNoout), &mut |l| lines.push(l.to_owned()));
+        let o = exec.execute(&req(Action::CephSetNoout), &mut |l| {
+            lines.push(l.to_owned())
+        });
         assert!(o.ok, "{o:?}");
         let map = o.ceph.expect("the OSD map");
         assert!(map.noout);
@@ -1081,10 +1083,16 @@ mod tests {
         let calls = exec.runner.take_calls();
         assert_eq!(calls.len(), 4, "{calls:?}");
         assert_eq!(calls[2..], [probe.clone(), probe.clone()]);
-        assert!(lines.iter().any(|l| l == "OSD map: noout set, 5 of 6 OSDs up, 6 in"), "{lines:?}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l == "OSD map: noout set, 5 of 6 OSDs up, 6 in"),
+            "{lines:?}"
+        );
 
         // Never shows: bounded, the last map read says so.
-        exec.runner.script([RunResult::exited(0, ""), RunResult::exited(0, "")]);
+        exec.runner
+            .script([RunResult::exited(0, ""), RunResult::exited(0, "")]);
         exec.runner
             .script((0..NOOUT_POLLS).map(|_| RunResult::exited(0, before)));
         let o = exec.execute(&req(Action::CephSetNoout), &mut |_| {});
@@ -1102,7 +1110,8 @@ mod tests {
         assert_eq!(exec.runner.take_calls().len(), 3);
 
         // A failed unset is not probed.
-        exec.runner.script([RunResult::exited(1, ""), RunResult::exited(0, "")]);
+        exec.runner
+            .script([RunResult::exited(1, ""), RunResult::exited(0, "")]);
         let o = exec.execute(&req(Action::CephUnsetNoout), &mut |_| {});
         assert!(!o.ok && o.ceph.is_none());
         assert_eq!(exec.runner.take_calls().len(), 2);

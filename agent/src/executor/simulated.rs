@@ -1051,7 +1051,9 @@ impl SimulatedExecutor {
                         e.file_name()
                             .to_str()
                             .and_then(|n| n.strip_prefix("ceph-"))
-                            .is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
+                            .is_some_and(|id| {
+                                !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit())
+                            })
                     })
                     .count()
             })
@@ -1444,7 +1446,10 @@ mod tests {
         assert!(set.ok && set.ceph.is_some_and(|m| m.noout), "{set:?}");
         assert!(exec.sim("ceph-noout").exists());
         let unset = run(&exec, "n2", Action::CephUnsetNoout);
-        assert!(unset.ok && unset.ceph.is_some_and(|m| !m.noout), "{unset:?}");
+        assert!(
+            unset.ok && unset.ceph.is_some_and(|m| !m.noout),
+            "{unset:?}"
+        );
         assert!(!exec.sim("ceph-noout").exists());
         assert!(run(&exec, "h", Action::HaDisarm).ok);
         assert!(exec.sim("ha-disarmed").exists());

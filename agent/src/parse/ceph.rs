@@ -30,8 +30,8 @@ fn set(v: &serde_json::Value) -> Option<bool> {
 /// (no `flags`/`flags_set`, no `osds` list, an OSD without `up`/`in`) is an error: the
 /// caller then knows nothing, rather than "no OSDs".
 pub fn parse_osd_dump(json: &str) -> Result<OsdMap, String> {
-    let v: serde_json::Value = serde_json::from_str(json)
-        .map_err(|e| format!("ceph osd dump output is not JSON: {e}"))?;
+    let v: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| format!("ceph osd dump output is not JSON: {e}"))?;
     let noout = match (v.get("flags_set"), v.get("flags")) {
         (Some(serde_json::Value::Array(set)), _) => set.iter().any(|f| f.as_str() == Some("noout")),
         (_, Some(serde_json::Value::String(flags))) => {

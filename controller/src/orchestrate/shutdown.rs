@@ -449,4 +449,31 @@ mod tests {
         down.stage = Stage::Down;
         assert!(expected_nodes(&down).is_empty());
     }
+
+    /// The OSD map an agent read after its noout action is the view's `noout` where the
+    /// node's report cannot tell; a report that tells wins.
+    #[tokio::test]
+    async fn the_probe_after_a_noout_action_tells_what_the_report_cannot() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path().join("db")).unwrap();
+        let ca = fleetward_pki::Ca::generate("test").unwrap();
+        let ctl = Controller::new(store, ca, ControllerConfig::new("test", None), None).unwrap();
+        let rec = crate::store::NodeRecord::new("pve1", "01", u64::MAX, 0);
+        ctl.store().upsert_node(&rec).unwrap();
+        let (tx, _rx) = tokio::sync::mpsc::channel(1);
+        let _session = ctl.register("pve1", tx);
+        assert_eq!(view(&ctl).nodes["pve1"].noout, None);
+        let probe = |noout| crate::state::CephProbe {
+            noout,
+            osds: fleetward_proto::OsdCounts::default(),
+        };
+        ctl.record_ceph_probe("pve1", probe(true));
+        assert_eq!(view(&ctl).nodes["pve1"].noout, Some(true));
+        assert_eq!(
+            super::super::rollout::cluster_view(&ctl, &BTreeSet::new()).nodes["pve1"].noout,
+            Some(true)
+        );
+        ctl.record_ceph_probe("pve1", probe(false));
+        assert_eq!(view(&ctl).nodes["pve1"].noout, Some(false));
+    }
 }
