@@ -565,8 +565,9 @@ impl Outbox {
 impl Agent {
     async fn inspect(&self) -> Report {
         let root = self.root.clone();
-        // On the live system (not a fixture tree, not simulated), Ceph health is only known
-        // by asking Ceph: a read-only `ceph health` (the rollout's Ceph gate needs it).
+        // On the live system (not a fixture tree, not simulated), Ceph health, `noout` and
+        // the OSDs are only known by asking Ceph: a read-only `ceph health` (the rollout's
+        // Ceph gate) and `ceph osd dump` (the flag and the OSDs up/in the unset waits for).
         let live = self.opts.simulate.is_none() && self.opts.root == std::path::Path::new("/");
         let executor = self.executor.clone();
         let work = move || {

@@ -410,7 +410,7 @@ impl Machine<'_> {
         }
     }
 
-    /// Nodes whose report says some OSD is down or out (as Proxmox's Ceph procedure asks,
+    /// Online nodes whose report says some OSD is down or out (as Proxmox's Ceph procedure asks,
     /// `noout` is unset only once every OSD is back up and in; pve-docs `pveceph.adoc`,
     /// `[[pveceph_shutdown]]`), with their counts. A report that cannot tell does not hold
     /// the unset back.
@@ -418,7 +418,7 @@ impl Machine<'_> {
         let view = self.view;
         view.nodes
             .iter()
-            .filter(|(_, v)| v.osds_up_in == Some(false))
+            .filter(|(_, v)| v.online && v.osds_up_in == Some(false))
             .map(|(n, _)| n.clone())
             .collect()
     }
