@@ -506,6 +506,16 @@ impl Machine<'_> {
         })
     }
 
+    /// Another node whose `ceph osd unset noout` was sent and has not settled.
+    fn unset_in_flight(&self, idx: usize) -> Option<String> {
+        self.s
+            .nodes
+            .iter()
+            .enumerate()
+            .find(|(i, o)| *i != idx && o.phase == Phase::CephUnset && o.pending.is_some())
+            .map(|(_, o)| o.name.clone())
+    }
+
     /// While restoring (`abort --restore`): where a started node goes instead of its next
     /// step. A node with an action in flight (or a reboot under way) keeps waiting for it:
     /// dpkg is never interrupted. One that set `noout` unsets it (unless another node
@@ -575,6 +585,33 @@ impl Machine<'_> {
                     return false;
                 };
                 let answered = self.s.nodes[idx].pending.as_ref().is_some_and(|p| p.acked);
+                // `noout` is one cluster-wide flag: an unset is not sent while another
+                // node holds it (that node unsets it later), and a set waits for an unset
+                // in flight (else the two race and one of them is never observed).
+                if phase == Phase::CephUnset
+                    && self.s.nodes[idx].pending.is_none()
+                    && self.others_hold_noout(idx)
+                {
+                    self.enter(idx, Phase::MaintenanceOff);
+                    return true;
+                }
+                if phase == Phase::CephNoout && self.s.nodes[idx].pending.is_none() {
+                    if let Some(other) = self.unset_in_flight(idx) {
+                        if self.overdue(idx) {
+                            self.halt(
+                                &name,
+                                GateFailure {
+                                    gate: Gate::CommandTimeout,
+                                    reason: format!(
+                                        "ceph-set-noout on {name} waited for {other}'s \
+                                         ceph-unset-noout, which did not settle"
+                                    ),
+                                },
+                            );
+                        }
+                        return false;
+                    }
+                }
                 if phase == Phase::CephUnset && self.s.nodes[idx].pending.is_none() {
                     let down = self.osds_not_up_in();
                     if !down.is_empty() {

@@ -1134,3 +1134,61 @@ fn noout_is_unset_only_when_every_osd_is_up_and_in() {
     assert!(sim.actions_for("pve1", Action::CephUnsetNoout).is_empty());
     assert!(sim.actions_for("pve2", Action::MaintenanceOn).is_empty());
 }
+
+/// `noout` is one cluster-wide flag: with two OSD nodes out at once, a set waits for an
+/// unset in flight (they would race and one would never be observed), and a node waiting
+/// to unset (its OSDs still down) leaves it to the node that set it meanwhile.
+#[test]
+fn a_noout_set_and_an_unset_of_two_nodes_never_race() {
+    let mut view = ceph_view(5, &["pve1", "pve2"]);
+    let s = RolloutState::new(plan(5, 2));
+    let (mut s, _) = step(&s, &Event::Start, &view);
+    assert_eq!(s.in_flight().count(), 2, "{:?}", s.status);
+    for n in s.nodes.iter_mut().take(2) {
+        n.pending = None;
+    }
+    s.nodes[0].phase = Phase::CephUnset;
+    s.nodes[1].phase = Phase::WaitGuests;
+    s.nodes[1].pending = None;
+    let (mut s, cmds) = step(&s, &Event::Tick { now_ms: 1 }, &view);
+    assert!(sent_actions(&cmds).contains(&"pve1/ceph-unset-noout".to_string()));
+    // pve2 reaches its set while pve1's unset is in flight: it waits.
+    s.nodes[1].phase = Phase::CephNoout;
+    s.nodes[1].pending = None;
+    let (s, cmds) = step(&s, &Event::Tick { now_ms: 2 }, &view);
+    assert!(sent_actions(&cmds).is_empty(), "{cmds:?}");
+    // The unset settles (observed): now the set goes.
+    for nv in view.nodes.values_mut() {
+        nv.noout = Some(false);
+    }
+    let (s, cmds) = step(&s, &ok_result(&s, "pve1"), &view);
+    assert_eq!(
+        sent_actions(&cmds),
+        vec!["pve1/maintenance-off", "pve2/ceph-set-noout"]
+    );
+    assert_eq!(s.node("pve1").unwrap().phase, Phase::MaintenanceOff);
+
+    // pve1 waits to unset (its OSDs are down) when pve2 sets noout: pve1 leaves the unset
+    // to pve2 and goes on; no unset is sent.
+    let mut view = ceph_view(5, &["pve1", "pve2"]);
+    view.nodes.get_mut("pve1").unwrap().osds_up_in = Some(false);
+    let s = RolloutState::new(plan(5, 2));
+    let (mut s, _) = step(&s, &Event::Start, &view);
+    assert_eq!(s.in_flight().count(), 2, "{:?}", s.status);
+    for n in s.nodes.iter_mut().take(2) {
+        n.pending = None;
+    }
+    s.nodes[0].phase = Phase::CephUnset;
+    s.nodes[1].phase = Phase::WaitGuests;
+    let (mut s, cmds) = step(&s, &Event::Tick { now_ms: 1 }, &view);
+    assert!(!sent_actions(&cmds).contains(&"pve1/ceph-unset-noout".to_string()));
+    assert_eq!(s.node("pve1").unwrap().phase, Phase::CephUnset);
+    s.nodes[1].phase = Phase::CephNoout;
+    s.nodes[1].pending = None;
+    let (s, cmds) = step(&s, &Event::Tick { now_ms: 2 }, &view);
+    assert_eq!(
+        sent_actions(&cmds),
+        vec!["pve1/maintenance-off", "pve2/ceph-set-noout"]
+    );
+    assert_eq!(s.node("pve1").unwrap().phase, Phase::MaintenanceOff);
+}
