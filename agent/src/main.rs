@@ -127,6 +127,11 @@ enum Command {
         /// Without it HA acts at once.
         #[arg(long, value_name = "SECS", requires = "simulate", value_parser = sim_secs)]
         sim_ha_delay_secs: Option<f64>,
+        /// With --simulate: after a simulated boot the node's Ceph OSDs read down (still
+        /// in) for this many seconds, as ceph-osd units start after the node is up
+        /// (fractions allowed). Without it they are up at once.
+        #[arg(long, value_name = "SECS", requires = "simulate", value_parser = sim_secs)]
+        sim_osd_delay_secs: Option<f64>,
     },
     /// Build a simulated node's root tree from a test fixture (for `run --simulate` and
     /// `fleetward demo`; not for real nodes).
@@ -213,6 +218,7 @@ fn main() -> ExitCode {
             sim_reboot_secs,
             sim_action_secs,
             sim_ha_delay_secs,
+            sim_osd_delay_secs,
         } => exit(cmd_run(
             RunOptions {
                 state_dir,
@@ -224,6 +230,7 @@ fn main() -> ExitCode {
                     reboot_delay: Duration::from_secs_f64(sim_reboot_secs),
                     action_duration: Duration::from_secs_f64(sim_action_secs),
                     ha_delay: sim_ha_delay_secs.map(Duration::from_secs_f64),
+                    osd_delay: sim_osd_delay_secs.map(Duration::from_secs_f64),
                 }),
             },
             wait_for_enrollment,

@@ -143,9 +143,79 @@ pub fn ceph_health(
     }
 }
 
+/// Runs `ceph osd dump --format json` (read-only, 10 s timeout) and fills the report's
+/// `noout` flag (the OSD map's own, which wins over the health check's) and the OSDs up/in;
+/// on failure they stay as they were (unknown unless `ceph health` told the flag) and the
+/// reason is logged.
+pub fn ceph_osd_map(
+    report: &mut fleetward_proto::Report,
+    runner: &dyn crate::runner::CommandRunner,
+) {
+    let Some(ceph) = report.facts.ceph.as_mut() else {
+        return;
+    };
+    let args: Vec<String> = crate::parse::ceph::OSD_DUMP_ARGS
+        .iter()
+        .map(|a| (*a).to_owned())
+        .collect();
+    let r = runner.run(
+        "ceph",
+        &args,
+        &[],
+        std::time::Duration::from_secs(10),
+        &mut |_| {},
+    );
+    if r.exit_code != Some(0) {
+        tracing::warn!(exit = ?r.exit_code, error = ?r.spawn_error, "ceph osd dump failed; OSDs unknown");
+        return;
+    }
+    match crate::parse::ceph::parse_osd_dump(&r.output) {
+        Ok(m) => {
+            ceph.noout = Some(m.noout);
+            ceph.osds = Some(m.osds);
+        }
+        Err(e) => tracing::warn!(error = %e, "OSDs unknown"),
+    }
+}
+
 #[cfg(test)]
 mod ceph_tests {
-    use super::parse_ceph_health;
+    use super::{ceph_osd_map, parse_ceph_health};
+    use crate::runner::testing::RecordingRunner;
+    use crate::runner::RunResult;
+
+    /// `run` on a live node: the OSD map gives `noout` and the OSDs; a failing `ceph`
+    /// leaves them unknown.
+    #[test]
+    fn ceph_osd_map_fills_noout_and_the_osds() {
+        let mut report = fleetward_proto::Report {
+            schema_version: fleetward_proto::SCHEMA_VERSION,
+            facts: Default::default(),
+            findings: vec![],
+        };
+        report.facts.ceph = Some(fleetward_proto::CephFacts::default());
+        let runner = RecordingRunner::new();
+        runner.script([RunResult::exited(
+            0,
+            r#"{"flags":"noout,sortbitwise","osds":[{"osd":0,"up":0,"in":1},{"osd":1,"up":1,"in":1}]}"#,
+        )]);
+        ceph_osd_map(&mut report, &runner);
+        let calls = runner.take_calls();
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0].program, "ceph");
+        assert_eq!(calls[0].args, ["osd", "dump", "--format", "json"]);
+        let ceph = report.facts.ceph.clone().unwrap();
+        assert_eq!(ceph.noout, Some(true));
+        let o = ceph.osds.unwrap();
+        assert_eq!((o.total, o.up, o.inside), (2, 1, 2));
+
+        let mut report2 = report.clone();
+        report2.facts.ceph = Some(fleetward_proto::CephFacts::default());
+        runner.script([RunResult::exited(1, "error")]);
+        ceph_osd_map(&mut report2, &runner);
+        let ceph = report2.facts.ceph.unwrap();
+        assert_eq!((ceph.noout, ceph.osds), (None, None));
+    }
 
     #[test]
     fn ceph_health_ok_noout_only_and_real_warnings() {

@@ -206,9 +206,12 @@ pub fn text(report: &Report, color: bool) -> String {
     if let Some(c) = &f.ceph {
         section(&mut s, "ceph");
         let osds: Vec<String> = c.osds_here.iter().map(|o| format!("osd.{o}")).collect();
+        let map = c.osds.map_or("-".to_string(), |o| {
+            format!("{}/{} up, {}/{} in", o.up, o.total, o.inside, o.total)
+        });
         let _ = writeln!(
             s,
-            "  monitor {} osds {} noout {} healthy {}",
+            "  monitor {} osds {} noout {} healthy {} osd map {}",
             yn(Some(c.monitor_here)),
             if osds.is_empty() {
                 "-".to_string()
@@ -216,7 +219,8 @@ pub fn text(report: &Report, color: bool) -> String {
                 osds.join(" ")
             },
             yn(c.noout),
-            yn(c.healthy)
+            yn(c.healthy),
+            map
         );
     }
     let h = &f.ha;

@@ -18,6 +18,7 @@
 //! | [`HA_REQUESTS`] | HA requests queued for the cluster manager and not yet applied ([`HaRequest`] list) |
 //! | [`HA_CRM_IGNORES`] | if present, the simulated HA manager ignores every request |
 //! | [`LRM_WATCHDOG`] | this node's HA resource manager (LRM) and its watchdog: `active` (held) or `released`; absent: not modelled (unknown) |
+//! | [`OSDS_DOWN`] | this node's OSDs read down (still in) until the Unix time in ms it holds; written at a simulated boot with an OSD delay; without a time, until removed |
 //!
 //! Besides these, the simulated executor keeps the node's **runtime files** where a real
 //! node has them, so `collect` decides whether a guest runs from the same sources as on a
@@ -71,6 +72,9 @@ pub const HA_CRM_IGNORES: &str = "ha-crm-ignores";
 /// HA round later, `ha-arm` and `maintenance-off` take it again (pve-ha-manager
 /// `src/PVE/HA/LRM.pm` `work`).
 pub const LRM_WATCHDOG: &str = "lrm-watchdog";
+/// Marker: this node's OSDs are down (not yet started after a boot) until the Unix time in
+/// milliseconds the file holds (see [`osds_down`]).
+pub const OSDS_DOWN: &str = "osds-down";
 /// Free space of the file systems a fixture claims (`<path> <bytes>` per line): a fixture
 /// root has no file system of its own to ask.
 pub const FREE_SPACE: &str = "free-space";
@@ -228,5 +232,28 @@ mod tests {
         assert_eq!(g.state, GuestState::Migrated);
         assert_eq!(g.sid(), "vm:100");
         assert!(!g.onboot && g.location.is_none());
+    }
+}
+
+/// Whether the OSDs of a node whose [`OSDS_DOWN`] marker holds `text` read down at
+/// `now_ms`: until the time it holds; a marker without a time (empty or not a number)
+/// means down until it is removed.
+pub fn osds_down(text: &str, now_ms: u64) -> bool {
+    match text.trim().parse::<u64>() {
+        Ok(until) => now_ms < until,
+        Err(_) => true,
+    }
+}
+
+#[cfg(test)]
+mod osd_tests {
+    use super::osds_down;
+
+    #[test]
+    fn osds_read_down_until_their_time_or_forever_without_one() {
+        assert!(osds_down("2000\n", 1999));
+        assert!(!osds_down("2000", 2000));
+        assert!(osds_down("", 5));
+        assert!(osds_down("soon", 5));
     }
 }

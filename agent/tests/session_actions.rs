@@ -207,6 +207,7 @@ impl Setup {
                 reboot_delay: Duration::ZERO,
                 action_duration: Duration::ZERO,
                 ha_delay: None,
+                osd_delay: None,
             }),
         };
         let (stop, shutdown) = watch::channel(false);
@@ -473,6 +474,7 @@ async fn session_simulate_refuses_the_live_root() {
             reboot_delay: Duration::ZERO,
             action_duration: Duration::ZERO,
             ha_delay: None,
+            osd_delay: None,
         }),
     };
     let (_stop, shutdown) = watch::channel(false);

@@ -157,6 +157,17 @@ struct NodeState {
     flat: Option<Arc<Flat>>,
     /// The latest report's store seq: only grows, also across restarts.
     seq: u64,
+    /// The OSD map as the node's agent last read it after a `ceph osd set/unset noout`
+    /// (`CommandResult.ceph`); in memory only.
+    ceph_probe: Option<CephProbe>,
+}
+
+/// Ceph's OSD map as an agent's read-only probe read it after a noout action: what the
+/// drivers use where the node's report cannot tell (`noout`/OSDs unknown).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CephProbe {
+    pub noout: bool,
+    pub osds: fleetward_proto::OsdCounts,
 }
 
 impl NodeSlot {
@@ -777,6 +788,18 @@ impl Controller {
         if state.session.as_ref().is_some_and(|h| h.id == id) {
             state.session = None;
         }
+    }
+
+    /// Remembers the OSD map the node's agent read after a noout action.
+    pub fn record_ceph_probe(&self, node: &str, probe: CephProbe) {
+        if let Some(slot) = self.slot(node) {
+            slot.lock().ceph_probe = Some(probe);
+        }
+    }
+
+    /// The OSD map the node's agent last read after a noout action, if any.
+    pub fn ceph_probe(&self, node: &str) -> Option<CephProbe> {
+        self.slot(node).and_then(|s| s.lock().ceph_probe)
     }
 
     /// Whether the node has an open session.

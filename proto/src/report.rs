@@ -238,6 +238,27 @@ pub struct CephFacts {
     pub noout: Option<bool>,
     /// Ceph health apart from `noout`; `None` when not known without running `ceph`.
     pub healthy: Option<bool>,
+    /// The OSDs' up/in state: on a live node the cluster's OSD map (`ceph osd dump`, read
+    /// by `run`), in simulation this node's own OSDs; `None` when not known.
+    #[serde(default)]
+    pub osds: Option<OsdCounts>,
+}
+
+/// How many OSDs exist, run (`up`) and hold data (`in`), as the OSD map counts them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OsdCounts {
+    pub total: u32,
+    pub up: u32,
+    #[serde(rename = "in")]
+    pub inside: u32,
+}
+
+impl OsdCounts {
+    /// Every OSD is up and in: what Proxmox's Ceph procedure waits for before `noout` is
+    /// unset.
+    pub fn all_up_in(&self) -> bool {
+        self.up >= self.total && self.inside >= self.total
+    }
 }
 
 /// The HA stack as this node sees it.

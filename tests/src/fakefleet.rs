@@ -7,7 +7,10 @@
 //! The model: every node runs [`OLD_KERNEL`] and is offered [`NEW_KERNEL`] (with
 //! `proxmox-ve`) by apt. `apt-dist-upgrade` installs it, `reboot` drops the session, waits
 //! [`FleetOptions::reboot`] and reconnects with a new boot id running the new kernel.
-//! Maintenance on/off is counted in [`Fleet::out_now`]/[`Fleet::max_out`]. Actions are
+//! Maintenance on/off is counted in [`Fleet::out_now`]/[`Fleet::max_out`]. Ceph's `noout` is
+//! one cluster-wide flag ([`Fleet::noout`]): a node's `ceph osd set/unset noout` changes it,
+//! and the next report of every node shows it, as the OSD map would; every OSD is up and in.
+//! Actions are
 //! executed at most once per command id (a re-sent id is answered from memory, like the
 //! real agent's `actions.json`).
 
@@ -20,7 +23,7 @@ use fleetward_proto::api::{
 };
 use fleetward_proto::Report;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -98,6 +101,8 @@ pub struct Fleet {
     /// Nodes in maintenance now, and the most ever at once.
     pub out_now: AtomicUsize,
     pub max_out: AtomicUsize,
+    /// The fake cluster's Ceph `noout` flag (the OSD map's, shared by every node).
+    pub noout: AtomicBool,
     /// Per node: executed (not replayed) actions, by name.
     pub executed: Mutex<HashMap<String, Vec<String>>>,
     /// When each action command arrived (node, action, time), in arrival order.
@@ -134,9 +139,18 @@ impl Model {
 
 /// The report of a model node, from the seed report: hostname, boot id, kernels, pending
 /// upgrade, and a cluster of `members` (all online, one vote each, quorate).
-fn report(seed: &Report, m: &Model, members: &[String]) -> Report {
+fn report(seed: &Report, m: &Model, members: &[String], fleet: &Fleet) -> Report {
     let mut r = seed.clone();
     let f = &mut r.facts;
+    if let Some(ceph) = f.ceph.as_mut() {
+        ceph.noout = Some(fleet.noout.load(Ordering::SeqCst));
+        let total = u32::try_from(ceph.osds_here.len()).unwrap_or(u32::MAX);
+        ceph.osds = Some(fleetward_proto::OsdCounts {
+            total,
+            up: total,
+            inside: total,
+        });
+    }
     f.node.hostname = Some(m.name.clone());
     f.node.boot_id = Some(format!("00000000-0000-4000-8000-{:012x}", m.boot));
     f.node.running_kernel = Some(m.running.clone());
@@ -223,7 +237,7 @@ pub async fn run_node(
         let (tx, rx) = mpsc::channel::<AgentMessage>(64);
         let hello = agent_message::Hello {
             agent_version: "fake".into(),
-            boot_id: report(&seed, &m, &members)
+            boot_id: report(&seed, &m, &members, &fleet)
                 .facts
                 .node
                 .boot_id
@@ -234,7 +248,7 @@ pub async fn run_node(
             *seq += 1;
             msg(agent_message::Kind::Report(agent_message::Report::new(
                 *seq,
-                &report(&seed, m, &members),
+                &report(&seed, m, &members, &fleet),
             )))
         };
         let _ = tx.send(send_report(&m, &mut seq)).await;
@@ -288,6 +302,7 @@ pub async fn run_node(
                         message: String::new(),
                         exit_code: Some(0),
                         replayed,
+                        ceph: None,
                     };
                     if req.action == Action::MaintenanceOff {
                         fleet.sent.lock().unwrap().push((
@@ -346,6 +361,8 @@ fn apply(m: &mut Model, req: &ActionRequest, fleet: &Fleet) {
             m.maintenance = false;
             fleet.out_now.fetch_sub(1, Ordering::SeqCst);
         }
+        Action::CephSetNoout => fleet.noout.store(true, Ordering::SeqCst),
+        Action::CephUnsetNoout => fleet.noout.store(false, Ordering::SeqCst),
         Action::AptDistUpgrade if m.pending => {
             m.pending = false;
             m.installed.push(NEW_KERNEL.into());

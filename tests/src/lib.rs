@@ -427,6 +427,8 @@ pub struct AgentRun {
     pub observe_only: bool,
     /// `--sim-ha-delay-secs`: HA requests take effect this long after the command.
     pub sim_ha_delay_secs: Option<f64>,
+    /// `--sim-osd-delay-secs`: after a simulated boot the node's OSDs read down this long.
+    pub sim_osd_delay_secs: Option<f64>,
 }
 
 impl AgentRun {
@@ -449,6 +451,14 @@ impl AgentRun {
     pub fn sim_ha_delay_secs(mut self, secs: f64) -> Self {
         self.simulate = true;
         self.sim_ha_delay_secs = Some(secs);
+        self
+    }
+
+    /// After a simulated boot the node's Ceph OSDs read down for `secs` (implies
+    /// `simulate`).
+    pub fn sim_osd_delay_secs(mut self, secs: f64) -> Self {
+        self.simulate = true;
+        self.sim_osd_delay_secs = Some(secs);
         self
     }
 
@@ -573,6 +583,9 @@ impl Agent {
             }
             if let Some(secs) = run.sim_ha_delay_secs {
                 cmd.arg(format!("--sim-ha-delay-secs={secs}"));
+            }
+            if let Some(secs) = run.sim_osd_delay_secs {
+                cmd.arg(format!("--sim-osd-delay-secs={secs}"));
             }
         }
         cmd.env("RUST_LOG", "info")

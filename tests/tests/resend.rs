@@ -72,6 +72,7 @@ fn impersonate(c: &Controller, cert: &str, key: &str, id: &str) {
                 message: "forged failure".into(),
                 exit_code: Some(1),
                 replayed: false,
+                ceph: None,
             },
         )))
         .await

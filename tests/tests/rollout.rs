@@ -792,3 +792,56 @@ fn an_ha_resource_in_error_halts_at_the_wait_and_an_ignored_one_is_planned_as_no
     );
     assert_eq!(count(&one, |x| *x == Action::MaintenanceOn), 1);
 }
+
+/// #13: after its reboot pve-01's OSDs come back 2 s after the node (as the ceph-osd units
+/// start after boot). `ceph osd unset noout` would exit 0 at once, but the rollout sends it
+/// only when pve-01's report shows every OSD up and in; until then `noout` stays set. Each
+/// flag is done when the node's report shows it (the marker the simulated OSD map keeps).
+#[test]
+fn noout_stays_set_until_the_osds_are_back_after_the_reboot() {
+    let c = controller();
+    let (root, state) =
+        Agent::enroll_fixture(&c, "pve-01", &support::fixtures_dir().join("seed/pve-01"));
+    let sim = root.path().join("var/lib/fleetward-sim");
+    std::fs::write(sim.join("pending.json"), pending()).unwrap();
+    let run = AgentRun::default()
+        .sim_reboot_secs(0.3)
+        .sim_osd_delay_secs(2.0);
+    let mut agents = vec![Agent::run_with("pve-01", root, state, run)];
+    agents.extend(["pve-02", "pve-03"].iter().map(|n| node(&c, n, 0.3)));
+    wait_online(&c, &NODES);
+    start(&c, &["--nodes", "pve-01"]);
+    let s = wait_settled(&c, Duration::from_secs(30));
+    assert_eq!(state_word(&s), "completed", "{s:#}");
+    let a = &agents[0];
+    let entries = log(a);
+    let at = |what: Action| {
+        entries
+            .iter()
+            .find(|e| e.ok && e.action == what)
+            .unwrap_or_else(|| panic!("{what:?} in {entries:?}"))
+            .clone()
+    };
+    let (set, reboot, unset) = (
+        at(Action::CephSetNoout),
+        at(Action::Reboot),
+        at(Action::CephUnsetNoout),
+    );
+    assert!(set.finished_ms <= reboot.started_ms);
+    // The boot wrote when the OSDs come up: the unset was sent only after that.
+    let up_at: u64 = read(a, "/var/lib/fleetward-sim/osds-down").parse().unwrap();
+    assert!(up_at >= reboot.started_ms + 2_000, "{up_at} {reboot:?}");
+    assert!(
+        unset.started_ms >= up_at,
+        "noout unset {} ms before the OSDs were up",
+        up_at - unset.started_ms
+    );
+    assert!(!a.path("/var/lib/fleetward-sim/ceph-noout").exists());
+    let shown = c.cli_json(&["node", "show", "pve-01"]);
+    let ceph = &shown["report"]["facts"]["ceph"];
+    assert_eq!(ceph["noout"], false, "{ceph:#}");
+    assert_eq!(ceph["osds"]["up"], ceph["osds"]["total"], "{ceph:#}");
+    for a in &agents[1..] {
+        assert!(log(a).is_empty(), "{} was touched", a.name);
+    }
+}

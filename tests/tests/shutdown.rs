@@ -1192,3 +1192,43 @@ fn the_first_power_off_waits_for_the_lrm_watchdogs() {
         first_off.started_ms - disarm.finished_ms
     );
 }
+
+/// #13: after the power returns, every node boots but its OSDs come up later (ceph-osd
+/// units start after boot; 2 s here). The startup sends `ceph osd unset noout` only once every OSD
+/// node's report shows its OSDs up and in, never while one reads down.
+#[test]
+fn startup_unsets_noout_only_after_every_osd_is_up() {
+    let run = AgentRun::default().simulate().sim_osd_delay_secs(2.0);
+    let mut cl = Cluster::start_run(&[HOST], &tiered_config(), |_, _| {}, run);
+    cl.c.cli_json(&["shutdown", "start", "--yes"]);
+    cl.wait_stage("down");
+    cl.wait_exited(&NODES);
+    let booted = now_ms();
+    for n in NODES {
+        cl.agent(n).restart(); // powers the simulated node on: its OSDs start 2 s later
+    }
+    cl.c.cli_json(&["startup"]);
+    cl.wait_stage("finished");
+    let up_at: Vec<u64> = NODES
+        .iter()
+        .filter_map(|n| cl.read(n, "/var/lib/fleetward-sim/osds-down"))
+        .map(|t| t.trim().parse().unwrap())
+        .collect();
+    assert_eq!(up_at.len(), 4, "pve-01..04 hold OSDs: {up_at:?}");
+    assert!(up_at.iter().all(|t| *t >= booted + 2_000), "{up_at:?}");
+    let unset: Vec<LogEntry> = cl
+        .logs()
+        .into_iter()
+        .filter(|e| e.action == Action::CephUnsetNoout)
+        .collect();
+    assert_eq!(unset.len(), 1, "{unset:?}");
+    let last_up = up_at.iter().max().unwrap();
+    assert!(
+        unset[0].started_ms >= *last_up,
+        "noout unset {} ms before the last OSDs were up",
+        last_up - unset[0].started_ms
+    );
+    assert!(cl
+        .read("pve-01", "/var/lib/fleetward-sim/ceph-noout")
+        .is_none());
+}

@@ -22,7 +22,8 @@
 //!   `/proc` (a fixture the executor has not touched) takes the state from `guests.json`.
 //!   Guests listed there without a configuration file are reported from `guests.json`
 //!   alone. Marker files give Ceph's
-//!   `noout` (`ceph-noout`) and health (`ceph-unhealthy`), HA maintenance (`maintenance`) and
+//!   `noout` (`ceph-noout`) and health (`ceph-unhealthy`), the node's OSDs up/in
+//!   (`osds-down`: down until the time it holds), HA maintenance (`maintenance`) and
 //!   disarm (`ha-disarmed`); on a real node these stay unknown unless a file says so.
 //! - Ceph: `/etc/pve/ceph.conf` (`[mon.<hostname>]`, `mon_host`), OSD directories
 //!   `/var/lib/ceph/osd/ceph-<id>` (only their existence is read).
@@ -40,12 +41,12 @@
 use super::{Input, Reader};
 use crate::parse::{ha, pve, running};
 use crate::simformat::{
-    sim_path, GuestState as SimState, CEPH_NOOUT, CEPH_UNHEALTHY, GUESTS, HA_DISARMED,
-    LRM_WATCHDOG, MAINTENANCE, SIM_DIR,
+    osds_down, sim_path, GuestState as SimState, CEPH_NOOUT, CEPH_UNHEALTHY, GUESTS, HA_DISARMED,
+    LRM_WATCHDOG, MAINTENANCE, OSDS_DOWN, SIM_DIR,
 };
 use fleetward_proto::action::GuestKind;
 use fleetward_proto::{
-    CephFacts, ClusterFacts, DnsFacts, GuestFacts, GuestState, HaFacts, NodeFacts,
+    CephFacts, ClusterFacts, DnsFacts, GuestFacts, GuestState, HaFacts, NodeFacts, OsdCounts,
 };
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -93,6 +94,14 @@ pub(super) fn pve(
     let ceph = ceph(r, host.as_deref(), &addresses, sim);
     let ha = ha(r, host.as_deref(), sim, &resources);
     (guests, ceph, ha)
+}
+
+/// The wall clock in Unix ms (only the simulation's `osds-down` time is compared with it).
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 fn marker(r: &Reader, name: &str) -> bool {
@@ -302,11 +311,28 @@ fn ceph(r: &mut Reader, host: Option<&str>, addresses: &[&str], sim: bool) -> Op
         })
         .collect();
     osds_here.sort_unstable();
+    // Simulated: the node's own OSDs, down (still in, as under `noout`) while the
+    // `osds-down` marker holds a time not yet passed. A real node's OSD map is not a file:
+    // `run` asks Ceph (`probe::ceph_state`), `inspect` leaves it unknown.
+    let osds = sim.then(|| {
+        let total = u32::try_from(osds_here.len()).unwrap_or(u32::MAX);
+        let down = r
+            .root
+            .exists(&sim_path(OSDS_DOWN))
+            .then(|| r.text(&sim_path(OSDS_DOWN)).unwrap_or_default())
+            .is_some_and(|t| osds_down(&t, now_ms()));
+        OsdCounts {
+            total,
+            up: if down { 0 } else { total },
+            inside: total,
+        }
+    });
     Some(CephFacts {
         monitor_here,
         osds_here,
         noout: sim.then(|| marker(r, CEPH_NOOUT)),
         healthy: sim.then(|| !marker(r, CEPH_UNHEALTHY)),
+        osds,
     })
 }
 

@@ -77,6 +77,11 @@ pub struct ActionOutcome {
     /// signalled): not an outcome [`Once`] records, so a re-sent request looks again.
     #[serde(default)]
     pub still_running: bool,
+    /// After `ceph osd set/unset noout`: the OSD map as a read-only probe read it afterwards
+    /// (the flag and the OSDs up/in); `None` for other actions, or when the probe could not
+    /// tell.
+    #[serde(default)]
+    pub ceph: Option<crate::parse::ceph::OsdMap>,
 }
 
 impl ActionOutcome {
@@ -90,6 +95,7 @@ impl ActionOutcome {
             power_off: false,
             replayed: false,
             still_running: false,
+            ceph: None,
         }
     }
 

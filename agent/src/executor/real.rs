@@ -9,7 +9,7 @@
 //! | apt-update | `apt-get update` | `DEBIAN_FRONTEND=noninteractive` | 600 s |
 //! | apt-dist-upgrade | `apt-get -y -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold dist-upgrade` | `DEBIAN_FRONTEND=noninteractive`, `APT_LISTCHANGES_FRONTEND=none` | 3600 s |
 //! | boot-refresh | `proxmox-boot-tool refresh` | | 600 s |
-//! | ceph-set-noout / ceph-unset-noout | `ceph osd set noout` / `ceph osd unset noout` | | 60 s |
+//! | ceph-set-noout / ceph-unset-noout | `ceph osd set noout` / `ceph osd unset noout`, then `ceph osd dump --format json` (read-only, directly), polled | | 60 s; 10 s per poll |
 //! | guest-stop | `qm|pct shutdown VMID --timeout T [--forceStop 1]` | | T + 60 s |
 //! | guest-start | `qm|pct start VMID` | | 300 s |
 //! | guest-migrate | `qm migrate VMID TARGET --online` / `pct migrate VMID TARGET --restart` | | 3600 s |
@@ -31,6 +31,13 @@
 //! shell is involved: every argument is one `argv` entry, and node names and VMIDs are
 //! validated before they reach a command line ([`Action::validate`]).
 //!
+//! After `ceph osd set/unset noout` exits 0, the OSD map is read (`ceph osd dump --format
+//! json`, [`crate::parse::ceph`]) until its `noout` flag reads as requested, at most
+//! [`NOOUT_POLLS`] times [`RealExecutor::ceph_poll_interval`] apart; the outcome carries
+//! the last map read (`ActionOutcome::ceph`), so the controller observes the flag even when
+//! the node's report cannot tell. A probe that fails or prints no OSD map ends the polling
+//! (the outcome then carries nothing).
+//!
 //! `wait-guests-migrated` parses `ha-manager status` lines of the form
 //! `service vm:100 (pve-01, started)`: it waits until no service on this node is in a state
 //! other than `stopped`, `ignored`, `disabled` or `error` (services in those states do not
@@ -42,6 +49,7 @@ use super::{
     Simulation, OUTPUT_MAX,
 };
 use crate::parse::apt_sim;
+use crate::parse::ceph::OsdMap;
 use crate::runner::CommandRunner;
 use std::sync::Mutex;
 use std::thread;
@@ -62,6 +70,13 @@ const APT_STATE: &[&str] = &[
     "/etc/apt/preferences.d",
     "/etc/apt/apt.conf.d",
 ];
+
+/// How long one `ceph osd dump` may take.
+pub const OSD_DUMP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many times the OSD map is read after `ceph osd set/unset noout`, at most.
+pub const NOOUT_POLLS: u32 = 5;
+/// The default pause between two reads of the OSD map.
+pub const CEPH_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How long one `ha-manager status` poll may take.
 pub const HA_STATUS_TIMEOUT: Duration = Duration::from_secs(30);
@@ -153,6 +168,8 @@ pub struct RealExecutor<R: CommandRunner> {
     /// Pause between two `ha-manager status` polls ([`HA_POLL_INTERVAL`] by default), and
     /// between two looks at a still running unit after a restart.
     pub poll_interval: Duration,
+    /// Pause between two reads of the OSD map after a noout action ([`CEPH_POLL_INTERVAL`]).
+    pub ceph_poll_interval: Duration,
     /// The last simulation with the modification times of [`APT_STATE`] it was made at.
     simulated: Mutex<Option<Cached>>,
 }
@@ -173,6 +190,7 @@ impl<R: CommandRunner> RealExecutor<R> {
             node: node.into(),
             runner,
             poll_interval: HA_POLL_INTERVAL,
+            ceph_poll_interval: CEPH_POLL_INTERVAL,
             simulated: Mutex::new(None),
         }
     }
@@ -182,6 +200,57 @@ impl<R: CommandRunner> RealExecutor<R> {
     pub fn simulate_command() -> CommandLine {
         CommandLine::new("apt-get", apt_sim::SIMULATE_ARGS, SIMULATE_TIMEOUT)
             .env(&[("LC_ALL", "C")])
+    }
+
+    /// The read-only probe of the OSD map: `ceph osd dump --format json`.
+    pub fn osd_dump_command() -> CommandLine {
+        CommandLine::new("ceph", crate::parse::ceph::OSD_DUMP_ARGS, OSD_DUMP_TIMEOUT)
+    }
+
+    /// After `ceph osd set/unset noout` (`want`: the flag requested): reads the OSD map
+    /// until the flag reads as requested, at most [`NOOUT_POLLS`] times; the last map read,
+    /// or `None` when the probe fails or prints no OSD map.
+    fn observe_noout(&self, want: bool, out: &mut dyn FnMut(&str)) -> Option<OsdMap> {
+        let cl = Self::osd_dump_command();
+        let mut last = None;
+        for i in 0..NOOUT_POLLS {
+            if i > 0 {
+                thread::sleep(self.ceph_poll_interval);
+            }
+            let r = self
+                .runner
+                .run(&cl.program, &cl.args, &cl.env, cl.timeout, &mut |_| {});
+            let map = if r.success() {
+                crate::parse::ceph::parse_osd_dump(&r.output)
+            } else {
+                Err(r
+                    .spawn_error
+                    .clone()
+                    .unwrap_or_else(|| format!("exit {:?}", r.exit_code)))
+            };
+            match map {
+                Err(e) => {
+                    out(&format!("`{cl}` cannot tell the OSD map's flags: {e}"));
+                    return None;
+                }
+                Ok(m) => {
+                    last = Some(m);
+                    if m.noout == want {
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(m) = &last {
+            out(&format!(
+                "OSD map: noout {}, {} of {} OSDs up, {} in",
+                if m.noout { "set" } else { "not set" },
+                m.osds.up,
+                m.osds.total,
+                m.osds.inside
+            ));
+        }
+        last
     }
 
     /// Runs apt's simulation now and parses it.
@@ -492,7 +561,16 @@ impl<R: CommandRunner> Executor for RealExecutor<R> {
                 return refused;
             }
         }
-        self.run_in_unit(req, &cl, out)
+        let mut outcome = self.run_in_unit(req, &cl, out);
+        let want = match req.action {
+            Action::CephSetNoout => Some(true),
+            Action::CephUnsetNoout => Some(false),
+            _ => None,
+        };
+        if let (Some(want), true) = (want, outcome.ok) {
+            outcome.ceph = self.observe_noout(want, out);
+        }
+        outcome
     }
 
     fn simulate_upgrade(&self) -> Option<Result<Simulation, String>> {
@@ -739,6 +817,10 @@ mod tests {
                 timeout: expected.timeout,
             });
             want.push(journal_call(unit));
+            // The noout actions read the OSD map afterwards (read-only, not in a unit).
+            if matches!(action, Action::CephSetNoout | Action::CephUnsetNoout) {
+                want.push(call("ceph", "osd dump --format json", &[], 10));
+            }
             assert_eq!(exec.runner.take_calls(), want, "{action:?}");
             // The first streamed line (after apt's answer) shows what runs.
             let first = usize::from(action == Action::AptDistUpgrade);
@@ -1016,5 +1098,70 @@ mod tests {
             .map(|c| c.program)
             .collect();
         assert_eq!(programs, ["systemctl", "journalctl"]);
+    }
+
+    /// `ceph osd set noout` exits 0; the OSD map shows the flag only on the second read:
+    /// the outcome carries the map as last read (flag set, OSDs up/in). A probe that cannot
+    /// tell leaves the outcome without a map (the controller then relies on the report).
+    #[test]
+    fn executor_real_noout_reads_the_osd_map_until_the_flag_shows() {
+        let fixture = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/ceph/osd-dump-noout.json"),
+        )
+        .unwrap();
+        let before = r#"{"flags":"sortbitwise","osds":[{"osd":0,"up":1,"in":1}]}"#;
+        let mut exec = RealExecutor::new("pve-01", RecordingRunner::new());
+        exec.ceph_poll_interval = Duration::ZERO;
+        exec.runner.script([
+            RunResult::exited(0, ""),       // systemd-run … ceph osd set noout
+            RunResult::exited(0, ""),       // journalctl
+            RunResult::exited(0, before),   // ceph osd dump: not yet
+            RunResult::exited(0, &fixture), // ceph osd dump: noout set
+        ]);
+        let mut lines = Vec::new();
+        let o = exec.execute(&req(Action::CephSetNoout), &mut |l| {
+            lines.push(l.to_owned())
+        });
+        assert!(o.ok, "{o:?}");
+        let map = o.ceph.expect("the OSD map");
+        assert!(map.noout);
+        assert_eq!((map.osds.total, map.osds.up, map.osds.inside), (6, 5, 6));
+        let probe = call("ceph", "osd dump --format json", &[], 10);
+        let calls = exec.runner.take_calls();
+        assert_eq!(calls.len(), 4, "{calls:?}");
+        assert_eq!(calls[2..], [probe.clone(), probe.clone()]);
+        assert!(
+            lines
+                .iter()
+                .any(|l| l == "OSD map: noout set, 5 of 6 OSDs up, 6 in"),
+            "{lines:?}"
+        );
+
+        // Never shows: bounded, the last map read says so.
+        exec.runner
+            .script([RunResult::exited(0, ""), RunResult::exited(0, "")]);
+        exec.runner
+            .script((0..NOOUT_POLLS).map(|_| RunResult::exited(0, before)));
+        let o = exec.execute(&req(Action::CephSetNoout), &mut |_| {});
+        assert!(o.ok && o.ceph.is_some_and(|m| !m.noout), "{o:?}");
+        assert_eq!(exec.runner.take_calls().len(), 2 + NOOUT_POLLS as usize);
+
+        // Cannot tell (ceph fails): one read, nothing carried.
+        exec.runner.script([
+            RunResult::exited(0, ""),
+            RunResult::exited(0, ""),
+            RunResult::exited(1, "Error initializing cluster client"),
+        ]);
+        let o = exec.execute(&req(Action::CephUnsetNoout), &mut |_| {});
+        assert!(o.ok && o.ceph.is_none(), "{o:?}");
+        assert_eq!(exec.runner.take_calls().len(), 3);
+
+        // A failed unset is not probed.
+        exec.runner
+            .script([RunResult::exited(1, ""), RunResult::exited(0, "")]);
+        let o = exec.execute(&req(Action::CephUnsetNoout), &mut |_| {});
+        assert!(!o.ok && o.ceph.is_none());
+        assert_eq!(exec.runner.take_calls().len(), 2);
     }
 }

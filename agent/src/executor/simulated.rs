@@ -67,13 +67,24 @@
 //!   in `check_running` and `src/lxc-pve-prestart-hook`: cgroups are often left over, so
 //!   `check_running` asks the command socket). `collect` then decides from those files
 //!   (`parse::running`), not from `guests.json`.
-//! - **ceph-set/unset-noout**, **ha-disarm/arm**: the marker files. Where a fixture models
+//! - **ceph-set/unset-noout**, **ha-disarm/arm**: the marker files. The noout actions
+//!   answer with the flag as the marker then reads (`ActionOutcome::ceph`), as the real
+//!   executor's read-only `ceph osd dump` probe does. Where a fixture models
 //!   the node's HA resource manager ([`LRM_WATCHDOG`] exists), `ha-disarm` has it release
 //!   its watchdog one HA delay later (at once without a delay), if HA is still disarmed
 //!   then, and `ha-arm` has it take the watchdog again (pve-ha-manager
 //!   `src/PVE/HA/LRM.pm` `work`: the LRM gives up its watchdog asynchronously, on its own
 //!   round after it sees the disarm). The simulated cluster has no shared `/etc/pve`: only
 //!   the node that received `ha-disarm` sees it, so only its LRM releases.
+//! - **OSDs come back some seconds after the node** when the executor has an OSD delay
+//!   ([`SimulatedExecutor::with_osd_delay`], `run --simulate --sim-osd-delay-secs S`): a
+//!   boot writes [`OSDS_DOWN`] with the time the node's OSDs start, and until then `inspect`
+//!   reads them down (and still in: `noout` keeps them in). On a real node the
+//!   `ceph-osd@<id>` systemd units (ceph `systemd/ceph-osd@.service`) start after boot, and
+//!   the OSD map marks each OSD up only once it has booted and reported to the monitors
+//!   (ceph `src/osd/OSD.cc`, `OSD::start_boot`). Proxmox's own procedure (pve-docs
+//!   `pveceph.adoc`, section "Shutdown {pve} + Ceph HCI Cluster", `[[pveceph_shutdown]]`)
+//!   confirms that all Ceph services are up and running before `ceph osd unset noout`.
 //! - **guest-stop/start/migrate**: `guests.json` (`migrated` with `location: TARGET`). As
 //!   Proxmox, starting a running non-HA guest fails ("VM N already running", qemu-server
 //!   `src/PVE/QemuServer.pm` `vm_start_nolock`; "CT N already running", pve-container
@@ -116,12 +127,13 @@ use super::{
     GuestKind, OutputTail, OUTPUT_MAX,
 };
 use super::{unit, Simulation};
+use crate::parse::ceph::OsdMap;
 use crate::parse::{apt_sim, boot_tool::DEFAULT_ESP_LIST as ESP_LIST, control, pve, version};
 use crate::simformat::{
     qemu_cmdline, qemu_pid, GuestState, HaRequest, Pending, SimGuest, SimUnit, CEPH_NOOUT,
     ESP_SYNCED, GUESTS, HA_CRM_IGNORES, HA_DISARMED, HA_REQUESTS, LRM_WATCHDOG, LXC_CGROUP_DIR,
-    MAINTENANCE, PENDING, POWERED_OFF, PROC_NET_UNIX, PROC_NET_UNIX_HEADER, QEMU_PID_DIR,
-    REFRESH_FAILS, SIM_DIR, SIM_LISTS_FILE, UNITS,
+    MAINTENANCE, OSDS_DOWN, PENDING, POWERED_OFF, PROC_NET_UNIX, PROC_NET_UNIX_HEADER,
+    QEMU_PID_DIR, REFRESH_FAILS, SIM_DIR, SIM_LISTS_FILE, UNITS,
 };
 use fleetward_proto::{Removal, Upgrade};
 use serde::{Deserialize, Serialize};
@@ -215,6 +227,8 @@ pub struct SimulatedExecutor {
     /// `Some`: HA is asynchronous — HA guests' stop/start requests take effect this long
     /// after the command returned (see the module docs).
     pub ha_delay: Option<std::time::Duration>,
+    /// `Some`: after a boot the node's OSDs read down this long (see the module docs).
+    pub osd_delay: Option<std::time::Duration>,
 }
 
 type Say<'a> = &'a mut dyn FnMut(String);
@@ -336,7 +350,14 @@ impl SimulatedExecutor {
             log: log.into(),
             duration: std::time::Duration::ZERO,
             ha_delay: None,
+            osd_delay: None,
         }
+    }
+
+    /// After a boot the node's OSDs read down for `d` (the `osds-down` marker).
+    pub fn with_osd_delay(mut self, d: std::time::Duration) -> Self {
+        self.osd_delay = Some(d);
+        self
     }
 
     /// HA requests take effect `d` after the command that queued them returned.
@@ -991,6 +1012,18 @@ impl SimulatedExecutor {
                 Err(e) => return Err(format!("{}: {e}", dir.display())),
             }
         }
+        match self.osd_delay.filter(|d| !d.is_zero()) {
+            // The ceph-osd units start after the node is up: down (still in) until then.
+            Some(d) if self.path("/var/lib/ceph/osd").is_dir() => {
+                let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+                let until = now_ms().saturating_add(ms);
+                self.write(&self.sim(OSDS_DOWN), &format!("{until}\n"))?;
+                say(format!("Ceph OSDs start in {:.1} s", d.as_secs_f64()));
+            }
+            _ => {
+                self.remove(&self.sim(OSDS_DOWN))?;
+            }
+        }
         let mut guests = self.guests()?;
         if guests.is_empty() {
             return Ok(());
@@ -1330,10 +1363,44 @@ impl SimulatedExecutor {
                 out(&format!("warning: cannot record the simulated unit: {e}"));
             }
         }
+        let noout_action = matches!(req.action, Action::CephSetNoout | Action::CephUnsetNoout);
         ActionOutcome {
             reboot: ok && req.action == Action::Reboot,
             power_off: ok && req.action == Action::PowerOff,
+            ceph: (ok && noout_action).then(|| self.osd_map()),
             ..ActionOutcome::new(&req.id, ok, tail.finish(), Some(if ok { 0 } else { 1 }))
+        }
+    }
+
+    /// The simulated OSD map as the real executor's `ceph osd dump` probe would read it:
+    /// `noout` from its marker, this node's OSDs (`/var/lib/ceph/osd/ceph-<id>`) up unless
+    /// the `osds-down` marker's time has not passed, and in.
+    pub fn osd_map(&self) -> OsdMap {
+        let total = fs::read_dir(self.path("/var/lib/ceph/osd"))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| {
+                        e.file_name()
+                            .to_str()
+                            .and_then(|n| n.strip_prefix("ceph-"))
+                            .is_some_and(|id| {
+                                !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit())
+                            })
+                    })
+                    .count()
+            })
+            .unwrap_or(0);
+        let total = u32::try_from(total).unwrap_or(u32::MAX);
+        let down = fs::read_to_string(self.sim(OSDS_DOWN))
+            .ok()
+            .is_some_and(|t| crate::simformat::osds_down(&t, now_ms()));
+        OsdMap {
+            noout: self.sim(CEPH_NOOUT).exists(),
+            osds: fleetward_proto::OsdCounts {
+                total,
+                up: if down { 0 } else { total },
+                inside: total,
+            },
         }
     }
 }
@@ -1918,9 +1985,14 @@ mod tests {
         fs::write(exec.sim("refresh-fails"), "").unwrap();
         assert!(!run(&exec, "b3", Action::BootRefresh).ok);
 
-        assert!(run(&exec, "n", Action::CephSetNoout).ok);
+        let set = run(&exec, "n", Action::CephSetNoout);
+        assert!(set.ok && set.ceph.is_some_and(|m| m.noout), "{set:?}");
         assert!(exec.sim("ceph-noout").exists());
-        assert!(run(&exec, "n2", Action::CephUnsetNoout).ok);
+        let unset = run(&exec, "n2", Action::CephUnsetNoout);
+        assert!(
+            unset.ok && unset.ceph.is_some_and(|m| !m.noout),
+            "{unset:?}"
+        );
         assert!(!exec.sim("ceph-noout").exists());
         assert!(run(&exec, "h", Action::HaDisarm).ok);
         assert!(exec.sim("ha-disarmed").exists());
@@ -2113,5 +2185,36 @@ mod tests {
             action: Action::AptDistUpgrade,
         };
         assert!(exec.recover(&other, &mut |_| {}).is_none());
+    }
+
+    /// OSDs come back some seconds after the node: a boot with an OSD delay marks this
+    /// node's OSDs down (still in) until then, and `inspect` reads them so; without a delay
+    /// they are up at once.
+    #[test]
+    fn executor_sim_osds_come_back_after_the_boot() {
+        let (_tmp, exec) = tiny_node();
+        for id in ["ceph-0", "ceph-1"] {
+            fs::create_dir_all(exec.path("/var/lib/ceph/osd").join(id)).unwrap();
+        }
+        assert_eq!(exec.osd_map().osds.up, 2);
+        let exec = exec.with_osd_delay(std::time::Duration::from_secs(3600));
+        assert!(run(&exec, "r1", Action::Reboot).ok);
+        let m = exec.osd_map();
+        assert_eq!((m.osds.total, m.osds.up, m.osds.inside), (2, 0, 2));
+        let until: u64 = fs::read_to_string(exec.sim(OSDS_DOWN))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(until > now_ms() + 3_000_000);
+        // Its time passed: up.
+        fs::write(exec.sim(OSDS_DOWN), format!("{}\n", now_ms() - 1)).unwrap();
+        assert!(exec.osd_map().osds.all_up_in());
+        // A boot without a delay: up at once.
+        let mut exec = exec;
+        exec.osd_delay = None;
+        assert!(run(&exec, "r2", Action::Reboot).ok);
+        assert!(!exec.sim(OSDS_DOWN).exists());
+        assert!(exec.osd_map().osds.all_up_in());
     }
 }

@@ -4,6 +4,7 @@
 pub mod apt;
 pub mod apt_sim;
 pub mod boot_tool;
+pub mod ceph;
 pub mod cluster;
 pub mod compressed;
 pub mod control;

@@ -84,6 +84,9 @@ pub struct SimOptions {
     /// `Some`: HA requests take effect this long after the command (see
     /// `executor::simulated`); `None`: at once.
     pub ha_delay: Option<Duration>,
+    /// After a simulated boot the node's OSDs read down this long (see
+    /// `executor::simulated`); `None`: up at once.
+    pub osd_delay: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -165,6 +168,9 @@ pub fn open_executor_with(
                 .with_duration(options.action_duration);
             if let Some(d) = options.ha_delay {
                 sim = sim.with_ha_delay(d);
+            }
+            if let Some(d) = options.osd_delay {
+                sim = sim.with_osd_delay(d);
             }
             if sim.powered_off() {
                 info!(root = %sim.root.display(), "simulated node was powered off: powering it on");
@@ -537,6 +543,7 @@ impl Outbox {
             message: message.into(),
             exit_code: None,
             replayed: false,
+            ceph: None,
         }))
     }
 
@@ -547,6 +554,12 @@ impl Outbox {
             message: tail(o.output.clone(), RESULT_MESSAGE_MAX),
             exit_code: o.exit_code,
             replayed: o.replayed,
+            ceph: o.ceph.map(|m| agent_message::CephObserved {
+                noout: m.noout,
+                osds_total: m.osds.total,
+                osds_up: m.osds.up,
+                osds_in: m.osds.inside,
+            }),
         }))
     }
 }
@@ -554,14 +567,16 @@ impl Outbox {
 impl Agent {
     async fn inspect(&self) -> Report {
         let root = self.root.clone();
-        // On the live system (not a fixture tree, not simulated), Ceph health is only known
-        // by asking Ceph: a read-only `ceph health` (the rollout's Ceph gate needs it).
+        // On the live system (not a fixture tree, not simulated), Ceph health, `noout` and
+        // the OSDs are only known by asking Ceph: a read-only `ceph health` (the rollout's
+        // Ceph gate) and `ceph osd dump` (the flag and the OSDs up/in the unset waits for).
         let live = self.opts.simulate.is_none() && self.opts.root == std::path::Path::new("/");
         let executor = self.executor.clone();
         let work = move || {
             let mut report = inspect(&root);
             if live {
                 crate::probe::ceph_health(&mut report, &SystemRunner);
+                crate::probe::ceph_osd_map(&mut report, &SystemRunner);
             }
             // apt is the oracle for upgrades: its read-only simulation, through the executor
             // (real: `apt-get -s dist-upgrade` on `/`; simulated: the fixture world;
@@ -924,6 +939,7 @@ mod tests {
                 reboot_delay: Duration::ZERO,
                 action_duration: Duration::ZERO,
                 ha_delay: None,
+                osd_delay: None,
             }),
             observe_only,
         }

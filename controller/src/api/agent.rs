@@ -189,6 +189,21 @@ async fn drive_session(
             }
             Some(Kind::CommandResult(r)) => {
                 tracing::info!(node, command = %r.command_id, ok = r.ok, exit_code = ?r.exit_code, replayed = r.replayed, message = %r.message, "command finished");
+                // Before the result wakes a driver: its view then holds the OSD map read
+                // after the noout action.
+                if let Some(c) = &r.ceph {
+                    ctl.record_ceph_probe(
+                        node,
+                        crate::state::CephProbe {
+                            noout: c.noout,
+                            osds: fleetward_proto::OsdCounts {
+                                total: c.osds_total,
+                                up: c.osds_up,
+                                inside: c.osds_in,
+                            },
+                        },
+                    );
+                }
                 ctl.publish(
                     node,
                     AgentEventKind::CommandResult {

@@ -65,6 +65,7 @@ mod tests {
             osds_here: vec![1],
             noout: Some(true),
             healthy: None,
+            osds: None,
         };
         a.ceph = Some(noout.clone());
         let b = Facts {

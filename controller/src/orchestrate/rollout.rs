@@ -77,12 +77,17 @@ pub fn cluster_view(ctl: &Controller, reconnecting: &BTreeSet<String>) -> Cluste
         }
         let latest = ctl.latest(&rec.name);
         let age = ctl.last_seen_ms(&rec).map(|t| now.saturating_sub(t));
-        let nv = node_view(
+        let mut nv = node_view(
             latest.as_ref().map(|(r, _)| r.as_ref()),
             ctl.is_online(&rec.name) || reconnecting.contains(&rec.name),
             age,
             latest.as_ref().map_or(0, |(_, seq)| *seq),
         );
+        // Where the report cannot tell `noout`, the OSD map the agent read after its noout
+        // action (its OSD counts are not used: read before a reboot, they would be stale).
+        if let Some(p) = ctl.ceph_probe(&rec.name) {
+            nv.noout = nv.noout.or(Some(p.noout));
+        }
         view.nodes.insert(rec.name, nv);
     }
     view

@@ -113,6 +113,7 @@ pub fn node_view(
         ha_disarmed: f.ha.disarmed,
         noout: f.ceph.as_ref().and_then(|c| c.noout),
         lrm_watchdog: f.ha.lrm_watchdog,
+        osds_up_in: f.ceph.as_ref().and_then(|c| c.osds).map(|o| o.all_up_in()),
     }
 }
 
@@ -145,8 +146,13 @@ pub fn view(ctl: &Controller) -> ShutdownView {
         let online = ctl.is_online(&rec.name);
         let report = ctl.latest(&rec.name).map(|(r, _)| r);
         let boot = online.then(|| rec.boot_id.clone()).flatten();
-        view.nodes
-            .insert(rec.name.clone(), node_view(report.as_deref(), online, boot));
+        let mut nv = node_view(report.as_deref(), online, boot);
+        // Where the report cannot tell `noout`, the OSD map the agent read after its noout
+        // action (its OSD counts are not used: read before a reboot, they would be stale).
+        if let Some(p) = ctl.ceph_probe(&rec.name) {
+            nv.noout = nv.noout.or(Some(p.noout));
+        }
+        view.nodes.insert(rec.name.clone(), nv);
         if online {
             latest.push(report);
         }
@@ -355,6 +361,7 @@ mod tests {
             osds_here: vec![3],
             noout: None,
             healthy: None,
+            osds: None,
         });
         r.facts.ha = HaFacts {
             disarmed,
@@ -446,5 +453,32 @@ mod tests {
         let mut down = st.clone();
         down.stage = Stage::Down;
         assert!(expected_nodes(&down).is_empty());
+    }
+
+    /// The OSD map an agent read after its noout action is the view's `noout` where the
+    /// node's report cannot tell; a report that tells wins.
+    #[tokio::test]
+    async fn the_probe_after_a_noout_action_tells_what_the_report_cannot() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path().join("db")).unwrap();
+        let ca = fleetward_pki::Ca::generate("test").unwrap();
+        let ctl = Controller::new(store, ca, ControllerConfig::new("test", None), None).unwrap();
+        let rec = crate::store::NodeRecord::new("pve1", "01", u64::MAX, 0);
+        ctl.store().upsert_node(&rec).unwrap();
+        let (tx, _rx) = tokio::sync::mpsc::channel(1);
+        let _session = ctl.register("pve1", tx);
+        assert_eq!(view(&ctl).nodes["pve1"].noout, None);
+        let probe = |noout| crate::state::CephProbe {
+            noout,
+            osds: fleetward_proto::OsdCounts::default(),
+        };
+        ctl.record_ceph_probe("pve1", probe(true));
+        assert_eq!(view(&ctl).nodes["pve1"].noout, Some(true));
+        assert_eq!(
+            super::super::rollout::cluster_view(&ctl, &BTreeSet::new()).nodes["pve1"].noout,
+            Some(true)
+        );
+        ctl.record_ceph_probe("pve1", probe(false));
+        assert_eq!(view(&ctl).nodes["pve1"].noout, Some(false));
     }
 }

@@ -361,8 +361,12 @@ impl Machine<'_> {
                     p.acked = true;
                 }
             }
-            // Proxmox only queued the request: done when the reports show the effect.
-            Action::MaintenanceOn | Action::MaintenanceOff => {
+            // Proxmox only queued the request (maintenance), or the flag is the OSD map's
+            // (noout): done when the reports show the effect.
+            Action::MaintenanceOn
+            | Action::MaintenanceOff
+            | Action::CephSetNoout
+            | Action::CephUnsetNoout => {
                 if let Some(p) = self.s.nodes[idx].pending.as_mut() {
                     p.acked = true;
                 }
@@ -375,8 +379,6 @@ impl Machine<'_> {
                     self.enter(idx, Phase::AptUpdate);
                 }
             }
-            Action::CephSetNoout => self.enter(idx, Phase::AwaitReturn),
-            Action::CephUnsetNoout => self.enter(idx, Phase::MaintenanceOff),
             Action::AptUpdate => self.enter(idx, Phase::Upgrade),
             Action::AptDistUpgrade => {
                 self.s.nodes[idx].refresh_attempted = false;
@@ -417,15 +419,17 @@ impl Machine<'_> {
         true
     }
 
-    /// The effect of an answered maintenance action shows in the node's latest report: HA
-    /// maintenance (`/etc/pve/ha/manager_status`) reads as requested. A report that cannot
-    /// tell (`None`) cannot be observed: the answer settles it then. (`noout` in a rollout
-    /// still settles on the answer.)
+    /// The effect of an answered flag action shows in the node's latest report: HA
+    /// maintenance (`/etc/pve/ha/manager_status`) or Ceph's `noout` (the OSD map's flags)
+    /// reads as requested. A report that cannot tell (`None`) cannot be observed: the
+    /// answer settles it then.
     fn effect_observed(&self, idx: usize, action: Action) -> bool {
         let nv = self.view.nodes.get(&self.s.nodes[idx].name);
         let (value, want) = match action {
             Action::MaintenanceOn => (nv.and_then(|n| n.ha_maintenance), true),
             Action::MaintenanceOff => (nv.and_then(|n| n.ha_maintenance), false),
+            Action::CephSetNoout => (nv.and_then(|n| n.noout), true),
+            Action::CephUnsetNoout => (nv.and_then(|n| n.noout), false),
             _ => return true,
         };
         value != Some(!want)
@@ -434,9 +438,24 @@ impl Machine<'_> {
     fn effect_done(&mut self, idx: usize, action: Action) {
         match action {
             Action::MaintenanceOn => self.enter(idx, Phase::WaitGuests),
+            Action::CephSetNoout => self.enter(idx, Phase::AwaitReturn),
+            Action::CephUnsetNoout => self.enter(idx, Phase::MaintenanceOff),
             Action::MaintenanceOff => self.enter(idx, Phase::Done),
             _ => {}
         }
+    }
+
+    /// Online nodes whose report says some OSD is down or out (as Proxmox's Ceph procedure asks,
+    /// `noout` is unset only once every OSD is back up and in; pve-docs `pveceph.adoc`,
+    /// `[[pveceph_shutdown]]`), with their counts. A report that cannot tell does not hold
+    /// the unset back.
+    fn osds_not_up_in(&self) -> Vec<String> {
+        let view = self.view;
+        view.nodes
+            .iter()
+            .filter(|(_, v)| v.online && v.osds_up_in == Some(false))
+            .map(|(n, _)| n.clone())
+            .collect()
     }
 
     fn advance(&mut self) {
@@ -522,6 +541,16 @@ impl Machine<'_> {
         })
     }
 
+    /// Another node whose `ceph osd unset noout` was sent and has not settled.
+    fn unset_in_flight(&self, idx: usize) -> Option<String> {
+        self.s
+            .nodes
+            .iter()
+            .enumerate()
+            .find(|(i, o)| *i != idx && o.phase == Phase::CephUnset && o.pending.is_some())
+            .map(|(_, o)| o.name.clone())
+    }
+
     /// While restoring (`abort --restore`): where a started node goes instead of its next
     /// step. A node with an action in flight (or a reboot under way) keeps waiting for it:
     /// dpkg is never interrupted. One that set `noout` unsets it (unless another node
@@ -595,6 +624,52 @@ impl Machine<'_> {
                     return false;
                 };
                 let answered = self.s.nodes[idx].pending.as_ref().is_some_and(|p| p.acked);
+                // `noout` is one cluster-wide flag: an unset is not sent while another
+                // node holds it (that node unsets it later), and a set waits for an unset
+                // in flight (else the two race and one of them is never observed).
+                if phase == Phase::CephUnset
+                    && self.s.nodes[idx].pending.is_none()
+                    && self.others_hold_noout(idx)
+                {
+                    self.enter(idx, Phase::MaintenanceOff);
+                    return true;
+                }
+                if phase == Phase::CephNoout && self.s.nodes[idx].pending.is_none() {
+                    if let Some(other) = self.unset_in_flight(idx) {
+                        if self.overdue(idx) {
+                            self.halt(
+                                &name,
+                                GateFailure {
+                                    gate: Gate::CommandTimeout,
+                                    reason: format!(
+                                        "ceph-set-noout on {name} waited for {other}'s \
+                                         ceph-unset-noout, which did not settle"
+                                    ),
+                                },
+                            );
+                        }
+                        return false;
+                    }
+                }
+                if phase == Phase::CephUnset && self.s.nodes[idx].pending.is_none() {
+                    let down = self.osds_not_up_in();
+                    if !down.is_empty() {
+                        if self.overdue(idx) {
+                            self.halt(
+                                &name,
+                                GateFailure {
+                                    gate: Gate::Ceph,
+                                    reason: format!(
+                                        "OSDs not all up and in on {} after {name}'s turn; \
+                                         noout stays set",
+                                        down.join(", ")
+                                    ),
+                                },
+                            );
+                        }
+                        return false;
+                    }
+                }
                 if answered && self.effect_observed(idx, action) {
                     self.effect_done(idx, action);
                     return true;

@@ -569,6 +569,10 @@ pub struct NodeView {
     /// HA resources in state `error` on the node (`vm:101`), from its report.
     #[serde(default)]
     pub ha_errors: Vec<String>,
+    /// Every OSD the node's report counts is up and in (a live node counts the cluster's
+    /// OSD map, a simulated one its own OSDs); `None`: not known.
+    #[serde(default)]
+    pub osds_up_in: Option<bool>,
 }
 
 /// The cluster as the driver sees it when it calls [`step`]: every cluster member, not

@@ -33,6 +33,7 @@ pub(super) fn healthy_node(name: &str, expected_votes: u32) -> NodeView {
         ha_maintenance: None,
         noout: None,
         ha_errors: Vec::new(),
+        osds_up_in: None,
     }
 }
 
@@ -87,6 +88,10 @@ pub(super) struct Sim {
     pub steps: usize,
     /// Nodes whose HA manager ignores maintenance requests (answered ok, never entered).
     pub maintenance_ignored: BTreeSet<String>,
+    /// `ceph osd set/unset noout` answers ok but the OSD map's flag never changes.
+    pub noout_ignored: bool,
+    /// Nodes whose OSDs read down (still in) after their reboot, until a test brings them up.
+    pub osds_late: BTreeSet<String>,
 }
 
 impl Sim {
@@ -108,7 +113,39 @@ impl Sim {
             noout_unsets: 0,
             steps: 0,
             maintenance_ignored: BTreeSet::new(),
+            noout_ignored: false,
+            osds_late: BTreeSet::new(),
         }
+    }
+
+    /// The cluster-wide `noout` flag changes: every node whose report tells it reports it.
+    fn report_noout(&mut self, on: bool) {
+        if self.noout_ignored {
+            return;
+        }
+        let knowing: Vec<String> = self
+            .view
+            .nodes
+            .iter()
+            .filter(|(_, nv)| nv.noout.is_some())
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in knowing {
+            if let Some(nv) = self.bump(&n) {
+                nv.noout = Some(on);
+            }
+            self.queue.push_back(Event::NodeChanged { node: n });
+        }
+    }
+
+    /// The node's OSDs come up (its next report says so).
+    pub fn osds_up(&mut self, node: &str) {
+        if let Some(nv) = self.bump(node) {
+            nv.osds_up_in = Some(true);
+        }
+        self.queue.push_back(Event::NodeChanged {
+            node: node.to_owned(),
+        });
     }
 
     fn bump(&mut self, node: &str) -> Option<&mut NodeView> {
@@ -175,6 +212,7 @@ impl Sim {
     fn execute(&mut self, node: &str, action: Action) {
         let (esp_up, esp_ref) = (self.esp_ok_after_upgrade, self.esp_ok_after_refresh);
         let lost = self.lost_on_reboot.contains(node);
+        let osds_late = self.osds_late.contains(node);
         match action {
             Action::MaintenanceOn => {
                 self.in_maintenance.insert(node.to_owned());
@@ -201,10 +239,12 @@ impl Sim {
             }
             Action::CephSetNoout => {
                 self.noout_holders.insert(node.to_owned());
+                self.report_noout(true);
             }
             Action::CephUnsetNoout => {
                 self.noout_unsets += 1;
                 self.noout_holders.clear();
+                self.report_noout(false);
             }
             Action::Reboot => {
                 if let Some(nv) = self.bump(node) {
@@ -215,6 +255,9 @@ impl Sim {
                         nv.boot_id = Some(format!("{node}-boot-{n}"));
                         nv.running_kernel = nv.next_kernel.clone();
                         nv.needs_reboot = false;
+                        if osds_late {
+                            nv.osds_up_in = Some(false);
+                        }
                     }
                 }
                 if !lost {
@@ -995,4 +1038,192 @@ fn an_ha_resource_in_error_halts_at_the_wait_naming_it() {
     let (s, _) = step(&s, &ok_result(&s, "pve1"), &view);
     assert_eq!(halted(&s), Some(("pve1", Gate::HaResourceError)));
     assert_eq!(s.node("pve1").unwrap().phase, Phase::WaitGuests);
+}
+
+/// A Ceph view: `osd` nodes hold OSDs, every node's report reads `noout` (clear) and its
+/// OSDs (all up and in).
+fn ceph_view(n: usize, osd: &[&str]) -> ClusterView {
+    let mut view = healthy_view(&names(n));
+    for (name, nv) in view.nodes.iter_mut() {
+        nv.ceph_healthy = Some(true);
+        nv.noout = Some(false);
+        nv.osds_up_in = Some(true);
+        nv.ceph_osds = osd.contains(&name.as_str());
+    }
+    view
+}
+
+/// `ceph osd set noout` is done when the OSD map shows the flag, not on exit 0: the reboot
+/// waits for it; `unset` likewise before maintenance off. Never observed: halt at the
+/// phase's bound naming node, step and reason, and no reboot.
+#[test]
+fn noout_is_done_when_the_report_shows_the_flag() {
+    let view = ceph_view(3, &["pve1", "pve2"]);
+    let mut sim = Sim::new(plan(3, 1), view.clone());
+    sim.run(2_000);
+    assert_eq!(
+        sim.state.status,
+        Status::Completed,
+        "{:?}",
+        sim.state.status
+    );
+    assert!(sim.view.nodes.values().all(|n| n.noout == Some(false)));
+    assert_eq!(sim.noout_unsets, 2);
+
+    // Observed late: answered ok, the report shows it a tick later.
+    let s = RolloutState::new(plan(3, 1));
+    let mut view = view;
+    let (mut s, _) = step(&s, &Event::Start, &view);
+    s.nodes[0].phase = Phase::CephNoout;
+    s.nodes[0].pending = None;
+    s.nodes[0].boot_id_before = Some("pve1-boot-0".into());
+    let (s, cmds) = step(&s, &Event::Tick { now_ms: 1 }, &view);
+    assert_eq!(sent_actions(&cmds), vec!["pve1/ceph-set-noout"]);
+    let (s, cmds) = step(&s, &ok_result(&s, "pve1"), &view);
+    assert!(
+        sent_actions(&cmds).is_empty(),
+        "no reboot before noout shows"
+    );
+    assert_eq!(s.node("pve1").unwrap().phase, Phase::CephNoout);
+    let (late, _) = step(&s, &Event::Tick { now_ms: 10 }, &view);
+    for nv in view.nodes.values_mut() {
+        nv.noout = Some(true);
+        nv.report_seq += 1;
+    }
+    let ev = Event::NodeChanged {
+        node: "pve1".into(),
+    };
+    let (s2, cmds) = step(&late, &ev, &view);
+    assert_eq!(sent_actions(&cmds), vec!["pve1/reboot"]);
+    assert_eq!(s2.node("pve1").unwrap().phase, Phase::AwaitReturn);
+
+    // Never observed: halted at the bound, no reboot.
+    let mut sim = Sim::new(plan(3, 1), ceph_view(3, &["pve1"]));
+    sim.noout_ignored = true;
+    sim.run(2_000);
+    assert_eq!(halted(&sim.state), Some(("pve1", Gate::CommandTimeout)));
+    let Status::Halted { reason, .. } = &sim.state.status else {
+        unreachable!()
+    };
+    assert!(
+        reason.contains("ceph-set-noout") && reason.contains("never observed"),
+        "{reason}"
+    );
+    assert!(sim.actions_for("pve1", Action::Reboot).is_empty());
+}
+
+/// After its reboot a node's OSDs come back some seconds later: `noout` stays set until
+/// every OSD is up and in (Proxmox's Ceph procedure), then it is unset; OSDs that never come
+/// back halt the rollout at the phase's bound, `noout` still set.
+#[test]
+fn noout_is_unset_only_when_every_osd_is_up_and_in() {
+    let mut sim = Sim::new(plan(3, 1), ceph_view(3, &["pve1", "pve2"]));
+    sim.osds_late.insert("pve1".into());
+    sim.deliver(&Event::Start);
+    let mut brought_up = false;
+    for _ in 0..2_000 {
+        if !matches!(sim.state.status, Status::Running) {
+            break;
+        }
+        let waiting = sim.state.node("pve1").unwrap().phase == Phase::CephUnset;
+        if waiting && !brought_up && sim.queue.is_empty() {
+            assert!(
+                sim.actions_for("pve1", Action::CephUnsetNoout).is_empty(),
+                "unset sent while pve1's OSDs are down"
+            );
+            assert_eq!(sim.noout_holders.len(), 1);
+            brought_up = true;
+            sim.osds_up("pve1");
+        }
+        let ev = sim.queue.pop_front().unwrap_or_else(|| {
+            sim.now_ms += 1_000;
+            Event::Tick { now_ms: sim.now_ms }
+        });
+        sim.deliver(&ev);
+    }
+    assert!(
+        brought_up,
+        "pve1 never waited in ceph-unset: {:?}",
+        sim.state.status
+    );
+    assert_eq!(
+        sim.state.status,
+        Status::Completed,
+        "{:?}",
+        sim.state.status
+    );
+    assert_eq!(sim.actions_for("pve1", Action::CephUnsetNoout).len(), 1);
+    assert!(sim.noout_holders.is_empty());
+
+    let mut sim = Sim::new(plan(3, 1), ceph_view(3, &["pve1", "pve2"]));
+    sim.osds_late.insert("pve1".into());
+    sim.run(2_000);
+    assert_eq!(halted(&sim.state), Some(("pve1", Gate::Ceph)));
+    let Status::Halted { reason, .. } = &sim.state.status else {
+        unreachable!()
+    };
+    assert!(
+        reason.contains("OSDs not all up and in") && reason.contains("noout stays set"),
+        "{reason}"
+    );
+    assert!(sim.actions_for("pve1", Action::CephUnsetNoout).is_empty());
+    assert!(sim.actions_for("pve2", Action::MaintenanceOn).is_empty());
+}
+
+/// `noout` is one cluster-wide flag: with two OSD nodes out at once, a set waits for an
+/// unset in flight (they would race and one would never be observed), and a node waiting
+/// to unset (its OSDs still down) leaves it to the node that set it meanwhile.
+#[test]
+fn a_noout_set_and_an_unset_of_two_nodes_never_race() {
+    let mut view = ceph_view(5, &["pve1", "pve2"]);
+    let s = RolloutState::new(plan(5, 2));
+    let (mut s, _) = step(&s, &Event::Start, &view);
+    assert_eq!(s.in_flight().count(), 2, "{:?}", s.status);
+    for n in s.nodes.iter_mut().take(2) {
+        n.pending = None;
+    }
+    s.nodes[0].phase = Phase::CephUnset;
+    s.nodes[1].phase = Phase::WaitGuests;
+    s.nodes[1].pending = None;
+    let (mut s, cmds) = step(&s, &Event::Tick { now_ms: 1 }, &view);
+    assert!(sent_actions(&cmds).contains(&"pve1/ceph-unset-noout".to_string()));
+    // pve2 reaches its set while pve1's unset is in flight: it waits.
+    s.nodes[1].phase = Phase::CephNoout;
+    s.nodes[1].pending = None;
+    let (s, cmds) = step(&s, &Event::Tick { now_ms: 2 }, &view);
+    assert!(sent_actions(&cmds).is_empty(), "{cmds:?}");
+    // The unset settles (observed): now the set goes.
+    for nv in view.nodes.values_mut() {
+        nv.noout = Some(false);
+    }
+    let (s, cmds) = step(&s, &ok_result(&s, "pve1"), &view);
+    assert_eq!(
+        sent_actions(&cmds),
+        vec!["pve1/maintenance-off", "pve2/ceph-set-noout"]
+    );
+    assert_eq!(s.node("pve1").unwrap().phase, Phase::MaintenanceOff);
+
+    // pve1 waits to unset (its OSDs are down) when pve2 sets noout: pve1 leaves the unset
+    // to pve2 and goes on; no unset is sent.
+    let mut view = ceph_view(5, &["pve1", "pve2"]);
+    view.nodes.get_mut("pve1").unwrap().osds_up_in = Some(false);
+    let s = RolloutState::new(plan(5, 2));
+    let (mut s, _) = step(&s, &Event::Start, &view);
+    assert_eq!(s.in_flight().count(), 2, "{:?}", s.status);
+    for n in s.nodes.iter_mut().take(2) {
+        n.pending = None;
+    }
+    s.nodes[0].phase = Phase::CephUnset;
+    s.nodes[1].phase = Phase::WaitGuests;
+    let (mut s, cmds) = step(&s, &Event::Tick { now_ms: 1 }, &view);
+    assert!(!sent_actions(&cmds).contains(&"pve1/ceph-unset-noout".to_string()));
+    assert_eq!(s.node("pve1").unwrap().phase, Phase::CephUnset);
+    s.nodes[1].phase = Phase::CephNoout;
+    s.nodes[1].pending = None;
+    let (s, cmds) = step(&s, &Event::Tick { now_ms: 2 }, &view);
+    assert_eq!(
+        sent_actions(&cmds),
+        vec!["pve1/maintenance-off", "pve2/ceph-set-noout"]
+    );
+    assert_eq!(s.node("pve1").unwrap().phase, Phase::MaintenanceOff);
 }

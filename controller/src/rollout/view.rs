@@ -34,6 +34,7 @@ pub fn node_view(
     nv.ha_maintenance = f.ha.maintenance;
     nv.ha_errors = f.ha.error_resources.clone();
     nv.noout = f.ceph.as_ref().and_then(|c| c.noout);
+    nv.osds_up_in = f.ceph.as_ref().and_then(|c| c.osds).map(|o| o.all_up_in());
     nv.boot_id = f.node.boot_id.clone();
     nv.running_kernel = f.node.running_kernel.clone();
     nv.next_kernel = f.boot.next_kernel.clone();

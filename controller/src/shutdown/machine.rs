@@ -512,6 +512,10 @@ impl Machine<'_> {
         self.notify(Notice::Stage { stage });
         let targets = self.targets_for(stage);
         self.s.stage_targets = targets.clone();
+        // `noout` is unset only once every OSD is up and in: sent later by `advance`.
+        if stage == Stage::UnsetNoout && !self.osds_down().is_empty() {
+            return;
+        }
         for (node, action) in targets {
             self.send(&node, action);
         }
@@ -671,9 +675,38 @@ impl Machine<'_> {
             .collect()
     }
 
+    /// Nodes whose report says some OSD is down or out. A report that cannot tell does not
+    /// hold the unset back.
+    fn osds_down(&self) -> Vec<String> {
+        self.view
+            .nodes
+            .iter()
+            .filter(|(_, v)| v.online && v.osds_up_in == Some(false))
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// `UnsetNoout` entered while OSDs were down: its unset, once they are all up and in.
+    fn send_held_unset(&mut self) {
+        if self.s.stage != Stage::UnsetNoout || !self.osds_down().is_empty() {
+            return;
+        }
+        let held: Vec<(String, Action)> = self
+            .s
+            .stage_targets
+            .iter()
+            .filter(|(n, a)| self.s.last_sent(n, &step_name(a)).is_none())
+            .cloned()
+            .collect();
+        for (node, action) in held {
+            self.send(&node, action);
+        }
+    }
+
     fn advance(&mut self) {
         for _ in 0..MAX_TRANSITIONS {
             let stage = self.s.stage;
+            self.send_held_unset();
             match stage {
                 Stage::Planned | Stage::Down | Stage::Finished => return,
                 Stage::AwaitNodes => {
@@ -717,7 +750,16 @@ impl Machine<'_> {
                     if !late || nobody {
                         return;
                     }
-                    let unobserved = self.unobserved();
+                    let mut unobserved = self.unobserved();
+                    if stage == Stage::UnsetNoout && !self.s.stage_targets.is_empty() {
+                        let down = self.osds_down();
+                        if !down.is_empty() {
+                            unobserved.push(format!(
+                                "OSDs not all up and in on {}: noout left set",
+                                down.join(", ")
+                            ));
+                        }
+                    }
                     let abandoned = self.abandon_pending();
                     self.notify(Notice::MovedOn {
                         stage,

@@ -19,6 +19,10 @@
 //! Bring-up, after [`Event::StartUp`] in `Down` (the *startup*) or after [`Event::Cancel`] /
 //! [`Event::PowerRestored`] before the point of no return (the *restore*):
 //! `[AwaitNodes (startup only)] → UnsetNoout → ArmHa → StartGuests{group} … → Finished`.
+//! `UnsetNoout` sends `ceph osd unset noout` only once no node's report says an OSD is down
+//! or out (Proxmox's Ceph procedure, pve-docs `pveceph.adoc` `[[pveceph_shutdown]]`: all
+//! Ceph services up before the unset); at its bound it moves on with `noout` left set and
+//! the reason in the `MovedOn` notice.
 //! Stages with nothing to do are skipped; every stage's sends are fixed when it is entered
 //! ([`ShutdownState::stage_targets`]) and persisted with it.
 //!
@@ -160,6 +164,10 @@ pub struct NodeView {
     /// it (`/etc/pve/nodes/<node>/lrm_status`); `None`: not known.
     #[serde(default)]
     pub lrm_watchdog: Option<bool>,
+    /// Every OSD this node's report counts is up and in (a live node counts the cluster's
+    /// OSD map, a simulated one its own OSDs); `None`: not known.
+    #[serde(default)]
+    pub osds_up_in: Option<bool>,
 }
 
 /// The cluster for one call of [`step`]. A node missing from `nodes` counts as offline.

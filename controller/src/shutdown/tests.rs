@@ -1390,3 +1390,69 @@ fn maintenance_mode_releases_watchdogs_node_by_node() {
         .iter()
         .any(|n| matches!(n, Notice::MovedOn { .. })));
 }
+
+/// Startup: every node is back, but the OSDs of one come up some seconds later. `noout`
+/// stays set until the reports say every OSD is up and in, then it is unset; OSDs that never
+/// come back move the startup on at the stage's bound with `noout` left set and the reason.
+#[test]
+fn startup_unsets_noout_only_when_every_osd_is_up_and_in() {
+    for osds_return in [true, false] {
+        let mut sim = powered_down();
+        for nv in sim.view.nodes.values_mut() {
+            nv.osds_up_in = Some(nv.ceph_osds).filter(|o| *o).map(|_| true);
+        }
+        // pve1's OSDs read down after its boot.
+        sim.view.nodes.get_mut("pve1").unwrap().osds_up_in = Some(false);
+        sim.deliver(&Event::StartUp { now_ms: sim.now_ms });
+        for n in ["pve1", "pve2", "pve3", "pve4", "pve5"] {
+            bring_online(&mut sim, n);
+        }
+        sim.run(60_000, |s| s.stage == Stage::UnsetNoout);
+        assert_eq!(sim.state.stage, Stage::UnsetNoout);
+        sim.run(30_000, |_| false);
+        assert!(
+            !sim.sends()
+                .iter()
+                .any(|(_, a)| *a == Action::CephUnsetNoout),
+            "noout unset while pve1's OSDs are down"
+        );
+        if osds_return {
+            sim.view.nodes.get_mut("pve1").unwrap().osds_up_in = Some(true);
+            sim.deliver(&Event::NodeChanged {
+                node: "pve1".into(),
+            });
+        }
+        sim.run(3_600_000, is_finished);
+        assert_eq!(sim.state.stage, Stage::Finished);
+        let unset = sim
+            .sends()
+            .iter()
+            .filter(|(_, a)| *a == Action::CephUnsetNoout)
+            .count();
+        let moved: Vec<Vec<String>> = sim
+            .notices()
+            .into_iter()
+            .filter_map(|n| match n {
+                Notice::MovedOn {
+                    stage: Stage::UnsetNoout,
+                    unobserved,
+                    ..
+                } => Some(unobserved.clone()),
+                _ => None,
+            })
+            .collect();
+        if osds_return {
+            assert_eq!(unset, 1);
+            assert!(moved.is_empty(), "{moved:?}");
+        } else {
+            assert_eq!(unset, 0, "noout unset with pve1's OSDs down");
+            assert_eq!(moved.len(), 1, "{moved:?}");
+            assert!(
+                moved[0]
+                    .iter()
+                    .any(|r| r.contains("OSDs not all up and in on pve1: noout left set")),
+                "{moved:?}"
+            );
+        }
+    }
+}
