@@ -20,12 +20,12 @@ use crate::clock::now_ms;
 use crate::config::IngestLimits;
 use crate::events::AgentEventKind;
 use crate::fleet;
-use crate::state::{internal, Controller, Flat, Intake, NodeSlot};
+use crate::state::{internal, Controller, Intake, NodeSlot};
 use crate::store::{FactChange, ReportWrite, Store};
 use fleetward_proto::api::agent_message;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tonic::Status;
 
 /// The ingestion path of one controller: its state and the report writer thread.
@@ -201,10 +201,10 @@ impl Ingest {
             ctl.publish(node, AgentEventKind::Report);
             return Ok(());
         }
-        let flat = fleet::flatten(&report.facts);
+        let flat = Arc::new(fleet::flatten_packed(&report.facts));
         let previous = ctl.previous_flat(slot);
         let changes: Vec<FactChange> = match &previous {
-            Some(p) => fleet::changes_since(p, &flat)
+            Some(p) => fleet::changes_between(p, &flat)
                 .into_iter()
                 .map(|c| FactChange {
                     time_ms: now,
@@ -216,8 +216,6 @@ impl Ingest {
             None => Vec::new(),
         };
         drop(previous);
-        // Packed now (the map is freed before the write is awaited).
-        let flat = Arc::new(Flat::pack(&{ flat }));
         // Kept as a clone: the parser grew every Vec by doubling, a clone has exact
         // capacities (~17 → ~13 KB per seed report, for ~9 µs per report).
         let report = Arc::new({ report }.clone());
@@ -255,16 +253,13 @@ impl ReportWriter {
             while let Ok(first) = rx.recv() {
                 // Group commit: collect what arrives within GATHER of the first report, so
                 // one sync serves many reports when they come fast (and costs one GATHER of
-                // latency when they do not).
+                // latency when they do not). The writer sleeps through the window and then
+                // takes what arrived, instead of waiting on the channel: a receiver parked
+                // in `recv_timeout` is woken by every send (a futex wake and a context switch
+                // per report, about 4 % of the controller's CPU at 8,000 reports/s).
                 let mut jobs = vec![first];
-                let until = Instant::now() + Self::GATHER;
-                while jobs.len() < Self::BATCH {
-                    let left = until.saturating_duration_since(Instant::now());
-                    match rx.recv_timeout(left) {
-                        Ok(j) => jobs.push(j),
-                        Err(_) => break,
-                    }
-                }
+                std::thread::sleep(Self::GATHER);
+                jobs.extend(rx.try_iter().take(Self::BATCH - 1));
                 let write = |jobs: &[WriteJob]| {
                     let writes: Vec<ReportWrite> = jobs
                         .iter()

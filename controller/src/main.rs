@@ -257,7 +257,13 @@ fn serve_main(a: ServeArgs) -> anyhow::Result<()> {
             .clone()
             .unwrap_or_else(|| PathBuf::from("/var/lib/fleetward")),
     );
-    let rt = tokio::runtime::Runtime::new()?;
+    // Durable writes (enrollment, renewal, tokens) run on the blocking pool and share their
+    // syncs (group commit); a handful of threads is enough for that, and each thread costs
+    // memory (its stack, its allocator cache) for as long as it lives.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(8)
+        .build()?;
     rt.block_on(async move {
         let listen = cfg.listen.clone();
         let loaded = serve::load(&dir, cfg)?;

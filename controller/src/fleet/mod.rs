@@ -24,7 +24,10 @@ pub mod report;
 mod tests;
 
 pub use drift::drift;
-pub use normalize::{changes, changes_since, diff, flatten, Change, DiffRow, PackedFlat};
+pub use normalize::{
+    changes, changes_between, changes_since, diff, flatten, flatten_packed, Change, DiffRow,
+    PackedFlat,
+};
 pub use policy::{capture, check, Policy, PolicyError};
 
 use fleetward_proto::{Facts, Finding};

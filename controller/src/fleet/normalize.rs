@@ -130,10 +130,72 @@ fn yes_no(b: bool) -> String {
 
 /// Every comparable fact of a node as `area.key -> value` (see the module docs for the keys).
 pub fn flatten(f: &Facts) -> BTreeMap<String, String> {
-    let mut m = BTreeMap::new();
-    let mut put = |k: String, v: String| {
-        m.insert(k, v);
-    };
+    let mut out = FlatBuilder::default();
+    flatten_into(f, &mut out);
+    out.into_map()
+}
+
+/// [`flatten`] straight into the packed form the controller keeps per node, without the map
+/// (the ingestion path: one string and one index instead of a `String` pair and a tree node
+/// per fact).
+pub fn flatten_packed(f: &Facts) -> PackedFlat {
+    let mut out = FlatBuilder::default();
+    flatten_into(f, &mut out);
+    out.into_packed()
+}
+
+/// Keys and values written into one string; sorted (and a repeated key's last value kept,
+/// as a map insert would) when finished.
+#[derive(Default)]
+struct FlatBuilder {
+    text: String,
+    /// Per entry: start of its key, end of its key, end of its value in `text`.
+    spans: Vec<(usize, usize, usize)>,
+}
+
+impl FlatBuilder {
+    fn put(&mut self, k: &str, v: &str) {
+        let start = self.text.len();
+        self.text.push_str(k);
+        let key_end = self.text.len();
+        self.text.push_str(v);
+        self.spans.push((start, key_end, self.text.len()));
+    }
+
+    /// The entries in key order, each key once (its last value).
+    fn sorted(&self) -> Vec<(&str, &str)> {
+        let t = &self.text;
+        let mut kv: Vec<(&str, &str)> = self
+            .spans
+            .iter()
+            .map(|&(s, k, e)| (&t[s..k], &t[k..e]))
+            .collect();
+        // Stable: equal keys keep their order, so the last one is the last written.
+        kv.sort_by(|a, b| a.0.cmp(b.0));
+        let mut out: Vec<(&str, &str)> = Vec::with_capacity(kv.len());
+        for (k, v) in kv {
+            match out.last_mut() {
+                Some(last) if last.0 == k => last.1 = v,
+                _ => out.push((k, v)),
+            }
+        }
+        out
+    }
+
+    fn into_map(self) -> BTreeMap<String, String> {
+        self.sorted()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn into_packed(self) -> PackedFlat {
+        PackedFlat::from_sorted(self.sorted())
+    }
+}
+
+fn flatten_into(f: &Facts, out: &mut FlatBuilder) {
+    let mut put = |k: &str, v: &str| out.put(k, v);
     let list = |v: &[String]| v.join(" ");
 
     // node, os
@@ -152,7 +214,7 @@ pub fn flatten(f: &Facts) -> BTreeMap<String, String> {
         ("cluster.name", &f.cluster.name),
     ] {
         if let Some(v) = v {
-            put(k.to_string(), v.clone());
+            put(k, v);
         }
     }
     let os: Vec<&str> = [&n.os.id, &n.os.version_id, &n.os.codename]
@@ -161,7 +223,7 @@ pub fn flatten(f: &Facts) -> BTreeMap<String, String> {
         .map(String::as_str)
         .collect();
     if !os.is_empty() {
-        put("os.release".into(), os.join(" "));
+        put("os.release", &os.join(" "));
     }
 
     // apt
@@ -172,7 +234,7 @@ pub fn flatten(f: &Facts) -> BTreeMap<String, String> {
             AptFileFormat::Deb822 => "deb822",
             AptFileFormat::Ignored => "ignored",
         };
-        put(format!("apt.file[{}]", file.path), format.into());
+        put(&format!("apt.file[{}]", file.path), format);
     }
     for e in apt.entries.iter().chain(&apt.ignored_entries) {
         let (area, value) = if e.enabled {
@@ -181,11 +243,11 @@ pub fn flatten(f: &Facts) -> BTreeMap<String, String> {
             ("apt.disabled", "disabled")
         };
         for r in entry_repos(e) {
-            put(format!("{area}[{r}]"), value.into());
+            put(&format!("{area}[{r}]"), value);
         }
     }
     if !apt.errors.is_empty() {
-        put("apt.errors".into(), apt.errors.len().to_string());
+        put("apt.errors", &apt.errors.len().to_string());
     }
 
     // dns
@@ -200,7 +262,7 @@ pub fn flatten(f: &Facts) -> BTreeMap<String, String> {
         ("kernel.installed", &f.boot.installed_kernels),
     ] {
         if !v.is_empty() {
-            put(k.into(), list(v));
+            put(k, &list(v));
         }
     }
     let resolv = match (&rc.symlink_target, rc.systemd_resolved_stub, rc.exists) {
@@ -209,7 +271,7 @@ pub fn flatten(f: &Facts) -> BTreeMap<String, String> {
         (None, _, true) => "file".to_string(),
         (None, _, false) => "missing".to_string(),
     };
-    put("dns.resolv_conf".into(), resolv);
+    put("dns.resolv_conf", &resolv);
 
     // boot
     let b = &f.boot;
@@ -217,33 +279,33 @@ pub fn flatten(f: &Facts) -> BTreeMap<String, String> {
         Firmware::Uefi => "uefi",
         Firmware::Bios => "bios",
     };
-    put("boot.firmware".into(), firmware.into());
+    put("boot.firmware", firmware);
     if let Some(state) = secure_boot_state(f) {
-        put("boot.secure_boot".into(), state.into());
+        put("boot.secure_boot", state);
     }
     if let Some(sb) = &b.secure_boot {
         if let Some(setup) = sb.setup_mode {
-            put("boot.setup_mode".into(), yes_no(setup));
+            put("boot.setup_mode", &yes_no(setup));
         }
         if sb.shim_validation_disabled {
-            put("boot.shim_validation".into(), "disabled".into());
+            put("boot.shim_validation", "disabled");
         }
     }
     for p in &b.packages {
-        put(format!("boot.package[{}]", p.name), p.version.clone());
+        put(&format!("boot.package[{}]", p.name), &p.version);
     }
     let hook = match (b.kernel_hook.exists, &b.kernel_hook.owner) {
         (true, Some(owner)) => format!("owned by {owner}"),
         (true, None) => "exists, no owner".into(),
         (false, _) => "missing".into(),
     };
-    put("boot.kernel_hook".into(), hook);
+    put("boot.kernel_hook", &hook);
     let sync = if b.esp_list_exists {
         "configured"
     } else {
         "not configured"
     };
-    put("boot.esp_sync".into(), sync.into());
+    put("boot.esp_sync", sync);
     let ids: Vec<&str> = b
         .esp_list
         .iter()
@@ -251,7 +313,7 @@ pub fn flatten(f: &Facts) -> BTreeMap<String, String> {
         .filter(|s| !s.is_empty())
         .collect();
     if !ids.is_empty() {
-        put("boot.esp_list".into(), ids.join(" "));
+        put("boot.esp_list", &ids.join(" "));
     }
     let efi = match (b.boot_efi_in_fstab, b.boot_efi_mounted) {
         (true, true) => Some("mounted"),
@@ -260,12 +322,12 @@ pub fn flatten(f: &Facts) -> BTreeMap<String, String> {
         (false, false) => None,
     };
     if let Some(efi) = efi {
-        put("boot.boot_efi".into(), efi.into());
+        put("boot.boot_efi", efi);
     }
     if let Some(r) = b.force_efi_extra_removable {
-        put("boot.force_efi_extra_removable".into(), yes_no(r));
+        put("boot.force_efi_extra_removable", &yes_no(r));
     }
-    put("boot.reboot_required".into(), yes_no(b.reboot_required));
+    put("boot.reboot_required", &yes_no(b.reboot_required));
     for e in &f.esps {
         let id = e.uuid.as_deref().or(e.device.as_deref()).unwrap_or("?");
         let source = match e.source {
@@ -286,17 +348,17 @@ pub fn flatten(f: &Facts) -> BTreeMap<String, String> {
             v.push_str(", kernels ");
             v.push_str(&list(&e.kernels));
         }
-        put(format!("esp[{id}]"), v);
+        put(&format!("esp[{id}]"), &v);
     }
 
     // cluster
     let c = &f.cluster;
     if let Some(q) = c.quorate {
-        put("cluster.quorate".into(), yes_no(q));
+        put("cluster.quorate", &yes_no(q));
     }
     if !c.members.is_empty() {
         let names: Vec<&str> = c.members.iter().map(|m| m.name.as_str()).collect();
-        put("cluster.members".into(), names.join(" "));
+        put("cluster.members", &names.join(" "));
         let offline: Vec<&str> = c
             .members
             .iter()
@@ -304,45 +366,45 @@ pub fn flatten(f: &Facts) -> BTreeMap<String, String> {
             .map(|m| m.name.as_str())
             .collect();
         if !offline.is_empty() {
-            put("cluster.offline".into(), offline.join(" "));
+            put("cluster.offline", &offline.join(" "));
         }
     }
     if let Some(v) = c.expected_votes {
-        put("cluster.expected_votes".into(), v.to_string());
+        put("cluster.expected_votes", &v.to_string());
     }
     if c.members_file {
-        put("cluster.qdevice".into(), yes_no(c.qdevice));
+        put("cluster.qdevice", &yes_no(c.qdevice));
     }
 
     // guests, ceph, ha: per node (no drift rule)
     for g in &f.guests {
-        put(format!("guest[{}]", g.vmid), guest_value(g));
+        put(&format!("guest[{}]", g.vmid), &guest_value(g));
     }
     if let Some(ceph) = &f.ceph {
-        put("ceph.monitor".into(), yes_no(ceph.monitor_here));
+        put("ceph.monitor", &yes_no(ceph.monitor_here));
         if !ceph.osds_here.is_empty() {
             let ids: Vec<String> = ceph.osds_here.iter().map(u32::to_string).collect();
-            put("ceph.osds".into(), ids.join(" "));
+            put("ceph.osds", &ids.join(" "));
         }
         if let Some(b) = ceph.noout {
-            put("ceph.noout".into(), yes_no(b));
+            put("ceph.noout", &yes_no(b));
         }
         if let Some(b) = ceph.healthy {
-            put("ceph.healthy".into(), yes_no(b));
+            put("ceph.healthy", &yes_no(b));
         }
     }
     let ha = &f.ha;
     if let Some(b) = ha.maintenance {
-        put("ha.maintenance".into(), yes_no(b));
+        put("ha.maintenance", &yes_no(b));
     }
     if let Some(b) = ha.disarmed {
-        put("ha.disarmed".into(), yes_no(b));
+        put("ha.disarmed", &yes_no(b));
     }
     if ha.resources > 0 {
-        put("ha.resources".into(), ha.resources.to_string());
+        put("ha.resources", &ha.resources.to_string());
     }
     if let Some(p) = &ha.shutdown_policy {
-        put("ha.shutdown_policy".into(), p.clone());
+        put("ha.shutdown_policy", p);
     }
 
     for u in &f.unreadable {
@@ -350,9 +412,8 @@ pub fn flatten(f: &Facts) -> BTreeMap<String, String> {
             Some(line) => format!("unreadable[{}:{line}]", u.path),
             None => format!("unreadable[{}]", u.path),
         };
-        put(key, u.reason.clone());
+        put(&key, &u.reason);
     }
-    m
 }
 
 /// `guest[<vmid>]`'s value: `qemu running, name web-01, onboot, order 2, up 30, ha`.
@@ -444,10 +505,15 @@ pub struct PackedFlat {
 
 impl PackedFlat {
     pub fn pack(flat: &BTreeMap<String, String>) -> Self {
-        let len = flat.iter().map(|(k, v)| k.len() + v.len()).sum();
+        Self::from_sorted(pairs(flat).collect())
+    }
+
+    /// From `(key, value)` pairs in key order, each key once.
+    fn from_sorted(kv: Vec<(&str, &str)>) -> Self {
+        let len = kv.iter().map(|(k, v)| k.len() + v.len()).sum();
         let mut text = String::with_capacity(len);
-        let mut ends = Vec::with_capacity(flat.len());
-        for (k, v) in flat {
+        let mut ends = Vec::with_capacity(kv.len());
+        for (k, v) in kv {
             text.push_str(k);
             let key_end = text.len();
             text.push_str(v);
@@ -481,6 +547,11 @@ impl PackedFlat {
 /// [`changes`] from a packed previous snapshot: the same changes in the same order.
 pub fn changes_since(old: &PackedFlat, new: &BTreeMap<String, String>) -> Vec<Change> {
     changes_of(old.iter(), pairs(new))
+}
+
+/// [`changes_since`] between two packed flats.
+pub fn changes_between(old: &PackedFlat, new: &PackedFlat) -> Vec<Change> {
+    changes_of(old.iter(), new.iter())
 }
 
 /// A map's entries as string slices, in key order.

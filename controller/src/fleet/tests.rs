@@ -342,3 +342,26 @@ fn guests_ceph_and_ha_are_per_node_not_drift() {
         .iter()
         .any(|r| r.key == "ha.maintenance" && r.differs()));
 }
+
+/// The ingestion path's packed flatten is the map's, pair for pair, and the changes between
+/// two packed flats are the changes between the packed old and the new map.
+#[test]
+fn packed_flatten_equals_the_map_and_its_changes() {
+    let nodes = seed();
+    for (name, f) in &nodes {
+        let map = super::flatten(f);
+        let packed = super::flatten_packed(f);
+        let from_map: Vec<(&str, &str)> =
+            map.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(packed.iter().collect::<Vec<_>>(), from_map, "{name}");
+    }
+    for pair in nodes.windows(2) {
+        let (a, b) = (&pair[0].1, &pair[1].1);
+        let old = super::flatten_packed(a);
+        assert_eq!(
+            super::changes_between(&old, &super::flatten_packed(b)),
+            super::changes_since(&old, &super::flatten(b))
+        );
+        assert!(!super::changes_between(&old, &super::flatten_packed(b)).is_empty());
+    }
+}
