@@ -21,9 +21,8 @@
 //! Their sum is the controller's overhead per hand-over (target: under 200 ms).
 
 use clap::Parser;
-use fleetward_tests::fakefleet::{self, Fleet, FleetOptions};
+use fleetward_tests::fakefleet::{self, FleetOptions};
 use fleetward_tests::{wait_for, Controller};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
@@ -48,30 +47,12 @@ fn main() {
         + "\n[rollout]\nreboot_ms = 60000\nmax_silence_ms = 30000\ntick_ms = 1000\n";
     std::fs::write(&path, text).unwrap();
     c.restart();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
     let names: Vec<String> = (1..=args.nodes).map(|i| format!("node-{i:03}")).collect();
-    let enrolled = rt.block_on(fakefleet::enroll(&c, &names, 8));
-    let fleet = Arc::new(Fleet::default());
-    let (seed, members) = (Arc::new(fakefleet::seed_report()), Arc::new(names.clone()));
     let opts = FleetOptions {
         reboot: Duration::from_millis(args.reboot_ms),
         action: Duration::ZERO,
     };
-    for e in enrolled {
-        rt.spawn(fakefleet::run_node(
-            c.url(),
-            c.ca_pem(),
-            e,
-            seed.clone(),
-            members.clone(),
-            opts.clone(),
-            fleet.clone(),
-        ));
-    }
+    let (_rt, fleet) = fakefleet::start(&c, &names, 8, opts);
     wait_for("all nodes online", Duration::from_secs(60), || {
         let nodes = c.cli_json(&["nodes"]);
         let online = nodes

@@ -371,6 +371,37 @@ fn apply(m: &mut Model, req: &ActionRequest, fleet: &Fleet) {
     }
 }
 
+/// A fake fleet of `names` against `c`: enrolls them (`parallel` at a time) and runs each
+/// as [`run_node`] on a 2-thread runtime, returned with the fleet's record. Keep the runtime:
+/// dropping it stops the nodes.
+pub fn start(
+    c: &Controller,
+    names: &[String],
+    parallel: usize,
+    opts: FleetOptions,
+) -> (tokio::runtime::Runtime, Arc<Fleet>) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let enrolled = rt.block_on(enroll(c, names, parallel));
+    let fleet = Arc::new(Fleet::default());
+    let (seed, members) = (Arc::new(seed_report()), Arc::new(names.to_vec()));
+    for e in enrolled {
+        rt.spawn(run_node(
+            c.url(),
+            c.ca_pem(),
+            e,
+            seed.clone(),
+            members.clone(),
+            opts.clone(),
+            fleet.clone(),
+        ));
+    }
+    (rt, fleet)
+}
+
 /// The seed node's report (the template every fake node's report is made from).
 pub fn seed_report() -> Report {
     let path = crate::agent_fixture("seed/pve-01/expected.json");

@@ -2,13 +2,12 @@
 //! allow and nothing changes; a revoked operator's `--watch` ends within a second, and
 //! its later calls are refused while the others keep working.
 
-use fleetward_tests::fakefleet::{self, Fleet, FleetOptions};
+use fleetward_tests::fakefleet::{self, FleetOptions};
 use fleetward_tests::{bin, wait_for, Controller};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// `fleetward <args>` as the operator whose `cli.toml` is `cfg`, JSON output.
@@ -69,30 +68,12 @@ fn scopes_refuse_without_changing_state_and_revocation_ends_a_watch_within_a_sec
     let creds = tempfile::tempdir().unwrap();
 
     // Three simulated nodes whose every action takes a minute: a rollout stays running.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
     let names: Vec<String> = (1..=3).map(|i| format!("node-{i}")).collect();
-    let enrolled = rt.block_on(fakefleet::enroll(&c, &names, 3));
-    let fleet = Arc::new(Fleet::default());
-    let (seed, members) = (Arc::new(fakefleet::seed_report()), Arc::new(names.clone()));
     let opts = FleetOptions {
         reboot: Duration::from_millis(300),
         action: Duration::from_secs(60),
     };
-    for e in enrolled {
-        rt.spawn(fakefleet::run_node(
-            c.url(),
-            c.ca_pem(),
-            e,
-            seed.clone(),
-            members.clone(),
-            opts.clone(),
-            fleet.clone(),
-        ));
-    }
+    let (rt, _fleet) = fakefleet::start(&c, &names, 3, opts);
     wait_for("three nodes online", Duration::from_secs(30), || {
         let nodes = c.cli_json(&["nodes"]);
         let online = nodes.as_array()?.iter().filter(|n| n["state"] == "online");

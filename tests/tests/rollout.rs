@@ -640,33 +640,15 @@ fn sigkill_at_every_phase_boundary_neither_repeats_nor_skips_a_step() {
 
 #[test]
 fn fifty_nodes_with_max_unavailable_five_never_exceed_five() {
-    use fleetward_tests::fakefleet::{self, Fleet, FleetOptions, NEW_KERNEL as NEW};
-    use std::sync::{atomic::Ordering, Arc};
+    use fleetward_tests::fakefleet::{self, FleetOptions, NEW_KERNEL as NEW};
+    use std::sync::atomic::Ordering;
     let c = controller();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
     let names: Vec<String> = (1..=50).map(|i| format!("node-{i:02}")).collect();
-    let enrolled = rt.block_on(fakefleet::enroll(&c, &names, 8));
-    let fleet = Arc::new(Fleet::default());
-    let (seed, members) = (Arc::new(fakefleet::seed_report()), Arc::new(names.clone()));
     let opts = FleetOptions {
         reboot: Duration::from_millis(300),
         action: Duration::from_millis(20),
     };
-    for e in enrolled {
-        rt.spawn(fakefleet::run_node(
-            c.url(),
-            c.ca_pem(),
-            e,
-            seed.clone(),
-            members.clone(),
-            opts.clone(),
-            fleet.clone(),
-        ));
-    }
+    let (_rt, fleet) = fakefleet::start(&c, &names, 8, opts);
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     wait_online(&c, &refs);
     start(&c, &["--max-unavailable", "5"]);
