@@ -30,7 +30,6 @@ use tonic::Status;
 
 pub(crate) use crate::state::{internal, not_found};
 
-/// A driver's refusal or failure as a gRPC status.
 /// Runs `f` — a call that makes a durable write — on tokio's blocking pool: its sync must
 /// not hold a runtime worker, and concurrent calls then share their syncs (the store's group
 /// commit) instead of queueing behind one worker each.
@@ -42,6 +41,7 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(|e| internal(format!("a blocking call failed: {e}")))?
 }
 
+/// A driver's refusal or failure as a gRPC status.
 pub(crate) fn driver_status(e: crate::orchestrate::DriverError) -> Status {
     use crate::orchestrate::DriverError as E;
     match e {
