@@ -124,22 +124,28 @@ impl std::fmt::Display for CommandLine {
     }
 }
 
+/// The `service SID (NODE, STATE...)` lines of `ha-manager status` output, as
+/// `(sid, node, state)`.
+fn ha_service_lines(status: &str) -> impl Iterator<Item = (&str, &str, &str)> {
+    status.lines().filter_map(|line| {
+        let rest = line.trim().strip_prefix("service ")?;
+        let (sid, rest) = rest.trim().split_once(' ')?;
+        let inner = rest.trim().strip_prefix('(')?.strip_suffix(')')?;
+        let mut parts = inner.split(',').map(str::trim);
+        let on = parts.next()?;
+        Some((sid, on, parts.next().unwrap_or("")))
+    })
+}
+
 /// HA services in `ha-manager status` output that still run on `node`: the ids of lines
 /// `service SID (NODE, STATE...)` whose state is not `stopped`, `ignored`, `disabled` or
 /// `error`.
 pub fn ha_services_on(status: &str, node: &str) -> Vec<String> {
-    status
-        .lines()
-        .filter_map(|line| {
-            let rest = line.trim().strip_prefix("service ")?;
-            let (sid, rest) = rest.trim().split_once(' ')?;
-            let inner = rest.trim().strip_prefix('(')?.strip_suffix(')')?;
-            let mut parts = inner.split(',').map(str::trim);
-            let on = parts.next()?;
-            let state = parts.next().unwrap_or("");
-            let idle = matches!(state, "stopped" | "ignored" | "disabled" | "error");
-            (on == node && !idle).then(|| sid.to_owned())
+    ha_service_lines(status)
+        .filter(|(_, on, state)| {
+            *on == node && !matches!(*state, "stopped" | "ignored" | "disabled" | "error")
         })
+        .map(|(sid, _, _)| sid.to_owned())
         .collect()
 }
 
@@ -147,17 +153,9 @@ pub fn ha_services_on(status: &str, node: &str) -> Vec<String> {
 /// nor stops a failed resource (pve-ha-manager `src/PVE/HA/Manager.pm`, the `error` state
 /// is left only by an operator), so waiting for it to leave is pointless.
 pub fn ha_services_in_error(status: &str, node: &str) -> Vec<String> {
-    status
-        .lines()
-        .filter_map(|line| {
-            let rest = line.trim().strip_prefix("service ")?;
-            let (sid, rest) = rest.trim().split_once(' ')?;
-            let inner = rest.trim().strip_prefix('(')?.strip_suffix(')')?;
-            let mut parts = inner.split(',').map(str::trim);
-            let on = parts.next()?;
-            let state = parts.next().unwrap_or("");
-            (on == node && state == "error").then(|| sid.to_owned())
-        })
+    ha_service_lines(status)
+        .filter(|(_, on, state)| *on == node && *state == "error")
+        .map(|(sid, _, _)| sid.to_owned())
         .collect()
 }
 

@@ -394,22 +394,16 @@ impl SimulatedExecutor {
         delay: std::time::Duration,
         say: Say,
     ) -> Result<(), String> {
-        static SEQ: AtomicU64 = AtomicU64::new(0);
-        let id = format!(
-            "{}-{}-{}",
-            now_ms(),
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        );
-        let mut reqs = self.ha_requests()?;
-        reqs.push(HaRequest {
-            id: id.clone(),
-            vmid: g.vmid,
-            kind: g.kind,
-            state,
-            maintenance: None,
-        });
-        self.save_ha_requests(&reqs)?;
+        self.queue(
+            HaRequest {
+                id: String::new(),
+                vmid: g.vmid,
+                kind: g.kind,
+                state,
+                maintenance: None,
+            },
+            delay,
+        )?;
         let word = if state == GuestState::Running {
             "started"
         } else {
@@ -419,6 +413,23 @@ impl SimulatedExecutor {
             "{} is HA-managed: requested state '{word}' queued for the HA manager",
             g.sid()
         ));
+        Ok(())
+    }
+
+    /// Adds `req` (its id given here) to the queued HA requests and has the simulated
+    /// cluster manager apply it `delay` later.
+    fn queue(&self, mut req: HaRequest, delay: std::time::Duration) -> Result<(), String> {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        req.id = format!(
+            "{}-{}-{}",
+            now_ms(),
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let id = req.id.clone();
+        let mut reqs = self.ha_requests()?;
+        reqs.push(req);
+        self.save_ha_requests(&reqs)?;
         self.apply_later(id, delay);
         Ok(())
     }
@@ -433,28 +444,21 @@ impl SimulatedExecutor {
         delay: std::time::Duration,
         say: Say,
     ) -> Result<(), String> {
-        static SEQ: AtomicU64 = AtomicU64::new(0);
-        let id = format!(
-            "{}-{}-m{}",
-            now_ms(),
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        );
-        let mut reqs = self.ha_requests()?;
-        reqs.push(HaRequest {
-            id: id.clone(),
-            vmid: 0,
-            kind: GuestKind::Qemu,
-            state: GuestState::Stopped,
-            maintenance: Some(on),
-        });
-        self.save_ha_requests(&reqs)?;
+        self.queue(
+            HaRequest {
+                id: String::new(),
+                vmid: 0,
+                kind: GuestKind::Qemu,
+                state: GuestState::Stopped,
+                maintenance: Some(on),
+            },
+            delay,
+        )?;
         say(format!(
             "crm-command {}-node-maintenance {} queued for the HA manager",
             if on { "enable" } else { "disable" },
             self.node
         ));
-        self.apply_later(id, delay);
         Ok(())
     }
 
