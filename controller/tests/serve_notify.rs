@@ -23,6 +23,22 @@ impl Drop for Serve {
     }
 }
 
+/// `fleetward ARGS --data-dir DATA`, which must succeed; its output.
+fn run(args: &[&str], data: &std::path::Path) -> std::process::Output {
+    let out = Command::new(BIN)
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "fleetward {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// The next datagram, within 20 s.
 fn next(sock: &UnixDatagram) -> String {
     let mut buf = [0u8; 512];
@@ -34,44 +50,17 @@ fn next(sock: &UnixDatagram) -> String {
 fn serve_notifies_ready_and_stopping_and_the_cli_finds_its_port() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let out = Command::new(BIN)
-        .args(["init", "--name", "notify", "--data-dir"])
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run(&["init", "--name", "notify"], &data);
     let configured = std::fs::read_to_string(data.join("controller.toml")).unwrap();
 
     // The server certificate renewed before the start: `ca status` shows the new one, and
     // the CLI (which pins the CA) reaches the serve that uses it.
     let status = || {
-        let out = Command::new(BIN)
-            .args(["ca", "status", "--output", "json", "--data-dir"])
-            .arg(&data)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = run(&["ca", "status", "--output", "json"], &data);
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
     };
     let before = status();
-    let renew = Command::new(BIN)
-        .args(["server-cert", "renew", "--data-dir"])
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(
-        renew.status.success(),
-        "{}",
-        String::from_utf8_lossy(&renew.stderr)
-    );
+    let renew = run(&["server-cert", "renew"], &data);
     let after = status();
     assert_eq!(after[0], before[0], "the CA is unchanged");
     assert_ne!(after[1]["sha256"], before[1]["sha256"]);
@@ -113,16 +102,8 @@ fn serve_notifies_ready_and_stopping_and_the_cli_finds_its_port() {
             .trim(),
         listen
     );
-    let nodes = Command::new(BIN)
-        .args(["nodes", "--output", "json", "--data-dir"])
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(
-        nodes.status.success(),
-        "nodes --data-dir did not reach {listen}: {}",
-        String::from_utf8_lossy(&nodes.stderr)
-    );
+    // `nodes --data-dir` reaches the `--listen` override.
+    run(&["nodes", "--output", "json"], &data);
 
     let pid = nix::unistd::Pid::from_raw(serve.0.as_ref().unwrap().id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
