@@ -99,8 +99,10 @@ pub fn node_view(
             ha: g.ha,
         })
         .collect();
+    let stale = matches!((&session_boot_id, &f.node.boot_id), (Some(s), Some(r)) if s != r);
     NodeView {
         online,
+        stale,
         // The session's Hello is newer than any report after a reboot.
         boot_id: session_boot_id.or_else(|| f.node.boot_id.clone()),
         quorate: f.cluster.quorate,
@@ -400,6 +402,7 @@ mod tests {
             Some("boot-hello"),
             "the session's boot id wins"
         );
+        assert!(v.stale, "a report of the boot before the session's");
         let ids: Vec<(u32, bool)> = v.guests.iter().map(|g| (g.vmid, g.running)).collect();
         assert_eq!(
             ids,
@@ -409,6 +412,8 @@ mod tests {
         assert_eq!((v.guests[0].up, v.guests[0].down), (Some(30), Some(60)));
         let v = node_view(Some(&r), false, None);
         assert_eq!(v.boot_id.as_deref(), Some("boot-report"));
+        assert!(!v.stale);
+        assert!(!node_view(Some(&r), true, Some("boot-report".into())).stale);
         let v = node_view(None, false, None);
         assert!(!v.online && v.guests.is_empty() && !v.ceph_osds);
     }

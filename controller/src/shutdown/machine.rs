@@ -675,14 +675,21 @@ impl Machine<'_> {
             .collect()
     }
 
-    /// Nodes whose report says some OSD is down or out. A report that cannot tell does not
-    /// hold the unset back.
+    /// Online nodes whose report says some OSD is down or out, and OSD nodes whose latest
+    /// report is from before their boot (it still shows the OSDs as they were at the
+    /// power-off). A report of this boot that cannot tell does not hold the unset back.
     fn osds_down(&self) -> Vec<String> {
         self.view
             .nodes
             .iter()
-            .filter(|(_, v)| v.online && v.osds_up_in == Some(false))
-            .map(|(n, _)| n.clone())
+            .filter(|(_, v)| v.online)
+            .filter_map(|(n, v)| {
+                if v.stale && v.ceph_osds {
+                    Some(format!("{n} (no report since its boot)"))
+                } else {
+                    (!v.stale && v.osds_up_in == Some(false)).then(|| n.clone())
+                }
+            })
             .collect()
     }
 

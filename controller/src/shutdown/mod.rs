@@ -168,6 +168,11 @@ pub struct NodeView {
     /// OSD map, a simulated one its own OSDs); `None`: not known.
     #[serde(default)]
     pub osds_up_in: Option<bool>,
+    /// The latest report is from an earlier boot than the session's Hello: its facts
+    /// describe the node before it went down, not now (a node just powered on, whose first
+    /// report has not arrived yet).
+    #[serde(default)]
+    pub stale: bool,
 }
 
 /// The cluster for one call of [`step`]. A node missing from `nodes` counts as offline.
@@ -187,7 +192,7 @@ impl ShutdownView {
     pub fn quorate(&self) -> bool {
         self.nodes
             .values()
-            .any(|n| n.online && n.quorate == Some(true))
+            .any(|n| n.online && !n.stale && n.quorate == Some(true))
     }
 }
 

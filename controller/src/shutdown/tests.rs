@@ -1391,6 +1391,44 @@ fn maintenance_mode_releases_watchdogs_node_by_node() {
         .any(|n| matches!(n, Notice::MovedOn { .. })));
 }
 
+/// Startup: pve1's session is up (its Hello carries the new boot id) but its first report
+/// of this boot has not arrived: the latest one, from before the power-off, still shows its
+/// OSDs up and in. It holds the unset back until a report of this boot says so (CI saw the
+/// unset 1.9 s before the last OSDs were up when it did not).
+#[test]
+fn startup_holds_noout_until_an_osd_node_reports_from_its_new_boot() {
+    let mut sim = powered_down();
+    for nv in sim.view.nodes.values_mut() {
+        nv.osds_up_in = Some(nv.ceph_osds).filter(|o| *o).map(|_| true);
+    }
+    sim.deliver(&Event::StartUp { now_ms: sim.now_ms });
+    for n in ["pve1", "pve2", "pve3", "pve4", "pve5"] {
+        sim.view.nodes.get_mut(n).unwrap().stale = n == "pve1";
+        bring_online(&mut sim, n);
+    }
+    sim.run(60_000, |s| s.stage == Stage::UnsetNoout);
+    assert_eq!(sim.state.stage, Stage::UnsetNoout);
+    sim.run(30_000, |_| false);
+    assert!(
+        !sim.sends()
+            .iter()
+            .any(|(_, a)| *a == Action::CephUnsetNoout),
+        "noout unset on pve1's report from before its boot"
+    );
+    sim.view.nodes.get_mut("pve1").unwrap().stale = false;
+    sim.deliver(&Event::NodeChanged {
+        node: "pve1".into(),
+    });
+    sim.run(3_600_000, is_finished);
+    assert_eq!(sim.state.stage, Stage::Finished);
+    let unset = sim
+        .sends()
+        .iter()
+        .filter(|(_, a)| *a == Action::CephUnsetNoout)
+        .count();
+    assert_eq!(unset, 1);
+}
+
 /// Startup: every node is back, but the OSDs of one come up some seconds later. `noout`
 /// stays set until the reports say every OSD is up and in, then it is unset; OSDs that never
 /// come back move the startup on at the stage's bound with `noout` left set and the reason.
