@@ -324,7 +324,7 @@ fn agent_exit_status(path: &str) -> &'static str {
 const AGENT_SECTIONS: &str = r#".SH ENVIRONMENT
 .TP
 .B RUST_LOG
-The log filter (default: info). \fBrun\fR logs to the journal when started by systemd, else to stderr.
+The log filter (default: info; release builds log up to debug, trace is compiled out). \fBrun\fR logs to the journal when started by systemd, else to stderr.
 .TP
 .B NO_COLOR
 \fBinspect\fR prints no colours when set.
@@ -393,7 +393,7 @@ The CA certificate, operator certificate and key the client uses; they override 
 The width text tables and live views fit (default: the terminal's).
 .TP
 .B RUST_LOG
-The log filter of \fBserve\fR (default: info).
+The log filter of \fBserve\fR (default: info; release builds log up to debug, trace is compiled out).
 .TP
 .B FLEETWARD_TEST_HOSTNAME
 Tests only: the hostname \fBserve\fR believes it has when it finds the node it runs on (\fBhost_node\fR unset). Never set it on a real controller.

@@ -8,6 +8,8 @@ mod support;
 
 use fleetward_agent::{inspect::inspect, root::Root};
 use nix::sys::resource::{getrusage, UsageWho};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -34,15 +36,29 @@ fn main() {
     let (median, p95) = summary(times);
     println!("inspect --root seed/pve-03, in-process: median {median:.3} ms, p95 {p95:.3} ms ({runs} runs)");
 
-    // FLEETWARD_BENCH_COMPARE=/path/to/another/fleetward-agent: time that build too, the two
+    // The binary as installed: dpkg writes a package's files in one sequential pass, and
+    // the page cache then holds them as such a pass leaves them. The linker's output, as it
+    // sits in target/, starts measurably slower (0.15-0.3 ms here) with the same bytes, so
+    // each build is timed from a copy written in one pass, and the linker's file beside it.
+    // FLEETWARD_BENCH_COMPARE=/path/to/another/fleetward-agent: time that build too, all
     // run alternately (before/after figures in one sitting on a shared machine).
-    let other = std::env::var_os("FLEETWARD_BENCH_COMPARE").map(std::path::PathBuf::from);
-    let exes: Vec<(String, std::path::PathBuf)> = std::iter::once((
-        "this build".to_string(),
-        std::path::PathBuf::from(env!("CARGO_BIN_EXE_fleetward-agent")),
-    ))
-    .chain(other.map(|p| (p.display().to_string(), p)))
-    .collect();
+    let built = PathBuf::from(env!("CARGO_BIN_EXE_fleetward-agent"));
+    let installed_dir = tempfile::tempdir().expect("tempdir");
+    let install = |from: &Path, name: &str| {
+        let to = installed_dir.path().join(name);
+        std::fs::write(&to, std::fs::read(from).expect("read the agent binary"))
+            .expect("write the installed copy");
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        to
+    };
+    let other = std::env::var_os("FLEETWARD_BENCH_COMPARE").map(PathBuf::from);
+    let mut exes: Vec<(String, PathBuf)> = vec![
+        ("this build, installed".to_string(), install(&built, "this")),
+        ("this build, as the linker wrote it".to_string(), built),
+    ];
+    if let Some(p) = other {
+        exes.push((format!("{}, installed", p.display()), install(&p, "other")));
+    }
     let runs = 500;
     let mut times: Vec<Vec<Duration>> = vec![Vec::with_capacity(runs); exes.len()];
     for _ in 0..runs {
