@@ -540,7 +540,7 @@ impl OperatorService for OperatorApi {
         let ctl = &self.ctl;
         let caller = Caller::of(&req)?.clone();
         let r = req.into_inner();
-        if r.refresh_lists {
+        if r.refresh_lists && !r.lists_refreshed {
             let nodes = plan_nodes(ctl, &r.nodes)?;
             refresh_lists(ctl, &self.refreshes, &caller, &nodes).await?;
         }

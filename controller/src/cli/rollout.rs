@@ -153,6 +153,7 @@ fn request(sel: &Selection) -> api::RolloutRequest {
         reboot: api::RebootPolicy::from(sel.reboot).into(),
         refresh_lists: false,
         window: String::new(),
+        lists_refreshed: false,
     }
 }
 
@@ -201,6 +202,8 @@ pub(super) async fn execute(
             }
             let mut req = request(sel);
             req.refresh_lists = *refresh_lists;
+            // The plan above refreshed them: once is enough.
+            req.lists_refreshed = *refresh_lists;
             req.window = window.clone().unwrap_or_default();
             let resp = c.rollout_start(req).await?.into_inner();
             match (&resp.rollout, watch) {
