@@ -337,7 +337,7 @@ mod concurrent_tests {
         }
         assert_eq!(seen.load(Ordering::SeqCst), 200);
         drop(s);
-        let s = Store::open(dir.path()).unwrap();
+        let s = crate::store::tests::reopen(dir.path(), crate::store::blobs::SEGMENT_MAX);
         assert_eq!(s.list_audit(1000).unwrap().len(), 200);
     }
 

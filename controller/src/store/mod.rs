@@ -932,6 +932,26 @@ mod tests {
         (dir, s)
     }
 
+    /// Opens the database again after the test dropped its `Store`. sled finishes writes on
+    /// its own background threads, and its lock is released when the last of them lets go
+    /// of the file, which may be a moment after the drop (CI saw the reopen refused on the
+    /// lock once). Waits for that, at most 10 s.
+    pub(super) fn reopen(path: &Path, segment_max: u64) -> Store {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Store::open_with(path, segment_max) {
+                Ok(s) => return s,
+                Err(e)
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => panic!("reopening {}: {e}", path.display()),
+            }
+        }
+    }
+
     fn report(tag: &str) -> Report {
         let mut r = Report {
             schema_version: 1,
@@ -1268,7 +1288,7 @@ mod tests {
             "{err}"
         );
         drop(s);
-        let s = Store::open(dir.path()).unwrap();
+        let s = reopen(dir.path(), blobs::SEGMENT_MAX);
         assert_eq!(s.get_node("n").unwrap().unwrap().last_seen_ms, Some(7));
         assert_eq!(s.latest_report("n").unwrap(), Some((7, report("r"))));
         assert_eq!(s.report_history("n").unwrap(), vec![(seq, 7, report("r"))]);
@@ -1335,7 +1355,7 @@ mod tests {
         assert_eq!(s.latest_report_seq("idle").unwrap(), Some(first[0]));
         drop(s);
         // Reopen: everything still reads, and nothing unused is left on disk.
-        let s = Store::open_with(dir.path(), 1).unwrap();
+        let s = reopen(dir.path(), 1);
         assert_eq!(
             s.latest_report("idle").unwrap().unwrap().1,
             report("idle-1")
@@ -1357,7 +1377,7 @@ mod tests {
             .unwrap();
         s.put_operation("shutdown-1", &vec![9u32], &[]).unwrap();
         drop(s);
-        let s = Store::open(dir.path()).unwrap();
+        let s = reopen(dir.path(), blobs::SEGMENT_MAX);
         assert_eq!(
             s.get_operation::<Vec<u32>>("rollout-1").unwrap(),
             Some(vec![1, 2])
