@@ -1391,77 +1391,56 @@ fn maintenance_mode_releases_watchdogs_node_by_node() {
         .any(|n| matches!(n, Notice::MovedOn { .. })));
 }
 
-/// Startup: pve1's session is up (its Hello carries the new boot id) but its first report
-/// of this boot has not arrived: the latest one, from before the power-off, still shows its
-/// OSDs up and in. It holds the unset back until a report of this boot says so (CI saw the
-/// unset 1.9 s before the last OSDs were up when it did not).
-#[test]
-fn startup_holds_noout_until_an_osd_node_reports_from_its_new_boot() {
-    let mut sim = powered_down();
-    for nv in sim.view.nodes.values_mut() {
-        nv.osds_up_in = Some(nv.ceph_osds).filter(|o| *o).map(|_| true);
-    }
-    sim.deliver(&Event::StartUp { now_ms: sim.now_ms });
-    for n in ["pve1", "pve2", "pve3", "pve4", "pve5"] {
-        sim.view.nodes.get_mut(n).unwrap().stale = n == "pve1";
-        bring_online(&mut sim, n);
-    }
-    sim.run(60_000, |s| s.stage == Stage::UnsetNoout);
-    assert_eq!(sim.state.stage, Stage::UnsetNoout);
-    sim.run(30_000, |_| false);
-    assert!(
-        !sim.sends()
-            .iter()
-            .any(|(_, a)| *a == Action::CephUnsetNoout),
-        "noout unset on pve1's report from before its boot"
-    );
-    sim.view.nodes.get_mut("pve1").unwrap().stale = false;
-    sim.deliver(&Event::NodeChanged {
-        node: "pve1".into(),
-    });
-    sim.run(3_600_000, is_finished);
-    assert_eq!(sim.state.stage, Stage::Finished);
-    let unset = sim
-        .sends()
-        .iter()
-        .filter(|(_, a)| *a == Action::CephUnsetNoout)
-        .count();
-    assert_eq!(unset, 1);
-}
-
 /// Startup: every node is back, but the OSDs of one come up some seconds later. `noout`
 /// stays set until the reports say every OSD is up and in, then it is unset; OSDs that never
 /// come back move the startup on at the stage's bound with `noout` left set and the reason.
+/// The same holds while pve1's session is up (its Hello carries the new boot id) but its
+/// first report of this boot has not arrived: the latest one, from before the power-off,
+/// still shows its OSDs up and in (CI saw the unset 1.9 s before the last OSDs were up when
+/// such a report counted).
 #[test]
 fn startup_unsets_noout_only_when_every_osd_is_up_and_in() {
-    for osds_return in [true, false] {
+    #[derive(Clone, Copy, PartialEq, Debug)]
+    enum Pve1 {
+        OsdsReturn,
+        OsdsNeverReturn,
+        ReportsLate,
+    }
+    for case in [Pve1::OsdsReturn, Pve1::OsdsNeverReturn, Pve1::ReportsLate] {
         let mut sim = powered_down();
         for nv in sim.view.nodes.values_mut() {
             nv.osds_up_in = Some(nv.ceph_osds).filter(|o| *o).map(|_| true);
         }
-        // pve1's OSDs read down after its boot.
-        sim.view.nodes.get_mut("pve1").unwrap().osds_up_in = Some(false);
+        fn pve1(sim: &mut Sim) -> &mut NodeView {
+            sim.view.nodes.get_mut("pve1").unwrap()
+        }
+        match case {
+            // pve1's OSDs read down after its boot.
+            Pve1::OsdsReturn | Pve1::OsdsNeverReturn => pve1(&mut sim).osds_up_in = Some(false),
+            Pve1::ReportsLate => pve1(&mut sim).stale = true,
+        }
         sim.deliver(&Event::StartUp { now_ms: sim.now_ms });
         for n in ["pve1", "pve2", "pve3", "pve4", "pve5"] {
             bring_online(&mut sim, n);
         }
         sim.run(60_000, |s| s.stage == Stage::UnsetNoout);
-        assert_eq!(sim.state.stage, Stage::UnsetNoout);
+        assert_eq!(sim.state.stage, Stage::UnsetNoout, "{case:?}");
         sim.run(30_000, |_| false);
         assert!(
             !sim.sends()
                 .iter()
                 .any(|(_, a)| *a == Action::CephUnsetNoout),
-            "noout unset while pve1's OSDs are down"
+            "{case:?}: noout unset while pve1's OSDs are not known up"
         );
-        if osds_return {
-            sim.view.nodes.get_mut("pve1").unwrap().osds_up_in = Some(true);
+        if case != Pve1::OsdsNeverReturn {
+            let nv = pve1(&mut sim);
+            (nv.osds_up_in, nv.stale) = (Some(true), false);
             sim.deliver(&Event::NodeChanged {
                 node: "pve1".into(),
             });
         }
         sim.run(3_600_000, is_finished);
-        assert_eq!(sim.state.stage, Stage::Finished);
+        assert_eq!(sim.state.stage, Stage::Finished, "{case:?}");
         let unset = sim
             .sends()
             .iter()
@@ -1479,10 +1458,7 @@ fn startup_unsets_noout_only_when_every_osd_is_up_and_in() {
                 _ => None,
             })
             .collect();
-        if osds_return {
-            assert_eq!(unset, 1);
-            assert!(moved.is_empty(), "{moved:?}");
-        } else {
+        if case == Pve1::OsdsNeverReturn {
             assert_eq!(unset, 0, "noout unset with pve1's OSDs down");
             assert_eq!(moved.len(), 1, "{moved:?}");
             assert!(
@@ -1491,6 +1467,9 @@ fn startup_unsets_noout_only_when_every_osd_is_up_and_in() {
                     .any(|r| r.contains("OSDs not all up and in on pve1: noout left set")),
                 "{moved:?}"
             );
+        } else {
+            assert_eq!(unset, 1, "{case:?}");
+            assert!(moved.is_empty(), "{case:?}: {moved:?}");
         }
     }
 }
