@@ -218,16 +218,10 @@ impl Root {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e.to_string()),
         };
-        // Room for the whole file and one byte more: read in one call (growing from nothing
-        // took a call per doubling). A file is read as large as `stat` said it was: once
-        // that many bytes arrived no call asks for the end of the file. Files that report
-        // no size (`/proc`) or more than they hold (`/sys`) are read to their end.
+        // Room for the whole file and one byte more: read in one call, then one that says
+        // end of file (growing from nothing took a call per doubling).
         let mut buf = Vec::with_capacity(size.min(MAX_FILE_BYTES) as usize + 1);
-        let limit = match size {
-            0 => MAX_FILE_BYTES + 1,
-            n => n.min(MAX_FILE_BYTES + 1),
-        };
-        file.take(limit)
+        file.take(MAX_FILE_BYTES + 1)
             .read_to_end(&mut buf)
             .map_err(|e| e.to_string())?;
         if buf.len() as u64 > MAX_FILE_BYTES {
