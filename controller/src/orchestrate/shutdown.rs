@@ -135,7 +135,10 @@ pub fn ha_disarm_supported(mode: HaMode, online_reports: &[Option<&Report>]) -> 
 
 /// The cluster as the controller sees it now: every enrolled, not revoked node.
 pub fn view(ctl: &Controller) -> ShutdownView {
-    let mut view = ShutdownView::default();
+    let mut view = ShutdownView {
+        now_ms: now_ms(),
+        ..ShutdownView::default()
+    };
     let nodes = match ctl.store().list_nodes() {
         Ok(n) => n,
         Err(e) => {

@@ -29,6 +29,7 @@ pub fn step(
         out: Vec::new(),
         view,
     };
+    m.s.now_ms = m.s.now_ms.max(view.now_ms);
     m.apply(event);
     m.advance();
     (m.s, m.out)

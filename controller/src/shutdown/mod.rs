@@ -181,6 +181,11 @@ pub struct ShutdownView {
     pub nodes: BTreeMap<String, NodeView>,
     /// Every node's pve-ha-manager supports `crm-command disarm-ha` (>= 5.1.3).
     pub ha_disarm_supported: bool,
+    /// When the view was taken (unix ms). Every step starts from it, so a stage entered on a
+    /// report or a result has its bound counted from that moment, not from the last tick;
+    /// 0 where time comes from ticks alone (the pure tests).
+    #[serde(default)]
+    pub now_ms: u64,
 }
 
 impl ShutdownView {

@@ -60,6 +60,7 @@ fn build(c: &Cluster, deadline_ms: Option<u64>) -> Result<(Plan, ShutdownView), 
     let mut view = ShutdownView {
         nodes: BTreeMap::new(),
         ha_disarm_supported: c.disarm,
+        now_ms: 0,
     };
     let mut vmid = 100;
     for (i, (mon, osds, guests)) in c.nodes.iter().enumerate() {

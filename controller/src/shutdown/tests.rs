@@ -78,6 +78,7 @@ pub(super) fn five_nodes() -> ShutdownView {
     ShutdownView {
         nodes,
         ha_disarm_supported: true,
+        now_ms: 0,
     }
 }
 
@@ -1389,6 +1390,29 @@ fn maintenance_mode_releases_watchdogs_node_by_node() {
         .notices()
         .iter()
         .any(|n| matches!(n, Notice::MovedOn { .. })));
+}
+
+/// A step starts from the view's time: a stage entered on a report (here: the last node
+/// back, which ends AwaitNodes) counts its bound from that moment, not from the last tick,
+/// which may be up to a tick (1 s by default) older.
+#[test]
+fn a_stage_entered_on_a_report_counts_its_bound_from_the_view_time() {
+    let deadline = |view_late_ms: u64| {
+        let mut sim = powered_down();
+        let tick = sim.now_ms;
+        sim.deliver(&Event::StartUp { now_ms: tick });
+        for n in ["pve1", "pve2", "pve3", "pve4"] {
+            bring_online(&mut sim, n);
+        }
+        assert_eq!(sim.state.stage, Stage::AwaitNodes);
+        sim.view.now_ms = tick + view_late_ms;
+        bring_online(&mut sim, "pve5");
+        assert_ne!(sim.state.stage, Stage::AwaitNodes);
+        sim.state
+            .stage_deadline_ms
+            .expect("the next stage has a bound")
+    };
+    assert_eq!(deadline(900), deadline(0) + 900);
 }
 
 /// Startup: every node is back, but the OSDs of one come up some seconds later. `noout`
