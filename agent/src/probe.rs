@@ -122,19 +122,10 @@ pub fn ceph_health(
     let Some(ceph) = report.facts.ceph.as_mut() else {
         return;
     };
-    let args = ["health".to_string(), "--format".into(), "json".into()];
-    let r = runner.run(
-        "ceph",
-        &args,
-        &[],
-        std::time::Duration::from_secs(10),
-        &mut |_| {},
-    );
-    if r.exit_code != Some(0) {
-        tracing::warn!(exit = ?r.exit_code, error = ?r.spawn_error, "ceph health failed; Ceph health unknown");
+    let Some(output) = run_ceph(runner, &["health", "--format", "json"], "Ceph health") else {
         return;
-    }
-    match parse_ceph_health(&r.output) {
+    };
+    match parse_ceph_health(&output) {
         Ok((healthy, noout)) => {
             ceph.healthy = Some(healthy);
             ceph.noout = Some(noout);
@@ -154,10 +145,26 @@ pub fn ceph_osd_map(
     let Some(ceph) = report.facts.ceph.as_mut() else {
         return;
     };
-    let args: Vec<String> = crate::parse::ceph::OSD_DUMP_ARGS
-        .iter()
-        .map(|a| (*a).to_owned())
-        .collect();
+    let Some(output) = run_ceph(runner, crate::parse::ceph::OSD_DUMP_ARGS, "OSDs") else {
+        return;
+    };
+    match crate::parse::ceph::parse_osd_dump(&output) {
+        Ok(m) => {
+            ceph.noout = Some(m.noout);
+            ceph.osds = Some(m.osds);
+        }
+        Err(e) => tracing::warn!(error = %e, "OSDs unknown"),
+    }
+}
+
+/// Runs a read-only `ceph` command (10 s timeout); its output when it exits 0, else `None`
+/// with the reason logged (`what` then stays unknown).
+fn run_ceph(
+    runner: &dyn crate::runner::CommandRunner,
+    args: &[&str],
+    what: &str,
+) -> Option<String> {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
     let r = runner.run(
         "ceph",
         &args,
@@ -166,16 +173,10 @@ pub fn ceph_osd_map(
         &mut |_| {},
     );
     if r.exit_code != Some(0) {
-        tracing::warn!(exit = ?r.exit_code, error = ?r.spawn_error, "ceph osd dump failed; OSDs unknown");
-        return;
+        tracing::warn!(command = %args.join(" "), exit = ?r.exit_code, error = ?r.spawn_error, "ceph failed; {what} unknown");
+        return None;
     }
-    match crate::parse::ceph::parse_osd_dump(&r.output) {
-        Ok(m) => {
-            ceph.noout = Some(m.noout);
-            ceph.osds = Some(m.osds);
-        }
-        Err(e) => tracing::warn!(error = %e, "OSDs unknown"),
-    }
+    Some(r.output)
 }
 
 #[cfg(test)]
