@@ -65,14 +65,10 @@ fn derived_root(name: &str) -> tempfile::TempDir {
     root
 }
 
-/// A node's fixture root. The seed guests' `up=` delays (10 to 120 s) become 1 s, so a
-/// startup waits after each group without taking minutes.
-fn root_for(name: &str) -> tempfile::TempDir {
-    let root = match name {
-        "pve-04" | "pve-05" => derived_root(name),
-        seed => support::build(&support::fixtures_dir().join("seed").join(seed)),
-    };
-    let dir = root.path().join(format!("etc/pve/nodes/{name}"));
+/// Rewrites every guest configuration (`qemu-server/*.conf`, `lxc/*.conf`) of `node` in
+/// the fixture `root` through `edit`.
+fn edit_guest_confs(root: &std::path::Path, node: &str, edit: impl Fn(String) -> String) {
+    let dir = root.join(format!("etc/pve/nodes/{node}"));
     for kind in ["qemu-server", "lxc"] {
         for e in std::fs::read_dir(dir.join(kind))
             .into_iter()
@@ -80,20 +76,31 @@ fn root_for(name: &str) -> tempfile::TempDir {
             .flatten()
         {
             let text = std::fs::read_to_string(e.path()).unwrap();
-            let short = [
-                "up=10,", "up=30,", "up=60,", "up=120,", "up=10\n", "up=30\n", "up=120\n",
-            ]
-            .iter()
-            .fold(text, |t, up| {
-                t.replace(
-                    up,
-                    &up.replace(|c: char| c.is_ascii_digit(), "")
-                        .replace("up=", "up=1"),
-                )
-            });
-            std::fs::write(e.path(), short).unwrap();
+            std::fs::write(e.path(), edit(text)).unwrap();
         }
     }
+}
+
+/// A node's fixture root. The seed guests' `up=` delays (10 to 120 s) become 1 s, so a
+/// startup waits after each group without taking minutes.
+fn root_for(name: &str) -> tempfile::TempDir {
+    let root = match name {
+        "pve-04" | "pve-05" => derived_root(name),
+        seed => support::build(&support::fixtures_dir().join("seed").join(seed)),
+    };
+    edit_guest_confs(root.path(), name, |text| {
+        [
+            "up=10,", "up=30,", "up=60,", "up=120,", "up=10\n", "up=30\n", "up=120\n",
+        ]
+        .iter()
+        .fold(text, |t, up| {
+            t.replace(
+                up,
+                &up.replace(|c: char| c.is_ascii_digit(), "")
+                    .replace("up=", "up=1"),
+            )
+        })
+    });
     root
 }
 
@@ -248,6 +255,22 @@ fn log_step(e: &LogEntry) -> String {
         a => a.name().to_string(),
     };
     format!("{}/{step}", e.node)
+}
+
+/// Each planned guest's `startup: order=`, keyed as [`log_step`] names its `guest-{kind}`.
+fn guest_orders(plan: &Value, kind: &str) -> BTreeMap<String, Option<u64>> {
+    plan["plan"]["guests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            let node = g["node"].as_str().unwrap();
+            (
+                format!("{node}/guest-{kind}-{}", g["vmid"]),
+                g["order"].as_u64(),
+            )
+        })
+        .collect()
 }
 
 /// `node/step` of a plan step (`{"stage", "node", "action"}`).
@@ -477,17 +500,7 @@ fn shutdown_of_five_nodes_follows_the_plan_tier_by_tier_with_the_host_last() {
         "the host is last"
     );
     // Guest stops: unordered first, then descending order.
-    let order_of: BTreeMap<String, Option<u64>> = plan["plan"]["guests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|g| {
-            (
-                format!("{}/guest-stop-{}", g["node"].as_str().unwrap(), g["vmid"]),
-                g["order"].as_u64(),
-            )
-        })
-        .collect();
+    let order_of = guest_orders(&plan, "stop");
     let stops: Vec<Option<u64>> = log
         .iter()
         .filter(|e| matches!(e.action, Action::GuestStop { .. }))
@@ -609,17 +622,7 @@ fn startup_after_power_returns_in_random_order_waits_for_osd_nodes_and_reports_t
         .read("pve-01", "/var/lib/fleetward-sim/ha-disarmed")
         .is_none());
     // Guests start after the flags, ascending order, unordered last, one group at a time.
-    let order_of: BTreeMap<String, Option<u64>> = plan["plan"]["guests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|g| {
-            (
-                format!("{}/guest-start-{}", g["node"].as_str().unwrap(), g["vmid"]),
-                g["order"].as_u64(),
-            )
-        })
-        .collect();
+    let order_of = guest_orders(&plan, "start");
     let starts: Vec<&LogEntry> = log
         .iter()
         .filter(|e| matches!(e.action, Action::GuestStart { .. }))
@@ -918,17 +921,7 @@ fn ha_guest_stops_are_done_when_observed_not_when_the_command_returns() {
         &tiered_config(),
         |n, root| {
             // No `up=` delays: the startup's groups wait only for their starts observed.
-            let dir = root.join(format!("etc/pve/nodes/{n}"));
-            for kind in ["qemu-server", "lxc"] {
-                for e in std::fs::read_dir(dir.join(kind))
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                {
-                    let text = std::fs::read_to_string(e.path()).unwrap();
-                    std::fs::write(e.path(), text.replace("up=1", "up=0")).unwrap();
-                }
-            }
+            edit_guest_confs(root, n, |text| text.replace("up=1", "up=0"));
         },
         AgentRun::default().sim_ha_delay_secs(delay_ms as f64 / 1000.0),
     );
@@ -1002,17 +995,7 @@ fn ha_guest_stops_are_done_when_observed_not_when_the_command_returns() {
         .collect();
     assert_eq!(started, want, "exactly the HA guests, once each");
     assert_eq!(starts.len(), want.len());
-    let order_of: BTreeMap<String, Option<u64>> = plan["plan"]["guests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|g| {
-            (
-                format!("{}/guest-start-{}", g["node"].as_str().unwrap(), g["vmid"]),
-                g["order"].as_u64(),
-            )
-        })
-        .collect();
+    let order_of = guest_orders(&plan, "start");
     for a in &starts {
         for b in &starts {
             if order_of[&log_step(a)] < order_of[&log_step(b)] {
@@ -1054,20 +1037,10 @@ fn ignored_ha_stops_move_on_at_the_bound_with_the_reason_in_status() {
                 std::fs::write(root.join("var/lib/fleetward-sim/ha-crm-ignores"), "").unwrap();
             }
             // Short `down=` timeouts, so a group's bound is a few seconds.
-            let dir = root.join(format!("etc/pve/nodes/{n}"));
-            for kind in ["qemu-server", "lxc"] {
-                for e in std::fs::read_dir(dir.join(kind))
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                {
-                    let text = std::fs::read_to_string(e.path()).unwrap();
-                    let text = text
-                        .replace("down=180", "down=1")
-                        .replace("down=60", "down=1");
-                    std::fs::write(e.path(), text).unwrap();
-                }
-            }
+            edit_guest_confs(root, n, |text| {
+                text.replace("down=180", "down=1")
+                    .replace("down=60", "down=1")
+            });
         },
         AgentRun::default().sim_ha_delay_secs(0.2),
     );

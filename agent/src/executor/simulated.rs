@@ -1511,6 +1511,16 @@ mod tests {
         )
     }
 
+    /// A guest stop with a 60 s timeout.
+    fn guest_stop(vmid: u32, kind: GuestKind, force: bool) -> Action {
+        Action::GuestStop {
+            vmid,
+            kind,
+            timeout_secs: 60,
+            force,
+        }
+    }
+
     fn read(exec: &SimulatedExecutor, p: &str) -> String {
         fs::read_to_string(exec.path(p)).unwrap()
     }
@@ -1637,12 +1647,7 @@ mod tests {
                 .unwrap()
                 .state
         };
-        let stop = |vmid, kind| Action::GuestStop {
-            vmid,
-            kind,
-            timeout_secs: 60,
-            force: true,
-        };
+        let stop = |vmid, kind| guest_stop(vmid, kind, true);
         // HA guest: exit 0 first, the guest stops later.
         let o = run(&exec, "s", stop(100, GuestKind::Qemu));
         assert!(o.ok, "{o:?}");
@@ -1717,12 +1722,7 @@ mod tests {
         assert_eq!(inspected(&exec, 100), Seen::Running);
         assert_eq!(inspected(&exec, 200), Seen::Running);
 
-        let stop = Action::GuestStop {
-            vmid: 200,
-            kind: GuestKind::Lxc,
-            timeout_secs: 60,
-            force: false,
-        };
+        let stop = guest_stop(200, GuestKind::Lxc, false);
         assert!(run(&exec, "s", stop).ok);
         // The socket is gone; the cgroup stays behind (empty), and does not count.
         assert!(!read(&exec, "/proc/net/unix").contains("/200/command"));
@@ -1737,12 +1737,7 @@ mod tests {
         fs::write(exec.sim(GUESTS), text).unwrap();
 
         // A stopped VM: no pid file, no process.
-        let stop_vm = Action::GuestStop {
-            vmid: 100,
-            kind: GuestKind::Qemu,
-            timeout_secs: 60,
-            force: false,
-        };
+        let stop_vm = guest_stop(100, GuestKind::Qemu, false);
         assert!(run(&exec, "s2", stop_vm).ok);
         assert!(!exec.path("/run/qemu-server/100.pid").exists());
         assert!(!exec.path("/proc/100100").exists());
@@ -1767,12 +1762,7 @@ mod tests {
             !again.ok && again.output.contains("CT 200 already running"),
             "{again:?}"
         );
-        let stop = Action::GuestStop {
-            vmid: 200,
-            kind: GuestKind::Lxc,
-            timeout_secs: 60,
-            force: false,
-        };
+        let stop = guest_stop(200, GuestKind::Lxc, false);
         assert!(run(&exec, "s3", stop.clone()).ok);
         let again = run(&exec, "s4", stop);
         assert!(
@@ -2003,12 +1993,7 @@ mod tests {
         assert!(run(&exec, "h2", Action::HaArm).ok);
         assert!(!exec.sim("ha-disarmed").exists());
 
-        let stop = Action::GuestStop {
-            vmid: 200,
-            kind: GuestKind::Lxc,
-            timeout_secs: 60,
-            force: true,
-        };
+        let stop = guest_stop(200, GuestKind::Lxc, true);
         assert!(run(&exec, "s", stop).ok);
         assert_eq!(exec.guests().unwrap()[1].state, GuestState::Stopped);
         // Wrong kind or unknown guest: fails, changes nothing.

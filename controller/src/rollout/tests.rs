@@ -325,6 +325,14 @@ fn halted(state: &RolloutState) -> Option<(&str, Gate)> {
     }
 }
 
+/// The reason of a halted rollout.
+fn halt_reason(state: &RolloutState) -> &str {
+    match &state.status {
+        Status::Halted { reason, .. } => reason,
+        s => panic!("not halted: {s:?}"),
+    }
+}
+
 // ---- gates -----------------------------------------------------------------------------
 
 #[test]
@@ -996,9 +1004,7 @@ fn maintenance_is_done_when_the_report_shows_it() {
     sim.maintenance_ignored.insert("pve1".into());
     sim.run(1_000);
     assert_eq!(halted(&sim.state), Some(("pve1", Gate::CommandTimeout)));
-    let Status::Halted { reason, .. } = &sim.state.status else {
-        unreachable!()
-    };
+    let reason = halt_reason(&sim.state);
     assert!(reason.contains("never observed"), "{reason}");
     assert!(sim
         .actions_for("pve1", Action::WaitGuestsMigrated)
@@ -1016,9 +1022,7 @@ fn an_ha_resource_in_error_halts_at_the_wait_naming_it() {
     let mut sim = Sim::new(plan(3, 1), view);
     sim.run(1_000);
     assert_eq!(halted(&sim.state), Some(("pve1", Gate::HaResourceError)));
-    let Status::Halted { reason, .. } = &sim.state.status else {
-        unreachable!()
-    };
+    let reason = halt_reason(&sim.state);
     assert!(
         reason.contains("vm:101") && reason.contains("state error"),
         "{reason}"
@@ -1102,9 +1106,7 @@ fn noout_is_done_when_the_report_shows_the_flag() {
     sim.noout_ignored = true;
     sim.run(2_000);
     assert_eq!(halted(&sim.state), Some(("pve1", Gate::CommandTimeout)));
-    let Status::Halted { reason, .. } = &sim.state.status else {
-        unreachable!()
-    };
+    let reason = halt_reason(&sim.state);
     assert!(
         reason.contains("ceph-set-noout") && reason.contains("never observed"),
         "{reason}"
@@ -1159,9 +1161,7 @@ fn noout_is_unset_only_when_every_osd_is_up_and_in() {
     sim.osds_late.insert("pve1".into());
     sim.run(2_000);
     assert_eq!(halted(&sim.state), Some(("pve1", Gate::Ceph)));
-    let Status::Halted { reason, .. } = &sim.state.status else {
-        unreachable!()
-    };
+    let reason = halt_reason(&sim.state);
     assert!(
         reason.contains("OSDs not all up and in") && reason.contains("noout stays set"),
         "{reason}"
@@ -1170,21 +1170,27 @@ fn noout_is_unset_only_when_every_osd_is_up_and_in() {
     assert!(sim.actions_for("pve2", Action::MaintenanceOn).is_empty());
 }
 
-/// `noout` is one cluster-wide flag: with two OSD nodes out at once, a set waits for an
-/// unset in flight (they would race and one would never be observed), and a node waiting
-/// to unset (its OSDs still down) leaves it to the node that set it meanwhile.
-#[test]
-fn a_noout_set_and_an_unset_of_two_nodes_never_race() {
-    let mut view = ceph_view(5, &["pve1", "pve2"]);
+/// Five nodes, two at a time, started on `view`: pve1 about to unset `noout`, pve2
+/// waiting for its guests, neither with an action pending.
+fn unset_beside_wait(view: &ClusterView) -> RolloutState {
     let s = RolloutState::new(plan(5, 2));
-    let (mut s, _) = step(&s, &Event::Start, &view);
+    let (mut s, _) = step(&s, &Event::Start, view);
     assert_eq!(s.in_flight().count(), 2, "{:?}", s.status);
     for n in s.nodes.iter_mut().take(2) {
         n.pending = None;
     }
     s.nodes[0].phase = Phase::CephUnset;
     s.nodes[1].phase = Phase::WaitGuests;
-    s.nodes[1].pending = None;
+    s
+}
+
+/// `noout` is one cluster-wide flag: with two OSD nodes out at once, a set waits for an
+/// unset in flight (they would race and one would never be observed), and a node waiting
+/// to unset (its OSDs still down) leaves it to the node that set it meanwhile.
+#[test]
+fn a_noout_set_and_an_unset_of_two_nodes_never_race() {
+    let mut view = ceph_view(5, &["pve1", "pve2"]);
+    let s = unset_beside_wait(&view);
     let (mut s, cmds) = step(&s, &Event::Tick { now_ms: 1 }, &view);
     assert!(sent_actions(&cmds).contains(&"pve1/ceph-unset-noout".to_string()));
     // pve2 reaches its set while pve1's unset is in flight: it waits.
@@ -1207,14 +1213,7 @@ fn a_noout_set_and_an_unset_of_two_nodes_never_race() {
     // to pve2 and goes on; no unset is sent.
     let mut view = ceph_view(5, &["pve1", "pve2"]);
     view.nodes.get_mut("pve1").unwrap().osds_up_in = Some(false);
-    let s = RolloutState::new(plan(5, 2));
-    let (mut s, _) = step(&s, &Event::Start, &view);
-    assert_eq!(s.in_flight().count(), 2, "{:?}", s.status);
-    for n in s.nodes.iter_mut().take(2) {
-        n.pending = None;
-    }
-    s.nodes[0].phase = Phase::CephUnset;
-    s.nodes[1].phase = Phase::WaitGuests;
+    let s = unset_beside_wait(&view);
     let (mut s, cmds) = step(&s, &Event::Tick { now_ms: 1 }, &view);
     assert!(!sent_actions(&cmds).contains(&"pve1/ceph-unset-noout".to_string()));
     assert_eq!(s.node("pve1").unwrap().phase, Phase::CephUnset);

@@ -313,6 +313,19 @@ impl Sim {
             .collect()
     }
 
+    /// Every stage that moved on at its bound, with what it had not observed.
+    pub fn moved_on(&self) -> Vec<(Stage, Vec<String>)> {
+        self.notices()
+            .into_iter()
+            .filter_map(|n| match n {
+                Notice::MovedOn {
+                    stage, unobserved, ..
+                } => Some((*stage, unobserved.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
     pub fn sends(&self) -> Vec<(String, Action)> {
         self.emitted
             .iter()
@@ -1126,17 +1139,11 @@ fn a_stop_that_answers_ok_is_done_only_when_the_guest_is_observed_stopped() {
     sim.no_effect.insert("guest-stop-301".into());
     sim.deliver(&Event::Start { now_ms: T0 });
     sim.run(3_600_000, |s| s.stage == Stage::Down);
-    let moved: Vec<&Vec<String>> = sim
-        .notices()
-        .into_iter()
-        .filter_map(|n| match n {
-            Notice::MovedOn { unobserved, .. } => Some(unobserved),
-            _ => None,
-        })
-        .collect();
+    let moved = sim.moved_on();
     assert_eq!(moved.len(), 1, "{moved:?}");
     assert!(
         moved[0]
+            .1
             .iter()
             .any(|u| u.ends_with("guest 301 still running")),
         "{moved:?}"
@@ -1165,16 +1172,7 @@ fn flags_are_done_when_observed() {
     sim.no_effect.insert("ceph-set-noout".into());
     sim.deliver(&Event::Start { now_ms: T0 });
     sim.run(3_600_000, |s| s.stage == Stage::Down);
-    let moved: Vec<(Stage, Vec<String>)> = sim
-        .notices()
-        .into_iter()
-        .filter_map(|n| match n {
-            Notice::MovedOn {
-                stage, unobserved, ..
-            } => Some((*stage, unobserved.clone())),
-            _ => None,
-        })
-        .collect();
+    let moved = sim.moved_on();
     assert_eq!(moved.len(), 1, "{moved:?}");
     assert_eq!(moved[0].0, Stage::SetNoout);
     assert!(moved[0].1[0].ends_with("noout not set"), "{moved:?}");
@@ -1309,16 +1307,7 @@ fn a_held_watchdog_moves_on_at_the_bound_naming_the_node() {
     assert_eq!(bound, entered + Timing::default().action_ms);
     sim.run(3_600_000, |s| matches!(s.stage, Stage::PowerOff { .. }));
     assert!(sim.now_ms >= bound);
-    let moved: Vec<(Stage, Vec<String>)> = sim
-        .notices()
-        .into_iter()
-        .filter_map(|n| match n {
-            Notice::MovedOn {
-                stage, unobserved, ..
-            } => Some((*stage, unobserved.clone())),
-            _ => None,
-        })
-        .collect();
+    let moved = sim.moved_on();
     assert_eq!(
         moved,
         [(
@@ -1471,16 +1460,10 @@ fn startup_unsets_noout_only_when_every_osd_is_up_and_in() {
             .filter(|(_, a)| *a == Action::CephUnsetNoout)
             .count();
         let moved: Vec<Vec<String>> = sim
-            .notices()
+            .moved_on()
             .into_iter()
-            .filter_map(|n| match n {
-                Notice::MovedOn {
-                    stage: Stage::UnsetNoout,
-                    unobserved,
-                    ..
-                } => Some(unobserved.clone()),
-                _ => None,
-            })
+            .filter(|(stage, _)| *stage == Stage::UnsetNoout)
+            .map(|(_, unobserved)| unobserved)
             .collect();
         if case == Pve1::OsdsNeverReturn {
             assert_eq!(unset, 0, "noout unset with pve1's OSDs down");
