@@ -391,15 +391,28 @@ impl Machine<'_> {
     /// At the wait for migration, an HA resource in state `error` on the node halts the
     /// rollout, naming it: HA does not move a failed resource, so the reboot would stop it
     /// unannounced. `ignored` resources are not HA-managed: the agent reports them as
-    /// non-HA guests, governed by `non_ha_guests`. Returns whether it halted.
+    /// non-HA guests, governed by `non_ha_guests`. A report that cannot read the HA
+    /// manager's status cannot tell: that halts too. Returns whether it halted.
     fn ha_error_halt(&mut self, idx: usize) -> bool {
         let name = self.s.nodes[idx].name.clone();
-        let errors = self
-            .view
-            .nodes
-            .get(&name)
-            .map(|n| n.ha_errors.clone())
-            .unwrap_or_default();
+        let Some(nv) = self.view.nodes.get(&name) else {
+            return false;
+        };
+        let errors = nv.ha_errors.clone();
+        if nv.ha_errors_unknown && errors.is_empty() {
+            self.halt(
+                &name,
+                GateFailure {
+                    gate: Gate::HaResourceError,
+                    reason: format!(
+                        "{name}'s report cannot read /etc/pve/ha/manager_status: whether an \
+                         HA resource on it is in state error (HA would not move it) is not \
+                         known; nothing proceeds on unknown state"
+                    ),
+                },
+            );
+            return true;
+        }
         if errors.is_empty() {
             return false;
         }
@@ -607,8 +620,7 @@ impl Machine<'_> {
         let Some(nv) = self.view.nodes.get(&name) else {
             return false; // AwaitReturn on a node absent from the view: keep waiting
         };
-        if phase == Phase::WaitGuests && !nv.ha_errors.is_empty() {
-            self.ha_error_halt(idx);
+        if phase == Phase::WaitGuests && self.ha_error_halt(idx) {
             return false;
         }
         match phase {

@@ -569,6 +569,10 @@ pub struct NodeView {
     /// HA resources in state `error` on the node (`vm:101`), from its report.
     #[serde(default)]
     pub ha_errors: Vec<String>,
+    /// The report could not read `/etc/pve/ha/manager_status`, so `ha_errors` being empty
+    /// says nothing: it is not known whether a resource on the node is in error.
+    #[serde(default)]
+    pub ha_errors_unknown: bool,
     /// Every OSD the node's report counts is up and in (a live node counts the cluster's
     /// OSD map, a simulated one its own OSDs); `None`: not known.
     #[serde(default)]

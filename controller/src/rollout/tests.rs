@@ -33,6 +33,7 @@ pub(super) fn healthy_node(name: &str, expected_votes: u32) -> NodeView {
         ha_maintenance: None,
         noout: None,
         ha_errors: Vec::new(),
+        ha_errors_unknown: false,
         osds_up_in: None,
     }
 }
@@ -1042,6 +1043,20 @@ fn an_ha_resource_in_error_halts_at_the_wait_naming_it() {
     let (s, _) = step(&s, &ok_result(&s, "pve1"), &view);
     assert_eq!(halted(&s), Some(("pve1", Gate::HaResourceError)));
     assert_eq!(s.node("pve1").unwrap().phase, Phase::WaitGuests);
+
+    // A report that cannot read manager_status cannot tell: unknown is not "no errors".
+    let mut view = healthy_view(&names(3));
+    view.nodes.get_mut("pve1").unwrap().ha_errors_unknown = true;
+    let mut sim = Sim::new(plan(3, 1), view);
+    sim.run(1_000);
+    assert_eq!(halted(&sim.state), Some(("pve1", Gate::HaResourceError)));
+    let reason = halt_reason(&sim.state);
+    assert!(
+        reason.contains("cannot read /etc/pve/ha/manager_status"),
+        "{reason}"
+    );
+    assert_eq!(sim.state.node("pve1").unwrap().phase, Phase::WaitGuests);
+    assert!(sim.actions_for("pve1", Action::AptUpdate).is_empty());
 }
 
 /// A Ceph view: `osd` nodes hold OSDs, every node's report reads `noout` (clear) and its

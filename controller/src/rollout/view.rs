@@ -6,6 +6,9 @@ use fleetward_proto::{EspSource, GuestState, Report, Severity};
 
 use super::NodeView;
 
+/// Where the HA manager keeps the services' states; the agent names it when it is unreadable.
+const HA_MANAGER_STATUS: &str = "/etc/pve/ha/manager_status";
+
 /// Builds a node's view from its latest report and its session's liveness.
 ///
 /// - `next_kernel`/`running_kernel`/`boot_id`: from the report's facts.
@@ -33,6 +36,7 @@ pub fn node_view(
     nv.observe_only = f.agent.observe_only;
     nv.ha_maintenance = f.ha.maintenance;
     nv.ha_errors = f.ha.error_resources.clone();
+    nv.ha_errors_unknown = f.unreadable.iter().any(|u| u.path == HA_MANAGER_STATUS);
     nv.noout = f.ceph.as_ref().and_then(|c| c.noout);
     nv.osds_up_in = f.ceph.as_ref().and_then(|c| c.osds).map(|o| o.all_up_in());
     nv.boot_id = f.node.boot_id.clone();
@@ -87,4 +91,32 @@ pub fn node_view(
         .map(|g| g.vmid)
         .collect::<BTreeSet<u32>>();
     nv
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleetward_proto::{Facts, Unreadable, SCHEMA_VERSION};
+
+    /// Errors in HA resources are unknown, not absent, when the report could not read the
+    /// HA manager's status; any other unreadable file leaves them known.
+    #[test]
+    fn an_unreadable_manager_status_makes_ha_errors_unknown() {
+        let report = |path: &str| Report {
+            schema_version: SCHEMA_VERSION,
+            facts: Facts {
+                unreadable: vec![Unreadable {
+                    path: path.into(),
+                    line: None,
+                    reason: "not JSON".into(),
+                }],
+                ..Facts::default()
+            },
+            findings: Vec::new(),
+        };
+        let nv = node_view(Some(&report(HA_MANAGER_STATUS)), true, Some(0), 1);
+        assert!(nv.ha_errors_unknown && nv.ha_errors.is_empty());
+        let nv = node_view(Some(&report("/etc/pve/ha/resources.cfg")), true, Some(0), 1);
+        assert!(!nv.ha_errors_unknown);
+    }
 }
